@@ -1,0 +1,237 @@
+"""How is state saved? Atomic, verified, rank-0-written checkpoints, and choosing one to resume from.
+
+Layout of <run.dir>/checkpoints/:
+
+    step-00000060.pt          torch.save of the full training state (see `TrainState.to_payload`)
+    step-00000060.json        manifest: sha256 and size of the .pt, epoch, step, metrics; written *after*
+                              the .pt is complete, so a .pt without a manifest is an unfinished save
+    best-....pt / .json       hard links to the best checkpoints by the monitored metric
+    latest.json               pointer to the newest complete checkpoint; moved only after the manifest
+
+Save contract (`save_checkpoint`): called on **every rank**; the ranks' RNG states are gathered, rank 0
+writes to a temporary file, flushes and fsyncs it, renames it into place, fsyncs the directory, verifies
+the checksum, and only then writes the manifest and moves `latest.json`; every rank meets at a barrier.
+A kill at any moment leaves at worst a temporary file or a .pt without manifest, both ignored on resume.
+
+Loading uses `torch.load(weights_only=True)`: a file that carries pickled code is refused, never run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import pickle
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from distrain import dist
+from distrain.errors import UserError
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+_NAME = re.compile(r"^step-(\d{8})\.pt$")
+
+
+class CheckpointError(UserError):
+    """A checkpoint that cannot be used: missing, damaged, or carrying code."""
+
+
+# ------------------------------------------------------------------------------------------ RNG state
+
+def capture_rng() -> dict[str, Any]:
+    """This process's Python, NumPy, torch CPU and CUDA generator states, as weights_only-loadable values."""
+    np_state = np.random.get_state(legacy=False)
+    return {
+        "python": random.getstate(),
+        "numpy": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+                  "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
+                  "gauss": float(np_state["gauss"])},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    np_state = state["numpy"]
+    np.random.set_state({"bit_generator": "MT19937",
+                         "state": {"key": np_state["key"].numpy().astype(np.uint32), "pos": np_state["pos"]},
+                         "has_gauss": np_state["has_gauss"], "gauss": np_state["gauss"]})
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --------------------------------------------------------------------------------------- file helpers
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that readers see the old file or the whole new one, never a part."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# ------------------------------------------------------------------------------------------ manifest
+
+@dataclass(frozen=True)
+class Manifest:
+    """What is known about a complete checkpoint without loading it."""
+
+    path: Path
+    sha256: str
+    size: int
+    epoch: int
+    step_in_epoch: int
+    global_step: int
+    metrics: dict[str, float]
+
+    @staticmethod
+    def read(pt_path: Path) -> "Manifest | None":
+        meta_path = pt_path.with_suffix(".json")
+        try:
+            meta = json.loads(meta_path.read_text())
+            return Manifest(pt_path, meta["sha256"], int(meta["size"]), int(meta["epoch"]),
+                            int(meta["step_in_epoch"]), int(meta["global_step"]), dict(meta.get("metrics", {})))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def to_json(self) -> str:
+        return json.dumps({"file": self.path.name, "sha256": self.sha256, "size": self.size,
+                           "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
+                           "global_step": self.global_step, "metrics": self.metrics}, indent=1)
+
+    def problem(self) -> str | None:
+        """Why the .pt does not match its manifest (truncated, overwritten), or None if it does."""
+        try:
+            size = self.path.stat().st_size
+        except OSError as exc:
+            return f"cannot be read ({exc.strerror})"
+        if size != self.size:
+            return f"has {size} bytes, its manifest says {self.size} (truncated or overwritten)"
+        if sha256_of(self.path) != self.sha256:
+            return "does not match the checksum in its manifest (damaged)"
+        return None
+
+
+# ------------------------------------------------------------------------------------- save and load
+
+def checkpoint_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def save_checkpoint(run_dir: str | Path, payload: dict[str, Any], *, keep_last: int,
+                    is_main: bool) -> Path:
+    """Write `payload` as the checkpoint of payload['global_step']. Collective: call on every rank.
+
+    `payload` must already hold everything but the RNG states; they are gathered here from every rank.
+    Returns the checkpoint path (on every rank).
+    """
+    payload = dict(payload, rng=dist.all_gather_object(capture_rng()))
+    folder = checkpoint_dir(run_dir)
+    path = folder / f"step-{payload['global_step']:08d}.pt"
+    if is_main:
+        folder.mkdir(parents=True, exist_ok=True)
+        _write_verified(path, payload)
+        _prune(folder, keep_last)
+    # Nobody reads the new checkpoint, or runs ahead to the next save, before it is complete.
+    dist.barrier()
+    return path
+
+
+def _write_verified(path: Path, payload: dict[str, Any]) -> None:
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    data = buffer.getvalue()
+    atomic_write_bytes(path, data)
+    manifest = Manifest(path, hashlib.sha256(data).hexdigest(), len(data), payload["epoch"],
+                        payload["step_in_epoch"], payload["global_step"], payload.get("metrics", {}))
+    # Verify what reached the disk before any pointer names it.
+    problem = manifest.problem()
+    if problem:
+        raise OSError(f"checkpoint {path} {problem} right after writing it")
+    atomic_write_bytes(path.with_suffix(".json"), manifest.to_json().encode())
+    atomic_write_bytes(path.parent / "latest.json", json.dumps({"file": path.name}).encode())
+
+
+def _prune(folder: Path, keep_last: int) -> None:
+    if keep_last <= 0:
+        return
+    for old in list_checkpoints(folder)[keep_last:]:
+        # Manifest first: a .pt without a manifest is ignored, so a kill between the two unlinks is harmless.
+        old.with_suffix(".json").unlink(missing_ok=True)
+        old.unlink(missing_ok=True)
+
+
+def list_checkpoints(folder: Path) -> list[Path]:
+    """Periodic checkpoints in `folder`, newest (highest global step) first."""
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir() if _NAME.match(p.name)]
+    return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)), reverse=True)
+
+
+def load_payload(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """torch.load with weights_only=True. Raises CheckpointError for missing, damaged or code-carrying files."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"(Unsupported global: GLOBAL [^ ]+|Unsupported operand [^ ]+)", str(exc))
+        raise CheckpointError(
+            f"checkpoint {path} was refused: it holds pickled objects other than tensors and plain "
+            f"containers, which could run code when loaded ({found.group(1) if found else 'not weights-only'})",
+            "only load checkpoints you trust; distrain never unpickles arbitrary objects") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {path} is damaged: {str(exc).splitlines()[0]}") from None
+    if not isinstance(payload, dict) or "model" not in payload:
+        raise CheckpointError(f"checkpoint {path} is not a distrain checkpoint (no 'model' entry)")
+    return payload
+
+
+def find_resumable(run_dir: str | Path) -> Path | None:
+    """The newest checkpoint of the run whose file matches its manifest; damaged ones are reported and skipped."""
+    for path in list_checkpoints(checkpoint_dir(run_dir)):
+        manifest = Manifest.read(path)
+        if manifest is None:
+            log.warning("skipping checkpoint %s: no manifest (the save did not finish)", path)
+            continue
+        problem = manifest.problem()
+        if problem:
+            log.warning("skipping checkpoint %s: it %s; trying the one before it", path, problem)
+            continue
+        return path
+    return None

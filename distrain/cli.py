@@ -1,0 +1,82 @@
+"""The `distrain` command.
+
+    distrain train CONFIG [key=value ...]                  train (one process, torchrun or srun)
+    distrain eval CONFIG checkpoint=PATH [key=value ...]   evaluate a checkpoint on the test set
+    distrain inspect PATH                                  print a checkpoint's metadata
+
+Exit status: 0 success; 1 an unexpected error (with traceback); 2 a bad config, environment or file
+(a message naming it, no traceback); 128+N stopped by signal N after saving a checkpoint.
+torch is imported only by the commands that need it, so `distrain --help` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="distrain", description="Train PyTorch models with plain DDP, "
+                                     "the same way in one process, under torchrun and under SLURM.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    train = sub.add_parser("train", help="train from a YAML config")
+    train.add_argument("config", help="path of a YAML config, e.g. configs/xor.yaml")
+    train.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. optim.lr=0.05")
+    evaluate = sub.add_parser("eval", help="evaluate a checkpoint on the test set (any number of ranks)")
+    evaluate.add_argument("config", help="the run's YAML config")
+    evaluate.add_argument("overrides", nargs="*", metavar="key=value",
+                          help="checkpoint=PATH (required) and dotted overrides")
+    inspect = sub.add_parser("inspect", help="print a checkpoint's metadata without building the model")
+    inspect.add_argument("path", help="a checkpoint file (.pt) or a run directory (its latest checkpoint)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from distrain.errors import UserError
+
+    try:
+        if args.command == "train":
+            return _train(args)
+        if args.command == "eval":
+            return _eval(args)
+        return _inspect(args)
+    except UserError as exc:
+        print(f"distrain: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+def _train(args: argparse.Namespace) -> int:
+    from distrain.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    from distrain.signals import Interrupted
+    from distrain.train import train
+
+    try:
+        train(cfg)
+    except Interrupted as exc:
+        print(f"distrain: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from distrain.config import load_config
+    from distrain.errors import ConfigError
+
+    checkpoint = [o for o in args.overrides if o.startswith("checkpoint=")]
+    if len(checkpoint) != 1:
+        raise ConfigError("checkpoint", "distrain eval needs exactly one checkpoint=PATH")
+    cfg = load_config(args.config, [o for o in args.overrides if not o.startswith("checkpoint=")])
+    from distrain.evaluate import evaluate_checkpoint
+
+    evaluate_checkpoint(cfg, checkpoint[0].partition("=")[2])
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from distrain.inspect import inspect_checkpoint
+
+    print(inspect_checkpoint(args.path))
+    return 0

@@ -1,0 +1,240 @@
+"""Who am I? Launch-environment detection as a pure function of the environment mapping.
+
+    env = detect(os.environ)   # -> DistEnv(source, rank, local_rank, world_size, ..., master_addr, master_port)
+
+Detectors are tried in this order, and the first that claims the environment wins:
+
+1. torchrun (or any env:// launcher): RANK / WORLD_SIZE / LOCAL_RANK are set. Tried first because torchrun
+   can itself run inside a SLURM allocation (`srun torchrun ...`); there the SLURM variables describe the
+   torchrun *agent*, not the worker, so trusting them would give every worker the agent's rank.
+2. SLURM under srun: SLURM_PROCID together with SLURM_STEP_ID. The batch script itself also has
+   SLURM_PROCID=0 (and SLURM_NTASKS when --ntasks is given) but no step id; treating the batch shell as
+   rank 0 of N would wait forever for N-1 processes that nobody started, so without a step it is one process.
+3. Nothing: one process, no process group.
+
+Nothing here touches os.environ or torch: every launch mode is testable by passing a dict.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Mapping
+
+from distrain.errors import EnvError
+
+# Lightning's choice too: keeps derived ports clear of well-known ports and of the ephemeral range.
+_SLURM_PORT_BASE = 15000
+_SLURM_PORT_SPAN = 20000
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """Where this process sits in the job. `source` is "single", "torchrun" or "slurm"."""
+
+    source: str
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    local_world_size: int = 1
+    node_rank: int = 0
+    master_addr: str | None = None
+    master_port: int | None = None
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def init_method(self) -> str | None:
+        """The rendezvous address for init_process_group, or None for one process."""
+        if not self.is_distributed:
+            return None
+        if self.source == "torchrun":
+            # env:// lets torchrun workers use the agent's store (TORCHELASTIC_USE_AGENT_STORE).
+            return "env://"
+        host = f"[{self.master_addr}]" if self.master_addr and ":" in self.master_addr else self.master_addr
+        return f"tcp://{host}:{self.master_port}"
+
+
+def detect(environ: Mapping[str, str]) -> DistEnv:
+    """Read the launcher's variables from `environ`. Raises EnvError when they are inconsistent."""
+    if _claims_torchrun(environ):
+        return _from_torchrun(environ)
+    if "SLURM_PROCID" in environ and "SLURM_STEP_ID" in environ:
+        return _from_slurm(environ)
+    return DistEnv(source="single")
+
+
+# ------------------------------------------------------------------------------------------- torchrun
+
+_TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+
+
+def _claims_torchrun(environ: Mapping[str, str]) -> bool:
+    present = [v for v in _TORCHRUN_VARS if v in environ]
+    if present and len(present) < len(_TORCHRUN_VARS):
+        missing = [v for v in _TORCHRUN_VARS if v not in environ]
+        raise EnvError(missing[0], f"is not set, but {', '.join(present)} is",
+                       "start distrain with torchrun (which sets all of them), or unset the partial set")
+    return bool(present) or "TORCHELASTIC_RUN_ID" in environ
+
+
+def _from_torchrun(environ: Mapping[str, str]) -> DistEnv:
+    for var in _TORCHRUN_VARS:
+        if var not in environ:
+            raise EnvError(var, "is not set although TORCHELASTIC_RUN_ID is", "start distrain with torchrun")
+    rank = _int(environ, "RANK")
+    world_size = _int(environ, "WORLD_SIZE")
+    local_rank = _int(environ, "LOCAL_RANK")
+    local_world_size = _int(environ, "LOCAL_WORLD_SIZE") if "LOCAL_WORLD_SIZE" in environ else world_size
+    node_rank = _int(environ, "GROUP_RANK") if "GROUP_RANK" in environ else 0
+    master_addr = environ.get("MASTER_ADDR")
+    master_port = _int(environ, "MASTER_PORT") if "MASTER_PORT" in environ else None
+    if world_size > 1:
+        if not master_addr:
+            raise EnvError("MASTER_ADDR", f"is not set, but WORLD_SIZE={world_size}",
+                           "torchrun sets it; when launching by hand, export MASTER_ADDR and MASTER_PORT")
+        if master_port is None:
+            raise EnvError("MASTER_PORT", f"is not set, but WORLD_SIZE={world_size}",
+                           "torchrun sets it; when launching by hand, export MASTER_ADDR and MASTER_PORT")
+    return _validated(DistEnv("torchrun", rank, local_rank, world_size, local_world_size, node_rank,
+                              master_addr, master_port),
+                      rank_var="RANK", world_var="WORLD_SIZE", local_var="LOCAL_RANK",
+                      local_world_var="LOCAL_WORLD_SIZE")
+
+
+# ---------------------------------------------------------------------------------------------- SLURM
+
+def _from_slurm(environ: Mapping[str, str]) -> DistEnv:
+    rank = _int(environ, "SLURM_PROCID")
+    local_rank = _int(environ, "SLURM_LOCALID") if "SLURM_LOCALID" in environ else 0
+    world_var = "SLURM_NTASKS" if "SLURM_NTASKS" in environ else "SLURM_NPROCS"
+    if world_var not in environ:
+        raise EnvError("SLURM_NTASKS", "is not set inside an srun step", "run the job step with srun --ntasks=N")
+    world_size = _int(environ, world_var)
+    node_rank = _int(environ, "SLURM_NODEID") if "SLURM_NODEID" in environ else 0
+    tasks_var = "SLURM_STEP_TASKS_PER_NODE" if "SLURM_STEP_TASKS_PER_NODE" in environ else "SLURM_TASKS_PER_NODE"
+    if tasks_var in environ:
+        per_node = parse_tasks_per_node(environ[tasks_var], tasks_var)
+        if node_rank >= len(per_node):
+            raise EnvError("SLURM_NODEID", f"is {node_rank}, but {tasks_var}={environ[tasks_var]!r} "
+                                           f"describes only {len(per_node)} node(s)")
+        local_world_size = per_node[node_rank]
+    else:
+        local_world_size = world_size
+    master_addr = environ.get("MASTER_ADDR")
+    if not master_addr and world_size > 1:
+        # The step's first node runs task 0 (block distribution); a step may use fewer nodes than the
+        # job, so its own node list is the right one when SLURM gives it.
+        list_var = "SLURM_STEP_NODELIST" if "SLURM_STEP_NODELIST" in environ else "SLURM_JOB_NODELIST"
+        if list_var not in environ:
+            raise EnvError("SLURM_JOB_NODELIST", "is not set inside an srun step",
+                           "export MASTER_ADDR to the host that runs task 0")
+        master_addr = expand_nodelist(environ[list_var], list_var)[0]
+    if "MASTER_PORT" in environ:
+        master_port = _int(environ, "MASTER_PORT")
+    elif world_size > 1:
+        if "SLURM_JOB_ID" not in environ:
+            raise EnvError("SLURM_JOB_ID", "is not set, so no rendezvous port can be derived",
+                           "export MASTER_PORT to a free port on the first host")
+        # Derived from the job id so that two jobs sharing a node do not pick the same port.
+        master_port = _SLURM_PORT_BASE + _int(environ, "SLURM_JOB_ID") % _SLURM_PORT_SPAN
+    else:
+        master_port = None
+    return _validated(DistEnv("slurm", rank, local_rank, world_size, local_world_size, node_rank,
+                              master_addr, master_port),
+                      rank_var="SLURM_PROCID", world_var=world_var, local_var="SLURM_LOCALID",
+                      local_world_var=tasks_var)
+
+
+def expand_nodelist(nodelist: str, variable: str = "SLURM_JOB_NODELIST") -> list[str]:
+    """Expand SLURM's compact host list: `gpu[01-04,07],cpu3` -> gpu01 gpu02 gpu03 gpu04 gpu07 cpu3.
+
+    Zero padding is kept, and several bracket groups in one name (`r[1-2]n[1-2]`) expand as a product.
+    """
+    hosts: list[str] = []
+    for item in _split_top_level(nodelist, variable):
+        hosts.extend(_expand_one(item, nodelist, variable))
+    if not hosts:
+        raise EnvError(variable, f"{nodelist!r} names no host")
+    return hosts
+
+
+def _split_top_level(text: str, variable: str) -> list[str]:
+    items, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        if ch == "[":
+            depth += 1
+        elif ch == "]":
+            depth -= 1
+            if depth < 0:
+                raise EnvError(variable, f"{text!r} has an unmatched ']'")
+        elif ch == "," and depth == 0:
+            items.append(text[start:i])
+            start = i + 1
+    if depth != 0:
+        raise EnvError(variable, f"{text!r} has an unmatched '['")
+    items.append(text[start:])
+    return [item.strip() for item in items if item.strip()]
+
+
+def _expand_one(item: str, whole: str, variable: str) -> list[str]:
+    match = re.search(r"\[([^\]]*)\]", item)
+    if not match:
+        return [item]
+    head, tail = item[: match.start()], item[match.end():]
+    names = []
+    for part in match.group(1).split(","):
+        lo, dash, hi = part.strip().partition("-")
+        if not lo.isdigit() or (dash and not hi.isdigit()):
+            raise EnvError(variable, f"{whole!r} has a bad range {part!r} (expected N or N-M)")
+        if not dash:
+            names.append(lo)
+            continue
+        if int(hi) < int(lo):
+            raise EnvError(variable, f"{whole!r} has a descending range {part!r}")
+        width = len(lo)
+        names.extend(str(n).zfill(width) for n in range(int(lo), int(hi) + 1))
+    return [expanded for name in names for expanded in _expand_one(head + name + tail, whole, variable)]
+
+
+def parse_tasks_per_node(text: str, variable: str = "SLURM_TASKS_PER_NODE") -> list[int]:
+    """Expand SLURM's tasks-per-node form: `2(x3),1` -> [2, 2, 2, 1]."""
+    counts: list[int] = []
+    for part in text.split(","):
+        match = re.fullmatch(r"\s*(\d+)(?:\(x(\d+)\))?\s*", part)
+        if not match:
+            raise EnvError(variable, f"{text!r} is not of the form N or N(xM), comma-separated")
+        counts.extend([int(match.group(1))] * int(match.group(2) or 1))
+    return counts
+
+
+# --------------------------------------------------------------------------------------------- common
+
+def _int(environ: Mapping[str, str], name: str) -> int:
+    text = environ[name]
+    try:
+        return int(text)
+    except ValueError:
+        raise EnvError(name, f"must be an integer, got {text!r}") from None
+
+
+def _validated(env: DistEnv, *, rank_var: str, world_var: str, local_var: str, local_world_var: str) -> DistEnv:
+    if env.world_size < 1:
+        raise EnvError(world_var, f"must be >= 1, got {env.world_size}")
+    if not 0 <= env.rank < env.world_size:
+        raise EnvError(rank_var, f"is {env.rank}, outside [0, {env.world_size}) given by {world_var}")
+    if not 1 <= env.local_world_size <= env.world_size:
+        raise EnvError(local_world_var, f"gives {env.local_world_size} processes on this node, "
+                                        f"outside [1, {env.world_size}] given by {world_var}")
+    if not 0 <= env.local_rank < env.local_world_size:
+        raise EnvError(local_var, f"is {env.local_rank}, outside [0, {env.local_world_size}) "
+                                  f"processes on this node")
+    if env.master_port is not None and not 0 < env.master_port < 65536:
+        raise EnvError("MASTER_PORT", f"must be a port number in 1..65535, got {env.master_port}")
+    return env

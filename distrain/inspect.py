@@ -1,0 +1,34 @@
+"""`distrain inspect PATH`: a checkpoint's metadata (epoch, step, metrics, world size, config), without
+building the model. PATH is a .pt file or a run directory (then its newest complete checkpoint)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from distrain.checkpoint import CheckpointError, find_resumable, load_payload
+
+
+def inspect_checkpoint(path: str | Path) -> str:
+    path = Path(path)
+    if path.is_dir():
+        found = find_resumable(path)
+        if found is None:
+            raise CheckpointError(f"{path} holds no complete checkpoint (looked in {path / 'checkpoints'})")
+        path = found
+    payload = load_payload(path)
+    tensors = sum(t.numel() for t in payload["model"].values())
+    summary = {
+        "checkpoint": str(path),
+        "epoch": payload["epoch"],
+        "step_in_epoch": payload["step_in_epoch"],
+        "global_step": payload["global_step"],
+        "world_size": payload["world_size"],
+        "metrics": payload.get("metrics", {}),
+        "model_parameters": tensors,
+        "distrain_version": payload.get("distrain_version"),
+        "torch_version": payload.get("torch_version"),
+        "config": payload.get("config"),
+    }
+    return yaml.safe_dump(summary, sort_keys=False).rstrip()

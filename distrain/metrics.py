@@ -1,0 +1,53 @@
+"""Where do metrics go? Rank 0 prints one line per epoch and appends to <run.dir>/metrics.jsonl.
+
+metrics.jsonl holds one JSON object per split and epoch:
+    {"epoch": 3, "split": "train", "loss": 0.41, "accuracy": 0.93, "samples": 2500, "global_step": 80, "time_s": 0.2}
+Every line is flushed and fsynced when written: a kill loses no finished epoch. On resume, lines of epochs
+that the checkpoint does not cover are dropped (they will be produced again), so each (epoch, split)
+appears once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+from distrain.checkpoint import atomic_write_bytes
+from distrain.loops import EpochMetrics
+
+log = logging.getLogger("distrain")
+
+
+class MetricsLog:
+    def __init__(self, run_dir: str | Path, *, is_main: bool):
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.is_main = is_main
+
+    def drop_from_epoch(self, epoch: int) -> None:
+        """Forget records of `epoch` and later (they were written after the checkpoint being resumed)."""
+        if not self.is_main or not self.path.exists():
+            return
+        kept = [line for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line)["epoch"] < epoch]
+        atomic_write_bytes(self.path, "".join(line + "\n" for line in kept).encode())
+
+    def log_epoch(self, epoch: int, global_step: int, train: EpochMetrics, test: EpochMetrics,
+                  time_s: float) -> None:
+        if not self.is_main:
+            return
+        log.info("epoch %d | train loss %.4f acc %.4f | test loss %.4f acc %.4f | %.2fs",
+                 epoch, train.loss, train.accuracy, test.loss, test.accuracy, time_s)
+        with open(self.path, "a") as f:
+            for split, m in (("train", train), ("test", test)):
+                f.write(json.dumps({"epoch": epoch, "split": split, "loss": m.loss, "accuracy": m.accuracy,
+                                    "samples": m.samples, "global_step": global_step,
+                                    "time_s": round(time_s, 4)}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,21 @@
+"""How is the model wrapped? DistributedDataParallel when there is more than one process, else the bare model.
+
+The loops train the wrapped model; checkpoints and evaluation use the unwrapped one, so a checkpoint
+loads into a plain nn.Module with no "module." prefixes.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from distrain.dist import DistContext
+
+
+def wrap_model(model: nn.Module, ctx: DistContext) -> nn.Module:
+    if ctx.world_size == 1:
+        return model
+    device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+    # find_unused_parameters stays off: it costs a graph traversal every step and every model shipped
+    # here uses all its parameters; a model that does not gets DDP's own clear error.
+    return DistributedDataParallel(model, device_ids=device_ids)

@@ -1,0 +1,41 @@
+"""Seeding and determinism: Python, NumPy and torch (CPU and CUDA), and DataLoader workers."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+
+
+def seed_everything(seed: int) -> None:
+    """Seed every generator the training touches. Called with the same seed on every rank, so the model
+    is initialised identically everywhere (DDP would broadcast rank 0's weights anyway)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def configure_determinism(cudnn_deterministic: bool, deterministic_algorithms: bool) -> None:
+    torch.backends.cudnn.deterministic = cudnn_deterministic
+    torch.backends.cudnn.benchmark = not cudnn_deterministic
+    if deterministic_algorithms:
+        # cuBLAS needs a fixed workspace to be deterministic; it reads this variable when it starts,
+        # so it is set here (at training start), never at import.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+
+
+def loader_generator(seed: int, rank: int) -> torch.Generator:
+    """The generator a rank's DataLoader draws its worker base seed from: distinct per rank, and a new
+    draw every epoch (workers are re-created each epoch), so worker seeds differ by rank, worker and epoch."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + rank)
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader worker_init_fn: torch already seeds each worker with base_seed + worker_id; give Python's
+    and NumPy's generators (used by many transforms) that same per-worker seed."""
+    worker_seed = torch.initial_seed() % 2**32
+    random.seed(worker_seed)
+    np.random.seed(worker_seed)
