@@ -1,0 +1,68 @@
+"""Shared fixtures: a clean environment and process-group state per test, free ports, CLI runners."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+TORCHRUN = str(Path(PYTHON).with_name("torchrun"))
+
+# Launcher variables that must not leak from the machine (or a SLURM job running the suite) into tests.
+_LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+                "GROUP_RANK", "TORCHELASTIC_RUN_ID")
+
+
+@pytest.fixture(autouse=True)
+def _isolate():
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+    import torch.distributed as tdist
+
+    if tdist.is_available() and tdist.is_initialized():
+        tdist.destroy_process_group()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _LAUNCH_VARS and not k.startswith("SLURM_")}
+    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env.update(extra)
+    return env
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300,
+            cwd: Path = REPO) -> subprocess.CompletedProcess:
+    """`python -m distrain ARGS` in a subprocess."""
+    return subprocess.run([PYTHON, "-m", "distrain", *args], cwd=cwd, env=env or clean_env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def run_torchrun(nproc: int, *args: str, extra: tuple[str, ...] = (), env: dict[str, str] | None = None,
+                 timeout: float = 300, module: str = "distrain") -> subprocess.CompletedProcess:
+    """The real torchrun, one node, `nproc` gloo processes, on a free port."""
+    cmd = [TORCHRUN, "--nnodes=1", f"--nproc_per_node={nproc}", "--rdzv_backend=c10d",
+           f"--rdzv_endpoint=127.0.0.1:{free_port()}", *extra, "-m", module, *args]
+    return subprocess.run(cmd, cwd=REPO, env=env or clean_env(), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def spawn(fn, world_size: int, *args) -> None:
+    """Run fn(rank, world_size, port, *args) in `world_size` processes (a real gloo group can be formed
+    from MASTER_ADDR/MASTER_PORT); raises if any process fails."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(fn, args=(world_size, free_port(), *args), nprocs=world_size, join=True)

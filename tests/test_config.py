@@ -1,0 +1,98 @@
+"""Config parsing and validation; bad configs through the real CLI exit 2 naming the key, no traceback."""
+
+import pytest
+import yaml
+
+from conftest import run_cli, run_torchrun
+from distrain.config import Config, dump_config, from_dict, load_config
+from distrain.errors import ConfigError
+
+XOR = "configs/xor.yaml"
+
+
+def test_shipped_configs_load(tmp_path):
+    for name in ("xor", "xor_linear", "breast_cancer", "wine"):
+        cfg = load_config(f"configs/{name}.yaml")
+        assert isinstance(cfg, Config)
+    cfg = load_config(XOR)
+    assert (cfg.seed, cfg.data.name, cfg.data.global_batch_size, cfg.trainer.epochs, cfg.optim.name,
+            cfg.optim.lr, cfg.run.dir) == (42, "xor", 128, 100, "sgd", 0.1, "runs/xor")
+
+
+def test_overrides_are_parsed_as_yaml():
+    cfg = load_config(XOR, ["optim.lr=1e-3", "model.name=mlp", "model.hidden_sizes=[8, 8]",
+                            "optim.clip_grad_norm=null", "data.shuffle=false", "seed=7"])
+    assert cfg.optim.lr == 0.001 and cfg.model.hidden_sizes == [8, 8] and cfg.optim.clip_grad_norm is None
+    assert cfg.data.shuffle is False and cfg.seed == 7
+
+
+def test_resolved_config_round_trips():
+    cfg = load_config(XOR, ["optim.momentum=0.9"])
+    assert from_dict(yaml.safe_load(dump_config(cfg))) == cfg
+
+
+def test_typo_suggests_the_nearest_key():
+    with pytest.raises(ConfigError) as info:
+        load_config(XOR, ["optim.lrr=0.1"])
+    assert info.value.key == "optim.lrr" and "optim.lr" in str(info.value)
+
+
+BAD_OVERRIDES = [
+    (["optimizer.lr=0.1"], "optimizer", "optim"),
+    (["optim.lrr=0.1"], "optim.lrr", "optim.lr"),
+    (["data.global_batch_size=abc"], "data.global_batch_size", "integer"),
+    (["data.global_batch_size=0"], "data.global_batch_size", "> 0"),
+    (["optim.lr=-1"], "optim.lr", "> 0"),
+    (["data.name=xorr"], "data.name", "xor"),
+    (["trainer.epochs=0"], "trainer.epochs", "> 0"),
+    (["data.shuffle=maybe"], "data.shuffle", "true or false"),
+    (["optim.momentum=1.5"], "optim.momentum", "[0, 1)"),
+    (["model.hidden_sizes=[16, 0]"], "model.hidden_sizes", "> 0"),
+    (["trainer.requeue_signal=SIGFOO"], "trainer.requeue_signal", "SIGUSR2"),
+    (["dist.backend=mpi"], "dist.backend", "gloo"),
+    (["data=3"], "data", "mapping"),
+    (["optim.lr"], "optim.lr", "dotted.key=value"),
+    (["optim.nesterov=true"], "optim.nesterov", "momentum"),
+    (["data.test_fraction=1.5"], "data.test_fraction", "(0, 1)"),
+    (["checkpoint.keep_last=-1"], "checkpoint.keep_last", ">= 0"),
+    (["data.loader=fast"], "data.loader", "tensor"),
+]
+
+
+@pytest.mark.parametrize("overrides,key,words", BAD_OVERRIDES, ids=[o[0][0] for o in BAD_OVERRIDES])
+def test_bad_config_exits_2_naming_the_key(overrides, key, words, tmp_path):
+    result = run_cli("train", XOR, f"run.dir={tmp_path}", *overrides)
+    assert result.returncode == 2, result.stderr
+    assert f"'{key}'" in result.stderr and words in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "metrics.jsonl").exists()  # refused before any training
+
+
+def test_missing_required_key(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("data: {global_batch_size: 8}\nmodel: {name: mlp}\noptim: {name: sgd, lr: 0.1}\n"
+                    "trainer: {epochs: 1}\n")
+    result = run_cli("train", str(path))
+    assert result.returncode == 2 and "'data.name': required key is missing" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("text", ["data: [unclosed", "- a list\n- not a mapping\n"])
+def test_unreadable_yaml(tmp_path, text):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    result = run_cli("train", str(path))
+    assert result.returncode == 2 and str(path) in result.stderr and "Traceback" not in result.stderr
+
+
+def test_missing_config_file():
+    result = run_cli("train", "configs/nope.yaml")
+    assert result.returncode == 2 and "configs/nope.yaml does not exist" in result.stderr
+
+
+def test_global_batch_must_divide_over_ranks(tmp_path):
+    result = run_torchrun(2, "train", XOR, f"run.dir={tmp_path}", "data.global_batch_size=127")
+    assert result.returncode != 0
+    assert "'data.global_batch_size': 127 does not divide evenly over 2 processes" in result.stderr
+    # torchrun's agent prints its own ChildFailedError traceback; none may come from distrain's code.
+    assert "distrain/" not in "".join(l for l in result.stderr.splitlines(True) if l.lstrip().startswith("File "))

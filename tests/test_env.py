@@ -1,0 +1,91 @@
+"""Environment detection from patched environment dicts: no processes."""
+
+import pytest
+
+from distrain.env import DistEnv, detect, expand_nodelist, parse_tasks_per_node
+from distrain.errors import EnvError
+
+TORCHRUN = {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2", "GROUP_RANK": "1",
+            "MASTER_ADDR": "node0", "MASTER_PORT": "29500", "TORCHELASTIC_RUN_ID": "abc"}
+SRUN = {"SLURM_PROCID": "5", "SLURM_LOCALID": "1", "SLURM_NTASKS": "8", "SLURM_NODEID": "2",
+        "SLURM_STEP_ID": "0", "SLURM_JOB_ID": "123456", "SLURM_JOB_NODELIST": "gpu[01-04,07]",
+        "SLURM_STEP_NODELIST": "gpu[01-04,07]", "SLURM_TASKS_PER_NODE": "2(x4)"}
+
+
+def test_nothing_is_one_process():
+    env = detect({})
+    assert env == DistEnv(source="single")
+    assert not env.is_distributed and env.init_method is None
+
+
+def test_torchrun():
+    env = detect(TORCHRUN)
+    assert (env.source, env.rank, env.local_rank, env.world_size, env.local_world_size, env.node_rank) == \
+        ("torchrun", 3, 1, 4, 2, 1)
+    assert (env.master_addr, env.master_port, env.init_method) == ("node0", 29500, "env://")
+
+
+def test_srun_with_bracketed_node_list():
+    env = detect(SRUN)
+    assert (env.source, env.rank, env.local_rank, env.world_size, env.local_world_size, env.node_rank) == \
+        ("slurm", 5, 1, 8, 2, 2)
+    assert env.master_addr == "gpu01"
+    assert env.master_port == 15000 + 123456 % 20000
+    assert env.init_method == f"tcp://gpu01:{env.master_port}"
+
+
+def test_srun_master_port_and_addr_can_be_set():
+    env = detect({**SRUN, "MASTER_PORT": "40000", "MASTER_ADDR": "10.0.0.9"})
+    assert (env.master_addr, env.master_port) == ("10.0.0.9", 40000)
+
+
+def test_srun_step_node_list_wins_over_the_job_list():
+    env = detect({**SRUN, "SLURM_JOB_NODELIST": "gpu[01-08]", "SLURM_STEP_NODELIST": "gpu[05-08]",
+                  "SLURM_TASKS_PER_NODE": "2(x4)"})
+    assert env.master_addr == "gpu05"
+
+
+def test_torchrun_inside_slurm_counts_as_torchrun():
+    env = detect({**SRUN, **TORCHRUN})
+    assert env.source == "torchrun" and env.rank == 3
+
+
+def test_sbatch_shell_without_srun_is_one_process():
+    # The batch script has SLURM_PROCID=0 and SLURM_NTASKS but no step: nobody else was started.
+    batch = {k: v for k, v in SRUN.items() if k not in ("SLURM_STEP_ID", "SLURM_STEP_NODELIST")}
+    assert detect({**batch, "SLURM_PROCID": "0"}).source == "single"
+
+
+@pytest.mark.parametrize("nodelist,hosts", [
+    ("vm", ["vm"]),
+    ("gpu[01-04,07]", ["gpu01", "gpu02", "gpu03", "gpu04", "gpu07"]),
+    ("gpu[01-02],cpu3", ["gpu01", "gpu02", "cpu3"]),
+    ("node[8-11]", ["node8", "node9", "node10", "node11"]),
+    ("a[1-2]-b[1-2]", ["a1-b1", "a1-b2", "a2-b1", "a2-b2"]),
+    ("x[009-011]y", ["x009y", "x010y", "x011y"]),
+])
+def test_expand_nodelist(nodelist, hosts):
+    assert expand_nodelist(nodelist) == hosts
+
+
+def test_tasks_per_node():
+    assert parse_tasks_per_node("2(x3),1") == [2, 2, 2, 1]
+
+
+@pytest.mark.parametrize("environ,variable", [
+    ({**TORCHRUN, "RANK": "4"}, "RANK"),                    # rank outside world
+    ({**TORCHRUN, "RANK": "x"}, "RANK"),                    # not an integer
+    ({**TORCHRUN, "LOCAL_RANK": "2"}, "LOCAL_RANK"),        # outside local world
+    ({k: v for k, v in TORCHRUN.items() if k != "WORLD_SIZE"}, "WORLD_SIZE"),
+    ({k: v for k, v in TORCHRUN.items() if k != "MASTER_ADDR"}, "MASTER_ADDR"),
+    ({**TORCHRUN, "LOCAL_WORLD_SIZE": "5"}, "LOCAL_WORLD_SIZE"),
+    ({**SRUN, "SLURM_PROCID": "8"}, "SLURM_PROCID"),
+    ({**SRUN, "SLURM_JOB_NODELIST": "gpu[01-", "SLURM_STEP_NODELIST": "gpu[01-"}, "SLURM_STEP_NODELIST"),
+    ({**SRUN, "SLURM_TASKS_PER_NODE": "two"}, "SLURM_TASKS_PER_NODE"),
+    ({**SRUN, "SLURM_NODEID": "9"}, "SLURM_NODEID"),
+])
+def test_inconsistent_variables_are_named(environ, variable):
+    with pytest.raises(EnvError) as info:
+        detect(environ)
+    assert info.value.variable == variable
+    assert variable in str(info.value)

@@ -1,0 +1,64 @@
+"""The per-global-batch sampler and the exact evaluation shards."""
+
+import pytest
+import torch
+from torch.utils.data import DistributedSampler, TensorDataset
+
+from distrain.data.sampling import GlobalBatchSampler, eval_batch_ranges
+
+
+def data(n):
+    return TensorDataset(torch.arange(n))
+
+
+@pytest.mark.parametrize("world", [1, 2, 4])
+def test_full_batches_match_distributed_sampler(world):
+    # 512 samples, global batch 64: every batch is full, so each rank must see exactly the indices
+    # torch's DistributedSampler gives it, in the same order.
+    ds, per_rank = data(512), 64 // world
+    for rank in range(world):
+        ours = GlobalBatchSampler(ds, num_replicas=world, rank=rank, global_batch_size=64, seed=3)
+        theirs = DistributedSampler(ds, num_replicas=world, rank=rank, seed=3)
+        for epoch in (0, 1):
+            ours.set_epoch(epoch)
+            theirs.set_epoch(epoch)
+            assert list(ours) == list(theirs)
+        assert all(len(b) == per_rank for _, b in ours.rank_batches())
+
+
+@pytest.mark.parametrize("n,world", [(2500, 2), (2501, 2), (101, 4), (5, 4)])
+def test_every_sample_once_per_epoch_and_steps_are_global(n, world):
+    samplers = [GlobalBatchSampler(data(n), num_replicas=world, rank=r, global_batch_size=32, seed=1)
+                for r in range(world)]
+    one = GlobalBatchSampler(data(n), num_replicas=1, rank=0, global_batch_size=32, seed=1)
+    seen = sorted(i for s in samplers for i in s)
+    assert seen == list(range(n))  # no padding, no duplicates
+    # Step k holds the same samples on any number of ranks.
+    by_step = [dict(s.rank_batches()) for s in samplers]
+    for step, batch in one.rank_batches():
+        assert sorted(i for b in by_step for i in b[step]) == sorted(batch)
+        assert one.global_size(step) == len(batch)
+
+
+def test_epochs_shuffle_differently_and_resume_skips_steps():
+    s = GlobalBatchSampler(data(100), num_replicas=2, rank=1, global_batch_size=10, seed=0)
+    s.set_epoch(0)
+    e0 = list(s.rank_batches())
+    s.set_epoch(1)
+    assert list(s.rank_batches()) != e0
+    s.set_epoch(0)
+    s.set_start_step(4)
+    assert list(s.rank_batches()) == e0[4:]
+
+
+def test_global_batch_must_divide():
+    with pytest.raises(ValueError):
+        GlobalBatchSampler(data(10), num_replicas=3, rank=0, global_batch_size=8)
+
+
+@pytest.mark.parametrize("n,bs,world", [(501, 64, 2), (501, 64, 3), (7, 64, 4), (1000, 10, 7)])
+def test_eval_ranges_cover_each_sample_once_in_fixed_batches(n, bs, world):
+    ranges = [r for rank in range(world) for r in eval_batch_ranges(n, bs, rank, world)]
+    assert [r[0] for r in ranges] == list(range(len(ranges)))
+    assert ranges == eval_batch_ranges(n, bs, 0, 1)  # the same batches as one process
+    assert sum(end - start for _, start, end in ranges) == n
