@@ -210,7 +210,7 @@ def load_payload(path: str | Path, map_location: str | torch.device = "cpu") -> 
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        found = re.search(r"(Unsupported global: GLOBAL [^ ]+|Unsupported operand [^ ]+)", str(exc))
+        found = re.search(r"(GLOBAL [\w.]+|Unsupported operand \S+)", str(exc))
         raise CheckpointError(
             f"checkpoint {path} was refused: it holds pickled objects other than tensors and plain "
             f"containers, which could run code when loaded ({found.group(1) if found else 'not weights-only'})",

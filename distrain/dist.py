@@ -90,16 +90,30 @@ def distributed(env: DistEnv, *, backend: str = "auto", timeout_s: float = 900.0
         if dev.type == "cuda":
             # Binds NCCL's communicator to this device eagerly (no guessing from the current device).
             kwargs["device_id"] = dev
-        log.debug("init_process_group(%s, %s, rank=%d, world_size=%d)", chosen, env.init_method,
-                  env.rank, env.world_size)
-        tdist.init_process_group(chosen, init_method=env.init_method, rank=env.rank,
-                                 world_size=env.world_size,
-                                 timeout=datetime.timedelta(seconds=timeout_s), **kwargs)
+        timeout = datetime.timedelta(seconds=timeout_s)
+        tdist.init_process_group(chosen, store=_rendezvous_store(env, timeout), rank=env.rank,
+                                 world_size=env.world_size, timeout=timeout, **kwargs)
     try:
         yield DistContext(env, dev, chosen)
     finally:
         if owns_group and tdist.is_initialized():
             tdist.destroy_process_group()
+
+
+def _rendezvous_store(env: DistEnv, timeout: datetime.timedelta) -> tdist.Store:
+    """The key-value store the ranks meet in, namespaced per torchrun restart attempt.
+
+    Why not init_method="env://": after `torchrun --max-restarts` restarts the workers, they reuse the
+    agent's store, which still holds the previous attempt's keys. A new worker can then read a killed
+    peer's stale gloo address and fail with "connection refused" (seen here, about one restart in
+    three). Prefixing every key with the attempt number makes each attempt meet only its own peers.
+    """
+    # With the agent's store, every worker is a client; otherwise rank 0 hosts the store (SLURM, or a
+    # torchrun that does not share its store).
+    is_host = env.rank == 0 and not env.uses_agent_store
+    store = tdist.TCPStore(env.master_addr, env.master_port, env.world_size, is_master=is_host,
+                           timeout=timeout, wait_for_workers=False)
+    return tdist.PrefixStore(f"distrain/attempt_{env.restart_count}", store)
 
 
 # ---------------------------------------------------------------------- collectives (no-ops alone)

@@ -40,6 +40,8 @@ class DistEnv:
     node_rank: int = 0
     master_addr: str | None = None
     master_port: int | None = None
+    restart_count: int = 0  # torchrun: TORCHELASTIC_RESTART_COUNT (0 on the first attempt)
+    uses_agent_store: bool = False  # torchrun: the agent hosts the TCPStore at MASTER_ADDR:MASTER_PORT
 
     @property
     def is_distributed(self) -> bool:
@@ -49,16 +51,6 @@ class DistEnv:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    @property
-    def init_method(self) -> str | None:
-        """The rendezvous address for init_process_group, or None for one process."""
-        if not self.is_distributed:
-            return None
-        if self.source == "torchrun":
-            # env:// lets torchrun workers use the agent's store (TORCHELASTIC_USE_AGENT_STORE).
-            return "env://"
-        host = f"[{self.master_addr}]" if self.master_addr and ":" in self.master_addr else self.master_addr
-        return f"tcp://{host}:{self.master_port}"
 
 
 def detect(environ: Mapping[str, str]) -> DistEnv:
@@ -102,8 +94,10 @@ def _from_torchrun(environ: Mapping[str, str]) -> DistEnv:
         if master_port is None:
             raise EnvError("MASTER_PORT", f"is not set, but WORLD_SIZE={world_size}",
                            "torchrun sets it; when launching by hand, export MASTER_ADDR and MASTER_PORT")
+    restart_count = _int(environ, "TORCHELASTIC_RESTART_COUNT") if "TORCHELASTIC_RESTART_COUNT" in environ else 0
+    uses_agent_store = environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
     return _validated(DistEnv("torchrun", rank, local_rank, world_size, local_world_size, node_rank,
-                              master_addr, master_port),
+                              master_addr, master_port, restart_count, uses_agent_store),
                       rank_var="RANK", world_var="WORLD_SIZE", local_var="LOCAL_RANK",
                       local_world_var="LOCAL_WORLD_SIZE")
 

@@ -29,8 +29,7 @@ class MetricsLog:
         """Forget records of `epoch` and later (they were written after the checkpoint being resumed)."""
         if not self.is_main or not self.path.exists():
             return
-        kept = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line)["epoch"] < epoch]
+        kept = [line for line in self.path.read_text().splitlines() if _epoch_of(line) < epoch]
         atomic_write_bytes(self.path, "".join(line + "\n" for line in kept).encode())
 
     def log_epoch(self, epoch: int, global_step: int, train: EpochMetrics, test: EpochMetrics,
@@ -46,6 +45,14 @@ class MetricsLog:
                                     "time_s": round(time_s, 4)}) + "\n")
             f.flush()
             os.fsync(f.fileno())
+
+
+def _epoch_of(line: str) -> float:
+    """The line's epoch; a line cut short by a kill counts as not written (infinitely late)."""
+    try:
+        return json.loads(line)["epoch"]
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:

@@ -51,11 +51,16 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300,
                           capture_output=True, text=True, timeout=timeout)
 
 
+def torchrun_cmd(nproc: int, *args: str, extra: tuple[str, ...] = (), script: str | None = None) -> list[str]:
+    """The real torchrun, one node, `nproc` gloo processes, on a free port; `-m distrain` or a script."""
+    target = [str(REPO / script)] if script else ["-m", "distrain"]
+    return [TORCHRUN, "--nnodes=1", f"--nproc_per_node={nproc}", "--rdzv_backend=c10d",
+            f"--rdzv_endpoint=127.0.0.1:{free_port()}", *extra, *target, *args]
+
+
 def run_torchrun(nproc: int, *args: str, extra: tuple[str, ...] = (), env: dict[str, str] | None = None,
-                 timeout: float = 300, module: str = "distrain") -> subprocess.CompletedProcess:
-    """The real torchrun, one node, `nproc` gloo processes, on a free port."""
-    cmd = [TORCHRUN, "--nnodes=1", f"--nproc_per_node={nproc}", "--rdzv_backend=c10d",
-           f"--rdzv_endpoint=127.0.0.1:{free_port()}", *extra, "-m", module, *args]
+                 timeout: float = 300, script: str | None = None) -> subprocess.CompletedProcess:
+    cmd = torchrun_cmd(nproc, *args, extra=extra, script=script)
     return subprocess.run(cmd, cwd=REPO, env=env or clean_env(), capture_output=True, text=True,
                           timeout=timeout)
 

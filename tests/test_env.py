@@ -15,14 +15,16 @@ SRUN = {"SLURM_PROCID": "5", "SLURM_LOCALID": "1", "SLURM_NTASKS": "8", "SLURM_N
 def test_nothing_is_one_process():
     env = detect({})
     assert env == DistEnv(source="single")
-    assert not env.is_distributed and env.init_method is None
+    assert not env.is_distributed
 
 
 def test_torchrun():
     env = detect(TORCHRUN)
     assert (env.source, env.rank, env.local_rank, env.world_size, env.local_world_size, env.node_rank) == \
         ("torchrun", 3, 1, 4, 2, 1)
-    assert (env.master_addr, env.master_port, env.init_method) == ("node0", 29500, "env://")
+    assert (env.master_addr, env.master_port, env.restart_count, env.uses_agent_store) == ("node0", 29500, 0, False)
+    restarted = detect({**TORCHRUN, "TORCHELASTIC_RESTART_COUNT": "2", "TORCHELASTIC_USE_AGENT_STORE": "True"})
+    assert (restarted.restart_count, restarted.uses_agent_store) == (2, True)
 
 
 def test_srun_with_bracketed_node_list():
@@ -31,7 +33,6 @@ def test_srun_with_bracketed_node_list():
         ("slurm", 5, 1, 8, 2, 2)
     assert env.master_addr == "gpu01"
     assert env.master_port == 15000 + 123456 % 20000
-    assert env.init_method == f"tcp://gpu01:{env.master_port}"
 
 
 def test_srun_master_port_and_addr_can_be_set():

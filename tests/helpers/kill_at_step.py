@@ -1,0 +1,27 @@
+"""Run `distrain` under torchrun, but SIGKILL rank KILL_RANK right after global step KILL_STEP, on the
+first attempt only (TORCHELASTIC_RESTART_COUNT=0): a real, unannounced death of one worker mid-training.
+
+    torchrun ... tests/helpers/kill_at_step.py train CONFIG ...   (env: KILL_RANK, KILL_STEP)
+"""
+
+import os
+import signal
+import sys
+
+import distrain.train
+from distrain.cli import main
+
+_original = distrain.train.Saver.maybe_save_step
+
+
+def _maybe_save_then_die(self, progress, totals):
+    saved = _original(self, progress, totals)
+    first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
+    if (first_attempt and progress.global_step == int(os.environ["KILL_STEP"])
+            and os.environ["RANK"] == os.environ["KILL_RANK"]):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return saved
+
+
+distrain.train.Saver.maybe_save_step = _maybe_save_then_die
+sys.exit(main())
