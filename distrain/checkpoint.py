@@ -5,7 +5,7 @@ Layout of <run.dir>/checkpoints/:
     step-00000060.pt          torch.save of the full training state (see `TrainState.to_payload`)
     step-00000060.json        manifest: sha256 and size of the .pt, epoch, step, metrics; written *after*
                               the .pt is complete, so a .pt without a manifest is an unfinished save
-    best-....pt / .json       hard links to the best checkpoints by the monitored metric
+    best-step-....pt / .json  hard links to the best M checkpoints by checkpoint.monitor (best.json names it)
     latest.json               pointer to the newest complete checkpoint; moved only after the manifest
 
 Save contract (`save_checkpoint`): called on **every rank**; the ranks' RNG states are gathered, rank 0
@@ -149,8 +149,8 @@ def checkpoint_dir(run_dir: str | Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
-def save_checkpoint(run_dir: str | Path, payload: dict[str, Any], *, keep_last: int,
-                    is_main: bool) -> Path:
+def save_checkpoint(run_dir: str | Path, payload: dict[str, Any], *, keep_last: int, is_main: bool,
+                    keep_best: int = 0, monitor: str = "test_accuracy") -> Path:
     """Write `payload` as the checkpoint of payload['global_step']. Collective: call on every rank.
 
     `payload` must already hold everything but the RNG states; they are gathered here from every rank.
@@ -161,14 +161,16 @@ def save_checkpoint(run_dir: str | Path, payload: dict[str, Any], *, keep_last: 
     path = folder / f"step-{payload['global_step']:08d}.pt"
     if is_main:
         folder.mkdir(parents=True, exist_ok=True)
-        _write_verified(path, payload)
+        manifest = _write_verified(path, payload)
         _prune(folder, keep_last)
+        if keep_best and monitor in manifest.metrics:
+            _update_best(folder, manifest, keep_best, monitor)
     # Nobody reads the new checkpoint, or runs ahead to the next save, before it is complete.
     dist.barrier()
     return path
 
 
-def _write_verified(path: Path, payload: dict[str, Any]) -> None:
+def _write_verified(path: Path, payload: dict[str, Any]) -> Manifest:
     import io
 
     buffer = io.BytesIO()
@@ -183,6 +185,7 @@ def _write_verified(path: Path, payload: dict[str, Any]) -> None:
         raise OSError(f"checkpoint {path} {problem} right after writing it")
     atomic_write_bytes(path.with_suffix(".json"), manifest.to_json().encode())
     atomic_write_bytes(path.parent / "latest.json", json.dumps({"file": path.name}).encode())
+    return manifest
 
 
 def _prune(folder: Path, keep_last: int) -> None:
@@ -192,6 +195,39 @@ def _prune(folder: Path, keep_last: int) -> None:
         # Manifest first: a .pt without a manifest is ignored, so a kill between the two unlinks is harmless.
         old.with_suffix(".json").unlink(missing_ok=True)
         old.unlink(missing_ok=True)
+
+
+def _score(manifest: Manifest, monitor: str) -> float:
+    value = manifest.metrics[monitor]
+    return -value if monitor.endswith("loss") else value  # higher is better
+
+
+def list_best(folder: Path) -> list[Manifest]:
+    """The kept best checkpoints (best-*.pt with manifests), best first; ties keep the older one first."""
+    found = [m for p in folder.glob("best-*.pt") if (m := Manifest.read(p)) is not None]
+    monitor = json.loads((folder / "best.json").read_text())["monitor"] if (folder / "best.json").exists() else None
+    if monitor is None:
+        return []
+    return sorted(found, key=lambda m: (-_score(m, monitor), m.global_step))
+
+
+def _update_best(folder: Path, manifest: Manifest, keep_best: int, monitor: str) -> None:
+    """Keep the best `keep_best` checkpoints by `monitor` as hard links best-<name> (no copy, and they
+    survive keep_last pruning); a link is made only to a complete, verified file."""
+    marker = folder / "best.json"
+    if not marker.exists() or json.loads(marker.read_text())["monitor"] != monitor:
+        for old in folder.glob("best-*"):
+            old.unlink()
+        atomic_write_bytes(marker, json.dumps({"monitor": monitor}).encode())
+    link = folder / f"best-{manifest.path.name}"
+    tmp = folder / f".{link.name}.tmp-{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    os.link(manifest.path, tmp)
+    os.replace(tmp, link)
+    atomic_write_bytes(link.with_suffix(".json"), manifest.to_json().encode())
+    for loser in list_best(folder)[keep_best:]:
+        loser.path.with_suffix(".json").unlink(missing_ok=True)
+        loser.path.unlink(missing_ok=True)
 
 
 def list_checkpoints(folder: Path) -> list[Path]:

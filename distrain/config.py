@@ -156,6 +156,54 @@ class DistConfig:
 
 
 @dataclass(kw_only=True)
+class ScheduleConfig:
+    name: Literal["constant", "step", "cosine"] = "constant"
+    """LR schedule after warm-up: constant; step (times gamma every step_epochs); cosine (down to min_lr)."""
+    warmup_steps: int = 0
+    """Linear warm-up over this many optimizer steps, from warmup_start_factor * lr up to lr."""
+    warmup_start_factor: float = 0.01
+    """Fraction of optim.lr the warm-up starts from."""
+    step_epochs: int = 30
+    """step: multiply the LR by gamma every this many epochs."""
+    gamma: float = 0.1
+    """step: the decay factor."""
+    min_lr: float = 0.0
+    """cosine: the LR reached at the last step."""
+
+    def __post_init__(self) -> None:
+        _check(self.warmup_steps >= 0, "schedule.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+        _check(0 < self.warmup_start_factor <= 1, "schedule.warmup_start_factor",
+               f"must lie in (0, 1], got {self.warmup_start_factor}")
+        _check(self.step_epochs > 0, "schedule.step_epochs", f"must be > 0, got {self.step_epochs}")
+        _check(0 < self.gamma <= 1, "schedule.gamma", f"must lie in (0, 1], got {self.gamma}")
+        _check(self.min_lr >= 0, "schedule.min_lr", f"must be >= 0, got {self.min_lr}")
+
+
+MONITORED = ("test_loss", "test_accuracy", "train_loss", "train_accuracy")
+
+
+@dataclass(kw_only=True)
+class StopConfig:
+    patience: int = 0
+    """Early stopping: stop after this many epochs without improving `monitor` by min_delta (0: off)."""
+    monitor: Literal[MONITORED] = "test_loss"  # type: ignore[valid-type]
+    """Early stopping: the per-epoch metric watched (losses are minimised, accuracies maximised)."""
+    min_delta: float = 0.0
+    """Early stopping: the least change that counts as an improvement."""
+    window: int = 0
+    """Convergence (the tutorials' rule): stop when the last `window` epoch train losses lie within
+    `threshold` of each other (0: off)."""
+    threshold: float = 1e-4
+    """Convergence: the largest spread (max - min) of the last `window` train losses that counts as converged."""
+
+    def __post_init__(self) -> None:
+        _check(self.patience >= 0, "stop.patience", f"must be >= 0, got {self.patience}")
+        _check(self.min_delta >= 0, "stop.min_delta", f"must be >= 0, got {self.min_delta}")
+        _check(self.window >= 0 and self.window != 1, "stop.window", f"must be 0 (off) or >= 2, got {self.window}")
+        _check(self.threshold >= 0, "stop.threshold", f"must be >= 0, got {self.threshold}")
+
+
+@dataclass(kw_only=True)
 class CheckpointConfig:
     every_epochs: int = 1
     """Save at the end of every N-th epoch (0: never at epoch ends)."""
@@ -165,8 +213,13 @@ class CheckpointConfig:
     """Keep the newest K periodic checkpoints and delete older ones (0: keep all)."""
     resume: str = "auto"
     """auto: resume from the newest complete checkpoint of run.dir; never; or a checkpoint path."""
+    keep_best: int = 0
+    """Also keep the best M epoch-end checkpoints by `monitor` (as best-*.pt), whatever keep_last does."""
+    monitor: Literal["test_accuracy", "test_loss"] = "test_accuracy"
+    """The metric keep_best ranks by: test_accuracy (higher is better) or test_loss (lower is better)."""
 
     def __post_init__(self) -> None:
+        _check(self.keep_best >= 0, "checkpoint.keep_best", f"must be >= 0, got {self.keep_best}")
         _check(self.every_epochs >= 0, "checkpoint.every_epochs", f"must be >= 0, got {self.every_epochs}")
         _check(self.every_steps >= 0, "checkpoint.every_steps", f"must be >= 0, got {self.every_steps}")
         _check(self.keep_last >= 0, "checkpoint.keep_last", f"must be >= 0, got {self.keep_last}")
@@ -189,6 +242,10 @@ class Config:
     """Where the run's files go."""
     dist: DistConfig = field(default_factory=DistConfig)
     """Process-group settings."""
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    """How the learning rate changes over training."""
+    stop: StopConfig = field(default_factory=StopConfig)
+    """When to stop before trainer.epochs."""
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     """When to save and whether to resume."""
 

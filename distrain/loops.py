@@ -39,6 +39,7 @@ def new_totals(device: torch.device) -> torch.Tensor:
 
 def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterable[Batch],
                     objective: Objective, optim_cfg: OptimConfig, *, world_size: int, totals: torch.Tensor,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
                     after_step: Callable[[int], None] | None = None) -> None:
     """Train on this rank's batches, adding to `totals` (this rank's running sums, not yet reduced).
 
@@ -57,6 +58,8 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, batches:
         loss.backward()
         clip_gradients(model, optim_cfg)
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
         with torch.no_grad():
             totals += torch.stack([losses.detach().sum().double(),
                                    objective.hits(logits, batch.targets).sum().double(),

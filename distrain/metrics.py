@@ -1,7 +1,8 @@
 """Where do metrics go? Rank 0 prints one line per epoch and appends to <run.dir>/metrics.jsonl.
 
 metrics.jsonl holds one JSON object per split and epoch:
-    {"epoch": 3, "split": "train", "loss": 0.41, "accuracy": 0.93, "samples": 2500, "global_step": 80, "time_s": 0.2}
+    {"epoch": 3, "split": "train", "loss": 0.41, "accuracy": 0.93, "samples": 2500, "global_step": 80,
+     "time_s": 0.2, "lr": 0.1}
 Every line is flushed and fsynced when written: a kill loses no finished epoch. On resume, lines of epochs
 that the checkpoint does not cover are dropped (they will be produced again), so each (epoch, split)
 appears once.
@@ -33,16 +34,18 @@ class MetricsLog:
         atomic_write_bytes(self.path, "".join(line + "\n" for line in kept).encode())
 
     def log_epoch(self, epoch: int, global_step: int, train: EpochMetrics, test: EpochMetrics,
-                  time_s: float) -> None:
+                  time_s: float, lr: float) -> None:
         if not self.is_main:
             return
-        log.info("epoch %d | train loss %.4f acc %.4f | test loss %.4f acc %.4f | %.2fs",
-                 epoch, train.loss, train.accuracy, test.loss, test.accuracy, time_s)
+        log.info("epoch %d | train loss %.4f acc %.4f | test loss %.4f acc %.4f | lr %.3g | %.2fs",
+                 epoch, train.loss, train.accuracy, test.loss, test.accuracy, lr, time_s)
         with open(self.path, "a") as f:
             for split, m in (("train", train), ("test", test)):
-                f.write(json.dumps({"epoch": epoch, "split": split, "loss": m.loss, "accuracy": m.accuracy,
-                                    "samples": m.samples, "global_step": global_step,
-                                    "time_s": round(time_s, 4)}) + "\n")
+                record = {"epoch": epoch, "split": split, "loss": m.loss, "accuracy": m.accuracy,
+                          "samples": m.samples, "global_step": global_step, "time_s": round(time_s, 4)}
+                if split == "train":
+                    record["lr"] = lr  # the learning rate at the start of the epoch
+                f.write(json.dumps(record) + "\n")
             f.flush()
             os.fsync(f.fileno())
 

@@ -8,20 +8,20 @@ import os
 import signal
 import sys
 
-import distrain.train
+import distrain.state
 from distrain.cli import main
 
-_original = distrain.train.Saver.maybe_save_step
+_original = distrain.state.Saver.maybe_save_step
 
 
-def _maybe_save_then_die(self, progress, totals):
-    saved = _original(self, progress, totals)
+def _maybe_save_then_die(self):
+    saved = _original(self)
     first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
-    if (first_attempt and progress.global_step == int(os.environ["KILL_STEP"])
+    if (first_attempt and self.state.progress.global_step == int(os.environ["KILL_STEP"])
             and os.environ["RANK"] == os.environ["KILL_RANK"]):
         os.kill(os.getpid(), signal.SIGKILL)
     return saved
 
 
-distrain.train.Saver.maybe_save_step = _maybe_save_then_die
+distrain.state.Saver.maybe_save_step = _maybe_save_then_die
 sys.exit(main())

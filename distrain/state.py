@@ -1,0 +1,143 @@
+"""What is saved, when, and how a run resumes: the training state around the checkpoint files.
+
+`TrainState` holds everything a run needs to continue exactly: model, optimizer, LR scheduler, gradient
+scaler, stopper, progress (epoch, step inside the epoch, global step) and the epoch's running train sums.
+`Saver` decides when to save (every N steps, every N epochs, on a stop) and `maybe_resume` loads the
+checkpoint that `checkpoint.resume` names. Both are collective: every rank calls them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from distrain import __version__, dist
+from distrain.checkpoint import CheckpointError, find_resumable, load_payload, restore_rng, save_checkpoint
+from distrain.config import Config
+from distrain.dist import DistContext
+from distrain.loops import EpochMetrics
+from distrain.seeding import seed_everything
+from distrain.stopping import Stopper
+
+log = logging.getLogger("distrain")
+
+
+@dataclass
+class Progress:
+    """Where training stands. Independent of the number of ranks (steps are global batches)."""
+
+    epoch: int = 0  # the epoch in progress
+    step_in_epoch: int = 0  # global batches of that epoch already trained
+    global_step: int = 0  # optimizer steps since the start of the run
+
+
+@dataclass
+class TrainState:
+    model: nn.Module  # unwrapped: checkpoints hold no DDP "module." prefixes
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    stopper: Stopper
+    totals: torch.Tensor  # this rank's running [loss sum, hits, samples] of the epoch in progress
+    scaler: Any = None  # torch.amp.GradScaler when training in fp16
+    progress: Progress = field(default_factory=Progress)
+
+    def to_payload(self, cfg: Config, world_size: int, metrics: dict[str, float]) -> dict[str, Any]:
+        """The checkpoint contents. Collective (sums the running totals over ranks)."""
+        return {
+            "format": 1,
+            "distrain_version": __version__,
+            "torch_version": str(torch.__version__),
+            "epoch": self.progress.epoch,
+            "step_in_epoch": self.progress.step_in_epoch,
+            "global_step": self.progress.global_step,
+            "world_size": world_size,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "stopper": self.stopper.state_dict(),
+            # The epoch's train sums over all ranks, so a mid-epoch resume still reports the whole epoch.
+            "epoch_totals": dist.all_reduce_sum(self.totals.clone()).cpu(),
+            "config": cfg.to_dict(),
+            "metrics": metrics,
+        }
+
+    def load_payload(self, payload: dict[str, Any], *, is_main: bool) -> None:
+        self.model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.scheduler.load_state_dict(payload["scheduler"])
+        if self.scaler is not None and payload.get("scaler"):
+            self.scaler.load_state_dict(payload["scaler"])
+        self.stopper.load_state_dict(payload["stopper"])
+        # The saved sums already cover every rank: give them to one rank, zeros to the rest.
+        self.totals.copy_(payload["epoch_totals"].to(self.totals.device) if is_main else torch.zeros_like(self.totals))
+        self.progress = Progress(payload["epoch"], payload["step_in_epoch"], payload["global_step"])
+
+
+class Saver:
+    """When to save. `save` is collective (see checkpoint.save_checkpoint)."""
+
+    def __init__(self, cfg: Config, ctx: DistContext, run_dir: Path, state: TrainState):
+        self.cfg, self.ctx, self.run_dir, self.state = cfg, ctx, run_dir, state
+
+    def maybe_save_step(self) -> bool:
+        every = self.cfg.checkpoint.every_steps
+        if every and self.state.progress.global_step % every == 0:
+            self.save()
+            return True
+        return False
+
+    def maybe_save_epoch(self, test: EpochMetrics, *, last: bool) -> None:
+        every = self.cfg.checkpoint.every_epochs
+        # The last epoch (also an early stop) is always saved when epoch saves are on.
+        if every and (self.state.progress.epoch % every == 0 or last):
+            self.save({"test_loss": test.loss, "test_accuracy": test.accuracy})
+
+    def save(self, metrics: dict[str, float] | None = None) -> Path:
+        ckpt = self.cfg.checkpoint
+        payload = self.state.to_payload(self.cfg, self.ctx.world_size, metrics or {})
+        path = save_checkpoint(self.run_dir, payload, keep_last=ckpt.keep_last, keep_best=ckpt.keep_best,
+                               monitor=ckpt.monitor, is_main=self.ctx.is_main)
+        progress = self.state.progress
+        log.info("saved %s (epoch %d, step %d of the epoch)", path, progress.epoch, progress.step_in_epoch)
+        return path
+
+
+def maybe_resume(cfg: Config, ctx: DistContext, run_dir: Path, state: TrainState) -> None:
+    """Load the checkpoint that checkpoint.resume names (auto: the newest complete one of run.dir) into
+    `state` and the random generators. Collective: every rank must call it."""
+    resume = cfg.checkpoint.resume
+    if resume == "never":
+        return
+    # Rank 0 chooses (and verifies checksums) once; every rank then loads the same file.
+    chosen = None
+    if ctx.is_main:
+        found = find_resumable(run_dir) if resume == "auto" else Path(resume)
+        chosen = str(found) if found is not None else None
+    chosen = dist.broadcast_object(chosen)
+    if chosen is None:
+        return
+    payload = load_payload(chosen, map_location=ctx.device)
+    saved_batch = payload["config"]["data"]["global_batch_size"]
+    if saved_batch != cfg.data.global_batch_size:
+        raise CheckpointError(f"checkpoint {chosen} was trained with data.global_batch_size={saved_batch}, "
+                              f"this run has {cfg.data.global_batch_size}",
+                              "resume with the same global batch size, or start anew with checkpoint.resume=never")
+    state.load_payload(payload, is_main=ctx.is_main)
+    if payload["world_size"] == ctx.world_size:
+        restore_rng(payload["rng"][ctx.rank])
+    else:
+        # Per-rank generator streams have no meaning on another number of ranks. The data order does not
+        # depend on them (it comes from seed + epoch), so only in-model randomness (dropout) changes.
+        seed_everything(cfg.seed + 1_000_003 * payload["global_step"] + ctx.rank)
+        log.warning("resuming a %d-process checkpoint on %d processes: the data order continues exactly; "
+                    "per-rank random generators were re-derived from seed, step and rank",
+                    payload["world_size"], ctx.world_size)
+    p = state.progress
+    log.info("resumed from %s: epoch %d, step %d of the epoch, global step %d", chosen, p.epoch,
+             p.step_in_epoch, p.global_step)
