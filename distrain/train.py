@@ -13,6 +13,7 @@ signal), evaluate, log, decide whether to stop early, checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -39,6 +40,7 @@ from distrain.parallel import wrap_model
 from distrain.schedule import build_scheduler
 from distrain.seeding import configure_determinism, seed_everything
 from distrain.signals import Interrupted, StopSignals
+from distrain.slurm import maybe_requeue, resolve_run_dir
 from distrain.state import Saver, TrainState, maybe_resume
 from distrain.stopping import Stopper
 
@@ -50,9 +52,19 @@ def train(cfg: Config, environ: Mapping[str, str] = os.environ) -> dict[str, Any
     env = detect(environ)
     check_against_env(cfg, env)
     setup_logging(env.rank)
-    with distributed(env, backend=cfg.dist.backend, timeout_s=cfg.dist.timeout_s,
-                     device=cfg.trainer.device) as ctx:
-        return _run(cfg, ctx)
+    cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, dir=resolve_run_dir(cfg.run.dir, environ)))
+    if "SLURM_RESTART_COUNT" in environ:
+        log.info("SLURM job %s, restart %s: resuming from the newest checkpoint",
+                 environ.get("SLURM_JOB_ID"), environ["SLURM_RESTART_COUNT"])
+    try:
+        with distributed(env, backend=cfg.dist.backend, timeout_s=cfg.dist.timeout_s,
+                         device=cfg.trainer.device) as ctx:
+            return _run(cfg, ctx)
+    except Interrupted as exc:
+        # After the group is gone: every rank has saved and stopped, so requeueing cannot cut a save short.
+        if env.is_main:
+            exc.exit_code = maybe_requeue(exc.signum, cfg.trainer.requeue_signal, environ)
+        raise
 
 
 def check_against_env(cfg: Config, env: DistEnv) -> None:
@@ -115,40 +127,46 @@ def _run(cfg: Config, ctx: DistContext) -> dict[str, Any]:
              "%d steps per epoch", __version__, ctx.env.source, ctx.world_size, ctx.device, ctx.backend or "none",
              len(parts.data.train), len(parts.data.test), train_batches.num_steps)
 
-    with StopSignals(["SIGTERM", "SIGINT", cfg.trainer.requeue_signal]) as signals:
+    test = None
+    try:
+        with StopSignals(["SIGTERM", "SIGINT", cfg.trainer.requeue_signal]) as signals:
 
-        def after_step(step: int) -> None:
-            progress.step_in_epoch, progress.global_step = step + 1, progress.global_step + 1
-            saved = saver.maybe_save_step()
-            signum = signals.agreed_signal(ctx.device)
-            if signum is not None:
-                if not saved:
-                    saver.save()
-                raise Interrupted(signum)
+            def after_step(step: int) -> None:
+                progress.step_in_epoch, progress.global_step = step + 1, progress.global_step + 1
+                saved = saver.maybe_save_step()
+                signum = signals.agreed_signal(ctx.device)
+                if signum is not None:
+                    if not saved:
+                        saver.save()
+                    raise Interrupted(signum)
 
-        for epoch in range(progress.epoch, cfg.trainer.epochs):
-            if state.stopper.stopped:
-                break
-            started = time.perf_counter()
-            train_batches.set_epoch(epoch)
-            train_batches.set_start_step(progress.step_in_epoch)
-            lr = optimizer.param_groups[0]["lr"]
-            train_one_epoch(ddp_model, optimizer, train_batches, parts.objective, cfg.optim,
-                            world_size=ctx.world_size, totals=state.totals, scheduler=scheduler,
-                            after_step=after_step)
-            test = evaluate(parts.model, parts.test_batches, parts.objective, ctx.device)
-            train = reduce_totals(state.totals)
-            metrics.log_epoch(epoch, progress.global_step, train, test, time.perf_counter() - started, lr=lr)
-            progress.epoch, progress.step_in_epoch = epoch + 1, 0
-            state.totals.zero_()
-            reason = state.stopper.update(train, test)
-            # Identical metrics give identical verdicts, but agree anyway: no rank may ever stop alone.
-            if dist.any_true(reason is not None, ctx.device):
-                state.stopper.stopped = reason or "another rank stopped"
-                log.info("stopping after epoch %d: %s", epoch, state.stopper.stopped)
-            saver.maybe_save_epoch(test, last=epoch + 1 == cfg.trainer.epochs or bool(state.stopper.stopped))
+            for epoch in range(progress.epoch, cfg.trainer.epochs):
+                if state.stopper.stopped:
+                    break
+                started = time.perf_counter()
+                train_batches.set_epoch(epoch)
+                train_batches.set_start_step(progress.step_in_epoch)
+                lr = optimizer.param_groups[0]["lr"]
+                train_one_epoch(ddp_model, optimizer, train_batches, parts.objective, cfg.optim,
+                                world_size=ctx.world_size, totals=state.totals, scheduler=scheduler,
+                                after_step=after_step)
+                test = evaluate(parts.model, parts.test_batches, parts.objective, ctx.device)
+                train = reduce_totals(state.totals)
+                metrics.log_epoch(epoch, progress.global_step, train, test, time.perf_counter() - started, lr=lr)
+                progress.epoch, progress.step_in_epoch = epoch + 1, 0
+                state.totals.zero_()
+                reason = state.stopper.update(train, test)
+                # Identical metrics give identical verdicts, but agree anyway: no rank may ever stop alone.
+                if dist.any_true(reason is not None, ctx.device):
+                    state.stopper.stopped = reason or "another rank stopped"
+                    log.info("stopping after epoch %d: %s", epoch, state.stopper.stopped)
+                saver.maybe_save_epoch(test, last=epoch + 1 == cfg.trainer.epochs or bool(state.stopper.stopped))
+    finally:
+        # Drop DDP (its reducer holds the group's last work objects) before the group is destroyed.
+        del ddp_model
 
-    test = evaluate(parts.model, parts.test_batches, parts.objective, ctx.device)
+    if test is None:  # resumed a run that had already finished or stopped: report where it ended
+        test = evaluate(parts.model, parts.test_batches, parts.objective, ctx.device)
     return {"test_loss": test.loss, "test_accuracy": test.accuracy, "test_samples": test.samples,
             "global_step": progress.global_step, "epochs_done": progress.epoch,
             "stopped": state.stopper.stopped, "run_dir": str(run_dir)}

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Set up and run the whole test suite on a fresh machine (this is the README's test command, and what
+# CI runs): Debian's SLURM daemons for the real-cluster tests, a virtual environment with distrain
+# installed from this checkout, then pytest. Extra arguments go to pytest (e.g. -k resume).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v slurmctld >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      munge slurmctld slurmd slurm-client >/dev/null
+  else
+    echo "note: SLURM is not installed and this is not a root Debian machine; the SLURM tests will be skipped" >&2
+  fi
+fi
+python3 -m venv .venv
+.venv/bin/pip install -q -e '.[test]'
+exec .venv/bin/python -m pytest -q "$@"
