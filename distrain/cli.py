@@ -3,6 +3,7 @@
     distrain train CONFIG [key=value ...]                  train (one process, torchrun or srun)
     distrain eval CONFIG checkpoint=PATH [key=value ...]   evaluate a checkpoint on the test set
     distrain inspect PATH                                  print a checkpoint's metadata
+    distrain plot RUN_DIR [RUN_DIR ...] [--out DIR]        loss and accuracy curves (PNG)
 
 Exit status: 0 success; 1 an unexpected error (with traceback); 2 a bad config, environment or file
 (a message naming it, no traceback); 128+N stopped by signal N after saving a checkpoint.
@@ -28,6 +29,9 @@ def _parser() -> argparse.ArgumentParser:
                           help="checkpoint=PATH (required) and dotted overrides")
     inspect = sub.add_parser("inspect", help="print a checkpoint's metadata without building the model")
     inspect.add_argument("path", help="a checkpoint file (.pt) or a run directory (its latest checkpoint)")
+    plot = sub.add_parser("plot", help="loss and accuracy curves of one or more runs (PNG)")
+    plot.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories (several: overlaid)")
+    plot.add_argument("--out", help="output folder (default: RUN_DIR/plots for one run, ./plots for several)")
     return parser
 
 
@@ -40,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
             return _train(args)
         if args.command == "eval":
             return _eval(args)
+        if args.command == "plot":
+            return _plot(args)
         return _inspect(args)
     except UserError as exc:
         print(f"distrain: error: {exc}", file=sys.stderr)
@@ -72,6 +78,18 @@ def _eval(args: argparse.Namespace) -> int:
     from distrain.evaluate import evaluate_checkpoint
 
     evaluate_checkpoint(cfg, checkpoint[0].partition("=")[2])
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from distrain.plots import plot_runs
+
+    runs = [Path(r) for r in args.run_dirs]
+    out = Path(args.out) if args.out else (runs[0] / "plots" if len(runs) == 1 else Path("plots"))
+    for path in plot_runs(runs, out):
+        print(path)
     return 0
 
 

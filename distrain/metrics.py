@@ -34,7 +34,7 @@ class MetricsLog:
         atomic_write_bytes(self.path, "".join(line + "\n" for line in kept).encode())
 
     def log_epoch(self, epoch: int, global_step: int, train: EpochMetrics, test: EpochMetrics,
-                  time_s: float, lr: float) -> None:
+                  time_s: float, lr: float, extra: dict[str, float] | None = None) -> None:
         if not self.is_main:
             return
         log.info("epoch %d | train loss %.4f acc %.4f | test loss %.4f acc %.4f | lr %.3g | %.2fs",
@@ -45,6 +45,7 @@ class MetricsLog:
                           "samples": m.samples, "global_step": global_step, "time_s": round(time_s, 4)}
                 if split == "train":
                     record["lr"] = lr  # the learning rate at the start of the epoch
+                    record.update(extra or {})
                 f.write(json.dumps(record) + "\n")
             f.flush()
             os.fsync(f.fileno())

@@ -32,11 +32,11 @@ from distrain.dist import DistContext, distributed
 from distrain.env import DistEnv, detect
 from distrain.errors import ConfigError
 from distrain.loops import evaluate, new_totals, reduce_totals, train_one_epoch
-from distrain.metrics import MetricsLog
 from distrain.models import build_model
 from distrain.objective import Objective, build_objective
 from distrain.optim import build_optimizer
 from distrain.parallel import wrap_model
+from distrain.report import Reporter
 from distrain.schedule import build_scheduler
 from distrain.seeding import configure_determinism, seed_everything
 from distrain.signals import Interrupted, StopSignals
@@ -119,20 +119,22 @@ def _run(cfg: Config, ctx: DistContext) -> dict[str, Any]:
     state = TrainState(parts.model, optimizer, scheduler, Stopper(cfg.stop), new_totals(ctx.device))
     maybe_resume(cfg, ctx, run_dir, state)
     ddp_model = wrap_model(parts.model, ctx)
-    metrics = MetricsLog(run_dir, is_main=ctx.is_main)
-    metrics.drop_from_epoch(state.progress.epoch)
     saver = Saver(cfg, ctx, run_dir, state)
     progress = state.progress
+    reporter = Reporter(cfg, ctx, run_dir, parts.model, start_step=progress.global_step,
+                        steps_per_epoch=train_batches.num_steps)
+    reporter.drop_from_epoch(progress.epoch)
     log.info("distrain %s | %s | %d process(es) | device %s | backend %s | %d train / %d test samples | "
              "%d steps per epoch", __version__, ctx.env.source, ctx.world_size, ctx.device, ctx.backend or "none",
              len(parts.data.train), len(parts.data.test), train_batches.num_steps)
 
-    test = None
+    test, finished = None, False
     try:
         with StopSignals(["SIGTERM", "SIGINT", cfg.trainer.requeue_signal]) as signals:
 
             def after_step(step: int) -> None:
                 progress.step_in_epoch, progress.global_step = step + 1, progress.global_step + 1
+                reporter.after_step(progress.global_step, state.totals, optimizer.param_groups[0]["lr"])
                 saved = saver.maybe_save_step()
                 signum = signals.agreed_signal(ctx.device)
                 if signum is not None:
@@ -147,12 +149,13 @@ def _run(cfg: Config, ctx: DistContext) -> dict[str, Any]:
                 train_batches.set_epoch(epoch)
                 train_batches.set_start_step(progress.step_in_epoch)
                 lr = optimizer.param_groups[0]["lr"]
+                reporter.start_epoch(state.totals)
                 train_one_epoch(ddp_model, optimizer, train_batches, parts.objective, cfg.optim,
                                 world_size=ctx.world_size, totals=state.totals, scheduler=scheduler,
                                 after_step=after_step)
                 test = evaluate(parts.model, parts.test_batches, parts.objective, ctx.device)
                 train = reduce_totals(state.totals)
-                metrics.log_epoch(epoch, progress.global_step, train, test, time.perf_counter() - started, lr=lr)
+                reporter.log_epoch(epoch, progress.global_step, train, test, time.perf_counter() - started, lr)
                 progress.epoch, progress.step_in_epoch = epoch + 1, 0
                 state.totals.zero_()
                 reason = state.stopper.update(train, test)
@@ -161,9 +164,11 @@ def _run(cfg: Config, ctx: DistContext) -> dict[str, Any]:
                     state.stopper.stopped = reason or "another rank stopped"
                     log.info("stopping after epoch %d: %s", epoch, state.stopper.stopped)
                 saver.maybe_save_epoch(test, last=epoch + 1 == cfg.trainer.epochs or bool(state.stopper.stopped))
+        finished = True
     finally:
         # Drop DDP (its reducer holds the group's last work objects) before the group is destroyed.
         del ddp_model
+        reporter.close(plots=cfg.log.plots and finished)
 
     if test is None:  # resumed a run that had already finished or stopped: report where it ended
         test = evaluate(parts.model, parts.test_batches, parts.objective, ctx.device)

@@ -1,0 +1,173 @@
+"""Where do metrics go? One `Reporter` per run fans them out: console, metrics.jsonl, W&B, plots.
+
+    reporter = Reporter(cfg, ctx, run_dir, model, start_step)   # every rank
+    reporter.after_step(global_step, totals, model)             # every rank, after each optimizer step
+    reporter.log_epoch(epoch, global_step, train, test, time_s, lr, num_samples)
+    reporter.close(plots=True)
+
+Step metrics (every log.every_steps steps): the mean train loss and accuracy over the steps since the
+last log, summed over all ranks (one all-reduce, so every rank must call after_step), the learning rate,
+samples/s, step time and the gradient norm. Values reach the host only at these steps, never inside
+the step. Only global rank 0 prints, writes files or talks to W&B; the others log warnings and errors only.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+import torch
+from torch import nn
+
+from distrain import dist
+from distrain.config import Config
+from distrain.dist import DistContext
+from distrain.loops import EpochMetrics
+from distrain.metrics import MetricsLog
+
+log = logging.getLogger("distrain")
+
+
+class GradNormHooks:
+    """Per-parameter gradient norms through tensor hooks (the tutorials' `register_hook`), recorded only
+    for steps the reporter will log: an armed hook stores a device scalar; nothing syncs in the step."""
+
+    def __init__(self, model: nn.Module):
+        self.armed = False
+        self.norms: dict[str, torch.Tensor] = {}
+        self.handles = [p.register_hook(self._hook(name)) for name, p in model.named_parameters() if p.requires_grad]
+
+    def _hook(self, name: str):
+        def record(grad: torch.Tensor) -> None:
+            if self.armed:
+                self.norms[name] = grad.detach().norm()
+        return record
+
+    def take(self) -> dict[str, float]:
+        values = {f"grad_norm/{name}": float(v) for name, v in self.norms.items()}
+        self.norms.clear()
+        return values
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def total_grad_norm(model: nn.Module) -> float:
+    grads = [p.grad.detach() for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return 0.0
+    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+
+
+class Reporter:
+    def __init__(self, cfg: Config, ctx: DistContext, run_dir: Path, model: nn.Module, *, start_step: int,
+                 steps_per_epoch: int):
+        self.cfg, self.ctx, self.run_dir, self.model = cfg, ctx, run_dir, model
+        self.every = cfg.log.every_steps
+        self.metrics = MetricsLog(run_dir, is_main=ctx.is_main)
+        self.hooks = GradNormHooks(model) if cfg.log.grad_norms else None
+        if self.hooks:
+            self.hooks.armed = (start_step + 1) % self.every == 0
+        self.window_start: torch.Tensor | None = None
+        self.window_time = time.perf_counter()
+        self.window_steps = 0
+        self.wandb = None
+        self.bar = None
+        if ctx.is_main:
+            from distrain.wandb_sink import WandbSink, resolve_mode
+
+            if resolve_mode(cfg.wandb) != "disabled":
+                self.wandb = WandbSink(cfg.wandb, run_dir, cfg.to_dict())
+            show_bar = cfg.log.progress_bar == "always" or (cfg.log.progress_bar == "auto" and sys.stdout.isatty())
+            if show_bar:
+                from tqdm import tqdm
+
+                total = steps_per_epoch * cfg.trainer.epochs
+                self.bar = tqdm(total=total, initial=start_step, unit="step", dynamic_ncols=True)
+        self.best: dict[str, float] = {}
+
+    def start_epoch(self, totals: torch.Tensor) -> None:
+        self.window_start = totals.clone()
+        self.window_time, self.window_steps = time.perf_counter(), 0
+
+    def after_step(self, global_step: int, totals: torch.Tensor, lr: float) -> None:
+        """Collective at log steps (every rank calls it after every optimizer step)."""
+        self.window_steps += 1
+        if self.bar is not None:
+            self.bar.update(1)
+        if global_step % self.every:
+            if self.hooks:
+                self.hooks.armed = (global_step + 1) % self.every == 0
+            return
+        window = dist.all_reduce_sum(totals - self.window_start)
+        loss_sum, hits, count = window.tolist()
+        elapsed = time.perf_counter() - self.window_time
+        values = {"train/step_loss": loss_sum / max(count, 1), "train/step_accuracy": hits / max(count, 1),
+                  "lr": lr, "samples_per_s": count / elapsed, "step_time_s": elapsed / max(self.window_steps, 1),
+                  "grad_norm": total_grad_norm(self.model)}
+        if self.hooks:
+            values.update(self.hooks.take())
+            self.hooks.armed = False
+        if self.ctx.is_main:
+            if self.bar is not None:
+                self.bar.set_postfix(loss=f"{values['train/step_loss']:.4f}",
+                                     samples_s=f"{values['samples_per_s']:.0f}")
+            else:
+                log.info("step %d | loss %.4f | lr %.3g | %.0f samples/s | %.2f ms/step | grad norm %.3g",
+                         global_step, values["train/step_loss"], lr, values["samples_per_s"],
+                         1000 * values["step_time_s"], values["grad_norm"])
+            if self.wandb:
+                self.wandb.log(values, step=global_step)
+        self.window_start = totals.clone()
+        self.window_time, self.window_steps = time.perf_counter(), 0
+
+    def log_epoch(self, epoch: int, global_step: int, train: EpochMetrics, test: EpochMetrics, time_s: float,
+                  lr: float) -> None:
+        extra: dict[str, float] = {"samples_per_s": train.samples / time_s if time_s > 0 else 0.0}
+        if self.ctx.device.type == "cuda":
+            extra["peak_cuda_mem_gb"] = torch.cuda.max_memory_allocated(self.ctx.device) / 2**30
+        if not self.ctx.is_main:
+            return
+        if self.bar is not None:
+            self.bar.clear()
+        self.metrics.log_epoch(epoch, global_step, train, test, time_s, lr=lr, extra=extra)
+        if self.bar is not None:
+            self.bar.refresh()
+        self._track_best(test)
+        if self.wandb:
+            self.wandb.log({"epoch": epoch, "train/loss": train.loss, "train/accuracy": train.accuracy,
+                            "test/loss": test.loss, "test/accuracy": test.accuracy, "epoch_lr": lr,
+                            "epoch_time_s": time_s, **{f"epoch_{k}": v for k, v in extra.items()}},
+                           step=global_step)
+            self.wandb.summarize(self.best)
+
+    def _track_best(self, test: EpochMetrics) -> None:
+        self.best["best/test_accuracy"] = max(test.accuracy, self.best.get("best/test_accuracy", test.accuracy))
+        self.best["best/test_loss"] = min(test.loss, self.best.get("best/test_loss", test.loss))
+
+    def drop_from_epoch(self, epoch: int) -> None:
+        """On resume: forget records the checkpoint does not cover, and carry the best test figures over."""
+        self.metrics.drop_from_epoch(epoch)
+        if self.ctx.is_main and self.metrics.path.exists():
+            from distrain.metrics import read_metrics
+
+            for record in read_metrics(self.run_dir):
+                if record["split"] == "test":
+                    self._track_best(EpochMetrics(record["loss"], record["accuracy"], record["samples"]))
+
+    def close(self, *, plots: bool) -> None:
+        if self.hooks:
+            self.hooks.remove()
+        if not self.ctx.is_main:
+            return
+        if self.bar is not None:
+            self.bar.close()
+        if plots and self.metrics.path.exists():
+            from distrain.plots import plot_runs
+
+            for path in plot_runs([self.run_dir], self.run_dir / "plots"):
+                log.info("wrote %s", path)
+        if self.wandb:
+            self.wandb.finish()
