@@ -134,9 +134,15 @@ class TrainerConfig:
     """torch.use_deterministic_algorithms(True): errors on ops that have no deterministic version."""
     requeue_signal: str = "SIGUSR2"
     """Signal that, like SIGTERM and SIGINT, means "save and stop" (not SIGUSR1: NCCL uses it)."""
+    precision: Literal["32", "bf16", "fp16"] = "32"
+    """32: float32; bf16: bfloat16 autocast (CPU and GPU); fp16: float16 autocast with a gradient scaler (GPU)."""
+    accumulate_steps: int = 1
+    """Split each rank's share of a global batch into this many micro-batches, summing their gradients
+    (DDP syncs only on the last); the optimizer still steps once per global batch."""
 
     def __post_init__(self) -> None:
         _check(self.epochs > 0, "trainer.epochs", f"must be > 0, got {self.epochs}")
+        _check(self.accumulate_steps > 0, "trainer.accumulate_steps", f"must be > 0, got {self.accumulate_steps}")
         import signal
 
         valid = {s.name for s in signal.Signals}
@@ -201,6 +207,21 @@ class StopConfig:
         _check(self.min_delta >= 0, "stop.min_delta", f"must be >= 0, got {self.min_delta}")
         _check(self.window >= 0 and self.window != 1, "stop.window", f"must be 0 (off) or >= 2, got {self.window}")
         _check(self.threshold >= 0, "stop.threshold", f"must be >= 0, got {self.threshold}")
+
+
+@dataclass(kw_only=True)
+class DDPConfig:
+    bucket_cap_mb: float = 25.0
+    """Gradient bucket size for DDP's all-reduce (torch's default 25 MB)."""
+    gradient_as_bucket_view: bool = True
+    """Gradients are views into the all-reduce buckets: one copy less per step, less memory."""
+    static_graph: bool = False
+    """Promise DDP the same graph every step (lets it skip per-step bookkeeping)."""
+    find_unused_parameters: bool = False
+    """Search each step for parameters that got no gradient; needed only by models that skip parameters."""
+
+    def __post_init__(self) -> None:
+        _check(self.bucket_cap_mb > 0, "ddp.bucket_cap_mb", f"must be > 0, got {self.bucket_cap_mb}")
 
 
 @dataclass(kw_only=True)
@@ -275,6 +296,8 @@ class Config:
     """Where the run's files go."""
     dist: DistConfig = field(default_factory=DistConfig)
     """Process-group settings."""
+    ddp: DDPConfig = field(default_factory=DDPConfig)
+    """DistributedDataParallel settings."""
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     """How the learning rate changes over training."""
     stop: StopConfig = field(default_factory=StopConfig)
@@ -285,6 +308,12 @@ class Config:
     """Step logging, progress bar, gradient norms, plots."""
     wandb: WandbConfig = field(default_factory=WandbConfig)
     """Weights & Biases."""
+
+    def __post_init__(self) -> None:
+        # Refused loudly: torch's reducer asserts when no_sync (used for accumulation) meets a static graph.
+        _check(not (self.ddp.static_graph and self.trainer.accumulate_steps > 1), "ddp.static_graph",
+               "cannot be combined with trainer.accumulate_steps > 1 (DDP's no_sync does not support it)",
+               "set ddp.static_graph=false, or trainer.accumulate_steps=1")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -372,6 +401,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         choices = typing.get_args(tp)
         if value in choices:
             return value
+        if not isinstance(value, bool) and str(value) in choices:  # YAML reads `precision: 32` as an int
+            return str(value)
         close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=0.5)
         hint = f"did you mean '{close[0]}'?" if close else None
         raise ConfigError(key, f"must be one of {', '.join(map(str, choices))}; got {value!r}", hint)

@@ -36,6 +36,7 @@ from distrain.models import build_model
 from distrain.objective import Objective, build_objective
 from distrain.optim import build_optimizer
 from distrain.parallel import wrap_model
+from distrain.precision import build_precision
 from distrain.report import Reporter
 from distrain.schedule import build_scheduler
 from distrain.seeding import configure_determinism, seed_everything
@@ -116,9 +117,11 @@ def _run(cfg: Config, ctx: DistContext) -> dict[str, Any]:
     optimizer = build_optimizer(cfg.optim, parts.model.parameters())
     scheduler = build_scheduler(cfg.schedule, optimizer, base_lr=cfg.optim.lr,
                                 steps_per_epoch=train_batches.num_steps, epochs=cfg.trainer.epochs)
-    state = TrainState(parts.model, optimizer, scheduler, Stopper(cfg.stop), new_totals(ctx.device))
+    precision = build_precision(cfg.trainer.precision, ctx.device)
+    state = TrainState(parts.model, optimizer, scheduler, Stopper(cfg.stop), new_totals(ctx.device),
+                       scaler=precision.scaler)
     maybe_resume(cfg, ctx, run_dir, state)
-    ddp_model = wrap_model(parts.model, ctx)
+    ddp_model = wrap_model(parts.model, ctx, cfg.ddp)
     saver = Saver(cfg, ctx, run_dir, state)
     progress = state.progress
     reporter = Reporter(cfg, ctx, run_dir, parts.model, start_step=progress.global_step,
@@ -151,7 +154,8 @@ def _run(cfg: Config, ctx: DistContext) -> dict[str, Any]:
                 lr = optimizer.param_groups[0]["lr"]
                 reporter.start_epoch(state.totals)
                 train_one_epoch(ddp_model, optimizer, train_batches, parts.objective, cfg.optim,
-                                world_size=ctx.world_size, totals=state.totals, scheduler=scheduler,
+                                world_size=ctx.world_size, totals=state.totals, precision=precision,
+                                accumulate_steps=cfg.trainer.accumulate_steps, scheduler=scheduler,
                                 after_step=after_step)
                 test = evaluate(parts.model, parts.test_batches, parts.objective, ctx.device)
                 train = reduce_totals(state.totals)
