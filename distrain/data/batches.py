@@ -1,0 +1,149 @@
+"""Batch sources: the batches of this rank, for training and for evaluation.
+
+Two paths give identical batches (same indices, same values, tested bit for bit):
+- tensor: the data set is tensors in memory (TensorDataset); a batch is one indexing of the whole tensors
+  with the shard's indices, on the training device. No per-sample __getitem__, no collate, no workers.
+- dataloader: a DataLoader whose batch sampler yields the same indices, for data sets that load lazily
+  (files, transforms), with workers, pinned memory and non-blocking copies on CUDA.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data._utils.collate import default_collate
+
+from distrain.data.sampling import GlobalBatchSampler, eval_batch_ranges
+from distrain.errors import ConfigError
+from distrain.seeding import loader_generator, seed_worker
+
+
+@dataclass
+class Batch:
+    step: int  # training: step within the epoch; evaluation: the global eval-batch index
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    global_size: int  # samples in this step over all ranks (training) or in this batch (evaluation)
+
+
+def use_tensor_path(dataset: Dataset, mode: str) -> bool:
+    is_tensors = isinstance(dataset, TensorDataset)
+    if mode == "tensor" and not is_tensors:
+        raise ConfigError("data.loader", "is 'tensor' but this data set is not held as tensors in memory",
+                          "use data.loader=auto or data.loader=dataloader")
+    return is_tensors and mode != "dataloader"
+
+
+class _CollateOrEmpty:
+    """default_collate, except that an empty share (the last global batch may leave a rank nothing)
+    becomes zero-length tensors shaped like a sample."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __call__(self, samples: list[Any]) -> Any:
+        if samples:
+            return default_collate(samples)
+        return [t[:0] for t in default_collate([self.dataset[0]])]
+
+
+class _RankBatchSampler:
+    def __init__(self, sampler: GlobalBatchSampler):
+        self.sampler = sampler
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for _, indices in self.sampler.rank_batches():
+            yield indices
+
+    def __len__(self) -> int:
+        return self.sampler.num_steps - self.sampler.start_step
+
+
+def _loader(dataset: Dataset, batch_sampler: Any, device: torch.device, num_workers: int,
+            seed: int, rank: int) -> DataLoader:
+    return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=num_workers,
+                      collate_fn=_CollateOrEmpty(dataset), pin_memory=device.type == "cuda",
+                      worker_init_fn=seed_worker if num_workers else None,
+                      generator=loader_generator(seed, rank))
+
+
+class TrainBatches:
+    """This rank's training batches for one epoch: `set_epoch(e)`, optionally `set_start_step(k)`, iterate."""
+
+    def __init__(self, dataset: Dataset, sampler: GlobalBatchSampler, device: torch.device, *,
+                 tensor_path: bool, num_workers: int, seed: int):
+        self.sampler = sampler
+        self.device = device
+        if tensor_path:
+            self._tensors = tuple(t.to(device) for t in dataset.tensors)  # type: ignore[attr-defined]
+        else:
+            self._tensors = None
+            self._loader = _loader(dataset, _RankBatchSampler(sampler), device, num_workers, seed, sampler.rank)
+
+    @property
+    def num_steps(self) -> int:
+        return self.sampler.num_steps
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def set_start_step(self, step: int) -> None:
+        self.sampler.set_start_step(step)
+
+    def __iter__(self) -> Iterator[Batch]:
+        if self._tensors is not None:
+            inputs, targets = self._tensors
+            for step, indices in self.sampler.rank_batches():
+                index = torch.tensor(indices, dtype=torch.long, device=self.device)
+                yield Batch(step, inputs[index], targets[index], self.sampler.global_size(step))
+            return
+        steps = range(self.sampler.start_step, self.sampler.num_steps)
+        for step, (inputs, targets) in zip(steps, self._loader):
+            yield Batch(step, inputs.to(self.device, non_blocking=True),
+                        targets.to(self.device, non_blocking=True), self.sampler.global_size(step))
+
+
+class EvalBatches:
+    """This rank's slice of the evaluation set, as whole fixed-size batches (see sampling.eval_batch_ranges)."""
+
+    def __init__(self, dataset: Dataset, eval_batch_size: int, rank: int, world_size: int,
+                 device: torch.device, *, tensor_path: bool, num_workers: int, seed: int):
+        num_samples = len(dataset)  # type: ignore[arg-type]
+        self.num_samples = num_samples
+        self.num_batches = -(-num_samples // eval_batch_size)
+        self.ranges = eval_batch_ranges(num_samples, eval_batch_size, rank, world_size)
+        self.device = device
+        if tensor_path:
+            self._tensors = tuple(t.to(device) for t in dataset.tensors)  # type: ignore[attr-defined]
+        else:
+            self._tensors = None
+            batch_sampler = [list(range(start, end)) for _, start, end in self.ranges]
+            self._loader = _loader(dataset, batch_sampler, device, num_workers, seed, rank)
+
+    def __iter__(self) -> Iterator[Batch]:
+        if self._tensors is not None:
+            inputs, targets = self._tensors
+            for index, start, end in self.ranges:
+                yield Batch(index, inputs[start:end], targets[start:end], end - start)
+            return
+        for (index, start, end), (inputs, targets) in zip(self.ranges, self._loader):
+            yield Batch(index, inputs.to(self.device, non_blocking=True),
+                        targets.to(self.device, non_blocking=True), end - start)
+
+
+def build_train_batches(dataset: Dataset, *, global_batch_size: int, rank: int, world_size: int,
+                        device: torch.device, shuffle: bool, seed: int, loader: str,
+                        num_workers: int) -> TrainBatches:
+    sampler = GlobalBatchSampler(dataset, num_replicas=world_size, rank=rank,
+                                 global_batch_size=global_batch_size, shuffle=shuffle, seed=seed)
+    return TrainBatches(dataset, sampler, device, tensor_path=use_tensor_path(dataset, loader),
+                        num_workers=num_workers, seed=seed)
+
+
+def build_eval_batches(dataset: Dataset, *, eval_batch_size: int, rank: int, world_size: int,
+                       device: torch.device, seed: int, loader: str, num_workers: int) -> EvalBatches:
+    return EvalBatches(dataset, eval_batch_size, rank, world_size, device,
+                       tensor_path=use_tensor_path(dataset, loader), num_workers=num_workers, seed=seed)

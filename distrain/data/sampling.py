@@ -1,0 +1,93 @@
+"""Which samples does this rank see, and in which step?
+
+Training: `GlobalBatchSampler` is a `DistributedSampler` (same seed + epoch permutation, same `set_epoch`)
+that shards *per global batch*: step k of an epoch uses the global batch `perm[k*B:(k+1)*B]`, and rank r
+takes every world_size-th element of it, starting at r. For every full batch that is exactly the element
+DistributedSampler would hand rank r. Two things differ, both so that results do not depend on the number
+of processes:
+
+- no padding: DistributedSampler repeats samples to make the set divisible by world_size, so a 2-rank
+  epoch would train on duplicates that a 1-rank epoch does not see; here every sample is used once;
+- the steps are global: the number of steps per epoch, the set of samples in each step and the position
+  inside the epoch are the same on any number of ranks. That is what lets a run resume mid-epoch, on the
+  same or on a different number of processes, at the next global batch.
+
+The last global batch may not split evenly over the ranks; the loss is therefore normalised by the
+*global* batch size (see distrain.loops), so the averaged DDP gradient is the gradient of the global mean.
+
+Evaluation: `eval_batch_ranges` cuts the test set into fixed batches of eval_batch_size, the same on any
+number of ranks, and gives each rank a contiguous run of whole batches (detectron2's InferenceSampler
+idea, without padding). Every sample is evaluated exactly once and in the same batch as in one process.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterator
+
+import torch
+from torch.utils.data import Dataset, DistributedSampler
+
+
+class GlobalBatchSampler(DistributedSampler):
+    """DistributedSampler's permutation, sharded per global batch, without padding (see module docstring)."""
+
+    def __init__(self, dataset: Dataset, *, num_replicas: int, rank: int, global_batch_size: int,
+                 shuffle: bool = True, seed: int = 0):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed,
+                         drop_last=False)
+        if global_batch_size % num_replicas:
+            raise ValueError(f"global_batch_size {global_batch_size} is not divisible by {num_replicas} ranks")
+        self.global_batch_size = global_batch_size
+        self.dataset_size = len(dataset)  # type: ignore[arg-type]
+        self.start_step = 0
+
+    @property
+    def num_steps(self) -> int:
+        """Optimizer steps per epoch, the same on every rank and for any number of ranks."""
+        return math.ceil(self.dataset_size / self.global_batch_size)
+
+    def global_size(self, step: int) -> int:
+        """Number of samples in global batch `step` (all ranks together)."""
+        return min(self.global_batch_size, self.dataset_size - step * self.global_batch_size)
+
+    def set_start_step(self, step: int) -> None:
+        """Skip the first `step` global batches of the current epoch (mid-epoch resume), until set_epoch."""
+        if not 0 <= step <= self.num_steps:
+            raise ValueError(f"start step {step} is outside [0, {self.num_steps}]")
+        self.start_step = step
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        self.start_step = 0
+
+    def permutation(self) -> list[int]:
+        """This epoch's order of the whole data set: DistributedSampler's, before its padding."""
+        if not self.shuffle:
+            return list(range(self.dataset_size))
+        generator = torch.Generator()
+        generator.manual_seed(self.seed + self.epoch)
+        return torch.randperm(self.dataset_size, generator=generator).tolist()
+
+    def rank_batches(self) -> Iterator[tuple[int, list[int]]]:
+        """(step, this rank's indices) for each remaining step of the epoch; a share may be empty."""
+        order = self.permutation()
+        size = self.global_batch_size
+        for step in range(self.start_step, self.num_steps):
+            yield step, order[step * size:(step + 1) * size][self.rank::self.num_replicas]
+
+    def __iter__(self) -> Iterator[int]:
+        for _, indices in self.rank_batches():
+            yield from indices
+
+    def __len__(self) -> int:
+        return sum(len(indices) for _, indices in self.rank_batches())
+
+
+def eval_batch_ranges(num_samples: int, eval_batch_size: int, rank: int,
+                      world_size: int) -> list[tuple[int, int, int]]:
+    """(batch index, start, end) of the evaluation batches this rank owns: a contiguous run of whole batches."""
+    num_batches = math.ceil(num_samples / eval_batch_size)
+    first = rank * num_batches // world_size
+    last = (rank + 1) * num_batches // world_size
+    return [(b, b * eval_batch_size, min(num_samples, (b + 1) * eval_batch_size)) for b in range(first, last)]
