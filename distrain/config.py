@@ -24,8 +24,9 @@ from distrain.errors import ConfigError
 
 # Names registered in distrain.data and distrain.models. Kept here as Literals so a typo is caught
 # (with a suggestion) before torch is even imported.
-DATASETS = ("xor", "breast_cancer", "wine")
-MODELS = ("simple_classifier", "logistic_regression", "mlp")
+DATASETS = ("xor", "breast_cancer", "wine", "digits", "csv", "mnist", "fashion_mnist", "cifar10", "image_folder",
+            "csv_images")
+MODELS = ("simple_classifier", "logistic_regression", "mlp", "mnist_cnn", "cifar_lenet", "torchvision")
 
 
 def _check(ok: bool, key: str, problem: str, hint: str | None = None) -> None:
@@ -64,6 +65,36 @@ class DataConfig:
     """auto: index whole in-memory tensors when the set allows it, else a DataLoader; or force one."""
     num_workers: int = 0
     """DataLoader worker processes per rank (dataloader path only)."""
+    persistent_workers: bool = False
+    """Keep DataLoader workers alive between epochs (needs num_workers > 0)."""
+    prefetch_factor: int | None = None
+    """Batches each worker loads ahead (null: torch's default)."""
+    root: str = "data"
+    """mnist, fashion_mnist, cifar10: folder holding torchvision's files; image_folder: the image folder
+    (with train/ and test/ (or val/) sub-folders, or one folder of class folders split by test_fraction);
+    csv_images: the folder the annotation file names are relative to."""
+    download: bool = False
+    """mnist, fashion_mnist, cifar10: download into root when the files are missing (global rank 0 only)."""
+    path: str | None = None
+    """csv: the CSV file; csv_images: the annotations CSV (file name, label)."""
+    label_column: str = "label"
+    """csv: name of the label column (in the header row)."""
+    label_index: int | None = None
+    """csv: 0-based index of the label column instead of a name (e.g. 0 for the UCI wine file)."""
+    header: bool = True
+    """csv: the first row holds column names."""
+    image_size: int | None = None
+    """Resize images to this size (digits: upsampled once at load time)."""
+    crop: int | None = None
+    """Crop images to this size: random crops for training, center crops for testing."""
+    flip: bool = False
+    """Random horizontal flips for training."""
+    normalize: bool = True
+    """Normalize images with `mean` and `std` (per-dataset defaults when those are null)."""
+    mean: list[float] | None = None
+    """Per-channel mean for normalization (null: the data set's known statistics)."""
+    std: list[float] | None = None
+    """Per-channel std for normalization (null: the data set's known statistics)."""
 
     def __post_init__(self) -> None:
         _check(self.global_batch_size > 0, "data.global_batch_size", f"must be > 0, got {self.global_batch_size}")
@@ -73,6 +104,16 @@ class DataConfig:
         _check(self.noise_std >= 0, "data.noise_std", f"must be >= 0, got {self.noise_std}")
         _check(0 < self.test_fraction < 1, "data.test_fraction", f"must lie in (0, 1), got {self.test_fraction}")
         _check(self.num_workers >= 0, "data.num_workers", f"must be >= 0, got {self.num_workers}")
+        _check(not self.persistent_workers or self.num_workers > 0, "data.persistent_workers",
+               "needs data.num_workers > 0")
+        _check(self.prefetch_factor is None or (self.prefetch_factor > 0 and self.num_workers > 0),
+               "data.prefetch_factor", "must be > 0 and needs data.num_workers > 0")
+        _check(self.path is not None or self.name not in ("csv", "csv_images"), "data.path",
+               f"is required for data.name={self.name}", "set data.path to the CSV file")
+        for key in ("image_size", "crop"):
+            value = getattr(self, key)
+            _check(value is None or value > 0, f"data.{key}", f"must be > 0 or null, got {value}")
+        _check((self.mean is None) == (self.std is None), "data.mean", "set data.mean and data.std together")
 
 
 @dataclass(kw_only=True)
@@ -85,6 +126,12 @@ class ModelConfig:
     """mlp: widths of the hidden layers."""
     activation: Literal["tanh", "relu", "gelu"] = "relu"
     """mlp: activation between layers."""
+    arch: str = "resnet18"
+    """torchvision: the classification model's name in torchvision.models (num_classes from the data)."""
+    pretrained: str | None = None
+    """torchvision: a local weights file (state dict) to start from; nothing is downloaded at run time."""
+    freeze_backbone: bool = False
+    """torchvision: train only the (replaced) classification head; every other parameter is frozen."""
 
     def __post_init__(self) -> None:
         _check(self.num_hidden > 0, "model.num_hidden", f"must be > 0, got {self.num_hidden}")

@@ -101,10 +101,18 @@ class Parts:
 def build_parts(cfg: Config, ctx: DistContext) -> Parts:
     configure_determinism(cfg.trainer.deterministic, cfg.trainer.deterministic_algorithms)
     seed_everything(cfg.seed)
-    data = build_datasets(cfg.data, cfg.seed)
+    if cfg.data.download:
+        # Only global rank 0 downloads; the others wait for the files (several ranks downloading into
+        # one folder would race), then read them.
+        data = build_datasets(cfg.data, cfg.seed) if ctx.is_main else None
+        dist.barrier()
+        data = data or build_datasets(cfg.data, cfg.seed, allow_download=False)
+    else:
+        data = build_datasets(cfg.data, cfg.seed)
     model = build_model(cfg.model, data.num_features, data.num_classes).to(ctx.device)
     loader_args = dict(rank=ctx.rank, world_size=ctx.world_size, device=ctx.device, seed=cfg.seed,
-                       loader=cfg.data.loader, num_workers=cfg.data.num_workers)
+                       loader=cfg.data.loader, num_workers=cfg.data.num_workers,
+                       persistent_workers=cfg.data.persistent_workers, prefetch_factor=cfg.data.prefetch_factor)
     test_batches = build_eval_batches(data.test, eval_batch_size=cfg.data.eval_batch_size, **loader_args)
     return Parts(data, model, build_objective(data.num_classes), test_batches, loader_args)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -45,11 +46,24 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def run_group(cmd: list[str], *, env: dict[str, str], timeout: float, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    """subprocess.run, but in a session of its own that is killed whole on timeout: a launcher's workers
+    must not outlive a test that timed out (subprocess.run would kill only torchrun and orphan them)."""
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise AssertionError(f"timed out after {timeout}s: {' '.join(cmd)}\n{out[-2000:]}\n{err[-3000:]}") from None
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300,
             cwd: Path = REPO) -> subprocess.CompletedProcess:
     """`python -m distrain ARGS` in a subprocess."""
-    return subprocess.run([PYTHON, "-m", "distrain", *args], cwd=cwd, env=env or clean_env(),
-                          capture_output=True, text=True, timeout=timeout)
+    return run_group([PYTHON, "-m", "distrain", *args], env=env or clean_env(), timeout=timeout, cwd=cwd)
 
 
 def torchrun_cmd(nproc: int, *args: str, extra: tuple[str, ...] = (), script: str | None = None) -> list[str]:
@@ -61,9 +75,8 @@ def torchrun_cmd(nproc: int, *args: str, extra: tuple[str, ...] = (), script: st
 
 def run_torchrun(nproc: int, *args: str, extra: tuple[str, ...] = (), env: dict[str, str] | None = None,
                  timeout: float = 300, script: str | None = None) -> subprocess.CompletedProcess:
-    cmd = torchrun_cmd(nproc, *args, extra=extra, script=script)
-    return subprocess.run(cmd, cwd=REPO, env=env or clean_env(), capture_output=True, text=True,
-                          timeout=timeout)
+    return run_group(torchrun_cmd(nproc, *args, extra=extra, script=script), env=env or clean_env(),
+                     timeout=timeout)
 
 
 def spawn(fn, world_size: int, *args) -> None:

@@ -62,11 +62,20 @@ class _RankBatchSampler:
         return self.sampler.num_steps - self.sampler.start_step
 
 
-def _loader(dataset: Dataset, batch_sampler: Any, device: torch.device, num_workers: int,
+@dataclass(frozen=True)
+class LoaderOptions:
+    num_workers: int = 0
+    persistent_workers: bool = False
+    prefetch_factor: int | None = None
+
+
+def _loader(dataset: Dataset, batch_sampler: Any, device: torch.device, options: LoaderOptions,
             seed: int, rank: int) -> DataLoader:
-    return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=num_workers,
+    # Pinned host memory lets the copies to the GPU run asynchronously (non_blocking=True below).
+    return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=options.num_workers,
+                      persistent_workers=options.persistent_workers, prefetch_factor=options.prefetch_factor,
                       collate_fn=_CollateOrEmpty(dataset), pin_memory=device.type == "cuda",
-                      worker_init_fn=seed_worker if num_workers else None,
+                      worker_init_fn=seed_worker if options.num_workers else None,
                       generator=loader_generator(seed, rank))
 
 
@@ -74,14 +83,14 @@ class TrainBatches:
     """This rank's training batches for one epoch: `set_epoch(e)`, optionally `set_start_step(k)`, iterate."""
 
     def __init__(self, dataset: Dataset, sampler: GlobalBatchSampler, device: torch.device, *,
-                 tensor_path: bool, num_workers: int, seed: int):
+                 tensor_path: bool, options: LoaderOptions, seed: int):
         self.sampler = sampler
         self.device = device
         if tensor_path:
             self._tensors = tuple(t.to(device) for t in dataset.tensors)  # type: ignore[attr-defined]
         else:
             self._tensors = None
-            self._loader = _loader(dataset, _RankBatchSampler(sampler), device, num_workers, seed, sampler.rank)
+            self._loader = _loader(dataset, _RankBatchSampler(sampler), device, options, seed, sampler.rank)
 
     @property
     def num_steps(self) -> int:
@@ -110,7 +119,7 @@ class EvalBatches:
     """This rank's slice of the evaluation set, as whole fixed-size batches (see sampling.eval_batch_ranges)."""
 
     def __init__(self, dataset: Dataset, eval_batch_size: int, rank: int, world_size: int,
-                 device: torch.device, *, tensor_path: bool, num_workers: int, seed: int):
+                 device: torch.device, *, tensor_path: bool, options: LoaderOptions, seed: int):
         num_samples = len(dataset)  # type: ignore[arg-type]
         self.num_samples = num_samples
         self.num_batches = -(-num_samples // eval_batch_size)
@@ -121,7 +130,7 @@ class EvalBatches:
         else:
             self._tensors = None
             batch_sampler = [list(range(start, end)) for _, start, end in self.ranges]
-            self._loader = _loader(dataset, batch_sampler, device, num_workers, seed, rank)
+            self._loader = _loader(dataset, batch_sampler, device, options, seed, rank)
 
     def __iter__(self) -> Iterator[Batch]:
         if self._tensors is not None:
@@ -135,15 +144,17 @@ class EvalBatches:
 
 
 def build_train_batches(dataset: Dataset, *, global_batch_size: int, rank: int, world_size: int,
-                        device: torch.device, shuffle: bool, seed: int, loader: str,
-                        num_workers: int) -> TrainBatches:
+                        device: torch.device, shuffle: bool, seed: int, loader: str, num_workers: int,
+                        persistent_workers: bool = False, prefetch_factor: int | None = None) -> TrainBatches:
     sampler = GlobalBatchSampler(dataset, num_replicas=world_size, rank=rank,
                                  global_batch_size=global_batch_size, shuffle=shuffle, seed=seed)
     return TrainBatches(dataset, sampler, device, tensor_path=use_tensor_path(dataset, loader),
-                        num_workers=num_workers, seed=seed)
+                        options=LoaderOptions(num_workers, persistent_workers, prefetch_factor), seed=seed)
 
 
 def build_eval_batches(dataset: Dataset, *, eval_batch_size: int, rank: int, world_size: int,
-                       device: torch.device, seed: int, loader: str, num_workers: int) -> EvalBatches:
+                       device: torch.device, seed: int, loader: str, num_workers: int,
+                       persistent_workers: bool = False, prefetch_factor: int | None = None) -> EvalBatches:
     return EvalBatches(dataset, eval_batch_size, rank, world_size, device,
-                       tensor_path=use_tensor_path(dataset, loader), num_workers=num_workers, seed=seed)
+                       tensor_path=use_tensor_path(dataset, loader),
+                       options=LoaderOptions(num_workers, persistent_workers, prefetch_factor), seed=seed)
