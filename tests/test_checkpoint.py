@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, run_cli
+from conftest import run_cli
 from distrain.checkpoint import (CheckpointError, Manifest, capture_rng, find_resumable, list_checkpoints,
                                  load_payload, restore_rng)
 from distrain.config import load_config

@@ -1,6 +1,5 @@
 """Interrupted runs end with exactly the model of an uninterrupted run: real torchrun, real signals."""
 
-import json
 import signal
 import subprocess
 import time
@@ -8,8 +7,8 @@ import time
 import pytest
 import torch
 
-from conftest import REPO, clean_env, run_cli, run_torchrun, torchrun_cmd
-from distrain.checkpoint import find_resumable, list_checkpoints, load_payload
+from conftest import PYTHON, REPO, clean_env, run_cli, run_torchrun, torchrun_cmd
+from distrain.checkpoint import find_resumable, load_payload
 from distrain.metrics import read_metrics
 
 XOR = "configs/xor.yaml"
@@ -85,7 +84,7 @@ def test_sigterm_saves_cleanly_and_the_rerun_is_identical(reference, tmp_path):
 
 @pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130), (signal.SIGUSR2, 140)])
 def test_one_process_stops_on_signal_with_documented_status(tmp_path, signum, code):
-    cmd = [str(REPO / ".venv/bin/python") if False else __import__("sys").executable, "-m", "distrain", "train",
+    cmd = [PYTHON, "-m", "distrain", "train",
            XOR, f"run.dir={tmp_path}", *ARGS, "trainer.epochs=100", "checkpoint.every_steps=0"]
     rc, out, err = _start_and_signal(cmd, tmp_path, signum)
     assert rc == code, err

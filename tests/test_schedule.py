@@ -1,6 +1,5 @@
 """LR schedules: the factor curve, and exact resume of a scheduled run."""
 
-import math
 
 import pytest
 import torch

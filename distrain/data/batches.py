@@ -121,7 +121,6 @@ class EvalBatches:
     def __init__(self, dataset: Dataset, eval_batch_size: int, rank: int, world_size: int,
                  device: torch.device, *, tensor_path: bool, options: LoaderOptions, seed: int):
         num_samples = len(dataset)  # type: ignore[arg-type]
-        self.num_samples = num_samples
         self.num_batches = -(-num_samples // eval_batch_size)
         self.ranges = eval_batch_ranges(num_samples, eval_batch_size, rank, world_size)
         self.device = device

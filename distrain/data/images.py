@@ -52,7 +52,7 @@ def _spec(train: Dataset, test: Dataset, num_classes: int) -> DataSets:
 
 def _missing(cfg: DataConfig, folder: Path, files: list[str]) -> UserError:
     return UserError(f"data.name={cfg.name}: the files are missing in {folder} (expected: {', '.join(files)})",
-                     f"put them there, point data.root at their parent folder, or set data.download=true")
+                     "put them there, point data.root at their parent folder, or set data.download=true")
 
 
 def _mnist_like(name: str, cls_name: str, folder: str) -> Callable[[DataConfig, int], DataSets]:
