@@ -17,12 +17,12 @@ from distrain.config import Config
 from distrain.dist import distributed
 from distrain.env import detect
 from distrain.loops import evaluate
-from distrain.train import build_parts, check_against_env, setup_logging
+from distrain.train import build_parts, setup_logging
 
 
 def evaluate_checkpoint(cfg: Config, path: str, environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
+    # No global-batch check here: evaluation uses fixed eval batches, whatever the number of ranks.
     env = detect(environ)
-    check_against_env(cfg, env)
     setup_logging(env.rank)
     with distributed(env, backend=cfg.dist.backend, timeout_s=cfg.dist.timeout_s,
                      device=cfg.trainer.device) as ctx:

@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-import torch
 from torch import nn
 
 from distrain import __version__, dist
+from distrain.checkpoint import atomic_write_bytes
 from distrain.config import Config, dump_config
 from distrain.data import DataSets, EvalBatches, build_datasets, build_eval_batches, build_train_batches
 from distrain.dist import DistContext, distributed
@@ -194,6 +194,6 @@ def prepare_run_dir(cfg: Config, ctx: DistContext) -> Path:
     run_dir = Path(cfg.run.dir)
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(dump_config(cfg))
+        atomic_write_bytes(run_dir / "config.yaml", dump_config(cfg).encode())  # never a half-written file
     dist.barrier()
     return run_dir

@@ -85,6 +85,10 @@ def test_odd_test_set_metrics_are_exact_on_two_ranks(tmp_path):
     assert one.returncode == 0 and two.returncode == 0, two.stderr
     m1, m2 = json.loads(one.stdout.strip().splitlines()[-1]), json.loads(two.stdout.strip().splitlines()[-1])
     assert m1 == m2 and m1["samples"] == 501
+    # Evaluation has no per-rank batch to split, so a global batch that does not divide is no obstacle.
+    odd_batch = run_torchrun(2, "eval", XOR, *overrides, "data.global_batch_size=127", f"checkpoint={ckpt}")
+    assert odd_batch.returncode == 0, odd_batch.stderr[-2000:]
+    assert json.loads(odd_batch.stdout.strip().splitlines()[-1]) == m1
     # ...and they are the true figures, recomputed here in one pass over the whole test set.
     from distrain.data import build_datasets
     from distrain.models import build_model
