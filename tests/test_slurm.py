@@ -108,21 +108,13 @@ def reference(tmp_path_factory):
     return run
 
 
-def test_two_task_srun_job_matches_torchrun(slurm, reference, tmp_path):
-    result = sbatch(SBATCH_SRUN, slurm, f"run.dir={tmp_path / 'run'}", "trainer.epochs=30",
-                    out=tmp_path / "job.out")
+@pytest.mark.parametrize("command,source", [(SBATCH_SRUN, "slurm"), (SBATCH_TORCHRUN, "torchrun")],
+                         ids=["srun-per-task", "srun-torchrun"])
+def test_slurm_job_matches_torchrun(slurm, reference, tmp_path, command, source):
+    result = sbatch(command, slurm, f"run.dir={tmp_path / 'run'}", "trainer.epochs=30", out=tmp_path / "job.out")
     log = (tmp_path / "job.out").read_text()
     assert result.returncode == 0, log
-    assert "| slurm | 2 process(es)" in log
-    assert_bitwise(weights(reference), weights(tmp_path / "run"))
-
-
-def test_srun_torchrun_form_matches_torchrun(slurm, reference, tmp_path):
-    result = sbatch(SBATCH_TORCHRUN, slurm, f"run.dir={tmp_path / 'run'}", "trainer.epochs=30",
-                    out=tmp_path / "job.out")
-    log = (tmp_path / "job.out").read_text()
-    assert result.returncode == 0, log
-    assert "| torchrun | 2 process(es)" in log
+    assert f"| {source} | 2 process(es)" in log
     assert_bitwise(weights(reference), weights(tmp_path / "run"))
 
 
