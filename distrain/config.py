@@ -24,7 +24,7 @@ from distrain.errors import ConfigError
 
 # Names registered in distrain.data and distrain.models. Kept here as Literals so a typo is caught
 # (with a suggestion) before torch is even imported.
-DATASETS = ("xor", "breast_cancer", "wine", "digits", "csv", "mnist", "fashion_mnist", "cifar10", "image_folder",
+DATASETS = ("xor", "synthetic", "breast_cancer", "wine", "digits", "csv", "mnist", "fashion_mnist", "cifar10", "image_folder",
             "csv_images")
 MODELS = ("simple_classifier", "logistic_regression", "mlp", "mnist_cnn", "cifar_lenet", "torchvision")
 
@@ -52,9 +52,13 @@ class DataConfig:
     eval_batch_size: int = 256
     """Samples per forward pass in evaluation, the same on every rank (this keeps test metrics exact)."""
     num_train: int = 2500
-    """xor: number of training points."""
+    """xor, synthetic: number of training samples."""
     num_test: int = 500
-    """xor: number of test points."""
+    """xor, synthetic: number of test samples."""
+    sample_shape: list[int] = field(default_factory=lambda: [1, 28, 28])
+    """synthetic: the shape of one random sample, e.g. [3, 32, 32]."""
+    num_classes: int = 10
+    """synthetic: number of classes of the random labels."""
     noise_std: float = 0.1
     """xor: standard deviation of the Gaussian noise added to the {0,1}^2 corners."""
     test_fraction: float = 0.2
@@ -101,6 +105,9 @@ class DataConfig:
         _check(self.eval_batch_size > 0, "data.eval_batch_size", f"must be > 0, got {self.eval_batch_size}")
         _check(self.num_train > 0, "data.num_train", f"must be > 0, got {self.num_train}")
         _check(self.num_test > 0, "data.num_test", f"must be > 0, got {self.num_test}")
+        _check(bool(self.sample_shape) and all(d > 0 for d in self.sample_shape), "data.sample_shape",
+               f"must be positive sizes, got {self.sample_shape}")
+        _check(self.num_classes >= 2, "data.num_classes", f"must be >= 2, got {self.num_classes}")
         _check(self.noise_std >= 0, "data.noise_std", f"must be >= 0, got {self.noise_std}")
         _check(0 < self.test_fraction < 1, "data.test_fraction", f"must lie in (0, 1), got {self.test_fraction}")
         _check(self.num_workers >= 0, "data.num_workers", f"must be >= 0, got {self.num_workers}")
@@ -183,6 +190,10 @@ class TrainerConfig:
     """Signal that, like SIGTERM and SIGINT, means "save and stop" (not SIGUSR1: NCCL uses it)."""
     precision: Literal["32", "bf16", "fp16"] = "32"
     """32: float32; bf16: bfloat16 autocast (CPU and GPU); fp16: float16 autocast with a gradient scaler (GPU)."""
+    compile: bool = False
+    """torch.compile the model before wrapping it (the first steps pay the compilation)."""
+    channels_last: bool = False
+    """Convolutional models: keep parameters and image batches in channels_last memory format."""
     accumulate_steps: int = 1
     """Split each rank's share of a global batch into this many micro-batches, summing their gradients
     (DDP syncs only on the last); the optimizer still steps once per global batch."""
@@ -337,6 +348,8 @@ class Config:
     """How to step."""
     trainer: TrainerConfig
     """How long, and on what device."""
+    engine: Literal["native", "accelerate"] = "native"
+    """Who wraps the model and steps: native (torch DDP) or accelerate (HF Accelerate's Accelerator)."""
     seed: int = 0
     """Seeds Python, NumPy and torch; also the data generation, the splits and the shuffling."""
     run: RunConfig = field(default_factory=RunConfig)

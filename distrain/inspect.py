@@ -25,6 +25,7 @@ def inspect_checkpoint(path: str | Path) -> str:
         "step_in_epoch": payload["step_in_epoch"],
         "global_step": payload["global_step"],
         "world_size": payload["world_size"],
+        "engine": payload.get("engine", "native"),
         "metrics": payload.get("metrics", {}),
         "model_parameters": tensors,
         "distrain_version": payload.get("distrain_version"),

@@ -1,7 +1,7 @@
 """What is minimised and what counts as correct: per-sample losses and per-sample hits.
 
-Per-sample values (reduction="none") let the loops weight a rank's share by the *global* batch size and
-sum evaluation losses exactly; see distrain.loops.
+Per-sample values (reduction="none") let the meters sum losses exactly; `step_loss` is the loss a
+training step differentiates, weighted for the *global* batch (see its docstring).
 """
 
 from __future__ import annotations
@@ -16,10 +16,24 @@ import torch.nn.functional as F
 class Objective:
     binary: bool  # one logit + BCE-with-logits, else one logit per class + cross-entropy
 
-    def losses(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def losses(self, logits: torch.Tensor, targets: torch.Tensor, reduction: str = "none") -> torch.Tensor:
         if self.binary:
-            return F.binary_cross_entropy_with_logits(logits.squeeze(-1), targets.to(logits.dtype), reduction="none")
-        return F.cross_entropy(logits, targets, reduction="none")
+            return F.binary_cross_entropy_with_logits(logits.squeeze(-1), targets.to(logits.dtype),
+                                                      reduction=reduction)
+        return F.cross_entropy(logits, targets, reduction=reduction)
+
+    def step_loss(self, logits: torch.Tensor, targets: torch.Tensor, world_size: int, global_size: int,
+                  average: bool = True) -> torch.Tensor:
+        """The loss whose gradient, averaged over the ranks by DDP, is that of the global batch's mean loss.
+
+        Weighted by the *global* batch size, not the local one: sum_local * world / global averages to the
+        global mean even when the last batch splits unevenly (a local mean would over-weight the smaller
+        shares), and micro-batch sums simply add up. When this rank holds exactly its even share (every
+        step but an uneven last one) that is the local mean, computed in one kernel.
+        """
+        if average and len(targets) * world_size == global_size:
+            return self.losses(logits, targets, "mean")
+        return self.losses(logits, targets, "sum") * (world_size / global_size)
 
     def hits(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """1 where the prediction equals the target, else 0."""

@@ -1,7 +1,7 @@
 """Where do metrics go? One `Reporter` per run fans them out: console, metrics.jsonl, W&B, plots.
 
     reporter = Reporter(cfg, ctx, run_dir, model, start_step)   # every rank
-    reporter.after_step(global_step, totals, model)             # every rank, after each optimizer step
+    reporter.after_step(global_step, meter, lr)                # every rank, after each optimizer step
     reporter.log_epoch(epoch, global_step, train, test, time_s, lr, num_samples)
     reporter.close(plots=True)
 
@@ -23,7 +23,7 @@ from torch import nn
 from distrain import dist
 from distrain.config import Config
 from distrain.dist import DistContext
-from distrain.loops import EpochMetrics
+from distrain.loops import EpochMetrics, TrainMeter
 from distrain.metrics import MetricsLog
 
 log = logging.getLogger("distrain")
@@ -88,11 +88,11 @@ class Reporter:
                 self.bar = tqdm(total=total, initial=start_step, unit="step", dynamic_ncols=True)
         self.best: dict[str, float] = {}
 
-    def start_epoch(self, totals: torch.Tensor) -> None:
-        self.window_start = totals.clone()
+    def start_epoch(self, meter: TrainMeter) -> None:
+        self.window_start = meter.totals().clone()
         self.window_time, self.window_steps = time.perf_counter(), 0
 
-    def after_step(self, global_step: int, totals: torch.Tensor, lr: float) -> None:
+    def after_step(self, global_step: int, meter: TrainMeter, lr: float) -> None:
         """Collective at log steps (every rank calls it after every optimizer step)."""
         self.window_steps += 1
         if self.bar is not None:
@@ -101,6 +101,7 @@ class Reporter:
             if self.hooks:
                 self.hooks.armed = (global_step + 1) % self.every == 0
             return
+        totals = meter.totals()
         window = dist.all_reduce_sum(totals - self.window_start)
         loss_sum, hits, count = window.tolist()
         elapsed = time.perf_counter() - self.window_time
@@ -124,8 +125,10 @@ class Reporter:
         self.window_time, self.window_steps = time.perf_counter(), 0
 
     def log_epoch(self, epoch: int, global_step: int, train: EpochMetrics, test: EpochMetrics, time_s: float,
-                  lr: float) -> None:
-        extra: dict[str, float] = {"samples_per_s": train.samples / time_s if time_s > 0 else 0.0}
+                  lr: float, train_time_s: float) -> None:
+        # Training throughput: the samples of this epoch's steps over the time of the steps (not evaluation).
+        extra: dict[str, float] = {"train_time_s": train_time_s,
+                                   "samples_per_s": train.samples / train_time_s if train_time_s > 0 else 0.0}
         if self.ctx.device.type == "cuda":
             extra["peak_cuda_mem_gb"] = torch.cuda.max_memory_allocated(self.ctx.device) / 2**30
         if not self.ctx.is_main:

@@ -40,3 +40,8 @@ def build_scheduler(cfg: ScheduleConfig, optimizer: torch.optim.Optimizer, *, ba
         return lr_factor(step, cfg, base_lr=base_lr, steps_per_epoch=steps_per_epoch, total_steps=total)
 
     return LambdaLR(optimizer, factor)
+
+
+def is_constant(cfg: ScheduleConfig) -> bool:
+    """True when the factor is 1 at every step (nothing to step)."""
+    return cfg.name == "constant" and cfg.warmup_steps == 0

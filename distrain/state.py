@@ -20,7 +20,7 @@ from distrain import __version__, dist
 from distrain.checkpoint import CheckpointError, find_resumable, load_payload, restore_rng, save_checkpoint
 from distrain.config import Config
 from distrain.dist import DistContext
-from distrain.loops import EpochMetrics
+from distrain.loops import EpochMetrics, TrainMeter
 from distrain.seeding import seed_everything
 from distrain.stopping import Stopper
 
@@ -42,14 +42,19 @@ class TrainState:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     stopper: Stopper
-    totals: torch.Tensor  # this rank's running [loss sum, hits, samples] of the epoch in progress
-    scaler: Any = None  # torch.amp.GradScaler when training in fp16
+    meter: TrainMeter  # this rank's running [loss sum, hits, samples] of the epoch in progress
+    scaler: Any = None  # the engine's gradient scaler when training in fp16
+    engine: str = "native"  # recorded in checkpoints; either engine loads the other's (same state dicts)
     progress: Progress = field(default_factory=Progress)
 
     def to_payload(self, cfg: Config, world_size: int, metrics: dict[str, float]) -> dict[str, Any]:
         """The checkpoint contents. Collective (sums the running totals over ranks)."""
+        # The learning rate is a pure function of the global step; a constant schedule is not stepped in
+        # the loop (it would cost a Python call per step), so its counter is brought up to date here.
+        self.scheduler.last_epoch = self.progress.global_step
         return {
             "format": 1,
+            "engine": self.engine,
             "distrain_version": __version__,
             "torch_version": str(torch.__version__),
             "epoch": self.progress.epoch,
@@ -62,7 +67,7 @@ class TrainState:
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "stopper": self.stopper.state_dict(),
             # The epoch's train sums over all ranks, so a mid-epoch resume still reports the whole epoch.
-            "epoch_totals": dist.all_reduce_sum(self.totals.clone()).cpu(),
+            "epoch_totals": dist.all_reduce_sum(self.meter.totals().clone()).cpu(),
             "config": cfg.to_dict(),
             "metrics": metrics,
         }
@@ -75,7 +80,8 @@ class TrainState:
             self.scaler.load_state_dict(payload["scaler"])
         self.stopper.load_state_dict(payload["stopper"])
         # The saved sums already cover every rank: give them to one rank, zeros to the rest.
-        self.totals.copy_(payload["epoch_totals"].to(self.totals.device) if is_main else torch.zeros_like(self.totals))
+        totals = payload["epoch_totals"]
+        self.meter.load(totals if is_main else torch.zeros_like(totals))
         self.progress = Progress(payload["epoch"], payload["step_in_epoch"], payload["global_step"])
 
 
@@ -129,6 +135,11 @@ def maybe_resume(cfg: Config, ctx: DistContext, run_dir: Path, state: TrainState
                               f"this run has {cfg.data.global_batch_size}",
                               "resume with the same global batch size, or start anew with checkpoint.resume=never")
     state.load_payload(payload, is_main=ctx.is_main)
+    saved_engine = payload.get("engine", "native")
+    if saved_engine != state.engine:
+        # Both engines save plain (unwrapped) state dicts of the same objects, so the state maps as is.
+        log.info("checkpoint written by engine %s, resuming with engine %s: model, optimizer, scheduler, "
+                 "scaler and progress map directly", saved_engine, state.engine)
     if payload["world_size"] == ctx.world_size:
         restore_rng(payload["rng"][ctx.rank])
     else:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+import torch
 from torch import nn
 
 from distrain import __version__, dist
@@ -30,15 +31,14 @@ from distrain.config import Config, dump_config
 from distrain.data import DataSets, EvalBatches, build_datasets, build_eval_batches, build_train_batches
 from distrain.dist import DistContext, distributed
 from distrain.env import DistEnv, detect
+from distrain.engines import build_engine
 from distrain.errors import ConfigError
-from distrain.loops import evaluate, new_totals, reduce_totals, train_one_epoch
+from distrain.loops import EpochMetrics, TrainMeter, evaluate, train_one_epoch
 from distrain.models import build_model
 from distrain.objective import Objective, build_objective
 from distrain.optim import build_optimizer
-from distrain.parallel import wrap_model
-from distrain.precision import build_precision
 from distrain.report import Reporter
-from distrain.schedule import build_scheduler
+from distrain.schedule import build_scheduler, is_constant
 from distrain.seeding import configure_determinism, seed_everything
 from distrain.signals import Interrupted, StopSignals
 from distrain.slurm import maybe_requeue, resolve_run_dir
@@ -110,9 +110,12 @@ def build_parts(cfg: Config, ctx: DistContext) -> Parts:
     else:
         data = build_datasets(cfg.data, cfg.seed)
     model = build_model(cfg.model, data.num_features, data.num_classes).to(ctx.device)
+    if cfg.trainer.channels_last:
+        model = model.to(memory_format=torch.channels_last)  # 4-d weights only; others are unchanged
     loader_args = dict(rank=ctx.rank, world_size=ctx.world_size, device=ctx.device, seed=cfg.seed,
                        loader=cfg.data.loader, num_workers=cfg.data.num_workers,
-                       persistent_workers=cfg.data.persistent_workers, prefetch_factor=cfg.data.prefetch_factor)
+                       persistent_workers=cfg.data.persistent_workers, prefetch_factor=cfg.data.prefetch_factor,
+                       channels_last=cfg.trainer.channels_last)
     test_batches = build_eval_batches(data.test, eval_batch_size=cfg.data.eval_batch_size, **loader_args)
     return Parts(data, model, build_objective(data.num_classes), test_batches, loader_args)
 
@@ -125,19 +128,23 @@ def _run(cfg: Config, ctx: DistContext) -> dict[str, Any]:
     optimizer = build_optimizer(cfg.optim, parts.model.parameters())
     scheduler = build_scheduler(cfg.schedule, optimizer, base_lr=cfg.optim.lr,
                                 steps_per_epoch=train_batches.num_steps, epochs=cfg.trainer.epochs)
-    precision = build_precision(cfg.trainer.precision, ctx.device)
-    state = TrainState(parts.model, optimizer, scheduler, Stopper(cfg.stop), new_totals(ctx.device),
-                       scaler=precision.scaler)
-    maybe_resume(cfg, ctx, run_dir, state)
-    ddp_model = wrap_model(parts.model, ctx, cfg.ddp)
+    engine = build_engine(cfg, ctx)
+    meter = TrainMeter(parts.objective, ctx.device)
+    state = TrainState(parts.model, optimizer, scheduler, Stopper(cfg.stop), meter, scaler=engine.scaler,
+                       engine=engine.name)
+    maybe_resume(cfg, ctx, run_dir, state)  # into the unwrapped model and the raw optimizer
+    train_model, train_optimizer = engine.prepare(parts.model, optimizer)
     saver = Saver(cfg, ctx, run_dir, state)
     progress = state.progress
     reporter = Reporter(cfg, ctx, run_dir, parts.model, start_step=progress.global_step,
                         steps_per_epoch=train_batches.num_steps)
     reporter.drop_from_epoch(progress.epoch)
-    log.info("distrain %s | %s | %d process(es) | device %s | backend %s | %d train / %d test samples | "
-             "%d steps per epoch", __version__, ctx.env.source, ctx.world_size, ctx.device, ctx.backend or "none",
-             len(parts.data.train), len(parts.data.test), train_batches.num_steps)
+    log.info("distrain %s | %s | %d process(es) | device %s | backend %s | engine %s | %d train / %d test "
+             "samples | %d steps per epoch", __version__, ctx.env.source, ctx.world_size, ctx.device,
+             ctx.backend or "none", engine.name, len(parts.data.train), len(parts.data.test),
+             train_batches.num_steps)
+    # A constant learning rate needs no scheduler call per step (see TrainState.to_payload).
+    step_scheduler = None if is_constant(cfg.schedule) else scheduler
 
     test, finished = None, False
     try:
@@ -145,7 +152,7 @@ def _run(cfg: Config, ctx: DistContext) -> dict[str, Any]:
 
             def after_step(step: int) -> None:
                 progress.step_in_epoch, progress.global_step = step + 1, progress.global_step + 1
-                reporter.after_step(progress.global_step, state.totals, optimizer.param_groups[0]["lr"])
+                reporter.after_step(progress.global_step, meter, optimizer.param_groups[0]["lr"])
                 saved = saver.maybe_save_step()
                 signum = signals.agreed_signal(ctx.device)
                 if signum is not None:
@@ -160,16 +167,17 @@ def _run(cfg: Config, ctx: DistContext) -> dict[str, Any]:
                 train_batches.set_epoch(epoch)
                 train_batches.set_start_step(progress.step_in_epoch)
                 lr = optimizer.param_groups[0]["lr"]
-                reporter.start_epoch(state.totals)
-                train_one_epoch(ddp_model, optimizer, train_batches, parts.objective, cfg.optim,
-                                world_size=ctx.world_size, totals=state.totals, precision=precision,
-                                accumulate_steps=cfg.trainer.accumulate_steps, scheduler=scheduler,
-                                after_step=after_step)
-                test = evaluate(parts.model, parts.test_batches, parts.objective, ctx.device)
-                train = reduce_totals(state.totals)
-                reporter.log_epoch(epoch, progress.global_step, train, test, time.perf_counter() - started, lr)
+                reporter.start_epoch(meter)
+                train_one_epoch(engine, train_model, train_optimizer, train_batches, parts.objective, cfg.optim,
+                                world_size=ctx.world_size, meter=meter, accumulate_steps=cfg.trainer.accumulate_steps,
+                                scheduler=step_scheduler, after_step=after_step)
+                train = EpochMetrics.from_totals(engine.sum_over_ranks(meter.totals().clone()))
+                train_time = time.perf_counter() - started
+                test = evaluate(parts.model, parts.test_batches, parts.objective, ctx.device, engine.sum_over_ranks)
+                reporter.log_epoch(epoch, progress.global_step, train, test, time.perf_counter() - started, lr,
+                                   train_time_s=train_time)
                 progress.epoch, progress.step_in_epoch = epoch + 1, 0
-                state.totals.zero_()
+                meter.reset()
                 reason = state.stopper.update(train, test)
                 # Identical metrics give identical verdicts, but agree anyway: no rank may ever stop alone.
                 if dist.any_true(reason is not None, ctx.device):
@@ -179,7 +187,8 @@ def _run(cfg: Config, ctx: DistContext) -> dict[str, Any]:
         finished = True
     finally:
         # Drop DDP (its reducer holds the group's last work objects) before the group is destroyed.
-        del ddp_model
+        del train_model, train_optimizer
+        engine.release()
         reporter.close(plots=cfg.log.plots and finished)
 
     if test is None:  # resumed a run that had already finished or stopped: report where it ended

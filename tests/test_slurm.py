@@ -108,13 +108,16 @@ def reference(tmp_path_factory):
     return run
 
 
-@pytest.mark.parametrize("command,source", [(SBATCH_SRUN, "slurm"), (SBATCH_TORCHRUN, "torchrun")],
-                         ids=["srun-per-task", "srun-torchrun"])
-def test_slurm_job_matches_torchrun(slurm, reference, tmp_path, command, source):
-    result = sbatch(command, slurm, f"run.dir={tmp_path / 'run'}", "trainer.epochs=30", out=tmp_path / "job.out")
+@pytest.mark.parametrize("command,source,engine", [(SBATCH_SRUN, "slurm", "native"),
+                                                   (SBATCH_TORCHRUN, "torchrun", "native"),
+                                                   (SBATCH_SRUN, "slurm", "accelerate")],
+                         ids=["srun-per-task", "srun-torchrun", "srun-per-task-accelerate"])
+def test_slurm_job_matches_torchrun(slurm, reference, tmp_path, command, source, engine):
+    result = sbatch(command, slurm, f"run.dir={tmp_path / 'run'}", "trainer.epochs=30", f"engine={engine}",
+                    out=tmp_path / "job.out")
     log = (tmp_path / "job.out").read_text()
     assert result.returncode == 0, log
-    assert f"| {source} | 2 process(es)" in log
+    assert f"| {source} | 2 process(es)" in log and f"engine {engine}" in log
     assert_bitwise(weights(reference), weights(tmp_path / "run"))
 
 

@@ -6,6 +6,8 @@ take its fast path (indexing whole tensors) instead of a DataLoader.
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from typing import Callable
 
@@ -141,8 +143,23 @@ def _images(name: str) -> Callable[[DataConfig, int], DataSets]:
     return build
 
 
+def _synthetic(cfg: DataConfig, seed: int) -> DataSets:
+    """Random images (standard normal) with random labels, in memory: for benchmarks and smoke tests,
+    where only the shapes matter. Seeded, separate streams for train and test like xor."""
+    shape = tuple(cfg.sample_shape)
+
+    def make(n: int, generator: torch.Generator) -> TensorDataset:
+        return TensorDataset(torch.randn(n, *shape, generator=generator),
+                             torch.randint(0, cfg.num_classes, (n,), generator=generator))
+
+    train = make(cfg.num_train, torch.Generator().manual_seed(seed))
+    test = make(cfg.num_test, torch.Generator().manual_seed(seed + 1))
+    return DataSets(train, test, num_features=math.prod(shape), num_classes=cfg.num_classes, input_shape=shape)
+
+
 REGISTRY: dict[str, Callable[[DataConfig, int], DataSets]] = {
     "xor": _xor,
+    "synthetic": _synthetic,
     "breast_cancer": _sklearn("load_breast_cancer"),
     "wine": _sklearn("load_wine"),
     "digits": _digits,

@@ -76,6 +76,27 @@ class GlobalBatchSampler(DistributedSampler):
         for step in range(self.start_step, self.num_steps):
             yield step, order[step * size:(step + 1) * size][self.rank::self.num_replicas]
 
+    def rank_epoch(self) -> tuple[list[int], torch.Tensor, list[int]]:
+        """The remaining steps of the epoch at once: (steps, this rank's indices of all of them in order,
+        the share size of each step). The same indices as `rank_batches`, built without Python lists."""
+        if self.shuffle:
+            generator = torch.Generator()
+            generator.manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.dataset_size, generator=generator)
+        else:
+            order = torch.arange(self.dataset_size)
+        size, world = self.global_batch_size, self.num_replicas
+        full = self.dataset_size // size  # steps whose global batch is complete
+        first = min(self.start_step, full)
+        # Full global batches as rows: this rank's share of each is every world-th column from `rank`.
+        shares = [order[first * size:full * size].view(-1, size)[:, self.rank::world].reshape(-1)]
+        sizes = [size // world] * (full - first)
+        if full < self.num_steps and self.start_step <= full:
+            last = order[full * size:][self.rank::world]
+            shares.append(last)
+            sizes.append(len(last))
+        return list(range(self.start_step, self.num_steps)), torch.cat(shares), sizes
+
     def __iter__(self) -> Iterator[int]:
         for _, indices in self.rank_batches():
             yield from indices

@@ -1,0 +1,173 @@
+"""The same training, five ways. Each `run_*` trains one workload from scratch and returns (samples, seconds)
+for the training loop only (setup, model building and data generation excluded, the same for all five).
+
+- floor: the bare compute. One pre-made batch, forward, loss, backward, step: no data handling, no
+  metrics. Nothing that trains on the whole data set can be faster.
+- tutorial: the PyTorch tutorial loop: TensorDataset + DataLoader(shuffle=True), `loss.item()` every step.
+- lightning: a LightningModule and `Trainer.fit`, logging, checkpoints and progress bar off (timed from
+  the first to the last training batch by a callback).
+- accelerate: the Accelerate quick-tour loop: `prepare(model, optimizer, loader)`, `accelerator.backward`.
+- distrain: `distrain.train.train(cfg)`, the real thing, with exact per-epoch train metrics; its own
+  per-epoch `train_time_s` (metrics.jsonl) is the time of its training steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+from distrain.config import Config, load_config
+from distrain.data import build_datasets
+from distrain.models import build_model
+from distrain.objective import build_objective
+
+
+@dataclass
+class Workload:
+    name: str
+    cfg: Config
+    threads: int
+    data: TensorDataset
+    num_classes: int
+    num_features: int
+
+    @property
+    def batch(self) -> int:
+        return self.cfg.data.global_batch_size
+
+    @property
+    def samples(self) -> int:
+        return len(self.data) * self.cfg.trainer.epochs
+
+    def model(self) -> torch.nn.Module:
+        torch.manual_seed(self.cfg.seed)
+        return build_model(self.cfg.model, self.num_features, self.num_classes)
+
+    def optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
+        o = self.cfg.optim
+        return torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum)
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        # The tutorials' losses: BCE-with-logits on one logit for two classes, else cross-entropy.
+        if self.num_classes == 2:
+            return F.binary_cross_entropy_with_logits(logits.squeeze(-1), targets.float())
+        return F.cross_entropy(logits, targets)
+
+
+THREADS = {"xor": 1, "cnn": 2, "resnet18": 2}
+
+
+def load_workload(name: str, config_dir: Path, overrides: list[str] = ()) -> Workload:
+    cfg = load_config(config_dir / f"{name}.yaml", list(overrides))
+    data = build_datasets(cfg.data, cfg.seed)
+    return Workload(name, cfg, THREADS[name], data.train, data.num_classes, data.num_features)  # type: ignore[arg-type]
+
+
+def run_floor(w: Workload) -> tuple[int, float]:
+    model, (x, y) = w.model(), w.data[: w.batch]
+    optimizer = w.optimizer(model)
+    steps = w.samples // w.batch
+    started = time.perf_counter()
+    for _ in range(steps):
+        optimizer.zero_grad(set_to_none=True)
+        w.loss(model(x), y).backward()
+        optimizer.step()
+    return steps * w.batch, time.perf_counter() - started
+
+
+def run_tutorial(w: Workload) -> tuple[int, float]:
+    model = w.model()
+    optimizer = w.optimizer(model)
+    loader = DataLoader(w.data, batch_size=w.batch, shuffle=True)
+    started = time.perf_counter()
+    for _ in range(w.cfg.trainer.epochs):
+        model.train()
+        running = 0.0
+        for x, y in loader:
+            loss = w.loss(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            running += loss.item()
+    return w.samples, time.perf_counter() - started
+
+
+def run_accelerate(w: Workload) -> tuple[int, float]:
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=True)
+    model = w.model()
+    optimizer = w.optimizer(model)
+    loader = DataLoader(w.data, batch_size=w.batch, shuffle=True)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    started = time.perf_counter()
+    for _ in range(w.cfg.trainer.epochs):
+        model.train()
+        for x, y in loader:
+            optimizer.zero_grad()
+            loss = w.loss(model(x), y)
+            accelerator.backward(loss)
+            optimizer.step()
+    return w.samples, time.perf_counter() - started
+
+
+def run_lightning(w: Workload) -> tuple[int, float]:
+    import logging
+
+    import lightning as L
+
+    logging.getLogger("lightning").setLevel(logging.ERROR)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+
+    class Module(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = w.model()
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return w.loss(self.net(x), y)
+
+        def configure_optimizers(self):
+            return w.optimizer(self.net)
+
+    class Clock(L.Callback):
+        started = ended = 0.0
+
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            if not self.started:
+                self.started = time.perf_counter()
+
+        def on_train_end(self, trainer, module):
+            self.ended = time.perf_counter()
+
+    clock = Clock()
+    trainer = L.Trainer(max_epochs=w.cfg.trainer.epochs, accelerator="cpu", devices=1, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        num_sanity_val_steps=0, callbacks=[clock])
+    trainer.fit(Module(), DataLoader(w.data, batch_size=w.batch, shuffle=True))
+    return w.samples, clock.ended - clock.started
+
+
+def run_distrain(w: Workload) -> tuple[int, float]:
+    from distrain.train import train
+
+    with tempfile.TemporaryDirectory() as run_dir, contextlib.redirect_stdout(io.StringIO()):
+        cfg = replace(w.cfg, run=replace(w.cfg.run, dir=run_dir))
+        train(cfg, environ={})
+        records = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    train_records = [r for r in records if r["split"] == "train"]
+    return sum(r["samples"] for r in train_records), sum(r["train_time_s"] for r in train_records)
+
+
+VARIANTS = {"floor": run_floor, "tutorial": run_tutorial, "lightning": run_lightning,
+            "accelerate": run_accelerate, "distrain": run_distrain}

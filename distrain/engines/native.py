@@ -1,0 +1,59 @@
+"""The native engine: torch's DistributedDataParallel, torch.autocast and GradScaler, nothing in between."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, ContextManager
+
+import torch
+from torch import nn
+
+from distrain import dist
+from distrain.config import Config, OptimConfig
+from distrain.dist import DistContext
+from distrain.optim import clip_gradients
+from distrain.parallel import wrap_model
+from distrain.precision import build_precision
+
+
+class NativeEngine:
+    name = "native"
+
+    def __init__(self, cfg: Config, ctx: DistContext):
+        self.ctx, self.ddp_cfg, self.compile = ctx, cfg.ddp, cfg.trainer.compile
+        self.precision = build_precision(cfg.trainer.precision, ctx.device)
+        self.scaler = self.precision.scaler
+        self._wrapped: nn.Module | None = None
+
+    def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[nn.Module, Any]:
+        self._wrapped = wrap_model(model, self.ctx, self.ddp_cfg)
+        if self.compile:
+            # Compile the DDP wrapper, not the inner module: torch then splits the graph at DDP's buckets
+            # so that gradient all-reduces still overlap the backward pass.
+            self._wrapped = torch.compile(self._wrapped)
+        return self._wrapped, optimizer
+
+    def accumulate(self, model: nn.Module, is_last: bool) -> ContextManager:
+        # DDP all-reduces gradients inside backward. Under no_sync it only accumulates them locally, so
+        # the micro-batches before the last add up without communication and the last one sends the sum
+        # once (rather than one all-reduce per micro-batch).
+        if is_last or not hasattr(model, "no_sync"):
+            return contextlib.nullcontext()
+        return model.no_sync()
+
+    def autocast(self) -> ContextManager:
+        return self.precision.autocast()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.precision.backward(loss)
+
+    def step(self, optimizer: Any, model: nn.Module, cfg: OptimConfig) -> None:
+        self.precision.unscale(optimizer)  # clipping needs the true gradients
+        clip_gradients(model, cfg)
+        self.precision.step(optimizer)
+
+    def sum_over_ranks(self, tensor: torch.Tensor) -> torch.Tensor:
+        return dist.all_reduce_sum(tensor)
+
+    def release(self) -> None:
+        self._wrapped = None
