@@ -5,8 +5,8 @@ Lightning, Accelerate and distrain, alternating in one run; prints medians and r
     python bench/run.py --repeats 7 --workloads xor,cnn
 
 Throughput: samples/s of the training loop (see bench/variants.py for what each variant times), median
-over --repeats rounds; the variants take turns inside each round, in a rotating order, so a slow phase
-of the machine hits them all. Start-up: wall time of a whole short training process (imports, data,
+over --repeats rounds; the variants take turns inside each round, in a rotating order, and the ratios
+are medians of per-round ratios, so a slow phase of the machine hits every variant alike. Start-up: wall time of a whole short training process (imports, data,
 model, 20,000 XOR samples), median of --startup-repeats.
 """
 
@@ -49,15 +49,20 @@ def throughput(workloads: list[str], variants: list[str], repeats: int) -> dict[
 
 
 def print_table(name: str, w, medians: dict[str, float], runs: dict[str, list[float]]) -> None:
-    floor = medians.get("floor")
+    # Ratios are medians of the per-round ratios: a round's variants ran back to back, so a slow phase of
+    # the machine (seen here: the same loop at half speed for seconds) cancels out of them.
+    def ratio(a: str, b: str) -> float:
+        return statistics.median(x / y for x, y in zip(runs[a], runs[b]))
+
     print(f"\n{name}: {w.samples} samples per run, batch {w.batch}, {w.threads} thread(s), "
-          f"median of {len(next(iter(runs.values())))}")
+          f"{len(next(iter(runs.values())))} rounds")
     print(f"  {'variant':<11} {'samples/s':>11} {'x floor':>8} {'spread':>8}")
     for v, value in medians.items():
         spread = (max(runs[v]) - min(runs[v])) / value
-        print(f"  {v:<11} {value:>11,.0f} {value / floor if floor else float('nan'):>8.2f} {spread:>7.0%}")
+        x_floor = ratio(v, "floor") if "floor" in runs else float("nan")
+        print(f"  {v:<11} {value:>11,.0f} {x_floor:>8.2f} {spread:>7.0%}")
     if "distrain" in medians:
-        ratios = ", ".join(f"{medians['distrain'] / medians[p]:.2f}x {p}" for p in PEERS if p in medians)
+        ratios = ", ".join(f"{ratio('distrain', p):.2f}x {p}" for p in PEERS if p in medians)
         print(f"  distrain = {ratios}")
 
 
@@ -91,7 +96,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workloads", default="xor,cnn,resnet18")
     parser.add_argument("--variants", default=",".join(VARIANTS))
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--startup-repeats", type=int, default=3)
     args = parser.parse_args()
     import importlib.metadata as md

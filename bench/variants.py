@@ -122,6 +122,9 @@ def run_accelerate(w: Workload) -> tuple[int, float]:
 
 def run_lightning(w: Workload) -> tuple[int, float]:
     import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", module="lightning")  # deprecation and "srun is available" notes
 
     import lightning as L
 

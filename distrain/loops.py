@@ -1,8 +1,8 @@
 """What is one epoch? `train_one_epoch` and `evaluate`, the same code for every launcher and both engines.
 
-Metrics count every sample exactly once. Training: the step hands its detached logits to a `TrainMeter`
-(a list append: no host sync and no extra kernels in the step), which turns them into per-sample loss and
-hit sums in bulk and is summed over the ranks once per epoch. Evaluation: per-batch sums in a table summed
+Metrics count every sample exactly once. Training: the step hands its detached loss and logits to a
+`TrainMeter` (list appends: no host sync and no extra kernels in the step), which turns them into loss
+and hit sums in bulk and is summed over the ranks once per epoch. Evaluation: per-batch sums in a table summed
 over the ranks, so the figures are bitwise those of one process.
 """
 
@@ -36,34 +36,44 @@ class EpochMetrics:
 class TrainMeter:
     """This rank's running [loss sum, hits, samples] of the epoch in progress (float64, not yet reduced).
 
-    `add` only keeps the step's detached logits and targets; `totals()` computes their per-sample losses
-    and hits in one batched pass (also every `flush_elements` logits, to bound memory). Per-sample losses
-    are elementwise, so they equal the step's own values; only the order of the float64 sum differs.
+    `add` only keeps the step's detached loss, logits and targets (list appends: no kernel, no host
+    sync); `totals()` turns them into sums in one batched pass, as does every `flush_steps`-th add
+    (bounding the memory held). The loss sum is each step's own loss times the samples it stands for
+    (summed in float64), so no loss is computed twice; hits come from the kept logits.
     """
 
-    def __init__(self, objective: Objective, device: torch.device, flush_elements: int = 1 << 20):
-        self.objective, self.flush_elements = objective, flush_elements
+    def __init__(self, objective: Objective, device: torch.device, flush_steps: int = 128):
+        self.objective, self.flush_steps = objective, flush_steps
         self._totals = torch.zeros(3, dtype=torch.float64, device=device)
+        self._reset_pending()
+
+    def _reset_pending(self) -> None:
+        self._losses: list[torch.Tensor] = []
+        self._weights: list[float] = []
         self._logits: list[torch.Tensor] = []
         self._targets: list[torch.Tensor] = []
-        self._pending = 0
 
-    def add(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
+    def add(self, loss: torch.Tensor, weight: float, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        """`loss` times `weight` is the sum of the per-sample losses of `targets` (see Objective.step_loss)."""
+        self._losses.append(loss.detach())
+        self._weights.append(weight)
         self._logits.append(logits.detach())
         self._targets.append(targets)
-        self._pending += logits.numel()
-        if self._pending >= self.flush_elements:
+        if len(self._logits) >= self.flush_steps:
             self._flush()
 
     @torch.no_grad()
     def _flush(self) -> None:
         if not self._logits:
             return
-        logits, targets = torch.cat(self._logits).float(), torch.cat(self._targets)
-        self._totals += torch.stack([self.objective.losses(logits, targets).double().sum(),
+        device = self._totals.device
+        losses = torch.stack(self._losses).double()
+        weights = torch.tensor(self._weights, dtype=torch.float64, device=device)
+        logits, targets = torch.cat(self._logits), torch.cat(self._targets)
+        self._totals += torch.stack([(losses * weights).sum(),
                                      self.objective.hits(logits, targets).sum().double(),
-                                     torch.tensor(float(len(targets)), dtype=torch.float64, device=logits.device)])
-        self._logits, self._targets, self._pending = [], [], 0
+                                     torch.tensor(float(len(targets)), dtype=torch.float64, device=device)])
+        self._reset_pending()
 
     def totals(self) -> torch.Tensor:
         """The running sums (flushed first). The tensor is live: clone it to keep a snapshot."""
@@ -71,7 +81,7 @@ class TrainMeter:
         return self._totals
 
     def load(self, totals: torch.Tensor) -> None:
-        self._logits, self._targets, self._pending = [], [], 0
+        self._reset_pending()
         self._totals.copy_(totals)
 
     def reset(self) -> None:
@@ -95,9 +105,9 @@ def train_one_epoch(engine: Engine, model: nn.Module, optimizer: Any, batches: I
         if accumulate_steps == 1:
             with engine.autocast():
                 logits = model(batch.inputs)
-                loss = objective.step_loss(logits, batch.targets, world_size, batch.global_size)
+                loss, weight = objective.step_loss(logits, batch.targets, world_size, batch.global_size)
             engine.backward(loss)
-            meter.add(logits, batch.targets)
+            meter.add(loss, weight, logits, batch.targets)
         else:
             micro = zip(batch.inputs.tensor_split(accumulate_steps), batch.targets.tensor_split(accumulate_steps))
             for index, (inputs, targets) in enumerate(micro):
@@ -105,9 +115,10 @@ def train_one_epoch(engine: Engine, model: nn.Module, optimizer: Any, batches: I
                     with engine.autocast():
                         logits = model(inputs)
                         # Summed (not averaged) micro-batch losses: their gradients add up to the step's.
-                        loss = objective.step_loss(logits, targets, world_size, batch.global_size, average=False)
+                        loss, weight = objective.step_loss(logits, targets, world_size, batch.global_size,
+                                                           average=False)
                     engine.backward(loss)
-                meter.add(logits, targets)
+                meter.add(loss, weight, logits, targets)
         engine.step(optimizer, model, optim_cfg)
         if scheduler is not None:
             scheduler.step()

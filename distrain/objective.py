@@ -23,8 +23,9 @@ class Objective:
         return F.cross_entropy(logits, targets, reduction=reduction)
 
     def step_loss(self, logits: torch.Tensor, targets: torch.Tensor, world_size: int, global_size: int,
-                  average: bool = True) -> torch.Tensor:
-        """The loss whose gradient, averaged over the ranks by DDP, is that of the global batch's mean loss.
+                  average: bool = True) -> tuple[torch.Tensor, float]:
+        """The loss whose gradient, averaged over the ranks by DDP, is that of the global batch's mean loss,
+        and the weight that turns it back into the sum of these samples' losses (for the metrics).
 
         Weighted by the *global* batch size, not the local one: sum_local * world / global averages to the
         global mean even when the last batch splits unevenly (a local mean would over-weight the smaller
@@ -32,8 +33,8 @@ class Objective:
         step but an uneven last one) that is the local mean, computed in one kernel.
         """
         if average and len(targets) * world_size == global_size:
-            return self.losses(logits, targets, "mean")
-        return self.losses(logits, targets, "sum") * (world_size / global_size)
+            return self.losses(logits, targets, "mean"), float(len(targets))
+        return self.losses(logits, targets, "sum") * (world_size / global_size), global_size / world_size
 
     def hits(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """1 where the prediction equals the target, else 0."""

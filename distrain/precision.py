@@ -3,7 +3,7 @@
     amp = build_precision("bf16", device)
     with amp.autocast():
         loss = ...
-    amp.backward(loss); amp.unscale(optimizer); clip; amp.step(optimizer)
+    # amp.scaler (fp16 only) scales the loss, unscales before clipping and steps: distrain.engines.native
 
 The parameters, optimizer state and checkpoints stay in float32; only the forward pass runs in the lower
 precision. fp16 needs the scaler (its range underflows small gradients); bf16 has float32's range and
@@ -20,6 +20,7 @@ import torch
 from distrain.errors import ConfigError
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+_NO_AUTOCAST = contextlib.nullcontext()
 
 
 @dataclass
@@ -30,23 +31,8 @@ class Precision:
 
     def autocast(self):
         if self.name == "32":
-            return contextlib.nullcontext()
+            return _NO_AUTOCAST  # reusable; saves building a context per step
         return torch.autocast(device_type=self.device.type, dtype=_DTYPES[self.name])
-
-    def backward(self, loss: torch.Tensor) -> None:
-        (self.scaler.scale(loss) if self.scaler else loss).backward()
-
-    def unscale(self, optimizer: torch.optim.Optimizer) -> None:
-        """Bring gradients back to their true scale (before clipping)."""
-        if self.scaler:
-            self.scaler.unscale_(optimizer)
-
-    def step(self, optimizer: torch.optim.Optimizer) -> None:
-        if self.scaler:
-            self.scaler.step(optimizer)  # skips the step if the scaled gradients overflowed
-            self.scaler.update()
-        else:
-            optimizer.step()
 
 
 def build_precision(name: str, device: torch.device) -> Precision:

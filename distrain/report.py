@@ -1,7 +1,7 @@
 """Where do metrics go? One `Reporter` per run fans them out: console, metrics.jsonl, W&B, plots.
 
     reporter = Reporter(cfg, ctx, run_dir, model, start_step)   # every rank
-    reporter.after_step(global_step, meter, lr)                # every rank, after each optimizer step
+    reporter.after_step(global_step, meter, lr)    # every rank, after a step where wants_step()
     reporter.log_epoch(epoch, global_step, train, test, time_s, lr, num_samples)
     reporter.close(plots=True)
 
@@ -72,7 +72,7 @@ class Reporter:
             self.hooks.armed = (start_step + 1) % self.every == 0
         self.window_start: torch.Tensor | None = None
         self.window_time = time.perf_counter()
-        self.window_steps = 0
+        self.window_step = start_step
         self.wandb = None
         self.bar = None
         if ctx.is_main:
@@ -88,25 +88,30 @@ class Reporter:
                 self.bar = tqdm(total=total, initial=start_step, unit="step", dynamic_ncols=True)
         self.best: dict[str, float] = {}
 
-    def start_epoch(self, meter: TrainMeter) -> None:
+    def start_epoch(self, meter: TrainMeter, global_step: int) -> None:
         self.window_start = meter.totals().clone()
-        self.window_time, self.window_steps = time.perf_counter(), 0
+        self.window_time, self.window_step = time.perf_counter(), global_step
+
+    def wants_step(self, global_step: int) -> bool:
+        """Whether `after_step` has work after this step: a log step, or arming the gradient-norm hooks
+        for the next one. The loop asks this (cheap) rather than calling after_step every step."""
+        return global_step % self.every == 0 or (self.hooks is not None and (global_step + 1) % self.every == 0)
 
     def after_step(self, global_step: int, meter: TrainMeter, lr: float) -> None:
-        """Collective at log steps (every rank calls it after every optimizer step)."""
-        self.window_steps += 1
-        if self.bar is not None:
-            self.bar.update(1)
+        """Collective at log steps: every rank calls it when `wants_step`."""
         if global_step % self.every:
             if self.hooks:
                 self.hooks.armed = (global_step + 1) % self.every == 0
             return
+        if self.bar is not None:
+            self.bar.update(global_step - self.bar.n)
         totals = meter.totals()
         window = dist.all_reduce_sum(totals - self.window_start)
         loss_sum, hits, count = window.tolist()
         elapsed = time.perf_counter() - self.window_time
         values = {"train/step_loss": loss_sum / max(count, 1), "train/step_accuracy": hits / max(count, 1),
-                  "lr": lr, "samples_per_s": count / elapsed, "step_time_s": elapsed / max(self.window_steps, 1),
+                  "lr": lr, "samples_per_s": count / elapsed,
+                  "step_time_s": elapsed / max(global_step - self.window_step, 1),
                   "grad_norm": total_grad_norm(self.model)}
         if self.hooks:
             values.update(self.hooks.take())
@@ -122,7 +127,7 @@ class Reporter:
             if self.wandb:
                 self.wandb.log(values, step=global_step)
         self.window_start = totals.clone()
-        self.window_time, self.window_steps = time.perf_counter(), 0
+        self.window_time, self.window_step = time.perf_counter(), global_step
 
     def log_epoch(self, epoch: int, global_step: int, train: EpochMetrics, test: EpochMetrics, time_s: float,
                   lr: float, train_time_s: float) -> None:
@@ -134,6 +139,7 @@ class Reporter:
         if not self.ctx.is_main:
             return
         if self.bar is not None:
+            self.bar.update(global_step - self.bar.n)
             self.bar.clear()
         self.metrics.log_epoch(epoch, global_step, train, test, time_s, lr=lr, extra=extra)
         if self.bar is not None:

@@ -37,6 +37,7 @@ class StopSignals:
         self.signums = [signal.Signals[name] for name in names]
         self.received: int | None = None
         self._previous: dict[int, object] = {}
+        self._collective = False
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.received is None:
@@ -45,6 +46,7 @@ class StopSignals:
         self.received = signum
 
     def __enter__(self) -> "StopSignals":
+        self._collective = dist.is_distributed()  # asked once: agreed_signal runs every step
         for signum in self.signums:
             self._previous[signum] = signal.signal(signum, self._handle)
         return self
@@ -55,7 +57,7 @@ class StopSignals:
 
     def agreed_signal(self, device: torch.device) -> int | None:
         """The signal to stop on if any rank received one, else None. Collective: every rank must call it."""
-        if not dist.is_distributed():
+        if not self._collective:
             return self.received  # one process: no collective, no host sync
         local = torch.tensor([self.received or 0], dtype=torch.int64, device=device)
         torch.distributed.all_reduce(local, op=torch.distributed.ReduceOp.MAX)

@@ -152,7 +152,8 @@ def _run(cfg: Config, ctx: DistContext) -> dict[str, Any]:
 
             def after_step(step: int) -> None:
                 progress.step_in_epoch, progress.global_step = step + 1, progress.global_step + 1
-                reporter.after_step(progress.global_step, meter, optimizer.param_groups[0]["lr"])
+                if reporter.wants_step(progress.global_step):
+                    reporter.after_step(progress.global_step, meter, optimizer.param_groups[0]["lr"])
                 saved = saver.maybe_save_step()
                 signum = signals.agreed_signal(ctx.device)
                 if signum is not None:
@@ -167,7 +168,7 @@ def _run(cfg: Config, ctx: DistContext) -> dict[str, Any]:
                 train_batches.set_epoch(epoch)
                 train_batches.set_start_step(progress.step_in_epoch)
                 lr = optimizer.param_groups[0]["lr"]
-                reporter.start_epoch(meter)
+                reporter.start_epoch(meter, progress.global_step)
                 train_one_epoch(engine, train_model, train_optimizer, train_batches, parts.objective, cfg.optim,
                                 world_size=ctx.world_size, meter=meter, accumulate_steps=cfg.trainer.accumulate_steps,
                                 scheduler=step_scheduler, after_step=after_step)

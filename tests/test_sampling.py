@@ -62,3 +62,18 @@ def test_eval_ranges_cover_each_sample_once_in_fixed_batches(n, bs, world):
     assert [r[0] for r in ranges] == list(range(len(ranges)))
     assert ranges == eval_batch_ranges(n, bs, 0, 1)  # the same batches as one process
     assert sum(end - start for _, start, end in ranges) == n
+
+
+@pytest.mark.parametrize("n,world,start", [(2500, 2, 0), (2501, 2, 0), (2501, 2, 78), (2501, 2, 79), (101, 4, 2),
+                                           (5, 4, 0), (96, 4, 3), (64, 2, 1)])
+def test_rank_epoch_is_rank_batches_at_once(n, world, start):
+    # The tensor fast path gathers a whole epoch from rank_epoch(); it must be exactly rank_batches().
+    for rank in range(world):
+        s = GlobalBatchSampler(data(n), num_replicas=world, rank=rank, global_batch_size=32, seed=5)
+        s.set_epoch(2)
+        s.set_start_step(min(start, s.num_steps))
+        steps, index, sizes = s.rank_epoch()
+        batches = list(s.rank_batches())
+        assert steps == [step for step, _ in batches]
+        assert sizes == [len(b) for _, b in batches]
+        assert index.tolist() == [i for _, b in batches for i in b]

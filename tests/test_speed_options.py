@@ -1,0 +1,62 @@
+"""Speed options change the speed, not the results: torch.compile, channels_last, the synthetic data set
+of the benchmark, and the benchmark command itself (its figures are not asserted: timings live in bench/)."""
+
+import subprocess
+
+import torch
+
+from conftest import PYTHON, REPO, clean_env, run_cli
+from distrain.checkpoint import find_resumable, load_payload
+from distrain.metrics import read_metrics
+
+QUIET = ["wandb.mode=disabled", "log.plots=false"]
+
+
+def final(run_dir):
+    return load_payload(find_resumable(run_dir))["model"]
+
+
+def train(run_dir, config, *overrides):
+    result = run_cli("train", config, f"run.dir={run_dir}", *QUIET, *overrides, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return final(run_dir)
+
+
+def test_compiled_model_trains_like_the_eager_one_and_saves_plain_keys(tmp_path):
+    eager = train(tmp_path / "eager", "configs/xor.yaml", "trainer.epochs=2")
+    compiled = train(tmp_path / "compiled", "configs/xor.yaml", "trainer.epochs=2", "trainer.compile=true")
+    assert list(compiled) == list(eager)  # no "_orig_mod." prefixes: the checkpoint loads into a plain model
+    for key in eager:  # inductor may fuse and reorder float32 arithmetic: close, not bitwise
+        torch.testing.assert_close(compiled[key], eager[key], rtol=0, atol=1e-5)
+
+
+def test_channels_last_trains_like_contiguous(tmp_path):
+    args = ("configs/digits_cnn.yaml", "trainer.epochs=1")
+    plain = train(tmp_path / "plain", *args)
+    last = train(tmp_path / "last", *args, "trainer.channels_last=true")
+    for key in plain:  # other convolution kernels: float32 rounding differs
+        torch.testing.assert_close(last[key], plain[key], rtol=0, atol=1e-4)
+    acc = [r["accuracy"] for run in ("plain", "last") for r in read_metrics(tmp_path / run) if r["split"] == "test"]
+    assert abs(acc[0] - acc[1]) <= 0.01
+
+
+def test_synthetic_images_have_the_configured_shapes(tmp_path):
+    weights = train(tmp_path, "bench/configs/resnet18.yaml", "data.num_train=64", "data.num_test=40",
+                    "data.sample_shape=[3,16,16]", "data.num_classes=5", "checkpoint.every_epochs=1")
+    assert weights["fc.weight"].shape == (5, 512)
+    records = read_metrics(tmp_path)
+    assert [(r["split"], r["samples"]) for r in records] == [("train", 64), ("test", 40)]
+
+
+def test_bench_command_prints_every_workload_and_ratio(tmp_path):
+    cmd = [PYTHON, "bench/run.py", "--workloads", "xor,cnn", "--variants", "floor,tutorial,accelerate,distrain",
+           "--repeats", "1", "--startup-repeats", "1"]
+    result = subprocess.run(cmd, cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    for line in ("xor: 400000 samples per run", "cnn: 2048 samples per run", "distrain = ", "x tutorial",
+                 "x accelerate", "start-up: whole process"):
+        assert line in out, out
+    rows = [line.split() for line in out.splitlines() if line.split()[:1] == ["distrain"] and "=" not in line]
+    # two throughput rows (samples/s, x floor) and one start-up row (seconds)
+    assert len(rows) == 3 and all(float(r[1].replace(",", "")) > 0 and float(r[2]) > 0 for r in rows[:2]), out
