@@ -103,6 +103,8 @@ def distributed(env: DistEnv, *, backend: str = "auto", timeout_s: float = 900.0
             # objects that reference tensors abort the process ("terminate called without an active
             # exception"; seen here about once in eight torchrun runs).
             gc.collect()
+            global _CPU_GROUP
+            _CPU_GROUP = None  # destroyed with the default group
             tdist.destroy_process_group()
 
 
@@ -126,6 +128,21 @@ def _rendezvous_store(env: DistEnv, timeout: datetime.timedelta) -> tdist.Store:
 
 def is_distributed() -> bool:
     return tdist.is_available() and tdist.is_initialized() and tdist.get_world_size() > 1
+
+
+_CPU_GROUP: Any = None
+
+
+def cpu_group() -> Any:
+    """A process group for small CPU-side control messages: the default group when it is gloo, else a gloo
+    group over the same ranks (created once; collective on first use). With NCCL, a flag read on the host
+    would otherwise need a device tensor and a device sync."""
+    global _CPU_GROUP
+    if tdist.get_backend() == "gloo":
+        return None  # the default group
+    if _CPU_GROUP is None:
+        _CPU_GROUP = tdist.new_group(backend="gloo")
+    return _CPU_GROUP
 
 
 def barrier() -> None:
