@@ -40,11 +40,12 @@ def export_env_for_accelerate(ctx: DistContext) -> None:
     """Accelerate reads the rank layout from torchrun's variables. Under srun they are not set, so give it
     what distrain detected (torchrun and `accelerate launch` set them already; nothing is overwritten)."""
     env = ctx.env
+    if not env.is_distributed:
+        return
     for key, value in (("RANK", env.rank), ("WORLD_SIZE", env.world_size), ("LOCAL_RANK", env.local_rank),
                        ("LOCAL_WORLD_SIZE", env.local_world_size), ("MASTER_ADDR", env.master_addr),
                        ("MASTER_PORT", env.master_port)):
-        if env.is_distributed:
-            os.environ.setdefault(key, str(value))
+        os.environ.setdefault(key, str(value))
 
 
 def check_plugin(distributed_type: str, cfg: Config) -> None:
