@@ -28,7 +28,6 @@ from torch.utils.data import DataLoader, TensorDataset
 from distrain.config import Config, load_config
 from distrain.data import build_datasets
 from distrain.models import build_model
-from distrain.objective import build_objective
 
 
 @dataclass

@@ -6,7 +6,6 @@ same order; measured equal). Accumulation of 4 micro-batches against one batch o
 summation order differs). bf16 against float32: accuracy only (bf16 changes the trajectory).
 """
 
-import sys
 from pathlib import Path
 
 import pytest
