@@ -19,8 +19,8 @@ from distrain.metrics import read_metrics
 
 ACCELERATE = str(Path(PYTHON).parent / "accelerate")
 XOR = "configs/xor.yaml"
-# 15 epochs of 20 steps with momentum (optimizer state matters), saving mid-epoch and at epoch ends.
-ARGS = ["trainer.epochs=15", "optim.momentum=0.9", "checkpoint.every_steps=7", "checkpoint.every_epochs=5",
+# 8 epochs of 20 steps with momentum (optimizer state matters), saving mid-epoch and at epoch ends.
+ARGS = ["trainer.epochs=8", "optim.momentum=0.9", "checkpoint.every_steps=7", "checkpoint.every_epochs=4",
         "checkpoint.keep_last=0", "log.plots=false"]
 
 
@@ -98,12 +98,19 @@ def test_bf16_with_accumulation_trains_through_both_engines(reference, tmp_path,
         assert "mixed precision bf16" in result.stdout
 
 
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory):
+    """engine=native in one process, all 8 epochs in one go."""
+    run = tmp_path_factory.mktemp("native-single")
+    launch("single", run, "engine=native")
+    return run
+
+
 @pytest.mark.parametrize("first,second", [("native", "accelerate"), ("accelerate", "native")])
-def test_a_checkpoint_of_one_engine_resumes_in_the_other(tmp_path, first, second):
-    """One process: 5 epochs with one engine, then on to 15 with the other, against 15 in one go."""
-    whole, split = tmp_path / "whole", tmp_path / "split"
-    launch("single", whole, "engine=native")
-    launch("single", split, f"engine={first}", "trainer.epochs=5")
+def test_a_checkpoint_of_one_engine_resumes_in_the_other(whole, tmp_path, first, second):
+    """One process: 4 epochs with one engine, then on to 8 with the other, against 8 in one go."""
+    split = tmp_path / "split"
+    launch("single", split, f"engine={first}", "trainer.epochs=4")
     result = launch("single", split, f"engine={second}")
     assert f"checkpoint written by engine {first}, resuming with engine {second}" in result.stdout
     assert max_diff(weights(whole), weights(split)) == 0.0

@@ -31,13 +31,13 @@ def test_compiled_model_trains_like_the_eager_one_and_saves_plain_keys(tmp_path)
 
 
 def test_channels_last_trains_like_contiguous(tmp_path):
-    args = ("configs/digits_cnn.yaml", "trainer.epochs=1")
+    args = ("bench/configs/cnn.yaml", "data.num_train=512", "data.num_test=128", "checkpoint.every_epochs=1")
     plain = train(tmp_path / "plain", *args)
     last = train(tmp_path / "last", *args, "trainer.channels_last=true")
     for key in plain:  # other convolution kernels: float32 rounding differs
         torch.testing.assert_close(last[key], plain[key], rtol=0, atol=1e-4)
     acc = [r["accuracy"] for run in ("plain", "last") for r in read_metrics(tmp_path / run) if r["split"] == "test"]
-    assert abs(acc[0] - acc[1]) <= 0.01
+    assert abs(acc[0] - acc[1]) <= 2 / 128
 
 
 def test_synthetic_images_have_the_configured_shapes(tmp_path):
@@ -49,13 +49,13 @@ def test_synthetic_images_have_the_configured_shapes(tmp_path):
 
 
 def test_bench_command_prints_every_workload_and_ratio(tmp_path):
-    cmd = [PYTHON, "bench/run.py", "--workloads", "xor,cnn", "--variants", "floor,tutorial,accelerate,distrain",
+    cmd = [PYTHON, "bench/run.py", "--workloads", "xor,cnn", "--variants", "floor,accelerate,distrain",
            "--repeats", "1", "--startup-repeats", "1"]
     result = subprocess.run(cmd, cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
-    for line in ("xor: 400000 samples per run", "cnn: 2048 samples per run", "distrain = ", "x tutorial",
-                 "x accelerate", "start-up: whole process"):
+    for line in ("xor: 400000 samples per run", "cnn: 2048 samples per run", "distrain = ", "x accelerate",
+                 "start-up: whole process"):
         assert line in out, out
     rows = [line.split() for line in out.splitlines() if line.split()[:1] == ["distrain"] and "=" not in line]
     # two throughput rows (samples/s, x floor) and one start-up row (seconds)
