@@ -48,31 +48,30 @@ class TrainMeter:
         self._reset_pending()
 
     def _reset_pending(self) -> None:
-        self._losses: list[torch.Tensor] = []
-        self._weights: list[float] = []
+        self._losses: dict[float, list[torch.Tensor]] = {}  # by weight: an epoch has one or two weights
         self._logits: list[torch.Tensor] = []
         self._targets: list[torch.Tensor] = []
+        self._samples = 0
 
     def add(self, loss: torch.Tensor, weight: float, logits: torch.Tensor, targets: torch.Tensor) -> None:
         """`loss` times `weight` is the sum of the per-sample losses of `targets` (see Objective.step_loss)."""
-        self._losses.append(loss.detach())
-        self._weights.append(weight)
+        self._losses.setdefault(weight, []).append(loss.detach())
         self._logits.append(logits.detach())
         self._targets.append(targets)
+        self._samples += len(targets)
         if len(self._logits) >= self.flush_steps:
             self._flush()
 
     @torch.no_grad()
     def _flush(self) -> None:
+        # Only device kernels with Python scalars: no tensor is built from host data, which on CUDA would
+        # be a blocking copy (a host sync) every flush_steps steps.
         if not self._logits:
             return
-        device = self._totals.device
-        losses = torch.stack(self._losses).double()
-        weights = torch.tensor(self._weights, dtype=torch.float64, device=device)
-        logits, targets = torch.cat(self._logits), torch.cat(self._targets)
-        self._totals += torch.stack([(losses * weights).sum(),
-                                     self.objective.hits(logits, targets).sum().double(),
-                                     torch.tensor(float(len(targets)), dtype=torch.float64, device=device)])
+        for weight, losses in self._losses.items():
+            self._totals[0] += torch.stack(losses).double().sum() * weight
+        self._totals[1] += self.objective.hits(torch.cat(self._logits), torch.cat(self._targets)).sum()
+        self._totals[2] += self._samples
         self._reset_pending()
 
     def totals(self) -> torch.Tensor:
