@@ -24,8 +24,8 @@ from distrain.errors import ConfigError
 
 # Names registered in distrain.data and distrain.models. Kept here as Literals so a typo is caught
 # (with a suggestion) before torch is even imported.
-DATASETS = ("xor", "synthetic", "breast_cancer", "wine", "digits", "csv", "mnist", "fashion_mnist", "cifar10", "image_folder",
-            "csv_images")
+DATASETS = ("xor", "synthetic", "breast_cancer", "wine", "digits", "csv", "mnist", "fashion_mnist", "cifar10",
+            "image_folder", "csv_images")
 MODELS = ("simple_classifier", "logistic_regression", "mlp", "mnist_cnn", "cifar_lenet", "torchvision")
 
 

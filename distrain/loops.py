@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
+from distrain import dist
 from distrain.config import OptimConfig
 from distrain.data import Batch
 from distrain.engines import Engine
@@ -135,8 +136,6 @@ def evaluate(model: nn.Module, batches, objective: Objective, device: torch.devi
     rows are added in batch order on every rank. The figures are bitwise those of one process.
     Must run on every rank (one all-reduce; `sum_over_ranks` is the engine's, default distrain.dist's).
     """
-    from distrain import dist
-
     model.eval()
     table = torch.zeros(batches.num_batches, 3, dtype=torch.float64, device=device)
     for batch in batches:

@@ -20,7 +20,7 @@ import torch
 from distrain.errors import ConfigError
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-_NO_AUTOCAST = contextlib.nullcontext()
+NO_AUTOCAST = contextlib.nullcontext()  # reusable: saves building a context per step
 
 
 @dataclass
@@ -31,14 +31,17 @@ class Precision:
 
     def autocast(self):
         if self.name == "32":
-            return _NO_AUTOCAST  # reusable; saves building a context per step
+            return NO_AUTOCAST
         return torch.autocast(device_type=self.device.type, dtype=_DTYPES[self.name])
 
 
+def check_precision(name: str, device: torch.device) -> None:
+    """Refuse a precision the device cannot train in (both engines ask this first)."""
+    if name == "fp16" and device.type != "cuda":
+        raise ConfigError("trainer.precision", "fp16 needs a CUDA device (its gradient scaler is CUDA-only here)",
+                          "use trainer.precision=bf16 on CPU")
+
+
 def build_precision(name: str, device: torch.device) -> Precision:
-    if name == "fp16":
-        if device.type != "cuda":
-            raise ConfigError("trainer.precision", "fp16 needs a CUDA device (its gradient scaler is CUDA-only here)",
-                              "use trainer.precision=bf16 on CPU")
-        return Precision(name, device, torch.amp.GradScaler("cuda"))
-    return Precision(name, device)
+    check_precision(name, device)
+    return Precision(name, device, torch.amp.GradScaler("cuda") if name == "fp16" else None)

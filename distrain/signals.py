@@ -65,7 +65,7 @@ class StopSignals:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
 
-    def agreed_signal(self, device: torch.device | None = None) -> int | None:
+    def agreed_signal(self) -> int | None:
         """The signal to stop on if any rank received one, else None. Collective: every rank must call it,
         the same number of times.
 

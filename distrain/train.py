@@ -155,7 +155,7 @@ def _run(cfg: Config, ctx: DistContext) -> dict[str, Any]:
                 if reporter.wants_step(progress.global_step):
                     reporter.after_step(progress.global_step, meter, optimizer.param_groups[0]["lr"])
                 saved = saver.maybe_save_step()
-                signum = signals.agreed_signal(ctx.device)
+                signum = signals.agreed_signal()
                 if signum is not None:
                     if not saved:
                         saver.save()

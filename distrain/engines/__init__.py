@@ -2,9 +2,10 @@
 
     engine = build_engine(cfg, ctx)              # cfg.engine: "native" (default) or "accelerate"
     model, optimizer = engine.prepare(model, optimizer)
-    with engine.accumulate(model, is_last), engine.autocast():
-        loss = ...
-    engine.backward(loss)
+    with engine.accumulate(model, is_last):      # around forward and backward of a micro-batch
+        with engine.autocast():
+            loss = ...
+        engine.backward(loss)
     engine.step(optimizer, model, cfg.optim)     # unscale, clip, step
     totals = engine.sum_over_ranks(totals)
 

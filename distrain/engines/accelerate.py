@@ -19,7 +19,6 @@ and logging. What distrain keeps for itself, and why:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from typing import Any, ContextManager
@@ -30,6 +29,7 @@ from torch import nn
 from distrain.config import Config, OptimConfig
 from distrain.dist import DistContext
 from distrain.errors import ConfigError
+from distrain.precision import NO_AUTOCAST, check_precision
 
 log = logging.getLogger("distrain")
 
@@ -69,8 +69,7 @@ class AccelerateEngine:
             raise ConfigError("engine", "is 'accelerate' but the accelerate package is not installed",
                               "pip install 'distrain[accelerate]' (or accelerate), or use engine=native") from None
         export_env_for_accelerate(ctx)
-        if cfg.trainer.precision == "fp16" and ctx.device.type != "cuda":
-            raise ConfigError("trainer.precision", "fp16 needs a CUDA device", "use trainer.precision=bf16 on CPU")
+        check_precision(cfg.trainer.precision, ctx.device)
         ddp = cfg.ddp
         # trainer.precision=32 leaves the choice to Accelerate's launcher flag or config file, if any.
         mixed = None if cfg.trainer.precision == "32" else _PRECISION[cfg.trainer.precision]
@@ -87,8 +86,7 @@ class AccelerateEngine:
                               f"{acc.process_index}) but the launcher started {ctx.world_size} (this is rank "
                               f"{ctx.rank})", "launch with torchrun, srun or `accelerate launch --multi_gpu "
                               "--num_processes N` (`--cpu` alone starts one process)")
-        check_plugin(acc.distributed_type.value if hasattr(acc.distributed_type, "value")
-                     else str(acc.distributed_type), cfg)
+        check_plugin(acc.distributed_type.value, cfg)
         self.accumulate_steps = cfg.trainer.accumulate_steps
         self.scaler = acc.scaler
         log.info("engine accelerate: %s, mixed precision %s, device %s", acc.distributed_type,
@@ -104,7 +102,7 @@ class AccelerateEngine:
 
     def autocast(self) -> ContextManager:
         if self.accelerator.mixed_precision == "no":
-            return contextlib.nullcontext()
+            return NO_AUTOCAST
         return self.accelerator.autocast()
 
     def backward(self, loss: torch.Tensor) -> None:
