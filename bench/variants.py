@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from distrain.config import Config, load_config
 from distrain.data import build_datasets
 from distrain.models import build_model
+from distrain.optim import build_optimizer
 
 
 @dataclass
@@ -52,8 +53,7 @@ class Workload:
         return build_model(self.cfg.model, self.num_features, self.num_classes)
 
     def optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
-        o = self.cfg.optim
-        return torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum)
+        return build_optimizer(self.cfg.optim, model.parameters())  # the very optimizer distrain builds
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         # The tutorials' losses: BCE-with-logits on one logit for two classes, else cross-entropy.

@@ -40,11 +40,9 @@ def max_diff(a, b) -> float:
     return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
-def test_metrics(run_dir: Path) -> list[tuple[float, float, int]]:
+def eval_metrics(run_dir: Path) -> list[tuple[float, float, int]]:
+    """(loss, accuracy, samples) of every epoch's test evaluation."""
     return [(r["loss"], r["accuracy"], r["samples"]) for r in read_metrics(run_dir) if r["split"] == "test"]
-
-
-test_metrics.__test__ = False  # a helper, not a test
 
 
 def launch(how: str, run_dir: Path, *extra: str):
@@ -75,7 +73,7 @@ def test_engines_and_launchers_train_bitwise_the_same(reference, tmp_path, engin
     result = launch(how, tmp_path, f"engine={engine}")
     assert f"2 process(es) | device cpu | backend gloo | engine {engine}" in result.stdout
     assert max_diff(weights(reference), weights(tmp_path)) == 0.0
-    assert test_metrics(tmp_path) == test_metrics(reference)  # exact: every test sample counted once
+    assert eval_metrics(tmp_path) == eval_metrics(reference)  # exact: every test sample counted once
     assert load_payload(find_resumable(tmp_path))["engine"] == engine
 
 
@@ -84,14 +82,14 @@ def test_accumulating_4_micro_batches_matches_one_batch(reference, tmp_path, eng
     launch(how, tmp_path, f"engine={engine}", "trainer.accumulate_steps=4")
     diff = max_diff(weights(reference), weights(tmp_path))
     assert diff <= 1e-5, diff
-    for (loss_a, acc_a, n_a), (loss_b, acc_b, n_b) in zip(test_metrics(reference), test_metrics(tmp_path)):
+    for (loss_a, acc_a, n_a), (loss_b, acc_b, n_b) in zip(eval_metrics(reference), eval_metrics(tmp_path)):
         assert n_a == n_b and abs(acc_a - acc_b) <= 2 / n_a and loss_a == pytest.approx(loss_b, abs=1e-5)
 
 
 @pytest.mark.parametrize("engine,how", [("native", "torchrun"), ("accelerate", "accelerate-flags")])
 def test_bf16_with_accumulation_trains_through_both_engines(reference, tmp_path, engine, how):
     result = launch(how, tmp_path, f"engine={engine}", "trainer.precision=bf16", "trainer.accumulate_steps=2")
-    final = test_metrics(tmp_path)[-1]
+    final = eval_metrics(tmp_path)[-1]
     assert final[1] >= 0.98, final  # float32 reaches 1.0 on this set
     assert 0 < max_diff(weights(reference), weights(tmp_path)) < 0.1  # bf16 really ran: not bitwise fp32
     if engine == "accelerate":
@@ -114,7 +112,7 @@ def test_a_checkpoint_of_one_engine_resumes_in_the_other(whole, tmp_path, first,
     result = launch("single", split, f"engine={second}")
     assert f"checkpoint written by engine {first}, resuming with engine {second}" in result.stdout
     assert max_diff(weights(whole), weights(split)) == 0.0
-    assert test_metrics(split) == test_metrics(whole)
+    assert eval_metrics(split) == eval_metrics(whole)
 
 
 def test_accelerate_engine_resumes_bitwise_after_a_worker_is_killed(reference, tmp_path):
@@ -124,7 +122,7 @@ def test_accelerate_engine_resumes_bitwise_after_a_worker_is_killed(reference, t
     assert result.returncode == 0, result.stderr[-3000:]
     assert "(exitcode: -9)" in result.stderr
     assert max_diff(weights(reference), weights(tmp_path)) == 0.0
-    assert test_metrics(tmp_path) == test_metrics(reference)
+    assert eval_metrics(tmp_path) == eval_metrics(reference)
 
 
 def test_sharded_accelerate_plugins_are_refused_while_checkpoints_are_on():
