@@ -5,8 +5,10 @@ Lightning, Accelerate and distrain, alternating in one run; prints medians and r
     python bench/run.py --repeats 7 --workloads xor,cnn
 
 Throughput: samples/s of the training loop (see bench/variants.py for what each variant times), median
-over --repeats rounds; the variants take turns inside each round, in a rotating order, and the ratios
-are medians of per-round ratios, so a slow phase of the machine hits every variant alike. Start-up: wall time of a whole short training process (imports, data,
+over --repeats rounds; the variants take turns inside each round, in a rotating order, each right after
+a floor run of its own. "x floor" is the median of each run's ratio to that adjacent floor run, and
+distrain's ratio to a peer the median of the per-round ratios of their "x floor" figures, so a slow phase
+of the machine hits both sides of every ratio alike. Start-up: wall time of a whole short training process (imports, data,
 model, 20,000 XOR samples), median of --startup-repeats.
 """
 
@@ -38,30 +40,43 @@ def throughput(workloads: list[str], variants: list[str], repeats: int) -> dict[
         torch.set_num_threads(w.threads)
         VARIANTS["floor"](w)  # warm-up: first-touch allocations and kernel selection
         runs: dict[str, list[float]] = {v: [] for v in variants}
+        x_floor: dict[str, list[float]] = {v: [] for v in variants}  # each run over the floor run just before it
+        others = [v for v in variants if v != "floor"]
         for r in range(repeats):
-            order = variants[r % len(variants):] + variants[:r % len(variants)]
-            for v in order:
-                samples, seconds = VARIANTS[v](w)
-                runs[v].append(samples / seconds)
+            for v in others[r % len(others):] + others[:r % len(others)]:
+                if "floor" in variants:
+                    # A floor run right before each variant: this VM has slow phases lasting seconds, and
+                    # a ratio of two runs seconds apart cancels them out (run-to-run spread: up to 2x).
+                    runs["floor"].append(rate(VARIANTS["floor"](w)))
+                    x_floor["floor"].append(1.0)
+                runs[v].append(rate(VARIANTS[v](w)))
+                if "floor" in variants:
+                    x_floor[v].append(runs[v][-1] / runs["floor"][-1])
         results[name] = {v: statistics.median(runs[v]) for v in variants}
-        print_table(name, w, results[name], runs)
+        print_table(name, w, results[name], runs, x_floor)
     return results
 
 
-def print_table(name: str, w, medians: dict[str, float], runs: dict[str, list[float]]) -> None:
-    # Ratios are medians of the per-round ratios: a round's variants ran back to back, so a slow phase of
-    # the machine (seen here: the same loop at half speed for seconds) cancels out of them.
-    def ratio(a: str, b: str) -> float:
-        return statistics.median(x / y for x, y in zip(runs[a], runs[b]))
+def rate(result: tuple[int, float]) -> float:
+    samples, seconds = result
+    return samples / seconds
 
+
+def print_table(name: str, w, medians: dict[str, float], runs: dict[str, list[float]],
+                x_floor: dict[str, list[float]]) -> None:
+    def ratio(a: str, b: str) -> float:
+        # Round by round, each variant relative to its own adjacent floor run (see throughput).
+        return statistics.median(x / y for x, y in zip(x_floor[a], x_floor[b]))
+
+    has_floor = "floor" in runs
     print(f"\n{name}: {w.samples} samples per run, batch {w.batch}, {w.threads} thread(s), "
-          f"{len(next(iter(runs.values())))} rounds")
+          f"{len(runs[next(v for v in runs if v != 'floor')])} rounds")
     print(f"  {'variant':<11} {'samples/s':>11} {'x floor':>8} {'spread':>8}")
     for v, value in medians.items():
         spread = (max(runs[v]) - min(runs[v])) / value
-        x_floor = ratio(v, "floor") if "floor" in runs else float("nan")
-        print(f"  {v:<11} {value:>11,.0f} {x_floor:>8.2f} {spread:>7.0%}")
-    if "distrain" in medians:
+        x = statistics.median(x_floor[v]) if has_floor else float("nan")
+        print(f"  {v:<11} {value:>11,.0f} {x:>8.2f} {spread:>7.0%}")
+    if "distrain" in medians and has_floor:
         ratios = ", ".join(f"{ratio('distrain', p):.2f}x {p}" for p in PEERS if p in medians)
         print(f"  distrain = {ratios}")
 

@@ -1,8 +1,8 @@
 """What is one epoch? `train_one_epoch` and `evaluate`, the same code for every launcher and both engines.
 
-Metrics count every sample exactly once. Training: the step hands its detached loss and logits to a
-`TrainMeter` (list appends: no host sync and no extra kernels in the step), which turns them into loss
-and hit sums in bulk and is summed over the ranks once per epoch. Evaluation: per-batch sums in a table summed
+Metrics count every sample exactly once. Training: the step hands its logits to a `TrainMeter` (list
+appends: no host sync and no extra kernels in the step), which turns them into per-sample loss and hit
+sums in bulk and is summed over the ranks once per epoch. Evaluation: per-batch sums in a table summed
 over the ranks, so the figures are bitwise those of one process.
 """
 
@@ -19,6 +19,7 @@ from distrain.config import OptimConfig
 from distrain.data import Batch
 from distrain.engines import Engine
 from distrain.objective import Objective
+from distrain.optim import zero_grad
 
 
 @dataclass(frozen=True)
@@ -37,42 +38,42 @@ class EpochMetrics:
 class TrainMeter:
     """This rank's running [loss sum, hits, samples] of the epoch in progress (float64, not yet reduced).
 
-    `add` only keeps the step's detached loss, logits and targets (list appends: no kernel, no host
-    sync); `totals()` turns them into sums in one batched pass, as does every `flush_steps`-th add
-    (bounding the memory held). The loss sum is each step's own loss times the samples it stands for
-    (summed in float64), so no loss is computed twice; hits come from the kept logits.
+    `add` only keeps the step's detached logits and targets (list appends: no kernel, no host sync).
+    The per-sample losses and hits are computed from them in one batched pass when `totals()` is asked
+    (at a log step, a checkpoint, the end of the epoch) or when the kept logits reach `max_held`
+    elements, which bounds the memory held (4 MB of float32 by default). Batching matters: a small
+    model's step is ~100 us, and per-step metric kernels or frequent small flushes cost several percent
+    of it (bench/). Recomputing the losses from the logits makes the figure the exact mean of the
+    per-sample losses, however the step's loss was weighted (uneven last batch, accumulation).
     """
 
-    def __init__(self, objective: Objective, device: torch.device, flush_steps: int = 128):
-        self.objective, self.flush_steps = objective, flush_steps
+    def __init__(self, objective: Objective, device: torch.device, max_held: int = 1 << 20):
+        self.objective, self.max_held = objective, max_held
         self._totals = torch.zeros(3, dtype=torch.float64, device=device)
         self._reset_pending()
 
     def _reset_pending(self) -> None:
-        self._losses: dict[float, list[torch.Tensor]] = {}  # by weight: an epoch has one or two weights
         self._logits: list[torch.Tensor] = []
         self._targets: list[torch.Tensor] = []
-        self._samples = 0
+        self._held = 0  # elements of the kept logits
 
-    def add(self, loss: torch.Tensor, weight: float, logits: torch.Tensor, targets: torch.Tensor) -> None:
-        """`loss` times `weight` is the sum of the per-sample losses of `targets` (see Objective.step_loss)."""
-        self._losses.setdefault(weight, []).append(loss.detach())
+    def add(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
         self._logits.append(logits.detach())
         self._targets.append(targets)
-        self._samples += len(targets)
-        if len(self._logits) >= self.flush_steps:
+        self._held += logits.numel()
+        if self._held >= self.max_held:
             self._flush()
 
     @torch.no_grad()
     def _flush(self) -> None:
-        # Only device kernels with Python scalars: no tensor is built from host data, which on CUDA would
-        # be a blocking copy (a host sync) every flush_steps steps.
+        # Only device kernels: no tensor is built from host data, which on CUDA would be a blocking copy
+        # (a host sync).
         if not self._logits:
             return
-        for weight, losses in self._losses.items():
-            self._totals[0] += torch.stack(losses).double().sum() * weight
-        self._totals[1] += self.objective.hits(torch.cat(self._logits), torch.cat(self._targets)).sum()
-        self._totals[2] += self._samples
+        logits, targets = torch.cat(self._logits).float(), torch.cat(self._targets)
+        self._totals[0] += self.objective.losses(logits, targets).double().sum()
+        self._totals[1] += self.objective.hits(logits, targets).sum()
+        self._totals[2] += len(targets)
         self._reset_pending()
 
     def totals(self) -> torch.Tensor:
@@ -101,13 +102,13 @@ def train_one_epoch(engine: Engine, model: nn.Module, optimizer: Any, batches: I
     """
     model.train()
     for batch in batches:
-        optimizer.zero_grad(set_to_none=True)
+        zero_grad(optimizer)
         if accumulate_steps == 1:
             with engine.autocast():
                 logits = model(batch.inputs)
-                loss, weight = objective.step_loss(logits, batch.targets, world_size, batch.global_size)
+                loss = objective.step_loss(logits, batch.targets, world_size, batch.global_size)
             engine.backward(loss)
-            meter.add(loss, weight, logits, batch.targets)
+            meter.add(logits, batch.targets)
         else:
             micro = zip(batch.inputs.tensor_split(accumulate_steps), batch.targets.tensor_split(accumulate_steps))
             for index, (inputs, targets) in enumerate(micro):
@@ -115,10 +116,9 @@ def train_one_epoch(engine: Engine, model: nn.Module, optimizer: Any, batches: I
                     with engine.autocast():
                         logits = model(inputs)
                         # Summed (not averaged) micro-batch losses: their gradients add up to the step's.
-                        loss, weight = objective.step_loss(logits, targets, world_size, batch.global_size,
-                                                           average=False)
+                        loss = objective.step_loss(logits, targets, world_size, batch.global_size, average=False)
                     engine.backward(loss)
-                meter.add(loss, weight, logits, targets)
+                meter.add(logits, targets)
         engine.step(optimizer, model, optim_cfg)
         if scheduler is not None:
             scheduler.step()

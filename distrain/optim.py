@@ -1,4 +1,4 @@
-"""Optimizers by name, and gradient clipping."""
+"""Optimizers by name, clearing gradients, and gradient clipping."""
 
 from __future__ import annotations
 
@@ -20,6 +20,25 @@ def build_optimizer(cfg: OptimConfig, params: Iterable[nn.Parameter]) -> torch.o
     if cfg.name == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
     raise AssertionError(f"unhandled optimizer {cfg.name}")  # config validation lists every name
+
+
+def zero_grad(optimizer: torch.optim.Optimizer) -> None:
+    """`optimizer.zero_grad(set_to_none=True)`: every parameter's .grad becomes None.
+
+    Done directly for torch's own optimizers: their zero_grad runs inside a profiler record_function
+    that costs ~9 us per call whether or not a profiler is on, about 7% of the XOR model's whole step
+    (bench/). An optimizer with its own zero_grad (Accelerate's wrapper, which skips it while
+    accumulating; ZeroRedundancyOptimizer) gets its own.
+    """
+    if type(optimizer).zero_grad is not _TORCH_ZERO_GRAD:
+        optimizer.zero_grad(set_to_none=True)
+        return
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            p.grad = None
+
+
+_TORCH_ZERO_GRAD = torch.optim.Optimizer.zero_grad
 
 
 def clip_gradients(model: nn.Module, cfg: OptimConfig) -> None:

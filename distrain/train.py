@@ -112,12 +112,13 @@ def build_parts(cfg: Config, ctx: DistContext) -> Parts:
     model = build_model(cfg.model, data.num_features, data.num_classes).to(ctx.device)
     if cfg.trainer.channels_last:
         model = model.to(memory_format=torch.channels_last)  # 4-d weights only; others are unchanged
+    objective = build_objective(data.num_classes)
     loader_args = dict(rank=ctx.rank, world_size=ctx.world_size, device=ctx.device, seed=cfg.seed,
                        loader=cfg.data.loader, num_workers=cfg.data.num_workers,
                        persistent_workers=cfg.data.persistent_workers, prefetch_factor=cfg.data.prefetch_factor,
-                       channels_last=cfg.trainer.channels_last)
+                       prepare_targets=objective.prepare_targets, channels_last=cfg.trainer.channels_last)
     test_batches = build_eval_batches(data.test, eval_batch_size=cfg.data.eval_batch_size, **loader_args)
-    return Parts(data, model, build_objective(data.num_classes), test_batches, loader_args)
+    return Parts(data, model, objective, test_batches, loader_args)
 
 
 def _run(cfg: Config, ctx: DistContext) -> dict[str, Any]:

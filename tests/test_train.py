@@ -106,6 +106,35 @@ def test_odd_test_set_metrics_are_exact_on_two_ranks(tmp_path):
     assert m1["test_loss"] == pytest.approx(loss.double().mean().item(), rel=1e-6)
 
 
+def test_train_metrics_are_the_true_per_sample_figures_on_two_ranks(tmp_path):
+    # lr 1e-30 moves no float32 weight, so every step sees the initial model and each epoch's train loss and
+    # accuracy must be those of that model over the whole training set. 301 samples in global batches of
+    # 64 end with a batch of 45 that splits 23/22 over the ranks, each share in 2 micro-batches: a sample
+    # counted twice or dropped, or a loss weighted by the local instead of the per-sample mean, shows.
+    overrides = [f"run.dir={tmp_path}", "data.num_train=301", "data.global_batch_size=64", "trainer.epochs=2",
+                 "trainer.accumulate_steps=2", "optim.lr=1e-30", "checkpoint.every_epochs=1"]
+    result = run_torchrun(2, "train", XOR, *overrides)
+    assert result.returncode == 0, result.stderr[-2000:]
+    from distrain.data import build_datasets
+    from distrain.models import build_model
+
+    cfg = load_config(XOR, overrides)
+    model = build_model(cfg.model, 2, 2)
+    model.load_state_dict(final_model(tmp_path))
+    torch.manual_seed(cfg.seed)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
+                                                  build_model(cfg.model, 2, 2).state_dict().values()))
+    x, y = build_datasets(cfg.data, cfg.seed).train.tensors
+    with torch.no_grad():
+        logits = model(x).squeeze(-1)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y.float(), reduction="none")
+    train = [r for r in read_metrics(tmp_path) if r["split"] == "train"]
+    assert [r["samples"] for r in train] == [301, 301]
+    for record in train:
+        assert record["accuracy"] == ((logits > 0).long() == y).sum().item() / 301
+        assert record["loss"] == pytest.approx(loss.double().mean().item(), rel=1e-6)
+
+
 def test_tabular_configs_train(tmp_path):
     result = run_cli("train", "configs/breast_cancer.yaml", f"run.dir={tmp_path}")
     assert result.returncode == 0, result.stderr

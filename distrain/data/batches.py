@@ -11,7 +11,7 @@ Two paths give identical batches (same indices, same values, tested bit for bit)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
@@ -26,8 +26,21 @@ from distrain.seeding import loader_generator, seed_worker
 class Batch:
     step: int  # training: step within the epoch; evaluation: the global eval-batch index
     inputs: torch.Tensor
-    targets: torch.Tensor
+    targets: torch.Tensor  # as the loss takes them (see `prepare_targets` below)
     global_size: int  # samples in this step over all ranks (training) or in this batch (evaluation)
+
+
+PrepareTargets = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _same(targets: torch.Tensor) -> torch.Tensor:
+    return targets
+
+
+def _on_device(dataset: TensorDataset, device: torch.device, prepare_targets: PrepareTargets) -> tuple[torch.Tensor, ...]:
+    # Targets are prepared for the loss once here (Objective.prepare_targets), not at every step.
+    inputs, targets = dataset.tensors
+    return inputs.to(device), prepare_targets(targets.to(device))
 
 
 def use_tensor_path(dataset: Dataset, mode: str) -> bool:
@@ -93,12 +106,14 @@ class TrainBatches:
     """This rank's training batches for one epoch: `set_epoch(e)`, optionally `set_start_step(k)`, iterate."""
 
     def __init__(self, dataset: Dataset, sampler: GlobalBatchSampler, device: torch.device, *,
-                 tensor_path: bool, options: LoaderOptions, seed: int, channels_last: bool = False):
+                 tensor_path: bool, options: LoaderOptions, seed: int, prepare_targets: PrepareTargets = _same,
+                 channels_last: bool = False):
         self.sampler = sampler
         self.device = device
         self.channels_last = channels_last
+        self.prepare_targets = prepare_targets
         if tensor_path:
-            self._tensors = tuple(t.to(device) for t in dataset.tensors)  # type: ignore[attr-defined]
+            self._tensors = _on_device(dataset, device, prepare_targets)
         else:
             self._tensors = None
             self._loader = _loader(dataset, _RankBatchSampler(sampler), device, options, seed, sampler.rank)
@@ -114,23 +129,26 @@ class TrainBatches:
         self.sampler.set_start_step(step)
 
     def __iter__(self) -> Iterator[Batch]:
-        if self._tensors is not None:
-            # One gather for the whole epoch, then each step's batch is a view of the next rows: per
-            # step indexing would cost about a fifth of a small model's step (measured: bench/).
-            steps, index, sizes = self.sampler.rank_epoch()
-            if not steps:
-                return
-            index = index.to(self.device)
-            inputs, targets = (torch.index_select(t, 0, index) for t in self._tensors)  # ~2x t[index]
-            inputs = _placed(inputs, self.device, self.channels_last)
-            global_sizes = [self.sampler.global_size(step) for step in steps]
-            for step, x, y, global_size in zip(steps, inputs.split(sizes), targets.split(sizes), global_sizes):
-                yield Batch(step, x, y, global_size)
-            return
+        return self._gathered() if self._tensors is not None else self._loaded()
+
+    def _loaded(self) -> Iterator[Batch]:
         steps = range(self.sampler.start_step, self.sampler.num_steps)
         for step, (inputs, targets) in zip(steps, self._loader):
             yield Batch(step, _placed(inputs, self.device, self.channels_last),
-                        targets.to(self.device, non_blocking=True), self.sampler.global_size(step))
+                        self.prepare_targets(targets.to(self.device, non_blocking=True)), self.sampler.global_size(step))
+
+    def _gathered(self) -> Iterator[Batch]:
+        # One gather for the whole epoch, then each step's batch is a view of the next rows: per-step
+        # indexing costs about a fifth of a small model's step, and gathering a few steps at a time (less
+        # memory) measured slower here, its random reads hitting a cold cache every time (bench/).
+        steps, index, sizes = self.sampler.rank_epoch()
+        if not steps:
+            return
+        index = index.to(self.device)
+        inputs, targets = (torch.index_select(t, 0, index) for t in self._tensors)  # ~2x t[index]
+        inputs = _placed(inputs, self.device, self.channels_last)
+        for step, x, y in zip(steps, inputs.split(sizes), targets.split(sizes)):
+            yield Batch(step, x, y, self.sampler.global_size(step))
 
 
 class EvalBatches:
@@ -138,14 +156,15 @@ class EvalBatches:
 
     def __init__(self, dataset: Dataset, eval_batch_size: int, rank: int, world_size: int,
                  device: torch.device, *, tensor_path: bool, options: LoaderOptions, seed: int,
-                 channels_last: bool = False):
+                 prepare_targets: PrepareTargets = _same, channels_last: bool = False):
         self.channels_last = channels_last
+        self.prepare_targets = prepare_targets
         num_samples = len(dataset)  # type: ignore[arg-type]
         self.num_batches = -(-num_samples // eval_batch_size)
         self.ranges = eval_batch_ranges(num_samples, eval_batch_size, rank, world_size)
         self.device = device
         if tensor_path:
-            self._tensors = tuple(t.to(device) for t in dataset.tensors)  # type: ignore[attr-defined]
+            self._tensors = _on_device(dataset, device, prepare_targets)
         else:
             self._tensors = None
             batch_sampler = [list(range(start, end)) for _, start, end in self.ranges]
@@ -160,25 +179,25 @@ class EvalBatches:
             return
         for (index, start, end), (inputs, targets) in zip(self.ranges, self._loader):
             yield Batch(index, _placed(inputs, self.device, self.channels_last),
-                        targets.to(self.device, non_blocking=True), end - start)
+                        self.prepare_targets(targets.to(self.device, non_blocking=True)), end - start)
 
 
 def build_train_batches(dataset: Dataset, *, global_batch_size: int, rank: int, world_size: int,
                         device: torch.device, shuffle: bool, seed: int, loader: str, num_workers: int,
                         persistent_workers: bool = False, prefetch_factor: int | None = None,
-                        channels_last: bool = False) -> TrainBatches:
+                        prepare_targets: PrepareTargets = _same, channels_last: bool = False) -> TrainBatches:
     sampler = GlobalBatchSampler(dataset, num_replicas=world_size, rank=rank,
                                  global_batch_size=global_batch_size, shuffle=shuffle, seed=seed)
     return TrainBatches(dataset, sampler, device, tensor_path=use_tensor_path(dataset, loader),
                         options=LoaderOptions(num_workers, persistent_workers, prefetch_factor), seed=seed,
-                        channels_last=channels_last)
+                        prepare_targets=prepare_targets, channels_last=channels_last)
 
 
 def build_eval_batches(dataset: Dataset, *, eval_batch_size: int, rank: int, world_size: int,
                        device: torch.device, seed: int, loader: str, num_workers: int,
                        persistent_workers: bool = False, prefetch_factor: int | None = None,
-                       channels_last: bool = False) -> EvalBatches:
+                       prepare_targets: PrepareTargets = _same, channels_last: bool = False) -> EvalBatches:
     return EvalBatches(dataset, eval_batch_size, rank, world_size, device,
                        tensor_path=use_tensor_path(dataset, loader),
                        options=LoaderOptions(num_workers, persistent_workers, prefetch_factor), seed=seed,
-                       channels_last=channels_last)
+                       prepare_targets=prepare_targets, channels_last=channels_last)

@@ -95,7 +95,8 @@ class GlobalBatchSampler(DistributedSampler):
             last = order[full * size:][self.rank::world]
             shares.append(last)
             sizes.append(len(last))
-        return list(range(self.start_step, self.num_steps)), torch.cat(shares), sizes
+        index = shares[0] if len(shares) == 1 else torch.cat(shares)  # cat would copy even one tensor
+        return list(range(self.start_step, self.num_steps)), index, sizes
 
     def __iter__(self) -> Iterator[int]:
         for _, indices in self.rank_batches():
