@@ -8,8 +8,8 @@ Throughput: samples/s of the training loop (see bench/variants.py for what each 
 over --repeats rounds; the variants take turns inside each round, in a rotating order, each right after
 a floor run of its own. "x floor" is the median of each run's ratio to that adjacent floor run, and
 distrain's ratio to a peer the median of the per-round ratios of their "x floor" figures, so a slow phase
-of the machine hits both sides of every ratio alike. Start-up: wall time of a whole short training process (imports, data,
-model, 20,000 XOR samples), median of --startup-repeats.
+of the machine hits both sides of every ratio alike. Start-up: wall time of a whole short training
+process (imports, data, model, 20,000 XOR samples), median of --startup-repeats.
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workloads", default="xor,cnn,resnet18")
     parser.add_argument("--variants", default=",".join(VARIANTS))
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=11)
     parser.add_argument("--startup-repeats", type=int, default=3)
     args = parser.parse_args()
     import importlib.metadata as md

@@ -54,7 +54,7 @@ def test_bench_command_prints_every_workload_and_ratio(tmp_path):
     result = subprocess.run(cmd, cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
-    for line in ("xor: 400000 samples per run", "cnn: 2048 samples per run", "distrain = ", "x accelerate",
+    for line in ("xor: 400000 samples per run", "cnn: 4096 samples per run", "distrain = ", "x accelerate",
                  "start-up: whole process"):
         assert line in out, out
     rows = [line.split() for line in out.splitlines() if line.split()[:1] == ["distrain"] and "=" not in line]

@@ -37,7 +37,8 @@ def _same(targets: torch.Tensor) -> torch.Tensor:
     return targets
 
 
-def _on_device(dataset: TensorDataset, device: torch.device, prepare_targets: PrepareTargets) -> tuple[torch.Tensor, ...]:
+def _on_device(dataset: TensorDataset, device: torch.device,
+               prepare_targets: PrepareTargets) -> tuple[torch.Tensor, torch.Tensor]:
     # Targets are prepared for the loss once here (Objective.prepare_targets), not at every step.
     inputs, targets = dataset.tensors
     return inputs.to(device), prepare_targets(targets.to(device))
@@ -134,8 +135,8 @@ class TrainBatches:
     def _loaded(self) -> Iterator[Batch]:
         steps = range(self.sampler.start_step, self.sampler.num_steps)
         for step, (inputs, targets) in zip(steps, self._loader):
-            yield Batch(step, _placed(inputs, self.device, self.channels_last),
-                        self.prepare_targets(targets.to(self.device, non_blocking=True)), self.sampler.global_size(step))
+            targets = self.prepare_targets(targets.to(self.device, non_blocking=True))
+            yield Batch(step, _placed(inputs, self.device, self.channels_last), targets, self.sampler.global_size(step))
 
     def _gathered(self) -> Iterator[Batch]:
         # One gather for the whole epoch, then each step's batch is a view of the next rows: per-step
