@@ -31,7 +31,8 @@ def test_compiled_model_trains_like_the_eager_one_and_saves_plain_keys(tmp_path)
 
 
 def test_channels_last_trains_like_contiguous(tmp_path):
-    args = ("bench/configs/cnn.yaml", "data.num_train=512", "data.num_test=128", "checkpoint.every_epochs=1")
+    args = ("bench/configs/cnn.yaml", "data.num_train=512", "data.num_test=128", "trainer.epochs=1",
+            "checkpoint.every_epochs=1")
     plain = train(tmp_path / "plain", *args)
     last = train(tmp_path / "last", *args, "trainer.channels_last=true")
     for key in plain:  # other convolution kernels: float32 rounding differs
@@ -60,3 +61,13 @@ def test_bench_command_prints_every_workload_and_ratio(tmp_path):
     rows = [line.split() for line in out.splitlines() if line.split()[:1] == ["distrain"] and "=" not in line]
     # two throughput rows (samples/s, x floor) and one start-up row (seconds)
     assert len(rows) == 3 and all(float(r[1].replace(",", "")) > 0 and float(r[2]) > 0 for r in rows[:2]), out
+
+
+def test_bench_parts_prints_each_part():
+    result = subprocess.run([PYTHON, "bench/parts.py", "--rounds", "1"], cwd=REPO, env=clean_env(),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {line.split()[0]: line for line in result.stdout.splitlines()[1:]}
+    assert set(rows) == {"zero_grad", "targets", "meter", "shuffle"}, result.stdout
+    assert all("us per step" in rows[name] for name in ("zero_grad", "targets", "meter"))
+    assert "ms per epoch of 1563 steps" in rows["shuffle"]
