@@ -191,7 +191,8 @@ class TrainerConfig:
     precision: Literal["32", "bf16", "fp16"] = "32"
     """32: float32; bf16: bfloat16 autocast (CPU and GPU); fp16: float16 autocast with a gradient scaler (GPU)."""
     compile: bool = False
-    """torch.compile the model before wrapping it (the first steps pay the compilation)."""
+    """torch.compile the model (the DDP wrapper, so all-reduces still overlap backward); the first steps pay
+    the compilation."""
     channels_last: bool = False
     """Convolutional models: keep parameters and image batches in channels_last memory format."""
     accumulate_steps: int = 1

@@ -2,7 +2,7 @@
 
     reporter = Reporter(cfg, ctx, run_dir, model, start_step)   # every rank
     reporter.after_step(global_step, meter, lr)    # every rank, after a step where wants_step()
-    reporter.log_epoch(epoch, global_step, train, test, time_s, lr, num_samples)
+    reporter.log_epoch(epoch, global_step, train, test, time_s, lr, train_time_s)
     reporter.close(plots=True)
 
 Step metrics (every log.every_steps steps): the mean train loss and accuracy over the steps since the

@@ -175,7 +175,8 @@ def test_interrupted_job_requeues_resumes_and_matches(slurm, reference, tmp_path
     if interruption == "scancel-signal":
         subprocess.run(SCANCEL.replace("JOBID", job).split(), env=job_env(slurm), check=True)
     else:  # a higher-priority partition takes the node; SLURM sends the job's --signal, then requeues it
-        subprocess.run(PREEMPT, shell=True, cwd=REPO, env=job_env(slurm), check=True, capture_output=True)
+        # From tmp_path: the --wrap job writes its slurm-N.out into the directory it is submitted from.
+        subprocess.run(PREEMPT, shell=True, cwd=tmp_path, env=job_env(slurm), check=True, capture_output=True)
     state = _wait_until_gone(job, slurm)
     log = (tmp_path / "job.out").read_text()
     assert "JobState=COMPLETED" in state and "Restarts=1" in state, log

@@ -61,17 +61,17 @@ class GlobalBatchSampler(DistributedSampler):
         super().set_epoch(epoch)
         self.start_step = 0
 
-    def permutation(self) -> list[int]:
+    def order(self) -> torch.Tensor:
         """This epoch's order of the whole data set: DistributedSampler's, before its padding."""
         if not self.shuffle:
-            return list(range(self.dataset_size))
+            return torch.arange(self.dataset_size)
         generator = torch.Generator()
         generator.manual_seed(self.seed + self.epoch)
-        return torch.randperm(self.dataset_size, generator=generator).tolist()
+        return torch.randperm(self.dataset_size, generator=generator)
 
     def rank_batches(self) -> Iterator[tuple[int, list[int]]]:
         """(step, this rank's indices) for each remaining step of the epoch; a share may be empty."""
-        order = self.permutation()
+        order = self.order().tolist()
         size = self.global_batch_size
         for step in range(self.start_step, self.num_steps):
             yield step, order[step * size:(step + 1) * size][self.rank::self.num_replicas]
@@ -79,12 +79,7 @@ class GlobalBatchSampler(DistributedSampler):
     def rank_epoch(self) -> tuple[list[int], torch.Tensor, list[int]]:
         """The remaining steps of the epoch at once: (steps, this rank's indices of all of them in order,
         the share size of each step). The same indices as `rank_batches`, built without Python lists."""
-        if self.shuffle:
-            generator = torch.Generator()
-            generator.manual_seed(self.seed + self.epoch)
-            order = torch.randperm(self.dataset_size, generator=generator)
-        else:
-            order = torch.arange(self.dataset_size)
+        order = self.order()
         size, world = self.global_batch_size, self.num_replicas
         full = self.dataset_size // size  # steps whose global batch is complete
         first = min(self.start_step, full)

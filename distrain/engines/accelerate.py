@@ -108,7 +108,7 @@ class AccelerateEngine:
     def backward(self, loss: torch.Tensor) -> None:
         # Accelerate divides each micro-batch loss by gradient_accumulation_steps, assuming per-micro-batch
         # means. distrain's loss is already weighted so that the micro-batch gradients add up to the global
-        # batch's mean gradient (see distrain.loops); multiplying first cancels Accelerate's division.
+        # batch's mean gradient (Objective.step_loss); multiplying first cancels Accelerate's division.
         if self.accumulate_steps > 1:
             loss = loss * self.accumulate_steps
         self.accelerator.backward(loss)

@@ -26,7 +26,7 @@ class Engine(Protocol):
         """Mixed-precision context for the forward pass and the loss."""
 
     def backward(self, loss: torch.Tensor) -> None:
-        """Backward of a loss already weighted for the global batch (see distrain.loops)."""
+        """Backward of a loss already weighted for the global batch (Objective.step_loss)."""
 
     def step(self, optimizer: Any, model: nn.Module, cfg: OptimConfig) -> None:
         """Unscale (fp16), clip as cfg says, step the optimizer."""
