@@ -38,7 +38,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     w = load_workload("xor", HERE / "configs")
-    objective = build_objective(2)
+    objective = build_objective(w.cfg.loss, w.info, model_outputs=1)
     x_all, y_all = w.data.tensors
     xs, ys = x_all[:STEPS * w.batch].split(w.batch), y_all[:STEPS * w.batch].split(w.batch)
     prepared = objective.prepare_targets(y_all[:STEPS * w.batch]).split(w.batch)
@@ -61,7 +61,7 @@ def main() -> None:
 
     torch_clear = lambda opt: opt.zero_grad(set_to_none=True)  # noqa: E731
     tutorial_loss = lambda logits, y: F.binary_cross_entropy_with_logits(logits.squeeze(-1), y.float())  # noqa: E731
-    distrain_loss = lambda logits, y: objective.losses(logits, y, "mean")  # noqa: E731
+    distrain_loss = objective.mean_fn  # the step's loss for an even share: BCE's mean, one kernel
     pairs = {
         "zero_grad": (step_loop(torch_clear, tutorial_loss, ys), step_loop(zero_grad, tutorial_loss, ys)),
         "targets": (step_loop(zero_grad, tutorial_loss, ys), step_loop(zero_grad, distrain_loss, prepared)),

@@ -79,11 +79,13 @@ def print_table(name: str, w, medians: dict[str, float], runs: dict[str, list[fl
     if "distrain" in medians and has_floor:
         ratios = ", ".join(f"{ratio('distrain', p):.2f}x {p}" for p in PEERS if p in medians)
         print(f"  distrain = {ratios}")
+    if "distrain_api" in medians and "distrain" in medians and has_floor:
+        print(f"  distrain_api (distrain.fit with a user nn.Module) = {ratio('distrain_api', 'distrain'):.2f}x distrain")
 
 
 STARTUP = {
     "distrain": [sys.executable, "-m", "distrain", "train", str(HERE / "configs" / "xor.yaml"),
-                 "data.num_train=20000", "trainer.epochs=1", "run.dir={tmp}"],
+                 "data.args.num_train=20000", "trainer.epochs=1", "run.dir={tmp}"],
     **{v: [sys.executable, str(HERE / "short.py"), v] for v in ["tutorial", "lightning", "accelerate"]},
 }
 

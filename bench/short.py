@@ -8,5 +8,5 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.variants import VARIANTS, load_workload  # noqa: E402
 
-w = load_workload("xor", Path(__file__).resolve().parent / "configs", ["data.num_train=20000", "trainer.epochs=1"])
+w = load_workload("xor", Path(__file__).resolve().parent / "configs", ["data.args.num_train=20000", "trainer.epochs=1"])
 VARIANTS[sys.argv[1]](w)

@@ -10,6 +10,8 @@ for the training loop only (setup, model building and data generation excluded, 
 - accelerate: the Accelerate quick-tour loop: `prepare(model, optimizer, loader)`, `accelerator.backward`.
 - distrain: `distrain.train.train(cfg)`, the real thing, with exact per-epoch train metrics; its own
   per-epoch `train_time_s` (metrics.jsonl) is the time of its training steps.
+- distrain_api: `distrain.fit(cfg, model=..., train_data=..., loss=...)` with a model, data and loss
+  built outside distrain, as a user's script passes them; timed like distrain.
 """
 
 from __future__ import annotations
@@ -26,9 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+from distrain.components import build_model
 from distrain.config import Config, load_config
-from distrain.data import build_datasets
-from distrain.models import build_model
+from distrain.data import DataInfo, build_splits, describe_data
 from distrain.optim import build_optimizer
 
 
@@ -39,7 +41,7 @@ class Workload:
     threads: int
     data: TensorDataset
     num_classes: int
-    num_features: int
+    info: DataInfo
 
     @property
     def batch(self) -> int:
@@ -51,7 +53,7 @@ class Workload:
 
     def model(self) -> torch.nn.Module:
         torch.manual_seed(self.cfg.seed)
-        return build_model(self.cfg.model, self.num_features, self.num_classes)
+        return build_model(self.cfg, self.info)
 
     def optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
         return build_optimizer(self.cfg.optim, model.parameters())  # the very optimizer distrain builds
@@ -68,8 +70,8 @@ THREADS = {"xor": 1, "cnn": 2, "resnet18": 2}
 
 def load_workload(name: str, config_dir: Path, overrides: list[str] = ()) -> Workload:
     cfg = load_config(config_dir / f"{name}.yaml", list(overrides))
-    data = build_datasets(cfg.data, cfg.seed)
-    return Workload(name, cfg, THREADS[name], data.train, data.num_classes, data.num_features)  # type: ignore[arg-type]
+    data = build_splits(cfg.data, cfg.seed)
+    return Workload(name, cfg, THREADS[name], data.train, data.num_classes, describe_data(data, None))  # type: ignore[arg-type]
 
 
 def run_floor(w: Workload) -> tuple[int, float]:
@@ -172,5 +174,21 @@ def run_distrain(w: Workload) -> tuple[int, float]:
     return sum(r["samples"] for r in train_records), sum(r["train_time_s"] for r in train_records)
 
 
+def run_distrain_api(w: Workload) -> tuple[int, float]:
+    """distrain.fit with the user's own nn.Module (the workload's model built outside distrain, as a user's
+    script does), loss module and TensorDatasets: the API adds no per-step cost."""
+    import distrain
+    from torch import nn
+
+    loss = nn.BCEWithLogitsLoss() if w.num_classes == 2 else nn.CrossEntropyLoss()
+    with tempfile.TemporaryDirectory() as run_dir, contextlib.redirect_stdout(io.StringIO()):
+        cfg = replace(w.cfg, run=replace(w.cfg.run, dir=run_dir))
+        test = TensorDataset(*(t[:256] for t in w.data.tensors))
+        distrain.fit(cfg, model=w.model(), train_data=w.data, test_data=test, loss=loss, environ={})
+        records = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    train_records = [r for r in records if r["split"] == "train"]
+    return sum(r["samples"] for r in train_records), sum(r["train_time_s"] for r in train_records)
+
+
 VARIANTS = {"floor": run_floor, "tutorial": run_tutorial, "lightning": run_lightning,
-            "accelerate": run_accelerate, "distrain": run_distrain}
+            "accelerate": run_accelerate, "distrain": run_distrain, "distrain_api": run_distrain_api}

@@ -150,7 +150,7 @@ def checkpoint_dir(run_dir: str | Path) -> Path:
 
 
 def save_checkpoint(run_dir: str | Path, payload: dict[str, Any], *, keep_last: int, is_main: bool,
-                    keep_best: int = 0, monitor: str = "test_accuracy") -> Path:
+                    keep_best: int = 0, monitor: str = "val_loss", higher_is_better: bool = False) -> Path:
     """Write `payload` as the checkpoint of payload['global_step']. Collective: call on every rank.
 
     `payload` must already hold everything but the RNG states; they are gathered here from every rank.
@@ -164,7 +164,7 @@ def save_checkpoint(run_dir: str | Path, payload: dict[str, Any], *, keep_last: 
         manifest = _write_verified(path, payload)
         _prune(folder, keep_last)
         if keep_best and monitor in manifest.metrics:
-            _update_best(folder, manifest, keep_best, monitor)
+            _update_best(folder, manifest, keep_best, monitor, higher_is_better)
     # Nobody reads the new checkpoint, or runs ahead to the next save, before it is complete.
     dist.barrier()
     return path
@@ -197,28 +197,25 @@ def _prune(folder: Path, keep_last: int) -> None:
         old.unlink(missing_ok=True)
 
 
-def _score(manifest: Manifest, monitor: str) -> float:
-    value = manifest.metrics[monitor]
-    return -value if monitor.endswith("loss") else value  # higher is better
-
-
 def list_best(folder: Path) -> list[Manifest]:
     """The kept best checkpoints (best-*.pt with manifests), best first; ties keep the older one first."""
-    found = [m for p in folder.glob("best-*.pt") if (m := Manifest.read(p)) is not None]
-    monitor = json.loads((folder / "best.json").read_text())["monitor"] if (folder / "best.json").exists() else None
-    if monitor is None:
+    if not (folder / "best.json").exists():
         return []
-    return sorted(found, key=lambda m: (-_score(m, monitor), m.global_step))
+    marker = json.loads((folder / "best.json").read_text())
+    monitor, sign = marker["monitor"], 1.0 if marker.get("higher_is_better", False) else -1.0
+    found = [m for p in folder.glob("best-*.pt") if (m := Manifest.read(p)) is not None and monitor in m.metrics]
+    return sorted(found, key=lambda m: (-sign * m.metrics[monitor], m.global_step))
 
 
-def _update_best(folder: Path, manifest: Manifest, keep_best: int, monitor: str) -> None:
+def _update_best(folder: Path, manifest: Manifest, keep_best: int, monitor: str, higher_is_better: bool) -> None:
     """Keep the best `keep_best` checkpoints by `monitor` as hard links best-<name> (no copy, and they
     survive keep_last pruning); a link is made only to a complete, verified file."""
     marker = folder / "best.json"
-    if not marker.exists() or json.loads(marker.read_text())["monitor"] != monitor:
+    wanted = {"monitor": monitor, "higher_is_better": higher_is_better}
+    if not marker.exists() or json.loads(marker.read_text()) != wanted:
         for old in folder.glob("best-*"):
             old.unlink()
-        atomic_write_bytes(marker, json.dumps({"monitor": monitor}).encode())
+        atomic_write_bytes(marker, json.dumps(wanted).encode())
     link = folder / f"best-{manifest.path.name}"
     tmp = folder / f".{link.name}.tmp-{os.getpid()}"
     tmp.unlink(missing_ok=True)
@@ -271,3 +268,13 @@ def find_resumable(run_dir: str | Path) -> Path | None:
             continue
         return path
     return None
+
+
+def load_model_weights(model: torch.nn.Module, payload: dict[str, Any], path: str | Path) -> None:
+    """The checkpoint's model state into `model`; a model of another shape is a CheckpointError."""
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        raise CheckpointError(f"checkpoint {path} does not fit this model: {' '.join(lines[:3])}",
+                              "use the config the checkpoint was trained with (distrain inspect shows it)") from None

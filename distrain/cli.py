@@ -1,7 +1,9 @@
 """The `distrain` command.
 
     distrain train CONFIG [key=value ...]                  train (one process, torchrun or srun)
-    distrain eval CONFIG checkpoint=PATH [key=value ...]   evaluate a checkpoint on the test set
+    distrain eval CONFIG checkpoint=PATH [key=value ...]   evaluate a checkpoint (or a run directory's newest)
+    distrain predict CONFIG checkpoint=PATH [split=test] [out=FILE] [key=value ...]
+                                                           the model's outputs for every sample, in order
     distrain inspect PATH                                  print a checkpoint's metadata
     distrain plot RUN_DIR [RUN_DIR ...] [--out DIR]        loss and accuracy curves (PNG)
 
@@ -19,6 +21,9 @@ import sys
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="distrain", description="Train PyTorch models with plain DDP, "
                                      "the same way in one process, under torchrun and under SLURM.")
+    from distrain import __version__
+
+    parser.add_argument("--version", action="version", version=f"distrain {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     train = sub.add_parser("train", help="train from a YAML config")
     train.add_argument("config", help="path of a YAML config, e.g. configs/xor.yaml")
@@ -27,6 +32,12 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("config", help="the run's YAML config")
     evaluate.add_argument("overrides", nargs="*", metavar="key=value",
                           help="checkpoint=PATH (required) and dotted overrides")
+    predict = sub.add_parser("predict", help="write the model's outputs for every sample of a split (any number "
+                             "of ranks), in data set order")
+    predict.add_argument("config", help="the run's YAML config")
+    predict.add_argument("overrides", nargs="*", metavar="key=value",
+                         help="checkpoint=PATH (required), split=test|val|train, out=FILE (.pt or .csv; default "
+                              "<run.dir>/predictions-<split>.pt), and dotted overrides")
     inspect = sub.add_parser("inspect", help="print a checkpoint's metadata without building the model")
     inspect.add_argument("path", help="a checkpoint file (.pt) or a run directory (its latest checkpoint)")
     plot = sub.add_parser("plot", help="loss and accuracy curves of one or more runs (PNG)")
@@ -46,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
             return _eval(args)
         if args.command == "plot":
             return _plot(args)
+        if args.command == "predict":
+            return _predict(args)
         return _inspect(args)
     except UserError as exc:
         print(f"distrain: error: {exc}", file=sys.stderr)
@@ -69,15 +82,42 @@ def _train(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     from distrain.config import load_config
-    from distrain.errors import ConfigError
 
-    checkpoint = [o for o in args.overrides if o.startswith("checkpoint=")]
-    if len(checkpoint) != 1:
-        raise ConfigError("checkpoint", "distrain eval needs exactly one checkpoint=PATH")
-    cfg = load_config(args.config, [o for o in args.overrides if not o.startswith("checkpoint=")])
+    checkpoint, rest = _take(args.overrides, "checkpoint", required=True)
+    cfg = load_config(args.config, rest)
     from distrain.evaluate import evaluate_checkpoint
 
-    evaluate_checkpoint(cfg, checkpoint[0].partition("=")[2])
+    evaluate_checkpoint(cfg, checkpoint)
+    return 0
+
+
+def _take(overrides: list[str], key: str, *, required: bool, default: str | None = None) -> tuple[str | None, list[str]]:
+    from distrain.errors import ConfigError
+
+    found = [o for o in overrides if o.startswith(f"{key}=")]
+    if len(found) > 1 or (required and not found):
+        raise ConfigError(key, f"needs exactly one {key}=...")
+    rest = [o for o in overrides if not o.startswith(f"{key}=")]
+    return (found[0].partition("=")[2] if found else default), rest
+
+
+def _predict(args: argparse.Namespace) -> int:
+    import os
+    from pathlib import Path
+
+    from distrain.config import load_config
+    from distrain.env import detect
+    from distrain.prediction import predict, write_predictions
+
+    checkpoint, rest = _take(args.overrides, "checkpoint", required=True)
+    split, rest = _take(rest, "split", required=False, default="test")
+    out, rest = _take(rest, "out", required=False)
+    cfg = load_config(args.config, rest)
+    outputs = predict(cfg, checkpoint=checkpoint, split=split)
+    if detect(os.environ).is_main:
+        path = Path(out) if out else Path(cfg.run.dir) / f"predictions-{split}.pt"
+        write_predictions(outputs, path)
+        print(path)
     return 0
 
 

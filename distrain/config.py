@@ -10,6 +10,7 @@ fast.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import types
@@ -21,13 +22,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from distrain.errors import ConfigError
-
-# Names registered in distrain.data and distrain.models. Kept here as Literals so a typo is caught
-# (with a suggestion) before torch is even imported.
-DATASETS = ("xor", "synthetic", "breast_cancer", "wine", "digits", "csv", "mnist", "fashion_mnist", "cifar10",
-            "image_folder", "csv_images")
-MODELS = ("simple_classifier", "logistic_regression", "mlp", "mnist_cnn", "cifar_lenet", "torchvision")
-
+from distrain.registry import check_name
 
 def _check(ok: bool, key: str, problem: str, hint: str | None = None) -> None:
     if not ok:
@@ -45,24 +40,21 @@ class RunConfig:
 
 @dataclass(kw_only=True)
 class DataConfig:
-    name: Literal[DATASETS]  # type: ignore[valid-type]
-    """Data set: one of distrain.config.DATASETS."""
     global_batch_size: int
     """Samples per optimizer step summed over all ranks; each rank gets global_batch_size / world_size."""
+    name: str | None = None
+    """The data set: a built-in name (xor, mnist, ... see README) or an import path module:attribute of a
+    function returning (train, test) or (train, val, test); null when distrain.fit is given the data."""
+    args: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of the data set (e.g. num_train for xor, root for mnist); checked against it."""
     eval_batch_size: int = 256
     """Samples per forward pass in evaluation, the same on every rank (this keeps test metrics exact)."""
-    num_train: int = 2500
-    """xor, synthetic: number of training samples."""
-    num_test: int = 500
-    """xor, synthetic: number of test samples."""
-    sample_shape: list[int] = field(default_factory=lambda: [1, 28, 28])
-    """synthetic: the shape of one random sample, e.g. [3, 32, 32]."""
-    num_classes: int = 10
-    """synthetic: number of classes of the random labels."""
-    noise_std: float = 0.1
-    """xor: standard deviation of the Gaussian noise added to the {0,1}^2 corners."""
-    test_fraction: float = 0.2
-    """Sets without a test split (breast_cancer, wine): fraction held out for testing, split by seed."""
+    val_fraction: float = 0.0
+    """Hold this fraction of the training set out as the validation split (by seed), when the data set has
+    no validation split of its own (0: none). Model selection (stop.monitor, checkpoint.monitor) uses it."""
+    target_key: str | None = None
+    """Dict samples: the key holding the target (null: the one of target, targets, label, labels, y present);
+    the other keys are passed to the model as keyword arguments."""
     shuffle: bool = True
     """Shuffle the training set every epoch (from seed + epoch, identically on every rank)."""
     loader: Literal["auto", "tensor", "dataloader"] = "auto"
@@ -73,92 +65,68 @@ class DataConfig:
     """Keep DataLoader workers alive between epochs (needs num_workers > 0)."""
     prefetch_factor: int | None = None
     """Batches each worker loads ahead (null: torch's default)."""
-    root: str = "data"
-    """mnist, fashion_mnist, cifar10: folder holding torchvision's files; image_folder: the image folder
-    (with train/ and test/ (or val/) sub-folders, or one folder of class folders split by test_fraction);
-    csv_images: the folder the annotation file names are relative to."""
-    download: bool = False
-    """mnist, fashion_mnist, cifar10: download into root when the files are missing (global rank 0 only)."""
-    path: str | None = None
-    """csv: the CSV file; csv_images: the annotations CSV (file name, label)."""
-    label_column: str = "label"
-    """csv: name of the label column (in the header row)."""
-    label_index: int | None = None
-    """csv: 0-based index of the label column instead of a name (e.g. 0 for the UCI wine file)."""
-    header: bool = True
-    """csv: the first row holds column names."""
-    image_size: int | None = None
-    """Resize images to this size (digits: upsampled once at load time)."""
-    crop: int | None = None
-    """Crop images to this size: random crops for training, center crops for testing."""
-    flip: bool = False
-    """Random horizontal flips for training."""
-    normalize: bool = True
-    """Normalize images with `mean` and `std` (per-dataset defaults when those are null)."""
-    mean: list[float] | None = None
-    """Per-channel mean for normalization (null: the data set's known statistics)."""
-    std: list[float] | None = None
-    """Per-channel std for normalization (null: the data set's known statistics)."""
 
     def __post_init__(self) -> None:
         _check(self.global_batch_size > 0, "data.global_batch_size", f"must be > 0, got {self.global_batch_size}")
         _check(self.eval_batch_size > 0, "data.eval_batch_size", f"must be > 0, got {self.eval_batch_size}")
-        _check(self.num_train > 0, "data.num_train", f"must be > 0, got {self.num_train}")
-        _check(self.num_test > 0, "data.num_test", f"must be > 0, got {self.num_test}")
-        _check(bool(self.sample_shape) and all(d > 0 for d in self.sample_shape), "data.sample_shape",
-               f"must be positive sizes, got {self.sample_shape}")
-        _check(self.num_classes >= 2, "data.num_classes", f"must be >= 2, got {self.num_classes}")
-        _check(self.noise_std >= 0, "data.noise_std", f"must be >= 0, got {self.noise_std}")
-        _check(0 < self.test_fraction < 1, "data.test_fraction", f"must lie in (0, 1), got {self.test_fraction}")
+        _check(0 <= self.val_fraction < 1, "data.val_fraction", f"must lie in [0, 1), got {self.val_fraction}")
         _check(self.num_workers >= 0, "data.num_workers", f"must be >= 0, got {self.num_workers}")
         _check(not self.persistent_workers or self.num_workers > 0, "data.persistent_workers",
                "needs data.num_workers > 0")
         _check(self.prefetch_factor is None or (self.prefetch_factor > 0 and self.num_workers > 0),
                "data.prefetch_factor", "must be > 0 and needs data.num_workers > 0")
-        _check(self.path is not None or self.name not in ("csv", "csv_images"), "data.path",
-               f"is required for data.name={self.name}", "set data.path to the CSV file")
-        for key in ("image_size", "crop"):
-            value = getattr(self, key)
-            _check(value is None or value > 0, f"data.{key}", f"must be > 0 or null, got {value}")
-        _check((self.mean is None) == (self.std is None), "data.mean", "set data.mean and data.std together")
+        if self.name is not None:
+            check_name("data", self.name, "data.name")
 
 
 @dataclass(kw_only=True)
 class ModelConfig:
-    name: Literal[MODELS]  # type: ignore[valid-type]
-    """Model: one of distrain.config.MODELS. Inputs and outputs come from the data set."""
-    num_hidden: int = 4
-    """simple_classifier: width of its one tanh hidden layer."""
-    hidden_sizes: list[int] = field(default_factory=lambda: [64, 64])
-    """mlp: widths of the hidden layers."""
-    activation: Literal["tanh", "relu", "gelu"] = "relu"
-    """mlp: activation between layers."""
-    arch: str = "resnet18"
-    """torchvision: the classification model's name in torchvision.models (num_classes from the data)."""
-    pretrained: str | None = None
-    """torchvision: a local weights file (state dict) to start from; nothing is downloaded at run time."""
-    freeze_backbone: bool = False
-    """torchvision: train only the (replaced) classification head; every other parameter is frozen."""
+    name: str | None = None
+    """The model: a built-in name (simple_classifier, mlp, mnist_cnn, torchvision, ...) or an import path
+    module:attribute of an nn.Module class or a function returning one; null when distrain.fit is given it.
+    Parameters named num_inputs, num_outputs, num_classes, input_shape or in_channels that args does not
+    set are filled in from the data and the loss."""
+    args: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of the model (e.g. num_hidden for simple_classifier); checked against it."""
 
     def __post_init__(self) -> None:
-        _check(self.num_hidden > 0, "model.num_hidden", f"must be > 0, got {self.num_hidden}")
-        _check(all(h > 0 for h in self.hidden_sizes), "model.hidden_sizes", f"widths must be > 0, got {self.hidden_sizes}")
+        if self.name is not None:
+            check_name("model", self.name, "model.name")
+
+
+@dataclass(kw_only=True)
+class LossConfig:
+    name: str = "auto"
+    """auto: classification when the data has class labels (bce_with_logits for 2 classes with one output,
+    cross_entropy otherwise; logged), else an error asking for one; or a built-in (cross_entropy,
+    bce_with_logits, bce, nll, mse, l1, huber, smooth_l1) or an import path of a loss class or function
+    loss(outputs, targets)."""
+    args: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of the loss class (e.g. delta for huber, label_smoothing for cross_entropy)."""
+
+    def __post_init__(self) -> None:
+        if self.name != "auto":
+            check_name("loss", self.name, "loss.name")
+
+
+@dataclass(kw_only=True)
+class MetricConfig:
+    name: str
+    """A built-in metric (accuracy, mae, mse, r2), a torchmetrics class (torchmetrics.classification:
+    MulticlassF1Score) or a function metric(preds, targets) returning per-sample values or a batch mean."""
+    args: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of the metric class (e.g. num_classes, average)."""
 
 
 @dataclass(kw_only=True)
 class OptimConfig:
-    name: Literal["sgd", "adam", "adamw"]
-    """Optimizer."""
     lr: float
-    """Learning rate."""
-    momentum: float = 0.0
-    """sgd: momentum."""
-    nesterov: bool = False
-    """sgd: Nesterov momentum (needs momentum > 0)."""
-    weight_decay: float = 0.0
-    """L2 penalty (sgd, adam) or decoupled weight decay (adamw)."""
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    """adam, adamw: the two moment decay rates."""
+    """Learning rate (the schedule's base)."""
+    name: str = "sgd"
+    """Optimizer: sgd, adam, adamw, rmsprop, adagrad (torch.optim's), any torch.optim class by import path
+    (torch.optim:NAdam) or a user's optimizer class taking (params, lr=..., **args)."""
+    args: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of the optimizer (momentum, nesterov, weight_decay, betas, ...)."""
     clip_grad_norm: float | None = None
     """Clip the total gradient norm to this value before each step (off when null)."""
     clip_grad_value: float | None = None
@@ -166,11 +134,7 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         _check(self.lr > 0, "optim.lr", f"must be > 0, got {self.lr}")
-        _check(0 <= self.momentum < 1, "optim.momentum", f"must lie in [0, 1), got {self.momentum}")
-        _check(not self.nesterov or self.momentum > 0, "optim.nesterov", "needs optim.momentum > 0")
-        _check(self.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {self.weight_decay}")
-        _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "optim.betas",
-               f"must be two numbers in [0, 1), got {self.betas}")
+        check_name("optim", self.name, "optim.name")
         for key in ("clip_grad_norm", "clip_grad_value"):
             value = getattr(self, key)
             _check(value is None or value > 0, f"optim.{key}", f"must be > 0 or null, got {value}")
@@ -244,15 +208,29 @@ class ScheduleConfig:
         _check(self.min_lr >= 0, "schedule.min_lr", f"must be >= 0, got {self.min_lr}")
 
 
-MONITORED = ("test_loss", "test_accuracy", "train_loss", "train_accuracy")
+def check_monitor(monitor: str, key: str) -> None:
+    """`<split>_<metric>` with split train or val. The test split is reported, never used to choose a
+    model: selecting on it makes the reported test figure optimistic."""
+    split, _, metric = monitor.partition("_")
+    _check(split in ("train", "val", "test") and bool(metric), key,
+           f"must look like val_<metric> or train_<metric> (e.g. val_loss, val_accuracy, val_f1), got {monitor!r}")
+    _check(split != "test", key, f"is {monitor!r}: the test split is reported, never used for model selection",
+           f"monitor the validation split instead (val_{metric}); give the run one with data.val_fraction=0.1 "
+           "or val_data= in distrain.fit")
+
+
 
 
 @dataclass(kw_only=True)
 class StopConfig:
     patience: int = 0
     """Early stopping: stop after this many epochs without improving `monitor` by min_delta (0: off)."""
-    monitor: Literal[MONITORED] = "test_loss"  # type: ignore[valid-type]
-    """Early stopping: the per-epoch metric watched (losses are minimised, accuracies maximised)."""
+    monitor: str = "val_loss"
+    """Early stopping: the per-epoch metric watched, <split>_<metric> with split val or train (val_loss,
+    val_accuracy, val_<your metric>)."""
+    mode: Literal["auto", "min", "max"] = "auto"
+    """Whether `monitor` improves downwards or upwards; auto: min for losses and errors (names with loss,
+    mae, mse, rmse, error), a torchmetrics metric's own higher_is_better, else max."""
     min_delta: float = 0.0
     """Early stopping: the least change that counts as an improvement."""
     window: int = 0
@@ -262,6 +240,7 @@ class StopConfig:
     """Convergence: the largest spread (max - min) of the last `window` train losses that counts as converged."""
 
     def __post_init__(self) -> None:
+        check_monitor(self.monitor, "stop.monitor")
         _check(self.patience >= 0, "stop.patience", f"must be >= 0, got {self.patience}")
         _check(self.min_delta >= 0, "stop.min_delta", f"must be >= 0, got {self.min_delta}")
         _check(self.window >= 0 and self.window != 1, "stop.window", f"must be 0 (off) or >= 2, got {self.window}")
@@ -295,10 +274,13 @@ class CheckpointConfig:
     """auto: resume from the newest complete checkpoint of run.dir; never; or a checkpoint path."""
     keep_best: int = 0
     """Also keep the best M epoch-end checkpoints by `monitor` (as best-*.pt), whatever keep_last does."""
-    monitor: Literal["test_accuracy", "test_loss"] = "test_accuracy"
-    """The metric keep_best ranks by: test_accuracy (higher is better) or test_loss (lower is better)."""
+    monitor: str = "val_loss"
+    """The metric keep_best ranks by, <split>_<metric> like stop.monitor (val_loss, val_accuracy, ...)."""
+    mode: Literal["auto", "min", "max"] = "auto"
+    """Whether `monitor` improves downwards or upwards (auto: as stop.mode)."""
 
     def __post_init__(self) -> None:
+        check_monitor(self.monitor, "checkpoint.monitor")
         _check(self.keep_best >= 0, "checkpoint.keep_best", f"must be >= 0, got {self.keep_best}")
         _check(self.every_epochs >= 0, "checkpoint.every_epochs", f"must be >= 0, got {self.every_epochs}")
         _check(self.every_steps >= 0, "checkpoint.every_steps", f"must be >= 0, got {self.every_steps}")
@@ -343,12 +325,20 @@ class WandbConfig:
 class Config:
     data: DataConfig
     """What to train on."""
-    model: ModelConfig
-    """What to train."""
-    optim: OptimConfig
-    """How to step."""
     trainer: TrainerConfig
     """How long, and on what device."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """What to train."""
+    optim: OptimConfig | None = None
+    """How to step (required unless distrain.fit is given an optimizer)."""
+    loss: LossConfig = field(default_factory=LossConfig)
+    """What is minimised."""
+    metrics: dict[str, MetricConfig] = field(default_factory=dict)
+    """Extra metrics by name, computed on the validation and test splits (every sample once) and reported
+    as val_<name> and test_<name>; accuracy is added for classification losses."""
+    user: dict[str, Any] = field(default_factory=dict)
+    """Free-form settings of your own script (paths, sizes: `cfg.user["img_dir"]`); distrain ignores them
+    and overrides reach them like any key (user.width=64)."""
     engine: Literal["native", "accelerate"] = "native"
     """Who wraps the model and steps: native (torch DDP) or accelerate (HF Accelerate's Accelerator)."""
     seed: int = 0
@@ -375,6 +365,9 @@ class Config:
         _check(not (self.ddp.static_graph and self.trainer.accumulate_steps > 1), "ddp.static_graph",
                "cannot be combined with trainer.accumulate_steps > 1 (DDP's no_sync does not support it)",
                "set ddp.static_graph=false, or trainer.accumulate_steps=1")
+        for name in self.metrics:
+            _check(name.isidentifier() and name != "loss", f"metrics.{name}",
+                   "a metric's name must be an identifier other than 'loss' (it becomes val_<name>, test_<name>)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -382,8 +375,13 @@ class Config:
 
 # --------------------------------------------------------------------------------------------- parsing
 
-def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
-    """Read a YAML config, apply `dotted.key=value` overrides, and validate it into a `Config`."""
+def load_config(path: str | Path | dict, overrides: list[str] = ()) -> Config:
+    """Read a YAML config (or take a dict of its contents), apply `dotted.key=value` overrides, and
+    validate it into a `Config`."""
+    if isinstance(path, dict):
+        raw = copy.deepcopy(path)
+        apply_overrides(raw, list(overrides))
+        return from_dict(raw)
     path = Path(path)
     if not path.is_file():
         raise ConfigError("<config file>", f"{path} does not exist or is not a file",
@@ -444,20 +442,41 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise ConfigError(dotted, "required key is missing", f"set it in the YAML file or pass {dotted}=...")
             continue
-        kwargs[name] = _coerce(raw[name], hints[name], dotted)
+        kwargs[name] = coerce(raw[name], hints[name], dotted)
     return cls(**kwargs)
 
 
-def _coerce(value: Any, tp: Any, key: str) -> Any:
+def can_coerce(tp: Any) -> bool:
+    """Whether `coerce` knows this annotation (used to check the `args` of components)."""
     origin = typing.get_origin(tp)
+    if tp in (bool, int, float, str, Any, type(None)) or dataclasses.is_dataclass(tp) or origin is Literal:
+        return True
+    if origin in (Union, types.UnionType, list, dict, tuple):
+        return all(a is Ellipsis or can_coerce(a) for a in typing.get_args(tp))
+    return False
+
+
+def coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp` and convert it (YAML lists to tuples, ints to floats);
+    raises ConfigError naming `key`."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, key)
     if origin in (Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(value, inner, key)
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1:
+            return coerce(value, inner[0], key)
+        for option in inner:  # the first that accepts it
+            try:
+                return coerce(value, option, key)
+            except ConfigError:
+                pass
+        raise ConfigError(key, f"expected {' or '.join(getattr(a, '__name__', str(a)) for a in inner)}, got {value!r}")
     if origin is Literal:
         choices = typing.get_args(tp)
         if value in choices:
@@ -471,7 +490,21 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, list):
             raise ConfigError(key, f"expected a list, got {value!r}")
         (inner,) = typing.get_args(tp)
-        return [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+        return [coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(key, f"expected a list, got {value!r}")
+        inner = typing.get_args(tp)
+        if len(inner) == 2 and inner[1] is Ellipsis:
+            return tuple(coerce(v, inner[0], f"{key}[{i}]") for i, v in enumerate(value))
+        if len(inner) != len(value):
+            raise ConfigError(key, f"expected a list of {len(inner)} values, got {value!r}")
+        return tuple(coerce(v, t, f"{key}[{i}]") for i, (v, t) in enumerate(zip(value, inner)))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(key, f"must be a mapping of keys, got {value!r}")
+        _, inner = typing.get_args(tp)
+        return {str(k): coerce(v, inner, f"{key}.{k}") for k, v in value.items()}
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -494,6 +527,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, str):
             return value
         raise ConfigError(key, f"expected a string, got {value!r}")
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ConfigError(key, f"expected null, got {value!r}")
     raise TypeError(f"distrain bug: no coercion for {tp} at {key}")
 
 

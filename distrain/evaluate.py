@@ -1,37 +1,56 @@
-"""`distrain eval CONFIG checkpoint=PATH`: test-set loss and accuracy of a checkpoint, on any number of ranks.
+"""`distrain eval CONFIG checkpoint=PATH`: val and test metrics of a checkpoint, on any number of ranks.
 
     distrain eval configs/xor.yaml checkpoint=runs/xor/checkpoints/step-00002000.pt
+    distrain eval configs/xor.yaml checkpoint=runs/xor          # a run directory: its newest checkpoint
     torchrun --standalone --nproc_per_node=2 -m distrain eval configs/xor.yaml checkpoint=...
 
-Rank 0 prints one JSON line: {"checkpoint": ..., "test_loss": ..., "test_accuracy": ..., "samples": ...}.
+Rank 0 prints one JSON line: {"checkpoint": ..., "test_loss": ..., "test_accuracy": ..., "test_samples": ...}.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 from typing import Any, Mapping
 
-from distrain.checkpoint import load_payload
+from distrain.checkpoint import CheckpointError, find_resumable, load_model_weights, load_payload
+from distrain.components import Given, build_parts
 from distrain.config import Config
 from distrain.dist import distributed
 from distrain.env import detect
-from distrain.loops import evaluate
-from distrain.train import build_parts, setup_logging
+from distrain.train import evaluate_splits, setup_logging
 
 
-def evaluate_checkpoint(cfg: Config, path: str, environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or a run directory's newest complete checkpoint."""
+    path = Path(path)
+    if path.is_dir():
+        found = find_resumable(path)
+        if found is None:
+            raise CheckpointError(f"{path} holds no complete checkpoint (looked in {path / 'checkpoints'})")
+        return found
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist", "pass a .pt file or a run directory")
+    return path
+
+
+def evaluate_checkpoint(cfg: Config, path: str, environ: Mapping[str, str] = os.environ,
+                        given: Given | None = None) -> dict[str, Any]:
     # No global-batch check here: evaluation uses fixed eval batches, whatever the number of ranks.
     env = detect(environ)
     setup_logging(env.rank)
+    checkpoint = resolve_checkpoint(path)
     with distributed(env, backend=cfg.dist.backend, timeout_s=cfg.dist.timeout_s,
                      device=cfg.trainer.device) as ctx:
-        parts = build_parts(cfg, ctx)
-        payload = load_payload(path, map_location=ctx.device)
-        parts.model.load_state_dict(payload["model"])
-        metrics = evaluate(parts.model, parts.test_batches, parts.objective, ctx.device)
-    result = {"checkpoint": str(path), "epoch": payload["epoch"], "global_step": payload["global_step"],
-              "test_loss": metrics.loss, "test_accuracy": metrics.accuracy, "samples": metrics.samples}
+        parts = build_parts(cfg, ctx, given)
+        payload = load_payload(checkpoint, map_location=ctx.device)
+        load_model_weights(parts.model, payload, checkpoint)
+        splits = evaluate_splits(parts, ctx)
+    result: dict[str, Any] = {"checkpoint": str(checkpoint), "epoch": payload["epoch"],
+                              "global_step": payload["global_step"]}
+    for split, m in splits.items():
+        result.update({f"{split}_{name}": value for name, value in m.values.items()}, **{f"{split}_samples": m.samples})
     if env.is_main:
         print(json.dumps(result), flush=True)
     return result

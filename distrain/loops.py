@@ -1,9 +1,10 @@
 """What is one epoch? `train_one_epoch` and `evaluate`, the same code for every launcher and both engines.
 
-Metrics count every sample exactly once. Training: the step hands its logits to a `TrainMeter` (list
-appends: no host sync and no extra kernels in the step), which turns them into per-sample loss and hit
-sums in bulk and is summed over the ranks once per epoch. Evaluation: per-batch sums in a table summed
-over the ranks, so the figures are bitwise those of one process.
+Metrics count every sample exactly once. Training: the step hands its outputs to a `TrainMeter` (list
+appends: no host sync and no extra kernels in the step), which turns them into per-sample loss and
+accuracy sums in bulk and is summed over the ranks once per epoch. Evaluation: per-batch sums in a table
+summed over the ranks, so the figures are bitwise those of one process; torchmetrics metrics are updated
+per batch and computed once (distrain.metrics).
 """
 
 from __future__ import annotations
@@ -17,28 +18,35 @@ from torch import nn
 from distrain import dist
 from distrain.config import OptimConfig
 from distrain.data import Batch
+from distrain.data.structures import call_model, cat, num_samples, split
 from distrain.engines import Engine
+from distrain.metrics import MetricSet
 from distrain.objective import Objective
 from distrain.optim import zero_grad
 
 
 @dataclass(frozen=True)
 class EpochMetrics:
-    loss: float  # mean per-sample loss
-    accuracy: float
+    values: dict[str, Any]  # "loss" (the mean per-sample loss) first, then accuracy and the other metrics
     samples: int  # how many samples the figures cover
 
+    @property
+    def loss(self) -> float:
+        return self.values["loss"]
+
     @staticmethod
-    def from_totals(totals: torch.Tensor) -> "EpochMetrics":
-        loss_sum, hits, count = totals.tolist()
+    def from_totals(totals: torch.Tensor, names: list[str]) -> "EpochMetrics":
+        """From [sum per name..., sample count]: each value the mean over the samples."""
+        *sums, count = totals.tolist()
         count = int(count)
-        return EpochMetrics(loss_sum / max(count, 1), hits / max(count, 1), count)
+        return EpochMetrics({name: value / max(count, 1) for name, value in zip(names, sums)}, count)
 
 
 class TrainMeter:
-    """This rank's running [loss sum, hits, samples] of the epoch in progress (float64, not yet reduced).
+    """This rank's running [loss sum, (hits,) samples] of the epoch in progress (float64, not yet reduced);
+    `names` says which sums: loss, and accuracy when the objective reads classes.
 
-    `add` only keeps the step's detached logits and targets (list appends: no kernel, no host sync).
+    `add` only keeps the step's detached outputs and targets (list appends: no kernel, no host sync).
     The per-sample losses and hits are computed from them in one batched pass when `totals()` is asked
     (at a log step, a checkpoint, the end of the epoch) or when the kept logits reach `max_held`
     elements, which bounds the memory held (4 MB of float32 by default). Batching matters: a small
@@ -49,18 +57,25 @@ class TrainMeter:
 
     def __init__(self, objective: Objective, device: torch.device, max_held: int = 1 << 20):
         self.objective, self.max_held = objective, max_held
-        self._totals = torch.zeros(3, dtype=torch.float64, device=device)
+        self.names = ["loss", "accuracy"] if objective.has_accuracy else ["loss"]
+        self._totals = torch.zeros(len(self.names) + 1, dtype=torch.float64, device=device)
         self._reset_pending()
 
     def _reset_pending(self) -> None:
-        self._logits: list[torch.Tensor] = []
-        self._targets: list[torch.Tensor] = []
+        self._logits: list[Any] = []
+        self._targets: list[Any] = []
         self._held = 0  # elements of the kept logits
 
-    def add(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
-        self._logits.append(logits.detach())
+    def add(self, outputs: Any, targets: Any) -> None:
+        if isinstance(outputs, torch.Tensor):
+            self._logits.append(outputs.detach())
+            self._held += outputs.numel()
+        else:
+            from distrain.data.structures import leaves, tree_map
+
+            self._logits.append(tree_map(torch.Tensor.detach, outputs))
+            self._held += sum(t.numel() for t in leaves(outputs))
         self._targets.append(targets)
-        self._held += logits.numel()
         if self._held >= self.max_held:
             self._flush()
 
@@ -70,10 +85,13 @@ class TrainMeter:
         # (a host sync).
         if not self._logits:
             return
-        logits, targets = torch.cat(self._logits).float(), torch.cat(self._targets)
-        self._totals[0] += self.objective.losses(logits, targets).double().sum()
-        self._totals[1] += self.objective.hits(logits, targets).sum()
-        self._totals[2] += len(targets)
+        outputs, targets = cat(self._logits), cat(self._targets)
+        if isinstance(outputs, torch.Tensor):
+            outputs = outputs.float()
+        self._totals[0] += self.objective.losses(outputs, targets).double().sum()
+        if len(self.names) > 1:
+            self._totals[1] += self.objective.hits(outputs, targets).sum()
+        self._totals[-1] += num_samples(targets)
         self._reset_pending()
 
     def totals(self) -> torch.Tensor:
@@ -105,20 +123,20 @@ def train_one_epoch(engine: Engine, model: nn.Module, optimizer: Any, batches: I
         zero_grad(optimizer)
         if accumulate_steps == 1:
             with engine.autocast():
-                logits = model(batch.inputs)
-                loss = objective.step_loss(logits, batch.targets, world_size, batch.global_size)
+                outputs = call_model(model, batch.inputs)
+                loss = objective.step_loss(outputs, batch.targets, world_size, batch.global_size)
             engine.backward(loss)
-            meter.add(logits, batch.targets)
+            meter.add(outputs, batch.targets)
         else:
-            micro = zip(batch.inputs.tensor_split(accumulate_steps), batch.targets.tensor_split(accumulate_steps))
+            micro = zip(split(batch.inputs, accumulate_steps), split(batch.targets, accumulate_steps))
             for index, (inputs, targets) in enumerate(micro):
                 with engine.accumulate(model, is_last=index == accumulate_steps - 1):
                     with engine.autocast():
-                        logits = model(inputs)
+                        outputs = call_model(model, inputs)
                         # Summed (not averaged) micro-batch losses: their gradients add up to the step's.
-                        loss = objective.step_loss(logits, targets, world_size, batch.global_size, average=False)
+                        loss = objective.step_loss(outputs, targets, world_size, batch.global_size, average=False)
                     engine.backward(loss)
-                meter.add(logits, targets)
+                meter.add(outputs, targets)
         engine.step(optimizer, model, optim_cfg)
         if scheduler is not None:
             scheduler.step()
@@ -127,21 +145,36 @@ def train_one_epoch(engine: Engine, model: nn.Module, optimizer: Any, batches: I
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches, objective: Objective, device: torch.device,
+def evaluate(model: nn.Module, batches, metrics: MetricSet, device: torch.device,
              sum_over_ranks: Callable[[torch.Tensor], torch.Tensor] | None = None) -> EpochMetrics:
-    """Loss and accuracy over the whole evaluation set, each sample counted once, on any number of ranks.
+    """Loss and metrics over the whole evaluation set, each sample counted once, on any number of ranks.
 
     Exact, not just close: each rank writes the sums of the fixed eval batches it owns into its row of a
-    [num_batches, 3] table and zeros elsewhere, the table is summed over ranks (x + 0 is exact), and the
-    rows are added in batch order on every rank. The figures are bitwise those of one process.
+    [num_batches, columns + 1] table and zeros elsewhere, the table is summed over ranks (x + 0 is exact),
+    and the rows are added in batch order on every rank. The figures are bitwise those of one process.
+    torchmetrics metrics are updated per batch and computed once at the end (see distrain.metrics).
     Must run on every rank (one all-reduce; `sum_over_ranks` is the engine's, default distrain.dist's).
     """
     model.eval()
-    table = torch.zeros(batches.num_batches, 3, dtype=torch.float64, device=device)
+    metrics.reset()
+    columns = metrics.columns
+    table = torch.zeros(batches.num_batches, len(columns) + 1, dtype=torch.float64, device=device)
     for batch in batches:
-        logits = model(batch.inputs).float()
-        table[batch.step, 0] = objective.losses(logits, batch.targets).double().sum()
-        table[batch.step, 1] = objective.hits(logits, batch.targets).sum().double()
-        table[batch.step, 2] = batch.global_size
+        outputs = call_model(model, batch.inputs)
+        if isinstance(outputs, torch.Tensor):
+            outputs = outputs.float()
+        table[batch.step, :-1] = metrics.batch_sums(outputs, batch.targets)
+        table[batch.step, -1] = batch.global_size
     table = (sum_over_ranks or dist.all_reduce_sum)(table)
-    return EpochMetrics.from_totals(table.sum(dim=0))
+    result = EpochMetrics.from_totals(table.sum(dim=0), columns)
+    result.values.update(metrics.compute_stateful())
+    return result
+
+
+@torch.no_grad()
+def predict_outputs(model: nn.Module, batches) -> list[Any]:
+    """This rank's outputs of its evaluation batches, in batch order, on the CPU (distrain.predict)."""
+    from distrain.data.structures import tree_map
+
+    model.eval()
+    return [tree_map(lambda t: t.detach().cpu(), call_model(model, batch.inputs)) for batch in batches]

@@ -1,64 +1,134 @@
-"""Where do metrics go? Rank 0 prints one line per epoch and appends to <run.dir>/metrics.jsonl.
+"""What is measured besides the loss: accuracy, torchmetrics metrics and the user's metric functions,
+over every validation and test sample exactly once, on any number of ranks.
 
-metrics.jsonl holds one JSON object per split and epoch:
-    {"epoch": 3, "split": "train", "loss": 0.41, "accuracy": 0.93, "samples": 2500, "global_step": 80,
-     "time_s": 0.2, "lr": 0.1}
-Every line is flushed and fsynced when written: a kill loses no finished epoch. On resume, lines of epochs
-that the checkpoint does not cover are dropped (they will be produced again), so each (epoch, split)
-appears once.
+    metrics: {f1: {name: torchmetrics.classification:MulticlassF1Score, args: {num_classes: 3, average: macro}},
+              mae: {name: mae}, mine: {name: mypkg.metrics:within_10_percent}}
+
+Two kinds, each computed the exact way it allows:
+- per-sample metrics (accuracy, mae, mse, a user function metric(preds, targets) returning one value per
+  sample, or a batch mean counted for each sample): summed per fixed evaluation batch into the batch table
+  that the loss uses, all-reduced and added in batch order, so the figures are bitwise those of one
+  process on any number of ranks;
+- torchmetrics `Metric`s (anything with update/compute/reset): `update` on this rank's batches, `compute`
+  once, which gathers their states over the ranks (torchmetrics' own sync). Each rank's batches are a
+  contiguous run of whole batches and nothing is padded, so every sample counts once: count-based states
+  (F1, precision, recall, confusion matrices) equal one process exactly, float sums (R2, MAE) to rounding.
+Metrics receive (preds, targets) as `Objective.predictions` reads them: class probabilities and labels,
+0/1 labels and probabilities for binary and multilabel tasks, outputs shaped like the targets for regression.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import os
-from pathlib import Path
+import copy
+import functools
+from typing import Any, Mapping
 
-from distrain.checkpoint import atomic_write_bytes
-from distrain.loops import EpochMetrics
+import torch
 
-log = logging.getLogger("distrain")
+from distrain.config import MetricConfig
+from distrain.errors import ConfigError
+from distrain.objective import Objective
+from distrain.registry import call, resolve
 
-
-class MetricsLog:
-    def __init__(self, run_dir: str | Path, *, is_main: bool):
-        self.path = Path(run_dir) / "metrics.jsonl"
-        self.is_main = is_main
-
-    def drop_from_epoch(self, epoch: int) -> None:
-        """Forget records of `epoch` and later (they were written after the checkpoint being resumed)."""
-        if not self.is_main or not self.path.exists():
-            return
-        kept = [line for line in self.path.read_text().splitlines() if _epoch_of(line) < epoch]
-        atomic_write_bytes(self.path, "".join(line + "\n" for line in kept).encode())
-
-    def log_epoch(self, epoch: int, global_step: int, train: EpochMetrics, test: EpochMetrics,
-                  time_s: float, lr: float, extra: dict[str, float] | None = None) -> None:
-        if not self.is_main:
-            return
-        log.info("epoch %d | train loss %.4f acc %.4f | test loss %.4f acc %.4f | lr %.3g | %.2fs",
-                 epoch, train.loss, train.accuracy, test.loss, test.accuracy, lr, time_s)
-        with open(self.path, "a") as f:
-            for split, m in (("train", train), ("test", test)):
-                record = {"epoch": epoch, "split": split, "loss": m.loss, "accuracy": m.accuracy,
-                          "samples": m.samples, "global_step": global_step, "time_s": round(time_s, 4)}
-                if split == "train":
-                    record["lr"] = lr  # the learning rate at the start of the epoch
-                    record.update(extra or {})
-                f.write(json.dumps(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+_LOWER_IS_BETTER = ("loss", "error", "mae", "mse", "rmse", "mape", "perplexity")
 
 
-def _epoch_of(line: str) -> float:
-    """The line's epoch; a line cut short by a kill counts as not written (infinitely late)."""
-    try:
-        return json.loads(line)["epoch"]
-    except (ValueError, KeyError, TypeError):
-        return float("inf")
+def accuracy(preds: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-sample accuracy: argmax == label for class scores, else threshold 0.5 (multilabel: the fraction
+    of labels right). For classification losses distrain reads it from the raw outputs (Objective.hits)."""
+    if preds.dim() == targets.dim() + 1:
+        return (preds.argmax(dim=-1) == targets).to(torch.float64)
+    return ((preds > 0.5) == (targets > 0.5)).reshape(len(preds), -1).to(torch.float64).mean(dim=1)
 
 
-def read_metrics(run_dir: str | Path) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def mean_absolute_error(preds: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-sample |pred - target| (averaged over a sample's values)."""
+    return (preds.double() - targets.double()).abs().reshape(len(preds), -1).mean(dim=1)
+
+
+def mean_squared_error(preds: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-sample (pred - target)^2 (averaged over a sample's values)."""
+    return (preds.double() - targets.double()).square().reshape(len(preds), -1).mean(dim=1)
+
+
+def is_stateful(metric: Any) -> bool:
+    """A torchmetrics-style metric: update per batch, compute once, reset."""
+    return all(callable(getattr(metric, name, None)) for name in ("update", "compute", "reset"))
+
+
+def build_metric(name: str, cfg: MetricConfig) -> Any:
+    key = f"metrics.{name}"
+    obj = resolve("metric", cfg.name, f"{key}.name")
+    if isinstance(obj, type):
+        return call(obj, cfg.args, f"{key}.args")
+    if not callable(obj):
+        raise ConfigError(f"{key}.name", f"{cfg.name!r} is not a metric class or function")
+    return functools.partial(obj, **cfg.args) if cfg.args else obj
+
+
+def higher_is_better(name: str, metric: Any = None) -> bool:
+    """A metric's direction: torchmetrics' own flag when it has one, else by name (losses, errors: lower)."""
+    flag = getattr(metric, "higher_is_better", None)
+    if isinstance(flag, bool):
+        return flag
+    return not any(part in name.lower() for part in _LOWER_IS_BETTER)
+
+
+class MetricSet:
+    """The metrics of one evaluated split. `columns`: the per-sample ones, loss first; `stateful`: the
+    torchmetrics ones. Build one per split (each holds its own metric states)."""
+
+    def __init__(self, objective: Objective, metrics: Mapping[str, Any], device: torch.device):
+        self.objective = objective
+        self.per_sample: dict[str, Any] = {}
+        self.stateful: dict[str, Any] = {}
+        if objective.has_accuracy and "accuracy" not in metrics:
+            self.per_sample["accuracy"] = accuracy
+        for name, metric in metrics.items():
+            if is_stateful(metric):
+                self.stateful[name] = copy.deepcopy(metric).to(device) if hasattr(metric, "to") else copy.deepcopy(metric)
+            elif callable(metric):
+                self.per_sample[name] = metric
+            else:
+                raise ConfigError(f"metrics.{name}", f"{type(metric).__name__} is neither a metric function "
+                                  "nor a torchmetrics Metric")
+
+    @property
+    def columns(self) -> list[str]:
+        return ["loss", *self.per_sample]
+
+    @property
+    def names(self) -> list[str]:
+        return [*self.columns, *self.stateful]
+
+    def direction(self, name: str) -> bool:
+        return higher_is_better(name, self.stateful.get(name))
+
+    def reset(self) -> None:
+        for metric in self.stateful.values():
+            metric.reset()
+
+    def batch_sums(self, outputs: Any, targets: Any) -> torch.Tensor:
+        """[loss sum, per-sample metric sums...] of one batch (float64), and the stateful metrics updated."""
+        objective = self.objective
+        sums = [objective.losses(outputs, targets).double().sum()]
+        preds, labels = objective.predictions(outputs, targets) if (self.stateful or self.per_sample) else (None, None)
+        for name, fn in self.per_sample.items():
+            if fn is accuracy and objective.has_accuracy:
+                values = objective.hits(outputs, targets)
+            else:
+                values = fn(preds, labels)
+                if values.dim() == 0:  # a batch mean: counted for each of the batch's samples
+                    values = values.double().expand(len(labels))
+            sums.append(values.double().sum())
+        for metric in self.stateful.values():
+            metric.update(preds, labels)
+        return torch.stack(sums)
+
+    def compute_stateful(self) -> dict[str, float]:
+        """Collective (torchmetrics gathers its states over the ranks)."""
+        out = {}
+        for name, metric in self.stateful.items():
+            value = metric.compute()
+            out[name] = float(value) if not isinstance(value, torch.Tensor) or value.numel() == 1 else value.tolist()
+        return out

@@ -1,4 +1,12 @@
-"""Models by name. Input and output sizes come from the data set; the rest from `model.*`."""
+"""Built-in models, each a function whose keyword arguments are its options (`model.args`).
+
+    model: {name: mlp, args: {hidden_sizes: [64, 64], activation: relu}}
+    model: {name: mypkg.models:Net, args: {width: 128}}        # a user's, resolved the same way
+
+They are registered as import paths in distrain.registry exactly like a user's model. Parameters named
+num_inputs, num_outputs, num_classes, input_shape and in_channels that the config does not set are
+filled in from the data and the loss (see distrain.registry.call), for a user's model as for these.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +15,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from distrain.config import ModelConfig
+from typing import Literal
+
 from distrain.errors import ConfigError, UserError
 
 
@@ -38,7 +47,32 @@ class LogisticRegression(nn.Module):
 _ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU}
 
 
-def mlp(num_inputs: int, hidden_sizes: list[int], num_outputs: int, activation: str) -> nn.Sequential:
+def simple_classifier(*, num_inputs: int, num_outputs: int, num_hidden: int = 4) -> nn.Module:
+    """The tutorial's classifier: one tanh hidden layer of `num_hidden` units."""
+    _positive("num_hidden", num_hidden)
+    return SimpleClassifier(num_inputs, num_hidden, num_outputs)
+
+
+def logistic_regression(*, num_inputs: int, num_outputs: int) -> nn.Module:
+    """One linear layer on the flat features (logistic regression with a BCE or cross-entropy loss)."""
+    return LogisticRegression(num_inputs, num_outputs)
+
+
+def linear(*, num_inputs: int, num_outputs: int) -> nn.Module:
+    """One linear layer (linear regression with an mse loss)."""
+    return LogisticRegression(num_inputs, num_outputs)
+
+
+def _positive(key: str, value: int) -> None:
+    if value <= 0:
+        raise ConfigError(f"model.args.{key}", f"must be > 0, got {value}")
+
+
+def mlp(*, num_inputs: int, num_outputs: int, hidden_sizes: list[int] = [64, 64],  # noqa: B006 (read only)
+        activation: Literal["tanh", "relu", "gelu"] = "relu") -> nn.Sequential:
+    """Flatten, then Linear + activation for each of `hidden_sizes`, then a Linear to the outputs."""
+    if any(h <= 0 for h in hidden_sizes):
+        raise ConfigError("model.args.hidden_sizes", f"widths must be > 0, got {hidden_sizes}")
     layers: list[nn.Module] = [nn.Flatten()]  # images (N, C, H, W) become (N, C*H*W); flat rows are unchanged
     width = num_inputs
     for hidden in hidden_sizes:
@@ -96,30 +130,49 @@ def _head_of(model: nn.Module) -> tuple[nn.Module, str]:
                     "fine-tuning supports torchvision models whose head is .fc, .classifier or .heads")
 
 
-def torchvision_model(cfg: ModelConfig, num_outputs: int) -> nn.Module:
-    """Any torchvision classification model by name. With model.pretrained, its weights are loaded from a
-    local file first (with the original head), then the head is replaced for num_outputs classes."""
+def mnist_cnn(*, num_outputs: int = 10) -> nn.Module:
+    """The tutorial's MNIST CNN (1x28x28 inputs)."""
+    return MnistCNN(num_outputs)
+
+
+def cifar_lenet(*, num_outputs: int = 10) -> nn.Module:
+    """The tutorial's CIFAR-10 LeNet (3x32x32 inputs)."""
+    return CifarLeNet(num_outputs)
+
+
+def torchvision(*, num_outputs: int, arch: str = "resnet18", pretrained: str | None = None,
+                freeze_backbone: bool = False) -> nn.Module:
+    """Any torchvision classification model by name (`arch`). With `pretrained`, its weights are loaded
+    from a local file first (with the original head), then the head is replaced for num_outputs classes;
+    `freeze_backbone` trains only that head."""
+    model = torchvision_model(arch, pretrained, num_outputs)
+    if freeze_backbone:
+        freeze_all_but_head(model)
+    return model
+
+
+def torchvision_model(arch: str, pretrained: str | None, num_outputs: int) -> nn.Module:
     import torchvision.models
 
     try:
-        builder = torchvision.models.get_model_builder(cfg.arch)
+        builder = torchvision.models.get_model_builder(arch)
     except ValueError:
         names = ", ".join(sorted(torchvision.models.list_models(torchvision.models))[:12])
-        raise ConfigError("model.arch", f"{cfg.arch!r} is not a torchvision classification model",
+        raise ConfigError("model.args.arch", f"{arch!r} is not a torchvision classification model",
                           f"e.g. {names}, ...") from None
-    if cfg.pretrained is None:
+    if pretrained is None:
         return builder(num_classes=num_outputs)
     model = builder()  # the original head, to match the weights file
-    path = Path(cfg.pretrained)
+    path = Path(pretrained)
     if not path.is_file():
-        raise ConfigError("model.pretrained", f"{path} does not exist",
+        raise ConfigError("model.args.pretrained", f"{path} does not exist",
                           "download the weights elsewhere and copy the file here; nothing is fetched at run time")
     state = torch.load(path, map_location="cpu", weights_only=True)
     state = state.get("model", state) if isinstance(state, dict) else state
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        raise ConfigError("model.pretrained", f"{path} does not match torchvision's {cfg.arch}: "
+        raise ConfigError("model.args.pretrained", f"{path} does not match torchvision's {arch}: "
                           f"{str(exc).splitlines()[0]}") from None
     parent, name = _head_of(model)
     old = getattr(parent, name)
@@ -147,28 +200,3 @@ def freeze_all_but_head(model: nn.Module) -> None:
         return model
 
     model.train = train_keeping_frozen_norms  # what DDP and the loops call
-
-
-def num_outputs_for(num_classes: int) -> int:
-    """One logit for two classes (BCE-with-logits), one per class otherwise (cross-entropy)."""
-    return 1 if num_classes == 2 else num_classes
-
-
-def build_model(cfg: ModelConfig, num_features: int, num_classes: int) -> nn.Module:
-    outputs = num_outputs_for(num_classes)
-    if cfg.name == "simple_classifier":
-        return SimpleClassifier(num_features, cfg.num_hidden, outputs)
-    if cfg.name == "logistic_regression":
-        return LogisticRegression(num_features, outputs)
-    if cfg.name == "mlp":
-        return mlp(num_features, cfg.hidden_sizes, outputs, cfg.activation)
-    if cfg.name == "mnist_cnn":
-        return MnistCNN(outputs)
-    if cfg.name == "cifar_lenet":
-        return CifarLeNet(outputs)
-    if cfg.name == "torchvision":
-        model = torchvision_model(cfg, outputs)
-        if cfg.freeze_backbone:
-            freeze_all_but_head(model)
-        return model
-    raise AssertionError(f"unhandled model {cfg.name}")  # config validation lists every name

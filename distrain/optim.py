@@ -1,25 +1,34 @@
-"""Optimizers by name, clearing gradients, and gradient clipping."""
+"""Optimizers by name (any torch.optim class, or a user's by import path), clearing gradients, and
+gradient clipping.
+
+    optim: {name: sgd, lr: 0.1, args: {momentum: 0.9, nesterov: true}}
+    optim: {name: torch.optim:NAdam, lr: 0.002, args: {momentum_decay: 0.004}}
+"""
 
 from __future__ import annotations
 
+import functools
 from typing import Iterable
 
 import torch
 from torch import nn
 
 from distrain.config import OptimConfig
+from distrain.errors import ConfigError
+from distrain.registry import call, resolve
 
 
 def build_optimizer(cfg: OptimConfig, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+    """cfg.name's class called as cls(trainable params, lr=cfg.lr, **cfg.args); bad arguments are config
+    errors naming optim.args.<name> (torch's own value checks too: "Invalid momentum value")."""
     params = [p for p in params if p.requires_grad]
-    if cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                               weight_decay=cfg.weight_decay)
-    if cfg.name == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
-    if cfg.name == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
-    raise AssertionError(f"unhandled optimizer {cfg.name}")  # config validation lists every name
+    cls = resolve("optim", cfg.name, "optim.name")
+    if "lr" in cfg.args:
+        raise ConfigError("optim.args.lr", "the learning rate is optim.lr", "move it to optim.lr")
+    try:
+        return call(functools.partial(cls, params, lr=cfg.lr), cfg.args, "optim.args")
+    except (ValueError, TypeError) as exc:
+        raise ConfigError("optim.args", f"{cfg.name}: {exc}") from None
 
 
 def zero_grad(optimizer: torch.optim.Optimizer) -> None:

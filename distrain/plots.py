@@ -1,6 +1,7 @@
-"""Loss and accuracy curves per epoch, as the tutorials draw them: train vs test, one PNG each.
+"""Curves per epoch, as the tutorials draw them: train vs val vs test, one PNG per metric (loss,
+accuracy, and every configured metric).
 
-    distrain plot runs/xor                      # -> runs/xor/plots/loss.png, accuracy.png
+    distrain plot runs/xor                      # -> runs/xor/plots/loss.png, accuracy.png, ...
     distrain plot runs/a runs/b --out compare/  # several runs overlaid
 """
 
@@ -9,11 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from distrain.errors import UserError
-from distrain.metrics import read_metrics
+from distrain.history import read_metrics
 
 
 def plot_runs(run_dirs: list[Path], out_dir: Path) -> list[Path]:
-    """Write loss.png and accuracy.png into out_dir, one line per run and split. Returns the paths."""
+    """Write <metric>.png into out_dir for each metric, one line per run and split. Returns the paths."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display needed (SLURM nodes, CI)
@@ -25,17 +26,25 @@ def plot_runs(run_dirs: list[Path], out_dir: Path) -> list[Path]:
             raise UserError(f"{run} has no metrics.jsonl", "pass run directories of distrain runs")
         series[Path(run)] = read_metrics(run)
     out_dir.mkdir(parents=True, exist_ok=True)
+    from distrain.history import RECORD_KEYS
+
+    metrics: list[str] = []
+    for records in series.values():
+        for r in records:
+            metrics += [k for k, v in r.items() if k not in RECORD_KEYS and k not in metrics
+                        and isinstance(v, (int, float))]
     paths = []
-    for metric, label in (("loss", "loss"), ("accuracy", "accuracy")):
+    for metric in metrics:
         fig, ax = plt.subplots(figsize=(6, 4))
         for run, records in series.items():
             prefix = f"{run.name} " if len(series) > 1 else ""
-            for split, style in (("train", "-"), ("test", "--")):
-                points = [(r["epoch"], r[metric]) for r in records if r["split"] == split]
+            for split, style in (("train", "o-"), ("val", "s-."), ("test", "^--")):
+                points = [(r["epoch"], r[metric]) for r in records if r["split"] == split and metric in r]
                 if points:
-                    ax.plot(*zip(*points), style, label=f"{prefix}{split}")
+                    ax.plot(*zip(*points), style, markersize=3, label=f"{prefix}{split}")
+        ax.set_title(", ".join(run.name for run in series) + f": {metric}")
         ax.set_xlabel("epoch")
-        ax.set_ylabel(label)
+        ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()

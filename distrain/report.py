@@ -2,7 +2,7 @@
 
     reporter = Reporter(cfg, ctx, run_dir, model, start_step)   # every rank
     reporter.after_step(global_step, meter, lr)    # every rank, after a step where wants_step()
-    reporter.log_epoch(epoch, global_step, train, test, time_s, lr, train_time_s)
+    reporter.log_epoch(epoch, global_step, {"train": ..., "val": ..., "test": ...}, time_s, lr, train_time_s)
     reporter.close(plots=True)
 
 Step metrics (every log.every_steps steps): the mean train loss and accuracy over the steps since the
@@ -17,6 +17,8 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -24,7 +26,7 @@ from distrain import dist
 from distrain.config import Config
 from distrain.dist import DistContext
 from distrain.loops import EpochMetrics, TrainMeter
-from distrain.metrics import MetricsLog
+from distrain.history import RECORD_KEYS, MetricsLog
 
 log = logging.getLogger("distrain")
 
@@ -63,8 +65,9 @@ def total_grad_norm(model: nn.Module) -> float:
 
 class Reporter:
     def __init__(self, cfg: Config, ctx: DistContext, run_dir: Path, model: nn.Module, *, start_step: int,
-                 steps_per_epoch: int):
+                 steps_per_epoch: int, directions: dict[str, Any] | None = None):
         self.cfg, self.ctx, self.run_dir, self.model = cfg, ctx, run_dir, model
+        self.directions = directions or {}  # metric name -> its torchmetrics object (higher_is_better)
         self.every = cfg.log.every_steps
         self.metrics = MetricsLog(run_dir, is_main=ctx.is_main)
         self.hooks = GradNormHooks(model) if cfg.log.grad_norms else None
@@ -107,12 +110,12 @@ class Reporter:
             self.bar.update(global_step - self.bar.n)
         totals = meter.totals()
         window = dist.all_reduce_sum(totals - self.window_start)
-        loss_sum, hits, count = window.tolist()
+        *sums, count = window.tolist()
         elapsed = time.perf_counter() - self.window_time
-        values = {"train/step_loss": loss_sum / max(count, 1), "train/step_accuracy": hits / max(count, 1),
-                  "lr": lr, "samples_per_s": count / elapsed,
+        values = {f"train/step_{name}": value / max(count, 1) for name, value in zip(meter.names, sums)}
+        values.update({"lr": lr, "samples_per_s": count / elapsed,
                   "step_time_s": elapsed / max(global_step - self.window_step, 1),
-                  "grad_norm": total_grad_norm(self.model)}
+                       "grad_norm": total_grad_norm(self.model)})
         if self.hooks:
             values.update(self.hooks.take())
             self.hooks.armed = False
@@ -129,9 +132,10 @@ class Reporter:
         self.window_start = totals.clone()
         self.window_time, self.window_step = time.perf_counter(), global_step
 
-    def log_epoch(self, epoch: int, global_step: int, train: EpochMetrics, test: EpochMetrics, time_s: float,
+    def log_epoch(self, epoch: int, global_step: int, splits: dict[str, EpochMetrics], time_s: float,
                   lr: float, train_time_s: float) -> None:
         # Training throughput: the samples of this epoch's steps over the time of the steps (not evaluation).
+        train = splits["train"]
         extra: dict[str, float] = {"train_time_s": train_time_s,
                                    "samples_per_s": train.samples / train_time_s if train_time_s > 0 else 0.0}
         if self.ctx.device.type == "cuda":
@@ -141,30 +145,39 @@ class Reporter:
         if self.bar is not None:
             self.bar.update(global_step - self.bar.n)
             self.bar.clear()
-        self.metrics.log_epoch(epoch, global_step, train, test, time_s, lr=lr, extra=extra)
+        self.metrics.log_epoch(epoch, global_step, splits, time_s, lr=lr, extra=extra)
         if self.bar is not None:
             self.bar.refresh()
-        self._track_best(test)
+        for split, m in splits.items():
+            self._track_best(split, m.values)
         if self.wandb:
-            self.wandb.log({"epoch": epoch, "train/loss": train.loss, "train/accuracy": train.accuracy,
-                            "test/loss": test.loss, "test/accuracy": test.accuracy, "epoch_lr": lr,
-                            "epoch_time_s": time_s, **{f"epoch_{k}": v for k, v in extra.items()}},
-                           step=global_step)
+            values = {f"{split}/{name}": value for split, m in splits.items() for name, value in m.values.items()}
+            self.wandb.log({"epoch": epoch, **values, "epoch_lr": lr, "epoch_time_s": time_s,
+                            **{f"epoch_{k}": v for k, v in extra.items()}}, step=global_step)
             self.wandb.summarize(self.best)
 
-    def _track_best(self, test: EpochMetrics) -> None:
-        self.best["best/test_accuracy"] = max(test.accuracy, self.best.get("best/test_accuracy", test.accuracy))
-        self.best["best/test_loss"] = min(test.loss, self.best.get("best/test_loss", test.loss))
+    def _track_best(self, split: str, values: dict) -> None:
+        """best/<split>_<metric> over the epochs so far (val and test; losses and errors: the lowest)."""
+        if split == "train":
+            return
+        from distrain.metrics import higher_is_better
+
+        for name, value in values.items():
+            if not isinstance(value, (int, float)):
+                continue
+            key = f"best/{split}_{name}"
+            better = max if higher_is_better(name, self.directions.get(name)) else min
+            self.best[key] = better(value, self.best.get(key, value))
 
     def drop_from_epoch(self, epoch: int) -> None:
         """On resume: forget records the checkpoint does not cover, and carry the best test figures over."""
         self.metrics.drop_from_epoch(epoch)
         if self.ctx.is_main and self.metrics.path.exists():
-            from distrain.metrics import read_metrics
+            from distrain.history import read_metrics
 
             for record in read_metrics(self.run_dir):
-                if record["split"] == "test":
-                    self._track_best(EpochMetrics(record["loss"], record["accuracy"], record["samples"]))
+                values = {k: v for k, v in record.items() if k not in RECORD_KEYS}
+                self._track_best(record["split"], values)
 
     def close(self, *, plots: bool) -> None:
         if self.hooks:

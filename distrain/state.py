@@ -88,8 +88,10 @@ class TrainState:
 class Saver:
     """When to save. `save` is collective (see checkpoint.save_checkpoint)."""
 
-    def __init__(self, cfg: Config, ctx: DistContext, run_dir: Path, state: TrainState):
+    def __init__(self, cfg: Config, ctx: DistContext, run_dir: Path, state: TrainState,
+                 best_higher_is_better: bool = False):
         self.cfg, self.ctx, self.run_dir, self.state = cfg, ctx, run_dir, state
+        self.best_higher_is_better = best_higher_is_better  # of checkpoint.monitor
 
     def maybe_save_step(self) -> bool:
         every = self.cfg.checkpoint.every_steps
@@ -98,17 +100,19 @@ class Saver:
             return True
         return False
 
-    def maybe_save_epoch(self, test: EpochMetrics, *, last: bool) -> None:
+    def maybe_save_epoch(self, splits: dict[str, EpochMetrics], *, last: bool) -> None:
         every = self.cfg.checkpoint.every_epochs
         # The last epoch (also an early stop) is always saved when epoch saves are on.
         if every and (self.state.progress.epoch % every == 0 or last):
-            self.save({"test_loss": test.loss, "test_accuracy": test.accuracy})
+            self.save({f"{split}_{name}": value for split, m in splits.items()
+                       for name, value in m.values.items() if isinstance(value, (int, float))})
 
     def save(self, metrics: dict[str, float] | None = None) -> Path:
         ckpt = self.cfg.checkpoint
         payload = self.state.to_payload(self.cfg, self.ctx.world_size, metrics or {})
         path = save_checkpoint(self.run_dir, payload, keep_last=ckpt.keep_last, keep_best=ckpt.keep_best,
-                               monitor=ckpt.monitor, is_main=self.ctx.is_main)
+                               monitor=ckpt.monitor, higher_is_better=self.best_higher_is_better,
+                               is_main=self.ctx.is_main)
         progress = self.state.progress
         log.info("saved %s (epoch %d, step %d of the epoch)", path, progress.epoch, progress.step_in_epoch)
         return path

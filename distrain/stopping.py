@@ -9,34 +9,39 @@ losses, and whether the run already stopped) is saved in each checkpoint and res
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 from distrain.config import StopConfig
 from distrain.loops import EpochMetrics
 
 
+def lookup(splits: Mapping[str, EpochMetrics], monitor: str) -> float:
+    """The value of `<split>_<metric>` among this epoch's metrics."""
+    split, _, name = monitor.partition("_")
+    return float(splits[split].values[name])
+
+
 class Stopper:
-    def __init__(self, cfg: StopConfig):
+    def __init__(self, cfg: StopConfig, higher_is_better: bool = False):
         self.cfg = cfg
+        self.higher_is_better = higher_is_better  # of stop.monitor (resolved from stop.mode by the run)
         self.best: float | None = None
         self.bad_epochs = 0
         self.train_losses: list[float] = []
         self.stopped: str | None = None  # the reason, once the run has stopped early
 
-    def update(self, train: EpochMetrics, test: EpochMetrics) -> str | None:
-        """Record one epoch; return why training should stop now, or None."""
+    def update(self, splits: Mapping[str, EpochMetrics]) -> str | None:
+        """Record one epoch (its metrics by split); return why training should stop now, or None."""
         cfg = self.cfg
         if cfg.window:
-            self.train_losses = (self.train_losses + [train.loss])[-cfg.window:]
+            self.train_losses = (self.train_losses + [splits["train"].loss])[-cfg.window:]
             spread = max(self.train_losses) - min(self.train_losses)
             if len(self.train_losses) == cfg.window and spread <= cfg.threshold:
                 return (f"converged: the last {cfg.window} train losses lie within {spread:.3g} "
                         f"<= stop.threshold={cfg.threshold}")
         if cfg.patience:
-            split, name = cfg.monitor.split("_")
-            value = getattr(train if split == "train" else test, name)
-            # Losses are minimised, accuracies maximised; compare as "higher is better".
-            score = -value if name == "loss" else value
+            value = lookup(splits, cfg.monitor)
+            score = value if self.higher_is_better else -value  # compared as "higher is better"
             if self.best is None or score > self.best + cfg.min_delta:
                 self.best, self.bad_epochs = score, 0
             else:

@@ -18,28 +18,21 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-import torch
-from torch import nn
-
 from distrain import __version__, dist
 from distrain.checkpoint import atomic_write_bytes
-from distrain.config import Config, dump_config
-from distrain.data import DataSets, EvalBatches, build_datasets, build_eval_batches, build_train_batches
+from distrain.components import Given, Parts, build_optimizer_for, build_parts, log_parts, monitor_direction
+from distrain.config import Config, OptimConfig, dump_config
+from distrain.data import build_train_batches
 from distrain.dist import DistContext, distributed
 from distrain.env import DistEnv, detect
 from distrain.engines import build_engine
 from distrain.errors import ConfigError
 from distrain.loops import EpochMetrics, TrainMeter, evaluate, train_one_epoch
-from distrain.models import build_model
-from distrain.objective import Objective, build_objective
-from distrain.optim import build_optimizer
 from distrain.report import Reporter
 from distrain.schedule import build_scheduler, is_constant
-from distrain.seeding import configure_determinism, seed_everything
 from distrain.signals import Interrupted, StopSignals
 from distrain.slurm import maybe_requeue, resolve_run_dir
 from distrain.state import Saver, TrainState, maybe_resume
@@ -48,8 +41,9 @@ from distrain.stopping import Stopper
 log = logging.getLogger("distrain")
 
 
-def train(cfg: Config, environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
-    """Run the whole training; returns the final test metrics. Must run on every rank."""
+def train(cfg: Config, environ: Mapping[str, str] = os.environ, given: Given | None = None) -> dict[str, Any]:
+    """Run the whole training; returns the final metrics (test_loss, test_<metric>, val_..., train_...).
+    `given`: the user's objects from distrain.fit. Must run on every rank."""
     env = detect(environ)
     check_against_env(cfg, env)
     setup_logging(env.rank)
@@ -60,7 +54,7 @@ def train(cfg: Config, environ: Mapping[str, str] = os.environ) -> dict[str, Any
     try:
         with distributed(env, backend=cfg.dist.backend, timeout_s=cfg.dist.timeout_s,
                          device=cfg.trainer.device) as ctx:
-            return _run(cfg, ctx)
+            return _run(cfg, ctx, given or Given())
     except Interrupted as exc:
         # After the group is gone: every rank has saved and stopped, so requeueing cannot cut a save short.
         if env.is_main:
@@ -87,67 +81,36 @@ def setup_logging(rank: int) -> None:
     root.propagate = False
 
 
-@dataclass
-class Parts:
-    """What a config builds on one rank: data, model, objective and this rank's test batches."""
-
-    data: DataSets
-    model: nn.Module
-    objective: Objective
-    test_batches: EvalBatches
-    loader_args: dict[str, Any]
-
-
-def build_parts(cfg: Config, ctx: DistContext) -> Parts:
-    configure_determinism(cfg.trainer.deterministic, cfg.trainer.deterministic_algorithms)
-    seed_everything(cfg.seed)
-    if cfg.data.download:
-        # Only global rank 0 downloads; the others wait for the files (several ranks downloading into
-        # one folder would race), then read them.
-        data = build_datasets(cfg.data, cfg.seed) if ctx.is_main else None
-        dist.barrier()
-        data = data or build_datasets(cfg.data, cfg.seed, allow_download=False)
-    else:
-        data = build_datasets(cfg.data, cfg.seed)
-    model = build_model(cfg.model, data.num_features, data.num_classes).to(ctx.device)
-    if cfg.trainer.channels_last:
-        model = model.to(memory_format=torch.channels_last)  # 4-d weights only; others are unchanged
-    objective = build_objective(data.num_classes)
-    loader_args = dict(rank=ctx.rank, world_size=ctx.world_size, device=ctx.device, seed=cfg.seed,
-                       loader=cfg.data.loader, num_workers=cfg.data.num_workers,
-                       persistent_workers=cfg.data.persistent_workers, prefetch_factor=cfg.data.prefetch_factor,
-                       prepare_targets=objective.prepare_targets, channels_last=cfg.trainer.channels_last)
-    test_batches = build_eval_batches(data.test, eval_batch_size=cfg.data.eval_batch_size, **loader_args)
-    return Parts(data, model, objective, test_batches, loader_args)
-
-
-def _run(cfg: Config, ctx: DistContext) -> dict[str, Any]:
+def _run(cfg: Config, ctx: DistContext, given: Given) -> dict[str, Any]:
+    parts = build_parts(cfg, ctx, given)  # first: a bad model, loss or data leaves no run directory behind
     run_dir = prepare_run_dir(cfg, ctx)
-    parts = build_parts(cfg, ctx)
     train_batches = build_train_batches(parts.data.train, global_batch_size=cfg.data.global_batch_size,
                                         shuffle=cfg.data.shuffle, **parts.loader_args)
-    optimizer = build_optimizer(cfg.optim, parts.model.parameters())
-    scheduler = build_scheduler(cfg.schedule, optimizer, base_lr=cfg.optim.lr,
+    optimizer, base_lr = build_optimizer_for(cfg, parts.model, given)
+    scheduler = build_scheduler(cfg.schedule, optimizer, base_lr=base_lr,
                                 steps_per_epoch=train_batches.num_steps, epochs=cfg.trainer.epochs)
     engine = build_engine(cfg, ctx)
     meter = TrainMeter(parts.objective, ctx.device)
-    state = TrainState(parts.model, optimizer, scheduler, Stopper(cfg.stop), meter, scaler=engine.scaler,
-                       engine=engine.name)
+    stop_upwards = monitor_direction(cfg.stop.mode, cfg.stop.monitor, parts, "stop.monitor", meter.names) \
+        if cfg.stop.patience else False
+    best_upwards = monitor_direction(cfg.checkpoint.mode, cfg.checkpoint.monitor, parts, "checkpoint.monitor",
+                                     meter.names) if cfg.checkpoint.keep_best else False
+    state = TrainState(parts.model, optimizer, scheduler, Stopper(cfg.stop, stop_upwards), meter,
+                       scaler=engine.scaler, engine=engine.name)
     maybe_resume(cfg, ctx, run_dir, state)  # into the unwrapped model and the raw optimizer
     train_model, train_optimizer = engine.prepare(parts.model, optimizer)
-    saver = Saver(cfg, ctx, run_dir, state)
+    saver = Saver(cfg, ctx, run_dir, state, best_higher_is_better=best_upwards)
     progress = state.progress
     reporter = Reporter(cfg, ctx, run_dir, parts.model, start_step=progress.global_step,
-                        steps_per_epoch=train_batches.num_steps)
+                        steps_per_epoch=train_batches.num_steps, directions=parts.metric_objects)
     reporter.drop_from_epoch(progress.epoch)
-    log.info("distrain %s | %s | %d process(es) | device %s | backend %s | engine %s | %d train / %d test "
-             "samples | %d steps per epoch", __version__, ctx.env.source, ctx.world_size, ctx.device,
-             ctx.backend or "none", engine.name, len(parts.data.train), len(parts.data.test),
-             train_batches.num_steps)
+    log_parts(parts, ctx, train_batches.num_steps, engine.name, __version__)
     # A constant learning rate needs no scheduler call per step (see TrainState.to_payload).
     step_scheduler = None if is_constant(cfg.schedule) else scheduler
+    optim_cfg = cfg.optim or OptimConfig(lr=base_lr)
 
-    test, finished = None, False
+    splits: dict[str, EpochMetrics] = {}
+    finished = False
     try:
         with StopSignals(["SIGTERM", "SIGINT", cfg.trainer.requeue_signal]) as signals:
 
@@ -170,22 +133,23 @@ def _run(cfg: Config, ctx: DistContext) -> dict[str, Any]:
                 train_batches.set_start_step(progress.step_in_epoch)
                 lr = optimizer.param_groups[0]["lr"]
                 reporter.start_epoch(meter, progress.global_step)
-                train_one_epoch(engine, train_model, train_optimizer, train_batches, parts.objective, cfg.optim,
+                train_one_epoch(engine, train_model, train_optimizer, train_batches, parts.objective, optim_cfg,
                                 world_size=ctx.world_size, meter=meter, accumulate_steps=cfg.trainer.accumulate_steps,
                                 scheduler=step_scheduler, after_step=after_step)
-                train = EpochMetrics.from_totals(engine.sum_over_ranks(meter.totals().clone()))
+                totals = engine.sum_over_ranks(meter.totals().clone())
+                splits = {"train": EpochMetrics.from_totals(totals, meter.names)}
                 train_time = time.perf_counter() - started
-                test = evaluate(parts.model, parts.test_batches, parts.objective, ctx.device, engine.sum_over_ranks)
-                reporter.log_epoch(epoch, progress.global_step, train, test, time.perf_counter() - started, lr,
+                splits.update(evaluate_splits(parts, ctx, engine.sum_over_ranks))
+                reporter.log_epoch(epoch, progress.global_step, splits, time.perf_counter() - started, lr,
                                    train_time_s=train_time)
                 progress.epoch, progress.step_in_epoch = epoch + 1, 0
                 meter.reset()
-                reason = state.stopper.update(train, test)
+                reason = state.stopper.update(splits)
                 # Identical metrics give identical verdicts, but agree anyway: no rank may ever stop alone.
                 if dist.any_true(reason is not None, ctx.device):
                     state.stopper.stopped = reason or "another rank stopped"
                     log.info("stopping after epoch %d: %s", epoch, state.stopper.stopped)
-                saver.maybe_save_epoch(test, last=epoch + 1 == cfg.trainer.epochs or bool(state.stopper.stopped))
+                saver.maybe_save_epoch(splits, last=epoch + 1 == cfg.trainer.epochs or bool(state.stopper.stopped))
         finished = True
     finally:
         # Drop DDP (its reducer holds the group's last work objects) before the group is destroyed.
@@ -193,11 +157,20 @@ def _run(cfg: Config, ctx: DistContext) -> dict[str, Any]:
         engine.release()
         reporter.close(plots=cfg.log.plots and finished)
 
-    if test is None:  # resumed a run that had already finished or stopped: report where it ended
-        test = evaluate(parts.model, parts.test_batches, parts.objective, ctx.device)
-    return {"test_loss": test.loss, "test_accuracy": test.accuracy, "test_samples": test.samples,
-            "global_step": progress.global_step, "epochs_done": progress.epoch,
-            "stopped": state.stopper.stopped, "run_dir": str(run_dir)}
+    if not splits:  # resumed a run that had already finished or stopped: report where it ended
+        splits = evaluate_splits(parts, ctx)
+    result: dict[str, Any] = {f"{split}_{name}": value for split, m in splits.items()
+                              for name, value in m.values.items()}
+    result.update({f"{split}_samples": m.samples for split, m in splits.items()})
+    result.update(global_step=progress.global_step, epochs_done=progress.epoch, stopped=state.stopper.stopped,
+                  run_dir=str(run_dir))
+    return result
+
+
+def evaluate_splits(parts: Parts, ctx: DistContext, sum_over_ranks=None) -> dict[str, EpochMetrics]:
+    """Metrics of the val and test splits (those that exist). Collective."""
+    return {split: evaluate(parts.model, batches, metrics, ctx.device, sum_over_ranks)
+            for split, (batches, metrics) in parts.evals.items()}
 
 
 def prepare_run_dir(cfg: Config, ctx: DistContext) -> Path:

@@ -18,6 +18,7 @@ import json
 import logging
 import netrc
 import os
+import threading
 import uuid
 from pathlib import Path
 from typing import Any
@@ -52,44 +53,86 @@ def resolve_mode(cfg: WandbConfig) -> str:
         if cfg.mode == "auto":
             return "disabled"
         raise UserError(f"wandb.mode is '{cfg.mode}' but the wandb package is not installed",
-                        "pip install wandb (or distrain[wandb]), or set wandb.mode=disabled")
+                        "pip install wandb (a dependency of distrain: reinstall it), or set wandb.mode=disabled")
     if cfg.mode == "auto":
         return os.environ.get("WANDB_MODE") or ("online" if _has_api_key() else "offline")
     return cfg.mode
 
 
 class WandbSink:
-    """Rank 0's W&B run. Create only on global rank 0."""
+    """Rank 0's W&B run. Create only on global rank 0.
+
+    W&B's start-up (import and `wandb.init`, about 4.5 s here even offline) runs in a background thread,
+    so training does not wait for it: values logged before the run exists are queued and sent, in order,
+    as soon as it does (at the latest in `finish`). `last_step` in wandb.json counts only what reached
+    the run, so a kill before W&B started loses nothing on resume: those steps are logged again.
+    """
 
     def __init__(self, cfg: WandbConfig, run_dir: Path, config: dict[str, Any]):
-        import wandb
-
         self.mode = resolve_mode(cfg)
         self.state_path = run_dir / "wandb.json"
         state = json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
         self.run_id = state.get("id") or uuid.uuid4().hex[:12]
         self.last_step = state.get("last_step", -1)
-        self.run = wandb.init(project=cfg.project, entity=cfg.entity, name=cfg.name or run_dir.name,
-                              group=cfg.group, tags=cfg.tags or None, config=config, dir=str(run_dir),
-                              id=self.run_id, resume="allow", mode=self.mode)
-        self._save_state()
+        self.run: Any = None
+        self._error: BaseException | None = None
+        self._pending: list[tuple[dict[str, float], int]] = []
+        self._summary: dict[str, float] = {}
+        self._save_state()  # the id first: a restart continues this run even if W&B never started
+        options = dict(project=cfg.project, entity=cfg.entity, name=cfg.name or run_dir.name, group=cfg.group,
+                       tags=cfg.tags or None, config=config, dir=str(run_dir), id=self.run_id, resume="allow",
+                       mode=self.mode)
+        self._thread = threading.Thread(target=self._start, args=(options,), name="distrain-wandb", daemon=True)
+        self._thread.start()
+
+    def _start(self, options: dict[str, Any]) -> None:
+        try:
+            import wandb
+
+            self.run = wandb.init(**options)
+        except BaseException as exc:  # reported on the main thread (training goes on without W&B)
+            self._error = exc
+            return
         log.info("W&B run %s (%s)%s", self.run_id, self.mode,
                  f", continuing after step {self.last_step}" if self.last_step >= 0 else "")
 
     def _save_state(self) -> None:
         atomic_write_bytes(self.state_path, json.dumps({"id": self.run_id, "last_step": self.last_step}).encode())
 
+    def _ready(self) -> bool:
+        if self._error is not None:
+            log.warning("W&B did not start, training goes on without it: %s", self._error)
+            self._error, self._pending = None, []
+            self._thread = None
+        return self.run is not None
+
     def log(self, values: dict[str, float], step: int) -> None:
         if step < self.last_step:
             return  # logged before the interruption this run resumed from
-        self.run.log(values, step=step)
-        if step > self.last_step:
-            self.last_step = step
-            self._save_state()
+        self._pending.append((values, step))
+        if self._ready():
+            self._flush()
 
-    def summarize(self, values: dict[str, float]) -> None:
-        for key, value in values.items():
+    def _flush(self) -> None:
+        for values, step in self._pending:
+            if step < self.last_step:
+                continue
+            self.run.log(values, step=step)
+            self.last_step = max(self.last_step, step)
+        if self._pending:
+            self._save_state()
+        self._pending = []
+        for key, value in self._summary.items():
             self.run.summary[key] = value
 
+    def summarize(self, values: dict[str, float]) -> None:
+        self._summary.update(values)
+        if self._ready():
+            self._flush()
+
     def finish(self) -> None:
-        self.run.finish()
+        if self._thread is not None:
+            self._thread.join()
+        if self._ready():
+            self._flush()
+            self.run.finish()

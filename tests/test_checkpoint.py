@@ -15,7 +15,7 @@ from distrain.config import load_config
 from distrain.train import train
 
 XOR = "configs/xor.yaml"
-SHORT = ["trainer.epochs=3", "checkpoint.every_steps=7", "checkpoint.every_epochs=1", "checkpoint.keep_last=0", "optim.momentum=0.9"]
+SHORT = ["trainer.epochs=3", "checkpoint.every_steps=7", "checkpoint.every_epochs=1", "checkpoint.keep_last=0", "optim.args.momentum=0.9"]
 
 
 @pytest.fixture(scope="module")

@@ -15,12 +15,12 @@ from conftest import PYTHON, REPO, clean_env, free_port, run_cli, run_group, run
 from distrain.checkpoint import find_resumable, load_payload
 from distrain.config import load_config
 from distrain.errors import ConfigError
-from distrain.metrics import read_metrics
+from distrain.history import read_metrics
 
 ACCELERATE = str(Path(PYTHON).parent / "accelerate")
 XOR = "configs/xor.yaml"
 # 8 epochs of 20 steps with momentum (optimizer state matters), saving mid-epoch and at epoch ends.
-ARGS = ["trainer.epochs=8", "optim.momentum=0.9", "checkpoint.every_steps=7", "checkpoint.every_epochs=4",
+ARGS = ["trainer.epochs=8", "optim.args.momentum=0.9", "checkpoint.every_steps=7", "checkpoint.every_epochs=4",
         "checkpoint.keep_last=0", "log.plots=false"]
 
 

@@ -11,7 +11,7 @@ import torch
 
 from conftest import run_cli, run_torchrun
 from distrain.checkpoint import find_resumable, load_payload
-from distrain.metrics import read_metrics
+from distrain.history import read_metrics
 
 RNG = np.random.default_rng(0)
 
@@ -75,12 +75,12 @@ def files(tmp_path_factory):
 
 
 CASES = {
-    "mnist": ["configs/mnist_cnn.yaml", "data.download=false"],
-    "fashion_mnist": ["configs/fashion_mnist.yaml", "data.download=false", "model.hidden_sizes=[32]"],
-    "cifar10": ["configs/cifar10_lenet.yaml", "data.download=false", "data.flip=false"],
-    "image_folder": ["configs/image_folder.yaml", "model.name=cifar_lenet", "data.image_size=32"],
-    "csv_images": ["configs/image_folder.yaml", "data.name=csv_images", "model.name=cifar_lenet",
-                   "data.image_size=32"],
+    "mnist": ["configs/mnist_cnn.yaml", "data.args.download=false"],
+    "fashion_mnist": ["configs/fashion_mnist.yaml", "data.args.download=false", "model.args.hidden_sizes=[32]"],
+    "cifar10": ["configs/cifar10_lenet.yaml", "data.args.download=false", "data.args.transform.flip=false"],
+    "image_folder": ["configs/image_folder.yaml", "model.name=cifar_lenet", "model.args={}", "data.args.transform.image_size=32"],
+    "csv_images": ["configs/image_folder.yaml", "data.name=csv_images", "model.name=cifar_lenet", "model.args={}",
+                   "data.args.transform.image_size=32"],
 }
 SIZES = {"mnist": (96, 33), "fashion_mnist": (96, 33), "cifar10": (80, 21), "image_folder": (19, 5),
          "csv_images": (19, 5)}
@@ -88,10 +88,10 @@ SIZES = {"mnist": (96, 33), "fashion_mnist": (96, 33), "cifar10": (80, 21), "ima
 
 def case_args(name, files, run_dir):
     root = files / "pngs" if name in ("image_folder", "csv_images") else files
-    args = [*CASES[name], f"data.root={root}", f"run.dir={run_dir}", "trainer.epochs=2", "data.num_workers=0",
+    args = [*CASES[name], f"data.args.root={root}", f"run.dir={run_dir}", "trainer.epochs=2", "data.num_workers=0",
             "data.global_batch_size=16", "data.eval_batch_size=8", "wandb.mode=disabled", "log.plots=false"]
     if name == "csv_images":
-        args.append(f"data.path={files / 'annotations.csv'}")
+        args.append(f"data.args.path={files / 'annotations.csv'}")
     return args
 
 
@@ -118,7 +118,7 @@ def test_dataloader_workers_and_prefetch(files, tmp_path):
 
 
 def test_missing_files_name_the_folder(tmp_path):
-    result = run_cli("train", "configs/cifar10_lenet.yaml", "data.download=false", f"data.root={tmp_path}",
+    result = run_cli("train", "configs/cifar10_lenet.yaml", "data.args.download=false", f"data.args.root={tmp_path}",
                      f"run.dir={tmp_path / 'run'}")
     assert result.returncode == 1 and f"missing in {tmp_path}/cifar-10-batches-py" in result.stderr
     assert "data_batch_1" in result.stderr and "Traceback" not in result.stderr
@@ -131,14 +131,14 @@ def test_tabular_csv_with_the_label_first(tmp_path):
     rows = np.column_stack([wine.target + 1, wine.data])  # the UCI wine file: class (1-3) first, no header
     path = tmp_path / "wine.data"
     np.savetxt(path, rows, delimiter=",", fmt="%g")
-    result = run_cli("train", "configs/wine.yaml", "data.name=csv", f"data.path={path}", "data.header=false",
-                     "data.label_index=0", f"run.dir={tmp_path / 'run'}", "wandb.mode=disabled")
+    result = run_cli("train", "configs/wine.yaml", "data.name=csv", f"data.args.path={path}", "data.args.header=false",
+                     "data.args.label_index=0", f"run.dir={tmp_path / 'run'}", "wandb.mode=disabled")
     assert result.returncode == 0, result.stderr[-2000:]
     last = [r for r in read_metrics(tmp_path / "run") if r["split"] == "test"][-1]
     assert last["samples"] == 36 and last["accuracy"] >= 0.9
-    bad = run_cli("train", "configs/wine.yaml", "data.name=csv", f"data.path={path}", "data.label_column=class",
+    bad = run_cli("train", "configs/wine.yaml", "data.name=csv", f"data.args.path={path}", "data.args.label_column=class",
                   f"run.dir={tmp_path / 'bad'}")
-    assert bad.returncode == 2 and "'data.label_column'" in bad.stderr
+    assert bad.returncode == 2 and "'data.args.label_column'" in bad.stderr
 
 
 def test_digits_cnn_reaches_95_percent(tmp_path):
@@ -153,8 +153,8 @@ def test_finetune_freezes_the_backbone_and_trains_the_head(files, tmp_path):
 
     pretrained = tmp_path / "resnet18.pth"
     torch.save(torchvision.models.resnet18().state_dict(), pretrained)
-    args = ["configs/resnet18_finetune.yaml", f"data.root={files / 'pngs'}", f"model.pretrained={pretrained}",
-            "data.image_size=32", "data.crop=28", "trainer.epochs=2", f"run.dir={tmp_path / 'run'}",
+    args = ["configs/resnet18_finetune.yaml", f"data.args.root={files / 'pngs'}", f"model.args.pretrained={pretrained}",
+            "data.args.transform.image_size=32", "data.args.transform.crop=28", "trainer.epochs=2", f"run.dir={tmp_path / 'run'}",
             "data.num_workers=0", "wandb.mode=disabled", "log.plots=false"]
     result = run_cli("train", *args)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -168,5 +168,5 @@ def test_finetune_freezes_the_backbone_and_trains_the_head(files, tmp_path):
     assert len(optimizer_params) == 2  # only the new head's weight and bias are trained
     wrong = tmp_path / "wrong.pth"
     torch.save(torchvision.models.resnet34().state_dict(), wrong)
-    bad = run_cli("train", *args[:-4], f"model.pretrained={wrong}", f"run.dir={tmp_path / 'bad'}")
-    assert bad.returncode == 2 and "'model.pretrained'" in bad.stderr and "does not match" in bad.stderr
+    bad = run_cli("train", *args[:-4], f"model.args.pretrained={wrong}", f"run.dir={tmp_path / 'bad'}")
+    assert bad.returncode == 2 and "'model.args.pretrained'" in bad.stderr and "does not match" in bad.stderr

@@ -7,7 +7,7 @@ import torch
 from conftest import PYTHON, REPO, clean_env, run_cli, run_torchrun
 from distrain.checkpoint import find_resumable, load_payload
 from distrain.config import load_config
-from distrain.metrics import read_metrics
+from distrain.history import read_metrics
 from distrain.train import train
 
 XOR = "configs/xor.yaml"
@@ -21,7 +21,7 @@ def weights(run_dir):
 def test_accumulating_micro_batches_matches_one_big_batch(tmp_path):
     # 4 micro-batches of 32 against one batch of 128: the same gradient up to float32 summation order.
     for name, steps in (("one", 1), ("four", 4)):
-        train(load_config(XOR, [f"run.dir={tmp_path / name}", "trainer.epochs=5", "optim.momentum=0.9",
+        train(load_config(XOR, [f"run.dir={tmp_path / name}", "trainer.epochs=5", "optim.args.momentum=0.9",
                                 f"trainer.accumulate_steps={steps}", *QUIET]), environ={})
     a, b = weights(tmp_path / "one"), weights(tmp_path / "four")
     for key in a:

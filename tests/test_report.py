@@ -6,7 +6,7 @@ import struct
 import pytest
 
 from conftest import clean_env, run_cli, run_torchrun
-from distrain.metrics import read_metrics
+from distrain.history import read_metrics
 from helpers.wandb_file import history, run_ids, summary
 
 XOR = "configs/xor.yaml"

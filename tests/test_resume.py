@@ -9,13 +9,13 @@ import torch
 
 from conftest import PYTHON, REPO, clean_env, run_cli, run_torchrun, torchrun_cmd
 from distrain.checkpoint import find_resumable, load_payload
-from distrain.metrics import read_metrics
+from distrain.history import read_metrics
 
 XOR = "configs/xor.yaml"
 # 4 epochs of 20 steps; saves every 7 steps (mid-epoch) and at every epoch end; momentum makes the
 # optimizer state matter.
 ARGS = ["trainer.epochs=4", "checkpoint.every_steps=7", "checkpoint.every_epochs=1", "checkpoint.keep_last=0",
-        "optim.momentum=0.9"]
+        "optim.args.momentum=0.9"]
 
 
 def final_weights(run_dir):

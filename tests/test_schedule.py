@@ -6,7 +6,7 @@ import torch
 
 from distrain.checkpoint import load_payload
 from distrain.config import ScheduleConfig, load_config
-from distrain.metrics import read_metrics
+from distrain.history import read_metrics
 from distrain.schedule import lr_factor
 from distrain.train import train
 

@@ -7,7 +7,7 @@ import torch
 
 from conftest import PYTHON, REPO, clean_env, run_cli
 from distrain.checkpoint import find_resumable, load_payload
-from distrain.metrics import read_metrics
+from distrain.history import read_metrics
 
 QUIET = ["wandb.mode=disabled", "log.plots=false"]
 
@@ -31,7 +31,7 @@ def test_compiled_model_trains_like_the_eager_one_and_saves_plain_keys(tmp_path)
 
 
 def test_channels_last_trains_like_contiguous(tmp_path):
-    args = ("bench/configs/cnn.yaml", "data.num_train=512", "data.num_test=128", "trainer.epochs=1",
+    args = ("bench/configs/cnn.yaml", "data.args.num_train=512", "data.args.num_test=128", "trainer.epochs=1",
             "checkpoint.every_epochs=1")
     plain = train(tmp_path / "plain", *args)
     last = train(tmp_path / "last", *args, "trainer.channels_last=true")
@@ -42,8 +42,8 @@ def test_channels_last_trains_like_contiguous(tmp_path):
 
 
 def test_synthetic_images_have_the_configured_shapes(tmp_path):
-    weights = train(tmp_path, "bench/configs/resnet18.yaml", "data.num_train=64", "data.num_test=40",
-                    "data.sample_shape=[3,16,16]", "data.num_classes=5", "checkpoint.every_epochs=1")
+    weights = train(tmp_path, "bench/configs/resnet18.yaml", "data.args.num_train=64", "data.args.num_test=40",
+                    "data.args.sample_shape=[3,16,16]", "data.args.num_classes=5", "checkpoint.every_epochs=1")
     assert weights["fc.weight"].shape == (5, 512)
     records = read_metrics(tmp_path)
     assert [(r["split"], r["samples"]) for r in records] == [("train", 64), ("test", 40)]

@@ -8,8 +8,10 @@ import yaml
 
 from conftest import run_cli, run_torchrun
 from distrain.checkpoint import find_resumable, load_payload
+from distrain.components import build_model
 from distrain.config import from_dict, load_config
-from distrain.metrics import read_metrics
+from distrain.data import build_splits, describe_data
+from distrain.history import read_metrics
 
 XOR = "configs/xor.yaml"
 
@@ -60,7 +62,7 @@ def test_tensor_and_dataloader_paths_identical_in_one_process(tmp_path):
 
     for loader in ("tensor", "dataloader"):
         cfg = load_config(XOR, [f"run.dir={tmp_path / loader}", f"data.loader={loader}", "trainer.epochs=3",
-                                "data.num_train=301", "optim.momentum=0.9"])
+                                "data.args.num_train=301", "optim.args.momentum=0.9"])
         train(cfg, environ={})
     a, b = final_model(tmp_path / "tensor"), final_model(tmp_path / "dataloader")
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -77,25 +79,22 @@ def test_run_directory_holds_config_and_metrics(xor_runs):
 
 
 def test_odd_test_set_metrics_are_exact_on_two_ranks(tmp_path):
-    overrides = [f"run.dir={tmp_path}", "data.num_test=501", "data.eval_batch_size=64", "trainer.epochs=2"]
+    overrides = [f"run.dir={tmp_path}", "data.args.num_test=501", "data.eval_batch_size=64", "trainer.epochs=2"]
     assert run_cli("train", XOR, *overrides).returncode == 0
     ckpt = str(find_resumable(tmp_path))
     one = run_cli("eval", XOR, *overrides, f"checkpoint={ckpt}")
     two = run_torchrun(2, "eval", XOR, *overrides, f"checkpoint={ckpt}")
     assert one.returncode == 0 and two.returncode == 0, two.stderr
     m1, m2 = json.loads(one.stdout.strip().splitlines()[-1]), json.loads(two.stdout.strip().splitlines()[-1])
-    assert m1 == m2 and m1["samples"] == 501
+    assert m1 == m2 and m1["test_samples"] == 501
     # Evaluation has no per-rank batch to split, so a global batch that does not divide is no obstacle.
     odd_batch = run_torchrun(2, "eval", XOR, *overrides, "data.global_batch_size=127", f"checkpoint={ckpt}")
     assert odd_batch.returncode == 0, odd_batch.stderr[-2000:]
     assert json.loads(odd_batch.stdout.strip().splitlines()[-1]) == m1
     # ...and they are the true figures, recomputed here in one pass over the whole test set.
-    from distrain.data import build_datasets
-    from distrain.models import build_model
-
     cfg = load_config(XOR, overrides)
-    data = build_datasets(cfg.data, cfg.seed)
-    model = build_model(cfg.model, 2, 2)
+    data = build_splits(cfg.data, cfg.seed)
+    model = build_model(cfg, describe_data(data, None))
     model.load_state_dict(load_payload(ckpt)["model"])
     x, y = data.test.tensors
     with torch.no_grad():
@@ -111,20 +110,18 @@ def test_train_metrics_are_the_true_per_sample_figures_on_two_ranks(tmp_path):
     # accuracy must be those of that model over the whole training set. 301 samples in global batches of
     # 64 end with a batch of 45 that splits 23/22 over the ranks, each share in 2 micro-batches: a sample
     # counted twice or dropped, or a loss weighted by the local instead of the per-sample mean, shows.
-    overrides = [f"run.dir={tmp_path}", "data.num_train=301", "data.global_batch_size=64", "trainer.epochs=2",
+    overrides = [f"run.dir={tmp_path}", "data.args.num_train=301", "data.global_batch_size=64", "trainer.epochs=2",
                  "trainer.accumulate_steps=2", "optim.lr=1e-30", "checkpoint.every_epochs=1"]
     result = run_torchrun(2, "train", XOR, *overrides)
     assert result.returncode == 0, result.stderr[-2000:]
-    from distrain.data import build_datasets
-    from distrain.models import build_model
-
     cfg = load_config(XOR, overrides)
-    model = build_model(cfg.model, 2, 2)
+    data = build_splits(cfg.data, cfg.seed)
+    model = build_model(cfg, describe_data(data, None))
     model.load_state_dict(final_model(tmp_path))
     torch.manual_seed(cfg.seed)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
-                                                  build_model(cfg.model, 2, 2).state_dict().values()))
-    x, y = build_datasets(cfg.data, cfg.seed).train.tensors
+                                                  build_model(cfg, describe_data(data, None)).state_dict().values()))
+    x, y = data.train.tensors
     with torch.no_grad():
         logits = model(x).squeeze(-1)
     loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y.float(), reduction="none")

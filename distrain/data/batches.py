@@ -1,11 +1,13 @@
 """Batch sources: the batches of this rank, for training and for evaluation.
 
 Two paths give identical batches (same indices, same values, tested bit for bit):
-- tensor: the data set is tensors in memory (TensorDataset); once per epoch the whole tensors are indexed
+- tensor: the data set is tensors in memory (a TensorDataset: the last tensor is the target, the others
+  the model's inputs); once per epoch the whole tensors are indexed
   with this rank's shuffled indices (on the training device), and each batch is a view of the next rows.
   No per-sample __getitem__, no collate, no workers.
 - dataloader: a DataLoader whose batch sampler yields the same indices, for data sets that load lazily
-  (files, transforms), with workers, pinned memory and non-blocking copies on CUDA.
+  (files, transforms), with workers, pinned memory and non-blocking copies on CUDA. Samples may be
+  (x, y) tuples, (x1, x2, y), dicts or any nesting of them (distrain.data.structures).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from torch.utils.data._utils.collate import default_collate
 
 from distrain.data.sampling import GlobalBatchSampler, eval_batch_ranges
+from distrain.data.structures import MultipleInputs, split_sample, to_device, tree_map
 from distrain.errors import ConfigError
 from distrain.seeding import loader_generator, seed_worker
 
@@ -25,27 +28,31 @@ from distrain.seeding import loader_generator, seed_worker
 @dataclass(slots=True)
 class Batch:
     step: int  # training: step within the epoch; evaluation: the global eval-batch index
-    inputs: torch.Tensor
-    targets: torch.Tensor  # as the loss takes them (see `prepare_targets` below)
+    inputs: Any  # a tensor, or several (MultipleInputs), or a dict of keyword inputs
+    targets: Any  # as the loss takes them (see `prepare_targets` below)
     global_size: int  # samples in this step over all ranks (training) or in this batch (evaluation)
 
 
-PrepareTargets = Callable[[torch.Tensor], torch.Tensor]
+PrepareTargets = Callable[[Any], Any]
 
 
-def _same(targets: torch.Tensor) -> torch.Tensor:
+def _same(targets: Any) -> Any:
     return targets
 
 
 def _on_device(dataset: TensorDataset, device: torch.device,
-               prepare_targets: PrepareTargets) -> tuple[torch.Tensor, torch.Tensor]:
+               prepare_targets: PrepareTargets) -> tuple[list[torch.Tensor], torch.Tensor]:
     # Targets are prepared for the loss once here (Objective.prepare_targets), not at every step.
-    inputs, targets = dataset.tensors
-    return inputs.to(device), prepare_targets(targets.to(device))
+    *inputs, targets = dataset.tensors
+    return [t.to(device) for t in inputs], prepare_targets(targets.to(device))
+
+
+def _inputs(tensors: list[torch.Tensor]) -> Any:
+    return tensors[0] if len(tensors) == 1 else MultipleInputs(tensors)
 
 
 def use_tensor_path(dataset: Dataset, mode: str) -> bool:
-    is_tensors = isinstance(dataset, TensorDataset)
+    is_tensors = isinstance(dataset, TensorDataset) and len(dataset.tensors) >= 2
     if mode == "tensor" and not is_tensors:
         raise ConfigError("data.loader", "is 'tensor' but this data set is not held as tensors in memory",
                           "use data.loader=auto or data.loader=dataloader")
@@ -62,7 +69,7 @@ class _CollateOrEmpty:
     def __call__(self, samples: list[Any]) -> Any:
         if samples:
             return default_collate(samples)
-        return [t[:0] for t in default_collate([self.dataset[0]])]
+        return tree_map(lambda t: t[:0], default_collate([self.dataset[0]]))
 
 
 class _RankBatchSampler:
@@ -94,13 +101,13 @@ def _loader(dataset: Dataset, batch_sampler: Any, device: torch.device, options:
                       generator=loader_generator(seed, rank))
 
 
-def _placed(tensor: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+def _placed(inputs: Any, device: torch.device, channels_last: bool) -> Any:
     """On the training device (asynchronously from pinned memory on CUDA); image batches in channels_last
     when the model is (a convolution on mismatched layouts would convert on every call)."""
-    tensor = tensor.to(device, non_blocking=True)
-    if channels_last and tensor.dim() == 4:
-        tensor = tensor.contiguous(memory_format=torch.channels_last)
-    return tensor
+    inputs = to_device(inputs, device)
+    if channels_last:
+        inputs = tree_map(lambda t: t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t, inputs)
+    return inputs
 
 
 class TrainBatches:
@@ -108,8 +115,9 @@ class TrainBatches:
 
     def __init__(self, dataset: Dataset, sampler: GlobalBatchSampler, device: torch.device, *,
                  tensor_path: bool, options: LoaderOptions, seed: int, prepare_targets: PrepareTargets = _same,
-                 channels_last: bool = False):
+                 channels_last: bool = False, target_key: str | None = None):
         self.sampler = sampler
+        self.target_key = target_key
         self.device = device
         self.channels_last = channels_last
         self.prepare_targets = prepare_targets
@@ -134,8 +142,9 @@ class TrainBatches:
 
     def _loaded(self) -> Iterator[Batch]:
         steps = range(self.sampler.start_step, self.sampler.num_steps)
-        for step, (inputs, targets) in zip(steps, self._loader):
-            targets = self.prepare_targets(targets.to(self.device, non_blocking=True))
+        for step, batch in zip(steps, self._loader):
+            inputs, targets = split_sample(batch, self.target_key)
+            targets = self.prepare_targets(to_device(targets, self.device))
             yield Batch(step, _placed(inputs, self.device, self.channels_last), targets, self.sampler.global_size(step))
 
     def _gathered(self) -> Iterator[Batch]:
@@ -146,10 +155,17 @@ class TrainBatches:
         if not steps:
             return
         index = index.to(self.device)
-        inputs, targets = (torch.index_select(t, 0, index) for t in self._tensors)  # ~2x t[index]
-        inputs = _placed(inputs, self.device, self.channels_last)
-        for step, x, y in zip(steps, inputs.split(sizes), targets.split(sizes)):
-            yield Batch(step, x, y, self.sampler.global_size(step))
+        tensors, all_targets = self._tensors
+        gathered = [_placed(torch.index_select(t, 0, index), self.device, self.channels_last)  # ~2x t[index]
+                    for t in tensors]
+        targets = torch.index_select(all_targets, 0, index)
+        if len(gathered) == 1:
+            for step, x, y in zip(steps, gathered[0].split(sizes), targets.split(sizes)):
+                yield Batch(step, x, y, self.sampler.global_size(step))
+            return
+        pieces = [t.split(sizes) for t in gathered]
+        for position, (step, y) in enumerate(zip(steps, targets.split(sizes))):
+            yield Batch(step, MultipleInputs(p[position] for p in pieces), y, self.sampler.global_size(step))
 
 
 class EvalBatches:
@@ -157,8 +173,10 @@ class EvalBatches:
 
     def __init__(self, dataset: Dataset, eval_batch_size: int, rank: int, world_size: int,
                  device: torch.device, *, tensor_path: bool, options: LoaderOptions, seed: int,
-                 prepare_targets: PrepareTargets = _same, channels_last: bool = False):
+                 prepare_targets: PrepareTargets = _same, channels_last: bool = False,
+                 target_key: str | None = None):
         self.channels_last = channels_last
+        self.target_key = target_key
         self.prepare_targets = prepare_targets
         num_samples = len(dataset)  # type: ignore[arg-type]
         self.num_batches = -(-num_samples // eval_batch_size)
@@ -175,30 +193,33 @@ class EvalBatches:
         if self._tensors is not None:
             inputs, targets = self._tensors
             for index, start, end in self.ranges:
-                yield Batch(index, _placed(inputs[start:end], self.device, self.channels_last), targets[start:end],
-                            end - start)
+                x = _inputs([_placed(t[start:end], self.device, self.channels_last) for t in inputs])
+                yield Batch(index, x, targets[start:end], end - start)
             return
-        for (index, start, end), (inputs, targets) in zip(self.ranges, self._loader):
+        for (index, start, end), batch in zip(self.ranges, self._loader):
+            inputs, targets = split_sample(batch, self.target_key)
             yield Batch(index, _placed(inputs, self.device, self.channels_last),
-                        self.prepare_targets(targets.to(self.device, non_blocking=True)), end - start)
+                        self.prepare_targets(to_device(targets, self.device)), end - start)
 
 
 def build_train_batches(dataset: Dataset, *, global_batch_size: int, rank: int, world_size: int,
                         device: torch.device, shuffle: bool, seed: int, loader: str, num_workers: int,
                         persistent_workers: bool = False, prefetch_factor: int | None = None,
-                        prepare_targets: PrepareTargets = _same, channels_last: bool = False) -> TrainBatches:
+                        prepare_targets: PrepareTargets = _same, channels_last: bool = False,
+                        target_key: str | None = None) -> TrainBatches:
     sampler = GlobalBatchSampler(dataset, num_replicas=world_size, rank=rank,
                                  global_batch_size=global_batch_size, shuffle=shuffle, seed=seed)
     return TrainBatches(dataset, sampler, device, tensor_path=use_tensor_path(dataset, loader),
                         options=LoaderOptions(num_workers, persistent_workers, prefetch_factor), seed=seed,
-                        prepare_targets=prepare_targets, channels_last=channels_last)
+                        prepare_targets=prepare_targets, channels_last=channels_last, target_key=target_key)
 
 
 def build_eval_batches(dataset: Dataset, *, eval_batch_size: int, rank: int, world_size: int,
                        device: torch.device, seed: int, loader: str, num_workers: int,
                        persistent_workers: bool = False, prefetch_factor: int | None = None,
-                       prepare_targets: PrepareTargets = _same, channels_last: bool = False) -> EvalBatches:
+                       prepare_targets: PrepareTargets = _same, channels_last: bool = False,
+                       target_key: str | None = None) -> EvalBatches:
     return EvalBatches(dataset, eval_batch_size, rank, world_size, device,
                        tensor_path=use_tensor_path(dataset, loader),
                        options=LoaderOptions(num_workers, persistent_workers, prefetch_factor), seed=seed,
-                       prepare_targets=prepare_targets, channels_last=channels_last)
+                       prepare_targets=prepare_targets, channels_last=channels_last, target_key=target_key)

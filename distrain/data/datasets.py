@@ -1,30 +1,42 @@
-"""Data sets by name. Every rank builds the same data from the seed, so no rank has to send it.
+"""Built-in data sets, each a function whose keyword arguments are its options (`data.args`).
 
-Tabular sets are `TensorDataset`s of float32 features and int64 class labels, which lets the batch source
-take its fast path (indexing whole tensors) instead of a DataLoader.
+    data: {name: xor, args: {num_train: 2500, noise_std: 0.1}, global_batch_size: 128}
+
+A user's data set is named the same way (`data: {name: mypkg.data:build, args: {...}}`, a function
+returning (train, test) or (train, val, test)) or handed to distrain.fit. These functions are registered
+as import paths in distrain.registry exactly like a user's; `seed` is passed in by the run. Every rank
+builds the same data from the seed, so no rank has to send it.
+
+Tabular sets are `TensorDataset`s of float32 features and int64 class labels (float32 targets for
+regression), which lets the batch source take its fast path (indexing whole tensors) instead of a
+DataLoader.
 """
 
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass
-from typing import Callable
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from distrain.config import DataConfig
+from distrain.errors import ConfigError, UserError
 
 
 @dataclass(frozen=True)
 class DataSets:
+    """What a data set function may return instead of a tuple: the splits and what is known of them."""
+
     train: Dataset
-    test: Dataset
-    num_features: int
-    num_classes: int
-    input_shape: tuple[int, ...] = ()  # one sample's shape, e.g. (1, 28, 28); () for flat features
+    test: Dataset | None = None
+    val: Dataset | None = None
+    num_classes: int | None = None  # class labels 0..K-1 (classification), None otherwise or unknown
+    loss: str | None = None  # the loss the data set is made for, when `loss.name: auto` (e.g. mse)
+    num_features: int | None = None  # one sample's number of input values
+    input_shape: tuple[int, ...] | None = None  # one sample's input shape, e.g. (1, 28, 28); (d,) for rows
 
 
 def make_xor(num_samples: int, noise_std: float, generator: torch.Generator) -> TensorDataset:
@@ -35,15 +47,30 @@ def make_xor(num_samples: int, noise_std: float, generator: torch.Generator) -> 
     return TensorDataset(points, labels)
 
 
-def _xor(cfg: DataConfig, seed: int) -> DataSets:
+def xor(*, num_train: int = 2500, num_test: int = 500, noise_std: float = 0.1, seed: int = 0) -> DataSets:
+    """The tutorial's continuous XOR: `num_train`/`num_test` points, Gaussian noise of `noise_std`."""
+    _positive(num_train=num_train, num_test=num_test)
+    if noise_std < 0:
+        raise ConfigError("data.args.noise_std", f"must be >= 0, got {noise_std}")
     # Separate streams for train and test, so changing num_train does not change the test points.
-    train = make_xor(cfg.num_train, cfg.noise_std, torch.Generator().manual_seed(seed))
-    test = make_xor(cfg.num_test, cfg.noise_std, torch.Generator().manual_seed(seed + 1))
-    return DataSets(train, test, num_features=2, num_classes=2)
+    train = make_xor(num_train, noise_std, torch.Generator().manual_seed(seed))
+    test = make_xor(num_test, noise_std, torch.Generator().manual_seed(seed + 1))
+    return DataSets(train, test, num_classes=2)
+
+
+def _positive(**values: int) -> None:
+    for key, value in values.items():
+        if value <= 0:
+            raise ConfigError(f"data.args.{key}", f"must be > 0, got {value}")
+
+
+def _fraction(test_fraction: float) -> None:
+    if not 0 < test_fraction < 1:
+        raise ConfigError("data.args.test_fraction", f"must lie in (0, 1), got {test_fraction}")
 
 
 def split_and_standardize(features: np.ndarray, labels: np.ndarray, test_fraction: float,
-                          seed: int, num_classes: int) -> DataSets:
+                          seed: int, num_classes: int | None, loss: str | None = None) -> DataSets:
     """Split by a seeded permutation, then standardize with the *training* mean and std (no test leakage)."""
     order = np.random.default_rng(seed).permutation(len(labels))
     num_test = max(1, int(round(test_fraction * len(labels))))
@@ -52,78 +79,112 @@ def split_and_standardize(features: np.ndarray, labels: np.ndarray, test_fractio
     std = features[train_idx].std(axis=0)
     std[std == 0] = 1.0
 
+    label_type = np.int64 if num_classes is not None else np.float32
+
     def tensors(idx: np.ndarray) -> TensorDataset:
         x = torch.from_numpy(((features[idx] - mean) / std).astype(np.float32))
-        return TensorDataset(x, torch.from_numpy(labels[idx].astype(np.int64)))
+        return TensorDataset(x, torch.from_numpy(labels[idx].astype(label_type)))
 
-    return DataSets(tensors(train_idx), tensors(test_idx), features.shape[1], num_classes)
-
-
-def _sklearn(loader_name: str) -> Callable[[DataConfig, int], DataSets]:
-    def build(cfg: DataConfig, seed: int) -> DataSets:
-        import sklearn.datasets  # bundled copies: nothing is downloaded
-
-        bunch = getattr(sklearn.datasets, loader_name)()
-        return split_and_standardize(bunch.data, bunch.target, cfg.test_fraction, seed,
-                                     num_classes=len(bunch.target_names))
-
-    return build
+    return DataSets(tensors(train_idx), tensors(test_idx), num_classes=num_classes, loss=loss)
 
 
-def _digits(cfg: DataConfig, seed: int) -> DataSets:
-    """scikit-learn's bundled 8x8 digits as 1x8x8 images in [0, 1] (optionally resized once, here, so the
-    tensor fast path still applies), split by seed, normalized with training statistics."""
+def _bundled(loader_name: str, test_fraction: float, seed: int, regression: bool = False) -> DataSets:
+    import sklearn.datasets  # bundled copies: nothing is downloaded
+
+    _fraction(test_fraction)
+    bunch = getattr(sklearn.datasets, loader_name)()
+    if regression:
+        return split_and_standardize(bunch.data, bunch.target, test_fraction, seed, num_classes=None, loss="mse")
+    return split_and_standardize(bunch.data, bunch.target, test_fraction, seed,
+                                 num_classes=len(bunch.target_names))
+
+
+def breast_cancer(*, test_fraction: float = 0.2, seed: int = 0) -> DataSets:
+    """scikit-learn's breast-cancer set (569 x 30, 2 classes), standardized, split by seed."""
+    return _bundled("load_breast_cancer", test_fraction, seed)
+
+
+def wine(*, test_fraction: float = 0.2, seed: int = 0) -> DataSets:
+    """scikit-learn's wine set (178 x 13, 3 classes), standardized, split by seed."""
+    return _bundled("load_wine", test_fraction, seed)
+
+
+def diabetes(*, test_fraction: float = 0.2, seed: int = 0) -> DataSets:
+    """scikit-learn's diabetes regression set (442 x 10, a disease-progression score), standardized
+    features, the raw score as a float target; loss auto is mse."""
+    return _bundled("load_diabetes", test_fraction, seed, regression=True)
+
+
+def digits(*, image_size: int | None = None, normalize: bool = True, test_fraction: float = 0.2,
+           seed: int = 0) -> DataSets:
+    """scikit-learn's bundled 8x8 digits as 1x8x8 images in [0, 1] (resized once to `image_size`, here,
+    so the tensor fast path still applies), split by seed, normalized with training statistics."""
     import sklearn.datasets
     import torch.nn.functional as F
 
+    _fraction(test_fraction)
     bunch = sklearn.datasets.load_digits()
     images = torch.from_numpy(bunch.images.astype(np.float32) / 16.0).unsqueeze(1)
-    if cfg.image_size:
-        images = F.interpolate(images, size=(cfg.image_size, cfg.image_size), mode="bilinear", align_corners=False)
+    if image_size:
+        images = F.interpolate(images, size=(image_size, image_size), mode="bilinear", align_corners=False)
     labels = torch.from_numpy(bunch.target.astype(np.int64))
     order = torch.from_numpy(np.random.default_rng(seed).permutation(len(labels)))
-    num_test = max(1, int(round(cfg.test_fraction * len(labels))))
+    num_test = max(1, int(round(test_fraction * len(labels))))
     test_idx, train_idx = order[:num_test], order[num_test:]
-    if cfg.normalize:
+    if normalize:
         mean, std = images[train_idx].mean(), images[train_idx].std()
         images = (images - mean) / std
     return DataSets(TensorDataset(images[train_idx], labels[train_idx]),
-                    TensorDataset(images[test_idx], labels[test_idx]), num_features=images[0].numel(),
-                    num_classes=10, input_shape=tuple(images.shape[1:]))
+                    TensorDataset(images[test_idx], labels[test_idx]), num_classes=10)
 
 
-def _csv(cfg: DataConfig, seed: int) -> DataSets:
-    """A tabular CSV: numeric feature columns and one label column (by name, or by index); labels are
-    mapped to 0..K-1 in sorted order. Split by seed and standardized like the bundled sets."""
-    from pathlib import Path
+def csv(*, path: str, label_column: str = "label", label_index: int | None = None, header: bool = True,
+        task: Literal["auto", "classification", "regression"] = "auto", test_fraction: float = 0.2,
+        seed: int = 0) -> DataSets:
+    """A tabular CSV: numeric feature columns and one label column (by name, or by `label_index`).
+    Classification maps the labels to 0..K-1 in sorted order; regression keeps them as float targets
+    (loss auto: mse). `task: auto` is classification for non-numeric or whole-number labels and regression
+    for numbers with fractions, and the choice is logged. Split by seed and standardized."""
+    import logging
 
-    from distrain.errors import ConfigError
-
-    path = Path(cfg.path)
-    if not path.is_file():
-        raise ConfigError("data.path", f"{path} does not exist", "point data.path at the CSV file")
-    rows = np.genfromtxt(path, delimiter=",", dtype=str, encoding="utf-8")
-    rows = np.atleast_2d(rows)
-    header = [h.strip() for h in rows[0]] if cfg.header else None
-    body = rows[1:] if cfg.header else rows
-    if cfg.label_index is not None:
-        column = cfg.label_index
+    _fraction(test_fraction)
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError("data.args.path", f"{file} does not exist", "point data.args.path at the CSV file")
+    rows = np.atleast_2d(np.genfromtxt(file, delimiter=",", dtype=str, encoding="utf-8"))
+    names = [h.strip() for h in rows[0]] if header else None
+    body = rows[1:] if header else rows
+    if label_index is not None:
+        column = label_index
         if not -body.shape[1] <= column < body.shape[1]:
-            raise ConfigError("data.label_index", f"{column} is outside the {body.shape[1]} columns of {path}")
-    elif header is not None and cfg.label_column in header:
-        column = header.index(cfg.label_column)
+            raise ConfigError("data.args.label_index", f"{column} is outside the {body.shape[1]} columns of {file}")
+    elif names is not None and label_column in names:
+        column = names.index(label_column)
     else:
-        raise ConfigError("data.label_column", f"{cfg.label_column!r} is not a column of {path}",
-                          f"columns: {', '.join(header) if header else '(no header row)'}; or set data.label_index")
+        raise ConfigError("data.args.label_column", f"{label_column!r} is not a column of {file}",
+                          f"columns: {', '.join(names) if names else '(no header row)'}; or set data.args.label_index")
     raw_labels = body[:, column]
     features = np.delete(body, column, axis=1)
     try:
         features = features.astype(np.float64)
     except ValueError as exc:
-        raise ConfigError("data.path", f"{path} has a non-numeric feature value ({exc})") from None
+        raise UserError(f"{file} has a non-numeric feature value ({exc})",
+                        "every column but the label must hold numbers") from None
+    numeric = all(_is_number(v) for v in raw_labels)
+    if task == "auto":
+        fractional = numeric and any(float(v) != round(float(v)) for v in raw_labels)
+        task = "regression" if fractional else "classification"
+        logging.getLogger("distrain").info(
+            "data.args.task=auto: the labels of %s are %s, so this is %s (set data.args.task to change it)",
+            file, "numbers with fractions" if fractional else "class names or whole numbers", task)
+    if task == "regression":
+        if not numeric:
+            raise ConfigError("data.args.task", f"is regression but the labels of {file} are not all numbers")
+        return split_and_standardize(features, raw_labels.astype(np.float64), test_fraction, seed,
+                                     num_classes=None, loss="mse")
     classes = sorted(set(raw_labels.tolist()), key=lambda v: (float(v) if _is_number(v) else float("inf"), v))
     labels = np.array([classes.index(v) for v in raw_labels])
-    return split_and_standardize(features, labels, cfg.test_fraction, seed, num_classes=len(classes))
+    return split_and_standardize(features, labels, test_fraction, seed, num_classes=len(classes))
 
 
 def _is_number(text: str) -> bool:
@@ -134,44 +195,20 @@ def _is_number(text: str) -> bool:
         return False
 
 
-def _images(name: str) -> Callable[[DataConfig, int], DataSets]:
-    def build(cfg: DataConfig, seed: int) -> DataSets:
-        from distrain.data import images
-
-        return images.BUILDERS[name](cfg, seed)
-
-    return build
-
-
-def _synthetic(cfg: DataConfig, seed: int) -> DataSets:
-    """Random images (standard normal) with random labels, in memory: for benchmarks and smoke tests,
-    where only the shapes matter. Seeded, separate streams for train and test like xor."""
-    shape = tuple(cfg.sample_shape)
+def synthetic(*, sample_shape: tuple[int, ...] = (1, 28, 28), num_classes: int = 10, num_train: int = 2500,
+              num_test: int = 500, seed: int = 0) -> DataSets:
+    """Random images (standard normal) of `sample_shape` with random labels, in memory: for benchmarks and
+    smoke tests, where only the shapes matter. Seeded, separate streams for train and test like xor."""
+    _positive(num_train=num_train, num_test=num_test, num_classes=num_classes - 1)
+    if not sample_shape or any(d <= 0 for d in sample_shape):
+        raise ConfigError("data.args.sample_shape", f"must be positive sizes, got {list(sample_shape)}")
 
     def make(n: int, generator: torch.Generator) -> TensorDataset:
-        return TensorDataset(torch.randn(n, *shape, generator=generator),
-                             torch.randint(0, cfg.num_classes, (n,), generator=generator))
+        return TensorDataset(torch.randn(n, *sample_shape, generator=generator),
+                             torch.randint(0, num_classes, (n,), generator=generator))
 
-    train = make(cfg.num_train, torch.Generator().manual_seed(seed))
-    test = make(cfg.num_test, torch.Generator().manual_seed(seed + 1))
-    return DataSets(train, test, num_features=math.prod(shape), num_classes=cfg.num_classes, input_shape=shape)
-
-
-REGISTRY: dict[str, Callable[[DataConfig, int], DataSets]] = {
-    "xor": _xor,
-    "synthetic": _synthetic,
-    "breast_cancer": _sklearn("load_breast_cancer"),
-    "wine": _sklearn("load_wine"),
-    "digits": _digits,
-    "csv": _csv,
-    **{name: _images(name) for name in ("mnist", "fashion_mnist", "cifar10", "image_folder", "csv_images")},
-}
+    train = make(num_train, torch.Generator().manual_seed(seed))
+    test = make(num_test, torch.Generator().manual_seed(seed + 1))
+    return DataSets(train, test, num_classes=num_classes)
 
 
-def build_datasets(cfg: DataConfig, seed: int, *, allow_download: bool = True) -> DataSets:
-    """`allow_download`: only global rank 0 downloads (the others wait at a barrier, then read the files)."""
-    if cfg.download and not allow_download:
-        from dataclasses import replace
-
-        cfg = replace(cfg, download=False)
-    return REGISTRY[cfg.name](cfg, seed)

@@ -1,7 +1,8 @@
 """Run `distrain` under torchrun, but SIGKILL rank KILL_RANK right after global step KILL_STEP, on the
 first attempt only (TORCHELASTIC_RESTART_COUNT=0): a real, unannounced death of one worker mid-training.
 
-    torchrun ... tests/helpers/kill_at_step.py train CONFIG ...   (env: KILL_RANK, KILL_STEP)
+    torchrun ... tests/helpers/kill_at_step.py train CONFIG ...          (env: KILL_RANK, KILL_STEP)
+    torchrun ... tests/helpers/kill_at_step.py SCRIPT.py CONFIG ...      a user's script, the same way
 """
 
 import os
@@ -24,4 +25,10 @@ def _maybe_save_then_die(self):
 
 
 distrain.state.Saver.maybe_save_step = _maybe_save_then_die
-sys.exit(main())
+if sys.argv[1].endswith(".py"):
+    import runpy
+
+    sys.argv = sys.argv[1:]
+    runpy.run_path(sys.argv[0], run_name="__main__")
+else:
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""The Python API: train your own model, data, loss and metrics with everything distrain guarantees.
+
+    import sys
+    import distrain
+    from torch import nn
+
+    cfg = distrain.load_config("configs/xor.yaml", sys.argv[2:])     # YAML + dotted overrides
+    model = SimpleClassifier(2, 4, 1)
+    result = distrain.fit(cfg, model=model, train_data=XORDataset(2500, seed=1), test_data=XORDataset(500, seed=2),
+                          loss=nn.BCEWithLogitsLoss(), metrics={"f1": BinaryF1Score()})
+    # result["test_loss"], result["test_f1"], ... on every rank; `model` now holds the trained weights
+    preds = distrain.predict(cfg, model=model, data=XORDataset(500, seed=2))  # outputs in data set order
+
+The same script runs unchanged in one process (`python train.py CONFIG`), under
+`torchrun --nproc_per_node=N train.py CONFIG`, `srun python train.py CONFIG` and
+`accelerate launch train.py CONFIG engine=accelerate`: distrain reads the launcher's variables.
+Whatever fit is not given comes from the config (a config alone still trains a built-in model).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Mapping
+
+from distrain.config import Config
+
+
+def fit(cfg: Config, *, model: Any = None, train_data: Any = None, test_data: Any = None, val_data: Any = None,
+        loss: Any = None, metrics: Mapping[str, Any] | None = None, optimizer: Any = None,
+        environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
+    """Train; returns the final metrics on every rank: test_loss and test_<name> for every metric (and
+    val_*, train_*), global_step, epochs_done, stopped, run_dir. Must run on every rank.
+
+    model: an nn.Module (trained in place: afterwards it holds the trained weights, unwrapped, on every
+    rank). train_data/val_data/test_data: torch Datasets whose samples are (x, y), (x1, ..., y) or dicts;
+    TensorDatasets take the in-memory fast path. loss: a callable loss(outputs, targets), e.g. an nn loss
+    module. metrics: {name: torchmetrics Metric or function(preds, targets)}. optimizer: a torch optimizer
+    over model.parameters(), or a function params -> optimizer.
+    """
+    from distrain.components import Given
+    from distrain.train import train
+
+    given = Given(model=model, train_data=train_data, val_data=val_data, test_data=test_data, loss=loss,
+                  metrics=dict(metrics) if metrics else None, optimizer=optimizer)
+    return train(cfg, environ, given)
+
+
+def predict(cfg: Config, *, model: Any = None, data: Any = None, checkpoint: str | None = None,
+            split: str = "test", environ: Mapping[str, str] = os.environ) -> Any:
+    """The model's outputs for every sample of `data` (default: the config's `split`), in data set order,
+    on every rank; `checkpoint`: a .pt file or a run directory. Must run on every rank."""
+    from distrain.prediction import predict as run_predict
+
+    return run_predict(cfg, model=model, data=data, checkpoint=checkpoint, split=split, environ=environ)
+
+
+def is_main_process(environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether this process is global rank 0 (under any launcher; read from the environment), the one
+    that should print results or write files of its own."""
+    from distrain.env import detect
+
+    return detect(environ).rank == 0
+
+
+def run(main: Callable[..., Any], *args: Any) -> None:
+    """Run a script's `main(*args)` the way the distrain command runs: a user error (bad config key,
+    file or launcher variable) prints one message and exits 2 without a traceback; a stop on SIGTERM,
+    SIGINT or the requeue signal exits 128+N (or 75: resubmit) after the checkpoint is saved.
+
+        if __name__ == "__main__":
+            distrain.run(main)
+    """
+    import sys
+
+    from distrain.errors import UserError
+    from distrain.signals import Interrupted
+
+    try:
+        main(*args)
+    except UserError as exc:
+        print(f"distrain: error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except Interrupted as exc:
+        print(f"distrain: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
