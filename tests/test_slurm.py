@@ -28,6 +28,8 @@ SBATCH_CPU = "sbatch --partition=debug slurm/train_cpu.sbatch configs/xor.yaml"
 SBATCH_TORCHRUN = ("GPUS_PER_NODE=2 sbatch --partition=debug --gres=none --cpus-per-task=2 "
                    "slurm/train_torchrun.sbatch configs/xor.yaml")
 SBATCH_ARRAY = "sbatch --partition=debug --array=0-1 --ntasks-per-node=1 slurm/train_cpu.sbatch configs/xor.yaml"
+SBATCH_SCRIPT = ("sbatch --partition=debug --ntasks-per-node=2 --gres=none --cpus-per-task=1 "
+                 "slurm/train.sbatch examples/xor_tutorial.py examples/xor.yaml")
 PREEMPT = "sbatch --partition=urgent --ntasks=2 --wrap 'sleep 1'"
 SCANCEL = "scancel --signal=USR2 JOBID"
 
@@ -185,6 +187,20 @@ def test_interrupted_job_requeues_resumes_and_matches(slurm, reference, tmp_path
     assert_bitwise(weights(reference), weights(run))
 
 
+def test_user_script_as_an_srun_job_matches_torchrun(slurm, tmp_path):
+    """A user's script (its own model and Dataset, distrain.fit) under the shipped sbatch script, as is."""
+    args = ["trainer.epochs=10", "checkpoint.every_epochs=5"]
+    reference = run_torchrun(2, "examples/xor.yaml", f"run.dir={tmp_path / 'ref'}", *args,
+                             script="examples/xor_tutorial.py")
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    result = sbatch(SBATCH_SCRIPT, slurm, f"run.dir={tmp_path / 'run'}", *args, out=tmp_path / "job.out")
+    log = (tmp_path / "job.out").read_text()
+    assert result.returncode == 0, log
+    assert "| slurm | 2 process(es)" in log and "test loss" in log
+    a, b = torch.load(tmp_path / "ref" / "model.pt"), torch.load(tmp_path / "run" / "model.pt")
+    assert_bitwise(a, b)
+
+
 def test_failing_job_reports_its_error_and_exits_nonzero(slurm, tmp_path):
     result = sbatch(SBATCH_CPU, slurm, f"run.dir={tmp_path / 'run'}", "optim.lrr=0.1", out=tmp_path / "job.out")
     log = (tmp_path / "job.out").read_text()
@@ -202,5 +218,5 @@ def test_array_tasks_get_their_own_run_directories(slurm, tmp_path):
 
 def test_readme_shows_the_commands_tested_here():
     readme = (REPO / "README.md").read_text()
-    for command in (SBATCH_SRUN, SBATCH_CPU, SBATCH_TORCHRUN, SBATCH_ARRAY, PREEMPT, SCANCEL):
+    for command in (SBATCH_SRUN, SBATCH_CPU, SBATCH_TORCHRUN, SBATCH_ARRAY, SBATCH_SCRIPT, PREEMPT, SCANCEL):
         assert command in readme, command
