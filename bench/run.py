@@ -33,10 +33,11 @@ from bench.variants import VARIANTS, load_workload  # noqa: E402
 PEERS = ["tutorial", "lightning", "accelerate"]
 
 
-def throughput(workloads: list[str], variants: list[str], repeats: int) -> dict[str, dict[str, float]]:
+def throughput(workloads: list[str], variants: list[str], repeats: int,
+               device: str = "cpu") -> dict[str, dict[str, float]]:
     results: dict[str, dict[str, float]] = {}
     for name in workloads:
-        w = load_workload(name, HERE / "configs")
+        w = load_workload(name, HERE / "configs", device=device)
         torch.set_num_threads(w.threads)
         VARIANTS["floor"](w)  # warm-up: first-touch allocations and kernel selection
         runs: dict[str, list[float]] = {v: [] for v in variants}
@@ -80,7 +81,8 @@ def print_table(name: str, w, medians: dict[str, float], runs: dict[str, list[fl
         ratios = ", ".join(f"{ratio('distrain', p):.2f}x {p}" for p in PEERS if p in medians)
         print(f"  distrain = {ratios}")
     if "distrain_api" in medians and "distrain" in medians and has_floor:
-        print(f"  distrain_api (distrain.fit with a user nn.Module) = {ratio('distrain_api', 'distrain'):.2f}x distrain")
+        api = ratio("distrain_api", "distrain")
+        print(f"  distrain_api (distrain.fit with a user nn.Module) = {api:.2f}x distrain")
 
 
 STARTUP = {
@@ -115,14 +117,19 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--repeats", type=int, default=11)
     parser.add_argument("--startup-repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                        help="cuda: every variant on one GPU (the GPU's name is printed)")
     args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: CUDA is not available on this machine")
     import importlib.metadata as md
 
     versions = ", ".join(f"{p} {md.version(p)}" for p in ("torch", "lightning", "accelerate")
                          if _installed(p))
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPU(s), {platform.python_version()}, {versions}")
+    gpu = f", GPU {torch.cuda.get_device_name(0)}" if args.device == "cuda" else ""
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPU(s){gpu}, {platform.python_version()}, {versions}")
     variants = args.variants.split(",")
-    throughput(args.workloads.split(","), variants, args.repeats)
+    throughput(args.workloads.split(","), variants, args.repeats, args.device)
     if args.startup_repeats:
         startup(variants, args.startup_repeats)
 

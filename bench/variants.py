@@ -42,6 +42,7 @@ class Workload:
     data: TensorDataset
     num_classes: int
     info: DataInfo
+    device: torch.device = torch.device("cpu")
 
     @property
     def batch(self) -> int:
@@ -53,7 +54,15 @@ class Workload:
 
     def model(self) -> torch.nn.Module:
         torch.manual_seed(self.cfg.seed)
-        return build_model(self.cfg, self.info)
+        return build_model(self.cfg, self.info).to(self.device)
+
+    def sync(self) -> None:
+        """Wait for queued GPU work before reading the clock (a no-op on the CPU)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def loader(self) -> DataLoader:
+        return DataLoader(self.data, batch_size=self.batch, shuffle=True, pin_memory=self.device.type == "cuda")
 
     def optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
         return build_optimizer(self.cfg.optim, model.parameters())  # the very optimizer distrain builds
@@ -68,48 +77,54 @@ class Workload:
 THREADS = {"xor": 1, "cnn": 2, "resnet18": 2}
 
 
-def load_workload(name: str, config_dir: Path, overrides: list[str] = ()) -> Workload:
-    cfg = load_config(config_dir / f"{name}.yaml", list(overrides))
+def load_workload(name: str, config_dir: Path, overrides: list[str] = (), device: str = "cpu") -> Workload:
+    cfg = load_config(config_dir / f"{name}.yaml", [*overrides, f"trainer.device={device}"])
     data = build_splits(cfg.data, cfg.seed)
-    return Workload(name, cfg, THREADS[name], data.train, data.num_classes, describe_data(data, None))  # type: ignore[arg-type]
+    return Workload(name, cfg, THREADS[name], data.train, data.num_classes, describe_data(data, None),  # type: ignore[arg-type]
+                    torch.device(device))
 
 
 def run_floor(w: Workload) -> tuple[int, float]:
     model, (x, y) = w.model(), w.data[: w.batch]
+    x, y = x.to(w.device), y.to(w.device)
     optimizer = w.optimizer(model)
     steps = w.samples // w.batch
+    w.sync()
     started = time.perf_counter()
     for _ in range(steps):
         optimizer.zero_grad(set_to_none=True)
         w.loss(model(x), y).backward()
         optimizer.step()
+    w.sync()
     return steps * w.batch, time.perf_counter() - started
 
 
 def run_tutorial(w: Workload) -> tuple[int, float]:
     model = w.model()
     optimizer = w.optimizer(model)
-    loader = DataLoader(w.data, batch_size=w.batch, shuffle=True)
+    loader = w.loader()
     started = time.perf_counter()
     for _ in range(w.cfg.trainer.epochs):
         model.train()
         running = 0.0
         for x, y in loader:
+            x, y = x.to(w.device, non_blocking=True), y.to(w.device, non_blocking=True)
             loss = w.loss(model(x), y)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             running += loss.item()
+    w.sync()
     return w.samples, time.perf_counter() - started
 
 
 def run_accelerate(w: Workload) -> tuple[int, float]:
     from accelerate import Accelerator
 
-    accelerator = Accelerator(cpu=True)
+    accelerator = Accelerator(cpu=w.device.type == "cpu")
     model = w.model()
     optimizer = w.optimizer(model)
-    loader = DataLoader(w.data, batch_size=w.batch, shuffle=True)
+    loader = w.loader()
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     started = time.perf_counter()
     for _ in range(w.cfg.trainer.epochs):
@@ -119,6 +134,7 @@ def run_accelerate(w: Workload) -> tuple[int, float]:
             loss = w.loss(model(x), y)
             accelerator.backward(loss)
             optimizer.step()
+    w.sync()
     return w.samples, time.perf_counter() - started
 
 
@@ -153,13 +169,15 @@ def run_lightning(w: Workload) -> tuple[int, float]:
                 self.started = time.perf_counter()
 
         def on_train_end(self, trainer, module):
+            w.sync()
             self.ended = time.perf_counter()
 
     clock = Clock()
-    trainer = L.Trainer(max_epochs=w.cfg.trainer.epochs, accelerator="cpu", devices=1, logger=False,
+    trainer = L.Trainer(max_epochs=w.cfg.trainer.epochs, accelerator="gpu" if w.device.type == "cuda" else "cpu",
+                        devices=1, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         num_sanity_val_steps=0, callbacks=[clock])
-    trainer.fit(Module(), DataLoader(w.data, batch_size=w.batch, shuffle=True))
+    trainer.fit(Module(), w.loader())
     return w.samples, clock.ended - clock.started
 
 

@@ -13,7 +13,8 @@ when first used).
 
 __version__ = "0.1.0"
 
-__all__ = ["ConfigError", "DataSets", "UserError", "fit", "load_config", "is_main_process", "predict", "register", "run"]
+__all__ = ["ConfigError", "DataSets", "UserError", "fit", "is_main_process", "load_config", "predict", "register",
+           "run"]
 
 
 def __getattr__(name: str):

@@ -91,7 +91,9 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _take(overrides: list[str], key: str, *, required: bool, default: str | None = None) -> tuple[str | None, list[str]]:
+def _take(overrides: list[str], key: str, *, required: bool,
+          default: str | None = None) -> tuple[str | None, list[str]]:
+    """The value of one `key=value` among the overrides, and the other overrides."""
     from distrain.errors import ConfigError
 
     found = [o for o in overrides if o.startswith(f"{key}=")]

@@ -86,7 +86,8 @@ class MetricSet:
             self.per_sample["accuracy"] = accuracy
         for name, metric in metrics.items():
             if is_stateful(metric):
-                self.stateful[name] = copy.deepcopy(metric).to(device) if hasattr(metric, "to") else copy.deepcopy(metric)
+                own = copy.deepcopy(metric)  # each split keeps its own states
+                self.stateful[name] = own.to(device) if hasattr(own, "to") else own
             elif callable(metric):
                 self.per_sample[name] = metric
             else:

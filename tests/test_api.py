@@ -242,9 +242,10 @@ def test_fit_with_an_optimizer_and_a_function_metric(tmp_path):
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
     cfg = distrain.load_config({"run": {"dir": str(tmp_path)}, "data": {"global_batch_size": 32},
                                 "trainer": {"epochs": 2}, "wandb": {"mode": "disabled"}, "log": {"plots": False}})
-    result = distrain.fit(cfg, model=model, train_data=TensorDataset(x, y.float()), test_data=TensorDataset(x, y.float()),
-                          loss=nn.MSELoss(), optimizer=optimizer,
-                          metrics={"within": lambda preds, targets: ((preds - targets).abs() < 0.5).double()}, environ={})
+    data = TensorDataset(x, y.float())
+    result = distrain.fit(cfg, model=model, train_data=data, test_data=data, loss=nn.MSELoss(), optimizer=optimizer,
+                          metrics={"within": lambda preds, targets: ((preds - targets).abs() < 0.5).double()},
+                          environ={})
     with torch.no_grad():
         within = ((model(x).squeeze(1) - y.float()).abs() < 0.5).double().mean().item()
     assert result["test_within"] == pytest.approx(within, abs=1e-12) and "test_accuracy" not in result

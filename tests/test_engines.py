@@ -17,6 +17,8 @@ from distrain.config import load_config
 from distrain.errors import ConfigError
 from distrain.history import read_metrics
 
+pytestmark = pytest.mark.slow  # real launchers end to end (the fast subset skips them)
+
 ACCELERATE = str(Path(PYTHON).parent / "accelerate")
 XOR = "configs/xor.yaml"
 # 8 epochs of 20 steps with momentum (optimizer state matters), saving mid-epoch and at epoch ends.

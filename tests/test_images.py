@@ -78,7 +78,8 @@ CASES = {
     "mnist": ["configs/mnist_cnn.yaml", "data.args.download=false"],
     "fashion_mnist": ["configs/fashion_mnist.yaml", "data.args.download=false", "model.args.hidden_sizes=[32]"],
     "cifar10": ["configs/cifar10_lenet.yaml", "data.args.download=false", "data.args.transform.flip=false"],
-    "image_folder": ["configs/image_folder.yaml", "model.name=cifar_lenet", "model.args={}", "data.args.transform.image_size=32"],
+    "image_folder": ["configs/image_folder.yaml", "model.name=cifar_lenet", "model.args={}",
+                     "data.args.transform.image_size=32"],
     "csv_images": ["configs/image_folder.yaml", "data.name=csv_images", "model.name=cifar_lenet", "model.args={}",
                    "data.args.transform.image_size=32"],
 }
@@ -95,6 +96,7 @@ def case_args(name, files, run_dir):
     return args
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(CASES))
 def test_real_loaders_train_in_one_and_two_processes(files, tmp_path, name):
     one = run_cli("train", *case_args(name, files, tmp_path / "one"))
@@ -136,11 +138,13 @@ def test_tabular_csv_with_the_label_first(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     last = [r for r in read_metrics(tmp_path / "run") if r["split"] == "test"][-1]
     assert last["samples"] == 36 and last["accuracy"] >= 0.9
-    bad = run_cli("train", "configs/wine.yaml", "data.name=csv", f"data.args.path={path}", "data.args.label_column=class",
+    bad = run_cli("train", "configs/wine.yaml", "data.name=csv", f"data.args.path={path}",
+                  "data.args.label_column=class",
                   f"run.dir={tmp_path / 'bad'}")
     assert bad.returncode == 2 and "'data.args.label_column'" in bad.stderr
 
 
+@pytest.mark.slow
 def test_digits_cnn_reaches_95_percent(tmp_path):
     result = run_cli("train", "configs/digits_cnn.yaml", f"run.dir={tmp_path}", "wandb.mode=disabled")
     assert result.returncode == 0, result.stderr[-2000:]
@@ -148,13 +152,15 @@ def test_digits_cnn_reaches_95_percent(tmp_path):
     assert last["samples"] == 359 and last["accuracy"] >= 0.95
 
 
+@pytest.mark.slow
 def test_finetune_freezes_the_backbone_and_trains_the_head(files, tmp_path):
     import torchvision
 
     pretrained = tmp_path / "resnet18.pth"
     torch.save(torchvision.models.resnet18().state_dict(), pretrained)
     args = ["configs/resnet18_finetune.yaml", f"data.args.root={files / 'pngs'}", f"model.args.pretrained={pretrained}",
-            "data.args.transform.image_size=32", "data.args.transform.crop=28", "trainer.epochs=2", f"run.dir={tmp_path / 'run'}",
+            "data.args.transform.image_size=32", "data.args.transform.crop=28", "trainer.epochs=2",
+            f"run.dir={tmp_path / 'run'}",
             "data.num_workers=0", "wandb.mode=disabled", "log.plots=false"]
     result = run_cli("train", *args)
     assert result.returncode == 0, result.stderr[-2000:]

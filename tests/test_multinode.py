@@ -3,10 +3,13 @@
 
 import subprocess
 
+import pytest
 import torch
 
 from conftest import REPO, clean_env, free_port, run_torchrun
 from distrain.checkpoint import find_resumable, load_payload
+
+pytestmark = pytest.mark.slow  # real launchers end to end (the fast subset skips them)
 
 XOR = "configs/xor.yaml"
 

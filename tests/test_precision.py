@@ -2,6 +2,7 @@
 
 import subprocess
 
+import pytest
 import torch
 
 from conftest import PYTHON, REPO, clean_env, run_cli, run_torchrun
@@ -28,6 +29,7 @@ def test_accumulating_micro_batches_matches_one_big_batch(tmp_path):
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_accumulation_and_ddp_settings_under_torchrun(tmp_path):
     base = ["train", XOR, "trainer.epochs=10", *QUIET]
     plain = run_torchrun(2, *base, f"run.dir={tmp_path / 'plain'}")

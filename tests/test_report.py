@@ -81,6 +81,7 @@ def test_progress_bar_when_asked(tmp_path):
     assert not (tmp_path / "wandb").exists() and not (tmp_path / "wandb.json").exists()
 
 
+@pytest.mark.slow
 def test_one_wandb_run_for_two_ranks_even_after_a_kill(tmp_path):
     env = clean_env(KILL_STEP="30", KILL_RANK="1")
     result = run_torchrun(2, "train", XOR, f"run.dir={tmp_path}", "trainer.epochs=3", "checkpoint.every_steps=7",

@@ -11,6 +11,8 @@ from conftest import PYTHON, REPO, clean_env, run_cli, run_torchrun, torchrun_cm
 from distrain.checkpoint import find_resumable, load_payload
 from distrain.history import read_metrics
 
+pytestmark = pytest.mark.slow  # real launchers end to end (the fast subset skips them)
+
 XOR = "configs/xor.yaml"
 # 4 epochs of 20 steps; saves every 7 steps (mid-epoch) and at every epoch end; momentum makes the
 # optimizer state matter.

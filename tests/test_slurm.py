@@ -133,6 +133,7 @@ def reference(tmp_path_factory):
     return run
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command,source,engine", [(SBATCH_SRUN, "slurm", "native"),
                                                    (SBATCH_TORCHRUN, "torchrun", "native"),
                                                    (SBATCH_SRUN, "slurm", "accelerate")],
@@ -167,6 +168,7 @@ def _wait_until_gone(job, slurm_conf, timeout=180):
     raise AssertionError(f"job {job} did not finish in {timeout}s")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("interruption", ["scancel-signal", "preemption"])
 def test_interrupted_job_requeues_resumes_and_matches(slurm, reference, tmp_path, interruption):
     run = tmp_path / "run"
@@ -187,6 +189,7 @@ def test_interrupted_job_requeues_resumes_and_matches(slurm, reference, tmp_path
     assert_bitwise(weights(reference), weights(run))
 
 
+@pytest.mark.slow
 def test_user_script_as_an_srun_job_matches_torchrun(slurm, tmp_path):
     """A user's script (its own model and Dataset, distrain.fit) under the shipped sbatch script, as is."""
     args = ["trainer.epochs=10", "checkpoint.every_epochs=5"]
@@ -201,6 +204,7 @@ def test_user_script_as_an_srun_job_matches_torchrun(slurm, tmp_path):
     assert_bitwise(a, b)
 
 
+@pytest.mark.slow
 def test_failing_job_reports_its_error_and_exits_nonzero(slurm, tmp_path):
     result = sbatch(SBATCH_CPU, slurm, f"run.dir={tmp_path / 'run'}", "optim.lrr=0.1", out=tmp_path / "job.out")
     log = (tmp_path / "job.out").read_text()
@@ -208,6 +212,7 @@ def test_failing_job_reports_its_error_and_exits_nonzero(slurm, tmp_path):
     assert "config key 'optim.lrr': unknown key" in log and "did you mean 'optim.lr'?" in log
 
 
+@pytest.mark.slow
 def test_array_tasks_get_their_own_run_directories(slurm, tmp_path):
     result = sbatch(SBATCH_ARRAY, slurm, f"run.dir={tmp_path / 'run'}", "trainer.epochs=2",
                     out=tmp_path / "job-%a.out")

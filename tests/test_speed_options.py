@@ -3,6 +3,7 @@ of the benchmark, and the benchmark command itself (its figures are not asserted
 
 import subprocess
 
+import pytest
 import torch
 
 from conftest import PYTHON, REPO, clean_env, run_cli
@@ -22,6 +23,7 @@ def train(run_dir, config, *overrides):
     return final(run_dir)
 
 
+@pytest.mark.slow
 def test_compiled_model_trains_like_the_eager_one_and_saves_plain_keys(tmp_path):
     eager = train(tmp_path / "eager", "configs/xor.yaml", "trainer.epochs=2")
     compiled = train(tmp_path / "compiled", "configs/xor.yaml", "trainer.epochs=2", "trainer.compile=true")
@@ -49,18 +51,26 @@ def test_synthetic_images_have_the_configured_shapes(tmp_path):
     assert [(r["split"], r["samples"]) for r in records] == [("train", 64), ("test", 40)]
 
 
+@pytest.mark.slow
 def test_bench_command_prints_every_workload_and_ratio(tmp_path):
-    cmd = [PYTHON, "bench/run.py", "--workloads", "xor,cnn", "--variants", "floor,accelerate,distrain",
+    cmd = [PYTHON, "bench/run.py", "--workloads", "xor,cnn", "--variants", "floor,accelerate,distrain,distrain_api",
            "--repeats", "1", "--startup-repeats", "1"]
     result = subprocess.run(cmd, cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
     for line in ("xor: 400000 samples per run", "cnn: 4096 samples per run", "distrain = ", "x accelerate",
-                 "start-up: whole process"):
+                 "distrain_api (distrain.fit with a user nn.Module) = ", "start-up: whole process"):
         assert line in out, out
     rows = [line.split() for line in out.splitlines() if line.split()[:1] == ["distrain"] and "=" not in line]
     # two throughput rows (samples/s, x floor) and one start-up row (seconds)
     assert len(rows) == 3 and all(float(r[1].replace(",", "")) > 0 and float(r[2]) > 0 for r in rows[:2]), out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_bench_gpu_mode_is_refused_without_cuda():
+    result = subprocess.run([PYTHON, "bench/run.py", "--device", "cuda"], cwd=REPO, env=clean_env(),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "CUDA is not available" in result.stderr
 
 
 def test_bench_parts_prints_each_part():

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from conftest import run_torchrun
 from distrain.checkpoint import find_resumable, list_checkpoints, load_payload
 from distrain.config import StopConfig, load_config
@@ -49,6 +51,7 @@ def test_state_round_trips():
     assert t.state_dict() == s.state_dict()
 
 
+@pytest.mark.slow
 def test_two_ranks_stop_together_and_a_rerun_stays_stopped(tmp_path):
     args = ["train", XOR, f"run.dir={tmp_path}", "trainer.epochs=50", "stop.window=3", "stop.threshold=0.02",
             "checkpoint.every_epochs=1"]

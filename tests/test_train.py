@@ -34,6 +34,7 @@ def xor_runs(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["one", "two"])
 def test_xor_reaches_full_test_accuracy(xor_runs, name):
     records = read_metrics(xor_runs / name)
@@ -41,6 +42,7 @@ def test_xor_reaches_full_test_accuracy(xor_runs, name):
     assert last_test["epoch"] == 99 and last_test["accuracy"] == 1.0 and last_test["samples"] == 500
 
 
+@pytest.mark.slow
 def test_one_and_two_processes_end_with_the_same_weights(xor_runs):
     one, two = final_model(xor_runs / "one"), final_model(xor_runs / "two")
     assert list(one) == ["linear1.weight", "linear1.bias", "linear2.weight", "linear2.bias"]  # unwrapped
@@ -51,6 +53,7 @@ def test_one_and_two_processes_end_with_the_same_weights(xor_runs):
         torch.testing.assert_close(one[key], two[key], rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_tensor_path_and_dataloader_path_are_bitwise_identical(xor_runs):
     two, two_dl = final_model(xor_runs / "two"), final_model(xor_runs / "two_dl")
     for key in two:
@@ -68,6 +71,7 @@ def test_tensor_and_dataloader_paths_identical_in_one_process(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_run_directory_holds_config_and_metrics(xor_runs):
     run = xor_runs / "two"
     cfg = from_dict(yaml.safe_load((run / "config.yaml").read_text()))
@@ -78,6 +82,7 @@ def test_run_directory_holds_config_and_metrics(xor_runs):
     assert all(0 <= r["loss"] and 0 <= r["accuracy"] <= 1 for r in records)  # exact test figures: see below
 
 
+@pytest.mark.slow
 def test_odd_test_set_metrics_are_exact_on_two_ranks(tmp_path):
     overrides = [f"run.dir={tmp_path}", "data.args.num_test=501", "data.eval_batch_size=64", "trainer.epochs=2"]
     assert run_cli("train", XOR, *overrides).returncode == 0
@@ -105,6 +110,7 @@ def test_odd_test_set_metrics_are_exact_on_two_ranks(tmp_path):
     assert m1["test_loss"] == pytest.approx(loss.double().mean().item(), rel=1e-6)
 
 
+@pytest.mark.slow
 def test_train_metrics_are_the_true_per_sample_figures_on_two_ranks(tmp_path):
     # lr 1e-30 moves no float32 weight, so every step sees the initial model and each epoch's train loss and
     # accuracy must be those of that model over the whole training set. 301 samples in global batches of

@@ -157,7 +157,8 @@ def image_folder(*, root: str, test_fraction: float = 0.2, transform: ImageTrans
 
     folder = Path(root)
     if not folder.is_dir():
-        raise ConfigError("data.args.root", f"{folder} is not a folder", "point data.args.root at a folder of class folders")
+        raise ConfigError("data.args.root", f"{folder} is not a folder",
+                          "point data.args.root at a folder of class folders")
     root = folder
     train_tf = build_transform(transform, train=True, stats="imagenet")
     test_tf = build_transform(transform, train=False, stats="imagenet")

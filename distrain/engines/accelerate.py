@@ -67,7 +67,8 @@ class AccelerateEngine:
             from accelerate.utils import DistributedDataParallelKwargs
         except ImportError:
             raise ConfigError("engine", "is 'accelerate' but the accelerate package is not installed",
-                              "pip install accelerate (a dependency of distrain: reinstall it), or use engine=native") from None
+                              "pip install accelerate (a dependency of distrain: reinstall it), "
+                              "or use engine=native") from None
         export_env_for_accelerate(ctx)
         check_precision(cfg.trainer.precision, ctx.device)
         ddp = cfg.ddp
