@@ -278,3 +278,16 @@ def load_model_weights(model: torch.nn.Module, payload: dict[str, Any], path: st
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         raise CheckpointError(f"checkpoint {path} does not fit this model: {' '.join(lines[:3])}",
                               "use the config the checkpoint was trained with (distrain inspect shows it)") from None
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or a run directory's newest complete checkpoint."""
+    path = Path(path)
+    if path.is_dir():
+        found = find_resumable(path)
+        if found is None:
+            raise CheckpointError(f"{path} holds no complete checkpoint (looked in {path / 'checkpoints'})")
+        return found
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist", "pass a .pt file or a run directory")
+    return path

@@ -6,9 +6,10 @@ variable). Anything else is a bug and keeps its traceback.
 
 
 class UserError(Exception):
-    """An error the user can fix. `exit_code` is what the CLI exits with."""
+    """An error the user can fix (a config key, a file, a checkpoint, a launcher variable). `exit_code` is
+    what the CLI exits with: 2, as for every user error (1 is left to bugs, which keep their traceback)."""
 
-    exit_code = 1
+    exit_code = 2
 
     def __init__(self, message: str, hint: str | None = None):
         super().__init__(message)

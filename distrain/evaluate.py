@@ -11,28 +11,14 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from typing import Any, Mapping
 
-from distrain.checkpoint import CheckpointError, find_resumable, load_model_weights, load_payload
+from distrain.checkpoint import load_model_weights, load_payload, resolve_checkpoint
 from distrain.components import Given, build_parts
 from distrain.config import Config
 from distrain.dist import distributed
 from distrain.env import detect
 from distrain.train import evaluate_splits, setup_logging
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint file, or a run directory's newest complete checkpoint."""
-    path = Path(path)
-    if path.is_dir():
-        found = find_resumable(path)
-        if found is None:
-            raise CheckpointError(f"{path} holds no complete checkpoint (looked in {path / 'checkpoints'})")
-        return found
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist", "pass a .pt file or a run directory")
-    return path
 
 
 def evaluate_checkpoint(cfg: Config, path: str, environ: Mapping[str, str] = os.environ,

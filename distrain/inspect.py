@@ -7,16 +7,11 @@ from pathlib import Path
 
 import yaml
 
-from distrain.checkpoint import CheckpointError, find_resumable, load_payload
+from distrain.checkpoint import load_payload, resolve_checkpoint
 
 
 def inspect_checkpoint(path: str | Path) -> str:
-    path = Path(path)
-    if path.is_dir():
-        found = find_resumable(path)
-        if found is None:
-            raise CheckpointError(f"{path} holds no complete checkpoint (looked in {path / 'checkpoints'})")
-        path = found
+    path = resolve_checkpoint(path)
     payload = load_payload(path)
     tensors = sum(t.numel() for t in payload["model"].values())
     summary = {

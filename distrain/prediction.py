@@ -21,7 +21,7 @@ from typing import Any, Mapping
 import torch
 
 from distrain import dist
-from distrain.checkpoint import atomic_write_bytes, load_model_weights, load_payload
+from distrain.checkpoint import atomic_write_bytes, load_model_weights, load_payload, resolve_checkpoint
 from distrain.components import Given, build_parts
 from distrain.config import Config
 from distrain.data import build_eval_batches
@@ -37,7 +37,6 @@ def predict(cfg: Config, *, model: torch.nn.Module | None = None, data: Any = No
     """The model's outputs for every sample of `data` (default: the config's `split`), in order, on every
     rank. `checkpoint`: a .pt file or a run directory (its newest complete checkpoint); without one, the
     model's current weights. Must run on every rank."""
-    from distrain.evaluate import resolve_checkpoint
     from distrain.train import setup_logging
 
     env = detect(environ)

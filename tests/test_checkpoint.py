@@ -97,7 +97,7 @@ def test_checkpoint_carrying_code_is_refused_and_not_run(tmp_path):
     torch.save({"model": {"w": torch.zeros(1)}, "extra": _Evil(marker)}, evil)
     for args in (["inspect", str(evil)], ["eval", XOR, f"checkpoint={evil}", f"run.dir={tmp_path}"]):
         result = run_cli(*args)
-        assert result.returncode == 1 and "was refused" in result.stderr and "posix.system" in result.stderr
+        assert result.returncode == 2 and "was refused" in result.stderr and "posix.system" in result.stderr
         assert "Traceback" not in result.stderr
     assert not marker.exists()
     with pytest.raises(CheckpointError):
@@ -135,9 +135,9 @@ def test_resume_refuses_another_global_batch(saved_run, tmp_path):
     mid = saved_run / "checkpoints" / "step-00000028.pt"
     result = run_cli("train", XOR, f"run.dir={tmp_path}", *SHORT, f"checkpoint.resume={mid}",
                      "data.global_batch_size=64")
-    assert result.returncode == 1 and "global_batch_size=128" in result.stderr and "Traceback" not in result.stderr
+    assert result.returncode == 2 and "global_batch_size=128" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_missing_resume_path_is_a_clear_error(tmp_path):
     result = run_cli("train", XOR, f"run.dir={tmp_path}", "checkpoint.resume=/nope/x.pt")
-    assert result.returncode == 1 and "/nope/x.pt does not exist" in result.stderr
+    assert result.returncode == 2 and "/nope/x.pt does not exist" in result.stderr

@@ -122,7 +122,7 @@ def test_dataloader_workers_and_prefetch(files, tmp_path):
 def test_missing_files_name_the_folder(tmp_path):
     result = run_cli("train", "configs/cifar10_lenet.yaml", "data.args.download=false", f"data.args.root={tmp_path}",
                      f"run.dir={tmp_path / 'run'}")
-    assert result.returncode == 1 and f"missing in {tmp_path}/cifar-10-batches-py" in result.stderr
+    assert result.returncode == 2 and f"missing in {tmp_path}/cifar-10-batches-py" in result.stderr
     assert "data_batch_1" in result.stderr and "Traceback" not in result.stderr
 
 

@@ -64,7 +64,7 @@ def test_plots_are_valid_pngs(offline_run, tmp_path):
     assert again.returncode == 0 and sorted(p.name for p in (tmp_path / "both").iterdir()) == \
         ["accuracy.png", "loss.png"]
     bad = run_cli("plot", str(tmp_path))
-    assert bad.returncode == 1 and "has no metrics.jsonl" in bad.stderr
+    assert bad.returncode == 2 and "has no metrics.jsonl" in bad.stderr
 
 
 def test_log_lines_without_a_terminal(offline_run):
