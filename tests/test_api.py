@@ -338,3 +338,19 @@ def test_import_of_distrain_loads_nothing():
     code = "import sys, distrain; assert 'torch' not in sys.modules; print(distrain.__all__)"
     assert run_group([PYTHON, "-c", code], env=clean_env(), timeout=60).returncode == 0
     assert os.path.exists(EX / "plugins.yaml")
+
+
+def test_launch_script_runs_a_user_script(tmp_path):
+    result = run_group(["bash", "launch/single.sh", "examples/breast_cancer.py", "examples/breast_cancer.yaml",
+                        f"run.dir={tmp_path}", "trainer.epochs=1"], env=clean_env(DISTRAIN_PYTHON=PYTHON), timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "test accuracy" in result.stdout and last(tmp_path, "test")["samples"] == 114
+
+
+def test_any_torch_optimizer_by_import_path(tmp_path):
+    x, y = xor_tensors(256, 6)
+    cfg = base_cfg(tmp_path, "optim.name=torch.optim:NAdam", "optim.lr=0.01", "optim.args={momentum_decay: 0.004}")
+    model = nn.Linear(2, 1)
+    distrain.fit(cfg, model=model, train_data=TensorDataset(x, y), test_data=TensorDataset(x, y), environ={})
+    state = load_payload(find_resumable(tmp_path))["optimizer"]
+    assert state["param_groups"][0]["momentum_decay"] == 0.004 and "mu_product" in state["state"][0]
