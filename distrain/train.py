@@ -31,6 +31,7 @@ from distrain.env import DistEnv, detect
 from distrain.engines import build_engine
 from distrain.errors import ConfigError
 from distrain.loops import EpochMetrics, TrainMeter, evaluate, train_one_epoch
+from distrain.ownership import own_run_dir
 from distrain.report import Reporter
 from distrain.schedule import build_scheduler, is_constant
 from distrain.signals import Interrupted, StopSignals
@@ -83,7 +84,11 @@ def setup_logging(rank: int) -> None:
 
 def _run(cfg: Config, ctx: DistContext, given: Given) -> dict[str, Any]:
     parts = build_parts(cfg, ctx, given)  # first: a bad model, loss or data leaves no run directory behind
-    run_dir = prepare_run_dir(cfg, ctx)
+    with own_run_dir(Path(cfg.run.dir), ctx.is_main):  # one run at a time per directory
+        return _train_in(cfg, ctx, given, parts, prepare_run_dir(cfg, ctx))
+
+
+def _train_in(cfg: Config, ctx: DistContext, given: Given, parts: Parts, run_dir: Path) -> dict[str, Any]:
     train_batches = build_train_batches(parts.data.train, global_batch_size=cfg.data.global_batch_size,
                                         shuffle=cfg.data.shuffle, **parts.loader_args)
     optimizer, base_lr = build_optimizer_for(cfg, parts.model, given)
@@ -98,6 +103,10 @@ def _run(cfg: Config, ctx: DistContext, given: Given) -> dict[str, Any]:
     state = TrainState(parts.model, optimizer, scheduler, Stopper(cfg.stop, stop_upwards), meter,
                        scaler=engine.scaler, engine=engine.name)
     maybe_resume(cfg, ctx, run_dir, state)  # into the unwrapped model and the raw optimizer
+    if state.progress.epoch >= cfg.trainer.epochs or state.stopper.stopped:
+        log.info("this run already finished (epoch %d of %d%s): nothing to train; its final metrics follow. "
+                 "To train again, use a new run.dir or checkpoint.resume=never", state.progress.epoch,
+                 cfg.trainer.epochs, f", {state.stopper.stopped}" if state.stopper.stopped else "")
     train_model, train_optimizer = engine.prepare(parts.model, optimizer)
     saver = Saver(cfg, ctx, run_dir, state, best_higher_is_better=best_upwards)
     progress = state.progress

@@ -122,24 +122,15 @@ def test_bad_plugins_exit_2_naming_the_key(tmp_path, override, key, words):
 
 
 @pytest.mark.slow
-def test_regression_and_multilabel_examples_reach_their_figures(tmp_path):
-    reg = run_script("diabetes_regression.py", "diabetes.yaml", f"run.dir={tmp_path / 'reg'}")
-    assert reg.returncode == 0, reg.stderr[-3000:]
-    test = last(tmp_path / "reg", "test")
-    assert test["r2"] >= 0.45 and "accuracy" not in test  # measured: 0.50 (examples/diabetes.yaml)
-    ml = run_script("multilabel.py", "multilabel.yaml", f"run.dir={tmp_path / 'ml'}")
-    assert ml.returncode == 0, ml.stderr[-3000:]
-    test = last(tmp_path / "ml", "test")
-    assert test["f1"] >= 0.70 and test["samples"] == 501  # measured: 0.75 macro F1
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("script,config,tolerance,args,accuracy", [
-    ("breast_cancer.py", "breast_cancer.yaml", 1e-5, ["trainer.epochs=2"], 0.9),
+@pytest.mark.parametrize("script,config,tolerance,args,metric,least", [
+    ("breast_cancer.py", "breast_cancer.yaml", 1e-5, ["trainer.epochs=2"], "accuracy", 0.9),
     # A CNN's rounding differences (conv backward sums in another order on 2 ranks) grow with each SGD
     # step; at the example's lr 0.05 with momentum they reach ~2e-2 in 94 steps, at lr 0.01 in 47 ~1e-5.
-    ("custom_image_dataset.py", "custom_images.yaml", 1e-4, ["trainer.epochs=1", "optim.lr=0.01"], 0.6)])
-def test_examples_in_one_and_two_processes(tmp_path, script, config, tolerance, args, accuracy):
+    ("custom_image_dataset.py", "custom_images.yaml", 1e-4, ["trainer.epochs=1", "optim.lr=0.01"], "accuracy", 0.6),
+    # The shipped configs, whole: the figures the README states (measured R^2 0.50, macro F1 0.75).
+    ("diabetes_regression.py", "diabetes.yaml", 1e-4, [], "r2", 0.45),
+    ("multilabel.py", "multilabel.yaml", 1e-4, [], "f1", 0.70)])
+def test_examples_in_one_and_two_processes(tmp_path, script, config, tolerance, args, metric, least):
     args = [f"run.dir={tmp_path / 'one'}", *args, f"user.demo_dir={tmp_path / 'images'}"]
     one = run_script(script, config, *args)
     assert one.returncode == 0, one.stderr[-3000:]
@@ -149,9 +140,12 @@ def test_examples_in_one_and_two_processes(tmp_path, script, config, tolerance, 
     a, b = final_weights(tmp_path / "one"), final_weights(tmp_path / "two")
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=tolerance)
-    assert last(tmp_path / "one", "test")["accuracy"] >= accuracy
-    assert last(tmp_path / "one", "test")["accuracy"] == pytest.approx(last(tmp_path / "two", "test")["accuracy"],
-                                                                       abs=0.01)
+    test_one, test_two = last(tmp_path / "one", "test"), last(tmp_path / "two", "test")
+    assert test_one[metric] >= least and test_one[metric] == pytest.approx(test_two[metric], abs=0.01)
+    if metric == "r2":
+        assert "accuracy" not in test_one  # regression: no accuracy is made up
+    if metric == "f1":
+        assert test_one["samples"] == 501
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,70 @@
+"""One run per run directory: a second run into a directory in use stops at once naming the holder, the
+first finishes with a clean record; a killed holder's directory is taken over and resumed."""
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from conftest import PYTHON, REPO, clean_env, run_cli, torchrun_cmd
+from distrain.checkpoint import Manifest, find_resumable, list_checkpoints
+from distrain.history import read_metrics
+
+XOR = "configs/xor.yaml"
+ARGS = ["checkpoint.every_epochs=10", "checkpoint.keep_last=0", "wandb.mode=disabled", "log.plots=false"]
+
+
+def start(cmd):
+    return subprocess.Popen(cmd, cwd=REPO, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+
+
+def wait_for(predicate, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError("timed out")
+
+
+@pytest.mark.slow
+def test_a_second_run_into_a_directory_in_use_is_refused_and_the_first_is_clean(tmp_path):
+    first = start(torchrun_cmd(2, "train", XOR, f"run.dir={tmp_path}", "trainer.epochs=300", *ARGS))
+    try:
+        wait_for(lambda: (tmp_path / "metrics.jsonl").exists())
+        started = time.time()
+        second = run_cli("train", XOR, f"run.dir={tmp_path}", "trainer.epochs=300", *ARGS)
+        assert second.returncode == 2 and "is in use by a live run (PID" in second.stderr, second.stderr
+        assert "Traceback" not in second.stderr and time.time() - started < 30
+        out, err = first.communicate(timeout=300)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+    assert first.returncode == 0, err[-2000:]
+    pairs = [(r["epoch"], r["split"]) for r in read_metrics(tmp_path)]
+    assert pairs == [(e, s) for e in range(300) for s in ("train", "test")]  # each exactly once
+    assert all(Manifest.read(p).problem() is None for p in list_checkpoints(tmp_path / "checkpoints"))
+    again = run_cli("train", XOR, f"run.dir={tmp_path}", "trainer.epochs=300", *ARGS)
+    assert again.returncode == 0 and "this run already finished (epoch 300 of 300)" in again.stdout
+
+
+@pytest.mark.slow
+def test_the_directory_of_a_killed_run_is_taken_over_and_resumed(tmp_path):
+    holder = start([PYTHON, "-m", "distrain", "train", XOR, f"run.dir={tmp_path}", "trainer.epochs=300", *ARGS])
+    wait_for(lambda: find_resumable(tmp_path) is not None)
+    os.killpg(holder.pid, signal.SIGKILL)  # no chance to clean up: the kernel drops the lock
+    holder.communicate()
+    taken = run_cli("train", XOR, f"run.dir={tmp_path}", "trainer.epochs=300", *ARGS)
+    assert taken.returncode == 0, taken.stderr[-2000:]
+    assert "resumed from" in taken.stdout
+    assert sorted({r["epoch"] for r in read_metrics(tmp_path)}) == list(range(300))
+
+
+def test_a_run_dir_that_is_a_file_is_a_config_error(tmp_path):
+    path = tmp_path / "not_a_dir"
+    path.write_text("")
+    result = run_cli("train", XOR, f"run.dir={path}", *ARGS)
+    assert result.returncode == 2 and "'run.dir'" in result.stderr and "Traceback" not in result.stderr
