@@ -271,7 +271,11 @@ class CheckpointConfig:
     keep_last: int = 2
     """Keep the newest K periodic checkpoints and delete older ones (0: keep all)."""
     resume: str = "auto"
-    """auto: resume from the newest complete checkpoint of run.dir; never; or a checkpoint path."""
+    """auto: resume from the newest complete checkpoint of run.dir; never; or a checkpoint path (or a run
+    directory: its newest complete checkpoint)."""
+    load: Literal["full", "weights"] = "full"
+    """full: continue the run exactly (model, optimizer, schedule, progress, RNG); weights: start a new run
+    from the checkpoint's model weights only (fine-tuning; needs checkpoint.resume=PATH)."""
     keep_best: int = 0
     """Also keep the best M epoch-end checkpoints by `monitor` (as best-*.pt), whatever keep_last does."""
     monitor: str = "val_loss"
@@ -286,6 +290,9 @@ class CheckpointConfig:
         _check(self.every_steps >= 0, "checkpoint.every_steps", f"must be >= 0, got {self.every_steps}")
         _check(self.keep_last >= 0, "checkpoint.keep_last", f"must be >= 0, got {self.keep_last}")
         _check(bool(self.resume.strip()), "checkpoint.resume", "must be auto, never or a checkpoint path")
+        _check(self.load == "full" or self.resume not in ("auto", "never"), "checkpoint.load",
+               "is weights, which starts a new run from another run's weights: it needs checkpoint.resume=PATH",
+               "set checkpoint.resume to the checkpoint (or run directory) to take the weights from")
 
 
 @dataclass(kw_only=True)

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from distrain import __version__, dist
-from distrain.checkpoint import CheckpointError, find_resumable, load_payload, restore_rng, save_checkpoint
+from distrain.checkpoint import (CheckpointError, find_resumable, load_model_weights, load_payload, resolve_checkpoint,
+                                 restore_rng, save_checkpoint)
 from distrain.config import Config
 from distrain.dist import DistContext
 from distrain.loops import EpochMetrics, TrainMeter
@@ -118,6 +119,38 @@ class Saver:
         return path
 
 
+# Changes that make the saved state meaningless or the continuation silently different: refused on resume.
+UNSAFE = ("seed", "data.name", "data.args", "data.global_batch_size", "data.val_fraction", "data.target_key",
+          "data.shuffle", "model", "loss", "optim", "schedule")
+_WAYS_OUT = ("to start anew: checkpoint.resume=never or a new run.dir; to start a new run from these weights: "
+             "checkpoint.resume=PATH checkpoint.load=weights")
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict) and tree:
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: tree}
+
+
+def check_resumable(saved: dict[str, Any], current: dict[str, Any], path: str) -> None:
+    """Refuse (exit 2) a resume whose config changes what the saved state means, naming every differing
+    key; log the changes that keep the run meaningful (epochs, logging, checkpoint cadence, engine, ...)."""
+    old, new = _flat(saved), _flat(current)
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    unsafe = [k for k in changed if any(k == p or k.startswith(p + ".") for p in UNSAFE)]
+    if unsafe:
+        listed = "; ".join(f"{k}: {old.get(k)!r} in the checkpoint, {new.get(k)!r} now" for k in unsafe)
+        from distrain.errors import ConfigError
+
+        raise ConfigError(unsafe[0], f"differs from the run being resumed ({path}): {listed}", _WAYS_OUT)
+    for key in changed:
+        if key != "run.dir":
+            log.info("resuming with a changed setting: %s: %r -> %r", key, old.get(key), new.get(key))
+
+
 def maybe_resume(cfg: Config, ctx: DistContext, run_dir: Path, state: TrainState) -> None:
     """Load the checkpoint that checkpoint.resume names (auto: the newest complete one of run.dir) into
     `state` and the random generators. Collective: every rank must call it."""
@@ -125,20 +158,31 @@ def maybe_resume(cfg: Config, ctx: DistContext, run_dir: Path, state: TrainState
     if resume == "never":
         return
     # Rank 0 chooses (and verifies checksums) once; every rank then loads the same file.
-    chosen = None
+    chosen, problem = None, None
     if ctx.is_main:
-        found = find_resumable(run_dir) if resume == "auto" else Path(resume)
-        chosen = str(found) if found is not None else None
-    chosen = dist.broadcast_object(chosen)
+        try:
+            found = find_resumable(run_dir) if resume == "auto" else resolve_checkpoint(resume)
+            chosen = str(found) if found is not None else None
+        except CheckpointError as exc:
+            problem = (exc.message, exc.hint)
+    # Every rank learns rank 0's choice, or its error: a rank that stopped alone would leave the others waiting.
+    chosen, problem = dist.broadcast_object((chosen, problem))
+    if problem is not None:
+        raise CheckpointError(*problem)
     if chosen is None:
         return
     payload = load_payload(chosen, map_location=ctx.device)
-    saved_batch = payload["config"]["data"]["global_batch_size"]
-    if saved_batch != cfg.data.global_batch_size:
-        raise CheckpointError(f"checkpoint {chosen} was trained with data.global_batch_size={saved_batch}, "
-                              f"this run has {cfg.data.global_batch_size}",
-                              "resume with the same global batch size, or start anew with checkpoint.resume=never")
-    state.load_payload(payload, is_main=ctx.is_main)
+    if cfg.checkpoint.load == "weights":
+        load_model_weights(state.model, payload, chosen)
+        log.info("started a new run from the weights of %s (epoch %d, global step %d); optimizer, schedule and "
+                 "progress start afresh", chosen, payload["epoch"], payload["global_step"])
+        return
+    check_resumable(payload.get("config", {}), cfg.to_dict(), chosen)
+    try:
+        state.load_payload(payload, is_main=ctx.is_main)
+    except (RuntimeError, KeyError, ValueError) as exc:  # a model or optimizer given to fit that differs
+        raise CheckpointError(f"checkpoint {chosen} does not fit this run's model or optimizer: "
+                              f"{str(exc).splitlines()[0]}", _WAYS_OUT) from None
     saved_engine = payload.get("engine", "native")
     if saved_engine != state.engine:
         # Both engines save plain (unwrapped) state dicts of the same objects, so the state maps as is.
