@@ -429,6 +429,12 @@ def from_dict(raw: dict[str, Any]) -> Config:
     return _build(Config, raw, "")
 
 
+# Keys people write from other tools' habits, and what they mean here (a closer spelling would mislead:
+# batch_size is nearest to eval_batch_size, but means the training batch).
+_MEANT = {"data.batch_size": "global_batch_size", "trainer.max_epochs": "epochs", "optim.learning_rate": "lr",
+          "optim.optimizer": "name", "model.kwargs": "args", "data.kwargs": "args"}
+
+
 def _build(cls: type, raw: Any, prefix: str) -> Any:
     where = prefix or "<top level>"
     if not isinstance(raw, dict):
@@ -438,7 +444,8 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     for key in raw:
         if key not in fields:
             dotted = f"{prefix}.{key}" if prefix else str(key)
-            close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.6)
+            close = [_MEANT[dotted]] if dotted in _MEANT else \
+                difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.6)
             valid = ", ".join(f"{prefix}.{k}" if prefix else k for k in fields)
             hint = f"did you mean '{prefix + '.' if prefix else ''}{close[0]}'?" if close else f"valid keys here: {valid}"
             raise ConfigError(dotted, "unknown key", hint)

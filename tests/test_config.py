@@ -40,6 +40,7 @@ def test_typo_suggests_the_nearest_key():
 BAD_OVERRIDES = [
     (["optimizer.lr=0.1"], "optimizer", "optim"),
     (["optim.lrr=0.1"], "optim.lrr", "optim.lr"),
+    (["data.batch_size=64"], "data.batch_size", "did you mean 'data.global_batch_size'"),
     (["data.global_batch_size=abc"], "data.global_batch_size", "integer"),
     (["data.global_batch_size=0"], "data.global_batch_size", "> 0"),
     (["optim.lr=-1"], "optim.lr", "> 0"),
