@@ -129,7 +129,9 @@ def test_bad_plugins_exit_2_naming_the_key(tmp_path, override, key, words):
     ("custom_image_dataset.py", "custom_images.yaml", 1e-4, ["trainer.epochs=1", "optim.lr=0.01"], "accuracy", 0.6),
     # The shipped configs, whole: the figures the README states (measured R^2 0.50, macro F1 0.75).
     ("diabetes_regression.py", "diabetes.yaml", 1e-4, [], "r2", 0.45),
-    ("multilabel.py", "multilabel.yaml", 1e-4, [], "f1", 0.70)])
+    # Adam divides by the running gradient size, so rounding in small gradients moves weights further:
+    # measured 3.9e-4 after 960 steps on 1 vs 2 processes.
+    ("multilabel.py", "multilabel.yaml", 2e-3, [], "f1", 0.70)])
 def test_examples_in_one_and_two_processes(tmp_path, script, config, tolerance, args, metric, least):
     args = [f"run.dir={tmp_path / 'one'}", *args, f"user.demo_dir={tmp_path / 'images'}"]
     one = run_script(script, config, *args)
