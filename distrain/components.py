@@ -25,11 +25,11 @@ from torch import nn
 from distrain import dist
 from distrain.config import Config
 from distrain.data import DataInfo, DataSets, EvalBatches, build_eval_batches, build_splits, describe_data, probe_batch
-from distrain.data.structures import call_model, to_device
+from distrain.data.structures import to_device
 from distrain.dist import DistContext
 from distrain.errors import ConfigError
 from distrain.metrics import MetricSet, build_metric
-from distrain.objective import Objective, build_objective
+from distrain.objective import Objective, build_objective, output_width, probe_outputs
 from distrain.registry import call, describe, resolve
 from distrain.seeding import configure_determinism, seed_everything
 
@@ -73,8 +73,10 @@ def build_parts(cfg: Config, ctx: DistContext, given: Given | None = None) -> Pa
     if cfg.trainer.channels_last:
         model = model.to(memory_format=torch.channels_last)  # 4-d weights only; others are unchanged
     probe_inputs, probe_targets = (to_device(t, ctx.device) for t in probe_batch(data.train, cfg.data.target_key))
-    objective = build_objective(cfg.loss, info, given.loss, model_outputs=_output_width(model, probe_inputs))
-    objective.check(model, probe_inputs, probe_targets)
+    # One eval-mode forward on two training samples decides one-logit BCE vs cross-entropy and checks it all.
+    probe = probe_outputs(model, probe_inputs)
+    objective = build_objective(cfg.loss, info, given.loss, model_outputs=output_width(probe))
+    objective.check(model, probe, probe_targets)
     metric_objects = _build_metrics(cfg, given)
     loader_args = dict(rank=ctx.rank, world_size=ctx.world_size, device=ctx.device, seed=cfg.seed,
                        loader=cfg.data.loader, num_workers=cfg.data.num_workers,
@@ -119,22 +121,6 @@ def build_model(cfg: Config, info: DataInfo, given: Given | None = None) -> nn.M
     if not isinstance(model, nn.Module):
         raise ConfigError("model.name", f"{cfg.model.name} returned {type(model).__name__}, not an nn.Module")
     return model
-
-
-def _output_width(model: nn.Module, inputs: Any) -> int | None:
-    """The model's output width on a probe batch (eval mode, no gradient): the last dimension, 1 for [N]."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            outputs = call_model(model, inputs)
-    except Exception:
-        return None  # Objective.check runs the same forward and reports the error with its key
-    finally:
-        model.train(was_training)
-    if not isinstance(outputs, torch.Tensor):
-        return None
-    return int(outputs.shape[-1]) if outputs.dim() >= 2 else 1
 
 
 def _build_metrics(cfg: Config, given: Given) -> dict[str, Any]:

@@ -113,7 +113,10 @@ class MetricSet:
         """[loss sum, per-sample metric sums...] of one batch (float64), and the stateful metrics updated."""
         objective = self.objective
         sums = [objective.losses(outputs, targets).double().sum()]
-        preds, labels = objective.predictions(outputs, targets) if (self.stateful or self.per_sample) else (None, None)
+        # Probabilities only when some metric reads them (accuracy alone comes from the raw outputs).
+        needs_preds = self.stateful or any(fn is not accuracy or not objective.has_accuracy
+                                           for fn in self.per_sample.values())
+        preds, labels = objective.predictions(outputs, targets) if needs_preds else (None, None)
         for name, fn in self.per_sample.items():
             if fn is accuracy and objective.has_accuracy:
                 values = objective.hits(outputs, targets)

@@ -131,19 +131,9 @@ class Objective:
 
     # ------------------------------------------------------------------------------------ checking
 
-    def check(self, model: nn.Module, inputs: Any, targets: Any) -> None:
-        """One forward pass in eval mode (no gradient, no state change) on a few training samples, so that
-        a mismatch of model, loss and data is an error naming the key, not a traceback mid-training."""
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                outputs = call_model(model, inputs)
-        except Exception as exc:
-            raise ConfigError("model", f"the model fails on a batch of the training data ({describe(inputs)}): "
-                              f"{type(exc).__name__}: {exc}", "check the model's input size against the data") from None
-        finally:
-            model.train(was_training)
+    def check(self, model: nn.Module, outputs: Any, targets: Any) -> None:
+        """Check model, loss and data together on the probe's outputs (see `probe_outputs`), so that a
+        mismatch is an error naming the key, not a traceback mid-training."""
         if (isinstance(outputs, torch.Tensor) and outputs.dim() == 1 and self.target_view == (1,)
                 and self.kind in ("binary", "regression")):
             self.target_view = ()  # a model that returns [N] (not [N, 1]) gets [N] targets
@@ -183,6 +173,28 @@ class Objective:
             raise ConfigError("model", f"the model's outputs {describe(outputs)} do not match the targets "
                               f"{describe(targets)} for {self.name} (it would broadcast them silently)",
                               "make the model return one value per target")
+
+
+def probe_outputs(model: nn.Module, inputs: Any) -> Any:
+    """The model's outputs on a few training samples: one forward in eval mode, no gradient, no state
+    change (BatchNorm statistics untouched). A model that fails on the data is an error naming `model`."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return call_model(model, inputs)
+    except Exception as exc:
+        raise ConfigError("model", f"the model fails on a batch of the training data ({describe(inputs)}): "
+                          f"{type(exc).__name__}: {exc}", "check the model's input size against the data") from None
+    finally:
+        model.train(was_training)
+
+
+def output_width(outputs: Any) -> int | None:
+    """The last dimension of a tensor output (1 for [N]); None for structured outputs."""
+    if not isinstance(outputs, torch.Tensor):
+        return None
+    return int(outputs.shape[-1]) if outputs.dim() >= 2 else 1
 
 
 def _count(targets: Any, outputs: Any) -> int:

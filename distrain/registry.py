@@ -131,7 +131,7 @@ def call(obj: Callable, args: Mapping[str, Any], key: str, known: Mapping[str, A
       num_outputs, seed, ...) receives it; `args` always win;
     - a required parameter still missing: ConfigError naming `<key>.<parameter>`.
     """
-    from distrain.config import coerce
+    from distrain.config import can_coerce, coerce
 
     try:
         signature = inspect.signature(obj)
@@ -151,7 +151,7 @@ def call(obj: Callable, args: Mapping[str, Any], key: str, known: Mapping[str, A
             hint = f"did you mean '{key}.{close[0]}'?" if close else \
                 f"{describe(obj)} takes: {', '.join(named) or 'no arguments'}"
             raise ConfigError(f"{key}.{name}", f"{describe(obj)} takes no argument {name!r}", hint)
-        kwargs[name] = coerce(value, hints[name], f"{key}.{name}") if name in hints and _checkable(hints[name]) \
+        kwargs[name] = coerce(value, hints[name], f"{key}.{name}") if name in hints and can_coerce(hints[name]) \
             else value
     for name, p in named.items():
         if name in kwargs:
@@ -163,9 +163,3 @@ def call(obj: Callable, args: Mapping[str, Any], key: str, known: Mapping[str, A
                               "know it", f"set {key}.{name} in the config")
     return obj(**kwargs)
 
-
-def _checkable(tp: Any) -> bool:
-    """Whether config.coerce knows the annotation (plain values, lists, unions, literals, dataclasses)."""
-    from distrain.config import can_coerce
-
-    return can_coerce(tp)

@@ -98,33 +98,23 @@ def hold_out(train: Dataset, fraction: float, seed: int) -> tuple[Dataset, Datas
     return Subset(train, train_idx), Subset(train, val_idx)
 
 
-def first_sample(dataset: Dataset, target_key: str | None) -> tuple[Any, Any]:
-    """(inputs, targets) of the first sample, collated as a batch of one."""
-    if isinstance(dataset, TensorDataset) and len(dataset.tensors) >= 2:
-        *inputs, targets = (t[:1] for t in dataset.tensors)
-        from distrain.data.structures import MultipleInputs
-
-        return (inputs[0] if len(inputs) == 1 else MultipleInputs(inputs)), targets
-    try:
-        batch = default_collate([dataset[0]])
-    except Exception as exc:
-        raise UserError(f"cannot read sample 0 of the training set: {type(exc).__name__}: {exc}") from None
-    return split_sample(batch, target_key)
-
-
 def probe_batch(dataset: Dataset, target_key: str | None, size: int = 2) -> tuple[Any, Any]:
-    """(inputs, targets) of the first `size` samples, for Objective.check."""
+    """(inputs, targets) of the first `size` samples, collated as a batch (for describe_data and the probe)."""
     if isinstance(dataset, TensorDataset) and len(dataset.tensors) >= 2:
         *inputs, targets = (t[:size] for t in dataset.tensors)
         from distrain.data.structures import MultipleInputs
 
         return (inputs[0] if len(inputs) == 1 else MultipleInputs(inputs)), targets
     count = min(size, len(dataset))  # type: ignore[arg-type]
-    return split_sample(default_collate([dataset[i] for i in range(count)]), target_key)
+    try:
+        batch = default_collate([dataset[i] for i in range(count)])
+    except Exception as exc:
+        raise UserError(f"cannot read the first samples of the training set: {type(exc).__name__}: {exc}") from None
+    return split_sample(batch, target_key)
 
 
 def describe_data(data: DataSets, target_key: str | None) -> DataInfo:
-    inputs, targets = first_sample(data.train, target_key)
+    inputs, targets = probe_batch(data.train, target_key, size=1)
     input_shape = tuple(inputs.shape[1:]) if isinstance(inputs, torch.Tensor) else None
     target = leaves(targets)[0] if leaves(targets) else None
     target_shape = tuple(target.shape[1:]) if target is not None else ()

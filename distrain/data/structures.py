@@ -14,8 +14,6 @@ from typing import Any, Callable
 
 import torch
 
-INPUTS_MARK = "__distrain_inputs__"  # a tuple of several model inputs, kept apart from a single tuple input
-
 TARGET_KEYS = ("target", "targets", "label", "labels", "y")
 
 
