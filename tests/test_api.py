@@ -3,7 +3,6 @@ example scripts under every launcher, plug-ins named by import path, and the che
 misread task before training."""
 
 import json
-import os
 
 import pytest
 import torch
@@ -333,7 +332,6 @@ def test_register_gives_a_short_name(tmp_path):
 def test_import_of_distrain_loads_nothing():
     code = "import sys, distrain; assert 'torch' not in sys.modules; print(distrain.__all__)"
     assert run_group([PYTHON, "-c", code], env=clean_env(), timeout=60).returncode == 0
-    assert os.path.exists(EX / "plugins.yaml")
 
 
 def test_launch_script_runs_a_user_script(tmp_path):
