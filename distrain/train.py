@@ -85,7 +85,7 @@ def setup_logging(rank: int) -> None:
 def _run(cfg: Config, ctx: DistContext, given: Given) -> dict[str, Any]:
     parts = build_parts(cfg, ctx, given)  # first: a bad model, loss or data leaves no run directory behind
     with own_run_dir(Path(cfg.run.dir), ctx.is_main):  # one run at a time per directory
-        return _train_in(cfg, ctx, given, parts, prepare_run_dir(cfg, ctx))
+        return _train_in(cfg, ctx, given, parts, Path(cfg.run.dir))
 
 
 def _train_in(cfg: Config, ctx: DistContext, given: Given, parts: Parts, run_dir: Path) -> dict[str, Any]:
@@ -103,6 +103,8 @@ def _train_in(cfg: Config, ctx: DistContext, given: Given, parts: Parts, run_dir
     state = TrainState(parts.model, optimizer, scheduler, Stopper(cfg.stop, stop_upwards), meter,
                        scaler=engine.scaler, engine=engine.name)
     maybe_resume(cfg, ctx, run_dir, state)  # into the unwrapped model and the raw optimizer
+    # Only now: a resume refused for a changed config leaves the run's config.yaml as it was.
+    write_config(cfg, ctx, run_dir)
     if state.progress.epoch >= cfg.trainer.epochs or state.stopper.stopped:
         log.info("this run already finished (epoch %d of %d%s): nothing to train; its final metrics follow. "
                  "To train again, use a new run.dir or checkpoint.resume=never", state.progress.epoch,
@@ -182,11 +184,8 @@ def evaluate_splits(parts: Parts, ctx: DistContext, sum_over_ranks=None) -> dict
             for split, (batches, metrics) in parts.evals.items()}
 
 
-def prepare_run_dir(cfg: Config, ctx: DistContext) -> Path:
-    """Rank 0 creates run.dir and writes the resolved config; the others wait until it exists."""
-    run_dir = Path(cfg.run.dir)
+def write_config(cfg: Config, ctx: DistContext, run_dir: Path) -> None:
+    """Rank 0 writes the resolved config into run.dir (created by own_run_dir); the others wait for it."""
     if ctx.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(run_dir / "config.yaml", dump_config(cfg).encode())  # never a half-written file
     dist.barrier()
-    return run_dir

@@ -42,6 +42,7 @@ def test_unsafe_changes_exit_2_naming_every_key(finished, tmp_path, changes, key
     assert f"config key '{keys[0]}'" in result.stderr and "differs from the run being resumed" in result.stderr
     assert all(f"{k}:" in result.stderr for k in keys) and "checkpoint.load=weights" in result.stderr
     assert max(r["epoch"] for r in read_metrics(run)) == 1  # nothing trained, nothing rewritten
+    assert (run / "config.yaml").read_text() == (finished / "config.yaml").read_text()  # the record stays true
 
 
 def test_safe_changes_resume_and_are_logged(finished, tmp_path):
