@@ -78,7 +78,9 @@ def run(main: Callable[..., Any], *args: Any) -> None:
     try:
         main(*args)
     except UserError as exc:
-        print(f"distrain: error: {exc}", file=sys.stderr)
+        from distrain.cli import report_user_error
+
+        report_user_error(exc)  # once for the job, not once per rank
         sys.exit(exc.exit_code)
     except Interrupted as exc:
         print(f"distrain: {exc}", file=sys.stderr)

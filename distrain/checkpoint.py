@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from distrain import dist
-from distrain.errors import UserError
+from distrain.errors import UserError, WriteError
 
 log = logging.getLogger(__name__)
 
@@ -85,12 +85,16 @@ def _fsync_dir(path: Path) -> None:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` so that readers see the old file or the whole new one, never a part."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except OSError as exc:  # disk full, no permission: the old file stays, the partial one goes
+        tmp.unlink(missing_ok=True)
+        raise WriteError(path, exc) from None
 
 
 def sha256_of(path: Path) -> str:
@@ -159,14 +163,26 @@ def save_checkpoint(run_dir: str | Path, payload: dict[str, Any], *, keep_last: 
     payload = dict(payload, rng=dist.all_gather_object(capture_rng()))
     folder = checkpoint_dir(run_dir)
     path = folder / f"step-{payload['global_step']:08d}.pt"
+    problem = None
     if is_main:
-        folder.mkdir(parents=True, exist_ok=True)
-        manifest = _write_verified(path, payload)
-        _prune(folder, keep_last)
-        if keep_best and monitor in manifest.metrics:
-            _update_best(folder, manifest, keep_best, monitor, higher_is_better)
-    # Nobody reads the new checkpoint, or runs ahead to the next save, before it is complete.
-    dist.barrier()
+        try:
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise WriteError(folder, exc) from None
+            manifest = _write_verified(path, payload)
+            _prune(folder, keep_last)
+            if keep_best and monitor in manifest.metrics:
+                _update_best(folder, manifest, keep_best, monitor, higher_is_better)
+        except WriteError as exc:
+            problem = (exc.message, exc.hint)
+    # Nobody reads the new checkpoint, or runs ahead to the next save, before it is complete; and a failed
+    # write stops every rank with rank 0's message (a bare barrier would leave them training alone).
+    problem = dist.broadcast_object(problem)
+    if problem is not None:
+        error = UserError(*problem)
+        error.agreed = True
+        raise error
     return path
 
 
@@ -182,8 +198,13 @@ def _write_verified(path: Path, payload: dict[str, Any]) -> Manifest:
     # Verify what reached the disk before any pointer names it.
     problem = manifest.problem()
     if problem:
-        raise OSError(f"checkpoint {path} {problem} right after writing it")
-    atomic_write_bytes(path.with_suffix(".json"), manifest.to_json().encode())
+        path.unlink(missing_ok=True)  # never leave a bad file where a good one is expected
+        raise WriteError(path, OSError(f"it {problem} right after writing it (a failing disk?)"))
+    try:
+        atomic_write_bytes(path.with_suffix(".json"), manifest.to_json().encode())
+    except WriteError:
+        path.unlink(missing_ok=True)  # a .pt without its manifest would only take space (resume skips it)
+        raise
     atomic_write_bytes(path.parent / "latest.json", json.dumps({"file": path.name}).encode())
     return manifest
 

@@ -7,8 +7,9 @@
     distrain inspect PATH                                  print a checkpoint's metadata
     distrain plot RUN_DIR [RUN_DIR ...] [--out DIR]        loss and accuracy curves (PNG)
 
-Exit status: 0 success; 1 an unexpected error (with traceback); 2 a bad config, environment or file
-(a message naming it, no traceback); 128+N stopped by signal N after saving a checkpoint.
+Exit status: 0 success; 1 an unexpected error (with traceback); 2 a bad config, environment or file, or a
+file that cannot be written (a message naming it, no traceback); 3 training diverged (NaN or Inf, with
+trainer.on_nonfinite: stop); 128+N stopped by signal N after saving a checkpoint.
 torch is imported only by the commands that need it, so `distrain --help` is instant.
 """
 
@@ -61,8 +62,32 @@ def main(argv: list[str] | None = None) -> int:
             return _predict(args)
         return _inspect(args)
     except UserError as exc:
-        print(f"distrain: error: {exc}", file=sys.stderr)
+        report_user_error(exc)
         return exc.exit_code
+
+
+def report_user_error(exc: Exception) -> None:
+    """One message for the whole job, not one per rank: errors every rank meets alike (config errors,
+    verdicts the ranks agreed on) are printed by global rank 0 only; any other is printed with its rank.
+    Under torchrun the message also goes to torchrun's error file, so its failure summary names the cause
+    instead of "error_file: <N/A>"."""
+    import json
+    import os
+    import time
+
+    rank = os.environ.get("RANK", "0")
+    text = f"distrain: error: {exc}" if rank == "0" else f"[rank {rank}] distrain: error: {exc}"
+    if rank != "0" and getattr(exc, "agreed", False):
+        return  # rank 0 says it (and torchrun's summary takes rank 0's error file as the first failure)
+    print(text, file=sys.stderr)
+    error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if error_file:
+        try:
+            with open(error_file, "w") as f:
+                json.dump({"message": {"message": text, "extraInfo": {"py_callstack": text,
+                                                                       "timestamp": str(int(time.time()))}}}, f)
+        except OSError:
+            pass  # the summary then says <N/A>; the message above was printed anyway
 
 
 def _train(args: argparse.Namespace) -> int:

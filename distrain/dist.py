@@ -162,6 +162,13 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def all_reduce_min(tensor: torch.Tensor) -> torch.Tensor:
+    """The elementwise minimum over all ranks, in place, and return it. Collective."""
+    if is_distributed():
+        tdist.all_reduce(tensor, op=tdist.ReduceOp.MIN)
+    return tensor
+
+
 def all_true(flag: bool, device: torch.device) -> bool:
     """True only if `flag` is true on every rank. Collective: every rank must call it."""
     if not is_distributed():

@@ -10,6 +10,7 @@ class UserError(Exception):
     what the CLI exits with: 2, as for every user error (1 is left to bugs, which keep their traceback)."""
 
     exit_code = 2
+    agreed = False  # every rank raises the same error (the CLI lets global rank 0 alone print it)
 
     def __init__(self, message: str, hint: str | None = None):
         super().__init__(message)
@@ -21,9 +22,11 @@ class UserError(Exception):
 
 
 class ConfigError(UserError):
-    """A bad config key or value. Raised before any training starts (exit status 2)."""
+    """A bad config key or value. Raised before any training starts (exit status 2), alike on every rank:
+    each reads the same config."""
 
     exit_code = 2
+    agreed = True
 
     def __init__(self, key: str, problem: str, hint: str | None = None):
         super().__init__(f"config key '{key}': {problem}", hint)
@@ -38,3 +41,28 @@ class EnvError(UserError):
     def __init__(self, variable: str, problem: str, hint: str | None = None):
         super().__init__(f"environment variable {variable}: {problem}", hint)
         self.variable = variable
+
+
+class WriteError(UserError):
+    """A file of the run could not be written (disk full, no permission, read-only file system). Nothing
+    half-written is left behind and what was there before is intact (exit status 2)."""
+
+    exit_code = 2
+
+    def __init__(self, path: object, exc: OSError):
+        cause = exc.strerror or str(exc)
+        hint = {28: "free space (or point run.dir at a larger disk) and run the same command again: it resumes "
+                    "from the newest good checkpoint",
+                122: "free space within your quota and run the same command again: it resumes",
+                13: "make the folder writable, or choose another run.dir",
+                30: "choose a run.dir on a writable file system"}.get(exc.errno or 0)
+        super().__init__(f"cannot write {path}: {cause}", hint)
+        self.path = path
+
+
+class Diverged(UserError):
+    """The loss or the weights became NaN or Inf and trainer.on_nonfinite is `stop` (exit status 3: not a
+    config error, but no bug either; nothing non-finite was saved)."""
+
+    exit_code = 3
+    agreed = True  # the ranks agree on it with one all-reduce

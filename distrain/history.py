@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from distrain.checkpoint import atomic_write_bytes
+from distrain.errors import WriteError
 
 if TYPE_CHECKING:
     from distrain.loops import EpochMetrics
@@ -29,7 +30,7 @@ log = logging.getLogger("distrain")
 
 # The keys of a record that are not metrics.
 RECORD_KEYS = ("epoch", "split", "samples", "global_step", "time_s", "lr", "train_time_s", "samples_per_s",
-               "peak_cuda_mem_gb")
+               "peak_cuda_mem_gb", "skipped_steps")
 
 
 class MetricsLog:
@@ -51,16 +52,32 @@ class MetricsLog:
         parts = [" ".join([split] + [f"{_SHORT.get(k, k)} {_fmt(v)}" for k, v in m.values.items()])
                  for split, m in splits.items()]
         log.info("epoch %d | %s | lr %.3g | %.2fs", epoch, " | ".join(parts), lr, time_s)
-        with open(self.path, "a") as f:
-            for split, m in splits.items():
-                record = {"epoch": epoch, "split": split, **m.values,
-                          "samples": m.samples, "global_step": global_step, "time_s": round(time_s, 4)}
-                if split == "train":
-                    record["lr"] = lr  # the learning rate at the start of the epoch
-                    record.update(extra or {})
-                f.write(json.dumps(record) + "\n")
+        lines = []
+        for split, m in splits.items():
+            record = {"epoch": epoch, "split": split, **m.values,
+                      "samples": m.samples, "global_step": global_step, "time_s": round(time_s, 4)}
+            if split == "train":
+                record["lr"] = lr  # the learning rate at the start of the epoch
+                record.update(extra or {})
+            lines.append(json.dumps(record) + "\n")
+        append_whole(self.path, "".join(lines).encode())
+
+
+def append_whole(path: Path, data: bytes) -> None:
+    """Append `data` (whole lines) durably, or not at all: a failed write (disk full) is cut back off, so
+    the file never ends in half a record."""
+    with open(path, "ab") as f:
+        start = f.tell()
+        try:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        except OSError as exc:
+            try:
+                f.truncate(start)
+            except OSError:
+                pass
+            raise WriteError(path, exc) from None
 
 
 _SHORT = {"accuracy": "acc"}

@@ -21,6 +21,7 @@ from distrain.data import Batch
 from distrain.data.structures import call_model, cat, num_samples, split
 from distrain.engines import Engine
 from distrain.metrics import MetricSet
+from distrain.nonfinite import NonFiniteGuard
 from distrain.objective import Objective
 from distrain.optim import zero_grad
 
@@ -109,11 +110,14 @@ class TrainMeter:
 
 def train_one_epoch(engine: Engine, model: nn.Module, optimizer: Any, batches: Iterable[Batch],
                     objective: Objective, optim_cfg: OptimConfig, *, world_size: int, meter: TrainMeter,
-                    accumulate_steps: int = 1, scheduler: Any = None,
+                    guard: NonFiniteGuard, accumulate_steps: int = 1, scheduler: Any = None,
                     after_step: Callable[[int], None] | None = None) -> None:
     """Train on this rank's batches. Each batch is this rank's share of one global batch: one optimizer
     step, run as `accumulate_steps` micro-batches whose gradients add up to the same total.
 
+    `guard` sees each step's loss and may veto the optimizer step (trainer.on_nonfinite: skip_step); a
+    skipped step still uses up its batch and steps the scheduler, so the data order and the learning rate
+    stay functions of the global step.
     `scheduler` (None when the learning rate is constant) steps once per optimizer step.
     `after_step(step)` runs after every optimizer step on every rank (saving, logging, stop requests: see
     distrain.train); it ends the epoch early by raising. Must run on every rank: backward all-reduces.
@@ -126,9 +130,12 @@ def train_one_epoch(engine: Engine, model: nn.Module, optimizer: Any, batches: I
                 outputs = call_model(model, batch.inputs)
                 loss = objective.step_loss(outputs, batch.targets, world_size, batch.global_size)
             engine.backward(loss)
-            meter.add(outputs, batch.targets)
+            if guard.allows_step(loss):
+                engine.step(optimizer, model, optim_cfg)
+                meter.add(outputs, batch.targets)
         else:
             micro = zip(split(batch.inputs, accumulate_steps), split(batch.targets, accumulate_steps))
+            seen, step_loss = [], None
             for index, (inputs, targets) in enumerate(micro):
                 with engine.accumulate(model, is_last=index == accumulate_steps - 1):
                     with engine.autocast():
@@ -136,8 +143,12 @@ def train_one_epoch(engine: Engine, model: nn.Module, optimizer: Any, batches: I
                         # Summed (not averaged) micro-batch losses: their gradients add up to the step's.
                         loss = objective.step_loss(outputs, targets, world_size, batch.global_size, average=False)
                     engine.backward(loss)
-                meter.add(outputs, targets)
-        engine.step(optimizer, model, optim_cfg)
+                seen.append((outputs, targets))
+                step_loss = loss.detach() if step_loss is None else step_loss + loss.detach()
+            if guard.allows_step(step_loss):
+                engine.step(optimizer, model, optim_cfg)
+                for outputs, targets in seen:
+                    meter.add(outputs, targets)
         if scheduler is not None:
             scheduler.step()
         if after_step is not None:

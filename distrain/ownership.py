@@ -28,6 +28,8 @@ from distrain.errors import ConfigError, UserError
 class RunDirInUse(UserError):
     """Another live run holds this run directory (exit status 2)."""
 
+    agreed = True  # rank 0's verdict, broadcast
+
 
 @contextlib.contextmanager
 def own_run_dir(run_dir: Path, is_main: bool) -> Iterator[None]:

@@ -7,9 +7,11 @@ accuracy, and every configured metric).
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
-from distrain.errors import UserError
+from distrain.checkpoint import atomic_write_bytes
+from distrain.errors import UserError, WriteError
 from distrain.history import read_metrics
 
 
@@ -25,7 +27,10 @@ def plot_runs(run_dirs: list[Path], out_dir: Path) -> list[Path]:
         if not (Path(run) / "metrics.jsonl").is_file():
             raise UserError(f"{run} has no metrics.jsonl", "pass run directories of distrain runs")
         series[Path(run)] = read_metrics(run)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise WriteError(out_dir, exc) from None
     from distrain.history import RECORD_KEYS
 
     metrics: list[str] = []
@@ -49,7 +54,9 @@ def plot_runs(run_dirs: list[Path], out_dir: Path) -> list[Path]:
         ax.legend()
         fig.tight_layout()
         path = out_dir / f"{metric}.png"
-        fig.savefig(path, dpi=100)
+        image = io.BytesIO()
+        fig.savefig(image, format="png", dpi=100)
         plt.close(fig)
+        atomic_write_bytes(path, image.getvalue())  # a full disk leaves the previous plot, not half of one
         paths.append(path)
     return paths

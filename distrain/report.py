@@ -133,11 +133,13 @@ class Reporter:
         self.window_time, self.window_step = time.perf_counter(), global_step
 
     def log_epoch(self, epoch: int, global_step: int, splits: dict[str, EpochMetrics], time_s: float,
-                  lr: float, train_time_s: float) -> None:
+                  lr: float, train_time_s: float, skipped_steps: int | None = None) -> None:
         # Training throughput: the samples of this epoch's steps over the time of the steps (not evaluation).
         train = splits["train"]
         extra: dict[str, float] = {"train_time_s": train_time_s,
                                    "samples_per_s": train.samples / train_time_s if train_time_s > 0 else 0.0}
+        if skipped_steps is not None:
+            extra["skipped_steps"] = skipped_steps  # in the run so far (trainer.on_nonfinite: skip_step)
         if self.ctx.device.type == "cuda":
             extra["peak_cuda_mem_gb"] = torch.cuda.max_memory_allocated(self.ctx.device) / 2**30
         if not self.ctx.is_main:

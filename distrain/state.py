@@ -22,6 +22,7 @@ from distrain.checkpoint import (CheckpointError, find_resumable, load_model_wei
 from distrain.config import Config
 from distrain.dist import DistContext
 from distrain.loops import EpochMetrics, TrainMeter
+from distrain.nonfinite import NonFiniteGuard
 from distrain.seeding import seed_everything
 from distrain.stopping import Stopper
 
@@ -35,6 +36,7 @@ class Progress:
     epoch: int = 0  # the epoch in progress
     step_in_epoch: int = 0  # global batches of that epoch already trained
     global_step: int = 0  # optimizer steps since the start of the run
+    skipped_steps: int = 0  # of those, steps skipped for non-finite values (trainer.on_nonfinite: skip_step)
 
 
 @dataclass
@@ -61,6 +63,7 @@ class TrainState:
             "epoch": self.progress.epoch,
             "step_in_epoch": self.progress.step_in_epoch,
             "global_step": self.progress.global_step,
+            "skipped_steps": self.progress.skipped_steps,
             "world_size": world_size,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -83,16 +86,18 @@ class TrainState:
         # The saved sums already cover every rank: give them to one rank, zeros to the rest.
         totals = payload["epoch_totals"]
         self.meter.load(totals if is_main else torch.zeros_like(totals))
-        self.progress = Progress(payload["epoch"], payload["step_in_epoch"], payload["global_step"])
+        self.progress = Progress(payload["epoch"], payload["step_in_epoch"], payload["global_step"],
+                                 payload.get("skipped_steps", 0))
 
 
 class Saver:
     """When to save. `save` is collective (see checkpoint.save_checkpoint)."""
 
     def __init__(self, cfg: Config, ctx: DistContext, run_dir: Path, state: TrainState,
-                 best_higher_is_better: bool = False):
+                 best_higher_is_better: bool = False, guard: NonFiniteGuard | None = None):
         self.cfg, self.ctx, self.run_dir, self.state = cfg, ctx, run_dir, state
         self.best_higher_is_better = best_higher_is_better  # of checkpoint.monitor
+        self.guard = guard  # checked before every save: non-finite weights never replace good ones
 
     def maybe_save_step(self) -> bool:
         every = self.cfg.checkpoint.every_steps
@@ -110,6 +115,9 @@ class Saver:
 
     def save(self, metrics: dict[str, float] | None = None) -> Path:
         ckpt = self.cfg.checkpoint
+        if self.guard is not None:
+            self.guard.check()
+            self.state.progress.skipped_steps = self.guard.skipped
         payload = self.state.to_payload(self.cfg, self.ctx.world_size, metrics or {})
         path = save_checkpoint(self.run_dir, payload, keep_last=ckpt.keep_last, keep_best=ckpt.keep_best,
                                monitor=ckpt.monitor, higher_is_better=self.best_higher_is_better,
@@ -168,7 +176,9 @@ def maybe_resume(cfg: Config, ctx: DistContext, run_dir: Path, state: TrainState
     # Every rank learns rank 0's choice, or its error: a rank that stopped alone would leave the others waiting.
     chosen, problem = dist.broadcast_object((chosen, problem))
     if problem is not None:
-        raise CheckpointError(*problem)
+        error = CheckpointError(*problem)
+        error.agreed = True  # rank 0's verdict, broadcast
+        raise error
     if chosen is None:
         return
     payload = load_payload(chosen, map_location=ctx.device)

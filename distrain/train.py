@@ -31,6 +31,7 @@ from distrain.env import DistEnv, detect
 from distrain.engines import build_engine
 from distrain.errors import ConfigError
 from distrain.loops import EpochMetrics, TrainMeter, evaluate, train_one_epoch
+from distrain.nonfinite import NonFiniteGuard
 from distrain.ownership import own_run_dir
 from distrain.report import Reporter
 from distrain.schedule import build_scheduler, is_constant
@@ -110,8 +111,11 @@ def _train_in(cfg: Config, ctx: DistContext, given: Given, parts: Parts, run_dir
                  "To train again, use a new run.dir or checkpoint.resume=never", state.progress.epoch,
                  cfg.trainer.epochs, f", {state.stopper.stopped}" if state.stopper.stopped else "")
     train_model, train_optimizer = engine.prepare(parts.model, optimizer)
-    saver = Saver(cfg, ctx, run_dir, state, best_higher_is_better=best_upwards)
     progress = state.progress
+    guard = NonFiniteGuard(cfg.trainer.on_nonfinite, parts.model, ctx.device, global_step=progress.global_step,
+                           steps_per_epoch=train_batches.num_steps, skipped=progress.skipped_steps,
+                           scaler=engine.scaler, last_good=lambda: _newest_good(run_dir, ctx))
+    saver = Saver(cfg, ctx, run_dir, state, best_higher_is_better=best_upwards, guard=guard)
     reporter = Reporter(cfg, ctx, run_dir, parts.model, start_step=progress.global_step,
                         steps_per_epoch=train_batches.num_steps, directions=parts.metric_objects)
     reporter.drop_from_epoch(progress.epoch)
@@ -128,6 +132,7 @@ def _train_in(cfg: Config, ctx: DistContext, given: Given, parts: Parts, run_dir
             def after_step(step: int) -> None:
                 progress.step_in_epoch, progress.global_step = step + 1, progress.global_step + 1
                 if reporter.wants_step(progress.global_step):
+                    guard.check(weights=False)  # a diverged run stops before it logs losses of 1e30
                     reporter.after_step(progress.global_step, meter, optimizer.param_groups[0]["lr"])
                 saved = saver.maybe_save_step()
                 signum = signals.agreed_signal()
@@ -145,14 +150,18 @@ def _train_in(cfg: Config, ctx: DistContext, given: Given, parts: Parts, run_dir
                 lr = optimizer.param_groups[0]["lr"]
                 reporter.start_epoch(meter, progress.global_step)
                 train_one_epoch(engine, train_model, train_optimizer, train_batches, parts.objective, optim_cfg,
-                                world_size=ctx.world_size, meter=meter, accumulate_steps=cfg.trainer.accumulate_steps,
-                                scheduler=step_scheduler, after_step=after_step)
+                                world_size=ctx.world_size, meter=meter, guard=guard,
+                                accumulate_steps=cfg.trainer.accumulate_steps, scheduler=step_scheduler,
+                                after_step=after_step)
+                guard.check()  # before the epoch's figures and its checkpoint
+                progress.skipped_steps = guard.skipped
                 totals = engine.sum_over_ranks(meter.totals().clone())
                 splits = {"train": EpochMetrics.from_totals(totals, meter.names)}
                 train_time = time.perf_counter() - started
                 splits.update(evaluate_splits(parts, ctx, engine.sum_over_ranks))
                 reporter.log_epoch(epoch, progress.global_step, splits, time.perf_counter() - started, lr,
-                                   train_time_s=train_time)
+                                   train_time_s=train_time,
+                                   skipped_steps=guard.skipped if cfg.trainer.on_nonfinite == "skip_step" else None)
                 progress.epoch, progress.step_in_epoch = epoch + 1, 0
                 meter.reset()
                 reason = state.stopper.update(splits)
@@ -174,7 +183,7 @@ def _train_in(cfg: Config, ctx: DistContext, given: Given, parts: Parts, run_dir
                               for name, value in m.values.items()}
     result.update({f"{split}_samples": m.samples for split, m in splits.items()})
     result.update(global_step=progress.global_step, epochs_done=progress.epoch, stopped=state.stopper.stopped,
-                  run_dir=str(run_dir))
+                  skipped_steps=progress.skipped_steps, run_dir=str(run_dir))
     return result
 
 
@@ -182,6 +191,13 @@ def evaluate_splits(parts: Parts, ctx: DistContext, sum_over_ranks=None) -> dict
     """Metrics of the val and test splits (those that exist). Collective."""
     return {split: evaluate(parts.model, batches, metrics, ctx.device, sum_over_ranks)
             for split, (batches, metrics) in parts.evals.items()}
+
+
+def _newest_good(run_dir: Path, ctx: DistContext) -> str | None:
+    """The checkpoint a resume would pick (for the message when training diverges; rank 0 looks)."""
+    from distrain.checkpoint import find_resumable
+
+    return str(find_resumable(run_dir)) if ctx.is_main else None
 
 
 def write_config(cfg: Config, ctx: DistContext, run_dir: Path) -> None:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from distrain.errors import ConfigError, UserError
+from distrain.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -138,51 +138,46 @@ def digits(*, image_size: int | None = None, normalize: bool = True, test_fracti
 
 
 def csv(*, path: str, label_column: str = "label", label_index: int | None = None, header: bool = True,
-        task: Literal["auto", "classification", "regression"] = "auto", test_fraction: float = 0.2,
-        seed: int = 0) -> DataSets:
+        task: Literal["auto", "classification", "regression"] = "auto", classes: list[str] | None = None,
+        test_fraction: float = 0.2, seed: int = 0) -> DataSets:
     """A tabular CSV: numeric feature columns and one label column (by name, or by `label_index`).
-    Classification maps the labels to 0..K-1 in sorted order; regression keeps them as float targets
-    (loss auto: mse). `task: auto` is classification for non-numeric or whole-number labels and regression
-    for numbers with fractions, and the choice is logged. Split by seed and standardized."""
+    Classification maps the labels to 0..K-1: in the order of `classes` when given (a label outside them
+    is an error), else sorted; regression keeps them as float targets (loss auto: mse). `task: auto` is
+    classification for non-numeric or whole-number labels and regression for numbers with fractions, and
+    the choice is logged. Split by seed and standardized. The file is checked first: a missing, empty or
+    non-numeric cell, a short row or an empty file exits 2 naming the file, line and column."""
     import logging
 
+    from distrain.data.tables import class_indices, numbers, read_table
+
     _fraction(test_fraction)
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError("data.args.path", f"{file} does not exist", "point data.args.path at the CSV file")
-    rows = np.atleast_2d(np.genfromtxt(file, delimiter=",", dtype=str, encoding="utf-8"))
-    names = [h.strip() for h in rows[0]] if header else None
-    body = rows[1:] if header else rows
+    table = read_table(Path(path), header=header)
+    width = len(table.rows[0])
     if label_index is not None:
-        column = label_index
-        if not -body.shape[1] <= column < body.shape[1]:
-            raise ConfigError("data.args.label_index", f"{column} is outside the {body.shape[1]} columns of {file}")
-    elif names is not None and label_column in names:
-        column = names.index(label_column)
+        if not -width <= label_index < width:
+            raise ConfigError("data.args.label_index", f"{label_index} is outside the {width} columns of {path}")
+        column = label_index % width
+    elif table.names is not None and label_column in table.names:
+        column = table.names.index(label_column)
     else:
-        raise ConfigError("data.args.label_column", f"{label_column!r} is not a column of {file}",
-                          f"columns: {', '.join(names) if names else '(no header row)'}; or set data.args.label_index")
-    raw_labels = body[:, column]
-    features = np.delete(body, column, axis=1)
-    try:
-        features = features.astype(np.float64)
-    except ValueError as exc:
-        raise UserError(f"{file} has a non-numeric feature value ({exc})",
-                        "every column but the label must hold numbers") from None
+        raise ConfigError("data.args.label_column", f"{label_column!r} is not a column of {path}",
+                          f"columns: {', '.join(table.names) if table.names else '(no header row)'}; "
+                          "or set data.args.label_index")
+    features = numbers(table, [c for c in range(width) if c != column])
+    raw_labels = [row[column] for row in table.rows]
     numeric = all(_is_number(v) for v in raw_labels)
     if task == "auto":
-        fractional = numeric and any(float(v) != round(float(v)) for v in raw_labels)
+        fractional = classes is None and numeric and any(float(v) != round(float(v)) for v in raw_labels)
         task = "regression" if fractional else "classification"
         logging.getLogger("distrain").info(
             "data.args.task=auto: the labels of %s are %s, so this is %s (set data.args.task to change it)",
-            file, "numbers with fractions" if fractional else "class names or whole numbers", task)
+            path, "numbers with fractions" if fractional else "class names or whole numbers", task)
     if task == "regression":
-        if not numeric:
-            raise ConfigError("data.args.task", f"is regression but the labels of {file} are not all numbers")
-        return split_and_standardize(features, raw_labels.astype(np.float64), test_fraction, seed,
+        if classes is not None:
+            raise ConfigError("data.args.classes", "names classes, but data.args.task is regression")
+        return split_and_standardize(features, numbers(table, [column])[:, 0], test_fraction, seed,
                                      num_classes=None, loss="mse")
-    classes = sorted(set(raw_labels.tolist()), key=lambda v: (float(v) if _is_number(v) else float("inf"), v))
-    labels = np.array([classes.index(v) for v in raw_labels])
+    labels, classes = class_indices(table, column, classes)
     return split_and_standardize(features, labels, test_fraction, seed, num_classes=len(classes))
 
 

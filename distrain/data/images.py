@@ -13,7 +13,6 @@ at a barrier and read the files). Missing files are a clear error naming the fol
 
 from __future__ import annotations
 
-import csv as csv_module
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal
@@ -87,6 +86,13 @@ def _missing(name: str, folder: Path, files: list[str]) -> UserError:
                      "put them there, point data.args.root at their parent folder, or set data.args.download=true")
 
 
+def _download_failed(name: str, folder: Path, exc: BaseException) -> UserError:
+    reason = getattr(exc, "reason", None) or " ".join(str(exc).split())[:300]
+    return UserError(f"data.args.download: downloading data.name={name} into {folder} failed: {reason}",
+                     "check the network (or a proxy); on a machine without one, copy the files into that folder "
+                     "and set data.args.download=false")
+
+
 def _mnist_like(name: str, cls_name: str, root: str, download: bool, transform: ImageTransform) -> DataSets:
     import torchvision.datasets
 
@@ -94,7 +100,9 @@ def _mnist_like(name: str, cls_name: str, root: str, download: bool, transform: 
     try:
         train = cls(root, train=True, download=download, transform=build_transform(transform, train=True, stats=name))
         test = cls(root, train=False, download=download, transform=build_transform(transform, train=False, stats=name))
-    except RuntimeError as exc:
+    except (RuntimeError, OSError) as exc:
+        if download and "not found" not in str(exc).lower():
+            raise _download_failed(name, Path(root) / cls_name / "raw", exc) from None
         if "not found" not in str(exc).lower():
             raise
         raise _missing(name, Path(root) / cls_name / "raw",
@@ -135,7 +143,9 @@ def cifar10(*, root: str = "data", download: bool = False,
                         transform=build_transform(transform, train=True, stats="cifar10"))
         test = CIFAR10(root, train=False, download=download,
                        transform=build_transform(transform, train=False, stats="cifar10"))
-    except RuntimeError as exc:
+    except (RuntimeError, OSError) as exc:
+        if download and "not found" not in str(exc).lower():
+            raise _download_failed("cifar10", Path(root) / "cifar-10-batches-py", exc) from None
         if "not found" not in str(exc).lower():
             raise
         raise _missing("cifar10", Path(root) / "cifar-10-batches-py",
@@ -153,8 +163,6 @@ def image_folder(*, root: str, test_fraction: float = 0.2, transform: ImageTrans
                  seed: int = 0) -> DataSets:
     """A folder of class folders: with train/ and test/ (or val/) sub-folders, or one folder split by
     seed (`test_fraction`). Normalized with ImageNet's statistics unless transform.mean/std are set."""
-    from torchvision.datasets import ImageFolder
-
     folder = Path(root)
     if not folder.is_dir():
         raise ConfigError("data.args.root", f"{folder} is not a folder",
@@ -164,14 +172,34 @@ def image_folder(*, root: str, test_fraction: float = 0.2, transform: ImageTrans
     test_tf = build_transform(transform, train=False, stats="imagenet")
     test_dir = next((root / n for n in ("test", "val") if (root / n).is_dir()), None)
     if (root / "train").is_dir() and test_dir is not None:
-        train, test = ImageFolder(root / "train", transform=train_tf), ImageFolder(test_dir, transform=test_tf)
+        train, test = _image_folder(root / "train", train_tf), _image_folder(test_dir, test_tf)
         if train.classes != test.classes:
             raise UserError(f"{root}/train and {test_dir} have different class folders: "
                             f"{train.classes} vs {test.classes}")
         return _spec(train, test, len(train.classes))
-    whole_train, whole_test = ImageFolder(root, transform=train_tf), ImageFolder(root, transform=test_tf)
+    whole_train, whole_test = _image_folder(root, train_tf), _image_folder(root, test_tf, check=False)
     train_idx, test_idx = _split(len(whole_train), test_fraction, seed)
     return _spec(Subset(whole_train, train_idx), Subset(whole_test, test_idx), len(whole_train.classes))
+
+
+def _image_folder(folder: Path, transform: Callable, check: bool = True):
+    """torchvision's ImageFolder, with its problems named: an empty class folder, an unreadable image."""
+    from torchvision.datasets import ImageFolder
+
+    classes = sorted(entry.name for entry in folder.iterdir() if entry.is_dir())
+    if not classes:
+        raise UserError(f"{folder} has no class folders", "put each class's images in a sub-folder named after it")
+    dataset = ImageFolder(folder, transform=transform, allow_empty=True)
+    counts = {name: 0 for name in dataset.classes}
+    for _, label in dataset.samples:
+        counts[dataset.classes[label]] += 1
+    empty = [name for name, n in counts.items() if n == 0]
+    if empty:
+        raise UserError(f"class folder {folder / empty[0]} holds no image ({len(empty)} empty: {', '.join(empty)})",
+                        "add images (.jpg, .png, ...) or remove the folder: every class needs examples")
+    if check:
+        check_images([Path(p) for p, _ in dataset.samples])
+    return dataset
 
 
 class CsvImages(Dataset):
@@ -193,21 +221,25 @@ class CsvImages(Dataset):
 
 
 def csv_images(*, path: str, root: str, header: bool = True, mode: Literal["rgb", "gray"] = "rgb",
-               test_fraction: float = 0.2, transform: ImageTransform = ImageTransform(), seed: int = 0) -> DataSets:
+               classes: list[str] | None = None, test_fraction: float = 0.2,
+               transform: ImageTransform = ImageTransform(), seed: int = 0) -> DataSets:
     """The tutorials' custom Dataset: an annotations CSV `path` of (file name, label) rows and the image
-    folder `root` the names are relative to, decoded as RGB or gray (`mode`: 1 channel), split by seed."""
+    folder `root` the names are relative to, decoded as RGB or gray (`mode`: 1 channel), split by seed.
+    Labels become 0..K-1 in the order of `classes` when given (others are an error), else sorted.
+    Checked first: a bad row, a missing or unreadable image exits 2 naming the file (and line)."""
+    from distrain.data.tables import class_indices, read_table
+
     path, folder = Path(path), Path(root)
-    if not path.is_file():
-        raise ConfigError("data.args.path", f"{path} does not exist", "point data.args.path at the annotations CSV")
-    with open(path, newline="") as f:
-        rows = [r for r in csv_module.reader(f) if r]
-    rows = rows[1:] if header else rows
-    classes = sorted({label for _, label in rows}, key=lambda v: (int(v) if v.lstrip("-").isdigit() else 0, v))
-    items = [(name, classes.index(label)) for name, label in rows]
+    table = read_table(path, header=header)
+    if len(table.rows[0]) != 2:
+        raise UserError(f"{path} has {len(table.rows[0])} columns", "an annotations CSV has two: file name, label")
+    labels, classes = class_indices(table, 1, classes)
+    items = [(row[0], int(label)) for row, label in zip(table.rows, labels)]
     missing = [name for name, _ in items if not (folder / name).is_file()]
     if missing:
         raise UserError(f"{len(missing)} image(s) named in {path} are missing in {folder}, e.g. {missing[0]}",
                         "data.args.root must be the folder the file names in the CSV are relative to")
+    check_images([folder / name for name, _ in items])
     stats = "imagenet" if mode == "rgb" else "gray"
     train_idx, test_idx = _split(len(items), test_fraction, seed)
     train = CsvImages([items[i] for i in train_idx], folder, build_transform(transform, train=True, stats=stats), mode)
@@ -215,3 +247,16 @@ def csv_images(*, path: str, root: str, header: bool = True, mode: Literal["rgb"
     return _spec(train, test, len(classes))
 
 
+def check_images(paths: list[Path]) -> None:
+    """Each file is an image PIL can open and whose structure is whole (`verify`: headers and, for PNG,
+    the chunk checksums; no full decode, so it costs a small part of one epoch's loading). A file that
+    fails is named, before training starts rather than in a DataLoader worker mid-epoch."""
+    from PIL import Image
+
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                image.verify()
+        except Exception as exc:  # PIL raises many types (UnidentifiedImageError, SyntaxError, OSError, ...)
+            raise UserError(f"{path} is not a readable image ({type(exc).__name__}: {exc})",
+                            "replace or remove the file") from None
