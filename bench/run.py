@@ -113,7 +113,7 @@ def startup(variants: list[str], repeats: int) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workloads", default="xor,cnn,resnet18")
+    parser.add_argument("--workloads", default="xor,cnn,mnist,fashion,resnet18")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--repeats", type=int, default=11)
     parser.add_argument("--startup-repeats", type=int, default=3)

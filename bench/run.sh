@@ -5,4 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q -e '.[bench]'
+export DISTRAIN_DATA="${DISTRAIN_DATA:-$HOME/.cache/distrain/data}"
+.venv/bin/python tests/fetch_data.py --root "$DISTRAIN_DATA" >/dev/null  # the real MNIST and FashionMNIST
 exec .venv/bin/python bench/run.py "$@"

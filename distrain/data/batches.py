@@ -4,7 +4,8 @@ Two paths give identical batches (same indices, same values, tested bit for bit)
 - tensor: the data set is tensors in memory (a TensorDataset: the last tensor is the target, the others
   the model's inputs); once per epoch the whole tensors are indexed
   with this rank's shuffled indices (on the training device), and each batch is a view of the next rows.
-  No per-sample __getitem__, no collate, no workers.
+  No per-sample __getitem__, no collate, no workers. In-memory image sets (data/in_memory.py) are
+  uint8 tensors there, transformed one whole batch at a time on the device.
 - dataloader: a DataLoader whose batch sampler yields the same indices, for data sets that load lazily
   (files, transforms), with workers, pinned memory and non-blocking copies on CUDA. Samples may be
   (x, y) tuples, (x1, x2, y), dicts or any nesting of them (distrain.data.structures).
@@ -121,6 +122,8 @@ class TrainBatches:
         self.device = device
         self.channels_last = channels_last
         self.prepare_targets = prepare_targets
+        # In-memory images (data/in_memory.py): uint8 on the device, transformed per batch.
+        self._transform = getattr(dataset, "batch_transform", None) if tensor_path else None
         if tensor_path:
             self._tensors = _on_device(dataset, device, prepare_targets)
         else:
@@ -159,6 +162,9 @@ class TrainBatches:
         gathered = [_placed(torch.index_select(t, 0, index), self.device, self.channels_last)  # ~2x t[index]
                     for t in tensors]
         targets = torch.index_select(all_targets, 0, index)
+        if self._transform is not None:
+            yield from self._transformed(steps, gathered[0], targets, sizes, index)
+            return
         if len(gathered) == 1:
             for step, x, y in zip(steps, gathered[0].split(sizes), targets.split(sizes)):
                 yield Batch(step, x, y, self.sampler.global_size(step))
@@ -166,6 +172,16 @@ class TrainBatches:
         pieces = [t.split(sizes) for t in gathered]
         for position, (step, y) in enumerate(zip(steps, targets.split(sizes))):
             yield Batch(step, MultipleInputs(p[position] for p in pieces), y, self.sampler.global_size(step))
+
+
+    def _transformed(self, steps, images, targets, sizes, index) -> Iterator[Batch]:
+        transform = self._transform
+        draws = transform.draws(self.sampler.epoch, self.sampler.dataset_size) if transform.is_random else None
+        index = index.cpu()
+        for step, x, y, where in zip(steps, images.split(sizes), targets.split(sizes), index.split(sizes)):
+            if draws is not None:
+                x = transform.augment(x, {k: v[where] for k, v in draws.items()})
+            yield Batch(step, transform(x), y, self.sampler.global_size(step))
 
 
 class EvalBatches:
@@ -182,6 +198,7 @@ class EvalBatches:
         self.num_batches = -(-num_samples // eval_batch_size)
         self.ranges = eval_batch_ranges(num_samples, eval_batch_size, rank, world_size)
         self.device = device
+        self._transform = getattr(dataset, "batch_transform", None) if tensor_path else None
         if tensor_path:
             self._tensors = _on_device(dataset, device, prepare_targets)
         else:
@@ -194,6 +211,8 @@ class EvalBatches:
             inputs, targets = self._tensors
             for index, start, end in self.ranges:
                 x = _inputs([_placed(t[start:end], self.device, self.channels_last) for t in inputs])
+                if self._transform is not None:
+                    x = self._transform(x)
                 yield Batch(index, x, targets[start:end], end - start)
             return
         for (index, start, end), batch in zip(self.ranges, self._loader):

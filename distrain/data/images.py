@@ -93,7 +93,48 @@ def _download_failed(name: str, folder: Path, exc: BaseException) -> UserError:
                      "and set data.args.download=false")
 
 
-def _mnist_like(name: str, cls_name: str, root: str, download: bool, transform: ImageTransform) -> DataSets:
+def batch_transform(options: ImageTransform, *, train: bool, stats: str, seed: int):
+    """build_transform's ops for whole uint8 batches (data/in_memory.py), or None where the per-sample
+    path must stay (resizing)."""
+    from distrain.data.in_memory import BatchTransform
+
+    if options.image_size:
+        return None
+    mean, std = (options.mean, options.std) if options.mean is not None else STATS[stats]
+    return BatchTransform(crop=options.crop, random_crop=bool(options.crop) and train, flip=options.flip and train,
+                          mean=tuple(mean) if options.normalize else None,
+                          std=tuple(std) if options.normalize else None, seed=seed)
+
+
+def _in_memory(name: str, train: Dataset, test: Dataset, images: Callable, options: ImageTransform, seed: int,
+               fast: bool, num_train: int | None, num_test: int | None) -> DataSets:
+    """torchvision's set as is (fast: false or a resize), or its arrays as ImageTensors; the first
+    num_train / num_test samples when those are set."""
+    import logging
+
+    from distrain.data.in_memory import ImageTensors
+
+    for key, value, full in (("num_train", num_train, train), ("num_test", num_test, test)):
+        if value is not None and not 0 < value <= len(full):
+            raise ConfigError(f"data.args.{key}", f"must be in 1..{len(full)} or null, got {value}")
+    train_tf = batch_transform(options, train=True, stats=name, seed=seed) if fast else None
+    if train_tf is None:
+        logging.getLogger("distrain").info("data: %s through torchvision's per-sample transforms (%s)", name,
+                                           "data.args.fast is false" if not fast else "resizing is per sample")
+        return _spec(Subset(train, range(num_train)) if num_train else train,
+                     Subset(test, range(num_test)) if num_test else test, 10)
+    test_tf = batch_transform(options, train=False, stats=name, seed=seed)
+    (x, y), (tx, ty) = images(train), images(test)
+    return _spec(ImageTensors(x[:num_train], y[:num_train], train_tf),
+                 ImageTensors(tx[:num_test], ty[:num_test], test_tf), 10)
+
+
+def _idx_images(dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    return dataset.data.unsqueeze(1).contiguous(), torch.as_tensor(dataset.targets, dtype=torch.int64)
+
+
+def _mnist_like(name: str, cls_name: str, root: str, download: bool, transform: ImageTransform,
+                seed: int, fast: bool, num_train: int | None, num_test: int | None) -> DataSets:
     import torchvision.datasets
 
     cls = getattr(torchvision.datasets, cls_name)
@@ -108,24 +149,34 @@ def _mnist_like(name: str, cls_name: str, root: str, download: bool, transform: 
         raise _missing(name, Path(root) / cls_name / "raw",
                        ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
                         "t10k-labels-idx1-ubyte"]) from None
-    return _spec(train, test, 10)
+    return _in_memory(name, train, test, _idx_images, transform, seed, fast, num_train, num_test)
 
 
-def mnist(*, root: str = "data", download: bool = False,
-          transform: ImageTransform = ImageTransform()) -> DataSets:
-    """torchvision's MNIST from `root`/MNIST/raw (downloaded there by global rank 0 when `download`)."""
-    return _mnist_like("mnist", "MNIST", root, download, transform)
+def mnist(*, root: str = "data", download: bool = False, transform: ImageTransform = ImageTransform(),
+          fast: bool = True, num_train: int | None = None, num_test: int | None = None, seed: int = 0) -> DataSets:
+    """torchvision's MNIST from `root`/MNIST/raw (downloaded there by global rank 0 when `download`).
+    `fast`: its images held as one uint8 tensor and transformed a batch at a time on the device (bitwise
+    the per-sample values; data/in_memory.py); false: torchvision's per-sample PIL path. `num_train`,
+    `num_test`: only the first N samples (quick tries)."""
+    return _mnist_like("mnist", "MNIST", root, download, transform, seed, fast, num_train, num_test)
 
 
-def fashion_mnist(*, root: str = "data", download: bool = False,
-                  transform: ImageTransform = ImageTransform()) -> DataSets:
-    """torchvision's FashionMNIST from `root`/FashionMNIST/raw."""
-    return _mnist_like("fashion_mnist", "FashionMNIST", root, download, transform)
+def fashion_mnist(*, root: str = "data", download: bool = False, transform: ImageTransform = ImageTransform(),
+                  fast: bool = True, num_train: int | None = None, num_test: int | None = None,
+                  seed: int = 0) -> DataSets:
+    """torchvision's FashionMNIST from `root`/FashionMNIST/raw (the other options as for mnist)."""
+    return _mnist_like("fashion_mnist", "FashionMNIST", root, download, transform, seed, fast, num_train, num_test)
 
 
-def cifar10(*, root: str = "data", download: bool = False,
-            transform: ImageTransform = ImageTransform()) -> DataSets:
-    """torchvision's CIFAR-10 from `root`/cifar-10-batches-py."""
+def _cifar_images(dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    images = torch.from_numpy(dataset.data).permute(0, 3, 1, 2).contiguous()  # HWC -> CHW, as ToImage does
+    return images, torch.as_tensor(dataset.targets, dtype=torch.int64)
+
+
+def cifar10(*, root: str = "data", download: bool = False, transform: ImageTransform = ImageTransform(),
+            fast: bool = True, num_train: int | None = None, num_test: int | None = None, seed: int = 0) -> DataSets:
+    """torchvision's CIFAR-10 from `root`/cifar-10-batches-py (`fast` as for mnist; random crops and flips
+    then come from the run's seed per epoch and sample)."""
     import torchvision.datasets
 
     class CIFAR10(torchvision.datasets.CIFAR10):
@@ -150,7 +201,7 @@ def cifar10(*, root: str = "data", download: bool = False,
             raise
         raise _missing("cifar10", Path(root) / "cifar-10-batches-py",
                        [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]) from None
-    return _spec(train, test, 10)
+    return _in_memory("cifar10", train, test, _cifar_images, transform, seed, fast, num_train, num_test)
 
 
 def _split(n: int, test_fraction: float, seed: int) -> tuple[list[int], list[int]]:

@@ -89,6 +89,9 @@ def hold_out(train: Dataset, fraction: float, seed: int) -> tuple[Dataset, Datas
     order = np.random.default_rng(seed + 7919).permutation(n)
     num_val = max(1, int(round(fraction * n)))
     val_idx, train_idx = sorted(order[:num_val].tolist()), sorted(order[num_val:].tolist())
+    if hasattr(train, "subset"):  # in-memory images: keep them so; the held-out part is not augmented
+        return (train.subset(torch.tensor(train_idx), evaluation=False),
+                train.subset(torch.tensor(val_idx), evaluation=True))
     if isinstance(train, TensorDataset):
         def part(idx: list[int]) -> TensorDataset:
             index = torch.tensor(idx)
@@ -103,6 +106,9 @@ def probe_batch(dataset: Dataset, target_key: str | None, size: int = 2) -> tupl
     if isinstance(dataset, TensorDataset) and len(dataset.tensors) >= 2:
         *inputs, targets = (t[:size] for t in dataset.tensors)
         from distrain.data.structures import MultipleInputs
+
+        if hasattr(dataset, "batch_transform"):
+            inputs = [dataset.batch_transform(inputs[0])]
 
         return (inputs[0] if len(inputs) == 1 else MultipleInputs(inputs)), targets
     count = min(size, len(dataset))  # type: ignore[arg-type]
