@@ -125,10 +125,12 @@ def _from_slurm(environ: Mapping[str, str]) -> DistEnv:
     if not master_addr and world_size > 1:
         # The step's first node runs task 0 (block distribution); a step may use fewer nodes than the
         # job, so its own node list is the right one when SLURM gives it.
-        list_var = "SLURM_STEP_NODELIST" if "SLURM_STEP_NODELIST" in environ else "SLURM_JOB_NODELIST"
-        if list_var not in environ:
-            raise EnvError("SLURM_JOB_NODELIST", "is not set inside an srun step",
-                           "export MASTER_ADDR to the host that runs task 0")
+        # SLURM_NODELIST: the older name, still the only one some sites' wrappers set.
+        list_var = next((v for v in ("SLURM_STEP_NODELIST", "SLURM_JOB_NODELIST", "SLURM_NODELIST")
+                         if v in environ), None)
+        if list_var is None:
+            raise EnvError("SLURM_JOB_NODELIST", "is not set inside an srun step (nor SLURM_STEP_NODELIST or "
+                           "SLURM_NODELIST)", "export MASTER_ADDR to the host that runs task 0")
         master_addr = expand_nodelist(environ[list_var], list_var)[0]
     if "MASTER_PORT" in environ:
         master_port = _int(environ, "MASTER_PORT")
@@ -147,9 +149,10 @@ def _from_slurm(environ: Mapping[str, str]) -> DistEnv:
 
 
 def expand_nodelist(nodelist: str, variable: str = "SLURM_JOB_NODELIST") -> list[str]:
-    """Expand SLURM's compact host list: `gpu[01-04,07],cpu3` -> gpu01 gpu02 gpu03 gpu04 gpu07 cpu3.
-
-    Zero padding is kept, and several bracket groups in one name (`r[1-2]n[1-2]`) expand as a product.
+    """Expand SLURM's compact host list as `scontrol show hostnames` does: `gpu[01-04,07],cpu3` -> gpu01
+    gpu02 gpu03 gpu04 gpu07 cpu3. Items are separated by commas or whitespace; zero padding is kept; a
+    name with several bracket groups expands as a product in SLURM's order (the last group fastest, then
+    the first, the second, ...: `a[1-2]b[1-2]c[1-2]` -> a1b1c1 a1b1c2 a2b1c1 a2b1c2 a1b2c1 ...).
     """
     hosts: list[str] = []
     for item in _split_top_level(nodelist, variable):
@@ -168,7 +171,7 @@ def _split_top_level(text: str, variable: str) -> list[str]:
             depth -= 1
             if depth < 0:
                 raise EnvError(variable, f"{text!r} has an unmatched ']'")
-        elif ch == "," and depth == 0:
+        elif (ch == "," or ch.isspace()) and depth == 0:
             items.append(text[start:i])
             start = i + 1
     if depth != 0:
@@ -178,12 +181,25 @@ def _split_top_level(text: str, variable: str) -> list[str]:
 
 
 def _expand_one(item: str, whole: str, variable: str) -> list[str]:
-    match = re.search(r"\[([^\]]*)\]", item)
-    if not match:
+    import itertools
+
+    pieces = re.split(r"\[([^\]]*)\]", item)  # literal, group, literal, group, ..., literal
+    literals, groups = pieces[0::2], [_range_names(g, whole, variable) for g in pieces[1::2]]
+    if not groups:
         return [item]
-    head, tail = item[: match.start()], item[match.end():]
+    k = len(groups)
+    # SLURM's order, slowest-varying first: groups k-2, ..., 1, 0, then k-1 (the fastest).
+    order = [*range(k - 2, -1, -1), k - 1] if k > 1 else [0]
+    hosts = []
+    for combo in itertools.product(*(groups[i] for i in order)):
+        chosen = dict(zip(order, combo))
+        hosts.append("".join(lit + (chosen[i] if i < k else "") for i, lit in enumerate(literals)))
+    return hosts
+
+
+def _range_names(text: str, whole: str, variable: str) -> list[str]:
     names = []
-    for part in match.group(1).split(","):
+    for part in text.split(","):
         lo, dash, hi = part.strip().partition("-")
         if not lo.isdigit() or (dash and not hi.isdigit()):
             raise EnvError(variable, f"{whole!r} has a bad range {part!r} (expected N or N-M)")
@@ -194,7 +210,7 @@ def _expand_one(item: str, whole: str, variable: str) -> list[str]:
             raise EnvError(variable, f"{whole!r} has a descending range {part!r}")
         width = len(lo)
         names.extend(str(n).zfill(width) for n in range(int(lo), int(hi) + 1))
-    return [expanded for name in names for expanded in _expand_one(head + name + tail, whole, variable)]
+    return names
 
 
 def parse_tasks_per_node(text: str, variable: str = "SLURM_TASKS_PER_NODE") -> list[int]:

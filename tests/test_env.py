@@ -90,3 +90,52 @@ def test_inconsistent_variables_are_named(environ, variable):
         detect(environ)
     assert info.value.variable == variable
     assert variable in str(info.value)
+
+
+def test_slurm_nodelist_is_the_fallback():
+    lists = ("SLURM_STEP_NODELIST", "SLURM_JOB_NODELIST", "MASTER_ADDR")
+    env = detect({**{k: v for k, v in SRUN.items() if k not in lists}, "SLURM_NODELIST": "old[3-4]"})
+    assert env.master_addr == "old3"
+
+
+def _random_hostlist(rng) -> str:
+    """A list SLURM itself accepts: items of 0-4 bracket groups (ranges, padding, single numbers) with
+    literals between them, joined by commas or whitespace."""
+    items = []
+    for _ in range(rng.randint(1, 3)):
+        groups = rng.randint(0, 4)
+        name = rng.choice(["n", "gpu", "rack", "a-b", "x"])
+        for g in range(groups):
+            width = rng.choice([1, 2, 3])
+            parts = []
+            for _ in range(rng.randint(1, 2)):
+                lo = rng.randint(0, 12)
+                hi = lo + rng.randint(0, 2)
+                parts.append(str(lo).zfill(width) if lo == hi else f"{str(lo).zfill(width)}-{str(hi).zfill(width)}")
+            name += f"[{','.join(parts)}]" + (rng.choice(["s", "-n", ""]) if g < groups - 1 else "")
+        items.append(name)
+    return "".join(item + rng.choice([",", " ", "\t", ", "]) for item in items).rstrip(", \t")
+
+
+def test_node_lists_expand_as_scontrol_show_hostnames(tmp_path):
+    import random
+    import shutil
+    import subprocess
+
+    if not shutil.which("scontrol"):
+        pytest.skip("scontrol is not installed (tests/run.sh installs SLURM)")
+    # scontrol show hostnames needs a config file but no controller.
+    conf = tmp_path / "slurm.conf"
+    conf.write_text("ClusterName=x\nSlurmctldHost=localhost\nNodeName=localhost\nPartitionName=p Nodes=ALL\n")
+    rng = random.Random(0)
+    lists = ["alpha beta gamma", "a[1-2]b[1-2]c[1-2]", "a[1-2]b[1-3]c[1-2]d[1-2]", "a[3,1-2]", " a1 ,, b2 "]
+    lists += [_random_hostlist(rng) for _ in range(60)]
+    checked = 0
+    for hostlist in lists:
+        r = subprocess.run(["scontrol", "show", "hostnames", hostlist], capture_output=True, text=True,
+                           env={"SLURM_CONF": str(conf), "PATH": "/usr/bin:/bin"})
+        if r.returncode or "Invalid" in r.stdout + r.stderr:
+            continue  # e.g. a literal after the last group, which this SLURM refuses; distrain is lenient
+        assert expand_nodelist(hostlist) == r.stdout.split(), hostlist
+        checked += 1
+    assert checked >= 40
