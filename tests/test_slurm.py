@@ -32,6 +32,8 @@ SBATCH_SCRIPT = ("sbatch --partition=debug --ntasks-per-node=2 --gres=none --cpu
                  "slurm/train.sbatch examples/xor_tutorial.py examples/xor.yaml")
 PREEMPT = "sbatch --partition=urgent --ntasks=2 --wrap 'sleep 1'"
 SCANCEL = "scancel --signal=USR2 JOBID"
+SCANCEL_FULL = "scancel --signal=USR2 --full JOBID"  # the steps and the batch shell
+SCANCEL_BATCH = "scancel --signal=USR2 --batch JOBID"  # the batch shell only, as #SBATCH --signal=B:USR2@N
 
 
 # ------------------------------------------------------------------------------- no cluster needed
@@ -169,15 +171,16 @@ def _wait_until_gone(job, slurm_conf, timeout=180):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("interruption", ["scancel-signal", "preemption"])
+@pytest.mark.parametrize("interruption", ["scancel-signal", "scancel-full", "scancel-batch", "preemption"])
 def test_interrupted_job_requeues_resumes_and_matches(slurm, reference, tmp_path, interruption):
     run = tmp_path / "run"
     submitted = sbatch(SBATCH_SRUN, slurm, f"run.dir={run}", "trainer.epochs=30", wait=False,
                        out=tmp_path / "job.out")
     job = submitted.stdout.strip()
     _wait_for_epochs(run, 3)
-    if interruption == "scancel-signal":
-        subprocess.run(SCANCEL.replace("JOBID", job).split(), env=job_env(slurm), check=True)
+    scancel = {"scancel-signal": SCANCEL, "scancel-full": SCANCEL_FULL, "scancel-batch": SCANCEL_BATCH}
+    if interruption in scancel:  # the signal to the steps only, to the batch shell and the steps, to the shell only
+        subprocess.run(scancel[interruption].replace("JOBID", job).split(), env=job_env(slurm), check=True)
     else:  # a higher-priority partition takes the node; SLURM sends the job's --signal, then requeues it
         # From tmp_path: the --wrap job writes its slurm-N.out into the directory it is submitted from.
         subprocess.run(PREEMPT, shell=True, cwd=tmp_path, env=job_env(slurm), check=True, capture_output=True)
@@ -223,5 +226,6 @@ def test_array_tasks_get_their_own_run_directories(slurm, tmp_path):
 
 def test_readme_shows_the_commands_tested_here():
     readme = (REPO / "README.md").read_text()
-    for command in (SBATCH_SRUN, SBATCH_CPU, SBATCH_TORCHRUN, SBATCH_ARRAY, SBATCH_SCRIPT, PREEMPT, SCANCEL):
+    for command in (SBATCH_SRUN, SBATCH_CPU, SBATCH_TORCHRUN, SBATCH_ARRAY, SBATCH_SCRIPT, PREEMPT, SCANCEL,
+                    SCANCEL_FULL, SCANCEL_BATCH):
         assert command in readme, command
