@@ -114,14 +114,16 @@ def _rendezvous_store(env: DistEnv, timeout: datetime.timedelta) -> tdist.Store:
     Why not init_method="env://": after `torchrun --max-restarts` restarts the workers, they reuse the
     agent's store, which still holds the previous attempt's keys. A new worker can then read a killed
     peer's stale gloo address and fail with "connection refused" (seen here, about one restart in
-    three). Prefixing every key with the attempt number makes each attempt meet only its own peers.
+    three). Prefixing every key with the attempt number makes each attempt meet only its own peers. The
+    world size is in the prefix too: an elastic agent that restarts its workers because a node joined
+    (`--nnodes=MIN:MAX`) keeps its restart count, but the new round has more processes.
     """
     # With the agent's store, every worker is a client; otherwise rank 0 hosts the store (SLURM, or a
     # torchrun that does not share its store).
     is_host = env.rank == 0 and not env.uses_agent_store
     store = tdist.TCPStore(env.master_addr, env.master_port, env.world_size, is_master=is_host,
                            timeout=timeout, wait_for_workers=False)
-    return tdist.PrefixStore(f"distrain/attempt_{env.restart_count}", store)
+    return tdist.PrefixStore(f"distrain/attempt_{env.restart_count}/world_{env.world_size}", store)
 
 
 # ---------------------------------------------------------------------- collectives (no-ops alone)

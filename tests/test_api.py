@@ -163,19 +163,19 @@ def wine_run(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_torchmetrics_f1_is_identical_on_1_2_3_ranks_and_equals_sklearn(wine_run):
+def test_torchmetrics_f1_is_identical_on_1_and_3_ranks_and_equals_sklearn(wine_run):
     from sklearn.metrics import f1_score
 
     run, args = wine_run
     lines = []
-    for nproc in (1, 2, 3):
+    for nproc in (1, 3):  # 3: an uneven split of the 53 samples (and of the eval batches)
         command = ("eval", "configs/wine.yaml", *args, f"checkpoint={run}")
         result = run_cli(*command) if nproc == 1 else run_torchrun(nproc, *command)
         assert result.returncode == 0, result.stderr[-3000:]
         lines.append(json.loads(result.stdout.strip().splitlines()[-1]))
     assert lines[0]["test_samples"] == 53 and 0.3 < lines[0]["test_f1"] < 1.0
-    assert lines[0]["test_f1"] == lines[1]["test_f1"] == lines[2]["test_f1"]
-    assert lines[0]["test_loss"] == lines[1]["test_loss"] == lines[2]["test_loss"]
+    assert lines[0]["test_f1"] == lines[1]["test_f1"]
+    assert lines[0]["test_loss"] == lines[1]["test_loss"]
     # The same figure from all predictions gathered in one process, computed by scikit-learn.
     out = run / "preds.pt"
     assert run_cli("predict", "configs/wine.yaml", *args, f"checkpoint={run}", f"out={out}").returncode == 0

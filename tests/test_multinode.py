@@ -15,7 +15,7 @@ XOR = "configs/xor.yaml"
 
 
 def test_two_agents_with_nnodes_2_match_one_agent(tmp_path):
-    args = ["configs/xor.yaml", "trainer.epochs=20"]
+    args = ["configs/xor.yaml", "trainer.epochs=10"]
     endpoint = f"127.0.0.1:{free_port()}"
     agents = []
     for node_rank in (0, 1):
@@ -34,3 +34,4 @@ def test_two_agents_with_nnodes_2_match_one_agent(tmp_path):
     a = load_payload(find_resumable(tmp_path / "two_nodes"))["model"]
     b = load_payload(find_resumable(tmp_path / "one_node"))["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+

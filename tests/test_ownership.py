@@ -32,11 +32,11 @@ def wait_for(predicate, timeout=120):
 
 @pytest.mark.slow
 def test_a_second_run_into_a_directory_in_use_is_refused_and_the_first_is_clean(tmp_path):
-    first = start(torchrun_cmd(2, "train", XOR, f"run.dir={tmp_path}", "trainer.epochs=300", *ARGS))
+    first = start(torchrun_cmd(2, "train", XOR, f"run.dir={tmp_path}", "trainer.epochs=150", *ARGS))
     try:
         wait_for(lambda: (tmp_path / "metrics.jsonl").exists())
         started = time.time()
-        second = run_cli("train", XOR, f"run.dir={tmp_path}", "trainer.epochs=300", *ARGS)
+        second = run_cli("train", XOR, f"run.dir={tmp_path}", "trainer.epochs=150", *ARGS)
         assert second.returncode == 2 and "is in use by a live run (PID" in second.stderr, second.stderr
         assert "Traceback" not in second.stderr and time.time() - started < 30
         out, err = first.communicate(timeout=300)
@@ -45,22 +45,22 @@ def test_a_second_run_into_a_directory_in_use_is_refused_and_the_first_is_clean(
             os.killpg(first.pid, signal.SIGKILL)
     assert first.returncode == 0, err[-2000:]
     pairs = [(r["epoch"], r["split"]) for r in read_metrics(tmp_path)]
-    assert pairs == [(e, s) for e in range(300) for s in ("train", "test")]  # each exactly once
+    assert pairs == [(e, s) for e in range(150) for s in ("train", "test")]  # each exactly once
     assert all(Manifest.read(p).problem() is None for p in list_checkpoints(tmp_path / "checkpoints"))
-    again = run_cli("train", XOR, f"run.dir={tmp_path}", "trainer.epochs=300", *ARGS)
-    assert again.returncode == 0 and "this run already finished (epoch 300 of 300)" in again.stdout
+    again = run_cli("train", XOR, f"run.dir={tmp_path}", "trainer.epochs=150", *ARGS)
+    assert again.returncode == 0 and "this run already finished (epoch 150 of 150)" in again.stdout
 
 
 @pytest.mark.slow
 def test_the_directory_of_a_killed_run_is_taken_over_and_resumed(tmp_path):
-    holder = start([PYTHON, "-m", "distrain", "train", XOR, f"run.dir={tmp_path}", "trainer.epochs=300", *ARGS])
+    holder = start([PYTHON, "-m", "distrain", "train", XOR, f"run.dir={tmp_path}", "trainer.epochs=150", *ARGS])
     wait_for(lambda: find_resumable(tmp_path) is not None)
     os.killpg(holder.pid, signal.SIGKILL)  # no chance to clean up: the kernel drops the lock
     holder.communicate()
-    taken = run_cli("train", XOR, f"run.dir={tmp_path}", "trainer.epochs=300", *ARGS)
+    taken = run_cli("train", XOR, f"run.dir={tmp_path}", "trainer.epochs=150", *ARGS)
     assert taken.returncode == 0, taken.stderr[-2000:]
     assert "resumed from" in taken.stdout
-    assert sorted({r["epoch"] for r in read_metrics(tmp_path)}) == list(range(300))
+    assert sorted({r["epoch"] for r in read_metrics(tmp_path)}) == list(range(150))
 
 
 def test_a_run_dir_that_is_a_file_is_a_config_error(tmp_path):

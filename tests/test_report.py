@@ -20,7 +20,7 @@ def wandb_files(run_dir):
 def offline_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("wb")
     result = run_cli("train", XOR, f"run.dir={run}", "trainer.epochs=5", "log.every_steps=10",
-                     "log.grad_norms=true")
+                     "log.grad_norms=true", env=clean_env(wandb=True))
     assert result.returncode == 0, result.stderr
     return run, result
 
@@ -83,7 +83,7 @@ def test_progress_bar_when_asked(tmp_path):
 
 @pytest.mark.slow
 def test_one_wandb_run_for_two_ranks_even_after_a_kill(tmp_path):
-    env = clean_env(KILL_STEP="30", KILL_RANK="1")
+    env = clean_env(KILL_STEP="30", KILL_RANK="1", wandb=True)
     result = run_torchrun(2, "train", XOR, f"run.dir={tmp_path}", "trainer.epochs=3", "checkpoint.every_steps=7",
                           "log.every_steps=5", extra=("--max-restarts=1",), script="tests/helpers/kill_at_step.py",
                           env=env)
