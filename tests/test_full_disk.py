@@ -29,6 +29,7 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
+@pytest.mark.slow  # three CLI runs end to end
 def test_disk_full_during_a_save_loses_nothing_and_a_rerun_resumes_exactly(small_disk, tmp_path):
     run_dir = small_disk / "run"
     full = run_cli("train", "configs/xor.yaml", f"run.dir={run_dir}", *ARGS)

@@ -18,6 +18,7 @@ DIVERGE = ["data.name=diabetes", "data.args={}", "optim.lr=10", "trainer.epochs=
            "checkpoint.keep_last=3", "wandb.mode=disabled", "log.plots=false"]
 
 
+@pytest.mark.slow  # end to end (several trainings or processes)
 def test_a_diverging_run_stops_with_the_last_good_checkpoint_newest(tmp_path):
     r = run_cli("train", "configs/xor.yaml", f"run.dir={tmp_path}", *DIVERGE)
     assert r.returncode == 3, r.stderr
@@ -120,6 +121,7 @@ def test_skip_step_skips_exactly_the_poisoned_steps_in_one_process(tmp_path):
         _fit(tmp_path / "stop", PoisonedMLP(STEPS, float("nan")), {}, "stop")
 
 
+@pytest.mark.slow  # end to end (several trainings or processes)
 def test_skip_step_agrees_over_two_processes(tmp_path):
     _, reference = _fit(tmp_path / "zero", PoisonedMLP(STEPS, 0.0), {}, "stop")  # one process, zero grads
     spawn(_skip_vs_zero, 2, tmp_path)

@@ -47,6 +47,7 @@ def test_real_sets_load_with_their_sizes(data_root):
         assert sorted(data.train.tensors[1].unique().tolist()) == list(range(10))
 
 
+@pytest.mark.slow  # end to end (several trainings or processes)
 def test_in_memory_path_trains_bitwise_like_the_per_sample_path(data_root, tmp_path):
     results = {}
     for fast in (True, False):
