@@ -36,16 +36,16 @@ _NONE = 2**62  # "no non-finite step seen" in the MIN all-reduce
 class NonFiniteGuard:
     """Watches the step losses (stop) or decides each step (skip_step). `check` is collective."""
 
-    def __init__(self, mode: str, model: nn.Module, device: torch.device, *, global_step: int,
-                 steps_per_epoch: int, skipped: int = 0, scaler: Any = None,
-                 last_good: Callable[[], str | None] = lambda: None):
+    def __init__(self, mode: str, model: nn.Module, device: torch.device, progress: Any, *,
+                 steps_per_epoch: int, scaler: Any = None, last_good: Callable[[], str | None] = lambda: None):
         self.mode, self.model, self.device = mode, model, device
+        self.progress = progress  # the run's Progress: skips are counted in progress.skipped_steps
         self.steps_per_epoch, self.last_good = steps_per_epoch, last_good
-        self.skipped = skipped  # steps skipped so far in the run (skip_step), saved in checkpoints
         self.scaler = scaler
         self._losses: list[torch.Tensor] = []  # this rank's step losses since the last scan
-        self._base = global_step  # the global step before self._losses[0]
+        self._base = progress.global_step  # the global step before self._losses[0]
         self._first_bad: int | None = None  # this rank's first non-finite step, found by a scan
+        self._clean_at = -1  # the step of the last check that found everything finite
 
     # ------------------------------------------------------------------------------------------ per step
 
@@ -64,9 +64,9 @@ class NonFiniteGuard:
         # agree, so that no rank steps while another skips.
         bad = dist.any_true(not bool(finite.all()), self.device)
         if bad:
-            self.skipped += 1
+            self.progress.skipped_steps += 1
             log.warning("global step %d: NaN or Inf in the loss or the gradients: optimizer step skipped "
-                        "(%d skipped so far)", self._base + 1, self.skipped)
+                        "(%d skipped so far)", self._base + 1, self.progress.skipped_steps)
         self._base += 1
         return not bad
 
@@ -84,7 +84,11 @@ class NonFiniteGuard:
     def check(self, *, weights: bool = True) -> None:
         """Raise Diverged on every rank alike if any rank saw a non-finite loss (stop) or the weights hold a
         NaN or Inf. Collective: every rank calls it at the same points (before saves, at log steps and
-        epoch ends). `weights=False` skips the pass over the parameters (log steps)."""
+        epoch ends). `weights=False` skips the pass over the parameters (log steps). A second check at
+        the same step (an epoch end that also saves) returns at once, on every rank alike."""
+        step = self._base + len(self._losses)  # steps seen so far: the same on every rank
+        if step == self._clean_at:
+            return
         if self.mode == "stop":
             self._scan()
         params = list(self.model.parameters())
@@ -95,6 +99,8 @@ class NonFiniteGuard:
         agreed = dist.all_reduce_min(torch.tensor([first, -int(weights_bad)], dtype=torch.int64,
                                                   device=self.device)).tolist()
         if agreed[0] == _NONE and agreed[1] == 0:
+            if weights:
+                self._clean_at = step
             return
         if agreed[0] != _NONE:
             what = (f"the train loss became NaN or Inf at global step {agreed[0]} "

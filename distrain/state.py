@@ -117,7 +117,6 @@ class Saver:
         ckpt = self.cfg.checkpoint
         if self.guard is not None:
             self.guard.check()
-            self.state.progress.skipped_steps = self.guard.skipped
         payload = self.state.to_payload(self.cfg, self.ctx.world_size, metrics or {})
         path = save_checkpoint(self.run_dir, payload, keep_last=ckpt.keep_last, keep_best=ckpt.keep_best,
                                monitor=ckpt.monitor, higher_is_better=self.best_higher_is_better,

@@ -112,9 +112,9 @@ def _train_in(cfg: Config, ctx: DistContext, given: Given, parts: Parts, run_dir
                  cfg.trainer.epochs, f", {state.stopper.stopped}" if state.stopper.stopped else "")
     train_model, train_optimizer = engine.prepare(parts.model, optimizer)
     progress = state.progress
-    guard = NonFiniteGuard(cfg.trainer.on_nonfinite, parts.model, ctx.device, global_step=progress.global_step,
-                           steps_per_epoch=train_batches.num_steps, skipped=progress.skipped_steps,
-                           scaler=engine.scaler, last_good=lambda: _newest_good(run_dir, ctx))
+    guard = NonFiniteGuard(cfg.trainer.on_nonfinite, parts.model, ctx.device, progress,
+                           steps_per_epoch=train_batches.num_steps, scaler=engine.scaler,
+                           last_good=lambda: _newest_good(run_dir, ctx))
     saver = Saver(cfg, ctx, run_dir, state, best_higher_is_better=best_upwards, guard=guard)
     reporter = Reporter(cfg, ctx, run_dir, parts.model, start_step=progress.global_step,
                         steps_per_epoch=train_batches.num_steps, directions=parts.metric_objects)
@@ -154,14 +154,13 @@ def _train_in(cfg: Config, ctx: DistContext, given: Given, parts: Parts, run_dir
                                 accumulate_steps=cfg.trainer.accumulate_steps, scheduler=step_scheduler,
                                 after_step=after_step)
                 guard.check()  # before the epoch's figures and its checkpoint
-                progress.skipped_steps = guard.skipped
                 totals = engine.sum_over_ranks(meter.totals().clone())
                 splits = {"train": EpochMetrics.from_totals(totals, meter.names)}
                 train_time = time.perf_counter() - started
                 splits.update(evaluate_splits(parts, ctx, engine.sum_over_ranks))
+                skipped = progress.skipped_steps if cfg.trainer.on_nonfinite == "skip_step" else None
                 reporter.log_epoch(epoch, progress.global_step, splits, time.perf_counter() - started, lr,
-                                   train_time_s=train_time,
-                                   skipped_steps=guard.skipped if cfg.trainer.on_nonfinite == "skip_step" else None)
+                                   train_time_s=train_time, skipped_steps=skipped)
                 progress.epoch, progress.step_in_epoch = epoch + 1, 0
                 meter.reset()
                 reason = state.stopper.update(splits)
