@@ -176,8 +176,11 @@ class TrainBatches:
 
     def _transformed(self, steps, images, targets, sizes, index) -> Iterator[Batch]:
         transform = self._transform
-        draws = transform.draws(self.sampler.epoch, self.sampler.dataset_size) if transform.is_random else None
-        index = index.cpu()
+        draws = None
+        if transform.is_random:  # once per epoch, onto the device the batches are on
+            draws = {k: v.to(images.device) for k, v in
+                     transform.draws(self.sampler.epoch, self.sampler.dataset_size).items()}
+            index = index.to(images.device)
         for step, x, y, where in zip(steps, images.split(sizes), targets.split(sizes), index.split(sizes)):
             if draws is not None:
                 x = transform.augment(x, {k: v[where] for k, v in draws.items()})

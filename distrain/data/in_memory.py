@@ -65,18 +65,18 @@ class BatchTransform:
 
     def augment(self, images: torch.Tensor, draws: dict[str, torch.Tensor]) -> torch.Tensor:
         """Random crops and flips of a batch, given its samples' `draws` (rows of `draws(...)`)."""
+        # Everything on the images' device (the draws are put there once per epoch): no copy in the step.
         device = images.device
         if self.random_crop:
             height, width = images.shape[-2:]
-            steps = torch.arange(self.crop)
+            steps = torch.arange(self.crop, device=device)
             rows = (draws["top"] % (height - self.crop + 1))[:, None] + steps  # [B, crop]
             cols = (draws["left"] % (width - self.crop + 1))[:, None] + steps
-            batch = torch.arange(len(images))[:, None, None, None]
-            channel = torch.arange(images.shape[1])[None, :, None, None]
-            index = (batch, channel, rows[:, None, :, None], cols[:, None, None, :])
-            images = images[tuple(i.to(device) for i in index)]
+            batch = torch.arange(len(images), device=device)[:, None, None, None]
+            channel = torch.arange(images.shape[1], device=device)[None, :, None, None]
+            images = images[batch, channel, rows[:, None, :, None], cols[:, None, None, :]]
         if self.flip:
-            images = torch.where(draws["flip"].to(device)[:, None, None, None], images.flip(-1), images)
+            images = torch.where(draws["flip"][:, None, None, None], images.flip(-1), images)
         return images
 
 
