@@ -76,10 +76,12 @@ def report_user_error(exc: Exception) -> None:
     import time
 
     rank = os.environ.get("RANK", "0")
-    text = f"distrain: error: {exc}" if rank == "0" else f"[rank {rank}] distrain: error: {exc}"
-    if rank != "0" and getattr(exc, "agreed", False):
-        return  # rank 0 says it (and torchrun's summary takes rank 0's error file as the first failure)
-    print(text, file=sys.stderr)
+    agreed = getattr(exc, "agreed", False)
+    text = f"distrain: error: {exc}" if rank == "0" or agreed else f"[rank {rank}] distrain: error: {exc}"
+    if rank == "0" or not agreed:
+        print(text, file=sys.stderr)  # an agreed error is printed by rank 0 alone
+    # Every rank writes its own error file: torchrun's summary names the rank that exited first, and which
+    # one that is races (the agent stops the others as soon as one exits).
     error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
     if error_file:
         try:

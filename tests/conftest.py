@@ -20,6 +20,18 @@ _LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_
                 "GROUP_RANK", "TORCHELASTIC_RUN_ID")
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(config, items):
+    """Under `pytest -n 2 --dist loadgroup` (tests/run.sh), the tests of a module that share one of its
+    module-scoped fixtures (a training run several tests read) run on one worker, so the fixture runs once."""
+    for item in items:
+        if item.get_closest_marker("xdist_group"):
+            continue  # grouped explicitly (the SLURM clusters)
+        fixtures = getattr(item, "_fixtureinfo", None)
+        if fixtures and any(defs[-1].scope == "module" for defs in fixtures.name2fixturedefs.values()):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
+
 @pytest.fixture(autouse=True)
 def _isolate():
     saved = dict(os.environ)

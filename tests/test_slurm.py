@@ -19,6 +19,9 @@ from conftest import PYTHON, REPO, clean_env, run_torchrun
 from distrain.checkpoint import find_resumable, load_payload
 from distrain.slurm import EXIT_RESUBMIT, job_to_requeue, maybe_requeue, resolve_run_dir
 
+# One worker runs both SLURM modules: the clusters share munged (started by whichever comes first).
+pytestmark = pytest.mark.xdist_group("slurm")
+
 XOR = "configs/xor.yaml"
 # How the tests run the shipped one-node GPU script on the CPU-only test cluster: the same script, with
 # sbatch options overriding its GPU lines. README.md shows these exact lines.

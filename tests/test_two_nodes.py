@@ -20,7 +20,8 @@ import torch
 from conftest import PYTHON, REPO, clean_env, run_torchrun
 from distrain.checkpoint import Manifest, find_resumable, list_checkpoints, load_payload
 
-pytestmark = pytest.mark.slow
+# One worker runs both SLURM modules: the clusters share munged (started by whichever comes first).
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("slurm")]
 
 XOR = "configs/xor.yaml"
 # The commands README.md shows for the two-node cluster (the GPU lines overridden for CPU nodes).
