@@ -3,8 +3,11 @@
 Layout of <run.dir>/checkpoints/:
 
     step-00000060.pt          torch.save of the full training state (see `TrainState.to_payload`)
-    step-00000060.json        manifest: sha256 and size of the .pt, epoch, step, metrics; written *after*
-                              the .pt is complete, so a .pt without a manifest is an unfinished save
+    step-00000060/            or, with strategy: fsdp, a sharded checkpoint: every rank's shards and state.pt
+                              (distrain.sharded_checkpoint)
+    step-00000060.json        manifest: sha256 and size of the .pt (of every file of the folder), epoch, step,
+                              metrics; written *after* the checkpoint is complete, so one without a manifest
+                              is an unfinished save
     best-step-....pt / .json  hard links to the best M checkpoints by checkpoint.monitor (best.json names it)
     latest.json               pointer to the newest complete checkpoint; moved only after the manifest
 
@@ -18,6 +21,7 @@ Loading uses `torch.load(weights_only=True)`: a file that carries pickled code i
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -33,12 +37,14 @@ import numpy as np
 import torch
 
 from distrain import dist
+from distrain.background import staged
 from distrain.errors import UserError, WriteError
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-_NAME = re.compile(r"^step-(\d{8})\.pt$")
+# step-00000060.pt: one file (strategy: ddp); step-00000060/: a sharded checkpoint's folder (strategy: fsdp)
+_NAME = re.compile(r"^step-(\d{8})(\.pt)?$")
 
 
 class CheckpointError(UserError):
@@ -109,7 +115,8 @@ def sha256_of(path: Path) -> str:
 
 @dataclass(frozen=True)
 class Manifest:
-    """What is known about a complete checkpoint without loading it."""
+    """What is known about a complete checkpoint without loading it. `path` is a .pt file, or a sharded
+    checkpoint's folder whose every file is listed in `files` (name -> [sha256, size])."""
 
     path: Path
     sha256: str
@@ -118,33 +125,61 @@ class Manifest:
     step_in_epoch: int
     global_step: int
     metrics: dict[str, float]
+    files: dict[str, list] | None = None
 
     @staticmethod
-    def read(pt_path: Path) -> "Manifest | None":
-        meta_path = pt_path.with_suffix(".json")
+    def read(path: Path) -> "Manifest | None":
+        meta_path = path.with_suffix(".json")  # step-N.pt and step-N/ both have step-N.json
         try:
             meta = json.loads(meta_path.read_text())
-            return Manifest(pt_path, meta["sha256"], int(meta["size"]), int(meta["epoch"]),
-                            int(meta["step_in_epoch"]), int(meta["global_step"]), dict(meta.get("metrics", {})))
-        except (OSError, ValueError, KeyError, TypeError):
+            files = meta.get("files")
+            return Manifest(path, meta["sha256"], int(meta["size"]), int(meta["epoch"]),
+                            int(meta["step_in_epoch"]), int(meta["global_step"]), dict(meta.get("metrics", {})),
+                            {str(k): list(v) for k, v in files.items()} if files is not None else None)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None
 
     def to_json(self) -> str:
-        return json.dumps({"file": self.path.name, "sha256": self.sha256, "size": self.size,
-                           "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
-                           "global_step": self.global_step, "metrics": self.metrics}, indent=1)
+        meta = {"file": self.path.name, "sha256": self.sha256, "size": self.size, "epoch": self.epoch,
+                "step_in_epoch": self.step_in_epoch, "global_step": self.global_step, "metrics": self.metrics}
+        if self.files is not None:
+            meta["files"] = self.files
+        return json.dumps(meta, indent=1)
 
     def problem(self) -> str | None:
-        """Why the .pt does not match its manifest (truncated, overwritten), or None if it does."""
-        try:
-            size = self.path.stat().st_size
-        except OSError as exc:
-            return f"cannot be read ({exc.strerror})"
-        if size != self.size:
-            return f"has {size} bytes, its manifest says {self.size} (truncated or overwritten)"
-        if sha256_of(self.path) != self.sha256:
-            return "does not match the checksum in its manifest (damaged)"
+        """Why the checkpoint does not match its manifest (truncated, overwritten, a shard missing), or None."""
+        if self.files is None:
+            return _file_problem(self.path, self.sha256, self.size)
+        if not self.path.is_dir():
+            return "is not a folder, its manifest lists a sharded checkpoint's files"
+        for name, (sha256, size) in sorted(self.files.items()):
+            problem = _file_problem(self.path / name, sha256, size)
+            if problem:
+                return f"holds {name}, which {problem}"
         return None
+
+
+def _file_problem(path: Path, sha256: str, size: int) -> str | None:
+    try:
+        found = path.stat().st_size
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})"
+    if found != size:
+        return f"has {found} bytes, its manifest says {size} (truncated or overwritten)"
+    if sha256_of(path) != sha256:
+        return "does not match the checksum in its manifest (damaged)"
+    return None
+
+
+def remove_checkpoint(path: Path) -> None:
+    """Manifest first: a checkpoint without one is ignored, so a kill between the two steps is harmless."""
+    import shutil
+
+    path.with_suffix(".json").unlink(missing_ok=True)
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------------------------- save and load
@@ -154,28 +189,56 @@ def checkpoint_dir(run_dir: str | Path) -> Path:
 
 
 def save_checkpoint(run_dir: str | Path, payload: dict[str, Any], *, keep_last: int, is_main: bool,
-                    keep_best: int = 0, monitor: str = "val_loss", higher_is_better: bool = False) -> Path:
+                    keep_best: int = 0, monitor: str = "val_loss", higher_is_better: bool = False,
+                    shards: tuple[torch.nn.Module, torch.optim.Optimizer] | None = None,
+                    background: Any = None) -> Path:
     """Write `payload` as the checkpoint of payload['global_step']. Collective: call on every rank.
 
     `payload` must already hold everything but the RNG states; they are gathered here from every rank.
-    Returns the checkpoint path (on every rank).
+    `shards`: the (sharded) model and optimizer, written by every rank as a sharded checkpoint
+    (distrain.sharded_checkpoint); the payload then holds the rest. `background` (distrain.background):
+    return once the state is staged; the same steps then run in the writer thread. Returns the checkpoint
+    path (on every rank).
     """
     payload = dict(payload, rng=dist.all_gather_object(capture_rng()))
     folder = checkpoint_dir(run_dir)
-    path = folder / f"step-{payload['global_step']:08d}.pt"
+    name = f"step-{payload['global_step']:08d}"
+    path = folder / (name if shards is not None else f"{name}.pt")
+
+    def keep(manifest: Manifest) -> None:  # rank 0, once the new checkpoint is complete
+        _prune(folder, keep_last)
+        if keep_best and monitor in manifest.metrics:
+            _update_best(folder, manifest, keep_best, monitor, higher_is_better)
+
+    if background is not None:
+        background.wait()  # at most one write in flight; a failed one stops every rank here
+        if shards is not None:
+            from distrain.sharded_checkpoint import write_sharded_in_background
+
+            write_sharded_in_background(path, payload, *shards, is_main=is_main, background=background,
+                                        then=keep)
+        elif is_main:
+            copy = staged(payload)  # training goes on changing the live tensors
+
+            def write() -> None:
+                _make(folder)
+                keep(_write_verified(path, copy))
+
+            background.submit(write)
+        return path
     problem = None
-    if is_main:
-        try:
-            try:
-                folder.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise WriteError(folder, exc) from None
+    try:
+        if shards is not None:
+            from distrain.sharded_checkpoint import write_sharded
+
+            manifest = write_sharded(path, payload, *shards, is_main=is_main)  # every rank writes its shards
+        elif is_main:
+            _make(folder)
             manifest = _write_verified(path, payload)
-            _prune(folder, keep_last)
-            if keep_best and monitor in manifest.metrics:
-                _update_best(folder, manifest, keep_best, monitor, higher_is_better)
-        except WriteError as exc:
-            problem = (exc.message, exc.hint)
+        if is_main:
+            keep(manifest)
+    except UserError as exc:  # the same on every rank, or rank 0's alone (after the last collective)
+        problem = (exc.message, exc.hint)
     # Nobody reads the new checkpoint, or runs ahead to the next save, before it is complete; and a failed
     # write stops every rank with rank 0's message (a bare barrier would leave them training alone).
     problem = dist.broadcast_object(problem)
@@ -186,12 +249,22 @@ def save_checkpoint(run_dir: str | Path, payload: dict[str, Any], *, keep_last: 
     return path
 
 
+def _make(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise WriteError(folder, exc) from None
+
+
 def _write_verified(path: Path, payload: dict[str, Any]) -> Manifest:
     import io
 
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     data = buffer.getvalue()
+    other = path.with_suffix("")  # a sharded checkpoint of the same step (the strategy changed): replaced
+    if other.is_dir():
+        remove_checkpoint(other)
     atomic_write_bytes(path, data)
     manifest = Manifest(path, hashlib.sha256(data).hexdigest(), len(data), payload["epoch"],
                         payload["step_in_epoch"], payload["global_step"], payload.get("metrics", {}))
@@ -213,18 +286,17 @@ def _prune(folder: Path, keep_last: int) -> None:
     if keep_last <= 0:
         return
     for old in list_checkpoints(folder)[keep_last:]:
-        # Manifest first: a .pt without a manifest is ignored, so a kill between the two unlinks is harmless.
-        old.with_suffix(".json").unlink(missing_ok=True)
-        old.unlink(missing_ok=True)
+        remove_checkpoint(old)
 
 
 def list_best(folder: Path) -> list[Manifest]:
-    """The kept best checkpoints (best-*.pt with manifests), best first; ties keep the older one first."""
+    """The kept best checkpoints (best-step-* with manifests), best first; ties keep the older one first."""
     if not (folder / "best.json").exists():
         return []
     marker = json.loads((folder / "best.json").read_text())
     monitor, sign = marker["monitor"], 1.0 if marker.get("higher_is_better", False) else -1.0
-    found = [m for p in folder.glob("best-*.pt") if (m := Manifest.read(p)) is not None and monitor in m.metrics]
+    found = [m for p in folder.glob("best-step-*") if p.suffix != ".json"
+             if (m := Manifest.read(p)) is not None and monitor in m.metrics]
     return sorted(found, key=lambda m: (-sign * m.metrics[monitor], m.global_step))
 
 
@@ -235,17 +307,35 @@ def _update_best(folder: Path, manifest: Manifest, keep_best: int, monitor: str,
     wanted = {"monitor": monitor, "higher_is_better": higher_is_better}
     if not marker.exists() or json.loads(marker.read_text()) != wanted:
         for old in folder.glob("best-*"):
-            old.unlink()
+            if old.is_dir():
+                import shutil
+
+                shutil.rmtree(old)
+            else:
+                old.unlink()
         atomic_write_bytes(marker, json.dumps(wanted).encode())
     link = folder / f"best-{manifest.path.name}"
     tmp = folder / f".{link.name}.tmp-{os.getpid()}"
-    tmp.unlink(missing_ok=True)
-    os.link(manifest.path, tmp)
-    os.replace(tmp, link)
-    atomic_write_bytes(link.with_suffix(".json"), manifest.to_json().encode())
+    try:
+        if manifest.files is None:
+            tmp.unlink(missing_ok=True)
+            os.link(manifest.path, tmp)
+            os.replace(tmp, link)
+        else:  # a sharded checkpoint: a folder of links to its files, renamed into place whole
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+            for name in manifest.files:
+                os.link(manifest.path / name, tmp / name)
+            if link.exists():
+                remove_checkpoint(link)
+            os.rename(tmp, link)
+    except OSError as exc:
+        raise WriteError(link, exc) from None
+    atomic_write_bytes(link.with_suffix(".json"), dataclasses.replace(manifest, path=link).to_json().encode())
     for loser in list_best(folder)[keep_best:]:
-        loser.path.with_suffix(".json").unlink(missing_ok=True)
-        loser.path.unlink(missing_ok=True)
+        remove_checkpoint(loser.path)
 
 
 def list_checkpoints(folder: Path) -> list[Path]:
@@ -256,11 +346,26 @@ def list_checkpoints(folder: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)), reverse=True)
 
 
-def load_payload(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """torch.load with weights_only=True. Raises CheckpointError for missing, damaged or code-carrying files."""
+def load_payload(path: str | Path, map_location: str | torch.device = "cpu", *,
+                 model_weights: bool = True) -> dict[str, Any]:
+    """torch.load with weights_only=True. Raises CheckpointError for missing, damaged or code-carrying files.
+    A sharded checkpoint's folder: its state.pt, plus (with `model_weights`) the whole model's weights
+    read from the shards into this process (for evaluation and export; a resume loads shards only)."""
     path = Path(path)
+    if path.is_dir():
+        from distrain.sharded_checkpoint import read_sharded
+
+        return read_sharded(path, map_location, model_weights=model_weights)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    payload = torch_load(path, map_location)
+    if not isinstance(payload, dict) or "model" not in payload:
+        raise CheckpointError(f"checkpoint {path} is not a distrain checkpoint (no 'model' entry)")
+    return payload
+
+
+def torch_load(path: Path, map_location: str | torch.device = "cpu") -> Any:
+    """torch.load(weights_only=True), its failures as CheckpointErrors (damaged, or carrying code)."""
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -271,8 +376,6 @@ def load_payload(path: str | Path, map_location: str | torch.device = "cpu") -> 
             "only load checkpoints you trust; distrain never unpickles arbitrary objects") from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {path} is damaged: {str(exc).splitlines()[0]}") from None
-    if not isinstance(payload, dict) or "model" not in payload:
-        raise CheckpointError(f"checkpoint {path} is not a distrain checkpoint (no 'model' entry)")
     return payload
 
 
@@ -304,11 +407,19 @@ def load_model_weights(model: torch.nn.Module, payload: dict[str, Any], path: st
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint file, or a run directory's newest complete checkpoint."""
     path = Path(path)
+    if _NAME.match(path.name) and path.is_dir():  # a sharded checkpoint: its manifest is checked here too
+        manifest = Manifest.read(path)
+        problem = "has no manifest (the save did not finish)" if manifest is None else manifest.problem()
+        if problem:
+            raise CheckpointError(f"checkpoint {path} {problem}",
+                                  "pass another checkpoint, or the run directory (its newest complete one)")
+        return path
     if path.is_dir():
         found = find_resumable(path)
         if found is None:
             raise CheckpointError(f"{path} holds no complete checkpoint (looked in {path / 'checkpoints'})")
         return found
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist", "pass a .pt file or a run directory")
+        raise CheckpointError(f"checkpoint {path} does not exist",
+                              "pass a .pt file, a sharded checkpoint's folder or a run directory")
     return path

@@ -5,6 +5,7 @@
     distrain predict CONFIG checkpoint=PATH [split=test] [out=FILE] [key=value ...]
                                                            the model's outputs for every sample, in order
     distrain inspect PATH                                  print a checkpoint's metadata
+    distrain export PATH --out FILE                        the model's weights as one plain state dict
     distrain plot RUN_DIR [RUN_DIR ...] [--out DIR]        loss and accuracy curves (PNG)
 
 Exit status: 0 success; 1 an unexpected error (with traceback); 2 a bad config, environment or file, or a
@@ -40,7 +41,11 @@ def _parser() -> argparse.ArgumentParser:
                          help="checkpoint=PATH (required), split=test|val|train, out=FILE (.pt or .csv; default "
                               "<run.dir>/predictions-<split>.pt), and dotted overrides")
     inspect = sub.add_parser("inspect", help="print a checkpoint's metadata without building the model")
-    inspect.add_argument("path", help="a checkpoint file (.pt) or a run directory (its latest checkpoint)")
+    inspect.add_argument("path", help="a checkpoint (.pt file or sharded folder) or a run directory (its newest)")
+    export = sub.add_parser("export", help="write a checkpoint's model weights as one plain state dict (.pt, "
+                            "or .safetensors), from a .pt or a sharded checkpoint, for inference elsewhere")
+    export.add_argument("path", help="a checkpoint (.pt file or sharded folder) or a run directory (its newest)")
+    export.add_argument("--out", required=True, help="output file: FILE.pt (torch.save) or FILE.safetensors")
     plot = sub.add_parser("plot", help="loss and accuracy curves of one or more runs (PNG)")
     plot.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories (several: overlaid)")
     plot.add_argument("--out", help="output folder (default: RUN_DIR/plots for one run, ./plots for several)")
@@ -60,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
             return _plot(args)
         if args.command == "predict":
             return _predict(args)
+        if args.command == "export":
+            return _export(args)
         return _inspect(args)
     except UserError as exc:
         report_user_error(exc)
@@ -159,6 +166,13 @@ def _plot(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else (runs[0] / "plots" if len(runs) == 1 else Path("plots"))
     for path in plot_runs(runs, out):
         print(path)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from distrain.export import export_weights
+
+    print(export_weights(args.path, args.out))
     return 0
 
 

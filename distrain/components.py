@@ -142,6 +142,11 @@ def build_optimizer_for(cfg: Config, model: nn.Module, given: Given) -> tuple[An
             raise ConfigError("optim.lr", "required key is missing (no optimizer was given)",
                               "set optim.lr (and optim.name) in the config, or pass optimizer= to distrain.fit")
         return build_optimizer(cfg.optim, model.parameters()), cfg.optim.lr
+    if isinstance(chosen, torch.optim.Optimizer) and cfg.strategy == "fsdp":
+        raise ConfigError("optimizer", "an optimizer object cannot be given with strategy=fsdp: sharding "
+                          "replaces the model's parameters, so the optimizer would step stale ones",
+                          "pass a function of the parameters instead, e.g. "
+                          "optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3)")
     if not isinstance(chosen, torch.optim.Optimizer):
         chosen = chosen([p for p in model.parameters() if p.requires_grad])
     owned = {id(p) for p in model.parameters()}
@@ -169,12 +174,15 @@ def monitor_direction(cfg_mode: str, monitor: str, parts: Parts, key: str, train
     return higher_is_better(name, parts.metric_objects.get(name))
 
 
-def log_parts(parts: Parts, ctx: DistContext, num_steps: int, engine_name: str, version: str) -> None:
+def log_parts(parts: Parts, ctx: DistContext, num_steps: int, engine_name: str, version: str,
+              strategy: str = "ddp") -> None:
     data = parts.data
     sizes = " / ".join(f"{len(d)} {s}" for s, d in (("train", data.train), ("val", data.val), ("test", data.test))
                        if d is not None)
-    log.info("distrain %s | %s | %d process(es) | device %s | backend %s | engine %s | %s samples | "
+    from distrain.sharding import model_class
+
+    log.info("distrain %s | %s | %d process(es) | device %s | backend %s | engine %s | strategy %s | %s samples | "
              "%d steps per epoch | model %s | loss %s (%s)", version, ctx.env.source, ctx.world_size, ctx.device,
-             ctx.backend or "none", engine_name, sizes, num_steps, describe(type(parts.model)),
+             ctx.backend or "none", engine_name, strategy, sizes, num_steps, describe(model_class(parts.model)),
              parts.objective.name, parts.objective.kind)
 

@@ -266,6 +266,35 @@ class DDPConfig:
 
 
 @dataclass(kw_only=True)
+class FSDPConfig:
+    """Sharded data parallelism (strategy: fsdp; FSDP2's fully_shard): each rank holds 1/N of the
+    parameters, gradients and optimizer state; a unit's parameters are gathered just for its forward and
+    backward."""
+
+    units: list[str] | None = None
+    """Module class names sharded as units (e.g. [TransformerEncoderLayer]); null: every module whose
+    parameters not yet in a unit reach fsdp.min_unit_params, innermost first. The model is the last unit."""
+    min_unit_params: int = 1_000_000
+    """With fsdp.units null: the parameter count that makes a module a unit of its own."""
+    reshard_after_forward: bool = True
+    """Free a unit's gathered parameters after its forward (gathered again for backward): least memory.
+    false keeps them until backward: one all-gather less per unit and step, more memory."""
+    param_dtype: Literal["float32", "bfloat16"] = "float32"
+    """Dtype of the gathered parameters used in forward and backward (bfloat16: mixed precision; the
+    sharded parameters, the optimizer and the gradient reduction stay float32)."""
+    cpu_offload: bool = False
+    """Keep the sharded parameters, gradients and optimizer state in CPU memory (GPU training only): the
+    optimizer steps on the CPU."""
+    activation_checkpointing: bool = False
+    """Recompute each unit's activations in backward instead of keeping them (less memory, ~1/3 more compute)."""
+
+    def __post_init__(self) -> None:
+        _check(self.min_unit_params > 0, "fsdp.min_unit_params", f"must be > 0, got {self.min_unit_params}")
+        _check(self.units is None or len(self.units) > 0, "fsdp.units",
+               "must name at least one module class, or be null (units chosen by size)")
+
+
+@dataclass(kw_only=True)
 class CheckpointConfig:
     every_epochs: int = 1
     """Save at the end of every N-th epoch (0: never at epoch ends)."""
@@ -273,6 +302,10 @@ class CheckpointConfig:
     """Save every N optimizer steps, mid-epoch too (0: off)."""
     keep_last: int = 2
     """Keep the newest K periodic checkpoints and delete older ones (0: keep all)."""
+    async_save: bool = False
+    """Write checkpoints in the background from a staged CPU copy while training goes on (at most one
+    write in flight; the same atomic, verified files). A failed background write stops the run at the next
+    save or at the end."""
     resume: str = "auto"
     """auto: resume from the newest complete checkpoint of run.dir; never; or a checkpoint path (or a run
     directory: its newest complete checkpoint)."""
@@ -351,6 +384,9 @@ class Config:
     and overrides reach them like any key (user.width=64)."""
     engine: Literal["native", "accelerate"] = "native"
     """Who wraps the model and steps: native (torch DDP) or accelerate (HF Accelerate's Accelerator)."""
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    """ddp: every rank holds the whole model (DistributedDataParallel); fsdp: parameters, gradients and
+    optimizer state sharded over the ranks (FSDP2), with sharded checkpoints (see the fsdp section)."""
     seed: int = 0
     """Seeds Python, NumPy and torch; also the data generation, the splits and the shuffling."""
     run: RunConfig = field(default_factory=RunConfig)
@@ -359,6 +395,8 @@ class Config:
     """Process-group settings."""
     ddp: DDPConfig = field(default_factory=DDPConfig)
     """DistributedDataParallel settings."""
+    fsdp: FSDPConfig = field(default_factory=FSDPConfig)
+    """Sharding settings (strategy: fsdp)."""
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     """How the learning rate changes over training."""
     stop: StopConfig = field(default_factory=StopConfig)
@@ -375,6 +413,20 @@ class Config:
         _check(not (self.ddp.static_graph and self.trainer.accumulate_steps > 1), "ddp.static_graph",
                "cannot be combined with trainer.accumulate_steps > 1 (DDP's no_sync does not support it)",
                "set ddp.static_graph=false, or trainer.accumulate_steps=1")
+        if self.strategy == "fsdp":
+            _check(self.engine == "native", "strategy",
+                   "fsdp runs on the native engine; engine=accelerate trains with DDP only (its checkpoint "
+                   "format holds no sharded state)", "set engine=native, or strategy=ddp")
+            _check(self.trainer.precision != "fp16", "trainer.precision",
+                   "fp16 is not supported with strategy=fsdp (its gradient scaler is not sharding-aware)",
+                   "use fsdp.param_dtype=bfloat16 or trainer.precision=bf16")
+            _check(not self.log.grad_norms, "log.grad_norms",
+                   "is not supported with strategy=fsdp: per-parameter gradient hooks see no gradients of "
+                   "sharded parameters (the total gradient norm of the step logs is still reported)",
+                   "set log.grad_norms=false, or strategy=ddp")
+            _check(not self.trainer.compile, "trainer.compile",
+                   "is not supported with strategy=fsdp here (untested with sharded parameters)",
+                   "set trainer.compile=false, or strategy=ddp")
         for name in self.metrics:
             _check(name.isidentifier() and name != "loss", f"metrics.{name}",
                    "a metric's name must be an identifier other than 'loss' (it becomes val_<name>, test_<name>)")

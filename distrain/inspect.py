@@ -21,6 +21,7 @@ def inspect_checkpoint(path: str | Path) -> str:
         "global_step": payload["global_step"],
         "world_size": payload["world_size"],
         "engine": payload.get("engine", "native"),
+        "sharded": path.is_dir(),  # a folder of per-rank shards (strategy: fsdp), or one .pt file
         "metrics": payload.get("metrics", {}),
         "model_parameters": tensors,
         "distrain_version": payload.get("distrain_version"),

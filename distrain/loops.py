@@ -24,6 +24,7 @@ from distrain.metrics import MetricSet
 from distrain.nonfinite import NonFiniteGuard
 from distrain.objective import Objective
 from distrain.optim import zero_grad
+from distrain.sharding import is_sharded
 
 
 @dataclass(frozen=True)
@@ -170,12 +171,19 @@ def evaluate(model: nn.Module, batches, metrics: MetricSet, device: torch.device
     metrics.reset()
     columns = metrics.columns
     table = torch.zeros(batches.num_batches, len(columns) + 1, dtype=torch.float64, device=device)
+    done = 0
     for batch in batches:
         outputs = call_model(model, batch.inputs)
         if isinstance(outputs, torch.Tensor):
             outputs = outputs.float()
         table[batch.step, :-1] = metrics.batch_sums(outputs, batch.targets)
         table[batch.step, -1] = batch.global_size
+        done += 1
+    if is_sharded(model):
+        # Each forward of a sharded model all-gathers its weights with every rank: a rank that owns fewer
+        # batches runs discarded forwards on one sample until all have run as many (else the others hang).
+        for _ in range(batches.most_per_rank - done):
+            call_model(model, batches.filler_inputs())
     table = (sum_over_ranks or dist.all_reduce_sum)(table)
     result = EpochMetrics.from_totals(table.sum(dim=0), columns)
     result.values.update(metrics.compute_stateful())

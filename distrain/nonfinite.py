@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from distrain import dist
+from distrain.sharding import local
 from distrain.errors import Diverged
 
 log = logging.getLogger("distrain")
@@ -58,7 +59,7 @@ class NonFiniteGuard:
             return True
         if self.scaler is not None:
             return True  # fp16: GradScaler skips overflowing steps itself
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        grads = [local(p.grad) for p in self.model.parameters() if p.grad is not None]
         finite = torch.stack([torch.isfinite(loss.detach()).all()] + [torch.isfinite(g).all() for g in grads])
         # The gradients are averaged over the ranks already (the same everywhere), the loss is this rank's:
         # agree, so that no rank steps while another skips.
@@ -91,7 +92,7 @@ class NonFiniteGuard:
             return
         if self.mode == "stop":
             self._scan()
-        params = list(self.model.parameters())
+        params = [local(p) for p in self.model.parameters()]  # sharded: this rank's shards (then agreed)
         weights_bad = (weights and bool(params)
                        and not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()))
         first = self._first_bad if self._first_bad is not None else _NONE

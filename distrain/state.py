@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from distrain import __version__, dist
+from distrain.background import BackgroundSaves
 from distrain.checkpoint import (CheckpointError, find_resumable, load_model_weights, load_payload, resolve_checkpoint,
                                  restore_rng, save_checkpoint)
 from distrain.config import Config
@@ -24,6 +25,8 @@ from distrain.dist import DistContext
 from distrain.loops import EpochMetrics, TrainMeter
 from distrain.nonfinite import NonFiniteGuard
 from distrain.seeding import seed_everything
+from distrain.sharded_checkpoint import load_sharded_into, load_whole_into_sharded
+from distrain.sharding import is_sharded
 from distrain.stopping import Stopper
 
 log = logging.getLogger("distrain")
@@ -50,12 +53,14 @@ class TrainState:
     engine: str = "native"  # recorded in checkpoints; either engine loads the other's (same state dicts)
     progress: Progress = field(default_factory=Progress)
 
-    def to_payload(self, cfg: Config, world_size: int, metrics: dict[str, float]) -> dict[str, Any]:
-        """The checkpoint contents. Collective (sums the running totals over ranks)."""
+    def to_payload(self, cfg: Config, world_size: int, metrics: dict[str, float], *,
+                   weights: bool = True) -> dict[str, Any]:
+        """The checkpoint contents. Collective (sums the running totals over ranks). `weights=False`: without
+        the model and optimizer (a sharded checkpoint writes those from every rank)."""
         # The learning rate is a pure function of the global step; a constant schedule is not stepped in
         # the loop (it would cost a Python call per step), so its counter is brought up to date here.
         self.scheduler.last_epoch = self.progress.global_step
-        return {
+        payload = {
             "format": 1,
             "engine": self.engine,
             "distrain_version": __version__,
@@ -75,10 +80,15 @@ class TrainState:
             "config": cfg.to_dict(),
             "metrics": metrics,
         }
+        if not weights:
+            del payload["model"], payload["optimizer"]
+        return payload
 
-    def load_payload(self, payload: dict[str, Any], *, is_main: bool) -> None:
-        self.model.load_state_dict(payload["model"])
-        self.optimizer.load_state_dict(payload["optimizer"])
+    def load_payload(self, payload: dict[str, Any], *, is_main: bool, weights: bool = True) -> None:
+        """Everything into the live objects; `weights=False`: all but model and optimizer (loaded already)."""
+        if weights:
+            self.model.load_state_dict(payload["model"])
+            self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
         if self.scaler is not None and payload.get("scaler"):
             self.scaler.load_state_dict(payload["scaler"])
@@ -98,6 +108,8 @@ class Saver:
         self.cfg, self.ctx, self.run_dir, self.state = cfg, ctx, run_dir, state
         self.best_higher_is_better = best_higher_is_better  # of checkpoint.monitor
         self.guard = guard  # checked before every save: non-finite weights never replace good ones
+        self.background = (BackgroundSaves(sharded=cfg.strategy == "fsdp") if cfg.checkpoint.async_save
+                           else None)  # checkpoint.async_save: the writes run in a thread of their own
 
     def maybe_save_step(self) -> bool:
         every = self.cfg.checkpoint.every_steps
@@ -117,13 +129,22 @@ class Saver:
         ckpt = self.cfg.checkpoint
         if self.guard is not None:
             self.guard.check()
-        payload = self.state.to_payload(self.cfg, self.ctx.world_size, metrics or {})
+        # strategy fsdp: every rank writes its shards of model and optimizer (also in one process, so the
+        # run can move between 1 and N processes with one checkpoint format).
+        shards = (self.state.model, self.state.optimizer) if self.cfg.strategy == "fsdp" else None
+        payload = self.state.to_payload(self.cfg, self.ctx.world_size, metrics or {}, weights=shards is None)
         path = save_checkpoint(self.run_dir, payload, keep_last=ckpt.keep_last, keep_best=ckpt.keep_best,
                                monitor=ckpt.monitor, higher_is_better=self.best_higher_is_better,
-                               is_main=self.ctx.is_main)
+                               is_main=self.ctx.is_main, shards=shards, background=self.background)
         progress = self.state.progress
-        log.info("saved %s (epoch %d, step %d of the epoch)", path, progress.epoch, progress.step_in_epoch)
+        log.info("%s %s (epoch %d, step %d of the epoch)", "saving in the background" if self.background else
+                 "saved", path, progress.epoch, progress.step_in_epoch)
         return path
+
+    def close(self, *, agree: bool) -> None:
+        """Let a background write finish (see BackgroundSaves.close); nothing to do for synchronous saves."""
+        if self.background is not None:
+            self.background.close(agree=agree)
 
 
 # Changes that make the saved state meaningless or the continuation silently different: refused on resume.
@@ -180,15 +201,27 @@ def maybe_resume(cfg: Config, ctx: DistContext, run_dir: Path, state: TrainState
         raise error
     if chosen is None:
         return
-    payload = load_payload(chosen, map_location=ctx.device)
+    # A sharded checkpoint is read shard by shard into the live (sharded or whole) objects; a .pt is
+    # loaded whole, then handed out shard by shard if this run's model is sharded.
+    from_shards, into_shards = Path(chosen).is_dir(), is_sharded(state.model)
+    payload = load_payload(chosen, map_location=ctx.device, model_weights=not from_shards)
     if cfg.checkpoint.load == "weights":
-        load_model_weights(state.model, payload, chosen)
+        if from_shards:
+            load_sharded_into(Path(chosen), state.model, None)
+        elif into_shards:
+            load_whole_into_sharded(state.model, None, payload)
+        else:
+            load_model_weights(state.model, payload, chosen)
         log.info("started a new run from the weights of %s (epoch %d, global step %d); optimizer, schedule and "
                  "progress start afresh", chosen, payload["epoch"], payload["global_step"])
         return
     check_resumable(payload.get("config", {}), cfg.to_dict(), chosen)
     try:
-        state.load_payload(payload, is_main=ctx.is_main)
+        if from_shards:
+            load_sharded_into(Path(chosen), state.model, state.optimizer)
+        elif into_shards:
+            load_whole_into_sharded(state.model, state.optimizer, payload)
+        state.load_payload(payload, is_main=ctx.is_main, weights=not (from_shards or into_shards))
     except (RuntimeError, KeyError, ValueError) as exc:  # a model or optimizer given to fit that differs
         raise CheckpointError(f"checkpoint {chosen} does not fit this run's model or optimizer: "
                               f"{str(exc).splitlines()[0]}", _WAYS_OUT) from None

@@ -35,6 +35,7 @@ from distrain.nonfinite import NonFiniteGuard
 from distrain.ownership import own_run_dir
 from distrain.report import Reporter
 from distrain.schedule import build_scheduler, is_constant
+from distrain.sharding import shard_model
 from distrain.signals import Interrupted, StopSignals
 from distrain.slurm import maybe_requeue, resolve_run_dir
 from distrain.state import Saver, TrainState, maybe_resume
@@ -85,6 +86,9 @@ def setup_logging(rank: int) -> None:
 
 def _run(cfg: Config, ctx: DistContext, given: Given) -> dict[str, Any]:
     parts = build_parts(cfg, ctx, given)  # first: a bad model, loss or data leaves no run directory behind
+    if cfg.strategy == "fsdp":
+        # Before the optimizer: sharding replaces the parameters (by DTensors) that the optimizer will hold.
+        shard_model(parts.model, ctx, cfg.fsdp)
     with own_run_dir(Path(cfg.run.dir), ctx.is_main):  # one run at a time per directory
         return _train_in(cfg, ctx, given, parts, Path(cfg.run.dir))
 
@@ -119,7 +123,7 @@ def _train_in(cfg: Config, ctx: DistContext, given: Given, parts: Parts, run_dir
     reporter = Reporter(cfg, ctx, run_dir, parts.model, start_step=progress.global_step,
                         steps_per_epoch=train_batches.num_steps, directions=parts.metric_objects)
     reporter.drop_from_epoch(progress.epoch)
-    log_parts(parts, ctx, train_batches.num_steps, engine.name, __version__)
+    log_parts(parts, ctx, train_batches.num_steps, engine.name, __version__, cfg.strategy)
     # A constant learning rate needs no scheduler call per step (see TrainState.to_payload).
     step_scheduler = None if is_constant(cfg.schedule) else scheduler
     optim_cfg = cfg.optim or OptimConfig(lr=base_lr)
@@ -171,10 +175,15 @@ def _train_in(cfg: Config, ctx: DistContext, given: Given, parts: Parts, run_dir
                 saver.maybe_save_epoch(splits, last=epoch + 1 == cfg.trainer.epochs or bool(state.stopper.stopped))
         finished = True
     finally:
-        # Drop DDP (its reducer holds the group's last work objects) before the group is destroyed.
-        del train_model, train_optimizer
-        engine.release()
-        reporter.close(plots=cfg.log.plots and finished)
+        # A background checkpoint write completes before the run ends, also when it ends by a signal
+        # (the requeued job resumes from it); on a normal end every rank learns whether it succeeded.
+        try:
+            saver.close(agree=finished)
+        finally:
+            # Drop DDP (its reducer holds the group's last work objects) before the group is destroyed.
+            del train_model, train_optimizer
+            engine.release()
+            reporter.close(plots=cfg.log.plots and finished)
 
     if not splits:  # resumed a run that had already finished or stopped: report where it ended
         splits = evaluate_splits(parts, ctx)

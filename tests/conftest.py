@@ -32,6 +32,15 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))
 
 
+@pytest.hookimpl(trylast=True)  # after pytest-xdist has (or has not) put the groups into the test ids
+def pytest_collection_finish(session):
+    grouped = [item for item in session.items if item.get_closest_marker("xdist_group")]
+    if getattr(session.config.option, "loadgroup", False) and grouped and "@" not in grouped[0].nodeid:
+        raise pytest.UsageError("pytest-xdist's --dist loadgroup does not group tests with this pytest "
+                                f"({pytest.__version__}; pytest-xdist issue 1386): two workers would start two "
+                                "SLURM clusters on the same ports. Install pytest<9.2 (pip install -e '.[test]')")
+
+
 @pytest.fixture(autouse=True)
 def _isolate():
     saved = dict(os.environ)

@@ -107,3 +107,28 @@ def test_user_script_on_cuda(tmp_path):
                           script="examples/xor_tutorial.py")
     assert result.returncode == 0 and "device cuda:0" in result.stdout, result.stderr[-3000:]
     assert torch.load(tmp_path / "model.pt")["linear1.weight"].is_cuda  # the user's model, trained in place on the GPU
+
+
+def test_fsdp_with_nccl_and_bf16_parameters_trains_and_resumes_on_the_cpu(tmp_path):
+    """strategy=fsdp on CUDA: NCCL at world size 1 (torchrun: FSDP2 over a one-device mesh), bf16 gathered
+    parameters; its sharded checkpoint resumes on the CPU (gloo, 2 processes) and is exported."""
+    args = ["train", XOR, "strategy=fsdp", "fsdp.units=[Linear]", "model.name=mlp",
+            "model.args={hidden_sizes: [16, 16], activation: tanh}", "data.global_batch_size=120",
+            "trainer.epochs=4", "checkpoint.every_epochs=2", "checkpoint.keep_last=0", *QUIET]
+    gpu = run_torchrun(1, *args, f"run.dir={tmp_path / 'gpu'}", "trainer.device=cuda", "fsdp.param_dtype=bfloat16")
+    assert gpu.returncode == 0, gpu.stderr[-3000:]
+    assert "backend nccl" in gpu.stdout
+    assert last(tmp_path / "gpu", "test")["samples"] == 500
+    # The epoch-2 shards, resumed on 2 CPU processes (the other strategy's device and backend).
+    run = tmp_path / "cpu"
+    (run / "checkpoints").mkdir(parents=True)
+    import shutil
+
+    for item in (tmp_path / "gpu" / "checkpoints").glob("step-00000042*"):
+        (shutil.copytree if item.is_dir() else shutil.copy2)(item, run / "checkpoints" / item.name)
+    cpu = run_torchrun(2, *args, f"run.dir={run}", "trainer.device=cpu", "fsdp.param_dtype=bfloat16")
+    assert cpu.returncode == 0, cpu.stderr[-3000:]
+    assert "resumed from" in cpu.stdout
+    exported = run_cli("export", str(tmp_path / "gpu"), "--out", str(tmp_path / "model.pt"))
+    assert exported.returncode == 0, exported.stderr
+    assert all(t.device.type == "cpu" for t in torch.load(tmp_path / "model.pt", weights_only=True).values())

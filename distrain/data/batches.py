@@ -198,7 +198,10 @@ class EvalBatches:
         self.target_key = target_key
         self.prepare_targets = prepare_targets
         num_samples = len(dataset)  # type: ignore[arg-type]
+        self.dataset = dataset
         self.num_batches = -(-num_samples // eval_batch_size)
+        # The most batches any rank owns (ranks own contiguous runs of floor(b*r/w)..floor(b*(r+1)/w)).
+        self.most_per_rank = -(-self.num_batches // world_size)
         self.ranges = eval_batch_ranges(num_samples, eval_batch_size, rank, world_size)
         self.device = device
         self._transform = getattr(dataset, "batch_transform", None) if tensor_path else None
@@ -222,6 +225,14 @@ class EvalBatches:
             inputs, targets = split_sample(batch, self.target_key)
             yield Batch(index, _placed(inputs, self.device, self.channels_last),
                         self.prepare_targets(to_device(targets, self.device)), end - start)
+
+
+    def filler_inputs(self) -> Any:
+        """Inputs of one sample (the set's first), on the device: for the forward passes a rank adds when
+        every rank must run as many as the others (a sharded model gathers its weights in each)."""
+        inputs, _ = split_sample(default_collate([self.dataset[0]]), self.target_key)
+        x = _placed(inputs, self.device, self.channels_last)
+        return self._transform(x) if self._transform is not None else x
 
 
 def build_train_batches(dataset: Dataset, *, global_batch_size: int, rank: int, world_size: int,

@@ -21,12 +21,14 @@ class NativeEngine:
 
     def __init__(self, cfg: Config, ctx: DistContext):
         self.ctx, self.ddp_cfg, self.compile = ctx, cfg.ddp, cfg.trainer.compile
+        self.sharded = cfg.strategy == "fsdp"  # the model was sharded in place (distrain.sharding)
         self.precision = build_precision(cfg.trainer.precision, ctx.device)
         self.scaler = self.precision.scaler
         self._wrapped: nn.Module | None = None
 
     def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[nn.Module, Any]:
-        self._wrapped = wrap_model(model, self.ctx, self.ddp_cfg)
+        # FSDP2 hooks the sharded module itself: there is no wrapper, and no DDP on top of it.
+        self._wrapped = model if self.sharded else wrap_model(model, self.ctx, self.ddp_cfg)
         if self.compile:
             # Compile the DDP wrapper, not the inner module: torch then splits the graph at DDP's buckets
             # so that gradient all-reduces still overlap the backward pass.
@@ -37,6 +39,10 @@ class NativeEngine:
         # DDP all-reduces gradients inside backward. Under no_sync it only accumulates them locally, so
         # the micro-batches before the last add up without communication and the last one sends the sum
         # once (rather than one all-reduce per micro-batch).
+        # FSDP2 likewise skips the reduce-scatter of micro-batches until the last.
+        if hasattr(model, "set_requires_gradient_sync"):
+            model.set_requires_gradient_sync(is_last)
+            return contextlib.nullcontext()
         if is_last or not hasattr(model, "no_sync"):
             return contextlib.nullcontext()
         return model.no_sync()

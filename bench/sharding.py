@@ -1,0 +1,105 @@
+"""strategy fsdp against ddp, side by side in one run: per-rank memory, and the training time a checkpoint
+save costs, synchronous and in the background (checkpoint.async_save).
+
+    .venv/bin/python bench/sharding.py                # configs/wide_mlp_fsdp.yaml: 70M parameters, AdamW
+    .venv/bin/python bench/sharding.py --ranks 2,3 --steps 8 --stall-repeats 2
+
+Memory: for each number of ranks, `ddp` then `fsdp` train the config for --steps optimizer steps under
+torchrun (gloo, CPU, one thread per rank). Each rank measures, in its own process (bench/sharding_worker.py):
+- baseline: resident memory after `import torch`, the process group and `import distrain`, before the run;
+- peak: the process's peak resident memory (getrusage ru_maxrss) over the whole run, model build included;
+- state: bytes of the tensors the rank holds right after an optimizer step: parameters, gradients and
+  optimizer state, a storage shared by several views (DDP's gradient buckets) counted once, sharded
+  tensors by their local shard;
+- largest unit: the parameters of the largest fsdp unit (gathered whole during its forward and backward).
+The table shows the rank with the highest peak and the ratios fsdp / ddp.
+
+Checkpoint stall: 2 ranks of fsdp (sharded checkpoints) and 1 process of ddp (a .pt), each trained for
+--stall-steps steps with no saves, with a save every 5 steps, and with the same saves in the background;
+the lost time per save is (time of the whole fit - time without saves) / saves, median of
+--stall-repeats alternating rounds; "x sync" is the background save's lost time over the synchronous one's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
+MB = 1 / 2**20
+
+
+def run(strategy: str, nproc: int, steps: int, config: str, *overrides: str) -> list[dict]:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "ranks"
+        out.mkdir()
+        env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="disabled")
+        cmd = [TORCHRUN, "--standalone", f"--nproc_per_node={nproc}", str(HERE / "sharding_worker.py"),
+               config, strategy, str(steps), str(Path(tmp) / "run"), str(out), *overrides]
+        done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            sys.exit(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
+        return [json.loads(p.read_text()) for p in sorted(out.iterdir())]
+
+
+def memory(ranks: list[int], steps: int, config: str) -> None:
+    print(f"memory: {config}, {steps} steps, gloo on CPU; MiB per rank (the rank with the highest peak)")
+    print(f"{'ranks':>5} {'strategy':>8} {'baseline':>9} {'peak':>7} {'peak-base':>9} {'state':>7} {'unit':>6} "
+          f"{'state x ddp':>11} {'peak-base x ddp':>15}")
+    for nproc in ranks:
+        rows = {s: run(s, nproc, steps, config) for s in ("ddp", "fsdp")}
+        top = {s: max(r, key=lambda x: x["peak"] - x["baseline"]) for s, r in rows.items()}
+        ddp_above = top["ddp"]["peak"] - top["ddp"]["baseline"]
+        ddp_state = max(r["state"] for r in rows["ddp"])
+        for s in ("ddp", "fsdp"):
+            t = top[s]
+            above, state = t["peak"] - t["baseline"], max(r["state"] for r in rows[s])
+            print(f"{nproc:>5} {s:>8} {t['baseline'] * MB:>9.0f} {t['peak'] * MB:>7.0f} {above * MB:>9.0f} "
+                  f"{state * MB:>7.0f} {t['largest_unit'] * MB:>6.0f} {state / ddp_state:>11.2f} "
+                  f"{above / ddp_above:>15.2f}")
+
+
+def stall(steps: int, repeats: int, config: str) -> None:
+    every = 5
+    saves = steps // every
+    print(f"\ncheckpoint stall: {config}, {steps} steps, a save every {every} ({saves} saves); seconds")
+    print(f"{'setup':>14} {'no saves':>9} {'sync':>7} {'background':>10} {'lost/save sync':>14} "
+          f"{'lost/save bg':>12} {'x sync':>7}")
+    for strategy, nproc in (("ddp", 1), ("fsdp", 2)):
+        times: dict[str, list[float]] = {"none": [], "sync": [], "async": []}
+        for _ in range(repeats):
+            for variant, extra in (("none", ()), ("sync", (f"checkpoint.every_steps={every}",)),
+                                   ("async", (f"checkpoint.every_steps={every}", "checkpoint.async_save=true"))):
+                ranks = run(strategy, nproc, steps, config, *extra)
+                times[variant].append(max(r["fit_seconds"] for r in ranks))
+        med = {v: statistics.median(t) for v, t in times.items()}
+        lost_sync, lost_bg = (med["sync"] - med["none"]) / saves, (med["async"] - med["none"]) / saves
+        print(f"{f'{strategy} x{nproc}':>14} {med['none']:>9.1f} {med['sync']:>7.1f} {med['async']:>10.1f} "
+              f"{lost_sync:>14.2f} {lost_bg:>12.2f} {lost_bg / lost_sync:>7.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ranks", default="2,3", help="numbers of ranks for the memory table, e.g. 2,3")
+    parser.add_argument("--steps", type=int, default=8, help="optimizer steps per memory run")
+    parser.add_argument("--stall-steps", type=int, default=16)
+    parser.add_argument("--stall-repeats", type=int, default=2)
+    parser.add_argument("--config", default="configs/wide_mlp_fsdp.yaml")
+    parser.add_argument("--skip", choices=["memory", "stall"], help="leave one part out")
+    args = parser.parse_args()
+    if args.skip != "memory":
+        memory([int(n) for n in args.ranks.split(",")], args.steps, args.config)
+    if args.skip != "stall":
+        stall(args.stall_steps, args.stall_repeats, args.config)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""One rank of bench/sharding.py: train CONFIG with STRATEGY for STEPS steps; write this rank's figures
+(memory, and the wall time of the whole fit, saves included) to OUT_DIR/rank<R>.json.
+
+    torchrun ... bench/sharding_worker.py CONFIG STRATEGY STEPS RUN_DIR OUT_DIR [key=value ...]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+
+def resident() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def held_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    """Bytes of this rank's parameters, gradients and optimizer state; a storage shared by several views
+    (DDP's gradient buckets) counted once; sharded tensors by their local shard."""
+    from distrain.sharding import local
+
+    storages: dict[int, int] = {}
+    for p in model.parameters():
+        for t in [p, p.grad, *(v for v in optimizer.state.get(p, {}).values() if isinstance(v, torch.Tensor))]:
+            if t is not None and t.dim() > 0:
+                storage = local(t).untyped_storage()
+                storages[storage.data_ptr()] = storage.nbytes()
+    return sum(storages.values())
+
+
+def main() -> None:
+    config, strategy, steps, run_dir, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
+    overrides = sys.argv[6:]
+    dist.init_process_group("gloo")  # distrain reuses a group that exists
+    import distrain
+    import distrain.state
+    from distrain.sharding import choose_units
+
+    world = dist.get_world_size()
+    batch = 16 * world
+    cfg = distrain.load_config(config, [f"strategy={strategy}", f"run.dir={run_dir}", "trainer.epochs=1",
+                                        f"data.args.num_train={steps * batch}", "data.args.num_test=64",
+                                        f"data.global_batch_size={batch}", "checkpoint.every_epochs=0",
+                                        "checkpoint.resume=never", "log.plots=false", "wandb.mode=disabled",
+                                        "log.every_steps=1000", *overrides])
+    baseline = resident()
+    figures: dict[str, float] = {}
+    original = distrain.state.Saver.maybe_save_step
+
+    def measure_then_save(self):  # runs after every optimizer step, before the next zero_grad
+        if self.state.progress.global_step == steps:
+            figures["state"] = held_bytes(self.state.model, self.state.optimizer)
+            units = choose_units(self.state.model, self.cfg.fsdp) if strategy == "fsdp" else []
+            figures["largest_unit"] = max((sum(p.numel() * p.element_size() for p in u.parameters())
+                                           for u in units), default=0)
+        return original(self)
+
+    distrain.state.Saver.maybe_save_step = measure_then_save
+    started = time.perf_counter()
+    distrain.fit(cfg)
+    figures["fit_seconds"] = time.perf_counter() - started  # a float among the byte counts
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    Path(out, f"rank{dist.get_rank()}.json").write_text(json.dumps(
+        {"rank": dist.get_rank(), "baseline": baseline, "peak": peak, **figures}))
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
