@@ -12,6 +12,8 @@ torchrun (gloo, CPU, one thread per rank). Each rank measures, in its own proces
   optimizer state, a storage shared by several views (DDP's gradient buckets) counted once, sharded
   tensors by their local shard;
 - largest unit: the parameters of the largest fsdp unit (gathered whole during its forward and backward).
+Peak resident memory also counts what the allocator keeps after a free: --mmap-threshold 65536 makes
+glibc return freed blocks above 64 KiB at once, so the peak follows the live tensors.
 The table shows the rank with the highest peak and the ratios fsdp / ddp.
 
 Checkpoint stall: 2 ranks of fsdp (sharded checkpoints) and 1 process of ddp (a .pt), each trained for
@@ -35,13 +37,14 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
 MB = 1 / 2**20
+EXTRA_ENV: dict[str, str] = {}
 
 
 def run(strategy: str, nproc: int, steps: int, config: str, *overrides: str) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "ranks"
         out.mkdir()
-        env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="disabled")
+        env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="disabled", **EXTRA_ENV)
         cmd = [TORCHRUN, "--standalone", f"--nproc_per_node={nproc}", str(HERE / "sharding_worker.py"),
                config, strategy, str(steps), str(Path(tmp) / "run"), str(out), *overrides]
         done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
@@ -51,7 +54,10 @@ def run(strategy: str, nproc: int, steps: int, config: str, *overrides: str) -> 
 
 
 def memory(ranks: list[int], steps: int, config: str) -> None:
-    print(f"memory: {config}, {steps} steps, gloo on CPU; MiB per rank (the rank with the highest peak)")
+    allocator = (f"glibc malloc, MALLOC_MMAP_THRESHOLD_={EXTRA_ENV['MALLOC_MMAP_THRESHOLD_']}" if EXTRA_ENV
+                 else "glibc malloc, default thresholds")
+    print(f"memory: {config}, {steps} steps, gloo on CPU, {allocator}; MiB per rank (the rank with the "
+          "highest peak)")
     print(f"{'ranks':>5} {'strategy':>8} {'baseline':>9} {'peak':>7} {'peak-base':>9} {'state':>7} {'unit':>6} "
           f"{'state x ddp':>11} {'peak-base x ddp':>15}")
     for nproc in ranks:
@@ -94,7 +100,13 @@ def main() -> None:
     parser.add_argument("--stall-repeats", type=int, default=2)
     parser.add_argument("--config", default="configs/wide_mlp_fsdp.yaml")
     parser.add_argument("--skip", choices=["memory", "stall"], help="leave one part out")
+    parser.add_argument("--mmap-threshold", type=int, metavar="BYTES",
+                        help="MALLOC_MMAP_THRESHOLD_ for the ranks: blocks above it are returned to the system "
+                             "when freed, so peak resident memory follows the live tensors (glibc's default "
+                             "threshold grows to 32 MiB and freed blocks below it stay resident)")
     args = parser.parse_args()
+    if args.mmap_threshold:
+        EXTRA_ENV["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)
     if args.skip != "memory":
         memory([int(n) for n in args.ranks.split(",")], args.steps, args.config)
     if args.skip != "stall":
