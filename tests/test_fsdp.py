@@ -27,10 +27,10 @@ from distrain.sharding import choose_units
 XOR = "configs/xor.yaml"
 ARGS = ("model.name=mlp", "model.args={hidden_sizes: [16, 16], activation: tanh}", "fsdp.units=[Linear]",
         "optim.name=sgd", "optim.lr=0.1", "optim.args={momentum: 0.9}", "data.global_batch_size=120",
-        "data.eval_batch_size=64", "trainer.epochs=4", "checkpoint.every_epochs=2", "checkpoint.keep_last=0",
+        "data.eval_batch_size=64", "trainer.epochs=2", "checkpoint.every_epochs=1", "checkpoint.keep_last=0",
         "log.plots=false")
 FSDP = ("strategy=fsdp",)
-HALF, END = "step-00000042", "step-00000084"  # 21 steps per epoch: the checkpoints of epochs 2 and 4
+HALF, END = "step-00000021", "step-00000042"  # 21 steps per epoch: the checkpoints of epochs 1 and 2
 
 
 def weights(run_dir):
@@ -82,7 +82,7 @@ def test_fsdp_equals_ddp_and_one_process(runs):
     ref = read_metrics(runs / "ddp2")
     for name in ("fsdp2", "fsdp3", "fsdp1"):
         got = read_metrics(runs / name)
-        assert _test_sizes(got) == _test_sizes(ref) == [500] * 4  # every test sample once, every epoch
+        assert _test_sizes(got) == _test_sizes(ref) == [500] * 2  # every test sample once, every epoch
         assert [r["split"] for r in got] == [r["split"] for r in ref]
     same = read_metrics(runs / "fsdp2")
     assert [r["loss"] for r in same] == [r["loss"] for r in ref]  # bitwise weights: bitwise figures
@@ -101,7 +101,7 @@ def test_sharded_checkpoint_resumes_on_3_and_on_1(runs, tmp_path):
         run, result = _resume_from(runs, tmp_path, "fsdp2", HALF, nproc, *FSDP)
         assert "resuming a 2-process checkpoint on" in result.stdout
         assert max_diff(weights(run), end) < 1e-6
-        assert _test_sizes(read_metrics(run)) == [500, 500]
+        assert _test_sizes(read_metrics(run)) == [500]
 
 
 @pytest.mark.slow
@@ -138,7 +138,7 @@ def test_background_saves_change_nothing_and_every_checkpoint_verifies(runs, tmp
     assert "saving in the background" in result.stdout
     assert max_diff(weights(run), weights(runs / f"{strategy}2")) == 0.0
     kept = list_checkpoints(run / "checkpoints")  # keep_last=0: every save, each complete and verified
-    assert sorted(int(p.name[5:13]) for p in kept) == sorted(set(range(5, 85, 5)) | {42, 84})
+    assert sorted(int(p.name[5:13]) for p in kept) == sorted(set(range(5, 42, 5)) | {21, 42})
     assert all(Manifest.read(p) is not None and Manifest.read(p).problem() is None for p in kept)
     assert not list((run / "checkpoints").glob(".*tmp*"))
 
@@ -166,7 +166,7 @@ def test_options_activation_checkpointing_and_keeping_gathered_weights_change_no
     assert result.returncode == 0, result.stderr[-3000:]
     assert max_diff(weights(tmp_path / "opts"), weights(runs / "fsdp2")) == 0.0  # recomputed, not changed
     result = run_torchrun(2, "train", XOR, f"run.dir={tmp_path / 'bf16'}", *ARGS, *FSDP,
-                          "fsdp.param_dtype=bfloat16", "trainer.epochs=2", "checkpoint.every_epochs=0")
+                          "fsdp.param_dtype=bfloat16", "checkpoint.every_epochs=0")
     assert result.returncode == 0, result.stderr[-3000:]
     fp32 = [r for r in read_metrics(runs / "fsdp2") if r["split"] == "test"][1]
     bf16 = [r for r in read_metrics(tmp_path / "bf16") if r["split"] == "test"][1]
@@ -196,7 +196,7 @@ def test_export_loads_into_the_bare_model_with_the_runs_test_figures(runs, tmp_p
     with torch.no_grad():
         logits = model(x).squeeze(1)
     loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y.float()).item()
-    accuracy = ((logits > 0).long() == y.long()).float().mean().item()
+    accuracy = ((logits > 0).long() == y.long()).sum().item() / len(y)
     last = [r for r in read_metrics(runs / "fsdp2") if r["split"] == "test"][-1]
     assert last["accuracy"] == pytest.approx(accuracy, abs=1e-12)
     assert last["loss"] == pytest.approx(loss, rel=1e-6)
