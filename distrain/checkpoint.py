@@ -29,6 +29,7 @@ import os
 import pickle
 import random
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -173,8 +174,6 @@ def _file_problem(path: Path, sha256: str, size: int) -> str | None:
 
 def remove_checkpoint(path: Path) -> None:
     """Manifest first: a checkpoint without one is ignored, so a kill between the two steps is harmless."""
-    import shutil
-
     path.with_suffix(".json").unlink(missing_ok=True)
     if path.is_dir():
         shutil.rmtree(path, ignore_errors=True)
@@ -273,13 +272,20 @@ def _write_verified(path: Path, payload: dict[str, Any]) -> Manifest:
     if problem:
         path.unlink(missing_ok=True)  # never leave a bad file where a good one is expected
         raise WriteError(path, OSError(f"it {problem} right after writing it (a failing disk?)"))
+    publish(manifest)
+    return manifest
+
+
+def publish(manifest: Manifest) -> None:
+    """Make a complete, verified checkpoint visible: its manifest, then latest.json. One whose manifest
+    cannot be written is removed (resume would skip it; it would only take space)."""
+    path = manifest.path
     try:
         atomic_write_bytes(path.with_suffix(".json"), manifest.to_json().encode())
     except WriteError:
-        path.unlink(missing_ok=True)  # a .pt without its manifest would only take space (resume skips it)
+        remove_checkpoint(path)
         raise
     atomic_write_bytes(path.parent / "latest.json", json.dumps({"file": path.name}).encode())
-    return manifest
 
 
 def _prune(folder: Path, keep_last: int) -> None:
@@ -308,8 +314,6 @@ def _update_best(folder: Path, manifest: Manifest, keep_best: int, monitor: str,
     if not marker.exists() or json.loads(marker.read_text()) != wanted:
         for old in folder.glob("best-*"):
             if old.is_dir():
-                import shutil
-
                 shutil.rmtree(old)
             else:
                 old.unlink()
@@ -322,8 +326,6 @@ def _update_best(folder: Path, manifest: Manifest, keep_best: int, monitor: str,
             os.link(manifest.path, tmp)
             os.replace(tmp, link)
         else:  # a sharded checkpoint: a folder of links to its files, renamed into place whole
-            import shutil
-
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir()
             for name in manifest.files:

@@ -32,8 +32,8 @@ import torch
 from torch import nn
 
 from distrain import dist
-from distrain.checkpoint import (CheckpointError, Manifest, _fsync_dir, atomic_write_bytes, remove_checkpoint,
-                                 sha256_of, torch_load)
+from distrain.checkpoint import (CheckpointError, Manifest, _fsync_dir, atomic_write_bytes, publish,
+                                 remove_checkpoint, sha256_of, torch_load)
 from distrain.errors import UserError, WriteError
 
 STATE_FILE = "state.pt"
@@ -130,8 +130,7 @@ def _complete(tmp: Path, path: Path, payload: dict[str, Any], every: list[dict[s
         digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
         manifest = Manifest(path, digest, sum(size for _, size in files.values()), payload["epoch"],
                             payload["step_in_epoch"], payload["global_step"], payload.get("metrics", {}), files)
-        atomic_write_bytes(path.with_suffix(".json"), manifest.to_json().encode())
-        atomic_write_bytes(folder / "latest.json", json.dumps({"file": path.name}).encode())
+        publish(manifest)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise WriteError(path, exc) from None
