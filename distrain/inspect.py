@@ -12,8 +12,13 @@ from distrain.checkpoint import load_payload, resolve_checkpoint
 
 def inspect_checkpoint(path: str | Path) -> str:
     path = resolve_checkpoint(path)
-    payload = load_payload(path)
-    tensors = sum(t.numel() for t in payload["model"].values())
+    if path.is_dir():  # sharded: the count comes from the shards' index, no weights are read
+        from distrain.sharded_checkpoint import model_numel
+
+        payload, tensors = load_payload(path, model_weights=False), model_numel(path)
+    else:
+        payload = load_payload(path)
+        tensors = sum(t.numel() for t in payload["model"].values())
     summary = {
         "checkpoint": str(path),
         "epoch": payload["epoch"],

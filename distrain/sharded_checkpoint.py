@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import pickle
 import shutil
@@ -283,6 +284,15 @@ def read_sharded(path: Path, map_location: str | torch.device = "cpu", *,
         _dcp_load(path, full, rebuild="model")
         payload["model"] = {k: v.to(map_location) for k, v in full["model"].items()}
     return payload
+
+
+def model_numel(path: Path) -> int:
+    """The model's parameter and buffer count, from the shards' index alone (nothing is read)."""
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    metadata = _safe_reader(path).read_metadata()
+    return sum(math.prod(entry.size) for key, entry in metadata.state_dict_metadata.items()
+               if key.startswith("model.") and isinstance(entry, TensorStorageMetadata))
 
 
 def load_sharded_into(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> None:

@@ -15,6 +15,7 @@ import shutil
 
 import pytest
 import torch
+import yaml
 
 from conftest import PYTHON, REPO, clean_env, run_cli, run_group, run_torchrun
 from distrain.checkpoint import (CheckpointError, Manifest, find_resumable, list_checkpoints, load_payload,
@@ -190,6 +191,8 @@ def test_export_loads_into_the_bare_model_with_the_runs_test_figures(runs, tmp_p
     model.load_state_dict(state)  # the bare nn.Module, no distrain in between
     assert run_cli("export", str(runs / "fsdp2"), "--out", str(tmp_path / "m.safetensors")).returncode == 0
     assert max_diff(load_file(tmp_path / "m.safetensors"), state) == 0.0
+    shown = yaml.safe_load(run_cli("inspect", str(runs / "fsdp2")).stdout)
+    assert shown["sharded"] is True and shown["model_parameters"] == sum(t.numel() for t in state.values())
     # The test figures of the run's last evaluation, computed here another way: plain torch, one batch.
     cfg = load_config(XOR)
     test = xor(**cfg.data.args, seed=cfg.seed).test
