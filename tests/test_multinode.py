@@ -1,13 +1,16 @@
 """Multi-node without a second machine: two torchrun agents on this machine, joined by c10d rendezvous
 (--nnodes=2), each with its own node rank, as launch/torchrun_multinode.sh starts them on two nodes."""
 
+import os
+import signal
 import subprocess
 
 import pytest
 import torch
 
 from conftest import REPO, clean_env, free_port, run_torchrun
-from distrain.checkpoint import find_resumable, load_payload
+from distrain.checkpoint import Manifest, find_resumable, list_checkpoints, load_payload
+from distrain.history import read_metrics
 
 pytestmark = pytest.mark.slow  # real launchers end to end (the fast subset skips them)
 
@@ -35,3 +38,48 @@ def test_two_agents_with_nnodes_2_match_one_agent(tmp_path):
     b = load_payload(find_resumable(tmp_path / "one_node"))["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
 
+
+
+def test_elastic_agents_reform_without_a_lost_node_and_resume(tmp_path):
+    """`--nnodes=1:2`, two agents of two workers; one node is lost at step 35 (its agent and workers
+    SIGKILLed): the survivor's workers fail, its agent re-forms the group alone (2 processes) and resumes
+    from the newest checkpoint (step 30) with the same global batch."""
+    args = ["configs/xor.yaml", "trainer.epochs=4", "checkpoint.every_steps=10", "checkpoint.keep_last=0",
+            "log.plots=false"]
+    endpoint = f"127.0.0.1:{free_port()}"
+    agents = []
+    for node_rank, extra in ((0, {}), (1, {"KILL_AGENT": "1"})):
+        # The store lives in the agent at the endpoint (c10d): it must be the survivor, so say which. The
+        # first round closes as soon as both agents are in (MAX nodes); after the loss the survivor waits
+        # last_call_timeout for others, once the lost node's keep-alives have lapsed (3 x 1 s).
+        conf = f"is_host={node_rank == 0},last_call_timeout=15,keep_alive_interval=1,keep_alive_max_attempt=3"
+        cmd = ["bash", "launch/torchrun_multinode.sh", "1:2", str(node_rank), "2", endpoint,
+               "tests/helpers/kill_at_step.py", "train", *args, f"run.dir={tmp_path / 'elastic'}"]
+        env = clean_env(PATH=f"{REPO / '.venv' / 'bin'}:{clean_env()['PATH']}", RDZV_ID=f"test-{endpoint}",
+                        RDZV_CONF=conf, KILL_STEP="35", **extra)
+        agents.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                       text=True, start_new_session=True))
+    try:
+        outputs = [agent.communicate(timeout=300) for agent in agents]
+    finally:
+        for agent in agents:
+            if agent.poll() is None:
+                os.killpg(agent.pid, signal.SIGKILL)
+    (out, err), (lost_out, lost_err) = outputs
+    assert agents[1].returncode == -signal.SIGKILL and agents[0].returncode == 0, err[-3000:] + lost_err[-3000:]
+    logs = out + lost_out
+    # The first round had both nodes, the second the survivor alone, resumed from the newest checkpoint.
+    assert logs.count("| torchrun | 4 process(es)") == 1 and out.count("| torchrun | 2 process(es)") == 1
+    assert f"resumed from {tmp_path / 'elastic' / 'checkpoints' / 'step-00000030.pt'}" in out, out[-2000:]
+    assert "resuming a 4-process checkpoint on 2 processes" in out
+    run = tmp_path / "elastic"
+    assert all(Manifest.read(p).problem() is None for p in list_checkpoints(run / "checkpoints"))
+    assert [(r["epoch"], r["split"]) for r in read_metrics(run)] == [(e, s) for e in range(4)
+                                                                     for s in ("train", "test")]
+    full = run_torchrun(4, "train", *args, f"run.dir={tmp_path / 'full'}")
+    assert full.returncode == 0, full.stderr[-3000:]
+    ref = load_payload(find_resumable(tmp_path / "full"))["model"]
+    got = load_payload(find_resumable(run))["model"]
+    # The same global batches from step 30 on; only the float summation order differs (2 vs 4 ranks).
+    for key in ref:
+        torch.testing.assert_close(got[key], ref[key], rtol=0, atol=1e-5)
