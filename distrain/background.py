@@ -39,6 +39,77 @@ def staged(tree: Any) -> Any:
     return tree
 
 
+class Staging:
+    """`staged`, but into CPU buffers kept from one save to the next. Why: a fresh copy of a large state
+    pays for the first touch of every page (measured here, 70M parameters with AdamW, 805 MB: 0.70 s on the
+    training thread, against 0.15 s into kept buffers). The buffers stay allocated between saves (one CPU
+    copy of what is saved); reusing them is safe because a save first waits for the previous write. Pinned
+    when the tensor is on a GPU, so the copy from the device is a DMA."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[tuple, torch.Tensor] = {}
+
+    def stage(self, tree: Any, where: tuple = ()) -> Any:
+        if isinstance(tree, torch.Tensor) and type(tree) is torch.Tensor:
+            buffer = self._buffers.get(where)
+            if buffer is None or buffer.shape != tree.shape or buffer.dtype != tree.dtype:
+                buffer = torch.empty(tree.shape, dtype=tree.dtype, pin_memory=tree.is_cuda)
+                self._buffers[where] = buffer
+            return buffer.copy_(tree.detach())
+        if isinstance(tree, torch.Tensor):  # a tensor subclass: a copy of its own kind
+            return staged(tree)
+        if isinstance(tree, dict):
+            return {key: self.stage(value, (*where, key)) for key, value in tree.items()}
+        if isinstance(tree, (list, tuple)):
+            return type(tree)([self.stage(value, (*where, i)) for i, value in enumerate(tree)])
+        return tree
+
+
+class ShardStaging:
+    """DCP's AsyncStager for dcp.async_save, with Staging's reuse: the shards' CPU copies (DTensors
+    included, by torch's own state-dict copy functions) are kept from one save to the next, and made
+    again only when the state's layout changed (e.g. the optimizer's state appears after its first step).
+    torch's BlockingAsyncStager(cache_staged_state_dict=True) does the same but pins memory always, which
+    fails on a machine without a GPU."""
+
+    _synchronize_after_execute = False  # the copy is done when stage() returns
+
+    def __init__(self) -> None:
+        self._cache: Any = None
+        self._layout: Any = None
+
+    @property
+    def should_synchronize_after_execute(self) -> bool:
+        return False
+
+    def stage(self, state_dict: dict[str, Any]) -> dict[str, Any]:
+        from torch.distributed._state_dict_utils import _copy_state_dict, _create_cpu_state_dict
+
+        layout = _layout(state_dict)
+        if layout != self._layout:
+            self._cache = _create_cpu_state_dict(state_dict, pin_memory=torch.cuda.is_available())
+            self._layout = layout
+        return _copy_state_dict(state_dict, self._cache)
+
+    def synchronize_staging(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _layout(tree: Any) -> Any:
+    """What a kept copy must match: the nesting, and every tensor's kind, local shape and dtype."""
+    if isinstance(tree, torch.Tensor):
+        local = getattr(tree, "_local_tensor", tree)
+        return (type(tree).__name__, tuple(local.shape), local.dtype)
+    if isinstance(tree, dict):
+        return tuple((key, _layout(value)) for key, value in tree.items())
+    if isinstance(tree, (list, tuple)):
+        return tuple(_layout(value) for value in tree)
+    return type(tree).__name__
+
+
 class BackgroundSaves:
     def __init__(self, *, sharded: bool):
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="distrain-save")
@@ -47,6 +118,8 @@ class BackgroundSaves:
         # On the default group they would interleave with training's all-reduces, which gloo detects as
         # a size mismatch and aborts on: they get a group of their own, created here by every rank alike.
         self.group = tdist.new_group(backend="gloo") if sharded and tdist.is_initialized() else None
+        self.staging = Staging()  # rank 0's .pt payload
+        self.shard_staging = ShardStaging() if sharded else None
 
     def submit(self, write: Callable[[], None]) -> None:
         assert self._pending is None, "wait() before submitting the next write"

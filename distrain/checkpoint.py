@@ -32,13 +32,12 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 import numpy as np
 import torch
 
 from distrain import dist
-from distrain.background import staged
 from distrain.errors import UserError, WriteError
 
 log = logging.getLogger(__name__)
@@ -91,10 +90,16 @@ def _fsync_dir(path: Path) -> None:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` so that readers see the old file or the whole new one, never a part."""
+    atomic_write(path, lambda f: f.write(data))
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
+    """atomic_write_bytes, the content written by `write(file)`: to a temporary file, flushed, fsynced,
+    renamed into place, the directory fsynced."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -102,6 +107,30 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except OSError as exc:  # disk full, no permission: the old file stays, the partial one goes
         tmp.unlink(missing_ok=True)
         raise WriteError(path, exc) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+class _HashingFile:
+    """The file torch.save writes to, hashing the bytes on their way: one pass over the data, and no
+    serialized copy of the whole checkpoint in memory (a BytesIO and its getvalue() were two)."""
+
+    def __init__(self, f: BinaryIO):
+        self._f, self.digest, self.size = f, hashlib.sha256(), 0
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        self.digest.update(data)
+        self.size += memoryview(data).nbytes
+        try:
+            return self._f.write(data)
+        except OSError as exc:  # kept: torch.save may hand it on as another exception
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self._f.flush()
 
 
 def sha256_of(path: Path) -> str:
@@ -217,7 +246,7 @@ def save_checkpoint(run_dir: str | Path, payload: dict[str, Any], *, keep_last: 
             write_sharded_in_background(path, payload, *shards, is_main=is_main, background=background,
                                         then=keep)
         elif is_main:
-            copy = staged(payload)  # training goes on changing the live tensors
+            copy = background.staging.stage(payload)  # training goes on changing the live tensors
 
             def write() -> None:
                 _make(folder)
@@ -256,16 +285,22 @@ def _make(folder: Path) -> None:
 
 
 def _write_verified(path: Path, payload: dict[str, Any]) -> Manifest:
-    import io
-
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    data = buffer.getvalue()
     other = path.with_suffix("")  # a sharded checkpoint of the same step (the strategy changed): replaced
     if other.is_dir():
         remove_checkpoint(other)
-    atomic_write_bytes(path, data)
-    manifest = Manifest(path, hashlib.sha256(data).hexdigest(), len(data), payload["epoch"],
+    hashed: list[_HashingFile] = []
+
+    def write(f: BinaryIO) -> None:
+        hashed.append(_HashingFile(f))
+        try:
+            torch.save(payload, hashed[0])
+        except Exception:  # noqa: BLE001 (torch.save may hand the file's OSError on as a RuntimeError)
+            if hashed[0].error is None:
+                raise
+            raise hashed[0].error from None
+
+    atomic_write(path, write)
+    manifest = Manifest(path, hashed[0].digest.hexdigest(), hashed[0].size, payload["epoch"],
                         payload["step_in_epoch"], payload["global_step"], payload.get("metrics", {}))
     # Verify what reached the disk before any pointer names it.
     problem = manifest.problem()

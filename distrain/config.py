@@ -304,8 +304,9 @@ class CheckpointConfig:
     """Keep the newest K periodic checkpoints and delete older ones (0: keep all)."""
     async_save: bool = False
     """Write checkpoints in the background from a staged CPU copy while training goes on (at most one
-    write in flight; the same atomic, verified files). A failed background write stops the run at the next
-    save or at the end."""
+    write in flight; the same atomic, verified files). The copy's buffers are kept for the next save: one
+    CPU copy of the saved state stays allocated. A failed background write stops the run at the next save
+    or at the end."""
     resume: str = "auto"
     """auto: resume from the newest complete checkpoint of run.dir; never; or a checkpoint path (or a run
     directory: its newest complete checkpoint)."""

@@ -169,12 +169,10 @@ def write_sharded_in_background(path: Path, payload: dict[str, Any], model: nn.M
     import torch.distributed as tdist
     import torch.distributed.checkpoint as dcp
 
-    from distrain.background import staged
-
     tmp = _fresh_folder(path, is_main)
     future = dcp.async_save(_state(model, optimizer), storage_writer=_writer(tmp), process_group=background.group,
-                            no_dist=not tdist.is_initialized())
-    payload = staged(payload) if is_main else None
+                            no_dist=not tdist.is_initialized(), async_stager=background.shard_staging)
+    payload = background.staging.stage(payload) if is_main else None
 
     def finish() -> None:
         mine, problem = None, None

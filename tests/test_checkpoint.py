@@ -142,3 +142,22 @@ def test_resume_refuses_another_global_batch(saved_run, tmp_path):
 def test_missing_resume_path_is_a_clear_error(tmp_path):
     result = run_cli("train", XOR, f"run.dir={tmp_path}", "checkpoint.resume=/nope/x.pt")
     assert result.returncode == 2 and "/nope/x.pt does not exist" in result.stderr
+
+
+@pytest.mark.parametrize("kind", ["pt", "shards"])
+def test_background_staging_keeps_its_buffers_and_copies_exactly(kind):
+    from distrain.background import ShardStaging, Staging
+
+    staging = Staging() if kind == "pt" else ShardStaging()
+    live = {"model": {"w": torch.randn(4, 3)}, "state": {"m": torch.ones(2), "step": 3}}
+    first = staging.stage(live)
+    kept = first["model"]["w"].data_ptr()
+    assert kept != live["model"]["w"].data_ptr() and torch.equal(first["model"]["w"], live["model"]["w"])
+    live["model"]["w"].add_(1.0)  # training goes on: the staged copy does not change with it
+    assert not torch.equal(first["model"]["w"], live["model"]["w"])
+    second = staging.stage(live)
+    assert second["model"]["w"].data_ptr() == kept and torch.equal(second["model"]["w"], live["model"]["w"])
+    assert second["state"]["step"] == 3
+    live["state"]["v"] = torch.zeros(2)  # the layout changed (a new state tensor): copied, not mixed up
+    third = staging.stage(live)
+    assert torch.equal(third["state"]["v"], live["state"]["v"]) and torch.equal(third["model"]["w"], live["model"]["w"])

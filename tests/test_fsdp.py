@@ -143,6 +143,13 @@ def test_background_saves_change_nothing_and_every_checkpoint_verifies(runs, tmp
     assert sorted(int(p.name[5:13]) for p in kept) == sorted(set(range(5, 42, 5)) | {21, 42})
     assert all(Manifest.read(p) is not None and Manifest.read(p).problem() is None for p in kept)
     assert not list((run / "checkpoints").glob(".*tmp*"))
+    # A checkpoint written while the next steps ran (and whose staging buffers the step-21 save reused)
+    # holds exactly the state of its step: resumed, it ends bitwise equal.
+    middle = next(p for p in kept if p.name.startswith("step-00000020"))
+    again = run_torchrun(2, "train", XOR, f"run.dir={tmp_path / 'again'}", *ARGS, f"strategy={strategy}",
+                         f"checkpoint.resume={middle}")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert max_diff(weights(tmp_path / "again"), weights(runs / f"{strategy}2")) == 0.0
 
 
 @pytest.mark.slow
