@@ -30,17 +30,6 @@ def pytest_collection_modifyitems(config, items):
         fixtures = getattr(item, "_fixtureinfo", None)
         if fixtures and any(defs[-1].scope == "module" for defs in fixtures.name2fixturedefs.values()):
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))
-    # Longest first: xdist hands out work in this order, a group whole. The SLURM group (both clusters,
-    # ~10 min) first, then the other groups, then the slow single tests, then the fast ones, which fill
-    # in the end evenly; collected in file order, the SLURM group started last and the other worker
-    # idled for its tail.
-    def rank(item) -> int:
-        group = item.get_closest_marker("xdist_group")
-        if group is not None:
-            return 0 if group.args and group.args[0] == "slurm" else 1
-        return 2 if item.get_closest_marker("slow") else 3
-
-    items.sort(key=rank)  # stable: the order inside a module stays
 
 
 @pytest.hookimpl(trylast=True)  # after pytest-xdist has (or has not) put the groups into the test ids
