@@ -116,9 +116,13 @@ class _HashingFile:
     """The file torch.save writes to, hashing the bytes on their way: one pass over the data, and no
     serialized copy of the whole checkpoint in memory (a BytesIO and its getvalue() were two)."""
 
-    def __init__(self, f: BinaryIO):
-        self._f, self.digest, self.size = f, hashlib.sha256(), 0
+    def __init__(self) -> None:
+        self._f: BinaryIO | None = None
+        self.digest, self.size = hashlib.sha256(), 0
         self.error: OSError | None = None
+
+    def into(self, f: BinaryIO) -> None:
+        self._f = f
 
     def write(self, data: Any) -> int:
         self.digest.update(data)
@@ -288,19 +292,19 @@ def _write_verified(path: Path, payload: dict[str, Any]) -> Manifest:
     other = path.with_suffix("")  # a sharded checkpoint of the same step (the strategy changed): replaced
     if other.is_dir():
         remove_checkpoint(other)
-    hashed: list[_HashingFile] = []
+    hashed = _HashingFile()
 
     def write(f: BinaryIO) -> None:
-        hashed.append(_HashingFile(f))
+        hashed.into(f)
         try:
-            torch.save(payload, hashed[0])
+            torch.save(payload, hashed)
         except Exception:  # noqa: BLE001 (torch.save may hand the file's OSError on as a RuntimeError)
-            if hashed[0].error is None:
+            if hashed.error is None:
                 raise
-            raise hashed[0].error from None
+            raise hashed.error from None
 
     atomic_write(path, write)
-    manifest = Manifest(path, hashed[0].digest.hexdigest(), hashed[0].size, payload["epoch"],
+    manifest = Manifest(path, hashed.digest.hexdigest(), hashed.size, payload["epoch"],
                         payload["step_in_epoch"], payload["global_step"], payload.get("metrics", {}))
     # Verify what reached the disk before any pointer names it.
     problem = manifest.problem()
