@@ -53,10 +53,14 @@ def main() -> None:
                                         "log.every_steps=1000", *overrides])
     baseline = resident()
     figures: dict[str, float] = {}
-    original = distrain.state.Saver.maybe_save_step
+    original, original_save, original_close = (distrain.state.Saver.maybe_save_step, distrain.state.Saver.save,
+                                               distrain.state.Saver.close)
+    clock = {"started": 0.0}
+    figures["save_call_seconds"] = figures["drain_seconds"] = 0.0
 
     def measure_then_save(self):  # runs after every optimizer step, before the next zero_grad
         if self.state.progress.global_step == steps:
+            figures["loop_seconds"] = time.perf_counter() - clock["started"]  # saves in the loop, no final drain
             figures["state"] = held_bytes(self.state.model, self.state.optimizer)
             figures["resident_at_step"] = resident()
             figures["peak_by_step"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -65,10 +69,21 @@ def main() -> None:
                                            for u in units), default=0)
         return original(self)
 
+    def timed(name, method):
+        def call(self, *args, **kwargs):
+            begun = time.perf_counter()
+            try:
+                return method(self, *args, **kwargs)
+            finally:
+                figures[name] += time.perf_counter() - begun
+        return call
+
     distrain.state.Saver.maybe_save_step = measure_then_save
-    started = time.perf_counter()
+    distrain.state.Saver.save = timed("save_call_seconds", original_save)  # the training thread in save()
+    distrain.state.Saver.close = timed("drain_seconds", original_close)  # the wait for the last write
+    clock["started"] = time.perf_counter()
     distrain.fit(cfg)
-    figures["fit_seconds"] = time.perf_counter() - started  # a float among the byte counts
+    figures["fit_seconds"] = time.perf_counter() - clock["started"]  # floats among the byte counts
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     Path(out, f"rank{dist.get_rank()}.json").write_text(json.dumps(
         {"rank": dist.get_rank(), "baseline": baseline, "peak": peak, **figures}))

@@ -104,8 +104,10 @@ class Saver:
     """When to save. `save` is collective (see checkpoint.save_checkpoint)."""
 
     def __init__(self, cfg: Config, ctx: DistContext, run_dir: Path, state: TrainState,
-                 best_higher_is_better: bool = False, guard: NonFiniteGuard | None = None):
+                 best_higher_is_better: bool = False, guard: NonFiniteGuard | None = None,
+                 steps_per_epoch: int | None = None):
         self.cfg, self.ctx, self.run_dir, self.state = cfg, ctx, run_dir, state
+        self.steps_per_epoch = steps_per_epoch
         self.best_higher_is_better = best_higher_is_better  # of checkpoint.monitor
         self.guard = guard  # checked before every save: non-finite weights never replace good ones
         self.background = (BackgroundSaves(sharded=cfg.strategy == "fsdp") if cfg.checkpoint.async_save
@@ -113,10 +115,17 @@ class Saver:
 
     def maybe_save_step(self) -> bool:
         every = self.cfg.checkpoint.every_steps
-        if every and self.state.progress.global_step % every == 0:
-            self.save()
-            return True
-        return False
+        if not every or self.state.progress.global_step % every or self._epoch_save_follows():
+            return False
+        self.save()
+        return True
+
+    def _epoch_save_follows(self) -> bool:
+        """The step just taken ends an epoch whose own save (after its evaluation) writes this same global
+        step with the epoch's metrics: saving it twice would double that save's cost for nothing."""
+        p, every = self.state.progress, self.cfg.checkpoint.every_epochs
+        return bool(every and p.step_in_epoch == self.steps_per_epoch
+                    and ((p.epoch + 1) % every == 0 or p.epoch + 1 == self.cfg.trainer.epochs))
 
     def maybe_save_epoch(self, splits: dict[str, EpochMetrics], *, last: bool) -> None:
         every = self.cfg.checkpoint.every_epochs

@@ -119,7 +119,8 @@ def _train_in(cfg: Config, ctx: DistContext, given: Given, parts: Parts, run_dir
     guard = NonFiniteGuard(cfg.trainer.on_nonfinite, parts.model, ctx.device, progress,
                            steps_per_epoch=train_batches.num_steps, scaler=engine.scaler,
                            last_good=lambda: _newest_good(run_dir, ctx))
-    saver = Saver(cfg, ctx, run_dir, state, best_higher_is_better=best_upwards, guard=guard)
+    saver = Saver(cfg, ctx, run_dir, state, best_higher_is_better=best_upwards, guard=guard,
+                  steps_per_epoch=train_batches.num_steps)
     reporter = Reporter(cfg, ctx, run_dir, parts.model, start_step=progress.global_step,
                         steps_per_epoch=train_batches.num_steps, directions=parts.metric_objects)
     reporter.drop_from_epoch(progress.epoch)

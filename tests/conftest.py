@@ -86,10 +86,57 @@ def run_group(cmd: list[str], *, env: dict[str, str], timeout: float, cwd: Path 
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300,
-            cwd: Path = REPO) -> subprocess.CompletedProcess:
-    """`python -m distrain ARGS` in a subprocess."""
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300, cwd: Path = REPO,
+            fresh: bool = False) -> subprocess.CompletedProcess:
+    """`distrain ARGS` in one process: by `distrain.cli.main` in this one (run_cli_here), or with `fresh`
+    as `python -m distrain ARGS` in a new interpreter (for tests of the process itself: signals, kills,
+    W&B's service, DataLoader workers, user modules imported from `cwd`, compiled models)."""
+    if not fresh:
+        return run_cli_here(*args, env=env, cwd=cwd)
     return run_group([PYTHON, "-m", "distrain", *args], env=env or clean_env(), timeout=timeout, cwd=cwd)
+
+
+def run_cli_here(*args: str, env: dict[str, str] | None = None, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    """`distrain ARGS` run by `distrain.cli.main` in this process, as a new one would run it (the same
+    environment, working directory and one intra-op thread; exit status, stdout and stderr returned
+    alike), without a new process's start: `import torch` and the `torch._dynamo` import that creating
+    an optimizer triggers cost 6-7 s of CPU per process here, most of the suite's CPU when every
+    one-process run paid it. An unexpected exception propagates (a new process would exit 1 with its
+    traceback): the test fails."""
+    import contextlib
+    import io
+    import logging
+
+    import torch
+
+    from distrain.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    saved_env, saved_cwd, threads = dict(os.environ), os.getcwd(), torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    cudnn = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+    logger = logging.getLogger("distrain")
+    handlers, level, propagate = logger.handlers[:], logger.level, logger.propagate
+    os.environ.clear()
+    os.environ.update(env or clean_env())
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", threads)))
+    try:
+        os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(list(args))
+            except SystemExit as exc:  # argparse's usage errors
+                code = exc.code if isinstance(exc.code, int) else 2
+    finally:
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn
+        logger.handlers[:], logger.propagate = handlers, propagate
+        logger.setLevel(level)
+    return subprocess.CompletedProcess(["distrain", *args], code or 0, out.getvalue(), err.getvalue())
 
 
 def torchrun_cmd(nproc: int, *args: str, extra: tuple[str, ...] = (), script: str | None = None) -> list[str]:
@@ -111,3 +158,24 @@ def spawn(fn, world_size: int, *args) -> None:
     import torch.multiprocessing as mp
 
     mp.spawn(fn, args=(world_size, free_port(), *args), nprocs=world_size, join=True)
+
+
+@pytest.fixture(scope="session")
+def xor30_torchrun(tmp_path_factory) -> Path:
+    """The run directory of `torchrun --nproc_per_node=2 -m distrain train configs/xor.yaml trainer.epochs=30`:
+    the uninterrupted run that the SLURM jobs, on one node (test_slurm) and on two (test_two_nodes), end
+    bitwise equal to. Both modules are one xdist group ("slurm"), so it runs once."""
+    run = tmp_path_factory.mktemp("xor30_torchrun")
+    result = run_torchrun(2, "train", "configs/xor.yaml", f"run.dir={run}", "trainer.epochs=30")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return run
+
+
+@pytest.fixture(scope="session")
+def xor10_torchrun(tmp_path_factory) -> Path:
+    """The run directory of `torchrun --nproc_per_node=2 -m distrain train configs/xor.yaml trainer.epochs=10`,
+    the reference of the tests marked xdist_group("xor10") (one worker, so it runs once)."""
+    run = tmp_path_factory.mktemp("xor10_torchrun")
+    result = run_torchrun(2, "train", "configs/xor.yaml", f"run.dir={run}", "trainer.epochs=10", "log.plots=false")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return run

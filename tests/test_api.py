@@ -115,7 +115,7 @@ def test_model_and_data_named_by_import_path_train(tmp_path):
     ("metrics.f1.name=mypkg.nosuch:F1", "metrics.f1.name", "cannot import module 'mypkg.nosuch'"),
 ])
 def test_bad_plugins_exit_2_naming_the_key(tmp_path, override, key, words):
-    result = run_cli("train", "plugins.yaml", f"run.dir={tmp_path}", override, cwd=EX)
+    result = run_cli("train", "plugins.yaml", f"run.dir={tmp_path}", override, cwd=EX, fresh=True)
     assert result.returncode == 2 and f"'{key}'" in result.stderr and words in result.stderr, result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "config.yaml").exists()
 

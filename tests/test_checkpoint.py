@@ -52,6 +52,16 @@ def test_keep_last_prunes_old_checkpoints(tmp_path):
         ["latest.json", "step-00000035.json", "step-00000040.json"]
 
 
+def test_a_step_save_that_ends_an_epoch_is_written_once_with_the_epoch_metrics(tmp_path, capsys):
+    train(load_config(XOR, [f"run.dir={tmp_path}", "trainer.epochs=2", "checkpoint.every_steps=5",
+                            "checkpoint.every_epochs=1", "checkpoint.keep_last=0"]), environ={})
+    saved = [line.split()[1] for line in capsys.readouterr().out.splitlines() if line.startswith("saved ")]
+    assert [os.path.basename(p) for p in saved] == [f"step-{s:08d}.pt" for s in range(5, 41, 5)]  # each once
+    for step in (20, 40):  # 20 steps an epoch: the epoch's save, carrying its metrics
+        metrics = Manifest.read(tmp_path / "checkpoints" / f"step-{step:08d}.pt").metrics
+        assert {"train_loss", "test_loss", "test_accuracy"} <= set(metrics)
+
+
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "flip", "no_manifest"])
 def test_damaged_newest_checkpoint_is_skipped(saved_run, tmp_path, damage, caplog):
     run = tmp_path / "run"
@@ -96,7 +106,7 @@ def test_checkpoint_carrying_code_is_refused_and_not_run(tmp_path):
     evil = tmp_path / "evil.pt"
     torch.save({"model": {"w": torch.zeros(1)}, "extra": _Evil(marker)}, evil)
     for args in (["inspect", str(evil)], ["eval", XOR, f"checkpoint={evil}", f"run.dir={tmp_path}"]):
-        result = run_cli(*args)
+        result = run_cli(*args, fresh=True)  # were it run, the code would run in a process of its own
         assert result.returncode == 2 and "was refused" in result.stderr and "posix.system" in result.stderr
         assert "Traceback" not in result.stderr
     assert not marker.exists()

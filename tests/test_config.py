@@ -102,12 +102,12 @@ def test_missing_required_key(tmp_path):
 def test_unreadable_yaml(tmp_path, text):
     path = tmp_path / "c.yaml"
     path.write_text(text)
-    result = run_cli("train", str(path))
+    result = run_cli("train", str(path), fresh=True)  # through `python -m distrain` itself
     assert result.returncode == 2 and str(path) in result.stderr and "Traceback" not in result.stderr
 
 
 def test_missing_config_file():
-    result = run_cli("train", "configs/nope.yaml")
+    result = run_cli("train", "configs/nope.yaml", fresh=True)
     assert result.returncode == 2 and "configs/nope.yaml does not exist" in result.stderr
 
 
@@ -115,5 +115,8 @@ def test_global_batch_must_divide_over_ranks(tmp_path):
     result = run_torchrun(2, "train", XOR, f"run.dir={tmp_path}", "data.global_batch_size=127")
     assert result.returncode != 0
     assert "'data.global_batch_size': 127 does not divide evenly over 2 processes" in result.stderr
+    # Met by every rank alike: one message for the job, not one per rank.
+    assert sum(line.startswith(("distrain: error: config key 'data.global_batch_size'", "[rank"))
+               for line in (result.stdout + result.stderr).splitlines()) == 1, result.stderr
     # torchrun's agent prints its own ChildFailedError traceback; none may come from distrain's code.
     assert "distrain/" not in "".join(l for l in result.stderr.splitlines(True) if l.lstrip().startswith("File "))

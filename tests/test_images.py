@@ -115,7 +115,7 @@ def test_real_loaders_train_in_one_and_two_processes(files, tmp_path, name):
 
 def test_dataloader_workers_and_prefetch(files, tmp_path):
     result = run_cli("train", *case_args("mnist", files, tmp_path), "data.num_workers=2",
-                     "data.persistent_workers=true", "data.prefetch_factor=2")
+                     "data.persistent_workers=true", "data.prefetch_factor=2", fresh=True)
     assert result.returncode == 0, result.stderr[-2000:]
 
 

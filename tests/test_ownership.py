@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -16,8 +17,8 @@ XOR = "configs/xor.yaml"
 ARGS = ["checkpoint.every_epochs=10", "checkpoint.keep_last=0", "wandb.mode=disabled", "log.plots=false"]
 
 
-def start(cmd):
-    return subprocess.Popen(cmd, cwd=REPO, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+def start(cmd, **env):
+    return subprocess.Popen(cmd, cwd=REPO, env=clean_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
 
 
@@ -32,23 +33,28 @@ def wait_for(predicate, timeout=120):
 
 @pytest.mark.slow
 def test_a_second_run_into_a_directory_in_use_is_refused_and_the_first_is_clean(tmp_path):
-    first = start(torchrun_cmd(2, "train", XOR, f"run.dir={tmp_path}", "trainer.epochs=150", *ARGS))
+    # The first run's ranks wait after step 30 (mid epoch 2) until the second run has been refused.
+    release = tmp_path.parent / f"{tmp_path.name}-release"
+    args = ("train", XOR, f"run.dir={tmp_path}", "trainer.epochs=3", *ARGS)
+    first = start(torchrun_cmd(2, *args, script="tests/helpers/kill_at_step.py"),
+                  HOLD_STEP="30", HOLD_FILE=str(release))
     try:
-        wait_for(lambda: (tmp_path / "metrics.jsonl").exists())
+        wait_for(lambda: Path(f"{release}.held").exists())
         started = time.time()
-        second = run_cli("train", XOR, f"run.dir={tmp_path}", "trainer.epochs=150", *ARGS)
+        second = run_cli(*args)
         assert second.returncode == 2 and "is in use by a live run (PID" in second.stderr, second.stderr
         assert "Traceback" not in second.stderr and time.time() - started < 30
+        release.touch()
         out, err = first.communicate(timeout=300)
     finally:
         if first.poll() is None:
             os.killpg(first.pid, signal.SIGKILL)
     assert first.returncode == 0, err[-2000:]
     pairs = [(r["epoch"], r["split"]) for r in read_metrics(tmp_path)]
-    assert pairs == [(e, s) for e in range(150) for s in ("train", "test")]  # each exactly once
+    assert pairs == [(e, s) for e in range(3) for s in ("train", "test")]  # each exactly once
     assert all(Manifest.read(p).problem() is None for p in list_checkpoints(tmp_path / "checkpoints"))
-    again = run_cli("train", XOR, f"run.dir={tmp_path}", "trainer.epochs=150", *ARGS)
-    assert again.returncode == 0 and "this run already finished (epoch 150 of 150)" in again.stdout
+    again = run_cli(*args)
+    assert again.returncode == 0 and "this run already finished (epoch 3 of 3)" in again.stdout
 
 
 @pytest.mark.slow

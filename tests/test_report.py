@@ -20,7 +20,7 @@ def wandb_files(run_dir):
 def offline_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("wb")
     result = run_cli("train", XOR, f"run.dir={run}", "trainer.epochs=5", "log.every_steps=10",
-                     "log.grad_norms=true", env=clean_env(wandb=True))
+                     "log.grad_norms=true", env=clean_env(wandb=True), fresh=True)
     assert result.returncode == 0, result.stderr
     return run, result
 
@@ -65,6 +65,24 @@ def test_plots_are_valid_pngs(offline_run, tmp_path):
         ["accuracy.png", "loss.png"]
     bad = run_cli("plot", str(tmp_path))
     assert bad.returncode == 2 and "has no metrics.jsonl" in bad.stderr
+
+
+def test_plotting_leaves_the_users_pyplot_alone(offline_run, tmp_path):
+    # distrain.fit in a notebook: the user's backend and open figures are untouched by the run's plots.
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    from distrain.plots import plot_runs
+
+    backend = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        figure = plt.figure()
+        assert len(plot_runs([offline_run[0]], tmp_path / "p")) == 2
+        assert matplotlib.get_backend() == "svg" and plt.get_fignums() == [figure.number]
+    finally:
+        plt.close("all")
+        matplotlib.use(backend)
 
 
 def test_log_lines_without_a_terminal(offline_run):

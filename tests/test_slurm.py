@@ -130,12 +130,9 @@ def assert_bitwise(a, b):
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """torchrun with 2 processes, the uninterrupted run every SLURM job is compared with."""
-    run = tmp_path_factory.mktemp("torchrun_ref")
-    result = run_torchrun(2, "train", XOR, f"run.dir={run}", "trainer.epochs=30")
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[:2000]
-    return run
+def reference(xor30_torchrun):
+    """torchrun with 2 processes, XOR for 30 epochs: the uninterrupted run every SLURM job is compared with."""
+    return xor30_torchrun
 
 
 @pytest.mark.slow

@@ -18,7 +18,7 @@ def final(run_dir):
 
 
 def train(run_dir, config, *overrides):
-    result = run_cli("train", config, f"run.dir={run_dir}", *QUIET, *overrides, timeout=600)
+    result = run_cli("train", config, f"run.dir={run_dir}", *QUIET, *overrides, timeout=600, fresh=True)
     assert result.returncode == 0, result.stderr[-3000:]
     return final(run_dir)
 
