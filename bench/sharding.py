@@ -17,9 +17,11 @@ glibc return freed blocks above 64 KiB at once, so the peak follows the live ten
 The table shows the rank with the highest peak and the ratios fsdp / ddp.
 
 Checkpoint stall: 1 process of ddp (a .pt), 1 and 2 ranks of fsdp (sharded checkpoints), each trained for
---stall-steps steps with no saves, with a save every 5 steps, and with the same saves in the background;
-the lost time per save is (time to the last optimizer step - the same without saves) / saves, median of
---stall-repeats alternating rounds; "x sync" is the background save's lost time over the synchronous one's.
+--stall-steps steps with no saves, with a save every --stall-every steps, and with the same saves in the
+background; the lost time per save is (time to the last optimizer step and its save - the same without
+saves) / saves, median of --stall-repeats alternating rounds; "x sync" is the background save's lost time
+over the synchronous one's; "in save()" is the training thread's own time in the save call (staging, and
+the wait for the previous write when saves come faster than a write).
 The wait for the last background write when fit ends ("last wait", once per run, not per save) is shown
 apart, and "fit x sync" is the same ratio over whole fits, that wait included.
 """
@@ -75,17 +77,17 @@ def memory(ranks: list[int], steps: int, config: str) -> None:
                   f"{above / ddp_above:>15.2f}")
 
 
-def stall(steps: int, repeats: int, config: str) -> None:
-    every = 5
+def stall(steps: int, every: int, repeats: int, config: str, setups: list[str]) -> None:
     saves = steps // every
     print(f"\ncheckpoint stall: {config}, {steps} steps, a save every {every} ({saves} saves); seconds")
-    print("  loop: start of fit to the last optimizer step (every save inside it); fit: the whole fit, with its")
+    print("  loop: start of fit to the last optimizer step and its save; fit: the whole fit, with its")
     print("  wait for the last background write; in save(): the training thread inside save() per save")
     print(f"{'setup':>14} {'loop none':>9} {'sync':>6} {'bg':>6} {'lost/save sync':>14} {'lost/save bg':>12} "
           f"{'x sync':>6} {'in save() bg':>12} {'last wait':>9} {'fit x sync':>10}")
     # fsdp x1: the sharded checkpoint's writer with a core free beside the compute, as ddp x1's .pt writer;
     # fsdp x2 computes on both cores of a 2-core machine, so there its writers take their CPU from training.
-    for strategy, nproc in (("ddp", 1), ("fsdp", 1), ("fsdp", 2)):
+    for strategy, nproc in (setup.split("x") for setup in setups):
+        nproc = int(nproc)
         rounds: dict[str, list[dict]] = {"none": [], "sync": [], "async": []}
         for _ in range(repeats):
             for variant, extra in (("none", ()), ("sync", (f"checkpoint.every_steps={every}",)),
@@ -112,6 +114,8 @@ def main() -> None:
     parser.add_argument("--ranks", default="2,3", help="numbers of ranks for the memory table, e.g. 2,3")
     parser.add_argument("--steps", type=int, default=8, help="optimizer steps per memory run")
     parser.add_argument("--stall-steps", type=int, default=16)
+    parser.add_argument("--stall-every", type=int, default=5, help="steps between saves")
+    parser.add_argument("--stall-setups", default="ddpx1,fsdpx1,fsdpx2", help="STRATEGYxRANKS, comma-separated")
     parser.add_argument("--stall-repeats", type=int, default=2)
     parser.add_argument("--config", default="configs/wide_mlp_fsdp.yaml")
     parser.add_argument("--skip", choices=["memory", "stall"], help="leave one part out")
@@ -125,7 +129,7 @@ def main() -> None:
     if args.skip != "memory":
         memory([int(n) for n in args.ranks.split(",")], args.steps, args.config)
     if args.skip != "stall":
-        stall(args.stall_steps, args.stall_repeats, args.config)
+        stall(args.stall_steps, args.stall_every, args.stall_repeats, args.config, args.stall_setups.split(","))
 
 
 if __name__ == "__main__":

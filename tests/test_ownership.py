@@ -39,7 +39,8 @@ def test_a_second_run_into_a_directory_in_use_is_refused_and_the_first_is_clean(
     first = start(torchrun_cmd(2, *args, script="tests/helpers/kill_at_step.py"),
                   HOLD_STEP="30", HOLD_FILE=str(release))
     try:
-        wait_for(lambda: Path(f"{release}.held").exists())
+        wait_for(lambda: Path(f"{release}.held").exists() or first.poll() is not None)
+        assert first.poll() is None, first.communicate()[1][-3000:]
         started = time.time()
         second = run_cli(*args)
         assert second.returncode == 2 and "is in use by a live run (PID" in second.stderr, second.stderr

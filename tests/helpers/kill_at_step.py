@@ -33,7 +33,7 @@ def _maybe_save_then_die(self):
             time.sleep(0.05)
         return saved
     first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
-    if first_attempt and self.state.progress.global_step == int(os.environ["KILL_STEP"]):
+    if first_attempt and self.state.progress.global_step == int(os.environ.get("KILL_STEP", "-1")):
         if os.environ.get("KILL_AGENT") == "1":
             os.kill(os.getppid(), signal.SIGKILL)
             os.kill(os.getpid(), signal.SIGKILL)
