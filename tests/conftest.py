@@ -125,8 +125,10 @@ def run_cli_here(*args: str, env: dict[str, str] | None = None, cwd: Path = REPO
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
                 code = main(list(args))
-            except SystemExit as exc:  # argparse's usage errors
-                code = exc.code if isinstance(exc.code, int) else 2
+            except SystemExit as exc:  # argparse's usage errors and --help, as the interpreter reads them
+                code = exc.code if isinstance(exc.code, int) or exc.code is None else 1
+                if isinstance(exc.code, str):
+                    print(exc.code, file=err)
     finally:
         os.chdir(saved_cwd)
         os.environ.clear()

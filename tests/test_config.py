@@ -106,6 +106,11 @@ def test_unreadable_yaml(tmp_path, text):
     assert result.returncode == 2 and str(path) in result.stderr and "Traceback" not in result.stderr
 
 
+def test_a_missing_argument_is_a_usage_error():
+    result = run_cli("train")
+    assert result.returncode == 2 and "the following arguments are required: config" in result.stderr
+
+
 def test_missing_config_file():
     result = run_cli("train", "configs/nope.yaml", fresh=True)
     assert result.returncode == 2 and "configs/nope.yaml does not exist" in result.stderr
