@@ -86,8 +86,7 @@ def stall(steps: int, every: int, repeats: int, config: str, setups: list[str]) 
           f"{'x sync':>6} {'in save() bg':>12} {'last wait':>9} {'fit x sync':>10}")
     # fsdp x1: the sharded checkpoint's writer with a core free beside the compute, as ddp x1's .pt writer;
     # fsdp x2 computes on both cores of a 2-core machine, so there its writers take their CPU from training.
-    for strategy, nproc in (setup.split("x") for setup in setups):
-        nproc = int(nproc)
+    for strategy, nproc in ((name, int(ranks)) for name, ranks in (setup.split("x") for setup in setups)):
         rounds: dict[str, list[dict]] = {"none": [], "sync": [], "async": []}
         for _ in range(repeats):
             for variant, extra in (("none", ()), ("sync", (f"checkpoint.every_steps={every}",)),
