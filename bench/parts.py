@@ -1,5 +1,5 @@
 """Where the XOR step's time goes: the parts of distrain's step that differ from the floor, each timed
-against its alternative in interleaved rounds (median per step). The README's Speed section quotes these.
+against its alternative in interleaved rounds (median per step). The docs' Performance page (docs/pages/performance.md) quotes these.
 
     .venv/bin/python bench/parts.py [--rounds 15]
 

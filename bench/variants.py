@@ -3,7 +3,7 @@ for the training loop only (setup, model building and data generation excluded, 
 
 - floor: the bare compute. The tutorial's step (zero_grad, forward, loss, backward, step) on one pre-made
   batch: no shuffling, no data handling, no metrics. A loop that does all of those can only come near it
-  by doing the step's own parts more cheaply (distrain does two: see the README's Speed section).
+  by doing the step's own parts more cheaply (distrain does two: see the docs' Performance page).
 - tutorial: the PyTorch tutorial loop: TensorDataset + DataLoader(shuffle=True), `loss.item()` every step.
 - lightning: a LightningModule and `Trainer.fit`, logging, checkpoints and progress bar off (timed from
   the first to the last training batch by a callback).

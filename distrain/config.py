@@ -43,7 +43,7 @@ class DataConfig:
     global_batch_size: int
     """Samples per optimizer step summed over all ranks; each rank gets global_batch_size / world_size."""
     name: str | None = None
-    """The data set: a built-in name (xor, mnist, ... see README) or an import path module:attribute of a
+    """The data set: a built-in name (xor, mnist, ...: see the docs, Built-in components) or an import path module:attribute of a
     function returning (train, test) or (train, val, test); null when distrain.fit is given the data."""
     args: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments of the data set (e.g. num_train for xor, root for mnist); checked against it."""

@@ -4,7 +4,7 @@
 #   usage: launch/torchrun_multinode.sh NNODES NODE_RANK NPROC_PER_NODE HOST:PORT CONFIG|SCRIPT.py CONFIG [key=value ...]
 #   e.g.   on node0: launch/torchrun_multinode.sh 2 0 4 node0:29500 configs/xor.yaml
 #          on node1: launch/torchrun_multinode.sh 2 1 4 node0:29500 configs/xor.yaml
-#   elastic: NNODES=MIN:MAX (e.g. 1:2); a lost node makes the others re-form and resume (README).
+#   elastic: NNODES=MIN:MAX (e.g. 1:2); a lost node makes the others re-form and resume (docs/pages/launching.md).
 #   env: RDZV_ID (job id, same on every node), MAX_RESTARTS (0; 3 when elastic), RDZV_CONF (torchrun's
 #        --rdzv-conf, e.g. last_call_timeout=10,keep_alive_interval=2).
 #   run.dir must be on a file system every node sees (checkpoints are written by global rank 0 and

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up and run the whole test suite on a fresh machine (this is the README's test command, and what
 # CI runs): Debian's SLURM daemons for the real-cluster tests, a virtual environment with distrain
-# installed from this checkout, then pytest. Extra arguments go to pytest (e.g. -k resume).
+# installed from this checkout (with the docs tools: the docs build is a test), then pytest. Extra arguments go to pytest (e.g. -k resume).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v slurmctld >/dev/null 2>&1; then

@@ -126,7 +126,7 @@ def test_bad_plugins_exit_2_naming_the_key(tmp_path, override, key, words):
     # A CNN's rounding differences (conv backward sums in another order on 2 ranks) grow with each SGD
     # step; at the example's lr 0.05 with momentum they reach ~2e-2 in 94 steps, at lr 0.01 in 47 ~1e-5.
     ("custom_image_dataset.py", "custom_images.yaml", 1e-4, ["trainer.epochs=1", "optim.lr=0.01"], "accuracy", 0.6),
-    # The shipped configs, whole: the figures the README states (measured R^2 0.50, macro F1 0.75).
+    # The shipped configs, whole: the figures the docs state (docs/pages/your-code.md) (measured R^2 0.50, macro F1 0.75).
     ("diabetes_regression.py", "diabetes.yaml", 1e-4, [], "r2", 0.45),
     # Adam divides by the running gradient size, so rounding in small gradients moves weights further:
     # measured 3.9e-4 after 960 steps on 1 vs 2 processes.

@@ -1,7 +1,7 @@
 """SLURM: requeue policy (no cluster needed), then real sbatch jobs on a real single-node SLURM cluster
 started by the `slurm` fixture (munge + slurmctld + slurmd from Debian's packages; .ci/run installs them).
 
-The sbatch commands here are the ones the README shows (test_readme_shows_the_commands_tested_here).
+The sbatch commands here are the ones the docs show (test_docs_show_the_commands_tested_here).
 """
 
 import os
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.xdist_group("slurm")
 
 XOR = "configs/xor.yaml"
 # How the tests run the shipped one-node GPU script on the CPU-only test cluster: the same script, with
-# sbatch options overriding its GPU lines. README.md shows these exact lines.
+# sbatch options overriding its GPU lines. docs/pages/launching.md shows these exact lines.
 SBATCH_SRUN = ("sbatch --partition=debug --ntasks-per-node=2 --gres=none --cpus-per-task=1 "
                "slurm/train.sbatch configs/xor.yaml")
 SBATCH_CPU = "sbatch --partition=debug slurm/train_cpu.sbatch configs/xor.yaml"
@@ -85,7 +85,7 @@ def job_env(slurm_conf, **extra):
 
 
 def sbatch(command, slurm_conf, *args, wait=True, out=None):
-    """Run one of the README's sbatch command lines, with an output file and extra overrides added."""
+    """Run one of the docs' sbatch command lines (docs/pages/launching.md), with an output file and extra overrides added."""
     words = command.split()
     env_extra = {}
     while "=" in words[0]:  # leading NAME=value words are environment for sbatch (and so for the job)
@@ -224,8 +224,8 @@ def test_array_tasks_get_their_own_run_directories(slurm, tmp_path):
         assert find_resumable(tmp_path / "run" / f"array-{task}") is not None
 
 
-def test_readme_shows_the_commands_tested_here():
-    readme = (REPO / "README.md").read_text()
+def test_docs_show_the_commands_tested_here():
+    readme = (REPO / "docs" / "pages" / "launching.md").read_text()
     for command in (SBATCH_SRUN, SBATCH_CPU, SBATCH_TORCHRUN, SBATCH_ARRAY, SBATCH_SCRIPT, PREEMPT, SCANCEL,
                     SCANCEL_FULL, SCANCEL_BATCH):
         assert command in readme, command

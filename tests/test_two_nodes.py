@@ -24,7 +24,7 @@ from distrain.checkpoint import Manifest, find_resumable, list_checkpoints, load
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("slurm")]
 
 XOR = "configs/xor.yaml"
-# The commands README.md shows for the two-node cluster (the GPU lines overridden for CPU nodes).
+# The commands docs/pages/launching.md shows for the two-node cluster (the GPU lines overridden for CPU nodes).
 SBATCH_2NODES = ("sbatch --partition=two --nodes=2 --ntasks-per-node=1 --gres=none --cpus-per-task=1 "
                  "slurm/train_multinode.sbatch configs/xor.yaml")
 SBATCH_2AGENTS = ("GPUS_PER_NODE=1 sbatch --partition=two --nodes=2 --gres=none --cpus-per-task=1 "
