@@ -17,6 +17,7 @@ import argparse
 import ast
 import dataclasses
 import functools
+import html
 import inspect
 import os
 import re
@@ -136,6 +137,11 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
+def _code(text: str) -> str:
+    # Raw HTML: a backtick span would show the backslash that a `|` needs inside a markdown table.
+    return f"<code>{html.escape(text).replace('|', '&#124;')}</code>"
+
+
 def config_markdown() -> str:
     out = []
     for section in config_sections():
@@ -146,7 +152,7 @@ def config_markdown() -> str:
         out.append("| key | type | default | what it does |")
         out.append("|---|---|---|---|")
         for key in section.keys:
-            out.append(f"| `{key.dotted}` | `{_cell(key.type)}` | `{_cell(key.default)}` | {_cell(key.doc)} |")
+            out.append(f"| {_code(key.dotted)} | {_code(key.type)} | {_code(key.default)} | {_cell(key.doc)} |")
         out.append("")
     return "\n".join(out)
 
@@ -232,7 +238,7 @@ def components_markdown() -> str:
             # The parameters the run itself passes (the parameters to optimize, the reduction) are left out.
             args = _signature(obj, annotations=False, skip=_FILLED_BY_RUN).strip("()").lstrip("*, ")
             doc = _first_sentence(inspect.getdoc(obj) or "")
-            args = f"`{_cell(args)}`" if args else "none"
+            args = _code(args) if args else "none"
             out.append(f"| `{name}` | `{path}` | {args} | {_cell(' '.join(doc.split()))} |")
         out.append("")
     return "\n".join(out)
