@@ -25,9 +25,9 @@ import torch.nn.functional as F  # noqa: E402
 
 from bench.variants import load_workload  # noqa: E402
 from distrain.data import build_train_batches  # noqa: E402
-from distrain.loops import TrainMeter  # noqa: E402
-from distrain.objective import build_objective  # noqa: E402
-from distrain.optim import zero_grad  # noqa: E402
+from distrain.loop.objective import build_objective
+from distrain.loop.optim import zero_grad
+from distrain.loop.steps import TrainMeter
 
 STEPS = 200  # steps per timed chunk; chunks of the two sides alternate
 

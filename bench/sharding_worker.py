@@ -25,7 +25,7 @@ def resident() -> int:
 def held_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
     """Bytes of this rank's parameters, gradients and optimizer state; a storage shared by several views
     (DDP's gradient buckets) counted once; sharded tensors by their local shard."""
-    from distrain.sharding import local
+    from distrain.strategies.fsdp import local
 
     storages: dict[int, int] = {}
     for p in model.parameters():
@@ -41,8 +41,8 @@ def main() -> None:
     overrides = sys.argv[6:]
     dist.init_process_group("gloo")  # distrain reuses a group that exists
     import distrain
-    import distrain.state
-    from distrain.sharding import choose_units
+    import distrain.loop.state
+    from distrain.strategies.fsdp import choose_units
 
     world = dist.get_world_size()
     batch = 16 * world
@@ -53,8 +53,8 @@ def main() -> None:
                                         "log.every_steps=1000", *overrides])
     baseline = resident()
     figures: dict[str, float] = {}
-    original, original_save, original_close = (distrain.state.Saver.maybe_save_step, distrain.state.Saver.save,
-                                               distrain.state.Saver.close)
+    original, original_save, original_close = (distrain.loop.state.Saver.maybe_save_step, distrain.loop.state.Saver.save,
+                                               distrain.loop.state.Saver.close)
     clock = {"started": 0.0}
     figures["save_call_seconds"] = figures["drain_seconds"] = 0.0
 
@@ -80,9 +80,9 @@ def main() -> None:
                 figures[name] += time.perf_counter() - begun
         return call
 
-    distrain.state.Saver.maybe_save_step = measure_then_save
-    distrain.state.Saver.save = timed("save_call_seconds", original_save)  # the training thread in save()
-    distrain.state.Saver.close = timed("drain_seconds", original_close)  # the wait for the last write
+    distrain.loop.state.Saver.maybe_save_step = measure_then_save
+    distrain.loop.state.Saver.save = timed("save_call_seconds", original_save)  # the training thread in save()
+    distrain.loop.state.Saver.close = timed("drain_seconds", original_close)  # the wait for the last write
     clock["started"] = time.perf_counter()
     distrain.fit(cfg)
     figures["fit_seconds"] = time.perf_counter() - clock["started"]  # floats among the byte counts

@@ -30,10 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from distrain.components import build_model
-from distrain.config import Config, load_config
+from distrain.config.parse import load_config
+from distrain.config.schema import Config
 from distrain.data import DataInfo, build_splits, describe_data
-from distrain.optim import build_optimizer
+from distrain.loop.components import build_model
+from distrain.loop.optim import build_optimizer
 
 
 @dataclass
@@ -219,7 +220,7 @@ def run_lightning(w: Workload) -> tuple[int, float]:
 
 
 def run_distrain(w: Workload) -> tuple[int, float]:
-    from distrain.train import train
+    from distrain.loop.trainer import train
 
     with tempfile.TemporaryDirectory() as run_dir, contextlib.redirect_stdout(io.StringIO()):
         cfg = replace(w.cfg, run=replace(w.cfg.run, dir=run_dir))
@@ -232,8 +233,9 @@ def run_distrain(w: Workload) -> tuple[int, float]:
 def run_distrain_api(w: Workload) -> tuple[int, float]:
     """distrain.fit with the user's own nn.Module (the workload's model built outside distrain, as a user's
     script does), loss module and TensorDatasets: the API adds no per-step cost."""
-    import distrain
     from torch import nn
+
+    import distrain
 
     loss = nn.BCEWithLogitsLoss() if w.num_classes == 2 else nn.CrossEntropyLoss()
     with tempfile.TemporaryDirectory() as run_dir, contextlib.redirect_stdout(io.StringIO()):

@@ -11,7 +11,7 @@ Nothing happens at import: no environment reads or writes, no torch import (the 
 when first used).
 """
 
-__version__ = "0.1.0"
+from distrain.version import __version__
 
 __all__ = ["ConfigError", "DataSets", "UserError", "fit", "is_main_process", "load_config", "predict", "register",
            "run"]
@@ -23,11 +23,11 @@ def __getattr__(name: str):
 
         return getattr(api, name)
     if name == "load_config":
-        from distrain.config import load_config
+        from distrain.config.parse import load_config
 
         return load_config
     if name == "register":
-        from distrain.registry import register
+        from distrain.config.registry import register
 
         return register
     if name == "DataSets":

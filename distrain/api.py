@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Mapping
 
-from distrain.config import Config
+from distrain.config.schema import Config
 
 
 def fit(cfg: Config, *, model: Any = None, train_data: Any = None, test_data: Any = None, val_data: Any = None,
@@ -37,8 +37,8 @@ def fit(cfg: Config, *, model: Any = None, train_data: Any = None, test_data: An
     module. metrics: {name: torchmetrics Metric or function(preds, targets)}. optimizer: a torch optimizer
     over model.parameters(), or a function params -> optimizer.
     """
-    from distrain.components import Given
-    from distrain.train import train
+    from distrain.loop.components import Given
+    from distrain.loop.trainer import train
 
     given = Given(model=model, train_data=train_data, val_data=val_data, test_data=test_data, loss=loss,
                   metrics=dict(metrics) if metrics else None, optimizer=optimizer)
@@ -49,7 +49,7 @@ def predict(cfg: Config, *, model: Any = None, data: Any = None, checkpoint: str
             split: str = "test", environ: Mapping[str, str] = os.environ) -> Any:
     """The model's outputs for every sample of `data` (default: the config's `split`), in data set order,
     on every rank; `checkpoint`: a .pt file or a run directory. Must run on every rank."""
-    from distrain.prediction import predict as run_predict
+    from distrain.loop.prediction import predict as run_predict
 
     return run_predict(cfg, model=model, data=data, checkpoint=checkpoint, split=split, environ=environ)
 
@@ -57,7 +57,7 @@ def predict(cfg: Config, *, model: Any = None, data: Any = None, checkpoint: str
 def is_main_process(environ: Mapping[str, str] = os.environ) -> bool:
     """Whether this process is global rank 0 (under any launcher; read from the environment), the one
     that should print results or write files of its own."""
-    from distrain.env import detect
+    from distrain.launch.env import detect
 
     return detect(environ).rank == 0
 
@@ -73,12 +73,12 @@ def run(main: Callable[..., Any], *args: Any) -> None:
     import sys
 
     from distrain.errors import UserError
-    from distrain.signals import Interrupted
+    from distrain.launch.signals import Interrupted
 
     try:
         main(*args)
     except UserError as exc:
-        from distrain.cli import report_user_error
+        from distrain.errors import report_user_error
 
         report_user_error(exc)  # once for the job, not once per rank
         sys.exit(exc.exit_code)

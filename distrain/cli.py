@@ -23,7 +23,7 @@ import sys
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="distrain", description="Train PyTorch models with plain DDP, "
                                      "the same way in one process, under torchrun and under SLURM.")
-    from distrain import __version__
+    from distrain.version import __version__
 
     parser.add_argument("--version", action="version", version=f"distrain {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -54,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from distrain.errors import UserError
+    from distrain.errors import UserError, report_user_error
 
     try:
         if args.command == "train":
@@ -73,38 +73,12 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
 
 
-def report_user_error(exc: Exception) -> None:
-    """One message for the whole job, not one per rank: errors every rank meets alike (config errors,
-    verdicts the ranks agreed on) are printed by global rank 0 only; any other is printed with its rank.
-    Under torchrun the message also goes to torchrun's error file, so its failure summary names the cause
-    instead of "error_file: <N/A>"."""
-    import json
-    import os
-    import time
-
-    rank = os.environ.get("RANK", "0")
-    agreed = getattr(exc, "agreed", False)
-    text = f"distrain: error: {exc}" if rank == "0" or agreed else f"[rank {rank}] distrain: error: {exc}"
-    if rank == "0" or not agreed:
-        print(text, file=sys.stderr)  # an agreed error is printed by rank 0 alone
-    # Every rank writes its own error file: torchrun's summary names the rank that exited first, and which
-    # one that is races (the agent stops the others as soon as one exits).
-    error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
-    if error_file:
-        try:
-            with open(error_file, "w") as f:
-                json.dump({"message": {"message": text, "extraInfo": {"py_callstack": text,
-                                                                       "timestamp": str(int(time.time()))}}}, f)
-        except OSError:
-            pass  # the summary then says <N/A>; the message above was printed anyway
-
-
 def _train(args: argparse.Namespace) -> int:
-    from distrain.config import load_config
+    from distrain.config.parse import load_config
 
     cfg = load_config(args.config, args.overrides)
-    from distrain.signals import Interrupted
-    from distrain.train import train
+    from distrain.launch.signals import Interrupted
+    from distrain.loop.trainer import train
 
     try:
         train(cfg)
@@ -115,11 +89,11 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from distrain.config import load_config
+    from distrain.config.parse import load_config
 
     checkpoint, rest = _take(args.overrides, "checkpoint", required=True)
     cfg = load_config(args.config, rest)
-    from distrain.evaluate import evaluate_checkpoint
+    from distrain.loop.evaluate import evaluate_checkpoint
 
     evaluate_checkpoint(cfg, checkpoint)
     return 0
@@ -141,9 +115,9 @@ def _predict(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 
-    from distrain.config import load_config
-    from distrain.env import detect
-    from distrain.prediction import predict, write_predictions
+    from distrain.config.parse import load_config
+    from distrain.launch.env import detect
+    from distrain.loop.prediction import predict, write_predictions
 
     checkpoint, rest = _take(args.overrides, "checkpoint", required=True)
     split, rest = _take(rest, "split", required=False, default="test")
@@ -160,7 +134,7 @@ def _predict(args: argparse.Namespace) -> int:
 def _plot(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from distrain.plots import plot_runs
+    from distrain.reporting.plots import plot_runs
 
     runs = [Path(r) for r in args.run_dirs]
     out = Path(args.out) if args.out else (runs[0] / "plots" if len(runs) == 1 else Path("plots"))
@@ -170,14 +144,14 @@ def _plot(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from distrain.export import export_weights
+    from distrain.checkpoint.export import export_weights
 
     print(export_weights(args.path, args.out))
     return 0
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from distrain.inspect import inspect_checkpoint
+    from distrain.checkpoint.inspection import inspect_checkpoint
 
     print(inspect_checkpoint(args.path))
     return 0

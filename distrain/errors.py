@@ -4,6 +4,11 @@ A `UserError` is something the person running distrain can fix (a config key, a 
 variable). Anything else is a bug and keeps its traceback.
 """
 
+import json
+import os
+import sys
+import time
+
 
 class UserError(Exception):
     """An error the user can fix (a config key, a file, a checkpoint, a launcher variable). `exit_code` is
@@ -66,3 +71,25 @@ class Diverged(UserError):
 
     exit_code = 3
     agreed = True  # the ranks agree on it with one all-reduce
+
+
+def report_user_error(exc: Exception) -> None:
+    """One message for the whole job, not one per rank: errors every rank meets alike (config errors,
+    verdicts the ranks agreed on) are printed by global rank 0 only; any other is printed with its rank.
+    Under torchrun the message also goes to torchrun's error file, so its failure summary names the cause
+    instead of "error_file: <N/A>"."""
+    rank = os.environ.get("RANK", "0")
+    agreed = getattr(exc, "agreed", False)
+    text = f"distrain: error: {exc}" if rank == "0" or agreed else f"[rank {rank}] distrain: error: {exc}"
+    if rank == "0" or not agreed:
+        print(text, file=sys.stderr)  # an agreed error is printed by rank 0 alone
+    # Every rank writes its own error file: torchrun's summary names the rank that exited first, and which
+    # one that is races (the agent stops the others as soon as one exits).
+    error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if error_file:
+        try:
+            with open(error_file, "w") as f:
+                json.dump({"message": {"message": text, "extraInfo": {"py_callstack": text,
+                                                                       "timestamp": str(int(time.time()))}}}, f)
+        except OSError:
+            pass  # the summary then says <N/A>; the message above was printed anyway

@@ -11,11 +11,10 @@ filled in from the data and the loss (see distrain.registry.call), for a user's 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import nn
-
-from typing import Literal
 
 from distrain.errors import ConfigError, UserError
 

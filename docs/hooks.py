@@ -100,7 +100,7 @@ def _type_name(f: dataclasses.Field) -> str:
 
 def config_sections() -> list[Section]:
     """Every section of the config and its keys, in the order of the dataclasses."""
-    from distrain.config import Config
+    from distrain.config.schema import Config
 
     sections: list[Section] = []
 
@@ -225,7 +225,7 @@ _FILLED_BY_RUN = ("params", "reduction", "size_average", "reduce", "kwargs", "pr
 
 
 def components_markdown() -> str:
-    from distrain import registry
+    from distrain.config import registry
 
     out = []
     titles = {"data": "`data.name`", "model": "`model.name`", "loss": "`loss.name`",

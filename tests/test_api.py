@@ -6,14 +6,14 @@ import json
 
 import pytest
 import torch
+from conftest import PYTHON, REPO, clean_env, free_port, run_cli, run_group, run_torchrun
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
 import distrain
-from conftest import PYTHON, REPO, clean_env, free_port, run_cli, run_group, run_torchrun
-from distrain.checkpoint import find_resumable, list_best, load_payload
+from distrain.checkpoint.store import find_resumable, list_best, load_payload
 from distrain.errors import ConfigError
-from distrain.history import read_metrics
+from distrain.reporting.history import read_metrics
 
 EX = REPO / "examples"
 XOR_ARGS = ["trainer.epochs=12", "data.val_fraction=0.2", "checkpoint.every_epochs=1", "checkpoint.every_steps=9",
@@ -179,7 +179,7 @@ def test_torchmetrics_f1_is_identical_on_1_and_3_ranks_and_equals_sklearn(wine_r
     # The same figure from all predictions gathered in one process, computed by scikit-learn.
     out = run / "preds.pt"
     assert run_cli("predict", "configs/wine.yaml", *args, f"checkpoint={run}", f"out={out}").returncode == 0
-    from distrain.config import load_config
+    from distrain.config.parse import load_config
     from distrain.data import build_splits
 
     cfg = load_config("configs/wine.yaml", [a for a in args if not a.startswith("metrics.")])

@@ -3,9 +3,9 @@ image), for the CSV table, the annotations CSV and image folders."""
 
 import pytest
 import torch
+from conftest import run_cli
 from torchvision.io import write_png
 
-from conftest import run_cli
 from distrain.data.datasets import csv
 from distrain.data.images import csv_images, image_folder
 from distrain.errors import UserError

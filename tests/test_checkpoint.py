@@ -7,12 +7,12 @@ import random
 import numpy as np
 import pytest
 import torch
-
 from conftest import run_cli
-from distrain.checkpoint import (CheckpointError, Manifest, capture_rng, find_resumable, list_checkpoints,
-                                 load_payload, restore_rng)
-from distrain.config import load_config
-from distrain.train import train
+
+from distrain.checkpoint.files import CheckpointError, Manifest
+from distrain.checkpoint.store import capture_rng, find_resumable, list_checkpoints, load_payload, restore_rng
+from distrain.config.parse import load_config
+from distrain.loop.trainer import train
 
 XOR = "configs/xor.yaml"
 SHORT = ["trainer.epochs=3", "checkpoint.every_steps=7", "checkpoint.every_epochs=1", "checkpoint.keep_last=0", "optim.args.momentum=0.9"]
@@ -156,7 +156,7 @@ def test_missing_resume_path_is_a_clear_error(tmp_path):
 
 @pytest.mark.parametrize("kind", ["pt", "shards"])
 def test_background_staging_keeps_its_buffers_and_copies_exactly(kind):
-    from distrain.background import ShardStaging, Staging
+    from distrain.checkpoint.background import ShardStaging, Staging
 
     staging = Staging() if kind == "pt" else ShardStaging()
     live = {"model": {"w": torch.randn(4, 3)}, "state": {"m": torch.ones(2), "step": 3}}

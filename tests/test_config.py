@@ -2,9 +2,10 @@
 
 import pytest
 import yaml
-
 from conftest import run_cli, run_torchrun
-from distrain.config import Config, dump_config, from_dict, load_config
+
+from distrain.config.parse import dump_config, from_dict, load_config
+from distrain.config.schema import Config
 from distrain.errors import ConfigError
 
 XOR = "configs/xor.yaml"

@@ -3,10 +3,10 @@
 import json
 
 import torch
-
 from conftest import spawn
-from distrain import dist
-from distrain.env import DistEnv
+
+from distrain.launch import dist
+from distrain.launch.env import DistEnv
 
 
 def test_helpers_are_no_ops_in_one_process():

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from distrain.config import Config, from_dict, load_config
+from distrain.config.parse import from_dict, load_config
+from distrain.config.schema import Config
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs"

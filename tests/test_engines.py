@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import PYTHON, REPO, clean_env, free_port, run_cli, run_group, run_torchrun
-from distrain.checkpoint import find_resumable, load_payload
-from distrain.config import load_config
+
+from distrain.checkpoint.store import find_resumable, load_payload
+from distrain.config.parse import load_config
 from distrain.errors import ConfigError
-from distrain.history import read_metrics
+from distrain.reporting.history import read_metrics
 
 pytestmark = pytest.mark.slow  # real launchers end to end (the fast subset skips them)
 
@@ -131,7 +131,7 @@ def test_accelerate_engine_resumes_bitwise_after_a_worker_is_killed(reference, t
 
 
 def test_sharded_accelerate_plugins_are_refused_while_checkpoints_are_on():
-    from distrain.engines.accelerate import check_plugin
+    from distrain.strategies.accelerate import check_plugin
 
     cfg = load_config(REPO / XOR)
     with pytest.raises(ConfigError, match="FSDP, whose optimizer state is sharded"):

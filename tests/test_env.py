@@ -2,8 +2,8 @@
 
 import pytest
 
-from distrain.env import DistEnv, detect, expand_nodelist, parse_tasks_per_node
 from distrain.errors import EnvError
+from distrain.launch.env import DistEnv, detect, expand_nodelist, parse_tasks_per_node
 
 TORCHRUN = {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2", "GROUP_RANK": "1",
             "MASTER_ADDR": "node0", "MASTER_PORT": "29500", "TORCHELASTIC_RUN_ID": "abc"}

@@ -16,14 +16,14 @@ import shutil
 import pytest
 import torch
 import yaml
-
 from conftest import PYTHON, REPO, clean_env, run_cli, run_group, run_torchrun
-from distrain.checkpoint import (CheckpointError, Manifest, find_resumable, list_checkpoints, load_payload,
-                                 resolve_checkpoint)
-from distrain.config import FSDPConfig
-from distrain.history import read_metrics
-from distrain.sharded_checkpoint import read_sharded
-from distrain.sharding import choose_units
+
+from distrain.checkpoint.files import CheckpointError, Manifest
+from distrain.checkpoint.sharded import read_sharded
+from distrain.checkpoint.store import find_resumable, list_checkpoints, load_payload, resolve_checkpoint
+from distrain.config.schema import FSDPConfig
+from distrain.reporting.history import read_metrics
+from distrain.strategies.fsdp import choose_units
 
 XOR = "configs/xor.yaml"
 ARGS = ("model.name=mlp", "model.args={hidden_sizes: [16, 16], activation: tanh}", "fsdp.units=[Linear]",
@@ -186,7 +186,7 @@ def test_options_activation_checkpointing_and_keeping_gathered_weights_change_no
 def test_export_loads_into_the_bare_model_with_the_runs_test_figures(runs, tmp_path):
     from safetensors.torch import load_file
 
-    from distrain.config import load_config
+    from distrain.config.parse import load_config
     from distrain.data.datasets import xor
     from distrain.models import mlp
 

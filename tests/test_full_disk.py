@@ -8,9 +8,10 @@ import subprocess
 
 import pytest
 import torch
-
 from conftest import run_cli
-from distrain.checkpoint import Manifest, find_resumable, list_checkpoints, load_payload
+
+from distrain.checkpoint.files import Manifest
+from distrain.checkpoint.store import find_resumable, list_checkpoints, load_payload
 
 ARGS = ["trainer.epochs=30", "checkpoint.every_epochs=1", "checkpoint.keep_last=0", "wandb.mode=disabled"]
 

@@ -6,10 +6,10 @@ SIGKILL resume on CUDA, peak memory in metrics.jsonl. Skipped, with the reason, 
 
 import pytest
 import torch
-
 from conftest import clean_env, run_cli, run_torchrun
-from distrain.checkpoint import find_resumable, load_payload
-from distrain.history import read_metrics
+
+from distrain.checkpoint.store import find_resumable, load_payload
+from distrain.reporting.history import read_metrics
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")]

@@ -8,10 +8,10 @@ import struct
 import numpy as np
 import pytest
 import torch
-
 from conftest import run_cli, run_torchrun
-from distrain.checkpoint import find_resumable, load_payload
-from distrain.history import read_metrics
+
+from distrain.checkpoint.store import find_resumable, load_payload
+from distrain.reporting.history import read_metrics
 
 RNG = np.random.default_rng(0)
 

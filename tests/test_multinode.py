@@ -7,10 +7,11 @@ import subprocess
 
 import pytest
 import torch
-
 from conftest import REPO, clean_env, free_port, run_torchrun
-from distrain.checkpoint import Manifest, find_resumable, list_checkpoints, load_payload
-from distrain.history import read_metrics
+
+from distrain.checkpoint.files import Manifest
+from distrain.checkpoint.store import find_resumable, list_checkpoints, load_payload
+from distrain.reporting.history import read_metrics
 
 pytestmark = pytest.mark.slow  # real launchers end to end (the fast subset skips them)
 

@@ -7,12 +7,12 @@ import json
 
 import pytest
 import torch
+from conftest import run_cli, run_torchrun, spawn
 from torch import nn
 from torch.utils.data import TensorDataset
 
 import distrain
-from conftest import run_cli, run_torchrun, spawn
-from distrain.checkpoint import find_resumable, load_payload
+from distrain.checkpoint.store import find_resumable, load_payload
 
 DIVERGE = ["data.name=diabetes", "data.args={}", "optim.lr=10", "trainer.epochs=6", "checkpoint.every_steps=1",
            "checkpoint.keep_last=3", "wandb.mode=disabled", "log.plots=false"]

@@ -8,10 +8,11 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import PYTHON, REPO, clean_env, run_cli, torchrun_cmd
-from distrain.checkpoint import Manifest, find_resumable, list_checkpoints
-from distrain.history import read_metrics
+
+from distrain.checkpoint.files import Manifest
+from distrain.checkpoint.store import find_resumable, list_checkpoints
+from distrain.reporting.history import read_metrics
 
 XOR = "configs/xor.yaml"
 ARGS = ["checkpoint.every_epochs=10", "checkpoint.keep_last=0", "wandb.mode=disabled", "log.plots=false"]

@@ -4,12 +4,12 @@ import subprocess
 
 import pytest
 import torch
-
 from conftest import PYTHON, REPO, clean_env, run_cli, run_torchrun
-from distrain.checkpoint import find_resumable, load_payload
-from distrain.config import load_config
-from distrain.history import read_metrics
-from distrain.train import train
+
+from distrain.checkpoint.store import find_resumable, load_payload
+from distrain.config.parse import load_config
+from distrain.loop.trainer import train
+from distrain.reporting.history import read_metrics
 
 XOR = "configs/xor.yaml"
 QUIET = ["wandb.mode=disabled", "log.plots=false"]
@@ -68,7 +68,7 @@ def test_fp16_on_cpu_is_a_clear_config_error(tmp_path):
 def test_help_does_not_import_torch():
     code = ("import sys\nfrom distrain.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
             "assert 'torch' not in sys.modules, 'torch was imported'\n"
-            "from distrain.config import load_config\nload_config('configs/xor.yaml')\n"
+            "from distrain.config.parse import load_config\nload_config('configs/xor.yaml')\n"
             "assert 'torch' not in sys.modules, 'config loading imported torch'\nprint('ok')")
     result = subprocess.run([PYTHON, "-c", code], cwd=REPO, env=clean_env(), capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr

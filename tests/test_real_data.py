@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import REPO, clean_env, run_torchrun
-from distrain.checkpoint import find_resumable, load_payload
-from distrain.config import load_config
-from distrain.data.batches import TrainBatches, LoaderOptions
+
+from distrain.checkpoint.store import find_resumable, load_payload
+from distrain.config.parse import load_config
+from distrain.data.batches import LoaderOptions, TrainBatches
 from distrain.data.in_memory import BatchTransform, ImageTensors
 from distrain.data.sampling import GlobalBatchSampler
-from distrain.train import train
+from distrain.loop.trainer import train
 
 
 @pytest.fixture(scope="module")

@@ -4,10 +4,10 @@ console output."""
 import struct
 
 import pytest
-
 from conftest import clean_env, run_cli, run_torchrun
-from distrain.history import read_metrics
 from helpers.wandb_file import history, run_ids, summary
+
+from distrain.reporting.history import read_metrics
 
 XOR = "configs/xor.yaml"
 
@@ -72,7 +72,7 @@ def test_plotting_leaves_the_users_pyplot_alone(offline_run, tmp_path):
     import matplotlib
     import matplotlib.pyplot as plt
 
-    from distrain.plots import plot_runs
+    from distrain.reporting.plots import plot_runs
 
     backend = matplotlib.get_backend()
     matplotlib.use("svg")

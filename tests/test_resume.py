@@ -6,10 +6,10 @@ import time
 
 import pytest
 import torch
-
 from conftest import PYTHON, REPO, clean_env, run_cli, run_torchrun, torchrun_cmd
-from distrain.checkpoint import find_resumable, load_payload
-from distrain.history import read_metrics
+
+from distrain.checkpoint.store import find_resumable, load_payload
+from distrain.reporting.history import read_metrics
 
 pytestmark = pytest.mark.slow  # real launchers end to end (the fast subset skips them)
 

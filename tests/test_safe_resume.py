@@ -4,10 +4,10 @@ differing key; checkpoint.load=weights starts a new run from old weights."""
 
 import pytest
 import torch
-
 from conftest import run_cli
-from distrain.checkpoint import find_resumable, load_payload
-from distrain.history import read_metrics
+
+from distrain.checkpoint.store import find_resumable, load_payload
+from distrain.reporting.history import read_metrics
 
 XOR = "configs/xor.yaml"
 BASE = ["trainer.epochs=2", "checkpoint.every_epochs=1", "wandb.mode=disabled", "log.plots=false"]

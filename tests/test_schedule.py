@@ -4,11 +4,12 @@
 import pytest
 import torch
 
-from distrain.checkpoint import load_payload
-from distrain.config import ScheduleConfig, load_config
-from distrain.history import read_metrics
-from distrain.schedule import lr_factor
-from distrain.train import train
+from distrain.checkpoint.store import load_payload
+from distrain.config.parse import load_config
+from distrain.config.schema import ScheduleConfig
+from distrain.loop.schedule import lr_factor
+from distrain.loop.trainer import train
+from distrain.reporting.history import read_metrics
 
 XOR = "configs/xor.yaml"
 

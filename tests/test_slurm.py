@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import PYTHON, REPO, clean_env, run_torchrun
-from distrain.checkpoint import find_resumable, load_payload
-from distrain.slurm import EXIT_RESUBMIT, job_to_requeue, maybe_requeue, resolve_run_dir
+
+from distrain.checkpoint.store import find_resumable, load_payload
+from distrain.launch.slurm import EXIT_RESUBMIT, job_to_requeue, maybe_requeue, resolve_run_dir
 
 # One worker runs both SLURM modules: the clusters share munged (started by whichever comes first).
 pytestmark = pytest.mark.xdist_group("slurm")

@@ -5,10 +5,10 @@ import subprocess
 
 import pytest
 import torch
-
 from conftest import PYTHON, REPO, clean_env, run_cli
-from distrain.checkpoint import find_resumable, load_payload
-from distrain.history import read_metrics
+
+from distrain.checkpoint.store import find_resumable, load_payload
+from distrain.reporting.history import read_metrics
 
 QUIET = ["wandb.mode=disabled", "log.plots=false"]
 

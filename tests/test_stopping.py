@@ -3,14 +3,15 @@
 import json
 
 import pytest
-
 from conftest import run_torchrun
-from distrain.checkpoint import find_resumable, list_checkpoints, load_payload
-from distrain.config import StopConfig, load_config
-from distrain.loops import EpochMetrics
-from distrain.history import read_metrics
-from distrain.stopping import Stopper
-from distrain.train import train
+
+from distrain.checkpoint.store import find_resumable, list_checkpoints, load_payload
+from distrain.config.parse import load_config
+from distrain.config.schema import StopConfig
+from distrain.loop.steps import EpochMetrics
+from distrain.loop.stopping import Stopper
+from distrain.loop.trainer import train
+from distrain.reporting.history import read_metrics
 
 XOR = "configs/xor.yaml"
 

@@ -5,13 +5,13 @@ import json
 import pytest
 import torch
 import yaml
-
 from conftest import run_cli, run_torchrun
-from distrain.checkpoint import find_resumable, load_payload
-from distrain.components import build_model
-from distrain.config import from_dict, load_config
+
+from distrain.checkpoint.store import find_resumable, load_payload
+from distrain.config.parse import from_dict, load_config
 from distrain.data import build_splits, describe_data
-from distrain.history import read_metrics
+from distrain.loop.components import build_model
+from distrain.reporting.history import read_metrics
 
 XOR = "configs/xor.yaml"
 
@@ -64,7 +64,7 @@ def test_tensor_path_and_dataloader_path_are_bitwise_identical(xor_runs):
 
 
 def test_tensor_and_dataloader_paths_identical_in_one_process(tmp_path):
-    from distrain.train import train
+    from distrain.loop.trainer import train
 
     for loader in ("tensor", "dataloader"):
         cfg = load_config(XOR, [f"run.dir={tmp_path / loader}", f"data.loader={loader}", "trainer.epochs=3",

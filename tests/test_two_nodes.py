@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import PYTHON, REPO, clean_env
-from distrain.checkpoint import Manifest, find_resumable, list_checkpoints, load_payload
+
+from distrain.checkpoint.files import Manifest
+from distrain.checkpoint.store import find_resumable, list_checkpoints, load_payload
 
 # One worker runs both SLURM modules: the clusters share munged (started by whichever comes first).
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("slurm")]

@@ -18,11 +18,11 @@ import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
 from torch.utils.data._utils.collate import default_collate
 
-from distrain.config import DataConfig
+from distrain.config.registry import call, resolve
+from distrain.config.schema import DataConfig
 from distrain.data.datasets import DataSets
 from distrain.data.structures import leaves, split_sample
 from distrain.errors import ConfigError, UserError
-from distrain.registry import call, resolve
 
 log = logging.getLogger("distrain")
 

@@ -17,10 +17,10 @@ import sys
 import time
 from pathlib import Path
 
-import distrain.state
+import distrain.loop.state
 from distrain.cli import main
 
-_original = distrain.state.Saver.maybe_save_step
+_original = distrain.loop.state.Saver.maybe_save_step
 
 
 def _maybe_save_then_die(self):
@@ -42,7 +42,7 @@ def _maybe_save_then_die(self):
     return saved
 
 
-distrain.state.Saver.maybe_save_step = _maybe_save_then_die
+distrain.loop.state.Saver.maybe_save_step = _maybe_save_then_die
 if sys.argv[1].endswith(".py"):
     import runpy
 

@@ -1,0 +1,43 @@
+"""Never a half-written file: atomic writes (a temporary file, flushed, fsynced, renamed into place, the
+directory fsynced). Checkpoints, metrics.jsonl, plots and the W&B record all write through here, so
+logging needs nothing from checkpointing."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, BinaryIO, Callable
+
+from distrain.errors import WriteError
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that readers see the old file or the whole new one, never a part."""
+    atomic_write(path, lambda f: f.write(data))
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
+    """atomic_write_bytes, the content written by `write(file)`: to a temporary file, flushed, fsynced,
+    renamed into place, the directory fsynced."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except OSError as exc:  # disk full, no permission: the old file stays, the partial one goes
+        tmp.unlink(missing_ok=True)
+        raise WriteError(path, exc) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -1,0 +1,332 @@
+"""Sharded checkpoints (strategy: fsdp): every rank writes its own shards; no rank holds the whole model.
+
+    checkpoints/step-00000060/      renamed into place by rank 0 once every rank has written
+        __0_0.distcp, __1_0.distcp  each rank's shards of model and optimizer (torch.distributed.checkpoint)
+        .metadata                   DCP's index of the shards (written by rank 0 after all shards)
+        state.pt                    the rest: progress, scheduler, stopper, every rank's RNG, config
+    checkpoints/step-00000060.json  manifest: sha256 and size of every file above, written last
+
+The same contract as a .pt checkpoint (distrain.checkpoint): atomic (written into a fresh temporary
+folder, renamed whole; DCP itself writes in place and its .metadata last, so reusing a folder could leave
+an old index over a mixture of two steps that loads without error), verified (DCP has no checksums of its
+own: a flipped byte would load silently), loaded without unpickling code (DCP's .metadata is a pickle: it
+is read here with an allow-list of DCP's own metadata classes), complete for an exact resume.
+
+Resharding is DCP's: the shards are read into whatever the resuming run holds, so a checkpoint of 2
+processes resumes on 3, on 1, under DDP (whole tensors), and a DDP .pt checkpoint resumes under fsdp.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+import pickle
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from distrain.atomic import atomic_write_bytes, fsync_dir
+from distrain.checkpoint.files import CheckpointError, Manifest, publish, remove_checkpoint, sha256_of, torch_load
+from distrain.errors import UserError, WriteError
+from distrain.launch import dist
+
+STATE_FILE = "state.pt"
+
+
+def _agreed(message: str, hint: str | None) -> UserError:
+    error = UserError(message, hint)
+    error.agreed = True
+    return error
+
+
+def _rank() -> int:
+    import torch.distributed as tdist
+
+    return tdist.get_rank() if tdist.is_available() and tdist.is_initialized() else 0
+
+
+def _first_os_error(exc: BaseException) -> OSError:
+    """The OSError inside DCP's CheckpointException (its per-rank failures), for the user's message."""
+    for failure in getattr(exc, "failures", {}).values():
+        inner = getattr(failure, "exc", failure)
+        if isinstance(inner, OSError):
+            return inner
+    return OSError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+
+
+# ------------------------------------------------------------------------------------------------ save
+
+def _fresh_folder(path: Path, is_main: bool) -> Path:
+    """The temporary folder every rank writes into, made by rank 0 (a fresh one: see the module docstring).
+    Collective; a failure raises alike on every rank."""
+    tmp, problem = None, None
+    if is_main:
+        tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{time.time_ns()}"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.mkdir()
+        except OSError as exc:
+            error = WriteError(tmp, exc)
+            problem = (error.message, error.hint)
+    tmp, problem = dist.broadcast_object((str(tmp) if tmp else None, problem))
+    if problem is not None:
+        raise _agreed(*problem)
+    return Path(tmp)
+
+
+def _state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+    return {"model": get_model_state_dict(model), "optimizer": get_optimizer_state_dict(model, optimizer)}
+
+
+def _writer(tmp: Path):
+    from torch.distributed.checkpoint import FileSystemWriter
+
+    # sync_files: each shard is fsynced before DCP's coordinator writes .metadata.
+    return FileSystemWriter(tmp, sync_files=True, single_file_per_rank=True)
+
+
+def _own_files(tmp: Path) -> dict[str, list]:
+    """Checksums of the shards this rank wrote, read back from disk (each rank hashes its own share)."""
+    rank = _rank()
+    return {p.name: [sha256_of(p), p.stat().st_size] for p in sorted(tmp.iterdir())
+            if p.name.startswith(f"__{rank}_")}
+
+
+def _failed_write(tmp: Path, exc: BaseException) -> tuple[str, str | None]:
+    error = WriteError(tmp, _first_os_error(exc))
+    return error.message, error.hint
+
+
+def _complete(tmp: Path, path: Path, payload: dict[str, Any], every: list[dict[str, list]]) -> Manifest:
+    """Rank 0, once every rank's shards are written: state.pt, checksums, the rename, the manifest."""
+    folder = path.parent
+    try:
+        files: dict[str, list] = {}
+        for listed in every:
+            files.update(listed)
+        buffer = io.BytesIO()
+        torch.save(payload, buffer)
+        data = buffer.getvalue()
+        atomic_write_bytes(tmp / STATE_FILE, data)
+        files[STATE_FILE] = [hashlib.sha256(data).hexdigest(), len(data)]
+        files[".metadata"] = [sha256_of(tmp / ".metadata"), (tmp / ".metadata").stat().st_size]
+        unlisted = sorted(set(os.listdir(tmp)) - set(files))
+        if unlisted:  # every file of the folder is covered by the manifest, or the save fails
+            raise OSError(f"unexpected files {unlisted} in the checkpoint folder")
+        fsync_dir(tmp)
+        for same_step in (path, path.with_suffix(".pt")):  # saved again (a resumed run, a changed strategy)
+            if same_step.exists():
+                remove_checkpoint(same_step)
+        os.rename(tmp, path)
+        fsync_dir(folder)
+        digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+        manifest = Manifest(path, digest, sum(size for _, size in files.values()), payload["epoch"],
+                            payload["step_in_epoch"], payload["global_step"], payload.get("metrics", {}), files)
+        publish(manifest)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise WriteError(path, exc) from None
+    except WriteError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def write_sharded(path: Path, payload: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer, *,
+                  is_main: bool) -> Manifest | None:
+    """Write the sharded checkpoint `path` (a folder). Collective: every rank writes its shards. Returns the
+    manifest on rank 0 (None elsewhere). Raises UserError alike on every rank for a failure met by all
+    (no folder, a full disk during the shards), or on rank 0 alone after the last collective."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    tmp = _fresh_folder(path, is_main)
+    try:
+        dcp.save(_state(model, optimizer), storage_writer=_writer(tmp))
+    except CheckpointException as exc:  # a BaseException (not caught by `except Exception`); on every rank
+        if is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise _agreed(*_failed_write(tmp, exc)) from None
+    every = dist.all_gather_object(_own_files(tmp))
+    return _complete(tmp, path, payload, every) if is_main else None
+
+
+def write_sharded_in_background(path: Path, payload: dict[str, Any], model: nn.Module,
+                                optimizer: torch.optim.Optimizer, *, is_main: bool, background: Any,
+                                then: Callable[[Manifest], None]) -> None:
+    """write_sharded, but returning once the shards are staged in CPU memory (DCP's async_save); the
+    writing, the checksums and the rename run in the writer threads, their collectives on the writers'
+    own group. `then(manifest)` runs on rank 0 after the checkpoint is complete (pruning, best links)."""
+    import torch.distributed as tdist
+    import torch.distributed.checkpoint as dcp
+
+    tmp = _fresh_folder(path, is_main)
+    future = dcp.async_save(_state(model, optimizer), storage_writer=_writer(tmp), process_group=background.group,
+                            no_dist=not tdist.is_initialized(), async_stager=background.shard_staging)
+    payload = background.staging.stage(payload) if is_main else None
+
+    def finish() -> None:
+        mine, problem = None, None
+        try:
+            future.result()
+            mine = _own_files(tmp)
+        except BaseException as exc:  # noqa: BLE001 (DCP's CheckpointException is a BaseException)
+            problem = _failed_write(tmp, exc)
+        every = background.all_gather((mine, problem))  # every rank's writer, in the same order
+        failed = next((p for _, p in every if p is not None), None)
+        if failed is not None:
+            if is_main:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise _agreed(*failed)
+        if is_main:
+            then(_complete(tmp, path, payload, [files for files, _ in every]))
+
+    background.submit(finish)
+
+
+# ------------------------------------------------------------------------------------------------ load
+
+# What DCP's .metadata may hold: its own metadata classes, tensor properties, paths. Anything else (a
+# pickle that would import or call other code) is refused before it runs.
+_SAFE = {
+    "torch.distributed.checkpoint.metadata": None,  # every class defined there
+    "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
+    "torch.serialization": {"_get_layout"},
+    "torch": {"Size"},
+    "pathlib": {"PosixPath", "PurePosixPath", "WindowsPath", "PureWindowsPath"},
+    "collections": {"OrderedDict"},
+}
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        allowed = _SAFE.get(module, set())
+        found = super().find_class(module, name) if module in _SAFE else None
+        if module == "torch" and isinstance(found, torch.dtype):
+            return found
+        if found is not None and (allowed is None and isinstance(found, type)
+                                  and found.__module__ == module or allowed and name in allowed):
+            return found
+        raise pickle.UnpicklingError(f"GLOBAL {module}.{name}")
+
+
+def _safe_reader(path: Path):
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.metadata import StorageMeta
+
+    class SafeReader(FileSystemReader):
+        """DCP's file reader, reading .metadata through the allow-list (shards are read weights-only by DCP)."""
+
+        def read_metadata(self, *args: Any, **kwargs: Any):
+            with open(Path(self.path) / ".metadata", "rb") as f:
+                try:
+                    metadata = _MetadataUnpickler(f).load()
+                except pickle.UnpicklingError as exc:
+                    raise CheckpointError(
+                        f"checkpoint {path} was refused: its .metadata holds pickled objects other than DCP's "
+                        f"metadata, which could run code when loaded ({exc})",
+                        "only load checkpoints you trust; distrain never unpickles arbitrary objects") from None
+            if getattr(metadata, "storage_meta", None) is None:
+                metadata.storage_meta = StorageMeta()
+            metadata.storage_meta.load_id = self.load_id
+            return metadata
+
+    return SafeReader(path)
+
+
+def _dcp_load(path: Path, state: dict[str, Any], *, rebuild: str | None = None) -> None:
+    """dcp.load into `state` (collective); `rebuild`: fill the empty `state` with that top-level key's
+    entries as saved, whole, in this process alone (no collective; what DCP's own dcp_to_torch_save does)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
+    from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
+
+    try:
+        if rebuild is None:
+            dcp.load(state, storage_reader=_safe_reader(path))
+        else:
+            _load_state_dict(state, storage_reader=_safe_reader(path), no_dist=True,
+                             planner=_EmptyStateDictLoadPlanner(keys={rebuild}))
+    except CheckpointException as exc:  # a BaseException; raised on every rank alike
+        inner = [getattr(f, "exc", f) for f in getattr(exc, "failures", {}).values()]
+        refused = next((e for e in inner if isinstance(e, CheckpointError)), None)
+        if refused is not None:
+            raise refused from None
+        reason = str(inner[0] if inner else exc).strip().splitlines()
+        raise CheckpointError(f"checkpoint {path} does not fit this run's model or optimizer: "
+                              f"{reason[0] if reason else type(exc).__name__}",
+                              "resume with the config the checkpoint was trained with (distrain inspect "
+                              "shows it), or checkpoint.resume=never") from None
+
+
+def read_sharded(path: Path, map_location: str | torch.device = "cpu", *,
+                 model_weights: bool = True) -> dict[str, Any]:
+    """A sharded checkpoint's state.pt; with `model_weights`, also "model": the whole model's weights, read
+    from the shards by this process alone (no collective: for evaluation, prediction and export)."""
+    payload = torch_load(path / STATE_FILE, map_location)
+    if not isinstance(payload, dict) or "global_step" not in payload:
+        raise CheckpointError(f"checkpoint {path} is not a distrain checkpoint ({STATE_FILE} has no progress)")
+    if model_weights:
+        # The state dict is rebuilt from the shards' index: no model needs to exist to read it.
+        full: dict[str, Any] = {}
+        _dcp_load(path, full, rebuild="model")
+        payload["model"] = {k: v.to(map_location) for k, v in full["model"].items()}
+    return payload
+
+
+def model_numel(path: Path) -> int:
+    """The model's parameter and buffer count, from the shards' index alone (nothing is read)."""
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    metadata = _safe_reader(path).read_metadata()
+    return sum(math.prod(entry.size) for key, entry in metadata.state_dict_metadata.items()
+               if key.startswith("model.") and isinstance(entry, TensorStorageMetadata))
+
+
+def load_sharded_into(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> None:
+    """Resume: read `path`'s shards into the model (and optimizer) as this run holds them, sharded or
+    whole, on any number of ranks. Collective."""
+    from torch.distributed.checkpoint.state_dict import (
+        get_model_state_dict,
+        get_optimizer_state_dict,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    state: dict[str, Any] = {"model": get_model_state_dict(model)}
+    if optimizer is not None:
+        # Allocates the optimizer's state first (a zero step), so there are tensors to read into.
+        state["optimizer"] = get_optimizer_state_dict(model, optimizer)
+    _dcp_load(path, state)
+    # Model, then optimizer, in two calls (one combined call with uneven inputs can hang).
+    set_model_state_dict(model, state["model"])
+    if optimizer is not None:
+        set_optimizer_state_dict(model, optimizer, state["optimizer"])
+
+
+def load_whole_into_sharded(model: nn.Module, optimizer: torch.optim.Optimizer | None,
+                            payload: dict[str, Any]) -> None:
+    """A .pt checkpoint (whole state dicts, DDP's) into a sharded model: every rank keeps its shards."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
+
+    whole = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(model, payload["model"], options=whole)
+    if optimizer is None:
+        return
+    # A .pt's optimizer state is keyed by parameter index; the sharded loader wants parameter names.
+    names = {id(p): name for name, p in model.named_parameters()}
+    order = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
+    saved = payload["optimizer"]
+    by_name = {"state": {order[int(i)]: value for i, value in saved["state"].items()},
+               "param_groups": [dict(g, params=[order[int(i)] for i in g["params"]]) for g in saved["param_groups"]]}
+    set_optimizer_state_dict(model, optimizer, by_name, options=whole)

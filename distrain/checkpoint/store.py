@@ -1,0 +1,304 @@
+"""How is state saved? Atomic, verified, rank-0-written checkpoints, and choosing one to resume from.
+
+Layout of <run.dir>/checkpoints/:
+
+    step-00000060.pt          torch.save of the full training state (see `TrainState.to_payload`)
+    step-00000060/            or, with strategy: fsdp, a sharded checkpoint: every rank's shards and state.pt
+                              (distrain.sharded_checkpoint)
+    step-00000060.json        manifest: sha256 and size of the .pt (of every file of the folder), epoch, step,
+                              metrics; written *after* the checkpoint is complete, so one without a manifest
+                              is an unfinished save
+    best-step-....pt / .json  hard links to the best M checkpoints by checkpoint.monitor (best.json names it)
+    latest.json               pointer to the newest complete checkpoint; moved only after the manifest
+
+Save contract (`save_checkpoint`): called on **every rank**; the ranks' RNG states are gathered, rank 0
+writes to a temporary file, flushes and fsyncs it, renames it into place, fsyncs the directory, verifies
+the checksum, and only then writes the manifest and moves `latest.json`; every rank meets at a barrier.
+A kill at any moment leaves at worst a temporary file or a .pt without manifest, both ignored on resume.
+
+Loading uses `torch.load(weights_only=True)`: a file that carries pickled code is refused, never run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import torch
+
+from distrain.atomic import atomic_write, atomic_write_bytes
+from distrain.checkpoint.files import CheckpointError, Manifest, _HashingFile, publish, remove_checkpoint, torch_load
+from distrain.errors import UserError, WriteError
+from distrain.launch import dist
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+# step-00000060.pt: one file (strategy: ddp); step-00000060/: a sharded checkpoint's folder (strategy: fsdp)
+_NAME = re.compile(r"^step-(\d{8})(\.pt)?$")
+
+
+
+
+# ------------------------------------------------------------------------------------------ RNG state
+
+def capture_rng() -> dict[str, Any]:
+    """This process's Python, NumPy, torch CPU and CUDA generator states, as weights_only-loadable values."""
+    np_state = np.random.get_state(legacy=False)
+    return {
+        "python": random.getstate(),
+        "numpy": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+                  "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
+                  "gauss": float(np_state["gauss"])},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    np_state = state["numpy"]
+    np.random.set_state({"bit_generator": "MT19937",
+                         "state": {"key": np_state["key"].numpy().astype(np.uint32), "pos": np_state["pos"]},
+                         "has_gauss": np_state["has_gauss"], "gauss": np_state["gauss"]})
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ------------------------------------------------------------------------------------- save and load
+
+def checkpoint_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def save_checkpoint(run_dir: str | Path, payload: dict[str, Any], *, keep_last: int, is_main: bool,
+                    keep_best: int = 0, monitor: str = "val_loss", higher_is_better: bool = False,
+                    shards: tuple[torch.nn.Module, torch.optim.Optimizer] | None = None,
+                    background: Any = None) -> Path:
+    """Write `payload` as the checkpoint of payload['global_step']. Collective: call on every rank.
+
+    `payload` must already hold everything but the RNG states; they are gathered here from every rank.
+    `shards`: the (sharded) model and optimizer, written by every rank as a sharded checkpoint
+    (distrain.sharded_checkpoint); the payload then holds the rest. `background` (distrain.background):
+    return once the state is staged; the same steps then run in the writer thread. Returns the checkpoint
+    path (on every rank).
+    """
+    payload = dict(payload, rng=dist.all_gather_object(capture_rng()))
+    folder = checkpoint_dir(run_dir)
+    name = f"step-{payload['global_step']:08d}"
+    path = folder / (name if shards is not None else f"{name}.pt")
+
+    def keep(manifest: Manifest) -> None:  # rank 0, once the new checkpoint is complete
+        _prune(folder, keep_last)
+        if keep_best and monitor in manifest.metrics:
+            _update_best(folder, manifest, keep_best, monitor, higher_is_better)
+
+    if background is not None:
+        background.wait()  # at most one write in flight; a failed one stops every rank here
+        if shards is not None:
+            from distrain.checkpoint.sharded import write_sharded_in_background
+
+            write_sharded_in_background(path, payload, *shards, is_main=is_main, background=background,
+                                        then=keep)
+        elif is_main:
+            copy = background.staging.stage(payload)  # training goes on changing the live tensors
+
+            def write() -> None:
+                _make(folder)
+                keep(_write_verified(path, copy))
+
+            background.submit(write)
+        return path
+    problem = None
+    try:
+        if shards is not None:
+            from distrain.checkpoint.sharded import write_sharded
+
+            manifest = write_sharded(path, payload, *shards, is_main=is_main)  # every rank writes its shards
+        elif is_main:
+            _make(folder)
+            manifest = _write_verified(path, payload)
+        if is_main:
+            keep(manifest)
+    except UserError as exc:  # the same on every rank, or rank 0's alone (after the last collective)
+        problem = (exc.message, exc.hint)
+    # Nobody reads the new checkpoint, or runs ahead to the next save, before it is complete; and a failed
+    # write stops every rank with rank 0's message (a bare barrier would leave them training alone).
+    problem = dist.broadcast_object(problem)
+    if problem is not None:
+        error = UserError(*problem)
+        error.agreed = True
+        raise error
+    return path
+
+
+def _make(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise WriteError(folder, exc) from None
+
+
+def _write_verified(path: Path, payload: dict[str, Any]) -> Manifest:
+    other = path.with_suffix("")  # a sharded checkpoint of the same step (the strategy changed): replaced
+    if other.is_dir():
+        remove_checkpoint(other)
+    hashed = _HashingFile()
+
+    def write(f: BinaryIO) -> None:
+        hashed.into(f)
+        try:
+            torch.save(payload, hashed)
+        except Exception:  # noqa: BLE001 (torch.save may hand the file's OSError on as a RuntimeError)
+            if hashed.error is None:
+                raise
+            raise hashed.error from None
+
+    atomic_write(path, write)
+    manifest = Manifest(path, hashed.digest.hexdigest(), hashed.size, payload["epoch"],
+                        payload["step_in_epoch"], payload["global_step"], payload.get("metrics", {}))
+    # Verify what reached the disk before any pointer names it.
+    problem = manifest.problem()
+    if problem:
+        path.unlink(missing_ok=True)  # never leave a bad file where a good one is expected
+        raise WriteError(path, OSError(f"it {problem} right after writing it (a failing disk?)"))
+    publish(manifest)
+    return manifest
+
+
+
+
+def _prune(folder: Path, keep_last: int) -> None:
+    if keep_last <= 0:
+        return
+    for old in list_checkpoints(folder)[keep_last:]:
+        remove_checkpoint(old)
+
+
+def list_best(folder: Path) -> list[Manifest]:
+    """The kept best checkpoints (best-step-* with manifests), best first; ties keep the older one first."""
+    if not (folder / "best.json").exists():
+        return []
+    marker = json.loads((folder / "best.json").read_text())
+    monitor, sign = marker["monitor"], 1.0 if marker.get("higher_is_better", False) else -1.0
+    found = [m for p in folder.glob("best-step-*") if p.suffix != ".json"
+             if (m := Manifest.read(p)) is not None and monitor in m.metrics]
+    return sorted(found, key=lambda m: (-sign * m.metrics[monitor], m.global_step))
+
+
+def _update_best(folder: Path, manifest: Manifest, keep_best: int, monitor: str, higher_is_better: bool) -> None:
+    """Keep the best `keep_best` checkpoints by `monitor` as hard links best-<name> (no copy, and they
+    survive keep_last pruning); a link is made only to a complete, verified file."""
+    marker = folder / "best.json"
+    wanted = {"monitor": monitor, "higher_is_better": higher_is_better}
+    if not marker.exists() or json.loads(marker.read_text()) != wanted:
+        for old in folder.glob("best-*"):
+            if old.is_dir():
+                shutil.rmtree(old)
+            else:
+                old.unlink()
+        atomic_write_bytes(marker, json.dumps(wanted).encode())
+    link = folder / f"best-{manifest.path.name}"
+    tmp = folder / f".{link.name}.tmp-{os.getpid()}"
+    try:
+        if manifest.files is None:
+            tmp.unlink(missing_ok=True)
+            os.link(manifest.path, tmp)
+            os.replace(tmp, link)
+        else:  # a sharded checkpoint: a folder of links to its files, renamed into place whole
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+            for name in manifest.files:
+                os.link(manifest.path / name, tmp / name)
+            if link.exists():
+                remove_checkpoint(link)
+            os.rename(tmp, link)
+    except OSError as exc:
+        raise WriteError(link, exc) from None
+    atomic_write_bytes(link.with_suffix(".json"), dataclasses.replace(manifest, path=link).to_json().encode())
+    for loser in list_best(folder)[keep_best:]:
+        remove_checkpoint(loser.path)
+
+
+def list_checkpoints(folder: Path) -> list[Path]:
+    """Periodic checkpoints in `folder`, newest (highest global step) first."""
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir() if _NAME.match(p.name)]
+    return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)), reverse=True)
+
+
+def load_payload(path: str | Path, map_location: str | torch.device = "cpu", *,
+                 model_weights: bool = True) -> dict[str, Any]:
+    """torch.load with weights_only=True. Raises CheckpointError for missing, damaged or code-carrying files.
+    A sharded checkpoint's folder: its state.pt, plus (with `model_weights`) the whole model's weights
+    read from the shards into this process (for evaluation and export; a resume loads shards only)."""
+    path = Path(path)
+    if path.is_dir():
+        from distrain.checkpoint.sharded import read_sharded
+
+        return read_sharded(path, map_location, model_weights=model_weights)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    payload = torch_load(path, map_location)
+    if not isinstance(payload, dict) or "model" not in payload:
+        raise CheckpointError(f"checkpoint {path} is not a distrain checkpoint (no 'model' entry)")
+    return payload
+
+
+
+
+def find_resumable(run_dir: str | Path) -> Path | None:
+    """The newest checkpoint of the run whose file matches its manifest; damaged ones are reported and skipped."""
+    for path in list_checkpoints(checkpoint_dir(run_dir)):
+        manifest = Manifest.read(path)
+        if manifest is None:
+            log.warning("skipping checkpoint %s: no manifest (the save did not finish)", path)
+            continue
+        problem = manifest.problem()
+        if problem:
+            log.warning("skipping checkpoint %s: it %s; trying the one before it", path, problem)
+            continue
+        return path
+    return None
+
+
+def load_model_weights(model: torch.nn.Module, payload: dict[str, Any], path: str | Path) -> None:
+    """The checkpoint's model state into `model`; a model of another shape is a CheckpointError."""
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        raise CheckpointError(f"checkpoint {path} does not fit this model: {' '.join(lines[:3])}",
+                              "use the config the checkpoint was trained with (distrain inspect shows it)") from None
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or a run directory's newest complete checkpoint."""
+    path = Path(path)
+    if _NAME.match(path.name) and path.is_dir():  # a sharded checkpoint: its manifest is checked here too
+        manifest = Manifest.read(path)
+        problem = "has no manifest (the save did not finish)" if manifest is None else manifest.problem()
+        if problem:
+            raise CheckpointError(f"checkpoint {path} {problem}",
+                                  "pass another checkpoint, or the run directory (its newest complete one)")
+        return path
+    if path.is_dir():
+        found = find_resumable(path)
+        if found is None:
+            raise CheckpointError(f"{path} holds no complete checkpoint (looked in {path / 'checkpoints'})")
+        return found
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist",
+                              "pass a .pt file, a sharded checkpoint's folder or a run directory")
+    return path

@@ -1,0 +1,429 @@
+"""The run configuration's schema: one keyword-only dataclass per section, read from YAML by
+distrain.config.parse.
+
+Every section is a keyword-only dataclass; each field carries a one-line docstring. Unknown keys, wrong
+types and bad values raise `ConfigError` naming the dotted key (with the nearest valid key for a typo),
+before anything is built. This module does not import torch, so `distrain --help` and config errors stay
+fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from distrain.config.registry import check_name
+from distrain.errors import ConfigError
+
+
+def _check(ok: bool, key: str, problem: str, hint: str | None = None) -> None:
+    if not ok:
+        raise ConfigError(key, problem, hint)
+
+
+@dataclass(kw_only=True)
+class RunConfig:
+    dir: str = "runs/default"
+    """Run directory: config.yaml, metrics.jsonl and checkpoints are written here."""
+
+    def __post_init__(self) -> None:
+        _check(bool(self.dir.strip()), "run.dir", "must not be empty")
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    global_batch_size: int
+    """Samples per optimizer step summed over all ranks; each rank gets global_batch_size / world_size."""
+    name: str | None = None
+    """The data set: a built-in name (xor, mnist, ...: see the docs, Built-in components) or an import path module:attribute of a
+    function returning (train, test) or (train, val, test); null when distrain.fit is given the data."""
+    args: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of the data set (e.g. num_train for xor, root for mnist); checked against it."""
+    eval_batch_size: int = 256
+    """Samples per forward pass in evaluation, the same on every rank (this keeps test metrics exact)."""
+    val_fraction: float = 0.0
+    """Hold this fraction of the training set out as the validation split (by seed), when the data set has
+    no validation split of its own (0: none). Model selection (stop.monitor, checkpoint.monitor) uses it."""
+    target_key: str | None = None
+    """Dict samples: the key holding the target (null: the one of target, targets, label, labels, y present);
+    the other keys are passed to the model as keyword arguments."""
+    shuffle: bool = True
+    """Shuffle the training set every epoch (from seed + epoch, identically on every rank)."""
+    loader: Literal["auto", "tensor", "dataloader"] = "auto"
+    """auto: index whole in-memory tensors when the set allows it, else a DataLoader; or force one."""
+    num_workers: int = 0
+    """DataLoader worker processes per rank (dataloader path only)."""
+    persistent_workers: bool = False
+    """Keep DataLoader workers alive between epochs (needs num_workers > 0)."""
+    prefetch_factor: int | None = None
+    """Batches each worker loads ahead (null: torch's default)."""
+
+    def __post_init__(self) -> None:
+        _check(self.global_batch_size > 0, "data.global_batch_size", f"must be > 0, got {self.global_batch_size}")
+        _check(self.eval_batch_size > 0, "data.eval_batch_size", f"must be > 0, got {self.eval_batch_size}")
+        _check(0 <= self.val_fraction < 1, "data.val_fraction", f"must lie in [0, 1), got {self.val_fraction}")
+        _check(self.num_workers >= 0, "data.num_workers", f"must be >= 0, got {self.num_workers}")
+        _check(not self.persistent_workers or self.num_workers > 0, "data.persistent_workers",
+               "needs data.num_workers > 0")
+        _check(self.prefetch_factor is None or (self.prefetch_factor > 0 and self.num_workers > 0),
+               "data.prefetch_factor", "must be > 0 and needs data.num_workers > 0")
+        if self.name is not None:
+            check_name("data", self.name, "data.name")
+
+
+@dataclass(kw_only=True)
+class ModelConfig:
+    name: str | None = None
+    """The model: a built-in name (simple_classifier, mlp, mnist_cnn, torchvision, ...) or an import path
+    module:attribute of an nn.Module class or a function returning one; null when distrain.fit is given it.
+    Parameters named num_inputs, num_outputs, num_classes, input_shape or in_channels that args does not
+    set are filled in from the data and the loss."""
+    args: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of the model (e.g. num_hidden for simple_classifier); checked against it."""
+
+    def __post_init__(self) -> None:
+        if self.name is not None:
+            check_name("model", self.name, "model.name")
+
+
+@dataclass(kw_only=True)
+class LossConfig:
+    name: str = "auto"
+    """auto: classification when the data has class labels (bce_with_logits for 2 classes with one output,
+    cross_entropy otherwise; logged), else an error asking for one; or a built-in (cross_entropy,
+    bce_with_logits, bce, nll, mse, l1, huber, smooth_l1) or an import path of a loss class or function
+    loss(outputs, targets)."""
+    args: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of the loss class (e.g. delta for huber, label_smoothing for cross_entropy)."""
+
+    def __post_init__(self) -> None:
+        if self.name != "auto":
+            check_name("loss", self.name, "loss.name")
+
+
+@dataclass(kw_only=True)
+class MetricConfig:
+    name: str
+    """A built-in metric (accuracy, mae, mse, r2), a torchmetrics class (torchmetrics.classification:
+    MulticlassF1Score) or a function metric(preds, targets) returning per-sample values or a batch mean."""
+    args: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of the metric class (e.g. num_classes, average)."""
+
+
+@dataclass(kw_only=True)
+class OptimConfig:
+    lr: float
+    """Learning rate (the schedule's base)."""
+    name: str = "sgd"
+    """Optimizer: sgd, adam, adamw, rmsprop, adagrad (torch.optim's), any torch.optim class by import path
+    (torch.optim:NAdam) or a user's optimizer class taking (params, lr=..., **args)."""
+    args: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of the optimizer (momentum, nesterov, weight_decay, betas, ...)."""
+    clip_grad_norm: float | None = None
+    """Clip the total gradient norm to this value before each step (off when null)."""
+    clip_grad_value: float | None = None
+    """Clip each gradient element to [-value, value] before each step (off when null)."""
+
+    def __post_init__(self) -> None:
+        _check(self.lr > 0, "optim.lr", f"must be > 0, got {self.lr}")
+        check_name("optim", self.name, "optim.name")
+        for key in ("clip_grad_norm", "clip_grad_value"):
+            value = getattr(self, key)
+            _check(value is None or value > 0, f"optim.{key}", f"must be > 0 or null, got {value}")
+
+
+@dataclass(kw_only=True)
+class TrainerConfig:
+    epochs: int
+    """Number of passes over the training set."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto: CUDA (one device per local rank) when available, else CPU."""
+    deterministic: bool = True
+    """cudnn.deterministic on and cudnn.benchmark off."""
+    deterministic_algorithms: bool = False
+    """torch.use_deterministic_algorithms(True): errors on ops that have no deterministic version."""
+    requeue_signal: str = "SIGUSR2"
+    """Signal that, like SIGTERM and SIGINT, means "save and stop" (not SIGUSR1: NCCL uses it)."""
+    precision: Literal["32", "bf16", "fp16"] = "32"
+    """32: float32; bf16: bfloat16 autocast (CPU and GPU); fp16: float16 autocast with a gradient scaler (GPU)."""
+    compile: bool = False
+    """torch.compile the model (the DDP wrapper, so all-reduces still overlap backward); the first steps pay
+    the compilation."""
+    channels_last: bool = False
+    """Convolutional models: keep parameters and image batches in channels_last memory format."""
+    on_nonfinite: Literal["stop", "skip_step"] = "stop"
+    """A NaN or Inf loss or gradient: stop (every rank, exit status 3, nothing non-finite saved) or
+    skip_step (skip that optimizer step on every rank, count and log it). See distrain/nonfinite.py."""
+    accumulate_steps: int = 1
+    """Split each rank's share of a global batch into this many micro-batches, summing their gradients
+    (DDP syncs only on the last); the optimizer still steps once per global batch."""
+
+    def __post_init__(self) -> None:
+        _check(self.epochs > 0, "trainer.epochs", f"must be > 0, got {self.epochs}")
+        _check(self.accumulate_steps > 0, "trainer.accumulate_steps", f"must be > 0, got {self.accumulate_steps}")
+        import signal
+
+        valid = {s.name for s in signal.Signals}
+        _check(self.requeue_signal in valid and self.requeue_signal not in ("SIGKILL", "SIGSTOP"),
+               "trainer.requeue_signal", f"must name a catchable signal such as SIGUSR2, got {self.requeue_signal!r}")
+
+
+@dataclass(kw_only=True)
+class DistConfig:
+    backend: Literal["auto", "nccl", "gloo"] = "auto"
+    """auto: NCCL when training on CUDA, gloo on CPU."""
+    timeout_s: float = 900.0
+    """Seconds a collective may wait for the other ranks before the job fails instead of hanging."""
+
+    def __post_init__(self) -> None:
+        _check(self.timeout_s > 0, "dist.timeout_s", f"must be > 0, got {self.timeout_s}")
+
+
+@dataclass(kw_only=True)
+class ScheduleConfig:
+    name: Literal["constant", "step", "cosine"] = "constant"
+    """LR schedule after warm-up: constant; step (times gamma every step_epochs); cosine (down to min_lr)."""
+    warmup_steps: int = 0
+    """Linear warm-up over this many optimizer steps, from warmup_start_factor * lr up to lr."""
+    warmup_start_factor: float = 0.01
+    """Fraction of optim.lr the warm-up starts from."""
+    step_epochs: int = 30
+    """step: multiply the LR by gamma every this many epochs."""
+    gamma: float = 0.1
+    """step: the decay factor."""
+    min_lr: float = 0.0
+    """cosine: the LR reached at the last step."""
+
+    def __post_init__(self) -> None:
+        _check(self.warmup_steps >= 0, "schedule.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+        _check(0 < self.warmup_start_factor <= 1, "schedule.warmup_start_factor",
+               f"must lie in (0, 1], got {self.warmup_start_factor}")
+        _check(self.step_epochs > 0, "schedule.step_epochs", f"must be > 0, got {self.step_epochs}")
+        _check(0 < self.gamma <= 1, "schedule.gamma", f"must lie in (0, 1], got {self.gamma}")
+        _check(self.min_lr >= 0, "schedule.min_lr", f"must be >= 0, got {self.min_lr}")
+
+
+def check_monitor(monitor: str, key: str) -> None:
+    """`<split>_<metric>` with split train or val. The test split is reported, never used to choose a
+    model: selecting on it makes the reported test figure optimistic."""
+    split, _, metric = monitor.partition("_")
+    _check(split in ("train", "val", "test") and bool(metric), key,
+           f"must look like val_<metric> or train_<metric> (e.g. val_loss, val_accuracy, val_f1), got {monitor!r}")
+    _check(split != "test", key, f"is {monitor!r}: the test split is reported, never used for model selection",
+           f"monitor the validation split instead (val_{metric}); give the run one with data.val_fraction=0.1 "
+           "or val_data= in distrain.fit")
+
+
+
+
+@dataclass(kw_only=True)
+class StopConfig:
+    patience: int = 0
+    """Early stopping: stop after this many epochs without improving `monitor` by min_delta (0: off)."""
+    monitor: str = "val_loss"
+    """Early stopping: the per-epoch metric watched, <split>_<metric> with split val or train (val_loss,
+    val_accuracy, val_<your metric>)."""
+    mode: Literal["auto", "min", "max"] = "auto"
+    """Whether `monitor` improves downwards or upwards; auto: min for losses and errors (names with loss,
+    mae, mse, rmse, error), a torchmetrics metric's own higher_is_better, else max."""
+    min_delta: float = 0.0
+    """Early stopping: the least change that counts as an improvement."""
+    window: int = 0
+    """Convergence (the tutorials' rule): stop when the last `window` epoch train losses lie within
+    `threshold` of each other (0: off)."""
+    threshold: float = 1e-4
+    """Convergence: the largest spread (max - min) of the last `window` train losses that counts as converged."""
+
+    def __post_init__(self) -> None:
+        check_monitor(self.monitor, "stop.monitor")
+        _check(self.patience >= 0, "stop.patience", f"must be >= 0, got {self.patience}")
+        _check(self.min_delta >= 0, "stop.min_delta", f"must be >= 0, got {self.min_delta}")
+        _check(self.window >= 0 and self.window != 1, "stop.window", f"must be 0 (off) or >= 2, got {self.window}")
+        _check(self.threshold >= 0, "stop.threshold", f"must be >= 0, got {self.threshold}")
+
+
+@dataclass(kw_only=True)
+class DDPConfig:
+    bucket_cap_mb: float = 25.0
+    """Gradient bucket size for DDP's all-reduce (torch's default 25 MB)."""
+    gradient_as_bucket_view: bool = True
+    """Gradients are views into the all-reduce buckets: one copy less per step, less memory."""
+    static_graph: bool = False
+    """Promise DDP the same graph every step (lets it skip per-step bookkeeping)."""
+    find_unused_parameters: bool = False
+    """Search each step for parameters that got no gradient; needed only by models that skip parameters."""
+
+    def __post_init__(self) -> None:
+        _check(self.bucket_cap_mb > 0, "ddp.bucket_cap_mb", f"must be > 0, got {self.bucket_cap_mb}")
+
+
+@dataclass(kw_only=True)
+class FSDPConfig:
+    """Sharded data parallelism (strategy: fsdp; FSDP2's fully_shard): each rank holds 1/N of the
+    parameters, gradients and optimizer state; a unit's parameters are gathered just for its forward and
+    backward."""
+
+    units: list[str] | None = None
+    """Module class names sharded as units (e.g. [TransformerEncoderLayer]); null: every module whose
+    parameters not yet in a unit reach fsdp.min_unit_params, innermost first. The model is the last unit."""
+    min_unit_params: int = 1_000_000
+    """With fsdp.units null: the parameter count that makes a module a unit of its own."""
+    reshard_after_forward: bool = True
+    """Free a unit's gathered parameters after its forward (gathered again for backward): least memory.
+    false keeps them until backward: one all-gather less per unit and step, more memory."""
+    param_dtype: Literal["float32", "bfloat16"] = "float32"
+    """Dtype of the gathered parameters used in forward and backward (bfloat16: mixed precision; the
+    sharded parameters, the optimizer and the gradient reduction stay float32)."""
+    cpu_offload: bool = False
+    """Keep the sharded parameters, gradients and optimizer state in CPU memory (GPU training only): the
+    optimizer steps on the CPU."""
+    activation_checkpointing: bool = False
+    """Recompute each unit's activations in backward instead of keeping them (less memory, ~1/3 more compute)."""
+
+    def __post_init__(self) -> None:
+        _check(self.min_unit_params > 0, "fsdp.min_unit_params", f"must be > 0, got {self.min_unit_params}")
+        _check(self.units is None or len(self.units) > 0, "fsdp.units",
+               "must name at least one module class, or be null (units chosen by size)")
+
+
+@dataclass(kw_only=True)
+class CheckpointConfig:
+    every_epochs: int = 1
+    """Save at the end of every N-th epoch (0: never at epoch ends)."""
+    every_steps: int = 0
+    """Save every N optimizer steps, mid-epoch too (0: off)."""
+    keep_last: int = 2
+    """Keep the newest K periodic checkpoints and delete older ones (0: keep all)."""
+    async_save: bool = False
+    """Write checkpoints in the background from a staged CPU copy while training goes on (at most one
+    write in flight; the same atomic, verified files). The copy's buffers are kept for the next save: one
+    CPU copy of the saved state stays allocated. A failed background write stops the run at the next save
+    or at the end."""
+    resume: str = "auto"
+    """auto: resume from the newest complete checkpoint of run.dir; never; or a checkpoint path (or a run
+    directory: its newest complete checkpoint)."""
+    load: Literal["full", "weights"] = "full"
+    """full: continue the run exactly (model, optimizer, schedule, progress, RNG); weights: start a new run
+    from the checkpoint's model weights only (fine-tuning; needs checkpoint.resume=PATH)."""
+    keep_best: int = 0
+    """Also keep the best M epoch-end checkpoints by `monitor` (as best-*.pt), whatever keep_last does."""
+    monitor: str = "val_loss"
+    """The metric keep_best ranks by, <split>_<metric> like stop.monitor (val_loss, val_accuracy, ...)."""
+    mode: Literal["auto", "min", "max"] = "auto"
+    """Whether `monitor` improves downwards or upwards (auto: as stop.mode)."""
+
+    def __post_init__(self) -> None:
+        check_monitor(self.monitor, "checkpoint.monitor")
+        _check(self.keep_best >= 0, "checkpoint.keep_best", f"must be >= 0, got {self.keep_best}")
+        _check(self.every_epochs >= 0, "checkpoint.every_epochs", f"must be >= 0, got {self.every_epochs}")
+        _check(self.every_steps >= 0, "checkpoint.every_steps", f"must be >= 0, got {self.every_steps}")
+        _check(self.keep_last >= 0, "checkpoint.keep_last", f"must be >= 0, got {self.keep_last}")
+        _check(bool(self.resume.strip()), "checkpoint.resume", "must be auto, never or a checkpoint path")
+        _check(self.load == "full" or self.resume not in ("auto", "never"), "checkpoint.load",
+               "is weights, which starts a new run from another run's weights: it needs checkpoint.resume=PATH",
+               "set checkpoint.resume to the checkpoint (or run directory) to take the weights from")
+
+
+@dataclass(kw_only=True)
+class LogConfig:
+    every_steps: int = 50
+    """Every N optimizer steps: train loss, LR, samples/s, step time and gradient norm (W&B, and a console
+    line when the output is not a terminal)."""
+    progress_bar: Literal["auto", "always", "never"] = "auto"
+    """A tqdm bar on rank 0: auto shows it only when stdout is a terminal (not in SLURM output files)."""
+    grad_norms: bool = False
+    """Also log each parameter's gradient norm at the log steps (through tensor hooks, register_hook)."""
+    plots: bool = True
+    """Write loss and accuracy curves (PNG) into <run.dir>/plots at the end of the run."""
+
+    def __post_init__(self) -> None:
+        _check(self.every_steps > 0, "log.every_steps", f"must be > 0, got {self.every_steps}")
+
+
+@dataclass(kw_only=True)
+class WandbConfig:
+    mode: Literal["auto", "online", "offline", "disabled"] = "auto"
+    """auto: online when an API key is configured, offline otherwise (upload later with `wandb sync`),
+    and off if wandb is not installed; disabled: no W&B at all."""
+    project: str = "distrain"
+    """W&B project."""
+    entity: str | None = None
+    """W&B entity (user or team); null: your default."""
+    name: str | None = None
+    """Run name; null: the run directory's name."""
+    group: str | None = None
+    """Run group."""
+    tags: list[str] = field(default_factory=list)
+    """Run tags."""
+
+
+@dataclass(kw_only=True)
+class Config:
+    data: DataConfig
+    """What to train on."""
+    trainer: TrainerConfig
+    """How long, and on what device."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """What to train."""
+    optim: OptimConfig | None = None
+    """How to step (required unless distrain.fit is given an optimizer)."""
+    loss: LossConfig = field(default_factory=LossConfig)
+    """What is minimised."""
+    metrics: dict[str, MetricConfig] = field(default_factory=dict)
+    """Extra metrics by name, computed on the validation and test splits (every sample once) and reported
+    as val_<name> and test_<name>; accuracy is added for classification losses."""
+    user: dict[str, Any] = field(default_factory=dict)
+    """Free-form settings of your own script (paths, sizes: `cfg.user["img_dir"]`); distrain ignores them
+    and overrides reach them like any key (user.width=64)."""
+    engine: Literal["native", "accelerate"] = "native"
+    """Who wraps the model and steps: native (torch DDP) or accelerate (HF Accelerate's Accelerator)."""
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    """ddp: every rank holds the whole model (DistributedDataParallel); fsdp: parameters, gradients and
+    optimizer state sharded over the ranks (FSDP2), with sharded checkpoints (see the fsdp section)."""
+    seed: int = 0
+    """Seeds Python, NumPy and torch; also the data generation, the splits and the shuffling."""
+    run: RunConfig = field(default_factory=RunConfig)
+    """Where the run's files go."""
+    dist: DistConfig = field(default_factory=DistConfig)
+    """Process-group settings."""
+    ddp: DDPConfig = field(default_factory=DDPConfig)
+    """DistributedDataParallel settings."""
+    fsdp: FSDPConfig = field(default_factory=FSDPConfig)
+    """Sharding settings (strategy: fsdp)."""
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    """How the learning rate changes over training."""
+    stop: StopConfig = field(default_factory=StopConfig)
+    """When to stop before trainer.epochs."""
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    """When to save and whether to resume."""
+    log: LogConfig = field(default_factory=LogConfig)
+    """Step logging, progress bar, gradient norms, plots."""
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    """Weights & Biases."""
+
+    def __post_init__(self) -> None:
+        # Refused loudly: torch's reducer asserts when no_sync (used for accumulation) meets a static graph.
+        _check(not (self.ddp.static_graph and self.trainer.accumulate_steps > 1), "ddp.static_graph",
+               "cannot be combined with trainer.accumulate_steps > 1 (DDP's no_sync does not support it)",
+               "set ddp.static_graph=false, or trainer.accumulate_steps=1")
+        if self.strategy == "fsdp":
+            _check(self.engine == "native", "strategy",
+                   "fsdp runs on the native engine; engine=accelerate trains with DDP only (its checkpoint "
+                   "format holds no sharded state)", "set engine=native, or strategy=ddp")
+            _check(self.trainer.precision != "fp16", "trainer.precision",
+                   "fp16 is not supported with strategy=fsdp (its gradient scaler is not sharding-aware)",
+                   "use fsdp.param_dtype=bfloat16 or trainer.precision=bf16")
+            _check(not self.log.grad_norms, "log.grad_norms",
+                   "is not supported with strategy=fsdp: per-parameter gradient hooks see no gradients of "
+                   "sharded parameters (the total gradient norm of the step logs is still reported)",
+                   "set log.grad_norms=false, or strategy=ddp")
+            _check(not self.trainer.compile, "trainer.compile",
+                   "is not supported with strategy=fsdp here (untested with sharded parameters)",
+                   "set trainer.compile=false, or strategy=ddp")
+        for name in self.metrics:
+            _check(name.isidentifier() and name != "loss", f"metrics.{name}",
+                   "a metric's name must be an identifier other than 'loss' (it becomes val_<name>, test_<name>)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

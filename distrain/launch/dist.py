@@ -1,0 +1,203 @@
+"""How do I join the group? Process-group setup and teardown, plus collective helpers.
+
+    with distributed(env, backend="auto", timeout_s=900, device="auto") as ctx:
+        ...              # ctx.rank, ctx.world_size, ctx.device
+    # the group is destroyed here, also when the body raised
+
+The helpers below (`barrier`, `all_reduce_sum`, `broadcast_object`, `all_true`) are no-ops in one process,
+so the training code never branches on "am I distributed?". Each one is a collective when a group exists:
+**every rank must call it**, in the same order; never call one under `if rank == 0`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import gc
+import logging
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+import torch.distributed as tdist
+
+from distrain.errors import UserError
+from distrain.launch.env import DistEnv
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """This process's place in the job and the device it trains on."""
+
+    env: DistEnv
+    device: torch.device
+    backend: str | None  # None: one process, no group
+
+    @property
+    def rank(self) -> int:
+        return self.env.rank
+
+    @property
+    def world_size(self) -> int:
+        return self.env.world_size
+
+    @property
+    def is_main(self) -> bool:
+        return self.env.rank == 0
+
+
+def pick_device(env: DistEnv, device: str) -> torch.device:
+    if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise UserError("trainer.device is 'cuda' but CUDA is not available on this machine",
+                        "use trainer.device=auto or trainer.device=cpu")
+    count = torch.cuda.device_count()
+    # One device per local rank: the launcher starts one process per GPU on each node.
+    if env.local_rank >= count:
+        raise UserError(f"local rank {env.local_rank} has no GPU: this node has {count}",
+                        "start at most one process per GPU (torchrun --nproc_per_node, srun --ntasks-per-node)")
+    return torch.device("cuda", env.local_rank)
+
+
+def pick_backend(backend: str, device: torch.device) -> str:
+    if backend == "auto":
+        return "nccl" if device.type == "cuda" else "gloo"
+    if backend == "nccl" and device.type != "cuda":
+        raise UserError("dist.backend is 'nccl' but training runs on the CPU; NCCL only moves CUDA tensors",
+                        "use dist.backend=gloo (or auto) on CPU")
+    return backend
+
+
+@contextlib.contextmanager
+def distributed(env: DistEnv, *, backend: str = "auto", timeout_s: float = 900.0,
+                device: str = "auto") -> Iterator[DistContext]:
+    """Join the process group for the duration of the block; one process joins nothing.
+
+    Idempotent: a group that already exists (set up by a caller) is reused and left for its owner to destroy.
+    """
+    dev = pick_device(env, device)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    if not env.is_distributed:
+        yield DistContext(env, dev, None)
+        return
+    chosen = pick_backend(backend, dev)
+    owns_group = not tdist.is_initialized()
+    if owns_group:
+        kwargs: dict[str, Any] = {}
+        if dev.type == "cuda":
+            # Binds NCCL's communicator to this device eagerly (no guessing from the current device).
+            kwargs["device_id"] = dev
+        timeout = datetime.timedelta(seconds=timeout_s)
+        tdist.init_process_group(chosen, store=_rendezvous_store(env, timeout), rank=env.rank,
+                                 world_size=env.world_size, timeout=timeout, **kwargs)
+    try:
+        yield DistContext(env, dev, chosen)
+    finally:
+        if owns_group and tdist.is_initialized():
+            # Free what still holds the group's pending work (DDP's reducer sits in reference cycles)
+            # while the interpreter is fully alive: freed later, during interpreter shutdown, gloo work
+            # objects that reference tensors abort the process ("terminate called without an active
+            # exception"; seen here about once in eight torchrun runs).
+            gc.collect()
+            global _CPU_GROUP
+            _CPU_GROUP = None  # destroyed with the default group
+            tdist.destroy_process_group()
+
+
+def _rendezvous_store(env: DistEnv, timeout: datetime.timedelta) -> tdist.Store:
+    """The key-value store the ranks meet in, namespaced per torchrun restart attempt.
+
+    Why not init_method="env://": after `torchrun --max-restarts` restarts the workers, they reuse the
+    agent's store, which still holds the previous attempt's keys. A new worker can then read a killed
+    peer's stale gloo address and fail with "connection refused" (seen here, about one restart in
+    three). Prefixing every key with the attempt number makes each attempt meet only its own peers. The
+    world size is in the prefix too: an elastic agent that restarts its workers because a node joined
+    (`--nnodes=MIN:MAX`) keeps its restart count, but the new round has more processes.
+    """
+    # With the agent's store, every worker is a client; otherwise rank 0 hosts the store (SLURM, or a
+    # torchrun that does not share its store).
+    is_host = env.rank == 0 and not env.uses_agent_store
+    store = tdist.TCPStore(env.master_addr, env.master_port, env.world_size, is_master=is_host,
+                           timeout=timeout, wait_for_workers=False)
+    return tdist.PrefixStore(f"distrain/attempt_{env.restart_count}/world_{env.world_size}", store)
+
+
+# ---------------------------------------------------------------------- collectives (no-ops alone)
+
+def is_distributed() -> bool:
+    return tdist.is_available() and tdist.is_initialized() and tdist.get_world_size() > 1
+
+
+_CPU_GROUP: Any = None
+
+
+def cpu_group() -> Any:
+    """A process group for small CPU-side control messages: the default group when it is gloo, else a gloo
+    group over the same ranks (created once; collective on first use). With NCCL, a flag read on the host
+    would otherwise need a device tensor and a device sync."""
+    global _CPU_GROUP
+    if tdist.get_backend() == "gloo":
+        return None  # the default group
+    if _CPU_GROUP is None:
+        _CPU_GROUP = tdist.new_group(backend="gloo")
+    return _CPU_GROUP
+
+
+def barrier() -> None:
+    """Wait for every rank. Collective: every rank must call it."""
+    if not is_distributed():
+        return
+    if tdist.get_backend() == "nccl":
+        tdist.barrier(device_ids=[torch.cuda.current_device()])
+    else:
+        tdist.barrier()
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum `tensor` over all ranks, in place, and return it. Collective: every rank must call it."""
+    if is_distributed():
+        tdist.all_reduce(tensor, op=tdist.ReduceOp.SUM)
+    return tensor
+
+
+def all_reduce_min(tensor: torch.Tensor) -> torch.Tensor:
+    """The elementwise minimum over all ranks, in place, and return it. Collective."""
+    if is_distributed():
+        tdist.all_reduce(tensor, op=tdist.ReduceOp.MIN)
+    return tensor
+
+
+def all_true(flag: bool, device: torch.device) -> bool:
+    """True only if `flag` is true on every rank. Collective: every rank must call it."""
+    if not is_distributed():
+        return flag
+    t = torch.tensor([0 if flag else 1], dtype=torch.int32, device=device)
+    tdist.all_reduce(t, op=tdist.ReduceOp.SUM)
+    return int(t.item()) == 0
+
+
+def any_true(flag: bool, device: torch.device) -> bool:
+    """True if `flag` is true on any rank. Collective: every rank must call it."""
+    return not all_true(not flag, device)
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank `src`'s `obj` on every rank. Collective: every rank must call it."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    tdist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    """Every rank's `obj`, in rank order. Collective: every rank must call it."""
+    if not is_distributed():
+        return [obj]
+    out: list[Any] = [None] * tdist.get_world_size()
+    tdist.all_gather_object(out, obj)
+    return out

@@ -1,0 +1,87 @@
+"""Stop requests: SIGTERM, SIGINT and the requeue signal become "save and stop at the next step boundary".
+
+A handler only records the signal; the training loop asks `agreed_signal()` after each optimizer step, and
+the ranks agree with an asynchronous all-reduce on CPU (any rank that got a signal stops them all, one
+step later, without a host or device sync in the step). Deciding inside the
+handler instead would let one rank leave while the others wait in the next all-reduce until the timeout.
+
+Exit status after such a stop: 128 + the signal number (SIGTERM 143, SIGINT 130, SIGUSR2 140), the shell's
+convention for "ended by this signal", so schedulers and scripts see an interrupted run, not a success.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from types import FrameType
+
+import torch
+
+from distrain.launch import dist
+
+log = logging.getLogger(__name__)
+
+
+class Interrupted(Exception):
+    """Training stopped on a signal after saving; the CLI exits with `exit_code`."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"stopped on {signal.Signals(signum).name} after saving a checkpoint")
+        self.signum = signum
+        self.exit_code = 128 + signum
+
+
+class StopSignals:
+    """Install with `with StopSignals(names) as stop:`; the previous handlers come back on exit."""
+
+    def __init__(self, names: list[str]):
+        self.signums = [signal.Signals[name] for name in names]
+        self.received: int | None = None
+        self._previous: dict[int, object] = {}
+        self._collective = False
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.received is None:
+            log.warning("received %s: saving a checkpoint and stopping at the next step",
+                        signal.Signals(signum).name)
+        self.received = signum
+
+    def __enter__(self) -> "StopSignals":
+        self._collective = dist.is_distributed()  # asked once: agreed_signal runs every step
+        if self._collective:
+            # The agreement runs on CPU tensors in a gloo group (the default group when it is gloo, else a
+            # side group), asynchronously: reading a GPU flag would sync the device on every step.
+            self._group = dist.cpu_group()
+            self._flag = torch.zeros(1, dtype=torch.int64)
+            self._pending = None
+        for signum in self.signums:
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._collective and self._pending is not None:
+            self._pending.wait()  # every rank started the same reductions; finish the last one
+            self._pending = None
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def agreed_signal(self) -> int | None:
+        """The signal to stop on if any rank received one, else None. Collective: every rank must call it,
+        the same number of times.
+
+        With several ranks the verdict lags one step: each call collects the all-reduce (MAX of the
+        signal numbers) started by the previous call and starts the next one, so the step never waits
+        for the network. Every rank sees the same verdict at the same call, so all stop together.
+        """
+        if not self._collective:
+            return self.received  # one process: no collective, no host sync
+        agreed = None
+        if self._pending is not None:
+            self._pending.wait()
+            self._pending = None
+            agreed = int(self._flag.item()) or None
+        if agreed is None:
+            self._flag.fill_(self.received or 0)
+            self._pending = torch.distributed.all_reduce(self._flag, op=torch.distributed.ReduceOp.MAX,
+                                                         group=self._group, async_op=True)
+        return agreed

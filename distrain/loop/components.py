@@ -1,0 +1,188 @@
+"""What a run trains: data, model, loss, metrics and optimizer, from the config or given to distrain.fit.
+
+    parts = build_parts(cfg, ctx, given)      # every rank, the same way
+    parts.model, parts.objective, parts.evals["test"], parts.data.train, ...
+
+The order, and why:
+1. the data (built-in, import path or the user's Dataset objects) and what is known of it (classes, the
+   shapes of one sample), so that
+2. a model named by the config gets its sizes (num_inputs, num_outputs, ...) by parameter name;
+3. the loss is then fixed with the model's real output width (two classes with two outputs means
+   cross-entropy, not one-logit BCE) and checked on a few training samples in one eval-mode forward:
+   a model that ends in a sigmoid before a logits loss, outputs that would broadcast against the targets,
+   or a loss that fails on this data stop the run with the config key to change, before any training.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from distrain.config.registry import call, describe, resolve
+from distrain.config.schema import Config
+from distrain.data import DataInfo, DataSets, EvalBatches, build_eval_batches, build_splits, describe_data, probe_batch
+from distrain.data.structures import to_device
+from distrain.errors import ConfigError
+from distrain.launch import dist
+from distrain.launch.dist import DistContext
+from distrain.loop.metrics import MetricSet, build_metric
+from distrain.loop.objective import Objective, build_objective, output_width, probe_outputs
+from distrain.loop.seeding import configure_determinism, seed_everything
+
+log = logging.getLogger("distrain")
+
+
+@dataclass
+class Given:
+    """What distrain.fit or distrain.predict was handed; None: built from the config."""
+
+    model: nn.Module | None = None
+    train_data: Any = None
+    val_data: Any = None
+    test_data: Any = None
+    loss: Any = None
+    metrics: dict[str, Any] | None = None
+    optimizer: Any = None  # an Optimizer over the model's parameters, or a function params -> Optimizer
+
+
+@dataclass
+class Parts:
+    """What a run builds on one rank."""
+
+    data: DataSets
+    info: DataInfo
+    model: nn.Module  # the user's object when given: trained in place
+    objective: Objective
+    evals: dict[str, tuple[EvalBatches, MetricSet]]  # "val" and "test", those that exist
+    metric_objects: dict[str, Any] = field(default_factory=dict)  # name -> metric (its direction)
+    loader_args: dict[str, Any] = field(default_factory=dict)
+
+
+def build_parts(cfg: Config, ctx: DistContext, given: Given | None = None) -> Parts:
+    given = given or Given()
+    configure_determinism(cfg.trainer.deterministic, cfg.trainer.deterministic_algorithms)
+    seed_everything(cfg.seed)
+    data = _build_data(cfg, ctx, given)
+    info = describe_data(data, cfg.data.target_key)
+    model = given.model if given.model is not None else build_model(cfg, info, given)
+    model = model.to(ctx.device)
+    if cfg.trainer.channels_last:
+        model = model.to(memory_format=torch.channels_last)  # 4-d weights only; others are unchanged
+    probe_inputs, probe_targets = (to_device(t, ctx.device) for t in probe_batch(data.train, cfg.data.target_key))
+    # One eval-mode forward on two training samples decides one-logit BCE vs cross-entropy and checks it all.
+    probe = probe_outputs(model, probe_inputs)
+    objective = build_objective(cfg.loss, info, given.loss, model_outputs=output_width(probe))
+    objective.check(model, probe, probe_targets)
+    metric_objects = _build_metrics(cfg, given)
+    loader_args = dict(rank=ctx.rank, world_size=ctx.world_size, device=ctx.device, seed=cfg.seed,
+                       loader=cfg.data.loader, num_workers=cfg.data.num_workers,
+                       persistent_workers=cfg.data.persistent_workers, prefetch_factor=cfg.data.prefetch_factor,
+                       prepare_targets=objective.prepare_targets, channels_last=cfg.trainer.channels_last,
+                       target_key=cfg.data.target_key)
+    evals = {}
+    for split, dataset in (("val", data.val), ("test", data.test)):
+        if dataset is not None:
+            batches = build_eval_batches(dataset, eval_batch_size=cfg.data.eval_batch_size, **loader_args)
+            evals[split] = (batches, MetricSet(objective, metric_objects, ctx.device))
+    return Parts(data, info, model, objective, evals, metric_objects, loader_args)
+
+
+def _build_data(cfg: Config, ctx: DistContext, given: Given) -> DataSets:
+    splits = dict(train=given.train_data, val=given.val_data, test=given.test_data)
+    if given.train_data is None and cfg.data.args.get("download"):
+        # Only global rank 0 downloads; the others wait for the files (several ranks downloading into
+        # one folder would race), then read them.
+        data = build_splits(cfg.data, cfg.seed, **splits) if ctx.is_main else None
+        dist.barrier()
+        return data or build_splits(cfg.data, cfg.seed, allow_download=False, **splits)
+    return build_splits(cfg.data, cfg.seed, **splits)
+
+
+def build_model(cfg: Config, info: DataInfo, given: Given | None = None) -> nn.Module:
+    """The config's model (model.name with model.args), sized from the data and the loss."""
+    given = given or Given()
+    if cfg.model.name is None:
+        raise ConfigError("model.name", "is not set and no model was given",
+                          "name a built-in model or a class module:attribute, or pass model= to distrain.fit")
+    # The output width the loss asks for (one logit for two classes, K for K classes, the target's size
+    # for regression); a loss that cannot be told yet is decided after the model exists.
+    try:
+        num_outputs = build_objective(cfg.loss, info, given.loss).num_outputs
+    except ConfigError as exc:
+        if exc.key != "loss.name":
+            raise
+        num_outputs = None
+    builder = resolve("model", cfg.model.name, "model.name")
+    model = call(builder, cfg.model.args, "model.args", known=info.model_arguments(num_outputs))
+    if not isinstance(model, nn.Module):
+        raise ConfigError("model.name", f"{cfg.model.name} returned {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def _build_metrics(cfg: Config, given: Given) -> dict[str, Any]:
+    metrics = {name: build_metric(name, metric_cfg) for name, metric_cfg in cfg.metrics.items()}
+    for name, metric in (given.metrics or {}).items():
+        if not str(name).isidentifier() or name == "loss":
+            raise ConfigError(f"metrics.{name}", "a metric's name must be an identifier other than 'loss'")
+        metrics[name] = metric
+    return metrics
+
+
+def build_optimizer_for(cfg: Config, model: nn.Module, given: Given) -> tuple[Any, float]:
+    """The optimizer and its base learning rate (for the schedule)."""
+    from distrain.loop.optim import build_optimizer
+
+    chosen = given.optimizer
+    if chosen is None:
+        if cfg.optim is None:
+            raise ConfigError("optim.lr", "required key is missing (no optimizer was given)",
+                              "set optim.lr (and optim.name) in the config, or pass optimizer= to distrain.fit")
+        return build_optimizer(cfg.optim, model.parameters()), cfg.optim.lr
+    if isinstance(chosen, torch.optim.Optimizer) and cfg.strategy == "fsdp":
+        raise ConfigError("optimizer", "an optimizer object cannot be given with strategy=fsdp: sharding "
+                          "replaces the model's parameters, so the optimizer would step stale ones",
+                          "pass a function of the parameters instead, e.g. "
+                          "optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3)")
+    if not isinstance(chosen, torch.optim.Optimizer):
+        chosen = chosen([p for p in model.parameters() if p.requires_grad])
+    owned = {id(p) for p in model.parameters()}
+    if any(id(p) not in owned for group in chosen.param_groups for p in group["params"]):
+        raise ConfigError("optimizer", "the optimizer given to distrain.fit holds parameters that are not the "
+                          "model's", "build it on model.parameters() of the model passed as model=")
+    return chosen, chosen.param_groups[0]["lr"]
+
+
+def monitor_direction(cfg_mode: str, monitor: str, parts: Parts, key: str, train_names: list[str]) -> bool:
+    """Check that `monitor` is measured by this run; True when it improves upwards."""
+    split, _, name = monitor.partition("_")
+    available = {"train": train_names, **{s: ms.names for s, (_, ms) in parts.evals.items()}}
+    if split not in available:
+        raise ConfigError(key, f"is {monitor!r} but this run has no {split} split",
+                          "give it one with data.val_fraction=0.1 (held out from train by seed) or val_data= "
+                          "in distrain.fit, or monitor train_loss")
+    if name not in available[split]:
+        raise ConfigError(key, f"is {monitor!r} but the {split} split measures only "
+                          f"{', '.join(available[split])}", "add the metric under metrics:, or monitor one of these")
+    if cfg_mode != "auto":
+        return cfg_mode == "max"
+    from distrain.loop.metrics import higher_is_better
+
+    return higher_is_better(name, parts.metric_objects.get(name))
+
+
+def log_parts(parts: Parts, ctx: DistContext, num_steps: int, engine_name: str, version: str,
+              strategy: str = "ddp") -> None:
+    data = parts.data
+    sizes = " / ".join(f"{len(d)} {s}" for s, d in (("train", data.train), ("val", data.val), ("test", data.test))
+                       if d is not None)
+    from distrain.strategies.fsdp import model_class
+
+    log.info("distrain %s | %s | %d process(es) | device %s | backend %s | engine %s | strategy %s | %s samples | "
+             "%d steps per epoch | model %s | loss %s (%s)", version, ctx.env.source, ctx.world_size, ctx.device,
+             ctx.backend or "none", engine_name, strategy, sizes, num_steps, describe(model_class(parts.model)),
+             parts.objective.name, parts.objective.kind)
+

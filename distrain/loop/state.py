@@ -1,0 +1,261 @@
+"""What is saved, when, and how a run resumes: the training state around the checkpoint files.
+
+`TrainState` holds everything a run needs to continue exactly: model, optimizer, LR scheduler, gradient
+scaler, stopper, progress (epoch, step inside the epoch, global step) and the epoch's running train sums.
+`Saver` decides when to save (every N steps, every N epochs, on a stop) and `maybe_resume` loads the
+checkpoint that `checkpoint.resume` names. Both are collective: every rank calls them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from distrain.version import __version__
+from distrain.checkpoint.background import BackgroundSaves
+from distrain.checkpoint.files import CheckpointError
+from distrain.checkpoint.sharded import load_sharded_into, load_whole_into_sharded
+from distrain.checkpoint.store import (
+    find_resumable,
+    load_model_weights,
+    load_payload,
+    resolve_checkpoint,
+    restore_rng,
+    save_checkpoint,
+)
+from distrain.config.schema import Config
+from distrain.launch import dist
+from distrain.launch.dist import DistContext
+from distrain.loop.nonfinite import NonFiniteGuard
+from distrain.loop.seeding import seed_everything
+from distrain.loop.steps import EpochMetrics, TrainMeter
+from distrain.loop.stopping import Stopper
+from distrain.strategies.fsdp import is_sharded
+
+log = logging.getLogger("distrain")
+
+
+@dataclass
+class Progress:
+    """Where training stands. Independent of the number of ranks (steps are global batches)."""
+
+    epoch: int = 0  # the epoch in progress
+    step_in_epoch: int = 0  # global batches of that epoch already trained
+    global_step: int = 0  # optimizer steps since the start of the run
+    skipped_steps: int = 0  # of those, steps skipped for non-finite values (trainer.on_nonfinite: skip_step)
+
+
+@dataclass
+class TrainState:
+    model: nn.Module  # unwrapped: checkpoints hold no DDP "module." prefixes
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    stopper: Stopper
+    meter: TrainMeter  # this rank's running [loss sum, hits, samples] of the epoch in progress
+    scaler: Any = None  # the engine's gradient scaler when training in fp16
+    engine: str = "native"  # recorded in checkpoints; either engine loads the other's (same state dicts)
+    progress: Progress = field(default_factory=Progress)
+
+    def to_payload(self, cfg: Config, world_size: int, metrics: dict[str, float], *,
+                   weights: bool = True) -> dict[str, Any]:
+        """The checkpoint contents. Collective (sums the running totals over ranks). `weights=False`: without
+        the model and optimizer (a sharded checkpoint writes those from every rank)."""
+        # The learning rate is a pure function of the global step; a constant schedule is not stepped in
+        # the loop (it would cost a Python call per step), so its counter is brought up to date here.
+        self.scheduler.last_epoch = self.progress.global_step
+        payload = {
+            "format": 1,
+            "engine": self.engine,
+            "distrain_version": __version__,
+            "torch_version": str(torch.__version__),
+            "epoch": self.progress.epoch,
+            "step_in_epoch": self.progress.step_in_epoch,
+            "global_step": self.progress.global_step,
+            "skipped_steps": self.progress.skipped_steps,
+            "world_size": world_size,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "stopper": self.stopper.state_dict(),
+            # The epoch's train sums over all ranks, so a mid-epoch resume still reports the whole epoch.
+            "epoch_totals": dist.all_reduce_sum(self.meter.totals().clone()).cpu(),
+            "config": cfg.to_dict(),
+            "metrics": metrics,
+        }
+        if not weights:
+            del payload["model"], payload["optimizer"]
+        return payload
+
+    def load_payload(self, payload: dict[str, Any], *, is_main: bool, weights: bool = True) -> None:
+        """Everything into the live objects; `weights=False`: all but model and optimizer (loaded already)."""
+        if weights:
+            self.model.load_state_dict(payload["model"])
+            self.optimizer.load_state_dict(payload["optimizer"])
+        self.scheduler.load_state_dict(payload["scheduler"])
+        if self.scaler is not None and payload.get("scaler"):
+            self.scaler.load_state_dict(payload["scaler"])
+        self.stopper.load_state_dict(payload["stopper"])
+        # The saved sums already cover every rank: give them to one rank, zeros to the rest.
+        totals = payload["epoch_totals"]
+        self.meter.load(totals if is_main else torch.zeros_like(totals))
+        self.progress = Progress(payload["epoch"], payload["step_in_epoch"], payload["global_step"],
+                                 payload.get("skipped_steps", 0))
+
+
+class Saver:
+    """When to save. `save` is collective (see checkpoint.save_checkpoint)."""
+
+    def __init__(self, cfg: Config, ctx: DistContext, run_dir: Path, state: TrainState,
+                 best_higher_is_better: bool = False, guard: NonFiniteGuard | None = None,
+                 steps_per_epoch: int | None = None):
+        self.cfg, self.ctx, self.run_dir, self.state = cfg, ctx, run_dir, state
+        self.steps_per_epoch = steps_per_epoch
+        self.best_higher_is_better = best_higher_is_better  # of checkpoint.monitor
+        self.guard = guard  # checked before every save: non-finite weights never replace good ones
+        self.background = (BackgroundSaves(sharded=cfg.strategy == "fsdp") if cfg.checkpoint.async_save
+                           else None)  # checkpoint.async_save: the writes run in a thread of their own
+
+    def maybe_save_step(self) -> bool:
+        every = self.cfg.checkpoint.every_steps
+        if not every or self.state.progress.global_step % every or self._epoch_save_follows():
+            return False
+        self.save()
+        return True
+
+    def _epoch_save_follows(self) -> bool:
+        """The step just taken ends an epoch whose own save (after its evaluation) writes this same global
+        step with the epoch's metrics: saving it twice would double that save's cost for nothing."""
+        p, every = self.state.progress, self.cfg.checkpoint.every_epochs
+        return bool(every and p.step_in_epoch == self.steps_per_epoch
+                    and ((p.epoch + 1) % every == 0 or p.epoch + 1 == self.cfg.trainer.epochs))
+
+    def maybe_save_epoch(self, splits: dict[str, EpochMetrics], *, last: bool) -> None:
+        every = self.cfg.checkpoint.every_epochs
+        # The last epoch (also an early stop) is always saved when epoch saves are on.
+        if every and (self.state.progress.epoch % every == 0 or last):
+            self.save({f"{split}_{name}": value for split, m in splits.items()
+                       for name, value in m.values.items() if isinstance(value, (int, float))})
+
+    def save(self, metrics: dict[str, float] | None = None) -> Path:
+        ckpt = self.cfg.checkpoint
+        if self.guard is not None:
+            self.guard.check()
+        # strategy fsdp: every rank writes its shards of model and optimizer (also in one process, so the
+        # run can move between 1 and N processes with one checkpoint format).
+        shards = (self.state.model, self.state.optimizer) if self.cfg.strategy == "fsdp" else None
+        payload = self.state.to_payload(self.cfg, self.ctx.world_size, metrics or {}, weights=shards is None)
+        path = save_checkpoint(self.run_dir, payload, keep_last=ckpt.keep_last, keep_best=ckpt.keep_best,
+                               monitor=ckpt.monitor, higher_is_better=self.best_higher_is_better,
+                               is_main=self.ctx.is_main, shards=shards, background=self.background)
+        progress = self.state.progress
+        log.info("%s %s (epoch %d, step %d of the epoch)", "saving in the background" if self.background else
+                 "saved", path, progress.epoch, progress.step_in_epoch)
+        return path
+
+    def close(self, *, agree: bool) -> None:
+        """Let a background write finish (see BackgroundSaves.close); nothing to do for synchronous saves."""
+        if self.background is not None:
+            self.background.close(agree=agree)
+
+
+# Changes that make the saved state meaningless or the continuation silently different: refused on resume.
+UNSAFE = ("seed", "data.name", "data.args", "data.global_batch_size", "data.val_fraction", "data.target_key",
+          "data.shuffle", "model", "loss", "optim", "schedule")
+_WAYS_OUT = ("to start anew: checkpoint.resume=never or a new run.dir; to start a new run from these weights: "
+             "checkpoint.resume=PATH checkpoint.load=weights")
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict) and tree:
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: tree}
+
+
+def check_resumable(saved: dict[str, Any], current: dict[str, Any], path: str) -> None:
+    """Refuse (exit 2) a resume whose config changes what the saved state means, naming every differing
+    key; log the changes that keep the run meaningful (epochs, logging, checkpoint cadence, engine, ...)."""
+    old, new = _flat(saved), _flat(current)
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    unsafe = [k for k in changed if any(k == p or k.startswith(p + ".") for p in UNSAFE)]
+    if unsafe:
+        listed = "; ".join(f"{k}: {old.get(k)!r} in the checkpoint, {new.get(k)!r} now" for k in unsafe)
+        from distrain.errors import ConfigError
+
+        raise ConfigError(unsafe[0], f"differs from the run being resumed ({path}): {listed}", _WAYS_OUT)
+    for key in changed:
+        if key != "run.dir":
+            log.info("resuming with a changed setting: %s: %r -> %r", key, old.get(key), new.get(key))
+
+
+def maybe_resume(cfg: Config, ctx: DistContext, run_dir: Path, state: TrainState) -> None:
+    """Load the checkpoint that checkpoint.resume names (auto: the newest complete one of run.dir) into
+    `state` and the random generators. Collective: every rank must call it."""
+    resume = cfg.checkpoint.resume
+    if resume == "never":
+        return
+    # Rank 0 chooses (and verifies checksums) once; every rank then loads the same file.
+    chosen, problem = None, None
+    if ctx.is_main:
+        try:
+            found = find_resumable(run_dir) if resume == "auto" else resolve_checkpoint(resume)
+            chosen = str(found) if found is not None else None
+        except CheckpointError as exc:
+            problem = (exc.message, exc.hint)
+    # Every rank learns rank 0's choice, or its error: a rank that stopped alone would leave the others waiting.
+    chosen, problem = dist.broadcast_object((chosen, problem))
+    if problem is not None:
+        error = CheckpointError(*problem)
+        error.agreed = True  # rank 0's verdict, broadcast
+        raise error
+    if chosen is None:
+        return
+    # A sharded checkpoint is read shard by shard into the live (sharded or whole) objects; a .pt is
+    # loaded whole, then handed out shard by shard if this run's model is sharded.
+    from_shards, into_shards = Path(chosen).is_dir(), is_sharded(state.model)
+    payload = load_payload(chosen, map_location=ctx.device, model_weights=not from_shards)
+    if cfg.checkpoint.load == "weights":
+        if from_shards:
+            load_sharded_into(Path(chosen), state.model, None)
+        elif into_shards:
+            load_whole_into_sharded(state.model, None, payload)
+        else:
+            load_model_weights(state.model, payload, chosen)
+        log.info("started a new run from the weights of %s (epoch %d, global step %d); optimizer, schedule and "
+                 "progress start afresh", chosen, payload["epoch"], payload["global_step"])
+        return
+    check_resumable(payload.get("config", {}), cfg.to_dict(), chosen)
+    try:
+        if from_shards:
+            load_sharded_into(Path(chosen), state.model, state.optimizer)
+        elif into_shards:
+            load_whole_into_sharded(state.model, state.optimizer, payload)
+        state.load_payload(payload, is_main=ctx.is_main, weights=not (from_shards or into_shards))
+    except (RuntimeError, KeyError, ValueError) as exc:  # a model or optimizer given to fit that differs
+        raise CheckpointError(f"checkpoint {chosen} does not fit this run's model or optimizer: "
+                              f"{str(exc).splitlines()[0]}", _WAYS_OUT) from None
+    saved_engine = payload.get("engine", "native")
+    if saved_engine != state.engine:
+        # Both engines save plain (unwrapped) state dicts of the same objects, so the state maps as is.
+        log.info("checkpoint written by engine %s, resuming with engine %s: model, optimizer, scheduler, "
+                 "scaler and progress map directly", saved_engine, state.engine)
+    if payload["world_size"] == ctx.world_size:
+        restore_rng(payload["rng"][ctx.rank])
+    else:
+        # Per-rank generator streams have no meaning on another number of ranks. The data order does not
+        # depend on them (it comes from seed + epoch), so only in-model randomness (dropout) changes.
+        seed_everything(cfg.seed + 1_000_003 * payload["global_step"] + ctx.rank)
+        log.warning("resuming a %d-process checkpoint on %d processes: the data order continues exactly; "
+                    "per-rank random generators were re-derived from seed, step and rank",
+                    payload["world_size"], ctx.world_size)
+    p = state.progress
+    log.info("resumed from %s: epoch %d, step %d of the epoch, global step %d", chosen, p.epoch,
+             p.step_in_epoch, p.global_step)

@@ -1,0 +1,197 @@
+"""Where do metrics go? One `Reporter` per run fans them out: console, metrics.jsonl, W&B, plots.
+
+    reporter = Reporter(cfg, ctx, run_dir, model, start_step)   # every rank
+    reporter.after_step(global_step, meter, lr)    # every rank, after a step where wants_step()
+    reporter.log_epoch(epoch, global_step, {"train": ..., "val": ..., "test": ...}, time_s, lr, train_time_s)
+    reporter.close(plots=True)
+
+Step metrics (every log.every_steps steps): the mean train loss and accuracy over the steps since the
+last log, summed over all ranks (one all-reduce, so every rank must call after_step), the learning rate,
+samples/s, step time and the gradient norm. Values reach the host only at these steps, never inside
+the step. Only global rank 0 prints, writes files or talks to W&B; the others log warnings and errors only.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from distrain.config.schema import Config
+from distrain.launch import dist
+from distrain.launch.dist import DistContext
+from distrain.loop.steps import EpochMetrics, TrainMeter
+from distrain.reporting.history import RECORD_KEYS, MetricsLog
+
+log = logging.getLogger("distrain")
+
+
+class GradNormHooks:
+    """Per-parameter gradient norms through tensor hooks (the tutorials' `register_hook`), recorded only
+    for steps the reporter will log: an armed hook stores a device scalar; nothing syncs in the step."""
+
+    def __init__(self, model: nn.Module):
+        self.armed = False
+        self.norms: dict[str, torch.Tensor] = {}
+        self.handles = [p.register_hook(self._hook(name)) for name, p in model.named_parameters() if p.requires_grad]
+
+    def _hook(self, name: str):
+        def record(grad: torch.Tensor) -> None:
+            if self.armed:
+                self.norms[name] = grad.detach().norm()
+        return record
+
+    def take(self) -> dict[str, float]:
+        values = {f"grad_norm/{name}": float(v) for name, v in self.norms.items()}
+        self.norms.clear()
+        return values
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def total_grad_norm(model: nn.Module) -> float:
+    grads = [p.grad.detach() for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return 0.0
+    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+
+
+class Reporter:
+    def __init__(self, cfg: Config, ctx: DistContext, run_dir: Path, model: nn.Module, *, start_step: int,
+                 steps_per_epoch: int, directions: dict[str, Any] | None = None):
+        self.cfg, self.ctx, self.run_dir, self.model = cfg, ctx, run_dir, model
+        self.directions = directions or {}  # metric name -> its torchmetrics object (higher_is_better)
+        self.every = cfg.log.every_steps
+        self.metrics = MetricsLog(run_dir, is_main=ctx.is_main)
+        self.hooks = GradNormHooks(model) if cfg.log.grad_norms else None
+        if self.hooks:
+            self.hooks.armed = (start_step + 1) % self.every == 0
+        self.window_start: torch.Tensor | None = None
+        self.window_time = time.perf_counter()
+        self.window_step = start_step
+        self.wandb = None
+        self.bar = None
+        if ctx.is_main:
+            from distrain.reporting.wandb_run import WandbSink, resolve_mode
+
+            if resolve_mode(cfg.wandb) != "disabled":
+                self.wandb = WandbSink(cfg.wandb, run_dir, cfg.to_dict())
+            show_bar = cfg.log.progress_bar == "always" or (cfg.log.progress_bar == "auto" and sys.stdout.isatty())
+            if show_bar:
+                from tqdm import tqdm
+
+                total = steps_per_epoch * cfg.trainer.epochs
+                self.bar = tqdm(total=total, initial=start_step, unit="step", dynamic_ncols=True)
+        self.best: dict[str, float] = {}
+
+    def start_epoch(self, meter: TrainMeter, global_step: int) -> None:
+        self.window_start = meter.totals().clone()
+        self.window_time, self.window_step = time.perf_counter(), global_step
+
+    def wants_step(self, global_step: int) -> bool:
+        """Whether `after_step` has work after this step: a log step, or arming the gradient-norm hooks
+        for the next one. The loop asks this (cheap) rather than calling after_step every step."""
+        return global_step % self.every == 0 or (self.hooks is not None and (global_step + 1) % self.every == 0)
+
+    def after_step(self, global_step: int, meter: TrainMeter, lr: float) -> None:
+        """Collective at log steps: every rank calls it when `wants_step`."""
+        if global_step % self.every:
+            if self.hooks:
+                self.hooks.armed = (global_step + 1) % self.every == 0
+            return
+        if self.bar is not None:
+            self.bar.update(global_step - self.bar.n)
+        totals = meter.totals()
+        window = dist.all_reduce_sum(totals - self.window_start)
+        *sums, count = window.tolist()
+        elapsed = time.perf_counter() - self.window_time
+        values = {f"train/step_{name}": value / max(count, 1) for name, value in zip(meter.names, sums)}
+        values.update({"lr": lr, "samples_per_s": count / elapsed,
+                  "step_time_s": elapsed / max(global_step - self.window_step, 1),
+                       "grad_norm": total_grad_norm(self.model)})
+        if self.hooks:
+            values.update(self.hooks.take())
+            self.hooks.armed = False
+        if self.ctx.is_main:
+            if self.bar is not None:
+                self.bar.set_postfix(loss=f"{values['train/step_loss']:.4f}",
+                                     samples_s=f"{values['samples_per_s']:.0f}")
+            else:
+                log.info("step %d | loss %.4f | lr %.3g | %.0f samples/s | %.2f ms/step | grad norm %.3g",
+                         global_step, values["train/step_loss"], lr, values["samples_per_s"],
+                         1000 * values["step_time_s"], values["grad_norm"])
+            if self.wandb:
+                self.wandb.log(values, step=global_step)
+        self.window_start = totals.clone()
+        self.window_time, self.window_step = time.perf_counter(), global_step
+
+    def log_epoch(self, epoch: int, global_step: int, splits: dict[str, EpochMetrics], time_s: float,
+                  lr: float, train_time_s: float, skipped_steps: int | None = None) -> None:
+        # Training throughput: the samples of this epoch's steps over the time of the steps (not evaluation).
+        train = splits["train"]
+        extra: dict[str, float] = {"train_time_s": train_time_s,
+                                   "samples_per_s": train.samples / train_time_s if train_time_s > 0 else 0.0}
+        if skipped_steps is not None:
+            extra["skipped_steps"] = skipped_steps  # in the run so far (trainer.on_nonfinite: skip_step)
+        if self.ctx.device.type == "cuda":
+            extra["peak_cuda_mem_gb"] = torch.cuda.max_memory_allocated(self.ctx.device) / 2**30
+        if not self.ctx.is_main:
+            return
+        if self.bar is not None:
+            self.bar.update(global_step - self.bar.n)
+            self.bar.clear()
+        self.metrics.log_epoch(epoch, global_step, splits, time_s, lr=lr, extra=extra)
+        if self.bar is not None:
+            self.bar.refresh()
+        for split, m in splits.items():
+            self._track_best(split, m.values)
+        if self.wandb:
+            values = {f"{split}/{name}": value for split, m in splits.items() for name, value in m.values.items()}
+            self.wandb.log({"epoch": epoch, **values, "epoch_lr": lr, "epoch_time_s": time_s,
+                            **{f"epoch_{k}": v for k, v in extra.items()}}, step=global_step)
+            self.wandb.summarize(self.best)
+
+    def _track_best(self, split: str, values: dict) -> None:
+        """best/<split>_<metric> over the epochs so far (val and test; losses and errors: the lowest)."""
+        if split == "train":
+            return
+        from distrain.loop.metrics import higher_is_better
+
+        for name, value in values.items():
+            if not isinstance(value, (int, float)):
+                continue
+            key = f"best/{split}_{name}"
+            better = max if higher_is_better(name, self.directions.get(name)) else min
+            self.best[key] = better(value, self.best.get(key, value))
+
+    def drop_from_epoch(self, epoch: int) -> None:
+        """On resume: forget records the checkpoint does not cover, and carry the best test figures over."""
+        self.metrics.drop_from_epoch(epoch)
+        if self.ctx.is_main and self.metrics.path.exists():
+            from distrain.reporting.history import read_metrics
+
+            for record in read_metrics(self.run_dir):
+                values = {k: v for k, v in record.items() if k not in RECORD_KEYS}
+                self._track_best(record["split"], values)
+
+    def close(self, *, plots: bool) -> None:
+        if self.hooks:
+            self.hooks.remove()
+        if not self.ctx.is_main:
+            return
+        if self.bar is not None:
+            self.bar.close()
+        if plots and self.metrics.path.exists():
+            from distrain.reporting.plots import plot_runs
+
+            for path in plot_runs([self.run_dir], self.run_dir / "plots"):
+                log.info("wrote %s", path)
+        if self.wandb:
+            self.wandb.finish()
