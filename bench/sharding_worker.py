@@ -42,6 +42,7 @@ def main() -> None:
     dist.init_process_group("gloo")  # distrain reuses a group that exists
     import distrain
     import distrain.loop.state
+    import distrain.loop.trainer
     from distrain.strategies.fsdp import choose_units
 
     world = dist.get_world_size()
@@ -53,13 +54,13 @@ def main() -> None:
                                         "log.every_steps=1000", *overrides])
     baseline = resident()
     figures: dict[str, float] = {}
-    original, original_save, original_close = (distrain.loop.state.Saver.maybe_save_step, distrain.loop.state.Saver.save,
-                                               distrain.loop.state.Saver.close)
+    trainer, saver = distrain.loop.trainer.Trainer, distrain.loop.state.Saver
+    original, original_save, original_close = trainer.maybe_save_step, trainer.save, saver.close
     clock = {"started": 0.0}
     figures["save_call_seconds"] = figures["drain_seconds"] = 0.0
 
     def measure_then_save(self):  # runs after every optimizer step, before the next zero_grad
-        if self.state.progress.global_step == steps:
+        if self.progress.global_step == steps:
             figures["state"] = held_bytes(self.state.model, self.state.optimizer)
             figures["resident_at_step"] = resident()
             figures["peak_by_step"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -67,7 +68,7 @@ def main() -> None:
             figures["largest_unit"] = max((sum(p.numel() * p.element_size() for p in u.parameters())
                                            for u in units), default=0)
         saved = original(self)
-        if self.state.progress.global_step == steps:  # every save of the loop made (a background one staged)
+        if self.progress.global_step == steps:  # every save of the loop made (a background one staged)
             figures["loop_seconds"] = time.perf_counter() - clock["started"]
         return saved
 
@@ -80,9 +81,9 @@ def main() -> None:
                 figures[name] += time.perf_counter() - begun
         return call
 
-    distrain.loop.state.Saver.maybe_save_step = measure_then_save
-    distrain.loop.state.Saver.save = timed("save_call_seconds", original_save)  # the training thread in save()
-    distrain.loop.state.Saver.close = timed("drain_seconds", original_close)  # the wait for the last write
+    trainer.maybe_save_step = measure_then_save
+    trainer.save = timed("save_call_seconds", original_save)  # the training thread in save()
+    saver.close = timed("drain_seconds", original_close)  # the wait for the last write
     clock["started"] = time.perf_counter()
     distrain.fit(cfg)
     figures["fit_seconds"] = time.perf_counter() - clock["started"]  # floats among the byte counts

@@ -224,7 +224,7 @@ def run_distrain(w: Workload) -> tuple[int, float]:
 
     with tempfile.TemporaryDirectory() as run_dir, contextlib.redirect_stdout(io.StringIO()):
         cfg = replace(w.cfg, run=replace(w.cfg.run, dir=run_dir))
-        train(cfg, environ={})
+        train(cfg)
         records = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
     train_records = [r for r in records if r["split"] == "train"]
     return sum(r["samples"] for r in train_records), sum(r["train_time_s"] for r in train_records)
@@ -242,7 +242,7 @@ def run_distrain_api(w: Workload) -> tuple[int, float]:
         cfg = replace(w.cfg, run=replace(w.cfg.run, dir=run_dir))
         test = (w.data.subset(torch.arange(256), evaluation=True) if hasattr(w.data, "subset")
                 else TensorDataset(*(t[:256] for t in w.data.tensors)))
-        distrain.fit(cfg, model=w.model(), train_data=w.data, test_data=test, loss=loss, environ={})
+        distrain.fit(cfg, model=w.model(), train_data=w.data, test_data=test, loss=loss)
         records = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
     train_records = [r for r in records if r["split"] == "train"]
     return sum(r["samples"] for r in train_records), sum(r["train_time_s"] for r in train_records)

@@ -11,10 +11,10 @@ Nothing happens at import: no environment reads or writes, no torch import (the 
 when first used).
 """
 
-from distrain.version import __version__
+from distrain.version import __version__ as __version__
 
-__all__ = ["ConfigError", "DataSets", "UserError", "fit", "is_main_process", "load_config", "predict", "register",
-           "run"]
+__all__ = ["ConfigError", "DataSets", "FitResult", "UserError", "fit", "is_main_process", "load_config", "predict",
+           "register", "run"]
 
 
 def __getattr__(name: str):
@@ -30,6 +30,10 @@ def __getattr__(name: str):
         from distrain.config.registry import register
 
         return register
+    if name == "FitResult":
+        from distrain.loop.result import FitResult
+
+        return FitResult
     if name == "DataSets":
         from distrain.data.datasets import DataSets
 

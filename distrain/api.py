@@ -8,7 +8,7 @@
     model = SimpleClassifier(2, 4, 1)
     result = distrain.fit(cfg, model=model, train_data=XORDataset(2500, seed=1), test_data=XORDataset(500, seed=2),
                           loss=nn.BCEWithLogitsLoss(), metrics={"f1": BinaryF1Score()})
-    # result["test_loss"], result["test_f1"], ... on every rank; `model` now holds the trained weights
+    # result.test["loss"], result.test["f1"] (or result["test_f1"]) on every rank; `model` holds the trained weights
     preds = distrain.predict(cfg, model=model, data=XORDataset(500, seed=2))  # outputs in data set order
 
 The same script runs unchanged in one process (`python train.py CONFIG`), under
@@ -23,13 +23,13 @@ import os
 from typing import Any, Callable, Mapping
 
 from distrain.config.schema import Config
+from distrain.loop.result import FitResult
 
 
 def fit(cfg: Config, *, model: Any = None, train_data: Any = None, test_data: Any = None, val_data: Any = None,
-        loss: Any = None, metrics: Mapping[str, Any] | None = None, optimizer: Any = None,
-        environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
-    """Train; returns the final metrics on every rank: test_loss and test_<name> for every metric (and
-    val_*, train_*), global_step, epochs_done, stopped, run_dir. Must run on every rank.
+        loss: Any = None, metrics: Mapping[str, Any] | None = None, optimizer: Any = None) -> FitResult:
+    """Train; returns a FitResult on every rank: the final figures per split (`result.test["loss"]`, also
+    `result["test_loss"]`), global_step, epochs_done, stopped, trained, run_dir. Must run on every rank.
 
     model: an nn.Module (trained in place: afterwards it holds the trained weights, unwrapped, on every
     rank). train_data/val_data/test_data: torch Datasets whose samples are (x, y), (x1, ..., y) or dicts;
@@ -42,24 +42,24 @@ def fit(cfg: Config, *, model: Any = None, train_data: Any = None, test_data: An
 
     given = Given(model=model, train_data=train_data, val_data=val_data, test_data=test_data, loss=loss,
                   metrics=dict(metrics) if metrics else None, optimizer=optimizer)
-    return train(cfg, environ, given)
+    return train(cfg, given)
 
 
 def predict(cfg: Config, *, model: Any = None, data: Any = None, checkpoint: str | None = None,
-            split: str = "test", environ: Mapping[str, str] = os.environ) -> Any:
+            split: str = "test") -> Any:
     """The model's outputs for every sample of `data` (default: the config's `split`), in data set order,
     on every rank; `checkpoint`: a .pt file or a run directory. Must run on every rank."""
     from distrain.loop.prediction import predict as run_predict
 
-    return run_predict(cfg, model=model, data=data, checkpoint=checkpoint, split=split, environ=environ)
+    return run_predict(cfg, model=model, data=data, checkpoint=checkpoint, split=split)
 
 
-def is_main_process(environ: Mapping[str, str] = os.environ) -> bool:
+def is_main_process() -> bool:
     """Whether this process is global rank 0 (under any launcher; read from the environment), the one
     that should print results or write files of its own."""
     from distrain.launch.env import detect
 
-    return detect(environ).rank == 0
+    return detect(os.environ).rank == 0
 
 
 def run(main: Callable[..., Any], *args: Any) -> None:

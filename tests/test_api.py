@@ -220,9 +220,10 @@ def test_fit_trains_the_users_model_in_place_and_returns_metrics(tmp_path):
     model = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 2))  # two logits for two classes
     before = [p.detach().clone() for p in model.parameters()]
     result = distrain.fit(base_cfg(tmp_path), model=model, train_data=TensorDataset(x, y),
-                          test_data=TensorDataset(tx, ty), environ={})
+                          test_data=TensorDataset(tx, ty))
     # Two classes with two outputs and loss auto: cross-entropy, not one-logit BCE (no shape error).
-    assert {"test_loss", "test_accuracy", "train_loss", "global_step"} <= set(result) and result["test_samples"] == 101
+    assert {"test_loss", "test_accuracy", "train_loss", "global_step"} <= set(result) and result.samples["test"] == 101
+    assert result.trained and result.test["loss"] == result["test_loss"] and result.epochs_done == 3
     saved = final_weights(tmp_path)
     assert all(torch.equal(p.detach(), saved[k]) for k, p in model.state_dict().items())
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
@@ -239,8 +240,7 @@ def test_fit_with_an_optimizer_and_a_function_metric(tmp_path):
                                 "trainer": {"epochs": 2}, "wandb": {"mode": "disabled"}, "log": {"plots": False}})
     data = TensorDataset(x, y.float())
     result = distrain.fit(cfg, model=model, train_data=data, test_data=data, loss=nn.MSELoss(), optimizer=optimizer,
-                          metrics={"within": lambda preds, targets: ((preds - targets).abs() < 0.5).double()},
-                          environ={})
+                          metrics={"within": lambda preds, targets: ((preds - targets).abs() < 0.5).double()})
     with torch.no_grad():
         within = ((model(x).squeeze(1) - y.float()).abs() < 0.5).double().mean().item()
     assert result["test_within"] == pytest.approx(within, abs=1e-12) and "test_accuracy" not in result
@@ -276,9 +276,9 @@ def test_dict_samples_and_several_inputs_train_alike(tmp_path):
     for name, train in (("dict", data), ("tensors", TensorDataset(data.x[:, :1], data.x[:, 1:], data.y))):
         torch.manual_seed(0)
         model = AddNet()
-        runs[name] = distrain.fit(base_cfg(tmp_path / name), model=model, train_data=train, test_data=train,
-                                  loss=nn.BCEWithLogitsLoss(), environ={})
-        runs[name]["weights"] = {k: v.clone() for k, v in model.state_dict().items()}
+        result = distrain.fit(base_cfg(tmp_path / name), model=model, train_data=train, test_data=train,
+                              loss=nn.BCEWithLogitsLoss())
+        runs[name] = {**result.as_dict(), "weights": {k: v.clone() for k, v in model.state_dict().items()}}
     assert all(torch.equal(runs["dict"]["weights"][k], runs["tensors"]["weights"][k]) for k in runs["dict"]["weights"])
     assert runs["dict"]["test_accuracy"] == runs["tensors"]["test_accuracy"]
 
@@ -288,7 +288,7 @@ def test_a_sigmoid_before_a_logits_loss_is_refused(tmp_path):
     model = nn.Sequential(nn.Linear(2, 1), nn.Sigmoid())
     with pytest.raises(ConfigError) as info:
         distrain.fit(base_cfg(tmp_path), model=model, train_data=TensorDataset(x, y), test_data=TensorDataset(x, y),
-                     loss=nn.BCEWithLogitsLoss(), environ={})
+                     loss=nn.BCEWithLogitsLoss())
     assert info.value.key == "loss.name" and "Sigmoid" in str(info.value)
     assert not (tmp_path / "config.yaml").exists()  # refused before the run directory is written
 
@@ -297,7 +297,7 @@ def test_outputs_that_would_broadcast_are_refused(tmp_path):
     x, y = xor_tensors(64, 5)
     with pytest.raises(ConfigError) as info:
         distrain.fit(base_cfg(tmp_path), model=nn.Linear(2, 3), train_data=TensorDataset(x, y.float()),
-                     test_data=TensorDataset(x, y.float()), loss=nn.MSELoss(), environ={})
+                     test_data=TensorDataset(x, y.float()), loss=nn.MSELoss())
     assert info.value.key == "model" and "broadcast" in str(info.value)
 
 
@@ -305,7 +305,7 @@ def test_float_targets_without_a_loss_ask_for_one(tmp_path):
     x, y = xor_tensors(64, 5)
     with pytest.raises(ConfigError) as info:
         distrain.fit(base_cfg(tmp_path), model=nn.Linear(2, 1), train_data=TensorDataset(x, y.float()),
-                     test_data=TensorDataset(x, y.float()), environ={})
+                     test_data=TensorDataset(x, y.float()))
     assert info.value.key == "loss.name" and "mse" in str(info.value)
 
 
@@ -325,7 +325,7 @@ def test_register_gives_a_short_name(tmp_path):
     distrain.register("model", "tiny_xor_net", lambda num_inputs, num_outputs: nn.Linear(num_inputs, num_outputs))
     cfg = distrain.load_config("configs/xor.yaml", [f"run.dir={tmp_path}", "model.name=tiny_xor_net", "model.args={}",
                                                     "trainer.epochs=1", "wandb.mode=disabled", "log.plots=false"])
-    result = distrain.fit(cfg, environ={})
+    result = distrain.fit(cfg)
     assert result["test_samples"] == 500 and final_weights(tmp_path)["weight"].shape == (1, 2)
 
 
@@ -345,6 +345,6 @@ def test_any_torch_optimizer_by_import_path(tmp_path):
     x, y = xor_tensors(256, 6)
     cfg = base_cfg(tmp_path, "optim.name=torch.optim:NAdam", "optim.lr=0.01", "optim.args={momentum_decay: 0.004}")
     model = nn.Linear(2, 1)
-    distrain.fit(cfg, model=model, train_data=TensorDataset(x, y), test_data=TensorDataset(x, y), environ={})
+    distrain.fit(cfg, model=model, train_data=TensorDataset(x, y), test_data=TensorDataset(x, y))
     state = load_payload(find_resumable(tmp_path))["optimizer"]
     assert state["param_groups"][0]["momentum_decay"] == 0.004 and "mu_product" in state["state"][0]

@@ -3,6 +3,7 @@ saves non-finite weights; skip_step skips exactly the steps whose gradients are 
 
 from __future__ import annotations
 
+import os
 import json
 
 import pytest
@@ -85,7 +86,8 @@ def _fit(run_dir, model, environ, mode):
                                 "trainer": {"epochs": 4, "on_nonfinite": mode}, "log": {"plots": False},
                                 "wandb": {"mode": "disabled"}})
     train, test = _data()
-    result = distrain.fit(cfg, model=model, train_data=train, test_data=test, environ=environ)
+    os.environ.update(environ)  # a spawned rank's launcher variables (the fixture restores the environment)
+    result = distrain.fit(cfg, model=model, train_data=train, test_data=test)
     return result, {k: v.clone() for k, v in model.net.state_dict().items()}
 
 
@@ -95,7 +97,7 @@ def _skip_vs_zero(rank, world, port, out):
     # NaN on the last rank only: the averaged gradient is NaN everywhere and every rank skips.
     result, weights = _fit(out / "nan", PoisonedMLP(STEPS, float("nan"), ranks=(world - 1,), rank=rank),
                            environ, "skip_step")
-    torch.save({"result": result, "weights": weights}, out / f"rank{rank}.pt")
+    torch.save({"result": result.as_dict(), "weights": weights}, out / f"rank{rank}.pt")
 
 
 def _check_skips(result, weights, reference_weights, run_dir):

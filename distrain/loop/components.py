@@ -132,8 +132,10 @@ def _build_metrics(cfg: Config, given: Given) -> dict[str, Any]:
     return metrics
 
 
-def build_optimizer_for(cfg: Config, model: nn.Module, given: Given) -> tuple[Any, float]:
-    """The optimizer and its base learning rate (for the schedule)."""
+def build_optimizer_for(cfg: Config, model: nn.Module, given: Given,
+                        replaces_parameters: bool = False) -> tuple[Any, float]:
+    """The optimizer and its base learning rate (for the schedule). `replaces_parameters`: the strategy
+    swapped the model's parameters for new ones (fsdp), so an optimizer object built before cannot serve."""
     from distrain.loop.optim import build_optimizer
 
     chosen = given.optimizer
@@ -142,7 +144,7 @@ def build_optimizer_for(cfg: Config, model: nn.Module, given: Given) -> tuple[An
             raise ConfigError("optim.lr", "required key is missing (no optimizer was given)",
                               "set optim.lr (and optim.name) in the config, or pass optimizer= to distrain.fit")
         return build_optimizer(cfg.optim, model.parameters()), cfg.optim.lr
-    if isinstance(chosen, torch.optim.Optimizer) and cfg.strategy == "fsdp":
+    if isinstance(chosen, torch.optim.Optimizer) and replaces_parameters:
         raise ConfigError("optimizer", "an optimizer object cannot be given with strategy=fsdp: sharding "
                           "replaces the model's parameters, so the optimizer would step stale ones",
                           "pass a function of the parameters instead, e.g. "

@@ -18,7 +18,8 @@ from distrain.config.schema import Config
 from distrain.launch.dist import distributed
 from distrain.launch.env import detect
 from distrain.loop.components import Given, build_parts
-from distrain.loop.trainer import evaluate_splits, setup_logging
+from distrain.loop.steps import evaluate_splits
+from distrain.reporting.console import setup_logging
 
 
 def evaluate_checkpoint(cfg: Config, path: str, environ: Mapping[str, str] = os.environ,

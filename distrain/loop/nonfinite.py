@@ -37,21 +37,21 @@ _NONE = 2**62  # "no non-finite step seen" in the MIN all-reduce
 class NonFiniteGuard:
     """Watches the step losses (stop) or decides each step (skip_step). `check` is collective."""
 
-    def __init__(self, mode: str, model: nn.Module, device: torch.device, progress: Any, *,
+    def __init__(self, mode: str, model: nn.Module, device: torch.device, *, start_step: int,
                  steps_per_epoch: int, scaler: Any = None, last_good: Callable[[], str | None] = lambda: None):
         self.mode, self.model, self.device = mode, model, device
-        self.progress = progress  # the run's Progress: skips are counted in progress.skipped_steps
         self.steps_per_epoch, self.last_good = steps_per_epoch, last_good
         self.scaler = scaler
         self._losses: list[torch.Tensor] = []  # this rank's step losses since the last scan
-        self._base = progress.global_step  # the global step before self._losses[0]
+        self._base = start_step  # the global step before self._losses[0]
         self._first_bad: int | None = None  # this rank's first non-finite step, found by a scan
         self._clean_at = -1  # the step of the last check that found everything finite
 
     # ------------------------------------------------------------------------------------------ per step
 
     def allows_step(self, loss: torch.Tensor) -> bool:
-        """Called once per optimizer step, after backward, with the step's loss (this rank's)."""
+        """Called once per optimizer step, after backward, with the step's loss (this rank's). False: skip
+        the step (the trainer counts it in the run's Progress)."""
         if self.mode == "stop":
             self._losses.append(loss.detach())
             if len(self._losses) >= 1024:  # bounds what is held; one host read per 1024 steps
@@ -65,9 +65,8 @@ class NonFiniteGuard:
         # agree, so that no rank steps while another skips.
         bad = dist.any_true(not bool(finite.all()), self.device)
         if bad:
-            self.progress.skipped_steps += 1
-            log.warning("global step %d: NaN or Inf in the loss or the gradients: optimizer step skipped "
-                        "(%d skipped so far)", self._base + 1, self.progress.skipped_steps)
+            log.warning("global step %d: NaN or Inf in the loss or the gradients: optimizer step skipped",
+                        self._base + 1)
         self._base += 1
         return not bad
 

@@ -1,5 +1,5 @@
-"""Optimizers by name (any torch.optim class, or a user's by import path), clearing gradients, and
-gradient clipping.
+"""Optimizers by name (any torch.optim class, or a user's by import path), and clearing gradients (gradient
+clipping is the strategy's: distrain.strategies).
 
     optim: {name: sgd, lr: 0.1, args: {momentum: 0.9, nesterov: true}}
     optim: {name: torch.optim:NAdam, lr: 0.002, args: {momentum_decay: 0.004}}
@@ -48,11 +48,3 @@ def zero_grad(optimizer: torch.optim.Optimizer) -> None:
 
 
 _TORCH_ZERO_GRAD = torch.optim.Optimizer.zero_grad
-
-
-def clip_gradients(model: nn.Module, cfg: OptimConfig) -> None:
-    """Clip after backward, when DDP has already averaged the gradients: every rank clips the same values."""
-    if cfg.clip_grad_value is not None:
-        nn.utils.clip_grad_value_(model.parameters(), cfg.clip_grad_value)
-    if cfg.clip_grad_norm is not None:
-        nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)

@@ -38,7 +38,7 @@ def predict(cfg: Config, *, model: torch.nn.Module | None = None, data: Any = No
     """The model's outputs for every sample of `data` (default: the config's `split`), in order, on every
     rank. `checkpoint`: a .pt file or a run directory (its newest complete checkpoint); without one, the
     model's current weights. Must run on every rank."""
-    from distrain.loop.trainer import setup_logging
+    from distrain.reporting.console import setup_logging
 
     env = detect(environ)
     setup_logging(env.rank)

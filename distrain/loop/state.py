@@ -2,8 +2,8 @@
 
 `TrainState` holds everything a run needs to continue exactly: model, optimizer, LR scheduler, gradient
 scaler, stopper, progress (epoch, step inside the epoch, global step) and the epoch's running train sums.
-`Saver` decides when to save (every N steps, every N epochs, on a stop) and `maybe_resume` loads the
-checkpoint that `checkpoint.resume` names. Both are collective: every rank calls them.
+`Saver` decides when to save (every N steps, every N epochs, the last epoch) and writes; `maybe_resume` loads
+the checkpoint that `checkpoint.resume` names. Both are collective: every rank calls them.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from distrain.version import __version__
 from distrain.checkpoint.background import BackgroundSaves
 from distrain.checkpoint.files import CheckpointError
 from distrain.checkpoint.sharded import load_sharded_into, load_whole_into_sharded
@@ -28,26 +27,43 @@ from distrain.checkpoint.store import (
     restore_rng,
     save_checkpoint,
 )
-from distrain.config.schema import Config
+from distrain.config.schema import CheckpointConfig, Config
 from distrain.launch import dist
 from distrain.launch.dist import DistContext
-from distrain.loop.nonfinite import NonFiniteGuard
 from distrain.loop.seeding import seed_everything
-from distrain.loop.steps import EpochMetrics, TrainMeter
+from distrain.loop.steps import TrainMeter
 from distrain.loop.stopping import Stopper
 from distrain.strategies.fsdp import is_sharded
+from distrain.version import __version__
 
 log = logging.getLogger("distrain")
 
 
 @dataclass
 class Progress:
-    """Where training stands. Independent of the number of ranks (steps are global batches)."""
+    """Where training stands. Independent of the number of ranks (steps are global batches). The trainer
+    alone moves it (advance, end_epoch); a resume loads it in place."""
 
     epoch: int = 0  # the epoch in progress
     step_in_epoch: int = 0  # global batches of that epoch already trained
     global_step: int = 0  # optimizer steps since the start of the run
     skipped_steps: int = 0  # of those, steps skipped for non-finite values (trainer.on_nonfinite: skip_step)
+
+    def advance(self, *, step_in_epoch: int, skipped: bool) -> None:
+        """One optimizer step taken (or skipped, its batch used up all the same)."""
+        self.step_in_epoch, self.global_step = step_in_epoch, self.global_step + 1
+        self.skipped_steps += skipped
+
+    def end_epoch(self) -> None:
+        self.epoch, self.step_in_epoch = self.epoch + 1, 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
+                "skipped_steps": self.skipped_steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
+        self.global_step, self.skipped_steps = state["global_step"], state.get("skipped_steps", 0)
 
 
 @dataclass
@@ -61,10 +77,11 @@ class TrainState:
     engine: str = "native"  # recorded in checkpoints; either engine loads the other's (same state dicts)
     progress: Progress = field(default_factory=Progress)
 
-    def to_payload(self, cfg: Config, world_size: int, metrics: dict[str, float], *,
-                   weights: bool = True) -> dict[str, Any]:
-        """The checkpoint contents. Collective (sums the running totals over ranks). `weights=False`: without
-        the model and optimizer (a sharded checkpoint writes those from every rank)."""
+    def to_payload(self, config: dict[str, Any], world_size: int, metrics: dict[str, float],
+                   epoch_totals: torch.Tensor, *, weights: bool = True) -> dict[str, Any]:
+        """The checkpoint contents (no collective: `epoch_totals` are the epoch's train sums, already summed
+        over the ranks by the caller). `weights=False`: without the model and optimizer (a sharded
+        checkpoint writes those from every rank)."""
         # The learning rate is a pure function of the global step; a constant schedule is not stepped in
         # the loop (it would cost a Python call per step), so its counter is brought up to date here.
         self.scheduler.last_epoch = self.progress.global_step
@@ -73,10 +90,7 @@ class TrainState:
             "engine": self.engine,
             "distrain_version": __version__,
             "torch_version": str(torch.__version__),
-            "epoch": self.progress.epoch,
-            "step_in_epoch": self.progress.step_in_epoch,
-            "global_step": self.progress.global_step,
-            "skipped_steps": self.progress.skipped_steps,
+            **self.progress.state_dict(),
             "world_size": world_size,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -84,8 +98,8 @@ class TrainState:
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "stopper": self.stopper.state_dict(),
             # The epoch's train sums over all ranks, so a mid-epoch resume still reports the whole epoch.
-            "epoch_totals": dist.all_reduce_sum(self.meter.totals().clone()).cpu(),
-            "config": cfg.to_dict(),
+            "epoch_totals": epoch_totals.cpu(),
+            "config": config,
             "metrics": metrics,
         }
         if not weights:
@@ -104,58 +118,47 @@ class TrainState:
         # The saved sums already cover every rank: give them to one rank, zeros to the rest.
         totals = payload["epoch_totals"]
         self.meter.load(totals if is_main else torch.zeros_like(totals))
-        self.progress = Progress(payload["epoch"], payload["step_in_epoch"], payload["global_step"],
-                                 payload.get("skipped_steps", 0))
+        self.progress.load_state_dict(payload)  # in place: whoever holds the run's Progress sees it
 
 
 class Saver:
-    """When to save. `save` is collective (see checkpoint.save_checkpoint)."""
+    """When to save (every N steps, every N epochs, the last epoch), and writing what the trainer hands it.
+    `save` is collective (see checkpoint.store.save_checkpoint)."""
 
-    def __init__(self, cfg: Config, ctx: DistContext, run_dir: Path, state: TrainState,
-                 best_higher_is_better: bool = False, guard: NonFiniteGuard | None = None,
-                 steps_per_epoch: int | None = None):
-        self.cfg, self.ctx, self.run_dir, self.state = cfg, ctx, run_dir, state
-        self.steps_per_epoch = steps_per_epoch
+    def __init__(self, cfg: CheckpointConfig, run_dir: Path, ctx: DistContext, *, epochs: int, steps_per_epoch: int,
+                 sharded: bool, best_higher_is_better: bool = False):
+        self.cfg, self.run_dir, self.ctx = cfg, run_dir, ctx
+        self.epochs, self.steps_per_epoch = epochs, steps_per_epoch
+        self.sharded = sharded  # the strategy's checkpoint format: every rank's shards, or one .pt
         self.best_higher_is_better = best_higher_is_better  # of checkpoint.monitor
-        self.guard = guard  # checked before every save: non-finite weights never replace good ones
-        self.background = (BackgroundSaves(sharded=cfg.strategy == "fsdp") if cfg.checkpoint.async_save
+        self.background = (BackgroundSaves(sharded=sharded) if cfg.async_save
                            else None)  # checkpoint.async_save: the writes run in a thread of their own
 
-    def maybe_save_step(self) -> bool:
-        every = self.cfg.checkpoint.every_steps
-        if not every or self.state.progress.global_step % every or self._epoch_save_follows():
-            return False
-        self.save()
-        return True
+    def should_save_step(self, progress: Progress) -> bool:
+        every = self.cfg.every_steps
+        return bool(every) and not progress.global_step % every and not self._epoch_save_follows(progress)
 
-    def _epoch_save_follows(self) -> bool:
+    def _epoch_save_follows(self, p: Progress) -> bool:
         """The step just taken ends an epoch whose own save (after its evaluation) writes this same global
         step with the epoch's metrics: saving it twice would double that save's cost for nothing."""
-        p, every = self.state.progress, self.cfg.checkpoint.every_epochs
+        every = self.cfg.every_epochs
         return bool(every and p.step_in_epoch == self.steps_per_epoch
-                    and ((p.epoch + 1) % every == 0 or p.epoch + 1 == self.cfg.trainer.epochs))
+                    and ((p.epoch + 1) % every == 0 or p.epoch + 1 == self.epochs))
 
-    def maybe_save_epoch(self, splits: dict[str, EpochMetrics], *, last: bool) -> None:
-        every = self.cfg.checkpoint.every_epochs
-        # The last epoch (also an early stop) is always saved when epoch saves are on.
-        if every and (self.state.progress.epoch % every == 0 or last):
-            self.save({f"{split}_{name}": value for split, m in splits.items()
-                       for name, value in m.values.items() if isinstance(value, (int, float))})
+    def should_save_epoch(self, progress: Progress, *, last: bool) -> bool:
+        """After an epoch ended (progress.epoch counts it). The last epoch (also an early stop) is always saved
+        when epoch saves are on."""
+        every = self.cfg.every_epochs
+        return bool(every) and (progress.epoch % every == 0 or last)
 
-    def save(self, metrics: dict[str, float] | None = None) -> Path:
-        ckpt = self.cfg.checkpoint
-        if self.guard is not None:
-            self.guard.check()
-        # strategy fsdp: every rank writes its shards of model and optimizer (also in one process, so the
-        # run can move between 1 and N processes with one checkpoint format).
-        shards = (self.state.model, self.state.optimizer) if self.cfg.strategy == "fsdp" else None
-        payload = self.state.to_payload(self.cfg, self.ctx.world_size, metrics or {}, weights=shards is None)
+    def save(self, payload: dict[str, Any], shards: tuple[nn.Module, Any] | None) -> Path:
+        """Write `payload` (and, sharded, every rank's `shards` of model and optimizer). Collective."""
+        ckpt = self.cfg
         path = save_checkpoint(self.run_dir, payload, keep_last=ckpt.keep_last, keep_best=ckpt.keep_best,
                                monitor=ckpt.monitor, higher_is_better=self.best_higher_is_better,
                                is_main=self.ctx.is_main, shards=shards, background=self.background)
-        progress = self.state.progress
         log.info("%s %s (epoch %d, step %d of the epoch)", "saving in the background" if self.background else
-                 "saved", path, progress.epoch, progress.step_in_epoch)
+                 "saved", path, payload["epoch"], payload["step_in_epoch"])
         return path
 
     def close(self, *, agree: bool) -> None:

@@ -1,4 +1,5 @@
-"""What is one epoch? `train_one_epoch` and `evaluate`, the same code for every launcher and both engines.
+"""What is one step, and what is an evaluation? `train_step` and `evaluate`, the same code for every launcher
+and every strategy.
 
 Metrics count every sample exactly once. Training: the step hands its outputs to a `TrainMeter` (list
 appends: no host sync and no extra kernels in the step), which turns them into per-sample loss and
@@ -10,7 +11,7 @@ per batch and computed once (distrain.metrics).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -23,7 +24,7 @@ from distrain.loop.metrics import MetricSet
 from distrain.loop.nonfinite import NonFiniteGuard
 from distrain.loop.objective import Objective
 from distrain.loop.optim import zero_grad
-from distrain.strategies import Engine
+from distrain.strategies.base import Strategy
 from distrain.strategies.fsdp import is_sharded
 
 
@@ -109,51 +110,36 @@ class TrainMeter:
         self.load(torch.zeros_like(self._totals))
 
 
-def train_one_epoch(engine: Engine, model: nn.Module, optimizer: Any, batches: Iterable[Batch],
-                    objective: Objective, optim_cfg: OptimConfig, *, world_size: int, meter: TrainMeter,
-                    guard: NonFiniteGuard, accumulate_steps: int = 1, scheduler: Any = None,
-                    after_step: Callable[[int], None] | None = None) -> None:
-    """Train on this rank's batches. Each batch is this rank's share of one global batch: one optimizer
-    step, run as `accumulate_steps` micro-batches whose gradients add up to the same total.
-
-    `guard` sees each step's loss and may veto the optimizer step (trainer.on_nonfinite: skip_step); a
-    skipped step still uses up its batch and steps the scheduler, so the data order and the learning rate
-    stay functions of the global step.
-    `scheduler` (None when the learning rate is constant) steps once per optimizer step.
-    `after_step(step)` runs after every optimizer step on every rank (saving, logging, stop requests: see
-    distrain.train); it ends the epoch early by raising. Must run on every rank: backward all-reduces.
+def train_step(strategy: Strategy, model: nn.Module, optimizer: Any, batch: Batch, objective: Objective,
+               clip: OptimConfig, *, world_size: int, micro_batches: int, meter: TrainMeter,
+               guard: NonFiniteGuard) -> bool:
+    """One optimizer step on this rank's share of one global batch, run as `micro_batches` micro-batches
+    whose gradients add up to the same total (one micro-batch: no accumulation, the same path). Returns
+    whether the optimizer stepped: `guard` sees the step's loss and may veto it (trainer.on_nonfinite:
+    skip_step); a vetoed step's samples stay out of the train metrics. Must run on every rank: backward
+    reduces the gradients.
     """
-    model.train()
-    for batch in batches:
-        zero_grad(optimizer)
-        if accumulate_steps == 1:
-            with engine.autocast():
-                outputs = call_model(model, batch.inputs)
-                loss = objective.step_loss(outputs, batch.targets, world_size, batch.global_size)
-            engine.backward(loss)
-            if guard.allows_step(loss):
-                engine.step(optimizer, model, optim_cfg)
-                meter.add(outputs, batch.targets)
-        else:
-            micro = zip(split(batch.inputs, accumulate_steps), split(batch.targets, accumulate_steps))
-            seen, step_loss = [], None
-            for index, (inputs, targets) in enumerate(micro):
-                with engine.accumulate(model, is_last=index == accumulate_steps - 1):
-                    with engine.autocast():
-                        outputs = call_model(model, inputs)
-                        # Summed (not averaged) micro-batch losses: their gradients add up to the step's.
-                        loss = objective.step_loss(outputs, targets, world_size, batch.global_size, average=False)
-                    engine.backward(loss)
-                seen.append((outputs, targets))
-                step_loss = loss.detach() if step_loss is None else step_loss + loss.detach()
-            if guard.allows_step(step_loss):
-                engine.step(optimizer, model, optim_cfg)
-                for outputs, targets in seen:
-                    meter.add(outputs, targets)
-        if scheduler is not None:
-            scheduler.step()
-        if after_step is not None:
-            after_step(batch.step)
+    zero_grad(optimizer)
+    pieces = ((batch.inputs, batch.targets),) if micro_batches == 1 else \
+        tuple(zip(split(batch.inputs, micro_batches), split(batch.targets, micro_batches)))
+    seen, step_loss = [], None
+    for index, (inputs, targets) in enumerate(pieces):
+        with strategy.sync_gradients(model, is_last=index == micro_batches - 1):
+            with strategy.autocast():
+                outputs = call_model(model, inputs)
+                # One micro-batch: its weighted mean (one kernel). Several: weighted sums, whose gradients
+                # add up to the step's.
+                loss = objective.step_loss(outputs, targets, world_size, batch.global_size,
+                                           average=micro_batches == 1)
+            strategy.backward(loss)
+        seen.append((outputs, targets))
+        step_loss = loss if step_loss is None else step_loss + loss.detach()
+    if not guard.allows_step(step_loss):
+        return False
+    strategy.step(optimizer, model, clip)
+    for outputs, targets in seen:
+        meter.add(outputs, targets)
+    return True
 
 
 @torch.no_grad()
@@ -197,3 +183,11 @@ def predict_outputs(model: nn.Module, batches) -> list[Any]:
 
     model.eval()
     return [tree_map(lambda t: t.detach().cpu(), call_model(model, batch.inputs)) for batch in batches]
+
+
+def evaluate_splits(parts: Any, ctx: Any, sum_over_ranks: Callable[[torch.Tensor], torch.Tensor] | None = None
+                    ) -> dict[str, EpochMetrics]:
+    """Metrics of the val and test splits (those that exist) of a run's parts (distrain.loop.components).
+    Collective."""
+    return {split: evaluate(parts.model, batches, metrics, ctx.device, sum_over_ranks)
+            for split, (batches, metrics) in parts.evals.items()}

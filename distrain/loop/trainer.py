@@ -7,8 +7,15 @@
     srun --ntasks=4 distrain train configs/xor.yaml                              # inside a SLURM allocation
     distrain train configs/xor.yaml optim.lr=0.05 trainer.epochs=10              # dotted overrides
 
-The run loop, in order: resume, then for each epoch: train (saving every N steps and stopping on a
-signal), evaluate, log, decide whether to stop early, checkpoint.
+`train` joins the process group and builds the run (`Trainer`); `Trainer.fit` is the story:
+
+    resume
+    for each epoch:
+        for each step: train_step, advance, log, save, check signals
+        evaluate, log, stop?, save
+
+Every rank runs all of it. The collectives happen where this file says so (sums of the train metrics,
+the stop verdict, the signal check, saves), never inside a serialiser or a logger.
 """
 
 from __future__ import annotations
@@ -16,12 +23,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from distrain.version import __version__
 from distrain.atomic import atomic_write_bytes
 from distrain.checkpoint.ownership import own_run_dir
 from distrain.config.parse import dump_config
@@ -35,20 +40,23 @@ from distrain.launch.signals import Interrupted, StopSignals
 from distrain.launch.slurm import maybe_requeue, resolve_run_dir
 from distrain.loop.components import Given, Parts, build_optimizer_for, build_parts, log_parts, monitor_direction
 from distrain.loop.nonfinite import NonFiniteGuard
+from distrain.loop.result import FitResult
 from distrain.loop.schedule import build_scheduler, is_constant
 from distrain.loop.state import Saver, TrainState, maybe_resume
-from distrain.loop.steps import EpochMetrics, TrainMeter, evaluate, train_one_epoch
+from distrain.loop.steps import EpochMetrics, TrainMeter, evaluate_splits, train_step
 from distrain.loop.stopping import Stopper
+from distrain.reporting.console import setup_logging
 from distrain.reporting.report import Reporter
-from distrain.strategies import build_engine
-from distrain.strategies.fsdp import shard_model
+from distrain.strategies import build_strategy
+from distrain.strategies.base import Strategy
+from distrain.version import __version__
 
 log = logging.getLogger("distrain")
 
 
-def train(cfg: Config, environ: Mapping[str, str] = os.environ, given: Given | None = None) -> dict[str, Any]:
-    """Run the whole training; returns the final metrics (test_loss, test_<metric>, val_..., train_...).
-    `given`: the user's objects from distrain.fit. Must run on every rank."""
+def train(cfg: Config, given: Given | None = None, environ: Mapping[str, str] = os.environ) -> FitResult:
+    """Run the whole training; returns its FitResult on every rank. `given`: the user's objects from
+    distrain.fit. Must run on every rank."""
     env = detect(environ)
     check_against_env(cfg, env)
     setup_logging(env.rank)
@@ -59,7 +67,13 @@ def train(cfg: Config, environ: Mapping[str, str] = os.environ, given: Given | N
     try:
         with distributed(env, backend=cfg.dist.backend, timeout_s=cfg.dist.timeout_s,
                          device=cfg.trainer.device) as ctx:
-            return _run(cfg, ctx, given or Given())
+            given = given or Given()
+            parts = build_parts(cfg, ctx, given)  # first: a bad model, loss or data leaves no run directory
+            strategy = build_strategy(cfg, ctx)
+            # Before the optimizer: fsdp replaces the parameters (by DTensors) that the optimizer will hold.
+            strategy.setup(parts.model)
+            with own_run_dir(Path(cfg.run.dir), ctx.is_main):  # one run at a time per directory
+                return Trainer(cfg, ctx, parts, strategy, given).fit()
     except Interrupted as exc:
         # After the group is gone: every rank has saved and stopped, so requeueing cannot cut a save short.
         if env.is_main:
@@ -75,140 +89,184 @@ def check_against_env(cfg: Config, env: DistEnv) -> None:
                           f"use a multiple of {env.world_size}, so every rank gets the same per-rank batch")
 
 
-def setup_logging(rank: int) -> None:
-    # Rank 0 tells the story; the others speak only for warnings and errors, prefixed with their rank.
-    handler = logging.StreamHandler(sys.stdout if rank == 0 else sys.stderr)
-    prefix = "" if rank == 0 else f"[rank {rank}] "
-    handler.setFormatter(logging.Formatter(f"{prefix}%(message)s"))
-    root = logging.getLogger("distrain")
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO if rank == 0 else logging.WARNING)
-    root.propagate = False
+class Trainer:
+    """One run on one rank: what `fit` trains with, built in the order each part needs the others."""
 
+    def __init__(self, cfg: Config, ctx: DistContext, parts: Parts, strategy: Strategy, given: Given):
+        self.cfg, self.ctx, self.parts, self.strategy = cfg, ctx, parts, strategy
+        self.run_dir = Path(cfg.run.dir)
+        self.batches = build_train_batches(parts.data.train, global_batch_size=cfg.data.global_batch_size,
+                                           shuffle=cfg.data.shuffle, **parts.loader_args)
+        steps_per_epoch = self.batches.num_steps
+        optimizer, base_lr = build_optimizer_for(cfg, parts.model, given, strategy.replaces_parameters)
+        scheduler = build_scheduler(cfg.schedule, optimizer, base_lr=base_lr, steps_per_epoch=steps_per_epoch,
+                                    epochs=cfg.trainer.epochs)
+        # A constant learning rate needs no scheduler call per step (see TrainState.to_payload).
+        self.step_scheduler = None if is_constant(cfg.schedule) else scheduler
+        self.clip = cfg.optim or OptimConfig(lr=base_lr)
+        self.meter = TrainMeter(parts.objective, ctx.device)
+        stop_upwards = monitor_direction(cfg.stop.mode, cfg.stop.monitor, parts, "stop.monitor", self.meter.names) \
+            if cfg.stop.patience else False
+        best_upwards = monitor_direction(cfg.checkpoint.mode, cfg.checkpoint.monitor, parts, "checkpoint.monitor",
+                                         self.meter.names) if cfg.checkpoint.keep_best else False
+        self.state = TrainState(parts.model, optimizer, scheduler, Stopper(cfg.stop, stop_upwards), self.meter,
+                                scaler=strategy.scaler, engine=strategy.engine)
+        self.progress = self.state.progress  # one owner: only fit() moves it; a resume loads it in place
+        self.saver = Saver(cfg.checkpoint, self.run_dir, ctx, epochs=cfg.trainer.epochs,
+                           steps_per_epoch=steps_per_epoch, sharded=strategy.sharded,
+                           best_higher_is_better=best_upwards)
+        self.train_model = self.train_optimizer = self.reporter = self.guard = self.signals = None
 
-def _run(cfg: Config, ctx: DistContext, given: Given) -> dict[str, Any]:
-    parts = build_parts(cfg, ctx, given)  # first: a bad model, loss or data leaves no run directory behind
-    if cfg.strategy == "fsdp":
-        # Before the optimizer: sharding replaces the parameters (by DTensors) that the optimizer will hold.
-        shard_model(parts.model, ctx, cfg.fsdp)
-    with own_run_dir(Path(cfg.run.dir), ctx.is_main):  # one run at a time per directory
-        return _train_in(cfg, ctx, given, parts, Path(cfg.run.dir))
+    # ------------------------------------------------------------------------------------------- the story
 
+    def fit(self) -> FitResult:
+        """resume; for each epoch: for each step: train_step, advance, log, save, check signals; then
+        evaluate, log, stop, save. Every rank runs it."""
+        self.resume()
+        trained, splits, finished = False, {}, False
+        try:
+            with StopSignals(["SIGTERM", "SIGINT", self.cfg.trainer.requeue_signal]) as self.signals:
+                for epoch in range(self.progress.epoch, self.cfg.trainer.epochs):
+                    if self.state.stopper.stopped:
+                        break
+                    started, lr = self.start_epoch(epoch)
+                    for batch in self.batches:
+                        stepped = self.train_step(batch)
+                        self.progress.advance(step_in_epoch=batch.step + 1, skipped=not stepped)
+                        self.maybe_log_step()
+                        saved = self.maybe_save_step()
+                        self.stop_on_signal(saved)
+                    splits = self.end_epoch(epoch, started, lr)
+                    self.maybe_stop(splits)
+                    self.maybe_save_epoch(splits)
+                    trained = True
+            finished = True
+        finally:
+            self.close(finished)
+        return self.result(splits, trained)
 
-def _train_in(cfg: Config, ctx: DistContext, given: Given, parts: Parts, run_dir: Path) -> dict[str, Any]:
-    train_batches = build_train_batches(parts.data.train, global_batch_size=cfg.data.global_batch_size,
-                                        shuffle=cfg.data.shuffle, **parts.loader_args)
-    optimizer, base_lr = build_optimizer_for(cfg, parts.model, given)
-    scheduler = build_scheduler(cfg.schedule, optimizer, base_lr=base_lr,
-                                steps_per_epoch=train_batches.num_steps, epochs=cfg.trainer.epochs)
-    engine = build_engine(cfg, ctx)
-    meter = TrainMeter(parts.objective, ctx.device)
-    stop_upwards = monitor_direction(cfg.stop.mode, cfg.stop.monitor, parts, "stop.monitor", meter.names) \
-        if cfg.stop.patience else False
-    best_upwards = monitor_direction(cfg.checkpoint.mode, cfg.checkpoint.monitor, parts, "checkpoint.monitor",
-                                     meter.names) if cfg.checkpoint.keep_best else False
-    state = TrainState(parts.model, optimizer, scheduler, Stopper(cfg.stop, stop_upwards), meter,
-                       scaler=engine.scaler, engine=engine.name)
-    maybe_resume(cfg, ctx, run_dir, state)  # into the unwrapped model and the raw optimizer
-    # Only now: a resume refused for a changed config leaves the run's config.yaml as it was.
-    write_config(cfg, ctx, run_dir)
-    if state.progress.epoch >= cfg.trainer.epochs or state.stopper.stopped:
-        log.info("this run already finished (epoch %d of %d%s): nothing to train; its final metrics follow. "
-                 "To train again, use a new run.dir or checkpoint.resume=never", state.progress.epoch,
-                 cfg.trainer.epochs, f", {state.stopper.stopped}" if state.stopper.stopped else "")
-    train_model, train_optimizer = engine.prepare(parts.model, optimizer)
-    progress = state.progress
-    guard = NonFiniteGuard(cfg.trainer.on_nonfinite, parts.model, ctx.device, progress,
-                           steps_per_epoch=train_batches.num_steps, scaler=engine.scaler,
-                           last_good=lambda: _newest_good(run_dir, ctx))
-    saver = Saver(cfg, ctx, run_dir, state, best_higher_is_better=best_upwards, guard=guard,
-                  steps_per_epoch=train_batches.num_steps)
-    reporter = Reporter(cfg, ctx, run_dir, parts.model, start_step=progress.global_step,
-                        steps_per_epoch=train_batches.num_steps, directions=parts.metric_objects)
-    reporter.drop_from_epoch(progress.epoch)
-    log_parts(parts, ctx, train_batches.num_steps, engine.name, __version__, cfg.strategy)
-    # A constant learning rate needs no scheduler call per step (see TrainState.to_payload).
-    step_scheduler = None if is_constant(cfg.schedule) else scheduler
-    optim_cfg = cfg.optim or OptimConfig(lr=base_lr)
+    # ----------------------------------------------------------------------------------------- the chapters
 
-    splits: dict[str, EpochMetrics] = {}
-    finished = False
-    try:
-        with StopSignals(["SIGTERM", "SIGINT", cfg.trainer.requeue_signal]) as signals:
+    def resume(self) -> None:
+        maybe_resume(self.cfg, self.ctx, self.run_dir, self.state)  # into the unwrapped model, the raw optimizer
+        # Only now: a resume refused for a changed config leaves the run's config.yaml as it was.
+        write_config(self.cfg, self.ctx, self.run_dir)
+        p = self.progress
+        if p.epoch >= self.cfg.trainer.epochs or self.state.stopper.stopped:
+            log.info("this run already finished (epoch %d of %d%s): nothing to train; its final metrics follow. "
+                     "To train again, use a new run.dir or checkpoint.resume=never", p.epoch,
+                     self.cfg.trainer.epochs, f", {self.state.stopper.stopped}" if self.state.stopper.stopped else "")
+        self.train_model, self.train_optimizer = self.strategy.prepare(self.parts.model, self.state.optimizer)
+        steps_per_epoch = self.batches.num_steps
+        self.guard = NonFiniteGuard(self.cfg.trainer.on_nonfinite, self.parts.model, self.ctx.device,
+                                    start_step=p.global_step, steps_per_epoch=steps_per_epoch,
+                                    scaler=self.strategy.scaler, last_good=self._newest_good)
+        self.reporter = Reporter(self.cfg, self.ctx, self.run_dir, self.parts.model, start_step=p.global_step,
+                                 steps_per_epoch=steps_per_epoch, directions=self.parts.metric_objects)
+        self.reporter.drop_from_epoch(p.epoch)
+        log_parts(self.parts, self.ctx, steps_per_epoch, self.strategy.engine, __version__, self.cfg.strategy)
 
-            def after_step(step: int) -> None:
-                progress.step_in_epoch, progress.global_step = step + 1, progress.global_step + 1
-                if reporter.wants_step(progress.global_step):
-                    guard.check(weights=False)  # a diverged run stops before it logs losses of 1e30
-                    reporter.after_step(progress.global_step, meter, optimizer.param_groups[0]["lr"])
-                saved = saver.maybe_save_step()
-                signum = signals.agreed_signal()
-                if signum is not None:
-                    if not saved:
-                        saver.save()
-                    raise Interrupted(signum)
+    def start_epoch(self, epoch: int) -> tuple[float, float]:
+        self.train_model.train()  # evaluation left it in eval mode
+        self.batches.set_epoch(epoch)
+        self.batches.set_start_step(self.progress.step_in_epoch)
+        self.reporter.start_epoch(self.meter, self.progress.global_step)
+        return time.perf_counter(), self.state.optimizer.param_groups[0]["lr"]
 
-            for epoch in range(progress.epoch, cfg.trainer.epochs):
-                if state.stopper.stopped:
-                    break
-                started = time.perf_counter()
-                train_batches.set_epoch(epoch)
-                train_batches.set_start_step(progress.step_in_epoch)
-                lr = optimizer.param_groups[0]["lr"]
-                reporter.start_epoch(meter, progress.global_step)
-                train_one_epoch(engine, train_model, train_optimizer, train_batches, parts.objective, optim_cfg,
-                                world_size=ctx.world_size, meter=meter, guard=guard,
-                                accumulate_steps=cfg.trainer.accumulate_steps, scheduler=step_scheduler,
-                                after_step=after_step)
-                guard.check()  # before the epoch's figures and its checkpoint
-                totals = engine.sum_over_ranks(meter.totals().clone())
-                splits = {"train": EpochMetrics.from_totals(totals, meter.names)}
-                train_time = time.perf_counter() - started
-                splits.update(evaluate_splits(parts, ctx, engine.sum_over_ranks))
-                skipped = progress.skipped_steps if cfg.trainer.on_nonfinite == "skip_step" else None
-                reporter.log_epoch(epoch, progress.global_step, splits, time.perf_counter() - started, lr,
-                                   train_time_s=train_time, skipped_steps=skipped)
-                progress.epoch, progress.step_in_epoch = epoch + 1, 0
-                meter.reset()
-                reason = state.stopper.update(splits)
-                # Identical metrics give identical verdicts, but agree anyway: no rank may ever stop alone.
-                if dist.any_true(reason is not None, ctx.device):
-                    state.stopper.stopped = reason or "another rank stopped"
-                    log.info("stopping after epoch %d: %s", epoch, state.stopper.stopped)
-                saver.maybe_save_epoch(splits, last=epoch + 1 == cfg.trainer.epochs or bool(state.stopper.stopped))
-        finished = True
-    finally:
+    def train_step(self, batch: Any) -> bool:
+        """One optimizer step on this rank's share of the global batch; False when it was skipped."""
+        stepped = train_step(self.strategy, self.train_model, self.train_optimizer, batch, self.parts.objective,
+                             self.clip, world_size=self.ctx.world_size,
+                             micro_batches=self.cfg.trainer.accumulate_steps, meter=self.meter, guard=self.guard)
+        # A skipped step still steps the schedule: the learning rate stays a function of the global step.
+        if self.step_scheduler is not None:
+            self.step_scheduler.step()
+        return stepped
+
+    def maybe_log_step(self) -> None:
+        step = self.progress.global_step
+        if not self.reporter.wants_step(step):
+            return
+        self.guard.check(weights=False)  # a diverged run stops before it logs losses of 1e30
+        # The window's train sums over all ranks: one all-reduce, at log steps only.
+        window = dist.all_reduce_sum(self.reporter.window(self.meter)) if self.reporter.is_log_step(step) else None
+        self.reporter.after_step(step, self.meter, self.state.optimizer.param_groups[0]["lr"], window)
+
+    def maybe_save_step(self) -> bool:
+        if not self.saver.should_save_step(self.progress):
+            return False
+        self.save()
+        return True
+
+    def stop_on_signal(self, saved: bool) -> None:
+        # Collective every step: the ranks agree (one step late, asynchronously) on any rank's signal.
+        signum = self.signals.agreed_signal()
+        if signum is not None:
+            if not saved:
+                self.save()
+            raise Interrupted(signum)
+
+    def end_epoch(self, epoch: int, started: float, lr: float) -> dict[str, EpochMetrics]:
+        """The epoch's train figures (summed over the ranks) and evaluation; logged."""
+        self.guard.check()  # before the epoch's figures and its checkpoint
+        totals = self.strategy.sum_over_ranks(self.meter.totals().clone())
+        splits = {"train": EpochMetrics.from_totals(totals, self.meter.names)}
+        train_time = time.perf_counter() - started
+        splits.update(evaluate_splits(self.parts, self.ctx, self.strategy.sum_over_ranks))
+        skipped = self.progress.skipped_steps if self.cfg.trainer.on_nonfinite == "skip_step" else None
+        self.reporter.log_epoch(epoch, self.progress.global_step, splits, time.perf_counter() - started, lr,
+                                train_time_s=train_time, skipped_steps=skipped)
+        self.progress.end_epoch()
+        self.meter.reset()
+        return splits
+
+    def maybe_stop(self, splits: dict[str, EpochMetrics]) -> None:
+        reason = self.state.stopper.update(splits)
+        # Identical metrics give identical verdicts, but agree anyway: no rank may ever stop alone.
+        if dist.any_true(reason is not None, self.ctx.device):
+            self.state.stopper.stopped = reason or "another rank stopped"
+            log.info("stopping after epoch %d: %s", self.progress.epoch - 1, self.state.stopper.stopped)
+
+    def maybe_save_epoch(self, splits: dict[str, EpochMetrics]) -> None:
+        last = self.progress.epoch == self.cfg.trainer.epochs or bool(self.state.stopper.stopped)
+        if self.saver.should_save_epoch(self.progress, last=last):
+            self.save({f"{split}_{name}": value for split, m in splits.items()
+                       for name, value in m.values.items() if isinstance(value, (int, float))})
+
+    def save(self, metrics: dict[str, float] | None = None) -> Path:
+        """A checkpoint of the run as it stands. Collective."""
+        self.guard.check()  # non-finite weights never replace good ones
+        # The epoch's train sums over all ranks, so that a mid-epoch resume still reports the whole epoch.
+        totals = dist.all_reduce_sum(self.meter.totals().clone())
+        sharded = self.strategy.sharded
+        payload = self.state.to_payload(self.cfg.to_dict(), self.ctx.world_size, metrics or {}, totals,
+                                        weights=not sharded)
+        return self.saver.save(payload, (self.state.model, self.state.optimizer) if sharded else None)
+
+    def close(self, finished: bool) -> None:
         # A background checkpoint write completes before the run ends, also when it ends by a signal
         # (the requeued job resumes from it); on a normal end every rank learns whether it succeeded.
         try:
-            saver.close(agree=finished)
+            self.saver.close(agree=finished)
         finally:
             # Drop DDP (its reducer holds the group's last work objects) before the group is destroyed.
-            del train_model, train_optimizer
-            engine.release()
-            reporter.close(plots=cfg.log.plots and finished)
+            self.train_model = self.train_optimizer = None
+            self.strategy.release()
+            if self.reporter is not None:
+                self.reporter.close(plots=self.cfg.log.plots and finished)
 
-    if not splits:  # resumed a run that had already finished or stopped: report where it ended
-        splits = evaluate_splits(parts, ctx)
-    result: dict[str, Any] = {f"{split}_{name}": value for split, m in splits.items()
-                              for name, value in m.values.items()}
-    result.update({f"{split}_samples": m.samples for split, m in splits.items()})
-    result.update(global_step=progress.global_step, epochs_done=progress.epoch, stopped=state.stopper.stopped,
-                  skipped_steps=progress.skipped_steps, run_dir=str(run_dir))
-    return result
+    def result(self, splits: dict[str, EpochMetrics], trained: bool) -> FitResult:
+        if not splits:  # resumed a run that had already finished or stopped: report where it ended
+            splits = evaluate_splits(self.parts, self.ctx)
+        p = self.progress
+        return FitResult.of(splits, global_step=p.global_step, epochs_done=p.epoch, stopped=self.state.stopper.stopped,
+                            skipped_steps=p.skipped_steps, trained=trained, run_dir=str(self.run_dir))
 
+    def _newest_good(self) -> str | None:
+        """The checkpoint a resume would pick (for the message when training diverges; rank 0 looks)."""
+        from distrain.checkpoint.store import find_resumable
 
-def evaluate_splits(parts: Parts, ctx: DistContext, sum_over_ranks=None) -> dict[str, EpochMetrics]:
-    """Metrics of the val and test splits (those that exist). Collective."""
-    return {split: evaluate(parts.model, batches, metrics, ctx.device, sum_over_ranks)
-            for split, (batches, metrics) in parts.evals.items()}
-
-
-def _newest_good(run_dir: Path, ctx: DistContext) -> str | None:
-    """The checkpoint a resume would pick (for the message when training diverges; rank 0 looks)."""
-    from distrain.checkpoint.store import find_resumable
-
-    return str(find_resumable(run_dir)) if ctx.is_main else None
+        return str(find_resumable(self.run_dir)) if self.ctx.is_main else None
 
 
 def write_config(cfg: Config, ctx: DistContext, run_dir: Path) -> None:

@@ -1,12 +1,13 @@
 """Where do metrics go? One `Reporter` per run fans them out: console, metrics.jsonl, W&B, plots.
 
     reporter = Reporter(cfg, ctx, run_dir, model, start_step)   # every rank
-    reporter.after_step(global_step, meter, lr)    # every rank, after a step where wants_step()
+    window = dist.all_reduce_sum(reporter.window(meter))        # the caller reduces, at log steps
+    reporter.after_step(global_step, meter, lr, window)          # every rank, after a step where wants_step()
     reporter.log_epoch(epoch, global_step, {"train": ..., "val": ..., "test": ...}, time_s, lr, train_time_s)
     reporter.close(plots=True)
 
 Step metrics (every log.every_steps steps): the mean train loss and accuracy over the steps since the
-last log, summed over all ranks (one all-reduce, so every rank must call after_step), the learning rate,
+last log, summed over all ranks by the caller (the Reporter runs no collective), the learning rate,
 samples/s, step time and the gradient norm. Values reach the host only at these steps, never inside
 the step. Only global rank 0 prints, writes files or talks to W&B; the others log warnings and errors only.
 """
@@ -23,7 +24,6 @@ import torch
 from torch import nn
 
 from distrain.config.schema import Config
-from distrain.launch import dist
 from distrain.launch.dist import DistContext
 from distrain.loop.steps import EpochMetrics, TrainMeter
 from distrain.reporting.history import RECORD_KEYS, MetricsLog
@@ -100,16 +100,22 @@ class Reporter:
         for the next one. The loop asks this (cheap) rather than calling after_step every step."""
         return global_step % self.every == 0 or (self.hooks is not None and (global_step + 1) % self.every == 0)
 
-    def after_step(self, global_step: int, meter: TrainMeter, lr: float) -> None:
-        """Collective at log steps: every rank calls it when `wants_step`."""
-        if global_step % self.every:
+    def is_log_step(self, global_step: int) -> bool:
+        return global_step % self.every == 0
+
+    def window(self, meter: TrainMeter) -> torch.Tensor:
+        """This rank's train sums since the last log step (the caller sums them over the ranks)."""
+        return meter.totals() - self.window_start
+
+    def after_step(self, global_step: int, meter: TrainMeter, lr: float, window: torch.Tensor | None) -> None:
+        """Every rank calls it when `wants_step`; at log steps with `window`, the window's sums over all ranks."""
+        if not self.is_log_step(global_step):
             if self.hooks:
                 self.hooks.armed = (global_step + 1) % self.every == 0
             return
         if self.bar is not None:
             self.bar.update(global_step - self.bar.n)
         totals = meter.totals()
-        window = dist.all_reduce_sum(totals - self.window_start)
         *sums, count = window.tolist()
         elapsed = time.perf_counter() - self.window_time
         values = {f"train/step_{name}": value / max(count, 1) for name, value in zip(meter.names, sums)}

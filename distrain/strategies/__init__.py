@@ -1,40 +1,47 @@
-"""Engines: who wraps the model, runs backward and steps the optimizer. The loops are the same for both.
+"""How is the model spread over the ranks? A strategy owns everything that changes with that answer:
+wrapping or sharding, gradient-sync control, precision, the checkpoint format and its config rules.
 
-    engine = build_engine(cfg, ctx)              # cfg.engine: "native" (default) or "accelerate"
-    model, optimizer = engine.prepare(model, optimizer)
-    with engine.accumulate(model, is_last):      # around forward and backward of a micro-batch
-        with engine.autocast():
+    strategy = build_strategy(cfg, ctx)          # ddp, fsdp, or DDP run by HF Accelerate (engine=accelerate)
+    model = strategy.setup(model)                # before the optimizer: fsdp shards the parameters in place
+    train_model, optimizer = strategy.prepare(model, optimizer)
+    with strategy.sync_gradients(train_model, is_last):   # around each micro-batch's forward and backward
+        with strategy.autocast():
             loss = ...
-        engine.backward(loss)
-    engine.step(optimizer, model, cfg.optim)     # unscale, clip, step
-    totals = engine.sum_over_ranks(totals)
+        strategy.backward(loss)
+    strategy.step(optimizer, train_model, clip)  # unscale, clip, step
+    totals = strategy.sum_over_ranks(totals)
+    strategy.release()                           # before the process group goes
 
-- native (distrain.engines.native): torch's DistributedDataParallel, torch.autocast and GradScaler.
-- accelerate (distrain.engines.accelerate): HF Accelerate's Accelerator, for users who keep its launcher,
-  its config file and its plugins.
+- ddp.py         DDPStrategy: torch's DistributedDataParallel, torch.autocast and GradScaler (native engine)
+- fsdp.py        FSDPStrategy: FSDP2's fully_shard, sharded checkpoints
+- accelerate.py  AccelerateStrategy: DDP through HF Accelerate's Accelerator (engine=accelerate)
+- options.py     the ddp and fsdp config sections and the rules a strategy sets for the others (no torch)
+- precision.py   bf16/fp16 autocast and the gradient scaler
 
-Both run in the process group that distrain.dist creates, on the batches that distrain.data shards, and
-save the same checkpoint format (distrain.state), so a checkpoint of one engine resumes in the other.
+The trainer never asks which strategy it runs. This package's __init__ imports nothing, so the config
+(which reads options.py) stays torch-free.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from distrain.strategies.base import Engine
-
 if TYPE_CHECKING:
     from distrain.config.schema import Config
     from distrain.launch.dist import DistContext
+    from distrain.strategies.base import Strategy
 
-__all__ = ["Engine", "build_engine"]
 
-
-def build_engine(cfg: "Config", ctx: "DistContext") -> Engine:
+def build_strategy(cfg: "Config", ctx: "DistContext") -> "Strategy":
+    """The strategy the config asks for: engine=accelerate runs DDP through Accelerate; else strategy ddp|fsdp."""
     if cfg.engine == "accelerate":
-        from distrain.strategies.accelerate import AccelerateEngine
+        from distrain.strategies.accelerate import AccelerateStrategy  # imported only when asked for
 
-        return AccelerateEngine(cfg, ctx)
-    from distrain.strategies.native import NativeEngine
+        return AccelerateStrategy(cfg, ctx)
+    if cfg.strategy == "fsdp":
+        from distrain.strategies.fsdp import FSDPStrategy
 
-    return NativeEngine(cfg, ctx)
+        return FSDPStrategy(cfg, ctx)
+    from distrain.strategies.ddp import DDPStrategy
+
+    return DDPStrategy(cfg, ctx)

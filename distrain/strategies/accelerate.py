@@ -1,4 +1,4 @@
-"""The Accelerate engine: HF Accelerate's Accelerator does the wrapping, autocast, backward and stepping.
+"""engine: accelerate. HF Accelerate's Accelerator does DDP's wrapping, autocast, backward and stepping.
 
 For users who keep Accelerate's launcher (`accelerate launch -m distrain train CONFIG`), its config file,
 its mixed-precision flag and its plugins, with distrain's configs, sharding, exact metrics, checkpoints
@@ -58,8 +58,10 @@ def check_plugin(distributed_type: str, cfg: Config) -> None:
                           "or train with DDP (no FSDP/DeepSpeed in the accelerate config)")
 
 
-class AccelerateEngine:
-    name = "accelerate"
+class AccelerateStrategy:
+    engine = "accelerate"
+    sharded = False  # DDP only: every rank holds the whole state (sharded plugins are refused: check_plugin)
+    replaces_parameters = False
 
     def __init__(self, cfg: Config, ctx: DistContext):
         try:
@@ -96,9 +98,15 @@ class AccelerateEngine:
     def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[nn.Module, Any]:
         return self.accelerator.prepare(model, optimizer)
 
-    def accumulate(self, model: nn.Module, is_last: bool) -> ContextManager:
+    def setup(self, model: nn.Module) -> nn.Module:
+        return model
+
+    def sync_gradients(self, model: nn.Module, is_last: bool) -> ContextManager:
         # Accelerate counts micro-batches itself and syncs every gradient_accumulation_steps-th one; the
-        # loops run exactly that many per optimizer step, so its count and `is_last` always agree.
+        # step runs exactly that many per optimizer step, so its count and `is_last` always agree. Without
+        # accumulation its context would only add work per step.
+        if self.accumulate_steps == 1:
+            return NO_AUTOCAST  # an empty context
         return self.accelerator.accumulate(model)
 
     def autocast(self) -> ContextManager:
@@ -114,12 +122,12 @@ class AccelerateEngine:
             loss = loss * self.accumulate_steps
         self.accelerator.backward(loss)
 
-    def step(self, optimizer: Any, model: nn.Module, cfg: OptimConfig) -> None:
+    def step(self, optimizer: Any, model: nn.Module, clip: OptimConfig) -> None:
         # Accelerate's clipping unscales fp16 gradients first; its optimizer steps through the scaler.
-        if cfg.clip_grad_value is not None:
-            self.accelerator.clip_grad_value_(model.parameters(), cfg.clip_grad_value)
-        if cfg.clip_grad_norm is not None:
-            self.accelerator.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
+        if clip.clip_grad_value is not None:
+            self.accelerator.clip_grad_value_(model.parameters(), clip.clip_grad_value)
+        if clip.clip_grad_norm is not None:
+            self.accelerator.clip_grad_norm_(model.parameters(), clip.clip_grad_norm)
         optimizer.step()
 
     def sum_over_ranks(self, tensor: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,7 @@
-"""How is a model sharded? FSDP2 (`fully_shard`) over all ranks, for strategy: fsdp.
+"""strategy: fsdp. How is a model sharded? FSDP2 (`fully_shard`) over all ranks.
 
     shard_model(model, ctx, cfg.fsdp)   # in place: the same module object, its parameters become DTensors
+    FSDPStrategy(cfg, ctx)              # the strategy: shards in setup(), no wrapper, sharded checkpoints
 
 Each rank then holds 1/N of every parameter (dim 0), of its gradient and of the optimizer state built
 over it afterwards. A *unit* (a submodule given its own `fully_shard`) is all-gathered just before its
@@ -14,14 +15,18 @@ launcher with one process (torchrun --nproc_per_node=1) the model is sharded ove
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from typing import ContextManager
 
 import torch
 from torch import nn
 
-from distrain.config.schema import FSDPConfig
+from distrain.config.schema import Config
 from distrain.errors import ConfigError
 from distrain.launch.dist import DistContext
+from distrain.strategies.ddp import DDPStrategy
+from distrain.strategies.options import FSDPConfig
 
 log = logging.getLogger("distrain")
 
@@ -115,3 +120,39 @@ def _checkpoint_activations(model: nn.Module, units: list[nn.Module]) -> None:
     for unit in units:
         forward = unit.forward
         unit.forward = functools.partial(checkpoint, forward, use_reentrant=False)  # type: ignore[method-assign]
+
+
+class FSDPStrategy(DDPStrategy):
+    """The native step (autocast, backward, clipping, stepping) over a model sharded in place.
+
+    Shares DDPStrategy's step, not its wrapping: FSDP2 hooks the sharded module itself, so there is no
+    wrapper and no DDP on top of it.
+    """
+
+    # Every rank writes its shards of model and optimizer, also in one process, so that a run can move
+    # between 1 and N processes with one checkpoint format.
+    sharded = True
+    # fully_shard replaces the parameters by DTensors: the optimizer must be built over them, afterwards.
+    replaces_parameters = True
+
+    def __init__(self, cfg: Config, ctx: DistContext):
+        super().__init__(cfg, ctx)
+        self.fsdp_cfg = cfg.fsdp
+        self._syncing = True  # FSDP2's own default
+
+    def setup(self, model: nn.Module) -> nn.Module:
+        return shard_model(model, self.ctx, self.fsdp_cfg)
+
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        return model
+
+    def sync_gradients(self, model: nn.Module, is_last: bool) -> ContextManager:
+        # FSDP2 skips the reduce-scatter of micro-batches until the last, like DDP's no_sync.
+        # Set only on a change: the call walks every unit, and without accumulation it would repeat True.
+        if is_last != self._syncing and hasattr(model, "set_requires_gradient_sync"):
+            model.set_requires_gradient_sync(is_last)
+            self._syncing = is_last
+        return _NO_CONTEXT
+
+
+_NO_CONTEXT = contextlib.nullcontext()

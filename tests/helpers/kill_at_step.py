@@ -17,15 +17,15 @@ import sys
 import time
 from pathlib import Path
 
-import distrain.loop.state
+import distrain.loop.trainer
 from distrain.cli import main
 
-_original = distrain.loop.state.Saver.maybe_save_step
+_original = distrain.loop.trainer.Trainer.maybe_save_step  # after each step's advance and log
 
 
 def _maybe_save_then_die(self):
     saved = _original(self)
-    if os.environ.get("HOLD_STEP") and self.state.progress.global_step == int(os.environ["HOLD_STEP"]):
+    if os.environ.get("HOLD_STEP") and self.progress.global_step == int(os.environ["HOLD_STEP"]):
         release = Path(os.environ["HOLD_FILE"])
         if os.environ.get("RANK", "0") == "0":
             Path(f"{release}.held").touch()
@@ -33,7 +33,7 @@ def _maybe_save_then_die(self):
             time.sleep(0.05)
         return saved
     first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
-    if first_attempt and self.state.progress.global_step == int(os.environ.get("KILL_STEP", "-1")):
+    if first_attempt and self.progress.global_step == int(os.environ.get("KILL_STEP", "-1")):
         if os.environ.get("KILL_AGENT") == "1":
             os.kill(os.getppid(), signal.SIGKILL)
             os.kill(os.getpid(), signal.SIGKILL)
@@ -42,7 +42,7 @@ def _maybe_save_then_die(self):
     return saved
 
 
-distrain.loop.state.Saver.maybe_save_step = _maybe_save_then_die
+distrain.loop.trainer.Trainer.maybe_save_step = _maybe_save_then_die
 if sys.argv[1].endswith(".py"):
     import runpy
 

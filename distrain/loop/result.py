@@ -1,0 +1,63 @@
+"""What `distrain.fit` returns: the run's final figures, typed.
+
+    result = distrain.fit(cfg, model=model, train_data=train, test_data=test)
+    result.test["loss"], result.test["accuracy"], result.val, result.train   # per split, metric -> value
+    result.global_step, result.epochs_done, result.stopped, result.trained, result.run_dir
+    result["test_loss"]                                                       # the flat names work too
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class FitResult:
+    test: dict[str, Any] = field(default_factory=dict)
+    """The test split's loss and metrics after the last epoch (empty without a test split)."""
+    val: dict[str, Any] = field(default_factory=dict)
+    """The validation split's, likewise."""
+    train: dict[str, Any] = field(default_factory=dict)
+    """The last epoch's train loss (and accuracy): the exact mean over its samples."""
+    samples: dict[str, int] = field(default_factory=dict)
+    """How many samples each split's figures cover."""
+    global_step: int = 0
+    """Optimizer steps since the start of the run (resumes included)."""
+    epochs_done: int = 0
+    stopped: str | None = None
+    """Why the run stopped before trainer.epochs (early stopping, convergence), or None."""
+    skipped_steps: int = 0
+    """Steps skipped for NaN or Inf (trainer.on_nonfinite: skip_step)."""
+    trained: bool = True
+    """False when this call trained nothing: the run directory held a finished run, whose figures these are."""
+    run_dir: str = ""
+
+    @staticmethod
+    def of(splits: dict[str, Any], **progress: Any) -> "FitResult":
+        """From the final EpochMetrics of each split."""
+        values = {split: dict(m.values) for split, m in splits.items()}
+        return FitResult(test=values.get("test", {}), val=values.get("val", {}), train=values.get("train", {}),
+                         samples={split: m.samples for split, m in splits.items()}, **progress)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The flat form: test_loss, test_<metric>, val_..., train_..., <split>_samples, and the rest."""
+        flat: dict[str, Any] = {}
+        for split in ("train", "val", "test"):
+            flat.update({f"{split}_{name}": value for name, value in getattr(self, split).items()})
+        flat.update({f"{split}_samples": n for split, n in self.samples.items()})
+        flat.update(global_step=self.global_step, epochs_done=self.epochs_done, stopped=self.stopped,
+                    skipped_steps=self.skipped_steps, trained=self.trained, run_dir=self.run_dir)
+        return flat
+
+    def __getitem__(self, key: str) -> Any:
+        return self.as_dict()[key]
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.as_dict()
+
+    def __iter__(self):
+        return iter(self.as_dict())
+
+    def keys(self):
+        return self.as_dict().keys()

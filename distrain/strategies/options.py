@@ -1,0 +1,82 @@
+"""The strategies' own options (the `ddp:` and `fsdp:` sections) and the rules that tie a strategy to the
+rest of the config, checked when the config is read (`check_strategy`, called by Config). No torch import:
+config errors stay fast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from distrain.errors import ConfigError
+
+
+def _check(ok: bool, key: str, problem: str, hint: str | None = None) -> None:
+    if not ok:
+        raise ConfigError(key, problem, hint)
+
+
+@dataclass(kw_only=True)
+class DDPConfig:
+    bucket_cap_mb: float = 25.0
+    """Gradient bucket size for DDP's all-reduce (torch's default 25 MB)."""
+    gradient_as_bucket_view: bool = True
+    """Gradients are views into the all-reduce buckets: one copy less per step, less memory."""
+    static_graph: bool = False
+    """Promise DDP the same graph every step (lets it skip per-step bookkeeping)."""
+    find_unused_parameters: bool = False
+    """Search each step for parameters that got no gradient; needed only by models that skip parameters."""
+
+    def __post_init__(self) -> None:
+        _check(self.bucket_cap_mb > 0, "ddp.bucket_cap_mb", f"must be > 0, got {self.bucket_cap_mb}")
+
+
+@dataclass(kw_only=True)
+class FSDPConfig:
+    """Sharded data parallelism (strategy: fsdp; FSDP2's fully_shard): each rank holds 1/N of the
+    parameters, gradients and optimizer state; a unit's parameters are gathered just for its forward and
+    backward."""
+
+    units: list[str] | None = None
+    """Module class names sharded as units (e.g. [TransformerEncoderLayer]); null: every module whose
+    parameters not yet in a unit reach fsdp.min_unit_params, innermost first. The model is the last unit."""
+    min_unit_params: int = 1_000_000
+    """With fsdp.units null: the parameter count that makes a module a unit of its own."""
+    reshard_after_forward: bool = True
+    """Free a unit's gathered parameters after its forward (gathered again for backward): least memory.
+    false keeps them until backward: one all-gather less per unit and step, more memory."""
+    param_dtype: Literal["float32", "bfloat16"] = "float32"
+    """Dtype of the gathered parameters used in forward and backward (bfloat16: mixed precision; the
+    sharded parameters, the optimizer and the gradient reduction stay float32)."""
+    cpu_offload: bool = False
+    """Keep the sharded parameters, gradients and optimizer state in CPU memory (GPU training only): the
+    optimizer steps on the CPU."""
+    activation_checkpointing: bool = False
+    """Recompute each unit's activations in backward instead of keeping them (less memory, ~1/3 more compute)."""
+
+    def __post_init__(self) -> None:
+        _check(self.min_unit_params > 0, "fsdp.min_unit_params", f"must be > 0, got {self.min_unit_params}")
+        _check(self.units is None or len(self.units) > 0, "fsdp.units",
+               "must name at least one module class, or be null (units chosen by size)")
+
+
+def check_strategy(cfg: Any) -> None:  # a distrain.config.schema.Config (which imports this module)
+    """What each strategy refuses in the rest of the config, before anything is built (exit 2, the key named)."""
+    # Refused loudly: torch's reducer asserts when no_sync (used for accumulation) meets a static graph.
+    _check(not (cfg.ddp.static_graph and cfg.trainer.accumulate_steps > 1), "ddp.static_graph",
+           "cannot be combined with trainer.accumulate_steps > 1 (DDP's no_sync does not support it)",
+           "set ddp.static_graph=false, or trainer.accumulate_steps=1")
+    if cfg.strategy == "fsdp":
+        _check(cfg.engine == "native", "strategy",
+               "fsdp runs on the native engine; engine=accelerate trains with DDP only (its checkpoint "
+               "format holds no sharded state)", "set engine=native, or strategy=ddp")
+        _check(cfg.trainer.precision != "fp16", "trainer.precision",
+               "fp16 is not supported with strategy=fsdp (its gradient scaler is not sharding-aware)",
+               "use fsdp.param_dtype=bfloat16 or trainer.precision=bf16")
+        _check(not cfg.log.grad_norms, "log.grad_norms",
+               "is not supported with strategy=fsdp: per-parameter gradient hooks see no gradients of "
+               "sharded parameters (the total gradient norm of the step logs is still reported)",
+               "set log.grad_norms=false, or strategy=ddp")
+        _check(not cfg.trainer.compile, "trainer.compile",
+               "is not supported with strategy=fsdp here (untested with sharded parameters)",
+               "set trainer.compile=false, or strategy=ddp")
