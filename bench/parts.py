@@ -1,5 +1,6 @@
 """Where the XOR step's time goes: the parts of distrain's step that differ from the floor, each timed
-against its alternative in interleaved rounds (median per step). The docs' Performance page (docs/pages/performance.md) quotes these.
+against its alternative in interleaved rounds (median per step). The docs' Performance page
+(docs/pages/performance.md) quotes these.
 
     .venv/bin/python bench/parts.py [--rounds 15]
 
@@ -25,9 +26,9 @@ import torch.nn.functional as F  # noqa: E402
 
 from bench.variants import load_workload  # noqa: E402
 from distrain.data import build_train_batches  # noqa: E402
-from distrain.loop.objective import build_objective
-from distrain.loop.optim import zero_grad
-from distrain.loop.steps import TrainMeter
+from distrain.loop.objective import build_objective  # noqa: E402
+from distrain.loop.optim import zero_grad  # noqa: E402
+from distrain.loop.steps import TrainMeter  # noqa: E402
 
 STEPS = 200  # steps per timed chunk; chunks of the two sides alternate
 
@@ -40,8 +41,8 @@ def main() -> None:
     w = load_workload("xor", HERE / "configs")
     objective = build_objective(w.cfg.loss, w.info, model_outputs=1)
     x_all, y_all = w.data.tensors
-    xs, ys = x_all[:STEPS * w.batch].split(w.batch), y_all[:STEPS * w.batch].split(w.batch)
-    prepared = objective.prepare_targets(y_all[:STEPS * w.batch]).split(w.batch)
+    xs, ys = x_all[: STEPS * w.batch].split(w.batch), y_all[: STEPS * w.batch].split(w.batch)
+    prepared = objective.prepare_targets(y_all[: STEPS * w.batch]).split(w.batch)
 
     def step_loop(clear, loss, targets, meter=None):
         model = w.model()
@@ -57,6 +58,7 @@ def main() -> None:
                 optimizer.step()
             if meter is not None:
                 meter.totals()
+
         return run
 
     torch_clear = lambda opt: opt.zero_grad(set_to_none=True)  # noqa: E731
@@ -65,8 +67,10 @@ def main() -> None:
     pairs = {
         "zero_grad": (step_loop(torch_clear, tutorial_loss, ys), step_loop(zero_grad, tutorial_loss, ys)),
         "targets": (step_loop(zero_grad, tutorial_loss, ys), step_loop(zero_grad, distrain_loss, prepared)),
-        "meter": (step_loop(zero_grad, distrain_loss, prepared),
-                  step_loop(zero_grad, distrain_loss, prepared, TrainMeter(objective, torch.device("cpu")))),
+        "meter": (
+            step_loop(zero_grad, distrain_loss, prepared),
+            step_loop(zero_grad, distrain_loss, prepared, TrainMeter(objective, torch.device("cpu"))),
+        ),
     }
     print(f"XOR step parts, 1 thread, median over {args.rounds} interleaved rounds of {STEPS} steps")
     for name, (before, after) in pairs.items():
@@ -79,16 +83,27 @@ def main() -> None:
         a, b = statistics.median(times[0]), statistics.median(times[1])
         print(f"  {name:<10} {a:7.1f} -> {b:7.1f} us per step ({b - a:+.1f} us, {b / a - 1:+.1%})")
 
-    batches = build_train_batches(w.data, global_batch_size=w.batch, rank=0, world_size=1,
-                                  device=torch.device("cpu"), shuffle=True, seed=0, loader="tensor", num_workers=0)
+    batches = build_train_batches(
+        w.data,
+        global_batch_size=w.batch,
+        rank=0,
+        world_size=1,
+        device=torch.device("cpu"),
+        shuffle=True,
+        seed=0,
+        loader="tensor",
+        num_workers=0,
+    )
     gathers = []
     for epoch in range(args.rounds):
         batches.set_epoch(epoch)
         started = time.perf_counter()
         next(iter(batches))  # the first batch pays the epoch's randperm, gather and views
         gathers.append((time.perf_counter() - started) * 1e3)
-    print(f"  shuffle    {statistics.median(gathers):.2f} ms per epoch of {batches.num_steps} steps "
-          f"(randperm + gather + views, in isolation: warm caches)")
+    print(
+        f"  shuffle    {statistics.median(gathers):.2f} ms per epoch of {batches.num_steps} steps "
+        f"(randperm + gather + views, in isolation: warm caches)"
+    )
 
 
 if __name__ == "__main__":

@@ -33,8 +33,9 @@ from bench.variants import VARIANTS, load_workload  # noqa: E402
 PEERS = ["tutorial", "lightning", "accelerate"]
 
 
-def throughput(workloads: list[str], variants: list[str], repeats: int,
-               device: str = "cpu") -> dict[str, dict[str, float]]:
+def throughput(
+    workloads: list[str], variants: list[str], repeats: int, device: str = "cpu"
+) -> dict[str, dict[str, float]]:
     results: dict[str, dict[str, float]] = {}
     for name in workloads:
         w = load_workload(name, HERE / "configs", device=device)
@@ -44,7 +45,7 @@ def throughput(workloads: list[str], variants: list[str], repeats: int,
         x_floor: dict[str, list[float]] = {v: [] for v in variants}  # each run over the floor run just before it
         others = [v for v in variants if v != "floor"]
         for r in range(repeats):
-            for v in others[r % len(others):] + others[:r % len(others)]:
+            for v in others[r % len(others) :] + others[: r % len(others)]:
                 if "floor" in variants:
                     # A floor run right before each variant: this VM has slow phases lasting seconds, and
                     # a ratio of two runs seconds apart cancels them out (run-to-run spread: up to 2x).
@@ -63,15 +64,18 @@ def rate(result: tuple[int, float]) -> float:
     return samples / seconds
 
 
-def print_table(name: str, w, medians: dict[str, float], runs: dict[str, list[float]],
-                x_floor: dict[str, list[float]]) -> None:
+def print_table(
+    name: str, w, medians: dict[str, float], runs: dict[str, list[float]], x_floor: dict[str, list[float]]
+) -> None:
     def ratio(a: str, b: str) -> float:
         # Round by round, each variant relative to its own adjacent floor run (see throughput).
         return statistics.median(x / y for x, y in zip(x_floor[a], x_floor[b]))
 
     has_floor = "floor" in runs
-    print(f"\n{name}: {w.samples} samples per run, batch {w.batch}, {w.threads} thread(s), "
-          f"{len(runs[next(v for v in runs if v != 'floor')])} rounds")
+    print(
+        f"\n{name}: {w.samples} samples per run, batch {w.batch}, {w.threads} thread(s), "
+        f"{len(runs[next(v for v in runs if v != 'floor')])} rounds"
+    )
     print(f"  {'variant':<11} {'samples/s':>11} {'x floor':>8} {'spread':>8}")
     for v, value in medians.items():
         spread = (max(runs[v]) - min(runs[v])) / value
@@ -86,8 +90,16 @@ def print_table(name: str, w, medians: dict[str, float], runs: dict[str, list[fl
 
 
 STARTUP = {
-    "distrain": [sys.executable, "-m", "distrain", "train", str(HERE / "configs" / "xor.yaml"),
-                 "data.args.num_train=20000", "trainer.epochs=1", "run.dir={tmp}"],
+    "distrain": [
+        sys.executable,
+        "-m",
+        "distrain",
+        "train",
+        str(HERE / "configs" / "xor.yaml"),
+        "data.args.num_train=20000",
+        "trainer.epochs=1",
+        "run.dir={tmp}",
+    ],
     **{v: [sys.executable, str(HERE / "short.py"), v] for v in ["tutorial", "lightning", "accelerate"]},
 }
 
@@ -117,15 +129,18 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--repeats", type=int, default=11)
     parser.add_argument("--startup-repeats", type=int, default=3)
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
-                        help="cuda: every variant on one GPU (the GPU's name is printed)")
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        choices=["cpu", "cuda"],
+        help="cuda: every variant on one GPU (the GPU's name is printed)",
+    )
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: CUDA is not available on this machine")
     import importlib.metadata as md
 
-    versions = ", ".join(f"{p} {md.version(p)}" for p in ("torch", "lightning", "accelerate")
-                         if _installed(p))
+    versions = ", ".join(f"{p} {md.version(p)}" for p in ("torch", "lightning", "accelerate") if _installed(p))
     gpu = f", GPU {torch.cuda.get_device_name(0)}" if args.device == "cuda" else ""
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPU(s){gpu}, {platform.python_version()}, {versions}")
     variants = args.variants.split(",")

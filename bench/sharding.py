@@ -49,8 +49,18 @@ def run(strategy: str, nproc: int, steps: int, config: str, *overrides: str) -> 
         out = Path(tmp) / "ranks"
         out.mkdir()
         env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="disabled", **EXTRA_ENV)
-        cmd = [TORCHRUN, "--standalone", f"--nproc_per_node={nproc}", str(HERE / "sharding_worker.py"),
-               config, strategy, str(steps), str(Path(tmp) / "run"), str(out), *overrides]
+        cmd = [
+            TORCHRUN,
+            "--standalone",
+            f"--nproc_per_node={nproc}",
+            str(HERE / "sharding_worker.py"),
+            config,
+            strategy,
+            str(steps),
+            str(Path(tmp) / "run"),
+            str(out),
+            *overrides,
+        ]
         done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
         if done.returncode != 0:
             sys.exit(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
@@ -58,12 +68,16 @@ def run(strategy: str, nproc: int, steps: int, config: str, *overrides: str) -> 
 
 
 def memory(ranks: list[int], steps: int, config: str) -> None:
-    allocator = (f"glibc malloc, MALLOC_MMAP_THRESHOLD_={EXTRA_ENV['MALLOC_MMAP_THRESHOLD_']}" if EXTRA_ENV
-                 else "glibc malloc, default thresholds")
-    print(f"memory: {config}, {steps} steps, gloo on CPU, {allocator}; MiB per rank (the rank with the "
-          "highest peak)")
-    print(f"{'ranks':>5} {'strategy':>8} {'baseline':>9} {'peak':>7} {'peak-base':>9} {'state':>7} {'unit':>6} "
-          f"{'state x ddp':>11} {'peak-base x ddp':>15}")
+    allocator = (
+        f"glibc malloc, MALLOC_MMAP_THRESHOLD_={EXTRA_ENV['MALLOC_MMAP_THRESHOLD_']}"
+        if EXTRA_ENV
+        else "glibc malloc, default thresholds"
+    )
+    print(f"memory: {config}, {steps} steps, gloo on CPU, {allocator}; MiB per rank (the rank with the highest peak)")
+    print(
+        f"{'ranks':>5} {'strategy':>8} {'baseline':>9} {'peak':>7} {'peak-base':>9} {'state':>7} {'unit':>6} "
+        f"{'state x ddp':>11} {'peak-base x ddp':>15}"
+    )
     for nproc in ranks:
         rows = {s: run(s, nproc, steps, config) for s in ("ddp", "fsdp")}
         top = {s: max(r, key=lambda x: x["peak"] - x["baseline"]) for s, r in rows.items()}
@@ -72,9 +86,11 @@ def memory(ranks: list[int], steps: int, config: str) -> None:
         for s in ("ddp", "fsdp"):
             t = top[s]
             above, state = t["peak"] - t["baseline"], max(r["state"] for r in rows[s])
-            print(f"{nproc:>5} {s:>8} {t['baseline'] * MB:>9.0f} {t['peak'] * MB:>7.0f} {above * MB:>9.0f} "
-                  f"{state * MB:>7.0f} {t['largest_unit'] * MB:>6.0f} {state / ddp_state:>11.2f} "
-                  f"{above / ddp_above:>15.2f}")
+            print(
+                f"{nproc:>5} {s:>8} {t['baseline'] * MB:>9.0f} {t['peak'] * MB:>7.0f} {above * MB:>9.0f} "
+                f"{state * MB:>7.0f} {t['largest_unit'] * MB:>6.0f} {state / ddp_state:>11.2f} "
+                f"{above / ddp_above:>15.2f}"
+            )
 
 
 def stall(steps: int, every: int, repeats: int, config: str, setups: list[str]) -> None:
@@ -82,30 +98,41 @@ def stall(steps: int, every: int, repeats: int, config: str, setups: list[str]) 
     print(f"\ncheckpoint stall: {config}, {steps} steps, a save every {every} ({saves} saves); seconds")
     print("  loop: start of fit to the last optimizer step and its save; fit: the whole fit, with its")
     print("  wait for the last background write; in save(): the training thread inside save() per save")
-    print(f"{'setup':>14} {'loop none':>9} {'sync':>6} {'bg':>6} {'lost/save sync':>14} {'lost/save bg':>12} "
-          f"{'x sync':>6} {'in save() bg':>12} {'last wait':>9} {'fit x sync':>10}")
+    print(
+        f"{'setup':>14} {'loop none':>9} {'sync':>6} {'bg':>6} {'lost/save sync':>14} {'lost/save bg':>12} "
+        f"{'x sync':>6} {'in save() bg':>12} {'last wait':>9} {'fit x sync':>10}"
+    )
     # fsdp x1: the sharded checkpoint's writer with a core free beside the compute, as ddp x1's .pt writer;
     # fsdp x2 computes on both cores of a 2-core machine, so there its writers take their CPU from training.
     for strategy, nproc in ((name, int(ranks)) for name, ranks in (setup.split("x") for setup in setups)):
         rounds: dict[str, list[dict]] = {"none": [], "sync": [], "async": []}
         for _ in range(repeats):
-            for variant, extra in (("none", ()), ("sync", (f"checkpoint.every_steps={every}",)),
-                                   ("async", (f"checkpoint.every_steps={every}", "checkpoint.async_save=true"))):
+            for variant, extra in (
+                ("none", ()),
+                ("sync", (f"checkpoint.every_steps={every}",)),
+                ("async", (f"checkpoint.every_steps={every}", "checkpoint.async_save=true")),
+            ):
                 ranks = run(strategy, nproc, steps, config, *extra)
-                rounds[variant].append({key: max(r[key] for r in ranks) for key in
-                                        ("loop_seconds", "fit_seconds", "save_call_seconds", "drain_seconds")})
+                rounds[variant].append(
+                    {
+                        key: max(r[key] for r in ranks)
+                        for key in ("loop_seconds", "fit_seconds", "save_call_seconds", "drain_seconds")
+                    }
+                )
 
-        def med(variant: str, key: str) -> float:
+        def med(variant: str, key: str, rounds: dict = rounds) -> float:
             return statistics.median(r[key] for r in rounds[variant])
 
         loop = {v: med(v, "loop_seconds") for v in rounds}
         fit = {v: med(v, "fit_seconds") for v in rounds}
         lost_sync, lost_bg = (loop["sync"] - loop["none"]) / saves, (loop["async"] - loop["none"]) / saves
         fit_ratio = (fit["async"] - fit["none"]) / (fit["sync"] - fit["none"])
-        print(f"{f'{strategy} x{nproc}':>14} {loop['none']:>9.1f} {loop['sync']:>6.1f} {loop['async']:>6.1f} "
-              f"{lost_sync:>14.2f} {lost_bg:>12.2f} {lost_bg / lost_sync:>6.2f} "
-              f"{med('async', 'save_call_seconds') / saves:>12.2f} {med('async', 'drain_seconds'):>9.2f} "
-              f"{fit_ratio:>10.2f}")
+        print(
+            f"{f'{strategy} x{nproc}':>14} {loop['none']:>9.1f} {loop['sync']:>6.1f} {loop['async']:>6.1f} "
+            f"{lost_sync:>14.2f} {lost_bg:>12.2f} {lost_bg / lost_sync:>6.2f} "
+            f"{med('async', 'save_call_seconds') / saves:>12.2f} {med('async', 'drain_seconds'):>9.2f} "
+            f"{fit_ratio:>10.2f}"
+        )
 
 
 def main() -> None:
@@ -118,10 +145,14 @@ def main() -> None:
     parser.add_argument("--stall-repeats", type=int, default=2)
     parser.add_argument("--config", default="configs/wide_mlp_fsdp.yaml")
     parser.add_argument("--skip", choices=["memory", "stall"], help="leave one part out")
-    parser.add_argument("--mmap-threshold", type=int, metavar="BYTES",
-                        help="MALLOC_MMAP_THRESHOLD_ for the ranks: blocks above it are returned to the system "
-                             "when freed, so peak resident memory follows the live tensors (glibc's default "
-                             "threshold grows to 32 MiB and freed blocks below it stay resident)")
+    parser.add_argument(
+        "--mmap-threshold",
+        type=int,
+        metavar="BYTES",
+        help="MALLOC_MMAP_THRESHOLD_ for the ranks: blocks above it are returned to the system "
+        "when freed, so peak resident memory follows the live tensors (glibc's default "
+        "threshold grows to 32 MiB and freed blocks below it stay resident)",
+    )
     args = parser.parse_args()
     if args.mmap_threshold:
         EXTRA_ENV["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)

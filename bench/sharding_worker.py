@@ -47,11 +47,23 @@ def main() -> None:
 
     world = dist.get_world_size()
     batch = 16 * world
-    cfg = distrain.load_config(config, [f"strategy={strategy}", f"run.dir={run_dir}", "trainer.epochs=1",
-                                        f"data.args.num_train={steps * batch}", "data.args.num_test=64",
-                                        f"data.global_batch_size={batch}", "checkpoint.every_epochs=0",
-                                        "checkpoint.resume=never", "log.plots=false", "wandb.mode=disabled",
-                                        "log.every_steps=1000", *overrides])
+    cfg = distrain.load_config(
+        config,
+        [
+            f"strategy={strategy}",
+            f"run.dir={run_dir}",
+            "trainer.epochs=1",
+            f"data.args.num_train={steps * batch}",
+            "data.args.num_test=64",
+            f"data.global_batch_size={batch}",
+            "checkpoint.every_epochs=0",
+            "checkpoint.resume=never",
+            "log.plots=false",
+            "wandb.mode=disabled",
+            "log.every_steps=1000",
+            *overrides,
+        ],
+    )
     baseline = resident()
     figures: dict[str, float] = {}
     trainer, saver = distrain.loop.trainer.Trainer, distrain.loop.state.Saver
@@ -65,8 +77,9 @@ def main() -> None:
             figures["resident_at_step"] = resident()
             figures["peak_by_step"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
             units = choose_units(self.state.model, self.cfg.fsdp) if strategy == "fsdp" else []
-            figures["largest_unit"] = max((sum(p.numel() * p.element_size() for p in u.parameters())
-                                           for u in units), default=0)
+            figures["largest_unit"] = max(
+                (sum(p.numel() * p.element_size() for p in u.parameters()) for u in units), default=0
+            )
         saved = original(self)
         if self.progress.global_step == steps:  # every save of the loop made (a background one staged)
             figures["loop_seconds"] = time.perf_counter() - clock["started"]
@@ -79,6 +92,7 @@ def main() -> None:
                 return method(self, *args, **kwargs)
             finally:
                 figures[name] += time.perf_counter() - begun
+
         return call
 
     trainer.maybe_save_step = measure_then_save
@@ -88,8 +102,9 @@ def main() -> None:
     distrain.fit(cfg)
     figures["fit_seconds"] = time.perf_counter() - clock["started"]  # floats among the byte counts
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    Path(out, f"rank{dist.get_rank()}.json").write_text(json.dumps(
-        {"rank": dist.get_rank(), "baseline": baseline, "peak": peak, **figures}))
+    Path(out, f"rank{dist.get_rank()}.json").write_text(
+        json.dumps({"rank": dist.get_rank(), "baseline": baseline, "peak": peak, **figures})
+    )
     dist.destroy_process_group()
 
 

@@ -100,8 +100,16 @@ def load_workload(name: str, config_dir: Path, overrides: list[str] = (), device
     if cfg.data.args.get("root") == "DATA":
         cfg = replace(cfg, data=replace(cfg.data, args={**cfg.data.args, "root": data_root()}))
     data = build_splits(cfg.data, cfg.seed)
-    return Workload(name, cfg, THREADS[name], data.train, data.num_classes, describe_data(data, None),  # type: ignore[arg-type]
-                    torch.device(device), tutorial_data=tutorial_data(cfg))
+    return Workload(
+        name,
+        cfg,
+        THREADS[name],
+        data.train,
+        data.num_classes,
+        describe_data(data, None),  # type: ignore[arg-type]
+        torch.device(device),
+        tutorial_data=tutorial_data(cfg),
+    )
 
 
 def tutorial_data(cfg: Config) -> Any:
@@ -211,10 +219,17 @@ def run_lightning(w: Workload) -> tuple[int, float]:
             self.ended = time.perf_counter()
 
     clock = Clock()
-    trainer = L.Trainer(max_epochs=w.cfg.trainer.epochs, accelerator="gpu" if w.device.type == "cuda" else "cpu",
-                        devices=1, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        num_sanity_val_steps=0, callbacks=[clock])
+    trainer = L.Trainer(
+        max_epochs=w.cfg.trainer.epochs,
+        accelerator="gpu" if w.device.type == "cuda" else "cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[clock],
+    )
     trainer.fit(Module(), w.loader())
     return w.samples, clock.ended - clock.started
 
@@ -240,13 +255,22 @@ def run_distrain_api(w: Workload) -> tuple[int, float]:
     loss = nn.BCEWithLogitsLoss() if w.num_classes == 2 else nn.CrossEntropyLoss()
     with tempfile.TemporaryDirectory() as run_dir, contextlib.redirect_stdout(io.StringIO()):
         cfg = replace(w.cfg, run=replace(w.cfg.run, dir=run_dir))
-        test = (w.data.subset(torch.arange(256), evaluation=True) if hasattr(w.data, "subset")
-                else TensorDataset(*(t[:256] for t in w.data.tensors)))
+        test = (
+            w.data.subset(torch.arange(256), evaluation=True)
+            if hasattr(w.data, "subset")
+            else TensorDataset(*(t[:256] for t in w.data.tensors))
+        )
         distrain.fit(cfg, model=w.model(), train_data=w.data, test_data=test, loss=loss)
         records = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
     train_records = [r for r in records if r["split"] == "train"]
     return sum(r["samples"] for r in train_records), sum(r["train_time_s"] for r in train_records)
 
 
-VARIANTS = {"floor": run_floor, "tutorial": run_tutorial, "lightning": run_lightning,
-            "accelerate": run_accelerate, "distrain": run_distrain, "distrain_api": run_distrain_api}
+VARIANTS = {
+    "floor": run_floor,
+    "tutorial": run_tutorial,
+    "lightning": run_lightning,
+    "accelerate": run_accelerate,
+    "distrain": run_distrain,
+    "distrain_api": run_distrain_api,
+}

@@ -13,8 +13,18 @@ when first used).
 
 from distrain.version import __version__ as __version__
 
-__all__ = ["ConfigError", "DataSets", "FitResult", "UserError", "fit", "is_main_process", "load_config", "predict",
-           "register", "run"]
+__all__ = [
+    "ConfigError",
+    "DataSets",
+    "FitResult",
+    "UserError",
+    "fit",
+    "is_main_process",
+    "load_config",
+    "predict",
+    "register",
+    "run",
+]
 
 
 def __getattr__(name: str):

@@ -26,8 +26,17 @@ from distrain.config.schema import Config
 from distrain.loop.result import FitResult
 
 
-def fit(cfg: Config, *, model: Any = None, train_data: Any = None, test_data: Any = None, val_data: Any = None,
-        loss: Any = None, metrics: Mapping[str, Any] | None = None, optimizer: Any = None) -> FitResult:
+def fit(
+    cfg: Config,
+    *,
+    model: Any = None,
+    train_data: Any = None,
+    test_data: Any = None,
+    val_data: Any = None,
+    loss: Any = None,
+    metrics: Mapping[str, Any] | None = None,
+    optimizer: Any = None,
+) -> FitResult:
     """Train; returns a FitResult on every rank: the final figures per split (`result.test["loss"]`, also
     `result["test_loss"]`), global_step, epochs_done, stopped, trained, run_dir. Must run on every rank.
 
@@ -40,13 +49,21 @@ def fit(cfg: Config, *, model: Any = None, train_data: Any = None, test_data: An
     from distrain.loop.components import Given
     from distrain.loop.trainer import train
 
-    given = Given(model=model, train_data=train_data, val_data=val_data, test_data=test_data, loss=loss,
-                  metrics=dict(metrics) if metrics else None, optimizer=optimizer)
+    given = Given(
+        model=model,
+        train_data=train_data,
+        val_data=val_data,
+        test_data=test_data,
+        loss=loss,
+        metrics=dict(metrics) if metrics else None,
+        optimizer=optimizer,
+    )
     return train(cfg, given)
 
 
-def predict(cfg: Config, *, model: Any = None, data: Any = None, checkpoint: str | None = None,
-            split: str = "test") -> Any:
+def predict(
+    cfg: Config, *, model: Any = None, data: Any = None, checkpoint: str | None = None, split: str = "test"
+) -> Any:
     """The model's outputs for every sample of `data` (default: the config's `split`), in data set order,
     on every rank; `checkpoint`: a .pt file or a run directory. Must run on every rank."""
     from distrain.loop.prediction import predict as run_predict

@@ -21,8 +21,10 @@ import sys
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="distrain", description="Train PyTorch models with plain DDP, "
-                                     "the same way in one process, under torchrun and under SLURM.")
+    parser = argparse.ArgumentParser(
+        prog="distrain",
+        description="Train PyTorch models with plain DDP, the same way in one process, under torchrun and under SLURM.",
+    )
     from distrain.version import __version__
 
     parser.add_argument("--version", action="version", version=f"distrain {__version__}")
@@ -32,18 +34,27 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. optim.lr=0.05")
     evaluate = sub.add_parser("eval", help="evaluate a checkpoint on the test set (any number of ranks)")
     evaluate.add_argument("config", help="the run's YAML config")
-    evaluate.add_argument("overrides", nargs="*", metavar="key=value",
-                          help="checkpoint=PATH (required) and dotted overrides")
-    predict = sub.add_parser("predict", help="write the model's outputs for every sample of a split (any number "
-                             "of ranks), in data set order")
+    evaluate.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="checkpoint=PATH (required) and dotted overrides"
+    )
+    predict = sub.add_parser(
+        "predict", help="write the model's outputs for every sample of a split (any number of ranks), in data set order"
+    )
     predict.add_argument("config", help="the run's YAML config")
-    predict.add_argument("overrides", nargs="*", metavar="key=value",
-                         help="checkpoint=PATH (required), split=test|val|train, out=FILE (.pt or .csv; default "
-                              "<run.dir>/predictions-<split>.pt), and dotted overrides")
+    predict.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="checkpoint=PATH (required), split=test|val|train, out=FILE (.pt or .csv; default "
+        "<run.dir>/predictions-<split>.pt), and dotted overrides",
+    )
     inspect = sub.add_parser("inspect", help="print a checkpoint's metadata without building the model")
     inspect.add_argument("path", help="a checkpoint (.pt file or sharded folder) or a run directory (its newest)")
-    export = sub.add_parser("export", help="write a checkpoint's model weights as one plain state dict (.pt, "
-                            "or .safetensors), from a .pt or a sharded checkpoint, for inference elsewhere")
+    export = sub.add_parser(
+        "export",
+        help="write a checkpoint's model weights as one plain state dict (.pt, "
+        "or .safetensors), from a .pt or a sharded checkpoint, for inference elsewhere",
+    )
     export.add_argument("path", help="a checkpoint (.pt file or sharded folder) or a run directory (its newest)")
     export.add_argument("--out", required=True, help="output file: FILE.pt (torch.save) or FILE.safetensors")
     plot = sub.add_parser("plot", help="loss and accuracy curves of one or more runs (PNG)")
@@ -99,8 +110,9 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _take(overrides: list[str], key: str, *, required: bool,
-          default: str | None = None) -> tuple[str | None, list[str]]:
+def _take(
+    overrides: list[str], key: str, *, required: bool, default: str | None = None
+) -> tuple[str | None, list[str]]:
     """The value of one `key=value` among the overrides, and the other overrides."""
     from distrain.errors import ConfigError
 

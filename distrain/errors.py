@@ -56,11 +56,13 @@ class WriteError(UserError):
 
     def __init__(self, path: object, exc: OSError):
         cause = exc.strerror or str(exc)
-        hint = {28: "free space (or point run.dir at a larger disk) and run the same command again: it resumes "
-                    "from the newest good checkpoint",
-                122: "free space within your quota and run the same command again: it resumes",
-                13: "make the folder writable, or choose another run.dir",
-                30: "choose a run.dir on a writable file system"}.get(exc.errno or 0)
+        hint = {
+            28: "free space (or point run.dir at a larger disk) and run the same command again: it resumes "
+            "from the newest good checkpoint",
+            122: "free space within your quota and run the same command again: it resumes",
+            13: "make the folder writable, or choose another run.dir",
+            30: "choose a run.dir on a writable file system",
+        }.get(exc.errno or 0)
         super().__init__(f"cannot write {path}: {cause}", hint)
         self.path = path
 
@@ -89,7 +91,14 @@ def report_user_error(exc: Exception) -> None:
     if error_file:
         try:
             with open(error_file, "w") as f:
-                json.dump({"message": {"message": text, "extraInfo": {"py_callstack": text,
-                                                                       "timestamp": str(int(time.time()))}}}, f)
+                json.dump(
+                    {
+                        "message": {
+                            "message": text,
+                            "extraInfo": {"py_callstack": text, "timestamp": str(int(time.time()))},
+                        }
+                    },
+                    f,
+                )
         except OSError:
             pass  # the summary then says <N/A>; the message above was printed anyway

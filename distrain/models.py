@@ -67,8 +67,13 @@ def _positive(key: str, value: int) -> None:
         raise ConfigError(f"model.args.{key}", f"must be > 0, got {value}")
 
 
-def mlp(*, num_inputs: int, num_outputs: int, hidden_sizes: list[int] = [64, 64],  # noqa: B006 (read only)
-        activation: Literal["tanh", "relu", "gelu"] = "relu") -> nn.Sequential:
+def mlp(
+    *,
+    num_inputs: int,
+    num_outputs: int,
+    hidden_sizes: list[int] = [64, 64],  # noqa: B006 (read only)
+    activation: Literal["tanh", "relu", "gelu"] = "relu",
+) -> nn.Sequential:
     """Flatten, then Linear + activation for each of `hidden_sizes`, then a Linear to the outputs."""
     if any(h <= 0 for h in hidden_sizes):
         raise ConfigError("model.args.hidden_sizes", f"widths must be > 0, got {hidden_sizes}")
@@ -125,8 +130,10 @@ def _head_of(model: nn.Module) -> tuple[nn.Module, str]:
             last = [name for name, m in head.named_children() if isinstance(m, nn.Linear)]
             if last:
                 return head, last[-1]
-    raise UserError(f"cannot find the classification head of {type(model).__name__}",
-                    "fine-tuning supports torchvision models whose head is .fc, .classifier or .heads")
+    raise UserError(
+        f"cannot find the classification head of {type(model).__name__}",
+        "fine-tuning supports torchvision models whose head is .fc, .classifier or .heads",
+    )
 
 
 def mnist_cnn(*, num_outputs: int = 10) -> nn.Module:
@@ -139,8 +146,9 @@ def cifar_lenet(*, num_outputs: int = 10) -> nn.Module:
     return CifarLeNet(num_outputs)
 
 
-def torchvision(*, num_outputs: int, arch: str = "resnet18", pretrained: str | None = None,
-                freeze_backbone: bool = False) -> nn.Module:
+def torchvision(
+    *, num_outputs: int, arch: str = "resnet18", pretrained: str | None = None, freeze_backbone: bool = False
+) -> nn.Module:
     """Any torchvision classification model by name (`arch`). With `pretrained`, its weights are loaded
     from a local file first (with the original head), then the head is replaced for num_outputs classes;
     `freeze_backbone` trains only that head."""
@@ -157,22 +165,27 @@ def torchvision_model(arch: str, pretrained: str | None, num_outputs: int) -> nn
         builder = torchvision.models.get_model_builder(arch)
     except ValueError:
         names = ", ".join(sorted(torchvision.models.list_models(torchvision.models))[:12])
-        raise ConfigError("model.args.arch", f"{arch!r} is not a torchvision classification model",
-                          f"e.g. {names}, ...") from None
+        raise ConfigError(
+            "model.args.arch", f"{arch!r} is not a torchvision classification model", f"e.g. {names}, ..."
+        ) from None
     if pretrained is None:
         return builder(num_classes=num_outputs)
     model = builder()  # the original head, to match the weights file
     path = Path(pretrained)
     if not path.is_file():
-        raise ConfigError("model.args.pretrained", f"{path} does not exist",
-                          "download the weights elsewhere and copy the file here; nothing is fetched at run time")
+        raise ConfigError(
+            "model.args.pretrained",
+            f"{path} does not exist",
+            "download the weights elsewhere and copy the file here; nothing is fetched at run time",
+        )
     state = torch.load(path, map_location="cpu", weights_only=True)
     state = state.get("model", state) if isinstance(state, dict) else state
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        raise ConfigError("model.args.pretrained", f"{path} does not match torchvision's {arch}: "
-                          f"{str(exc).splitlines()[0]}") from None
+        raise ConfigError(
+            "model.args.pretrained", f"{path} does not match torchvision's {arch}: {str(exc).splitlines()[0]}"
+        ) from None
     parent, name = _head_of(model)
     old = getattr(parent, name)
     setattr(parent, name, nn.Linear(old.in_features, num_outputs))

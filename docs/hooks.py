@@ -48,14 +48,20 @@ class Section:
 
 # ------------------------------------------------------------------------------------------------ config
 
+
 def field_docs(cls: type) -> dict[str, str]:
     """The docstrings written under a dataclass's fields (`x: int = 1` then `\"\"\"...\"\"\"`), by field name."""
     tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
     body = tree.body[0].body  # the class's statements
     docs = {}
     for stmt, after in zip(body, body[1:]):
-        if (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and isinstance(after, ast.Expr)
-                and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str)):
+        if (
+            isinstance(stmt, ast.AnnAssign)
+            and isinstance(stmt.target, ast.Name)
+            and isinstance(after, ast.Expr)
+            and isinstance(after.value, ast.Constant)
+            and isinstance(after.value.value, str)
+        ):
             docs[stmt.target.id] = " ".join(inspect.cleandoc(after.value.value).split())
     return docs
 
@@ -114,7 +120,9 @@ def config_sections() -> list[Section]:
             sub, placeholder = _section_class(hints[f.name])
             dotted = f"{prefix}.{f.name}" if prefix else f.name
             if sub is not None:
-                class_doc = inspect.getdoc(sub) if sub.__doc__ and not sub.__doc__.startswith(sub.__name__ + "(") else ""
+                class_doc = (
+                    inspect.getdoc(sub) if sub.__doc__ and not sub.__doc__.startswith(sub.__name__ + "(") else ""
+                )
                 text = " ".join(filter(None, [docs.get(f.name, ""), " ".join((class_doc or "").split())]))
                 if _default(f) == "null":
                     text += " Optional: null leaves the section out."
@@ -159,6 +167,7 @@ def config_markdown() -> str:
 
 # --------------------------------------------------------------------------------------------------- cli
 
+
 def cli_markdown() -> str:
     from distrain import cli
 
@@ -170,7 +179,7 @@ def cli_markdown() -> str:
     for name, sub in subparsers.choices.items():
         out += [f"## `distrain {name}`", "", "```text", _help(sub, formatter), "```", ""]
     doc = inspect.getdoc(cli) or ""
-    status = doc[doc.index("Exit status"):].split("\n\n")[0] if "Exit status" in doc else ""
+    status = doc[doc.index("Exit status") :].split("\n\n")[0] if "Exit status" in doc else ""
     out += ["## Exit status", "", " ".join(status.split()), ""]
     return "\n".join(out)
 
@@ -181,6 +190,7 @@ def _help(parser: argparse.ArgumentParser, formatter: Any) -> str:
 
 
 # --------------------------------------------------------------------------------------------------- api
+
 
 def _signature(obj: Any, *, annotations: bool = True, skip: tuple[str, ...] = ()) -> str:
     """`(a: int, *, b: str = 'x')` as written in the source; a default that is the live environment is
@@ -228,11 +238,20 @@ def components_markdown() -> str:
     from distrain.config import registry
 
     out = []
-    titles = {"data": "`data.name`", "model": "`model.name`", "loss": "`loss.name`",
-              "metric": "`metrics.<name>.name`", "optim": "`optim.name`"}
+    titles = {
+        "data": "`data.name`",
+        "model": "`model.name`",
+        "loss": "`loss.name`",
+        "metric": "`metrics.<name>.name`",
+        "optim": "`optim.name`",
+    }
     for kind in registry.KINDS:
-        out += [f"## {titles[kind]}", "", "| name | import path | keyword arguments (`args`) | what it is |",
-                "|---|---|---|---|"]
+        out += [
+            f"## {titles[kind]}",
+            "",
+            "| name | import path | keyword arguments (`args`) | what it is |",
+            "|---|---|---|---|",
+        ]
         for name, path in sorted(registry._BUILTINS[kind].items()):
             obj = registry.resolve(kind, name, titles[kind])
             # The parameters the run itself passes (the parameters to optimize, the reduction) are left out.

@@ -28,7 +28,7 @@ class LogisticRegression(nn.Module):
 def load(test_fraction, seed):
     x, y = load_breast_cancer(return_X_y=True)
     order = np.random.default_rng(seed).permutation(len(y))
-    test, train = order[: int(round(test_fraction * len(y)))], order[int(round(test_fraction * len(y))):]
+    test, train = order[: int(round(test_fraction * len(y)))], order[int(round(test_fraction * len(y))) :]
     mean, std = x[train].mean(axis=0), x[train].std(axis=0)  # training statistics only
 
     def tensors(idx):

@@ -46,8 +46,14 @@ def main():
     train, test = load(cfg.user["test_fraction"], cfg.seed)
     torch.manual_seed(cfg.seed)
     model = Regressor(train.tensors[0].shape[1], cfg.user["width"])
-    result = distrain.fit(cfg, model=model, train_data=train, test_data=test, loss=nn.MSELoss(),
-                          metrics={"r2": R2Score(), "mae": lambda preds, targets: (preds - targets).abs()})
+    result = distrain.fit(
+        cfg,
+        model=model,
+        train_data=train,
+        test_data=test,
+        loss=nn.MSELoss(),
+        metrics={"r2": R2Score(), "mae": lambda preds, targets: (preds - targets).abs()},
+    )
     if distrain.is_main_process():
         print(f"test R^2 {result['test_r2']:.4f} | MAE {result['test_mae']:.4f} (in standard deviations)")
 

@@ -21,8 +21,9 @@ NUM_LABELS = 5
 
 
 def load(seed, num_train, num_test):
-    x, y = make_multilabel_classification(n_samples=num_train + num_test, n_features=20, n_classes=NUM_LABELS,
-                                          n_labels=2, random_state=seed)
+    x, y = make_multilabel_classification(
+        n_samples=num_train + num_test, n_features=20, n_classes=NUM_LABELS, n_labels=2, random_state=seed
+    )
     x = np.log1p(x)
     x = (x - x[:num_train].mean(axis=0)) / (x[:num_train].std(axis=0) + 1e-6)
     x, y = torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.float32)
@@ -34,8 +35,14 @@ def main():
     train, test = load(cfg.seed, cfg.user["num_train"], cfg.user["num_test"])
     torch.manual_seed(cfg.seed)
     model = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, NUM_LABELS))
-    result = distrain.fit(cfg, model=model, train_data=train, test_data=test, loss=nn.BCEWithLogitsLoss(),
-                          metrics={"f1": MultilabelF1Score(num_labels=NUM_LABELS, average="macro")})
+    result = distrain.fit(
+        cfg,
+        model=model,
+        train_data=train,
+        test_data=test,
+        loss=nn.BCEWithLogitsLoss(),
+        metrics={"f1": MultilabelF1Score(num_labels=NUM_LABELS, average="macro")},
+    )
     if distrain.is_main_process():
         print(f"test macro F1 {result['test_f1']:.4f} | label accuracy {result['test_accuracy']:.4f}")
 

@@ -49,11 +49,18 @@ def main():
     cfg = distrain.load_config(sys.argv[1], sys.argv[2:])
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank and in one process
     model = SimpleClassifier(num_inputs=2, num_hidden=4, num_outputs=1)
-    result = distrain.fit(cfg, model=model, train_data=XORDataset(2500, seed=1), test_data=XORDataset(500, seed=2),
-                          loss=nn.BCEWithLogitsLoss(), metrics={"f1": BinaryF1Score()})
+    result = distrain.fit(
+        cfg,
+        model=model,
+        train_data=XORDataset(2500, seed=1),
+        test_data=XORDataset(500, seed=2),
+        loss=nn.BCEWithLogitsLoss(),
+        metrics={"f1": BinaryF1Score()},
+    )
     if distrain.is_main_process():
-        print(f"test loss {result['test_loss']:.4f} | accuracy {result['test_accuracy']:.4f} | "
-              f"F1 {result['test_f1']:.4f}")
+        print(
+            f"test loss {result['test_loss']:.4f} | accuracy {result['test_accuracy']:.4f} | F1 {result['test_f1']:.4f}"
+        )
         torch.save(model.state_dict(), f"{result['run_dir']}/model.pt")  # the trained weights, unwrapped
 
 

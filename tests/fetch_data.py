@@ -25,14 +25,18 @@ import tempfile
 from pathlib import Path
 
 MD5 = {
-    "MNIST": {"train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
-              "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
-              "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
-              "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637"},
-    "FashionMNIST": {"train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
-                     "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
-                     "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
-                     "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965"},
+    "MNIST": {
+        "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+        "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+        "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+        "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+    },
+    "FashionMNIST": {
+        "train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+        "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
+        "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
+        "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965",
+    },
 }
 
 
@@ -74,8 +78,9 @@ def fetch_mnist(root: Path, work: Path) -> None:
 
 def fetch_fashion_mnist(root: Path, work: Path) -> None:
     def download() -> subprocess.CompletedProcess:
-        return subprocess.run(["apt-get", "download", "-qq", "dataset-fashion-mnist"], cwd=work,
-                              capture_output=True, text=True)
+        return subprocess.run(
+            ["apt-get", "download", "-qq", "dataset-fashion-mnist"], cwd=work, capture_output=True, text=True
+        )
 
     if download().returncode and os.geteuid() == 0:
         subprocess.run(["apt-get", "update", "-qq"], check=True)  # package lists missing on a fresh machine

@@ -2,34 +2,44 @@
 example scripts under every launcher, plug-ins named by import path, and the checks that stop a
 misread task before training."""
 
-import json
-
 import pytest
 import torch
-from conftest import PYTHON, REPO, clean_env, free_port, run_cli, run_group, run_torchrun
+from helpers.runs import (
+    PYTHON,
+    REPO,
+    XOR,
+    clean_env,
+    free_port,
+    last_record,
+    newest_payload,
+    newest_weights,
+    printed_json,
+    records,
+    run_cli,
+    run_group,
+    run_torchrun,
+)
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
 import distrain
-from distrain.checkpoint.store import find_resumable, list_best, load_payload
+from distrain.checkpoint.store import list_best
 from distrain.errors import ConfigError
-from distrain.reporting.history import read_metrics
 
 EX = REPO / "examples"
-XOR_ARGS = ["trainer.epochs=12", "data.val_fraction=0.2", "checkpoint.every_epochs=1", "checkpoint.every_steps=9",
-            "checkpoint.keep_last=0", "checkpoint.keep_best=1", "checkpoint.monitor=val_f1"]
+XOR_ARGS = [
+    "trainer.epochs=12",
+    "data.val_fraction=0.2",
+    "checkpoint.every_epochs=1",
+    "checkpoint.every_steps=9",
+    "checkpoint.keep_last=0",
+    "checkpoint.keep_best=1",
+    "checkpoint.monitor=val_f1",
+]
 
 
 def run_script(script, config, *args, timeout=300):
     return run_group([PYTHON, str(EX / script), str(EX / config), *args], env=clean_env(), timeout=timeout)
-
-
-def last(run_dir, split):
-    return [r for r in read_metrics(run_dir) if r["split"] == split][-1]
-
-
-def final_weights(run_dir):
-    return load_payload(find_resumable(run_dir))["model"]
 
 
 @pytest.fixture(scope="module")
@@ -42,9 +52,24 @@ def xor_script(tmp_path_factory):
     two = run_torchrun(2, str(EX / "xor.yaml"), f"run.dir={root / 'two'}", *XOR_ARGS, script="examples/xor_tutorial.py")
     assert two.returncode == 0, two.stderr[-3000:]
     accelerate = str(PYTHON).replace("/python", "/accelerate")
-    acc = run_group([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port",
-                     str(free_port()), str(EX / "xor_tutorial.py"), str(EX / "xor.yaml"), f"run.dir={root / 'acc'}",
-                     *XOR_ARGS, "engine=accelerate"], env=clean_env(), timeout=300)
+    acc = run_group(
+        [
+            accelerate,
+            "launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--main_process_port",
+            str(free_port()),
+            str(EX / "xor_tutorial.py"),
+            str(EX / "xor.yaml"),
+            f"run.dir={root / 'acc'}",
+            *XOR_ARGS,
+            "engine=accelerate",
+        ],
+        env=clean_env(),
+        timeout=300,
+    )
     assert acc.returncode == 0, acc.stderr[-3000:]
     return root, one
 
@@ -58,11 +83,11 @@ def test_user_script_one_and_two_processes_agree(xor_script):
     for key in a:  # same global batches: float32 summation order only (see test_train)
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-5)
     # What fit left in the user's model is the run's last checkpoint, unwrapped.
-    assert all(torch.equal(a[k], v) for k, v in final_weights(root / "one").items())
-    t1, t2 = last(root / "one", "test"), last(root / "two", "test")
+    assert all(torch.equal(a[k], v) for k, v in newest_weights(root / "one").items())
+    t1, t2 = last_record(root / "one", "test"), last_record(root / "two", "test")
     assert t1["samples"] == t2["samples"] == 500 and t1["accuracy"] == t2["accuracy"] and t1["f1"] == t2["f1"]
     assert t1["loss"] == pytest.approx(t2["loss"], rel=1e-5)
-    v1 = last(root / "one", "val")
+    v1 = last_record(root / "one", "val")
     assert v1["samples"] == 500 and {"loss", "accuracy", "f1"} <= set(v1)  # 20% of 2500 held out by seed
 
 
@@ -71,13 +96,13 @@ def test_user_script_under_accelerate_launch_matches_torchrun(xor_script):
     root, _ = xor_script
     a, b = torch.load(root / "two" / "model.pt"), torch.load(root / "acc" / "model.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert last(root / "two", "test") | {"time_s": 0} == last(root / "acc", "test") | {"time_s": 0}
+    assert last_record(root / "two", "test") | {"time_s": 0} == last_record(root / "acc", "test") | {"time_s": 0}
 
 
 @pytest.mark.slow
 def test_user_metric_as_checkpoint_monitor_keeps_the_best(xor_script):
     root, _ = xor_script
-    val = [r for r in read_metrics(root / "one") if r["split"] == "val"]
+    val = records(root / "one", "val")
     best = max(val, key=lambda r: (r["f1"], -r["global_step"]))  # the first epoch reaching the best F1
     kept = list_best(root / "one" / "checkpoints")
     assert [m.global_step for m in kept] == [best["global_step"]] and kept[0].metrics["val_f1"] == best["f1"]
@@ -87,33 +112,49 @@ def test_user_metric_as_checkpoint_monitor_keeps_the_best(xor_script):
 def test_user_script_survives_sigkill_of_a_rank_bitwise(xor_script, tmp_path):
     root, _ = xor_script
     env = clean_env(KILL_RANK="1", KILL_STEP="40")
-    result = run_torchrun(2, str(EX / "xor_tutorial.py"), str(EX / "xor.yaml"), f"run.dir={tmp_path}", *XOR_ARGS,
-                          extra=("--max-restarts=1",), env=env, script="tests/helpers/kill_at_step.py")
+    result = run_torchrun(
+        2,
+        str(EX / "xor_tutorial.py"),
+        str(EX / "xor.yaml"),
+        f"run.dir={tmp_path}",
+        *XOR_ARGS,
+        extra=("--max-restarts=1",),
+        env=env,
+        script="tests/helpers/kill_at_step.py",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resumed from" in result.stdout
     a, b = torch.load(root / "two" / "model.pt"), torch.load(tmp_path / "model.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert [m.global_step for m in list_best(tmp_path / "checkpoints")] == \
-        [m.global_step for m in list_best(root / "two" / "checkpoints")]
+    assert [m.global_step for m in list_best(tmp_path / "checkpoints")] == [
+        m.global_step for m in list_best(root / "two" / "checkpoints")
+    ]
 
 
 def test_model_and_data_named_by_import_path_train(tmp_path):
     # From examples/, with the installed `distrain` command (its sys.path lacks the current directory).
     command = str(PYTHON).replace("/python", "/distrain")
-    result = run_group([command, "train", "plugins.yaml", f"run.dir={tmp_path}", "trainer.epochs=3"],
-                       env=clean_env(), timeout=300, cwd=EX)
+    result = run_group(
+        [command, "train", "plugins.yaml", f"run.dir={tmp_path}", "trainer.epochs=3"],
+        env=clean_env(),
+        timeout=300,
+        cwd=EX,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "model SimpleClassifier" in result.stdout and "loss bce_with_logits (binary)" in result.stdout
-    test = last(tmp_path, "test")
-    assert test["samples"] == 500 and 0 <= test["f1"] <= 1 and last(tmp_path, "val")["samples"] == 250
+    test = last_record(tmp_path, "test")
+    assert test["samples"] == 500 and 0 <= test["f1"] <= 1 and last_record(tmp_path, "val")["samples"] == 250
 
 
-@pytest.mark.parametrize("override,key,words", [
-    ("data.name=mypkg.data:nosuch", "data.name", "has no attribute 'nosuch'"),
-    ("data.args.noise=0.1", "data.args.noise", "did you mean 'data.args.noise_std'"),
-    ("model.args.num_hiden=4", "model.args.num_hiden", "did you mean 'model.args.num_hidden'"),
-    ("metrics.f1.name=mypkg.nosuch:F1", "metrics.f1.name", "cannot import module 'mypkg.nosuch'"),
-])
+@pytest.mark.parametrize(
+    "override,key,words",
+    [
+        ("data.name=mypkg.data:nosuch", "data.name", "has no attribute 'nosuch'"),
+        ("data.args.noise=0.1", "data.args.noise", "did you mean 'data.args.noise_std'"),
+        ("model.args.num_hiden=4", "model.args.num_hiden", "did you mean 'model.args.num_hidden'"),
+        ("metrics.f1.name=mypkg.nosuch:F1", "metrics.f1.name", "cannot import module 'mypkg.nosuch'"),
+    ],
+)
 def test_bad_plugins_exit_2_naming_the_key(tmp_path, override, key, words):
     result = run_cli("train", "plugins.yaml", f"run.dir={tmp_path}", override, cwd=EX, fresh=True)
     assert result.returncode == 2 and f"'{key}'" in result.stderr and words in result.stderr, result.stderr
@@ -121,16 +162,21 @@ def test_bad_plugins_exit_2_naming_the_key(tmp_path, override, key, words):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("script,config,tolerance,args,metric,least", [
-    ("breast_cancer.py", "breast_cancer.yaml", 1e-5, ["trainer.epochs=2"], "accuracy", 0.9),
-    # A CNN's rounding differences (conv backward sums in another order on 2 ranks) grow with each SGD
-    # step; at the example's lr 0.05 with momentum they reach ~2e-2 in 94 steps, at lr 0.01 in 47 ~1e-5.
-    ("custom_image_dataset.py", "custom_images.yaml", 1e-4, ["trainer.epochs=1", "optim.lr=0.01"], "accuracy", 0.6),
-    # The shipped configs, whole: the figures the docs state (docs/pages/your-code.md) (measured R^2 0.50, macro F1 0.75).
-    ("diabetes_regression.py", "diabetes.yaml", 1e-4, [], "r2", 0.45),
-    # Adam divides by the running gradient size, so rounding in small gradients moves weights further:
-    # measured 3.9e-4 after 960 steps on 1 vs 2 processes.
-    ("multilabel.py", "multilabel.yaml", 2e-3, [], "f1", 0.70)])
+@pytest.mark.parametrize(
+    "script,config,tolerance,args,metric,least",
+    [
+        ("breast_cancer.py", "breast_cancer.yaml", 1e-5, ["trainer.epochs=2"], "accuracy", 0.9),
+        # A CNN's rounding differences (conv backward sums in another order on 2 ranks) grow with each SGD
+        # step; at the example's lr 0.05 with momentum they reach ~2e-2 in 94 steps, at lr 0.01 in 47 ~1e-5.
+        ("custom_image_dataset.py", "custom_images.yaml", 1e-4, ["trainer.epochs=1", "optim.lr=0.01"], "accuracy", 0.6),
+        # The shipped configs, whole: the figures the docs state (docs/pages/your-code.md): measured
+        # R^2 0.50, macro F1 0.75.
+        ("diabetes_regression.py", "diabetes.yaml", 1e-4, [], "r2", 0.45),
+        # Adam divides by the running gradient size, so rounding in small gradients moves weights further:
+        # measured 3.9e-4 after 960 steps on 1 vs 2 processes.
+        ("multilabel.py", "multilabel.yaml", 2e-3, [], "f1", 0.70),
+    ],
+)
 def test_examples_in_one_and_two_processes(tmp_path, script, config, tolerance, args, metric, least):
     args = [f"run.dir={tmp_path / 'one'}", *args, f"user.demo_dir={tmp_path / 'images'}"]
     one = run_script(script, config, *args)
@@ -138,10 +184,10 @@ def test_examples_in_one_and_two_processes(tmp_path, script, config, tolerance, 
     args[0] = f"run.dir={tmp_path / 'two'}"
     two = run_torchrun(2, str(EX / config), *args, script=f"examples/{script}")
     assert two.returncode == 0, two.stderr[-3000:]
-    a, b = final_weights(tmp_path / "one"), final_weights(tmp_path / "two")
+    a, b = newest_weights(tmp_path / "one"), newest_weights(tmp_path / "two")
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=tolerance)
-    test_one, test_two = last(tmp_path / "one", "test"), last(tmp_path / "two", "test")
+    test_one, test_two = last_record(tmp_path / "one", "test"), last_record(tmp_path / "two", "test")
     assert test_one[metric] >= least and test_one[metric] == pytest.approx(test_two[metric], abs=0.01)
     if metric == "r2":
         assert "accuracy" not in test_one  # regression: no accuracy is made up
@@ -153,10 +199,18 @@ def test_examples_in_one_and_two_processes(tmp_path, script, config, tolerance, 
 def wine_run(tmp_path_factory):
     """configs/wine.yaml with a torchmetrics macro F1, 53 test samples (odd), eval batches of 8."""
     run = tmp_path_factory.mktemp("wine")
-    args = [f"run.dir={run}", "trainer.epochs=2", "stop.patience=0", "checkpoint.keep_best=0", "optim.lr=0.002",
-            "data.args.test_fraction=0.3", "data.eval_batch_size=8", "wandb.mode=disabled",
-            "metrics.f1.name=torchmetrics.classification:MulticlassF1Score",
-            "metrics.f1.args={num_classes: 3, average: macro}"]
+    args = [
+        f"run.dir={run}",
+        "trainer.epochs=2",
+        "stop.patience=0",
+        "checkpoint.keep_best=0",
+        "optim.lr=0.002",
+        "data.args.test_fraction=0.3",
+        "data.eval_batch_size=8",
+        "wandb.mode=disabled",
+        "metrics.f1.name=torchmetrics.classification:MulticlassF1Score",
+        "metrics.f1.args={num_classes: 3, average: macro}",
+    ]
     result = run_cli("train", "configs/wine.yaml", *args)
     assert result.returncode == 0, result.stderr[-3000:]
     return run, args
@@ -172,7 +226,7 @@ def test_torchmetrics_f1_is_identical_on_1_and_3_ranks_and_equals_sklearn(wine_r
         command = ("eval", "configs/wine.yaml", *args, f"checkpoint={run}")
         result = run_cli(*command) if nproc == 1 else run_torchrun(nproc, *command)
         assert result.returncode == 0, result.stderr[-3000:]
-        lines.append(json.loads(result.stdout.strip().splitlines()[-1]))
+        lines.append(printed_json(result))
     assert lines[0]["test_samples"] == 53 and 0.3 < lines[0]["test_f1"] < 1.0
     assert lines[0]["test_f1"] == lines[1]["test_f1"]
     assert lines[0]["test_loss"] == lines[1]["test_loss"]
@@ -208,9 +262,18 @@ def xor_tensors(n, seed):
 
 
 def base_cfg(tmp_path, *overrides):
-    return distrain.load_config({"seed": 0, "run": {"dir": str(tmp_path)}, "data": {"global_batch_size": 64},
-                                 "optim": {"name": "sgd", "lr": 0.5}, "trainer": {"epochs": 3},
-                                 "log": {"plots": False}, "wandb": {"mode": "disabled"}}, list(overrides))
+    return distrain.load_config(
+        {
+            "seed": 0,
+            "run": {"dir": str(tmp_path)},
+            "data": {"global_batch_size": 64},
+            "optim": {"name": "sgd", "lr": 0.5},
+            "trainer": {"epochs": 3},
+            "log": {"plots": False},
+            "wandb": {"mode": "disabled"},
+        },
+        list(overrides),
+    )
 
 
 def test_fit_trains_the_users_model_in_place_and_returns_metrics(tmp_path):
@@ -219,12 +282,13 @@ def test_fit_trains_the_users_model_in_place_and_returns_metrics(tmp_path):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 2))  # two logits for two classes
     before = [p.detach().clone() for p in model.parameters()]
-    result = distrain.fit(base_cfg(tmp_path), model=model, train_data=TensorDataset(x, y),
-                          test_data=TensorDataset(tx, ty))
+    result = distrain.fit(
+        base_cfg(tmp_path), model=model, train_data=TensorDataset(x, y), test_data=TensorDataset(tx, ty)
+    )
     # Two classes with two outputs and loss auto: cross-entropy, not one-logit BCE (no shape error).
     assert {"test_loss", "test_accuracy", "train_loss", "global_step"} <= set(result) and result.samples["test"] == 101
     assert result.trained and result.test["loss"] == result["test_loss"] and result.epochs_done == 3
-    saved = final_weights(tmp_path)
+    saved = newest_weights(tmp_path)
     assert all(torch.equal(p.detach(), saved[k]) for k, p in model.state_dict().items())
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
     with torch.no_grad():
@@ -236,11 +300,25 @@ def test_fit_with_an_optimizer_and_a_function_metric(tmp_path):
     x, y = xor_tensors(256, 3)
     model = nn.Linear(2, 1)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
-    cfg = distrain.load_config({"run": {"dir": str(tmp_path)}, "data": {"global_batch_size": 32},
-                                "trainer": {"epochs": 2}, "wandb": {"mode": "disabled"}, "log": {"plots": False}})
+    cfg = distrain.load_config(
+        {
+            "run": {"dir": str(tmp_path)},
+            "data": {"global_batch_size": 32},
+            "trainer": {"epochs": 2},
+            "wandb": {"mode": "disabled"},
+            "log": {"plots": False},
+        }
+    )
     data = TensorDataset(x, y.float())
-    result = distrain.fit(cfg, model=model, train_data=data, test_data=data, loss=nn.MSELoss(), optimizer=optimizer,
-                          metrics={"within": lambda preds, targets: ((preds - targets).abs() < 0.5).double()})
+    result = distrain.fit(
+        cfg,
+        model=model,
+        train_data=data,
+        test_data=data,
+        loss=nn.MSELoss(),
+        optimizer=optimizer,
+        metrics={"within": lambda preds, targets: ((preds - targets).abs() < 0.5).double()},
+    )
     with torch.no_grad():
         within = ((model(x).squeeze(1) - y.float()).abs() < 0.5).double().mean().item()
     assert result["test_within"] == pytest.approx(within, abs=1e-12) and "test_accuracy" not in result
@@ -276,8 +354,9 @@ def test_dict_samples_and_several_inputs_train_alike(tmp_path):
     for name, train in (("dict", data), ("tensors", TensorDataset(data.x[:, :1], data.x[:, 1:], data.y))):
         torch.manual_seed(0)
         model = AddNet()
-        result = distrain.fit(base_cfg(tmp_path / name), model=model, train_data=train, test_data=train,
-                              loss=nn.BCEWithLogitsLoss())
+        result = distrain.fit(
+            base_cfg(tmp_path / name), model=model, train_data=train, test_data=train, loss=nn.BCEWithLogitsLoss()
+        )
         runs[name] = {**result.as_dict(), "weights": {k: v.clone() for k, v in model.state_dict().items()}}
     assert all(torch.equal(runs["dict"]["weights"][k], runs["tensors"]["weights"][k]) for k in runs["dict"]["weights"])
     assert runs["dict"]["test_accuracy"] == runs["tensors"]["test_accuracy"]
@@ -287,8 +366,13 @@ def test_a_sigmoid_before_a_logits_loss_is_refused(tmp_path):
     x, y = xor_tensors(64, 5)
     model = nn.Sequential(nn.Linear(2, 1), nn.Sigmoid())
     with pytest.raises(ConfigError) as info:
-        distrain.fit(base_cfg(tmp_path), model=model, train_data=TensorDataset(x, y), test_data=TensorDataset(x, y),
-                     loss=nn.BCEWithLogitsLoss())
+        distrain.fit(
+            base_cfg(tmp_path),
+            model=model,
+            train_data=TensorDataset(x, y),
+            test_data=TensorDataset(x, y),
+            loss=nn.BCEWithLogitsLoss(),
+        )
     assert info.value.key == "loss.name" and "Sigmoid" in str(info.value)
     assert not (tmp_path / "config.yaml").exists()  # refused before the run directory is written
 
@@ -296,16 +380,25 @@ def test_a_sigmoid_before_a_logits_loss_is_refused(tmp_path):
 def test_outputs_that_would_broadcast_are_refused(tmp_path):
     x, y = xor_tensors(64, 5)
     with pytest.raises(ConfigError) as info:
-        distrain.fit(base_cfg(tmp_path), model=nn.Linear(2, 3), train_data=TensorDataset(x, y.float()),
-                     test_data=TensorDataset(x, y.float()), loss=nn.MSELoss())
+        distrain.fit(
+            base_cfg(tmp_path),
+            model=nn.Linear(2, 3),
+            train_data=TensorDataset(x, y.float()),
+            test_data=TensorDataset(x, y.float()),
+            loss=nn.MSELoss(),
+        )
     assert info.value.key == "model" and "broadcast" in str(info.value)
 
 
 def test_float_targets_without_a_loss_ask_for_one(tmp_path):
     x, y = xor_tensors(64, 5)
     with pytest.raises(ConfigError) as info:
-        distrain.fit(base_cfg(tmp_path), model=nn.Linear(2, 1), train_data=TensorDataset(x, y.float()),
-                     test_data=TensorDataset(x, y.float()))
+        distrain.fit(
+            base_cfg(tmp_path),
+            model=nn.Linear(2, 1),
+            train_data=TensorDataset(x, y.float()),
+            test_data=TensorDataset(x, y.float()),
+        )
     assert info.value.key == "loss.name" and "mse" in str(info.value)
 
 
@@ -323,10 +416,19 @@ def test_a_continuous_csv_target_is_regression(tmp_path):
 
 def test_register_gives_a_short_name(tmp_path):
     distrain.register("model", "tiny_xor_net", lambda num_inputs, num_outputs: nn.Linear(num_inputs, num_outputs))
-    cfg = distrain.load_config("configs/xor.yaml", [f"run.dir={tmp_path}", "model.name=tiny_xor_net", "model.args={}",
-                                                    "trainer.epochs=1", "wandb.mode=disabled", "log.plots=false"])
+    cfg = distrain.load_config(
+        XOR,
+        [
+            f"run.dir={tmp_path}",
+            "model.name=tiny_xor_net",
+            "model.args={}",
+            "trainer.epochs=1",
+            "wandb.mode=disabled",
+            "log.plots=false",
+        ],
+    )
     result = distrain.fit(cfg)
-    assert result["test_samples"] == 500 and final_weights(tmp_path)["weight"].shape == (1, 2)
+    assert result["test_samples"] == 500 and newest_weights(tmp_path)["weight"].shape == (1, 2)
 
 
 def test_import_of_distrain_loads_nothing():
@@ -335,10 +437,20 @@ def test_import_of_distrain_loads_nothing():
 
 
 def test_launch_script_runs_a_user_script(tmp_path):
-    result = run_group(["bash", "launch/single.sh", "examples/breast_cancer.py", "examples/breast_cancer.yaml",
-                        f"run.dir={tmp_path}", "trainer.epochs=1"], env=clean_env(DISTRAIN_PYTHON=PYTHON), timeout=120)
+    result = run_group(
+        [
+            "bash",
+            "launch/single.sh",
+            "examples/breast_cancer.py",
+            "examples/breast_cancer.yaml",
+            f"run.dir={tmp_path}",
+            "trainer.epochs=1",
+        ],
+        env=clean_env(DISTRAIN_PYTHON=PYTHON),
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "test accuracy" in result.stdout and last(tmp_path, "test")["samples"] == 114
+    assert "test accuracy" in result.stdout and last_record(tmp_path, "test")["samples"] == 114
 
 
 def test_any_torch_optimizer_by_import_path(tmp_path):
@@ -346,5 +458,5 @@ def test_any_torch_optimizer_by_import_path(tmp_path):
     cfg = base_cfg(tmp_path, "optim.name=torch.optim:NAdam", "optim.lr=0.01", "optim.args={momentum_decay: 0.004}")
     model = nn.Linear(2, 1)
     distrain.fit(cfg, model=model, train_data=TensorDataset(x, y), test_data=TensorDataset(x, y))
-    state = load_payload(find_resumable(tmp_path))["optimizer"]
+    state = newest_payload(tmp_path)["optimizer"]
     assert state["param_groups"][0]["momentum_decay"] == 0.004 and "mu_product" in state["state"][0]

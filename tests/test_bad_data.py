@@ -3,7 +3,7 @@ image), for the CSV table, the annotations CSV and image folders."""
 
 import pytest
 import torch
-from conftest import run_cli
+from helpers.runs import run_cli
 from torchvision.io import write_png
 
 from distrain.data.datasets import csv
@@ -13,15 +13,18 @@ from distrain.errors import UserError
 GOOD = "a,b,label\n1,2,cat\n3,4,dog\n5,6,cat\n"
 
 
-@pytest.mark.parametrize("text, words", [
-    ("a,b,label\n1,2,cat\n3,dog\n", "line 3: 2 cells, the header has 3"),
-    ("a,b,label\n1,2,cat\n3,,dog\n", "line 3, column 'b': the cell is empty"),
-    ("a,b,label\n1,2,cat\n\n3,x7,dog\n", "line 4, column 'b': 'x7' is not a number"),
-    ("a,b,label\n1,nan,cat\n3,4,dog\n", "line 2, column 'b': 'nan' is not a finite number"),
-    ("", "is empty"),
-    ("\n\n", "is empty"),
-    ("a,b,label\n", "has a header row but no data rows"),
-])
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("a,b,label\n1,2,cat\n3,dog\n", "line 3: 2 cells, the header has 3"),
+        ("a,b,label\n1,2,cat\n3,,dog\n", "line 3, column 'b': the cell is empty"),
+        ("a,b,label\n1,2,cat\n\n3,x7,dog\n", "line 4, column 'b': 'x7' is not a number"),
+        ("a,b,label\n1,nan,cat\n3,4,dog\n", "line 2, column 'b': 'nan' is not a finite number"),
+        ("", "is empty"),
+        ("\n\n", "is empty"),
+        ("a,b,label\n", "has a header row but no data rows"),
+    ],
+)
 def test_bad_csv_cells_are_named(tmp_path, text, words):
     path = tmp_path / "table.csv"
     path.write_text(text)
@@ -77,8 +80,14 @@ def test_annotations_csv_problems_are_named(tmp_path):
 def test_the_cli_exits_2_naming_the_file_and_line(tmp_path):
     path = tmp_path / "table.csv"
     path.write_text(GOOD + "7,?,dog\n")
-    r = run_cli("train", "configs/wine.yaml", "data.name=csv", f"data.args={{path: {path}}}", f"run.dir={tmp_path / 'r'}",
-                "wandb.mode=disabled")
+    r = run_cli(
+        "train",
+        "configs/wine.yaml",
+        "data.name=csv",
+        f"data.args={{path: {path}}}",
+        f"run.dir={tmp_path / 'r'}",
+        "wandb.mode=disabled",
+    )
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert f"{path}, line 5, column 'b': '?' is not a number" in r.stderr
     assert not (tmp_path / "r").exists()  # checked before the run directory is made

@@ -7,15 +7,20 @@ import random
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
+from helpers.runs import XOR, assert_checkpoints_verify, run_cli, weights_at
 
 from distrain.checkpoint.files import CheckpointError, Manifest
 from distrain.checkpoint.store import capture_rng, find_resumable, list_checkpoints, load_payload, restore_rng
 from distrain.config.parse import load_config
 from distrain.loop.trainer import train
 
-XOR = "configs/xor.yaml"
-SHORT = ["trainer.epochs=3", "checkpoint.every_steps=7", "checkpoint.every_epochs=1", "checkpoint.keep_last=0", "optim.args.momentum=0.9"]
+SHORT = [
+    "trainer.epochs=3",
+    "checkpoint.every_steps=7",
+    "checkpoint.every_epochs=1",
+    "checkpoint.keep_last=0",
+    "optim.args.momentum=0.9",
+]
 
 
 @pytest.fixture(scope="module")
@@ -25,36 +30,67 @@ def saved_run(tmp_path_factory):
     return run
 
 
-def weights(path):
-    return load_payload(path)["model"]
-
-
 def test_saves_are_complete_and_verified(saved_run):
     folder = saved_run / "checkpoints"
     steps = [int(p.stem.split("-")[1]) for p in list_checkpoints(folder)]
     assert steps == sorted({*range(7, 61, 7), 20, 40, 60}, reverse=True)
     assert not [p for p in folder.iterdir() if ".tmp" in p.name]  # no temporary files left behind
-    for path in list_checkpoints(folder):
+    for path in assert_checkpoints_verify(saved_run):
         manifest = Manifest.read(path)
-        assert manifest is not None and manifest.problem() is None
         payload = load_payload(path)
         assert payload["global_step"] == manifest.global_step
-        assert set(payload) >= {"model", "optimizer", "epoch", "step_in_epoch", "global_step", "rng",
-                                "world_size", "config", "distrain_version", "torch_version", "epoch_totals"}
+        assert set(payload) >= {
+            "model",
+            "optimizer",
+            "epoch",
+            "step_in_epoch",
+            "global_step",
+            "rng",
+            "world_size",
+            "config",
+            "distrain_version",
+            "torch_version",
+            "epoch_totals",
+        }
     assert (folder / "latest.json").read_text() == '{"file": "step-00000060.pt"}'
 
 
 def test_keep_last_prunes_old_checkpoints(tmp_path):
-    train(load_config(XOR, [f"run.dir={tmp_path}", "trainer.epochs=2", "checkpoint.every_steps=5", "checkpoint.every_epochs=1",
-                            "checkpoint.keep_last=2"]), environ={})
+    train(
+        load_config(
+            XOR,
+            [
+                f"run.dir={tmp_path}",
+                "trainer.epochs=2",
+                "checkpoint.every_steps=5",
+                "checkpoint.every_epochs=1",
+                "checkpoint.keep_last=2",
+            ],
+        ),
+        environ={},
+    )
     assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == ["step-00000040.pt", "step-00000035.pt"]
-    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("*.json")) == \
-        ["latest.json", "step-00000035.json", "step-00000040.json"]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("*.json")) == [
+        "latest.json",
+        "step-00000035.json",
+        "step-00000040.json",
+    ]
 
 
 def test_a_step_save_that_ends_an_epoch_is_written_once_with_the_epoch_metrics(tmp_path, capsys):
-    train(load_config(XOR, [f"run.dir={tmp_path}", "trainer.epochs=2", "checkpoint.every_steps=5",
-                            "checkpoint.every_epochs=1", "checkpoint.keep_last=0"]), environ={})
+    train(
+        load_config(
+            XOR,
+            [
+                f"run.dir={tmp_path}",
+                "trainer.epochs=2",
+                "checkpoint.every_steps=5",
+                "checkpoint.every_epochs=1",
+                "checkpoint.keep_last=0",
+            ],
+        ),
+        environ={},
+    )
     saved = [line.split()[1] for line in capsys.readouterr().out.splitlines() if line.startswith("saved ")]
     assert [os.path.basename(p) for p in saved] == [f"step-{s:08d}.pt" for s in range(5, 41, 5)]  # each once
     for step in (20, 40):  # 20 steps an epoch: the epoch's save, carrying its metrics
@@ -75,7 +111,7 @@ def test_damaged_newest_checkpoint_is_skipped(saved_run, tmp_path, damage, caplo
         newest.write_bytes(os.urandom(len(data)))
     elif damage == "flip":  # same size, one byte changed in the middle: only the checksum sees it
         i = len(data) // 2
-        newest.write_bytes(data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1:])
+        newest.write_bytes(data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1 :])
     else:  # the save was killed after the rename and before the manifest
         newest.with_suffix(".json").unlink()
     with caplog.at_level("WARNING"):
@@ -136,15 +172,16 @@ def test_mid_epoch_resume_is_bitwise_exact(saved_run, tmp_path):
     mid = saved_run / "checkpoints" / "step-00000028.pt"
     assert load_payload(mid)["step_in_epoch"] == 8
     train(load_config(XOR, [f"run.dir={tmp_path}", *SHORT, f"checkpoint.resume={mid}"]), environ={})
-    final = weights(saved_run / "checkpoints" / "step-00000060.pt")
-    resumed = weights(tmp_path / "checkpoints" / "step-00000060.pt")
+    final = weights_at(saved_run / "checkpoints" / "step-00000060.pt")
+    resumed = weights_at(tmp_path / "checkpoints" / "step-00000060.pt")
     assert all(torch.equal(final[k], resumed[k]) for k in final)
 
 
 def test_resume_refuses_another_global_batch(saved_run, tmp_path):
     mid = saved_run / "checkpoints" / "step-00000028.pt"
-    result = run_cli("train", XOR, f"run.dir={tmp_path}", *SHORT, f"checkpoint.resume={mid}",
-                     "data.global_batch_size=64")
+    result = run_cli(
+        "train", XOR, f"run.dir={tmp_path}", *SHORT, f"checkpoint.resume={mid}", "data.global_batch_size=64"
+    )
     assert result.returncode == 2 and "data.global_batch_size: 128 in the checkpoint, 64 now" in result.stderr
     assert "Traceback" not in result.stderr
 

@@ -2,27 +2,41 @@
 
 import pytest
 import yaml
-from conftest import run_cli, run_torchrun
+from helpers.runs import REPO, XOR, run_cli, run_torchrun
 
 from distrain.config.parse import dump_config, from_dict, load_config
 from distrain.config.schema import Config
 from distrain.errors import ConfigError
 
-XOR = "configs/xor.yaml"
-
 
 def test_shipped_configs_load(tmp_path):
     for name in ("xor", "xor_linear", "breast_cancer", "wine"):
-        cfg = load_config(f"configs/{name}.yaml")
+        cfg = load_config(REPO / "configs" / f"{name}.yaml")
         assert isinstance(cfg, Config)
     cfg = load_config(XOR)
-    assert (cfg.seed, cfg.data.name, cfg.data.global_batch_size, cfg.trainer.epochs, cfg.optim.name,
-            cfg.optim.lr, cfg.run.dir) == (42, "xor", 128, 100, "sgd", 0.1, "runs/xor")
+    assert (
+        cfg.seed,
+        cfg.data.name,
+        cfg.data.global_batch_size,
+        cfg.trainer.epochs,
+        cfg.optim.name,
+        cfg.optim.lr,
+        cfg.run.dir,
+    ) == (42, "xor", 128, 100, "sgd", 0.1, "runs/xor")
 
 
 def test_overrides_are_parsed_as_yaml():
-    cfg = load_config(XOR, ["optim.lr=1e-3", "model.name=mlp", "model.args.hidden_sizes=[8, 8]",
-                            "optim.clip_grad_norm=null", "data.shuffle=false", "seed=7"])
+    cfg = load_config(
+        XOR,
+        [
+            "optim.lr=1e-3",
+            "model.name=mlp",
+            "model.args.hidden_sizes=[8, 8]",
+            "optim.clip_grad_norm=null",
+            "data.shuffle=false",
+            "seed=7",
+        ],
+    )
     assert cfg.optim.lr == 0.001 and cfg.model.args["hidden_sizes"] == [8, 8] and cfg.optim.clip_grad_norm is None
     assert cfg.data.shuffle is False and cfg.seed == 7
 
@@ -75,7 +89,11 @@ BAD_OVERRIDES = [
     (["metrics.loss.name=mae"], "metrics.loss", "other than 'loss'"),
     (["stop.monitor=test_loss"], "stop.monitor", "never used for model selection"),
     (["stop.patience=3"], "stop.monitor", "no val split"),
-    (["stop.patience=3", "stop.monitor=val_f1", "data.val_fraction=0.2"], "stop.monitor", "measures only loss, accuracy"),
+    (
+        ["stop.patience=3", "stop.monitor=val_f1", "data.val_fraction=0.2"],
+        "stop.monitor",
+        "measures only loss, accuracy",
+    ),
     (["checkpoint.keep_last=-1"], "checkpoint.keep_last", ">= 0"),
     (["data.loader=fast"], "data.loader", "tensor"),
 ]
@@ -92,8 +110,9 @@ def test_bad_config_exits_2_naming_the_key(overrides, key, words, tmp_path):
 
 def test_missing_required_key(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("data: {global_batch_size: 8}\nmodel: {name: mlp}\noptim: {name: sgd, lr: 0.1}\n"
-                    "trainer: {epochs: 1}\n")
+    path.write_text(
+        "data: {global_batch_size: 8}\nmodel: {name: mlp}\noptim: {name: sgd, lr: 0.1}\ntrainer: {epochs: 1}\n"
+    )
     result = run_cli("train", str(path))
     assert result.returncode == 2 and "'data.name': is not set and no data was given" in result.stderr
     assert "Traceback" not in result.stderr
@@ -122,7 +141,12 @@ def test_global_batch_must_divide_over_ranks(tmp_path):
     assert result.returncode != 0
     assert "'data.global_batch_size': 127 does not divide evenly over 2 processes" in result.stderr
     # Met by every rank alike: one message for the job, not one per rank.
-    assert sum(line.startswith(("distrain: error: config key 'data.global_batch_size'", "[rank"))
-               for line in (result.stdout + result.stderr).splitlines()) == 1, result.stderr
+    assert (
+        sum(
+            line.startswith(("distrain: error: config key 'data.global_batch_size'", "[rank"))
+            for line in (result.stdout + result.stderr).splitlines()
+        )
+        == 1
+    ), result.stderr
     # torchrun's agent prints its own ChildFailedError traceback; none may come from distrain's code.
     assert "distrain/" not in "".join(l for l in result.stderr.splitlines(True) if l.lstrip().startswith("File "))

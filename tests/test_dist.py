@@ -3,7 +3,7 @@
 import json
 
 import torch
-from conftest import spawn
+from helpers.runs import spawn
 
 from distrain.launch import dist
 from distrain.launch.env import DistEnv
@@ -30,8 +30,14 @@ def _collectives(rank, world, port, out):
         all_true = dist.all_true(rank == 0, ctx.device)
         any_true = dist.any_true(rank == 0, ctx.device)
         dist.barrier()
-    result = {"sum": total.item(), "obj": obj, "gathered": gathered, "all": all_true, "any": any_true,
-              "destroyed": not torch.distributed.is_initialized()}
+    result = {
+        "sum": total.item(),
+        "obj": obj,
+        "gathered": gathered,
+        "all": all_true,
+        "any": any_true,
+        "destroyed": not torch.distributed.is_initialized(),
+    }
     (out / f"rank{rank}.json").write_text(json.dumps(result))
 
 
@@ -39,8 +45,7 @@ def test_collectives_in_a_real_two_process_group(tmp_path):
     spawn(_collectives, 2, tmp_path)
     for rank in range(2):
         r = json.loads((tmp_path / f"rank{rank}.json").read_text())
-        assert r == {"sum": 3.0, "obj": {"from": 0}, "gathered": [0, 10], "all": False, "any": True,
-                     "destroyed": True}
+        assert r == {"sum": 3.0, "obj": {"from": 0}, "gathered": [0, 10], "all": False, "any": True, "destroyed": True}
 
 
 def _raises_inside(rank, world, port, out):

@@ -21,8 +21,9 @@ from distrain.config.schema import Config
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs"
 PAGES = sorted((DOCS / "pages").rglob("*.md")) + [REPO / "README.md"]
-FENCE = re.compile(r"^(?:<!-- runnable: (?P<argv>[^>]*) -->\n)?```(?P<lang>\w*)\n(?P<body>.*?)^```$",
-                   re.MULTILINE | re.DOTALL)
+FENCE = re.compile(
+    r"^(?:<!-- runnable: (?P<argv>[^>]*) -->\n)?```(?P<lang>\w*)\n(?P<body>.*?)^```$", re.MULTILINE | re.DOTALL
+)
 
 
 def _hooks():
@@ -45,8 +46,23 @@ def blocks(lang: str) -> list[tuple[str, str, str | None]]:
 
 def test_the_site_builds_strict_with_every_config_key_on_its_reference_page(tmp_path):
     env = dict(os.environ, NO_MKDOCS_2_WARNING="1")
-    result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(DOCS / "mkdocs.yml"),
-                             "-d", str(tmp_path / "site")], capture_output=True, text=True, env=env, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mkdocs",
+            "build",
+            "--strict",
+            "-f",
+            str(DOCS / "mkdocs.yml"),
+            "-d",
+            str(tmp_path / "site"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     assert "WARNING" not in result.stderr, result.stderr
     page = (tmp_path / "site" / "reference" / "config" / "index.html").read_text()
@@ -64,8 +80,14 @@ def test_the_site_builds_strict_with_every_config_key_on_its_reference_page(tmp_
 def test_every_config_key_has_a_doc_line():
     hooks = _hooks()
     keys = list(hooks.config_keys())
-    assert len(keys) >= 80 and {"data.global_batch_size", "trainer.epochs", "metrics.<name>.name",
-                                "fsdp.units", "optim.lr", "seed"} <= {k.dotted for k in keys}
+    assert len(keys) >= 80 and {
+        "data.global_batch_size",
+        "trainer.epochs",
+        "metrics.<name>.name",
+        "fsdp.units",
+        "optim.lr",
+        "seed",
+    } <= {k.dotted for k in keys}
     missing = [k.dotted for k in keys if not k.doc]
     assert not missing, f"config keys without a docstring under their field: {missing}"
 
@@ -81,8 +103,11 @@ def test_a_field_without_a_doc_line_is_seen():
     assert _hooks().field_docs(Section) == {"documented": "A doc line."}
 
 
-@pytest.mark.parametrize("path", sorted(p.relative_to(REPO) for d in ("configs", "examples", "bench/configs")
-                                        for p in (REPO / d).glob("*.yaml")), ids=str)
+@pytest.mark.parametrize(
+    "path",
+    sorted(p.relative_to(REPO) for d in ("configs", "examples", "bench/configs") for p in (REPO / d).glob("*.yaml")),
+    ids=str,
+)
 def test_every_shipped_config_loads(path):
     assert isinstance(load_config(REPO / path), Config)
 

@@ -9,21 +9,35 @@ summation order differs). bf16 against float32: accuracy only (bf16 changes the 
 from pathlib import Path
 
 import pytest
-import torch
-from conftest import PYTHON, REPO, clean_env, free_port, run_cli, run_group, run_torchrun
+from helpers.runs import (
+    PYTHON,
+    REPO,
+    XOR,
+    clean_env,
+    free_port,
+    newest_payload,
+    newest_weights,
+    records,
+    run_cli,
+    run_group,
+    run_torchrun,
+)
 
-from distrain.checkpoint.store import find_resumable, load_payload
 from distrain.config.parse import load_config
 from distrain.errors import ConfigError
-from distrain.reporting.history import read_metrics
 
 pytestmark = pytest.mark.slow  # real launchers end to end (the fast subset skips them)
 
 ACCELERATE = str(Path(PYTHON).parent / "accelerate")
-XOR = "configs/xor.yaml"
 # 8 epochs of 20 steps with momentum (optimizer state matters), saving mid-epoch and at epoch ends.
-ARGS = ["trainer.epochs=8", "optim.args.momentum=0.9", "checkpoint.every_steps=7", "checkpoint.every_epochs=4",
-        "checkpoint.keep_last=0", "log.plots=false"]
+ARGS = [
+    "trainer.epochs=8",
+    "optim.args.momentum=0.9",
+    "checkpoint.every_steps=7",
+    "checkpoint.every_epochs=4",
+    "checkpoint.keep_last=0",
+    "log.plots=false",
+]
 
 
 def run_accelerate_launch(*args: str, config_file: str | None = None, nproc: int = 2):
@@ -33,10 +47,6 @@ def run_accelerate_launch(*args: str, config_file: str | None = None, nproc: int
     return run_group(cmd, env=clean_env(), timeout=300)
 
 
-def weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return load_payload(find_resumable(run_dir))["model"]
-
-
 def max_diff(a, b) -> float:
     assert list(a) == list(b)
     return max((a[k] - b[k]).abs().max().item() for k in a)
@@ -44,7 +54,7 @@ def max_diff(a, b) -> float:
 
 def eval_metrics(run_dir: Path) -> list[tuple[float, float, int]]:
     """(loss, accuracy, samples) of every epoch's test evaluation."""
-    return [(r["loss"], r["accuracy"], r["samples"]) for r in read_metrics(run_dir) if r["split"] == "test"]
+    return [(r["loss"], r["accuracy"], r["samples"]) for r in records(run_dir, "test")]
 
 
 def launch(how: str, run_dir: Path, *extra: str):
@@ -75,15 +85,15 @@ def reference(tmp_path_factory):
 def test_engines_and_launchers_train_bitwise_the_same(reference, tmp_path, engine, how):
     result = launch(how, tmp_path, f"engine={engine}")
     assert f"2 process(es) | device cpu | backend gloo | engine {engine}" in result.stdout
-    assert max_diff(weights(reference), weights(tmp_path)) == 0.0
+    assert max_diff(newest_weights(reference), newest_weights(tmp_path)) == 0.0
     assert eval_metrics(tmp_path) == eval_metrics(reference)  # exact: every test sample counted once
-    assert load_payload(find_resumable(tmp_path))["engine"] == engine
+    assert newest_payload(tmp_path)["engine"] == engine
 
 
 @pytest.mark.parametrize("engine,how", [("native", "torchrun"), ("accelerate", "accelerate-flags")])
 def test_accumulating_4_micro_batches_matches_one_batch(reference, tmp_path, engine, how):
     launch(how, tmp_path, f"engine={engine}", "trainer.accumulate_steps=4")
-    diff = max_diff(weights(reference), weights(tmp_path))
+    diff = max_diff(newest_weights(reference), newest_weights(tmp_path))
     assert diff <= 1e-5, diff
     for (loss_a, acc_a, n_a), (loss_b, acc_b, n_b) in zip(eval_metrics(reference), eval_metrics(tmp_path)):
         assert n_a == n_b and abs(acc_a - acc_b) <= 2 / n_a and loss_a == pytest.approx(loss_b, abs=1e-5)
@@ -94,7 +104,7 @@ def test_bf16_with_accumulation_trains_through_both_engines(reference, tmp_path,
     result = launch(how, tmp_path, f"engine={engine}", "trainer.precision=bf16", "trainer.accumulate_steps=2")
     final = eval_metrics(tmp_path)[-1]
     assert final[1] >= 0.98, final  # float32 reaches 1.0 on this set
-    assert 0 < max_diff(weights(reference), weights(tmp_path)) < 0.1  # bf16 really ran: not bitwise fp32
+    assert 0 < max_diff(newest_weights(reference), newest_weights(tmp_path)) < 0.1  # bf16 really ran: not bitwise fp32
     if engine == "accelerate":
         assert "mixed precision bf16" in result.stdout
 
@@ -114,31 +124,40 @@ def test_a_checkpoint_of_one_engine_resumes_in_the_other(whole, tmp_path, first,
     launch("single", split, f"engine={first}", "trainer.epochs=4")
     result = launch("single", split, f"engine={second}")
     assert f"checkpoint written by engine {first}, resuming with engine {second}" in result.stdout
-    assert max_diff(weights(whole), weights(split)) == 0.0
+    assert max_diff(newest_weights(whole), newest_weights(split)) == 0.0
     assert eval_metrics(split) == eval_metrics(whole)
 
 
 def test_accelerate_engine_resumes_bitwise_after_a_worker_is_killed(reference, tmp_path):
     env = clean_env(KILL_STEP="33", KILL_RANK="1")
-    result = run_torchrun(2, "train", XOR, f"run.dir={tmp_path}", *ARGS, "engine=accelerate",
-                          extra=("--max-restarts=1",), script="tests/helpers/kill_at_step.py", env=env)
+    result = run_torchrun(
+        2,
+        "train",
+        XOR,
+        f"run.dir={tmp_path}",
+        *ARGS,
+        "engine=accelerate",
+        extra=("--max-restarts=1",),
+        script="tests/helpers/kill_at_step.py",
+        env=env,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "(exitcode: -9)" in result.stderr
     assert "2 process(es) | device cpu | backend gloo | engine accelerate" in result.stdout
-    assert max_diff(weights(reference), weights(tmp_path)) == 0.0
+    assert max_diff(newest_weights(reference), newest_weights(tmp_path)) == 0.0
     assert eval_metrics(tmp_path) == eval_metrics(reference)
-    assert load_payload(find_resumable(tmp_path))["engine"] == "accelerate"
+    assert newest_payload(tmp_path)["engine"] == "accelerate"
 
 
 def test_sharded_accelerate_plugins_are_refused_while_checkpoints_are_on():
     from distrain.strategies.accelerate import check_plugin
 
-    cfg = load_config(REPO / XOR)
+    cfg = load_config(XOR)
     with pytest.raises(ConfigError, match="FSDP, whose optimizer state is sharded"):
-        check_plugin("FSDP", cfg)
-    off = load_config(REPO / XOR, ["checkpoint.every_epochs=0", "checkpoint.resume=never"])
-    check_plugin("FSDP", off)  # no checkpoints: allowed
-    check_plugin("MULTI_CPU", cfg)
+        check_plugin("FSDP", cfg.checkpoint)
+    off = load_config(XOR, ["checkpoint.every_epochs=0", "checkpoint.resume=never"])
+    check_plugin("FSDP", off.checkpoint)  # no checkpoints: allowed
+    check_plugin("MULTI_CPU", cfg.checkpoint)
 
 
 def test_unknown_engine_is_a_config_error(tmp_path):

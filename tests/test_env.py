@@ -5,11 +5,27 @@ import pytest
 from distrain.errors import EnvError
 from distrain.launch.env import DistEnv, detect, expand_nodelist, parse_tasks_per_node
 
-TORCHRUN = {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2", "GROUP_RANK": "1",
-            "MASTER_ADDR": "node0", "MASTER_PORT": "29500", "TORCHELASTIC_RUN_ID": "abc"}
-SRUN = {"SLURM_PROCID": "5", "SLURM_LOCALID": "1", "SLURM_NTASKS": "8", "SLURM_NODEID": "2",
-        "SLURM_STEP_ID": "0", "SLURM_JOB_ID": "123456", "SLURM_JOB_NODELIST": "gpu[01-04,07]",
-        "SLURM_STEP_NODELIST": "gpu[01-04,07]", "SLURM_TASKS_PER_NODE": "2(x4)"}
+TORCHRUN = {
+    "RANK": "3",
+    "WORLD_SIZE": "4",
+    "LOCAL_RANK": "1",
+    "LOCAL_WORLD_SIZE": "2",
+    "GROUP_RANK": "1",
+    "MASTER_ADDR": "node0",
+    "MASTER_PORT": "29500",
+    "TORCHELASTIC_RUN_ID": "abc",
+}
+SRUN = {
+    "SLURM_PROCID": "5",
+    "SLURM_LOCALID": "1",
+    "SLURM_NTASKS": "8",
+    "SLURM_NODEID": "2",
+    "SLURM_STEP_ID": "0",
+    "SLURM_JOB_ID": "123456",
+    "SLURM_JOB_NODELIST": "gpu[01-04,07]",
+    "SLURM_STEP_NODELIST": "gpu[01-04,07]",
+    "SLURM_TASKS_PER_NODE": "2(x4)",
+}
 
 
 def test_nothing_is_one_process():
@@ -20,8 +36,14 @@ def test_nothing_is_one_process():
 
 def test_torchrun():
     env = detect(TORCHRUN)
-    assert (env.source, env.rank, env.local_rank, env.world_size, env.local_world_size, env.node_rank) == \
-        ("torchrun", 3, 1, 4, 2, 1)
+    assert (env.source, env.rank, env.local_rank, env.world_size, env.local_world_size, env.node_rank) == (
+        "torchrun",
+        3,
+        1,
+        4,
+        2,
+        1,
+    )
     assert (env.master_addr, env.master_port, env.restart_count, env.uses_agent_store) == ("node0", 29500, 0, False)
     restarted = detect({**TORCHRUN, "TORCHELASTIC_RESTART_COUNT": "2", "TORCHELASTIC_USE_AGENT_STORE": "True"})
     assert (restarted.restart_count, restarted.uses_agent_store) == (2, True)
@@ -29,8 +51,14 @@ def test_torchrun():
 
 def test_srun_with_bracketed_node_list():
     env = detect(SRUN)
-    assert (env.source, env.rank, env.local_rank, env.world_size, env.local_world_size, env.node_rank) == \
-        ("slurm", 5, 1, 8, 2, 2)
+    assert (env.source, env.rank, env.local_rank, env.world_size, env.local_world_size, env.node_rank) == (
+        "slurm",
+        5,
+        1,
+        8,
+        2,
+        2,
+    )
     assert env.master_addr == "gpu01"
     assert env.master_port == 15000 + 123456 % 20000
 
@@ -41,8 +69,14 @@ def test_srun_master_port_and_addr_can_be_set():
 
 
 def test_srun_step_node_list_wins_over_the_job_list():
-    env = detect({**SRUN, "SLURM_JOB_NODELIST": "gpu[01-08]", "SLURM_STEP_NODELIST": "gpu[05-08]",
-                  "SLURM_TASKS_PER_NODE": "2(x4)"})
+    env = detect(
+        {
+            **SRUN,
+            "SLURM_JOB_NODELIST": "gpu[01-08]",
+            "SLURM_STEP_NODELIST": "gpu[05-08]",
+            "SLURM_TASKS_PER_NODE": "2(x4)",
+        }
+    )
     assert env.master_addr == "gpu05"
 
 
@@ -57,14 +91,17 @@ def test_sbatch_shell_without_srun_is_one_process():
     assert detect({**batch, "SLURM_PROCID": "0"}).source == "single"
 
 
-@pytest.mark.parametrize("nodelist,hosts", [
-    ("vm", ["vm"]),
-    ("gpu[01-04,07]", ["gpu01", "gpu02", "gpu03", "gpu04", "gpu07"]),
-    ("gpu[01-02],cpu3", ["gpu01", "gpu02", "cpu3"]),
-    ("node[8-11]", ["node8", "node9", "node10", "node11"]),
-    ("a[1-2]-b[1-2]", ["a1-b1", "a1-b2", "a2-b1", "a2-b2"]),
-    ("x[009-011]y", ["x009y", "x010y", "x011y"]),
-])
+@pytest.mark.parametrize(
+    "nodelist,hosts",
+    [
+        ("vm", ["vm"]),
+        ("gpu[01-04,07]", ["gpu01", "gpu02", "gpu03", "gpu04", "gpu07"]),
+        ("gpu[01-02],cpu3", ["gpu01", "gpu02", "cpu3"]),
+        ("node[8-11]", ["node8", "node9", "node10", "node11"]),
+        ("a[1-2]-b[1-2]", ["a1-b1", "a1-b2", "a2-b1", "a2-b2"]),
+        ("x[009-011]y", ["x009y", "x010y", "x011y"]),
+    ],
+)
 def test_expand_nodelist(nodelist, hosts):
     assert expand_nodelist(nodelist) == hosts
 
@@ -73,18 +110,21 @@ def test_tasks_per_node():
     assert parse_tasks_per_node("2(x3),1") == [2, 2, 2, 1]
 
 
-@pytest.mark.parametrize("environ,variable", [
-    ({**TORCHRUN, "RANK": "4"}, "RANK"),                    # rank outside world
-    ({**TORCHRUN, "RANK": "x"}, "RANK"),                    # not an integer
-    ({**TORCHRUN, "LOCAL_RANK": "2"}, "LOCAL_RANK"),        # outside local world
-    ({k: v for k, v in TORCHRUN.items() if k != "WORLD_SIZE"}, "WORLD_SIZE"),
-    ({k: v for k, v in TORCHRUN.items() if k != "MASTER_ADDR"}, "MASTER_ADDR"),
-    ({**TORCHRUN, "LOCAL_WORLD_SIZE": "5"}, "LOCAL_WORLD_SIZE"),
-    ({**SRUN, "SLURM_PROCID": "8"}, "SLURM_PROCID"),
-    ({**SRUN, "SLURM_JOB_NODELIST": "gpu[01-", "SLURM_STEP_NODELIST": "gpu[01-"}, "SLURM_STEP_NODELIST"),
-    ({**SRUN, "SLURM_TASKS_PER_NODE": "two"}, "SLURM_TASKS_PER_NODE"),
-    ({**SRUN, "SLURM_NODEID": "9"}, "SLURM_NODEID"),
-])
+@pytest.mark.parametrize(
+    "environ,variable",
+    [
+        ({**TORCHRUN, "RANK": "4"}, "RANK"),  # rank outside world
+        ({**TORCHRUN, "RANK": "x"}, "RANK"),  # not an integer
+        ({**TORCHRUN, "LOCAL_RANK": "2"}, "LOCAL_RANK"),  # outside local world
+        ({k: v for k, v in TORCHRUN.items() if k != "WORLD_SIZE"}, "WORLD_SIZE"),
+        ({k: v for k, v in TORCHRUN.items() if k != "MASTER_ADDR"}, "MASTER_ADDR"),
+        ({**TORCHRUN, "LOCAL_WORLD_SIZE": "5"}, "LOCAL_WORLD_SIZE"),
+        ({**SRUN, "SLURM_PROCID": "8"}, "SLURM_PROCID"),
+        ({**SRUN, "SLURM_JOB_NODELIST": "gpu[01-", "SLURM_STEP_NODELIST": "gpu[01-"}, "SLURM_STEP_NODELIST"),
+        ({**SRUN, "SLURM_TASKS_PER_NODE": "two"}, "SLURM_TASKS_PER_NODE"),
+        ({**SRUN, "SLURM_NODEID": "9"}, "SLURM_NODEID"),
+    ],
+)
 def test_inconsistent_variables_are_named(environ, variable):
     with pytest.raises(EnvError) as info:
         detect(environ)
@@ -132,8 +172,12 @@ def test_node_lists_expand_as_scontrol_show_hostnames(tmp_path):
     lists += [_random_hostlist(rng) for _ in range(60)]
     checked = 0
     for hostlist in lists:
-        r = subprocess.run(["scontrol", "show", "hostnames", hostlist], capture_output=True, text=True,
-                           env={"SLURM_CONF": str(conf), "PATH": "/usr/bin:/bin"})
+        r = subprocess.run(
+            ["scontrol", "show", "hostnames", hostlist],
+            capture_output=True,
+            text=True,
+            env={"SLURM_CONF": str(conf), "PATH": "/usr/bin:/bin"},
+        )
         if r.returncode or "Invalid" in r.stdout + r.stderr:
             continue  # e.g. a literal after the last group, which this SLURM refuses; distrain is lenient
         assert expand_nodelist(hostlist) == r.stdout.split(), hostlist

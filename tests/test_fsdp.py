@@ -9,34 +9,49 @@ and 3: the rank with fewer runs filler forwards, or the sharded forwards would h
 
 from __future__ import annotations
 
-import json
 import pickle
 import shutil
 
 import pytest
 import torch
 import yaml
-from conftest import PYTHON, REPO, clean_env, run_cli, run_group, run_torchrun
+from helpers.runs import (
+    PYTHON,
+    REPO,
+    XOR,
+    assert_checkpoints_verify,
+    clean_env,
+    last_record,
+    newest_weights,
+    printed_json,
+    records,
+    run_cli,
+    run_group,
+    run_torchrun,
+)
 
-from distrain.checkpoint.files import CheckpointError, Manifest
+from distrain.checkpoint.files import CheckpointError
 from distrain.checkpoint.sharded import read_sharded
-from distrain.checkpoint.store import find_resumable, list_checkpoints, load_payload, resolve_checkpoint
+from distrain.checkpoint.store import find_resumable, resolve_checkpoint
 from distrain.config.schema import FSDPConfig
-from distrain.reporting.history import read_metrics
 from distrain.strategies.fsdp import choose_units
 
-XOR = "configs/xor.yaml"
-ARGS = ("model.name=mlp", "model.args={hidden_sizes: [16, 16], activation: tanh}", "fsdp.units=[Linear]",
-        "optim.name=sgd", "optim.lr=0.1", "optim.args={momentum: 0.9}", "data.global_batch_size=120",
-        "data.eval_batch_size=64", "trainer.epochs=2", "checkpoint.every_epochs=1", "checkpoint.keep_last=0",
-        "log.plots=false")
+ARGS = (
+    "model.name=mlp",
+    "model.args={hidden_sizes: [16, 16], activation: tanh}",
+    "fsdp.units=[Linear]",
+    "optim.name=sgd",
+    "optim.lr=0.1",
+    "optim.args={momentum: 0.9}",
+    "data.global_batch_size=120",
+    "data.eval_batch_size=64",
+    "trainer.epochs=2",
+    "checkpoint.every_epochs=1",
+    "checkpoint.keep_last=0",
+    "log.plots=false",
+)
 FSDP = ("strategy=fsdp",)
 HALF, END = "step-00000021", "step-00000042"  # 21 steps per epoch: the checkpoints of epochs 1 and 2
-
-
-def weights(run_dir):
-    """The model weights of the run's newest checkpoint (a .pt, or gathered from a sharded one)."""
-    return load_payload(find_resumable(run_dir))["model"]
 
 
 def max_diff(a, b):
@@ -44,8 +59,8 @@ def max_diff(a, b):
     return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
-def _test_sizes(records):
-    return [r["samples"] for r in records if r["split"] == "test"]
+def _test_sizes(found):
+    return [r["samples"] for r in found if r["split"] == "test"]
 
 
 @pytest.fixture(scope="module")
@@ -74,18 +89,18 @@ def _resume_from(runs, tmp_path, source, name, nproc, *extra):
 
 @pytest.mark.slow
 def test_fsdp_equals_ddp_and_one_process(runs):
-    ddp = weights(runs / "ddp2")
+    ddp = newest_weights(runs / "ddp2")
     # 2 ranks: a reduce-scatter of two summands is the all-reduce's sum, bitwise.
-    assert max_diff(weights(runs / "fsdp2"), ddp) == 0.0
+    assert max_diff(newest_weights(runs / "fsdp2"), ddp) == 0.0
     # 3 ranks and one process: the gradient sums are added in another order; float32 rounding only.
-    assert max_diff(weights(runs / "fsdp3"), ddp) < 1e-6
-    assert max_diff(weights(runs / "fsdp1"), ddp) < 1e-6
-    ref = read_metrics(runs / "ddp2")
+    assert max_diff(newest_weights(runs / "fsdp3"), ddp) < 1e-6
+    assert max_diff(newest_weights(runs / "fsdp1"), ddp) < 1e-6
+    ref = records(runs / "ddp2")
     for name in ("fsdp2", "fsdp3", "fsdp1"):
-        got = read_metrics(runs / name)
+        got = records(runs / name)
         assert _test_sizes(got) == _test_sizes(ref) == [500] * 2  # every test sample once, every epoch
         assert [r["split"] for r in got] == [r["split"] for r in ref]
-    same = read_metrics(runs / "fsdp2")
+    same = records(runs / "fsdp2")
     assert [r["loss"] for r in same] == [r["loss"] for r in ref]  # bitwise weights: bitwise figures
     # The checkpoint is sharded: each rank wrote its own file, listed with its checksum in the manifest.
     folder = runs / "fsdp2" / "checkpoints" / END
@@ -97,36 +112,46 @@ def test_fsdp_equals_ddp_and_one_process(runs):
 
 @pytest.mark.slow
 def test_sharded_checkpoint_resumes_on_3_and_on_1(runs, tmp_path):
-    end = weights(runs / "fsdp2")
+    end = newest_weights(runs / "fsdp2")
     for nproc in (3, 1):
         run, result = _resume_from(runs, tmp_path, "fsdp2", HALF, nproc, *FSDP)
         assert "resuming a 2-process checkpoint on" in result.stdout
-        assert max_diff(weights(run), end) < 1e-6
-        assert _test_sizes(read_metrics(run)) == [500]
+        assert max_diff(newest_weights(run), end) < 1e-6
+        assert _test_sizes(records(run)) == [500]
 
 
 @pytest.mark.slow
 def test_ddp_checkpoint_resumes_under_fsdp_and_back_bitwise(runs, tmp_path):
-    end = weights(runs / "ddp2")
+    end = newest_weights(runs / "ddp2")
     run, result = _resume_from(runs, tmp_path, "ddp2", f"{HALF}.pt", 2, *FSDP)
     assert "strategy: 'ddp' -> 'fsdp'" in result.stdout
-    assert max_diff(weights(run), end) == 0.0  # the momentum buffers came along, sharded
+    assert max_diff(newest_weights(run), end) == 0.0  # the momentum buffers came along, sharded
     run, result = _resume_from(runs, tmp_path, "fsdp2", HALF, 2)
     assert "strategy: 'fsdp' -> 'ddp'" in result.stdout
-    assert max_diff(weights(run), end) == 0.0
+    assert max_diff(newest_weights(run), end) == 0.0
 
 
 @pytest.mark.slow
 def test_sigkill_of_a_rank_resumes_from_the_sharded_checkpoint_bitwise(runs, tmp_path):
     env = clean_env(KILL_STEP="25", KILL_RANK="1")
-    result = run_torchrun(2, "train", XOR, f"run.dir={tmp_path}", *ARGS, *FSDP, "checkpoint.every_steps=10",
-                          extra=("--max-restarts=1",), script="tests/helpers/kill_at_step.py", env=env)
+    result = run_torchrun(
+        2,
+        "train",
+        XOR,
+        f"run.dir={tmp_path}",
+        *ARGS,
+        *FSDP,
+        "checkpoint.every_steps=10",
+        extra=("--max-restarts=1",),
+        script="tests/helpers/kill_at_step.py",
+        env=env,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "(exitcode: -9)" in result.stderr  # the kill really happened
     # The newest save before the kill: the epoch-1 end (step 21; the step saves are at 10 and 20).
     assert f"resumed from {tmp_path / 'checkpoints' / 'step-00000021'}" in result.stdout, result.stdout[-2000:]
-    assert max_diff(weights(tmp_path), weights(runs / "fsdp2")) == 0.0
-    ref, got = read_metrics(runs / "fsdp2"), read_metrics(tmp_path)
+    assert max_diff(newest_weights(tmp_path), newest_weights(runs / "fsdp2")) == 0.0
+    ref, got = records(runs / "fsdp2"), records(tmp_path)
     assert [(r["epoch"], r["split"], r["loss"]) for r in got] == [(r["epoch"], r["split"], r["loss"]) for r in ref]
 
 
@@ -134,22 +159,30 @@ def test_sigkill_of_a_rank_resumes_from_the_sharded_checkpoint_bitwise(runs, tmp
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_background_saves_change_nothing_and_every_checkpoint_verifies(runs, tmp_path, strategy):
     run = tmp_path / strategy
-    result = run_torchrun(2, "train", XOR, f"run.dir={run}", *ARGS, f"strategy={strategy}",
-                          "checkpoint.async_save=true", "checkpoint.every_steps=5")
+    result = run_torchrun(
+        2,
+        "train",
+        XOR,
+        f"run.dir={run}",
+        *ARGS,
+        f"strategy={strategy}",
+        "checkpoint.async_save=true",
+        "checkpoint.every_steps=5",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "saving in the background" in result.stdout
-    assert max_diff(weights(run), weights(runs / f"{strategy}2")) == 0.0
-    kept = list_checkpoints(run / "checkpoints")  # keep_last=0: every save, each complete and verified
+    assert max_diff(newest_weights(run), newest_weights(runs / f"{strategy}2")) == 0.0
+    kept = assert_checkpoints_verify(run)  # keep_last=0: every save, each complete and verified
     assert sorted(int(p.name[5:13]) for p in kept) == sorted(set(range(5, 42, 5)) | {21, 42})
-    assert all(Manifest.read(p) is not None and Manifest.read(p).problem() is None for p in kept)
     assert not list((run / "checkpoints").glob(".*tmp*"))
     # A checkpoint written while the next steps ran (and whose staging buffers the step-21 save reused)
     # holds exactly the state of its step: resumed, it ends bitwise equal.
     middle = next(p for p in kept if p.name.startswith("step-00000020"))
-    again = run_torchrun(2, "train", XOR, f"run.dir={tmp_path / 'again'}", *ARGS, f"strategy={strategy}",
-                         f"checkpoint.resume={middle}")
+    again = run_torchrun(
+        2, "train", XOR, f"run.dir={tmp_path / 'again'}", *ARGS, f"strategy={strategy}", f"checkpoint.resume={middle}"
+    )
     assert again.returncode == 0, again.stderr[-3000:]
-    assert max_diff(weights(tmp_path / "again"), weights(runs / f"{strategy}2")) == 0.0
+    assert max_diff(newest_weights(tmp_path / "again"), newest_weights(runs / f"{strategy}2")) == 0.0
 
 
 @pytest.mark.slow
@@ -157,28 +190,57 @@ def test_sigkill_during_a_background_write_loses_only_that_checkpoint(runs, tmp_
     # Rank 0 dies right after handing the step-20 save to its writer thread: that save may be cut short;
     # the restart resumes from whichever complete checkpoint is newest and ends bitwise equal.
     env = clean_env(KILL_STEP="20", KILL_RANK="0")
-    result = run_torchrun(2, "train", XOR, f"run.dir={tmp_path}", *ARGS, *FSDP, "checkpoint.every_steps=10",
-                          "checkpoint.async_save=true", extra=("--max-restarts=1",),
-                          script="tests/helpers/kill_at_step.py", env=env)
+    result = run_torchrun(
+        2,
+        "train",
+        XOR,
+        f"run.dir={tmp_path}",
+        *ARGS,
+        *FSDP,
+        "checkpoint.every_steps=10",
+        "checkpoint.async_save=true",
+        extra=("--max-restarts=1",),
+        script="tests/helpers/kill_at_step.py",
+        env=env,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "(exitcode: -9)" in result.stderr
     assert "resumed from" in result.stdout
-    assert max_diff(weights(tmp_path), weights(runs / "fsdp2")) == 0.0
-    kept = list_checkpoints(tmp_path / "checkpoints")
-    assert all(Manifest.read(p) is None or Manifest.read(p).problem() is None for p in kept)
+    assert max_diff(newest_weights(tmp_path), newest_weights(runs / "fsdp2")) == 0.0
+    # Every checkpoint left is complete and verifies: the one the kill cut short (if any) was written again
+    # by the restart, which resumed from one before it; keep_last=0 keeps the saves of steps 10, 20, 21, 30
+    # and 40 (and the end, 42).
+    kept = assert_checkpoints_verify(tmp_path, at_least=6)
+    assert sorted(int(p.name[5:13]) for p in kept) == [10, 20, 21, 30, 40, 42]
 
 
 @pytest.mark.slow
 def test_options_activation_checkpointing_and_keeping_gathered_weights_change_nothing(runs, tmp_path):
-    result = run_torchrun(2, "train", XOR, f"run.dir={tmp_path / 'opts'}", *ARGS, *FSDP,
-                          "fsdp.activation_checkpointing=true", "fsdp.reshard_after_forward=false")
+    result = run_torchrun(
+        2,
+        "train",
+        XOR,
+        f"run.dir={tmp_path / 'opts'}",
+        *ARGS,
+        *FSDP,
+        "fsdp.activation_checkpointing=true",
+        "fsdp.reshard_after_forward=false",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert max_diff(weights(tmp_path / "opts"), weights(runs / "fsdp2")) == 0.0  # recomputed, not changed
-    result = run_torchrun(2, "train", XOR, f"run.dir={tmp_path / 'bf16'}", *ARGS, *FSDP,
-                          "fsdp.param_dtype=bfloat16", "checkpoint.every_epochs=0")
+    assert max_diff(newest_weights(tmp_path / "opts"), newest_weights(runs / "fsdp2")) == 0.0  # recomputed, not changed
+    result = run_torchrun(
+        2,
+        "train",
+        XOR,
+        f"run.dir={tmp_path / 'bf16'}",
+        *ARGS,
+        *FSDP,
+        "fsdp.param_dtype=bfloat16",
+        "checkpoint.every_epochs=0",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
-    fp32 = [r for r in read_metrics(runs / "fsdp2") if r["split"] == "test"][1]
-    bf16 = [r for r in read_metrics(tmp_path / "bf16") if r["split"] == "test"][1]
+    fp32 = records(runs / "fsdp2", "test")[1]
+    bf16 = records(tmp_path / "bf16", "test")[1]
     assert bf16["samples"] == 500 and abs(bf16["loss"] - fp32["loss"]) < 0.02  # bf16 forward and backward
 
 
@@ -208,15 +270,18 @@ def test_export_loads_into_the_bare_model_with_the_runs_test_figures(runs, tmp_p
         logits = model(x).squeeze(1)
     loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y.float()).item()
     accuracy = ((logits > 0).long() == y.long()).sum().item() / len(y)
-    last = [r for r in read_metrics(runs / "fsdp2") if r["split"] == "test"][-1]
+    last = last_record(runs / "fsdp2", "test")
     assert last["accuracy"] == pytest.approx(accuracy, abs=1e-12)
     assert last["loss"] == pytest.approx(loss, rel=1e-6)
     # distrain eval reads the sharded checkpoint too, in one process: the run's own figures.
     result = run_cli("eval", XOR, f"checkpoint={runs / 'fsdp2'}", *ARGS)
     assert result.returncode == 0, result.stderr[-2000:]
-    printed = json.loads(result.stdout.strip().splitlines()[-1])
-    assert (printed["test_loss"], printed["test_accuracy"], printed["test_samples"]) == \
-        (last["loss"], last["accuracy"], 500)  # exact: the evaluation sums are those of one process
+    printed = printed_json(result)
+    assert (printed["test_loss"], printed["test_accuracy"], printed["test_samples"]) == (
+        last["loss"],
+        last["accuracy"],
+        500,
+    )  # exact: the evaluation sums are those of one process
 
 
 @pytest.mark.slow
@@ -284,11 +349,13 @@ def test_config_mistakes_are_refused_with_the_key(tmp_path):
 
 
 def test_an_optimizer_object_given_to_fit_with_fsdp_is_refused(tmp_path):
-    code = ("import torch, distrain\n"
-            "model = torch.nn.Linear(2, 1)\n"
-            f"cfg = distrain.load_config({XOR!r}, ['strategy=fsdp', 'run.dir={tmp_path}'])\n"
-            "optimizer = torch.optim.SGD(model.parameters(), lr=0.1)\n"
-            "distrain.run(lambda: distrain.fit(cfg, model=model, optimizer=optimizer))\n")
+    code = (
+        "import torch, distrain\n"
+        "model = torch.nn.Linear(2, 1)\n"
+        f"cfg = distrain.load_config({XOR!r}, ['strategy=fsdp', 'run.dir={tmp_path}'])\n"
+        "optimizer = torch.optim.SGD(model.parameters(), lr=0.1)\n"
+        "distrain.run(lambda: distrain.fit(cfg, model=model, optimizer=optimizer))\n"
+    )
     result = run_group([PYTHON, "-c", code], env=clean_env(), timeout=120)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert "pass a function of the parameters instead" in result.stderr

@@ -6,24 +6,14 @@ SIGKILL resume on CUDA, peak memory in metrics.jsonl. Skipped, with the reason, 
 
 import pytest
 import torch
-from conftest import clean_env, run_cli, run_torchrun
+from helpers.runs import XOR, clean_env, last_record, newest_payload, newest_weights, run_cli, run_torchrun
 
-from distrain.checkpoint.store import find_resumable, load_payload
-from distrain.reporting.history import read_metrics
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)"),
+]
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")]
-
-XOR = "configs/xor.yaml"
 QUIET = ["wandb.mode=disabled", "log.plots=false"]
-
-
-def weights(run_dir):
-    return load_payload(find_resumable(run_dir), map_location="cpu")["model"]
-
-
-def last(run_dir, split):
-    return [r for r in read_metrics(run_dir) if r["split"] == split][-1]
 
 
 def test_nccl_world_size_1_trains_xor_like_the_cpu(tmp_path):
@@ -32,21 +22,28 @@ def test_nccl_world_size_1_trains_xor_like_the_cpu(tmp_path):
     gpu = run_torchrun(1, *args, f"run.dir={tmp_path / 'gpu'}", "trainer.device=cuda")
     assert cpu.returncode == 0 and gpu.returncode == 0, gpu.stderr[-3000:]
     assert "backend nccl" in gpu.stdout and "device cuda:0" in gpu.stdout
-    a, b = weights(tmp_path / "cpu"), weights(tmp_path / "gpu")
+    a, b = newest_weights(tmp_path / "cpu"), newest_weights(tmp_path / "gpu")
     for key in a:  # different kernels (cuBLAS vs CPU BLAS): float32 rounding, which grows with training
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-4)
-    assert last(tmp_path / "gpu", "test")["accuracy"] == pytest.approx(last(tmp_path / "cpu", "test")["accuracy"],
-                                                                       abs=0.01)
-    assert last(tmp_path / "gpu", "train")["peak_cuda_mem_gb"] > 0
+    gpu_accuracy, cpu_accuracy = (last_record(tmp_path / run, "test")["accuracy"] for run in ("gpu", "cpu"))
+    assert gpu_accuracy == pytest.approx(cpu_accuracy, abs=0.01)
+    assert last_record(tmp_path / "gpu", "train")["peak_cuda_mem_gb"] > 0
 
 
 def test_mnist_cnn_on_cuda_matches_cpu(tmp_path):
-    args = ["train", "bench/configs/cnn.yaml", "data.args.num_train=512", "data.args.num_test=128",
-            "trainer.epochs=1", "checkpoint.every_epochs=1", *QUIET]
+    args = [
+        "train",
+        "bench/configs/cnn.yaml",
+        "data.args.num_train=512",
+        "data.args.num_test=128",
+        "trainer.epochs=1",
+        "checkpoint.every_epochs=1",
+        *QUIET,
+    ]
     cpu = run_cli(*args, f"run.dir={tmp_path / 'cpu'}", "trainer.device=cpu")
     gpu = run_torchrun(1, *args, f"run.dir={tmp_path / 'gpu'}", "trainer.device=cuda")
     assert cpu.returncode == 0 and gpu.returncode == 0, gpu.stderr[-3000:]
-    a, b = weights(tmp_path / "cpu"), weights(tmp_path / "gpu")
+    a, b = newest_weights(tmp_path / "cpu"), newest_weights(tmp_path / "gpu")
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-3)
 
@@ -55,17 +52,30 @@ def test_mnist_cnn_on_cuda_matches_cpu(tmp_path):
 def test_mixed_precision_on_cuda_resumes_bitwise(tmp_path, precision):
     """An interrupted run (SIGTERM at a step, saved, rerun) ends bitwise equal to an uninterrupted one;
     under fp16 the gradient scaler's state is in the checkpoint."""
-    args = ["train", XOR, "trainer.epochs=6", "checkpoint.every_steps=25", f"trainer.precision={precision}",
-            "trainer.device=cuda", *QUIET]
+    args = [
+        "train",
+        XOR,
+        "trainer.epochs=6",
+        "checkpoint.every_steps=25",
+        f"trainer.precision={precision}",
+        "trainer.device=cuda",
+        *QUIET,
+    ]
     full = run_cli(*args, f"run.dir={tmp_path / 'full'}")
     assert full.returncode == 0, full.stderr[-3000:]
     env = clean_env(KILL_STEP="50", KILL_RANK="0")
-    killed = run_torchrun(1, *args, f"run.dir={tmp_path / 'killed'}", extra=("--max-restarts=1",), env=env,
-                          script="tests/helpers/kill_at_step.py")
+    killed = run_torchrun(
+        1,
+        *args,
+        f"run.dir={tmp_path / 'killed'}",
+        extra=("--max-restarts=1",),
+        env=env,
+        script="tests/helpers/kill_at_step.py",
+    )
     assert killed.returncode == 0 and "resumed from" in killed.stdout, killed.stderr[-3000:]
-    a, b = weights(tmp_path / "full"), weights(tmp_path / "killed")
+    a, b = newest_weights(tmp_path / "full"), newest_weights(tmp_path / "killed")
     assert all(torch.equal(a[k], b[k]) for k in a)
-    payload = load_payload(find_resumable(tmp_path / "killed"), map_location="cpu")
+    payload = newest_payload(tmp_path / "killed")
     assert (payload["scaler"] is not None) == (precision == "fp16")
 
 
@@ -81,8 +91,17 @@ def test_dataloader_batches_are_pinned_and_copied_without_blocking():
         def __getitem__(self, i):
             return torch.full((3,), float(i)), i % 2
 
-    batches = build_train_batches(Plain(), global_batch_size=16, rank=0, world_size=1, device=torch.device("cuda", 0),
-                                  shuffle=True, seed=0, loader="dataloader", num_workers=0)
+    batches = build_train_batches(
+        Plain(),
+        global_batch_size=16,
+        rank=0,
+        world_size=1,
+        device=torch.device("cuda", 0),
+        shuffle=True,
+        seed=0,
+        loader="dataloader",
+        num_workers=0,
+    )
     assert batches._loader.pin_memory
     batches.set_epoch(0)
     first = next(iter(batches))
@@ -92,19 +111,33 @@ def test_dataloader_batches_are_pinned_and_copied_without_blocking():
 
 
 def test_channels_last_and_compile_on_cuda(tmp_path):
-    args = ["train", "bench/configs/cnn.yaml", "data.args.num_train=256", "data.args.num_test=64", "trainer.epochs=1",
-            "checkpoint.every_epochs=1", "trainer.device=cuda", *QUIET]
+    args = [
+        "train",
+        "bench/configs/cnn.yaml",
+        "data.args.num_train=256",
+        "data.args.num_test=64",
+        "trainer.epochs=1",
+        "checkpoint.every_epochs=1",
+        "trainer.device=cuda",
+        *QUIET,
+    ]
     eager = run_cli(*args, f"run.dir={tmp_path / 'eager'}")
     tuned = run_cli(*args, f"run.dir={tmp_path / 'tuned'}", "trainer.channels_last=true", "trainer.compile=true")
     assert eager.returncode == 0 and tuned.returncode == 0, tuned.stderr[-3000:]
-    a, b = weights(tmp_path / "eager"), weights(tmp_path / "tuned")
+    a, b = newest_weights(tmp_path / "eager"), newest_weights(tmp_path / "tuned")
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-3)
 
 
 def test_user_script_on_cuda(tmp_path):
-    result = run_torchrun(1, "examples/xor.yaml", f"run.dir={tmp_path}", "trainer.epochs=5", "trainer.device=cuda",
-                          script="examples/xor_tutorial.py")
+    result = run_torchrun(
+        1,
+        "examples/xor.yaml",
+        f"run.dir={tmp_path}",
+        "trainer.epochs=5",
+        "trainer.device=cuda",
+        script="examples/xor_tutorial.py",
+    )
     assert result.returncode == 0 and "device cuda:0" in result.stdout, result.stderr[-3000:]
     assert torch.load(tmp_path / "model.pt")["linear1.weight"].is_cuda  # the user's model, trained in place on the GPU
 
@@ -112,13 +145,23 @@ def test_user_script_on_cuda(tmp_path):
 def test_fsdp_with_nccl_and_bf16_parameters_trains_and_resumes_on_the_cpu(tmp_path):
     """strategy=fsdp on CUDA: NCCL at world size 1 (torchrun: FSDP2 over a one-device mesh), bf16 gathered
     parameters; its sharded checkpoint resumes on the CPU (gloo, 2 processes) and is exported."""
-    args = ["train", XOR, "strategy=fsdp", "fsdp.units=[Linear]", "model.name=mlp",
-            "model.args={hidden_sizes: [16, 16], activation: tanh}", "data.global_batch_size=120",
-            "trainer.epochs=4", "checkpoint.every_epochs=2", "checkpoint.keep_last=0", *QUIET]
+    args = [
+        "train",
+        XOR,
+        "strategy=fsdp",
+        "fsdp.units=[Linear]",
+        "model.name=mlp",
+        "model.args={hidden_sizes: [16, 16], activation: tanh}",
+        "data.global_batch_size=120",
+        "trainer.epochs=4",
+        "checkpoint.every_epochs=2",
+        "checkpoint.keep_last=0",
+        *QUIET,
+    ]
     gpu = run_torchrun(1, *args, f"run.dir={tmp_path / 'gpu'}", "trainer.device=cuda", "fsdp.param_dtype=bfloat16")
     assert gpu.returncode == 0, gpu.stderr[-3000:]
     assert "backend nccl" in gpu.stdout
-    assert last(tmp_path / "gpu", "test")["samples"] == 500
+    assert last_record(tmp_path / "gpu", "test")["samples"] == 500
     # The epoch-2 shards, resumed on 2 CPU processes (the other strategy's device and backend).
     run = tmp_path / "cpu"
     (run / "checkpoints").mkdir(parents=True)

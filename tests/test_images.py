@@ -8,10 +8,7 @@ import struct
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli, run_torchrun
-
-from distrain.checkpoint.store import find_resumable, load_payload
-from distrain.reporting.history import read_metrics
+from helpers.runs import last_record, newest_payload, newest_weights, records, run_cli, run_torchrun
 
 RNG = np.random.default_rng(0)
 
@@ -28,7 +25,9 @@ def write_idx(folder, prefix, images, labels):
     folder.mkdir(parents=True, exist_ok=True)
     n, rows, cols = images.shape
     (folder / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, n, rows, cols) + images.tobytes())
-    (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, n) + labels.astype(np.uint8).tobytes())
+    (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(
+        struct.pack(">II", 2049, n) + labels.astype(np.uint8).tobytes()
+    )
 
 
 def write_mnist(root, folder_name):
@@ -78,19 +77,42 @@ CASES = {
     "mnist": ["configs/mnist_cnn.yaml", "data.args.download=false"],
     "fashion_mnist": ["configs/fashion_mnist.yaml", "data.args.download=false", "model.args.hidden_sizes=[32]"],
     "cifar10": ["configs/cifar10_lenet.yaml", "data.args.download=false", "data.args.transform.flip=false"],
-    "image_folder": ["configs/image_folder.yaml", "model.name=cifar_lenet", "model.args={}",
-                     "data.args.transform.image_size=32"],
-    "csv_images": ["configs/image_folder.yaml", "data.name=csv_images", "model.name=cifar_lenet", "model.args={}",
-                   "data.args.transform.image_size=32"],
+    "image_folder": [
+        "configs/image_folder.yaml",
+        "model.name=cifar_lenet",
+        "model.args={}",
+        "data.args.transform.image_size=32",
+    ],
+    "csv_images": [
+        "configs/image_folder.yaml",
+        "data.name=csv_images",
+        "model.name=cifar_lenet",
+        "model.args={}",
+        "data.args.transform.image_size=32",
+    ],
 }
-SIZES = {"mnist": (96, 33), "fashion_mnist": (96, 33), "cifar10": (80, 21), "image_folder": (19, 5),
-         "csv_images": (19, 5)}
+SIZES = {
+    "mnist": (96, 33),
+    "fashion_mnist": (96, 33),
+    "cifar10": (80, 21),
+    "image_folder": (19, 5),
+    "csv_images": (19, 5),
+}
 
 
 def case_args(name, files, run_dir):
     root = files / "pngs" if name in ("image_folder", "csv_images") else files
-    args = [*CASES[name], f"data.args.root={root}", f"run.dir={run_dir}", "trainer.epochs=2", "data.num_workers=0",
-            "data.global_batch_size=16", "data.eval_batch_size=8", "wandb.mode=disabled", "log.plots=false"]
+    args = [
+        *CASES[name],
+        f"data.args.root={root}",
+        f"run.dir={run_dir}",
+        "trainer.epochs=2",
+        "data.num_workers=0",
+        "data.global_batch_size=16",
+        "data.eval_batch_size=8",
+        "wandb.mode=disabled",
+        "log.plots=false",
+    ]
     if name == "csv_images":
         args.append(f"data.args.path={files / 'annotations.csv'}")
     return args
@@ -105,23 +127,34 @@ def test_real_loaders_train_in_one_and_two_processes(files, tmp_path, name):
     assert two.returncode == 0, two.stderr[-3000:]
     train_n, test_n = SIZES[name]
     for run in ("one", "two"):
-        records = read_metrics(tmp_path / run)
-        assert [r["samples"] for r in records] == [train_n, test_n] * 2  # every sample once, any world size
+        # every sample once, any world size
+        assert [r["samples"] for r in records(tmp_path / run)] == [train_n, test_n] * 2
     if name in ("mnist", "fashion_mnist", "cifar10"):  # no random augmentation: 1 and 2 processes agree
-        a, b = (load_payload(find_resumable(tmp_path / r))["model"] for r in ("one", "two"))
+        a, b = newest_weights(tmp_path / "one"), newest_weights(tmp_path / "two")
         for key in a:
             torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-4)
 
 
 def test_dataloader_workers_and_prefetch(files, tmp_path):
-    result = run_cli("train", *case_args("mnist", files, tmp_path), "data.num_workers=2",
-                     "data.persistent_workers=true", "data.prefetch_factor=2", fresh=True)
+    result = run_cli(
+        "train",
+        *case_args("mnist", files, tmp_path),
+        "data.num_workers=2",
+        "data.persistent_workers=true",
+        "data.prefetch_factor=2",
+        fresh=True,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
 
 
 def test_missing_files_name_the_folder(tmp_path):
-    result = run_cli("train", "configs/cifar10_lenet.yaml", "data.args.download=false", f"data.args.root={tmp_path}",
-                     f"run.dir={tmp_path / 'run'}")
+    result = run_cli(
+        "train",
+        "configs/cifar10_lenet.yaml",
+        "data.args.download=false",
+        f"data.args.root={tmp_path}",
+        f"run.dir={tmp_path / 'run'}",
+    )
     assert result.returncode == 2 and f"missing in {tmp_path}/cifar-10-batches-py" in result.stderr
     assert "data_batch_1" in result.stderr and "Traceback" not in result.stderr
 
@@ -133,14 +166,27 @@ def test_tabular_csv_with_the_label_first(tmp_path):
     rows = np.column_stack([wine.target + 1, wine.data])  # the UCI wine file: class (1-3) first, no header
     path = tmp_path / "wine.data"
     np.savetxt(path, rows, delimiter=",", fmt="%g")
-    result = run_cli("train", "configs/wine.yaml", "data.name=csv", f"data.args.path={path}", "data.args.header=false",
-                     "data.args.label_index=0", f"run.dir={tmp_path / 'run'}", "wandb.mode=disabled")
+    result = run_cli(
+        "train",
+        "configs/wine.yaml",
+        "data.name=csv",
+        f"data.args.path={path}",
+        "data.args.header=false",
+        "data.args.label_index=0",
+        f"run.dir={tmp_path / 'run'}",
+        "wandb.mode=disabled",
+    )
     assert result.returncode == 0, result.stderr[-2000:]
-    last = [r for r in read_metrics(tmp_path / "run") if r["split"] == "test"][-1]
+    last = last_record(tmp_path / "run", "test")
     assert last["samples"] == 36 and last["accuracy"] >= 0.9
-    bad = run_cli("train", "configs/wine.yaml", "data.name=csv", f"data.args.path={path}",
-                  "data.args.label_column=class",
-                  f"run.dir={tmp_path / 'bad'}")
+    bad = run_cli(
+        "train",
+        "configs/wine.yaml",
+        "data.name=csv",
+        f"data.args.path={path}",
+        "data.args.label_column=class",
+        f"run.dir={tmp_path / 'bad'}",
+    )
     assert bad.returncode == 2 and "'data.args.label_column'" in bad.stderr
 
 
@@ -148,7 +194,7 @@ def test_tabular_csv_with_the_label_first(tmp_path):
 def test_digits_cnn_reaches_95_percent(tmp_path):
     result = run_cli("train", "configs/digits_cnn.yaml", f"run.dir={tmp_path}", "wandb.mode=disabled")
     assert result.returncode == 0, result.stderr[-2000:]
-    last = [r for r in read_metrics(tmp_path) if r["split"] == "test"][-1]
+    last = last_record(tmp_path, "test")
     assert last["samples"] == 359 and last["accuracy"] >= 0.95
 
 
@@ -158,19 +204,27 @@ def test_finetune_freezes_the_backbone_and_trains_the_head(files, tmp_path):
 
     pretrained = tmp_path / "resnet18.pth"
     torch.save(torchvision.models.resnet18().state_dict(), pretrained)
-    args = ["configs/resnet18_finetune.yaml", f"data.args.root={files / 'pngs'}", f"model.args.pretrained={pretrained}",
-            "data.args.transform.image_size=32", "data.args.transform.crop=28", "trainer.epochs=2",
-            f"run.dir={tmp_path / 'run'}",
-            "data.num_workers=0", "wandb.mode=disabled", "log.plots=false"]
+    args = [
+        "configs/resnet18_finetune.yaml",
+        f"data.args.root={files / 'pngs'}",
+        f"model.args.pretrained={pretrained}",
+        "data.args.transform.image_size=32",
+        "data.args.transform.crop=28",
+        "trainer.epochs=2",
+        f"run.dir={tmp_path / 'run'}",
+        "data.num_workers=0",
+        "wandb.mode=disabled",
+        "log.plots=false",
+    ]
     result = run_cli("train", *args)
     assert result.returncode == 0, result.stderr[-2000:]
     before = torch.load(pretrained, weights_only=True)
-    after = load_payload(find_resumable(tmp_path / "run"))["model"]
+    after = newest_weights(tmp_path / "run")
     frozen = [k for k in before if not k.startswith("fc.")]
     assert len(frozen) > 100 and all(torch.equal(before[k], after[k]) for k in frozen)  # BN statistics too
     assert not torch.equal(before["fc.weight"][:1], after["fc.weight"])  # the head was replaced and trained
     assert after["fc.weight"].shape == (1, 512)  # two classes: one logit with BCE
-    optimizer_params = load_payload(find_resumable(tmp_path / "run"))["optimizer"]["param_groups"][0]["params"]
+    optimizer_params = newest_payload(tmp_path / "run")["optimizer"]["param_groups"][0]["params"]
     assert len(optimizer_params) == 2  # only the new head's weight and bias are trained
     wrong = tmp_path / "wrong.pth"
     torch.save(torchvision.models.resnet34().state_dict(), wrong)

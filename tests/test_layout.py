@@ -4,6 +4,8 @@ which are cycles all the same, only deferred)."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "distrain"
@@ -22,8 +24,10 @@ def imports_of(path: Path, modules: set[str]) -> set[str]:
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             # `from distrain.x import y`: y is a module of its own, or a name defined in distrain.x.
-            names = [f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in modules else node.module
-                     for alias in node.names]
+            names = [
+                f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in modules else node.module
+                for alias in node.names
+            ]
         else:
             continue
         found.update(n for n in names if n in modules)
@@ -44,7 +48,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             if nxt not in state and (cycle := visit(nxt)):
                 return cycle
         path.pop()
@@ -73,3 +77,11 @@ def test_logging_needs_nothing_from_checkpointing():
     graph = import_graph()
     for module in ("distrain.reporting.history", "distrain.reporting.plots", "distrain.reporting.wandb_run"):
         assert graph[module] and not any(m.startswith("distrain.checkpoint") for m in graph[module]), module
+
+
+def test_ruff_finds_nothing_to_lint_or_format():
+    # The formatter and linter configured in pyproject.toml: `ruff format .` and `ruff check --fix .` fix it.
+    root = PACKAGE.parent
+    for args in (["check", "--quiet", "."], ["format", "--check", "--quiet", "."]):
+        result = subprocess.run([sys.executable, "-m", "ruff", *args], cwd=root, capture_output=True, text=True)
+        assert result.returncode == 0, f"ruff {' '.join(args)}:\n{result.stdout}{result.stderr}"

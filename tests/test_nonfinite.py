@@ -4,24 +4,31 @@ saves non-finite weights; skip_step skips exactly the steps whose gradients are 
 from __future__ import annotations
 
 import os
-import json
 
 import pytest
 import torch
-from conftest import run_cli, run_torchrun, spawn
+from helpers.runs import XOR, newest_payload, records, run_cli, run_torchrun, spawn
 from torch import nn
 from torch.utils.data import TensorDataset
 
 import distrain
 from distrain.checkpoint.store import find_resumable, load_payload
 
-DIVERGE = ["data.name=diabetes", "data.args={}", "optim.lr=10", "trainer.epochs=6", "checkpoint.every_steps=1",
-           "checkpoint.keep_last=3", "wandb.mode=disabled", "log.plots=false"]
+DIVERGE = [
+    "data.name=diabetes",
+    "data.args={}",
+    "optim.lr=10",
+    "trainer.epochs=6",
+    "checkpoint.every_steps=1",
+    "checkpoint.keep_last=3",
+    "wandb.mode=disabled",
+    "log.plots=false",
+]
 
 
 @pytest.mark.slow  # end to end (several trainings or processes)
 def test_a_diverging_run_stops_with_the_last_good_checkpoint_newest(tmp_path):
-    r = run_cli("train", "configs/xor.yaml", f"run.dir={tmp_path}", *DIVERGE)
+    r = run_cli("train", XOR, f"run.dir={tmp_path}", *DIVERGE)
     assert r.returncode == 3, r.stderr
     assert "Traceback" not in r.stderr
     err = r.stderr.strip().splitlines()
@@ -34,8 +41,7 @@ def test_a_diverging_run_stops_with_the_last_good_checkpoint_newest(tmp_path):
     payload = load_payload(newest)
     assert all(torch.isfinite(t).all() for t in payload["model"].values())
     # Nothing after it: the last logged epoch is before the divergence, no loss of inf or nan is recorded.
-    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in records)
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in records(tmp_path))
 
 
 class Poison(torch.autograd.Function):
@@ -81,10 +87,18 @@ STEPS = (2, 5, 23)  # 6 steps per epoch (192 / 32): steps 2 and 5 in epoch 0, 23
 
 
 def _fit(run_dir, model, environ, mode):
-    cfg = distrain.load_config({"seed": 0, "run": {"dir": str(run_dir)}, "data": {"global_batch_size": 32},
-                                "loss": {"name": "mse"}, "optim": {"name": "sgd", "lr": 0.05},
-                                "trainer": {"epochs": 4, "on_nonfinite": mode}, "log": {"plots": False},
-                                "wandb": {"mode": "disabled"}})
+    cfg = distrain.load_config(
+        {
+            "seed": 0,
+            "run": {"dir": str(run_dir)},
+            "data": {"global_batch_size": 32},
+            "loss": {"name": "mse"},
+            "optim": {"name": "sgd", "lr": 0.05},
+            "trainer": {"epochs": 4, "on_nonfinite": mode},
+            "log": {"plots": False},
+            "wandb": {"mode": "disabled"},
+        }
+    )
     train, test = _data()
     os.environ.update(environ)  # a spawned rank's launcher variables (the fixture restores the environment)
     result = distrain.fit(cfg, model=model, train_data=train, test_data=test)
@@ -92,11 +106,18 @@ def _fit(run_dir, model, environ, mode):
 
 
 def _skip_vs_zero(rank, world, port, out):
-    environ = {"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
-               "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    environ = {
+        "RANK": str(rank),
+        "WORLD_SIZE": str(world),
+        "LOCAL_RANK": str(rank),
+        "LOCAL_WORLD_SIZE": str(world),
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+    }
     # NaN on the last rank only: the averaged gradient is NaN everywhere and every rank skips.
-    result, weights = _fit(out / "nan", PoisonedMLP(STEPS, float("nan"), ranks=(world - 1,), rank=rank),
-                           environ, "skip_step")
+    result, weights = _fit(
+        out / "nan", PoisonedMLP(STEPS, float("nan"), ranks=(world - 1,), rank=rank), environ, "skip_step"
+    )
     torch.save({"result": result.as_dict(), "weights": weights}, out / f"rank{rank}.pt")
 
 
@@ -107,10 +128,8 @@ def _check_skips(result, weights, reference_weights, run_dir):
     assert all(torch.equal(weights[k], reference_weights[k]) for k in weights)
     # The skipped step's samples are not in the last epoch's train figures (one batch of 32 in epoch 3).
     assert result["train_samples"] == 192 - 32
-    train = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-             if json.loads(line)["split"] == "train"]
-    assert [r["skipped_steps"] for r in train] == [2, 2, 2, 3]
-    assert load_payload(find_resumable(run_dir))["skipped_steps"] == 3
+    assert [r["skipped_steps"] for r in records(run_dir, "train")] == [2, 2, 2, 3]
+    assert newest_payload(run_dir)["skipped_steps"] == 3
 
 
 def test_skip_step_skips_exactly_the_poisoned_steps_in_one_process(tmp_path):
@@ -119,7 +138,9 @@ def test_skip_step_skips_exactly_the_poisoned_steps_in_one_process(tmp_path):
     result, weights = _fit(tmp_path / "nan", PoisonedMLP(STEPS, float("nan")), {}, "skip_step")
     _check_skips(result, weights, reference, tmp_path / "nan")
     # Without skip_step the same run stops at the first poisoned step.
-    with pytest.raises(distrain.errors.Diverged, match="training diverged: the train loss became NaN or Inf at global step 3 "):
+    with pytest.raises(
+        distrain.errors.Diverged, match="training diverged: the train loss became NaN or Inf at global step 3 "
+    ):
         _fit(tmp_path / "stop", PoisonedMLP(STEPS, float("nan")), {}, "stop")
 
 
@@ -139,7 +160,7 @@ def test_skip_step_agrees_over_two_processes(tmp_path):
 @pytest.mark.slow
 def test_under_torchrun_errors_are_printed_once(tmp_path):
     # A divergence on 2 ranks: one message, and torchrun's failure summary names it too (its error file).
-    r = run_torchrun(2, "train", "configs/xor.yaml", f"run.dir={tmp_path / 'div'}", *DIVERGE)
+    r = run_torchrun(2, "train", XOR, f"run.dir={tmp_path / 'div'}", *DIVERGE)
     assert r.returncode != 0
     lines = (r.stdout + r.stderr).splitlines()
     mine = [line for line in lines if line.startswith(("distrain: error: training diverged", "[rank"))]

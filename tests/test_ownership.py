@@ -8,19 +8,23 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import PYTHON, REPO, clean_env, run_cli, torchrun_cmd
+from helpers.runs import PYTHON, REPO, XOR, assert_checkpoints_verify, clean_env, records, run_cli, torchrun_cmd
 
-from distrain.checkpoint.files import Manifest
-from distrain.checkpoint.store import find_resumable, list_checkpoints
-from distrain.reporting.history import read_metrics
+from distrain.checkpoint.store import find_resumable
 
-XOR = "configs/xor.yaml"
 ARGS = ["checkpoint.every_epochs=10", "checkpoint.keep_last=0", "wandb.mode=disabled", "log.plots=false"]
 
 
 def start(cmd, **env):
-    return subprocess.Popen(cmd, cwd=REPO, env=clean_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    return subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        env=clean_env(**env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def wait_for(predicate, timeout=120):
@@ -37,8 +41,9 @@ def test_a_second_run_into_a_directory_in_use_is_refused_and_the_first_is_clean(
     # The first run's ranks wait after step 30 (mid epoch 2) until the second run has been refused.
     release = tmp_path.parent / f"{tmp_path.name}-release"
     args = ("train", XOR, f"run.dir={tmp_path}", "trainer.epochs=3", *ARGS)
-    first = start(torchrun_cmd(2, *args, script="tests/helpers/kill_at_step.py"),
-                  HOLD_STEP="30", HOLD_FILE=str(release))
+    first = start(
+        torchrun_cmd(2, *args, script="tests/helpers/kill_at_step.py"), HOLD_STEP="30", HOLD_FILE=str(release)
+    )
     try:
         wait_for(lambda: Path(f"{release}.held").exists() or first.poll() is not None)
         assert first.poll() is None, first.communicate()[1][-3000:]
@@ -52,9 +57,9 @@ def test_a_second_run_into_a_directory_in_use_is_refused_and_the_first_is_clean(
         if first.poll() is None:
             os.killpg(first.pid, signal.SIGKILL)
     assert first.returncode == 0, err[-2000:]
-    pairs = [(r["epoch"], r["split"]) for r in read_metrics(tmp_path)]
+    pairs = [(r["epoch"], r["split"]) for r in records(tmp_path)]
     assert pairs == [(e, s) for e in range(3) for s in ("train", "test")]  # each exactly once
-    assert all(Manifest.read(p).problem() is None for p in list_checkpoints(tmp_path / "checkpoints"))
+    assert_checkpoints_verify(tmp_path)
     again = run_cli(*args)
     assert again.returncode == 0 and "this run already finished (epoch 3 of 3)" in again.stdout
 
@@ -68,7 +73,7 @@ def test_the_directory_of_a_killed_run_is_taken_over_and_resumed(tmp_path):
     taken = run_cli("train", XOR, f"run.dir={tmp_path}", "trainer.epochs=150", *ARGS)
     assert taken.returncode == 0, taken.stderr[-2000:]
     assert "resumed from" in taken.stdout
-    assert sorted({r["epoch"] for r in read_metrics(tmp_path)}) == list(range(150))
+    assert sorted({r["epoch"] for r in records(tmp_path)}) == list(range(150))
 
 
 def test_a_run_dir_that_is_a_file_is_a_config_error(tmp_path):

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import REPO, clean_env, run_torchrun
+from helpers.runs import REPO, clean_env, newest_weights, run_torchrun
 
-from distrain.checkpoint.store import find_resumable, load_payload
 from distrain.config.parse import load_config
 from distrain.data.batches import LoaderOptions, TrainBatches
 from distrain.data.in_memory import BatchTransform, ImageTensors
@@ -28,13 +27,17 @@ def data_root():
 
 
 def overrides(root, run_dir, *extra):
-    return [f"data.args.root={root}", "data.args.download=false", "data.args.num_train=1024",
-            "data.args.num_test=500", "trainer.epochs=1", f"run.dir={run_dir}", "wandb.mode=disabled",
-            "log.plots=false", *extra]
-
-
-def weights(run_dir):
-    return load_payload(find_resumable(run_dir))["model"]
+    return [
+        f"data.args.root={root}",
+        "data.args.download=false",
+        "data.args.num_train=1024",
+        "data.args.num_test=500",
+        "trainer.epochs=1",
+        f"run.dir={run_dir}",
+        "wandb.mode=disabled",
+        "log.plots=false",
+        *extra,
+    ]
 
 
 def test_real_sets_load_with_their_sizes(data_root):
@@ -51,21 +54,28 @@ def test_real_sets_load_with_their_sizes(data_root):
 def test_in_memory_path_trains_bitwise_like_the_per_sample_path(data_root, tmp_path):
     results = {}
     for fast in (True, False):
-        cfg = load_config("configs/mnist_cnn.yaml", overrides(data_root, tmp_path / str(fast), f"data.args.fast={fast}"))
+        cfg = load_config(
+            "configs/mnist_cnn.yaml", overrides(data_root, tmp_path / str(fast), f"data.args.fast={fast}")
+        )
         results[fast] = train(cfg, environ={})
     assert results[True]["test_loss"] == results[False]["test_loss"]
     assert results[True]["test_accuracy"] == results[False]["test_accuracy"] > 0.3  # real digits, 16 steps
-    fast, slow = weights(tmp_path / "True"), weights(tmp_path / "False")
+    fast, slow = newest_weights(tmp_path / "True"), newest_weights(tmp_path / "False")
     assert all(torch.equal(fast[k], slow[k]) for k in fast)
 
 
 @pytest.mark.slow
 def test_in_memory_path_equals_the_per_sample_path_on_two_processes(data_root, tmp_path):
     for fast in (True, False):
-        r = run_torchrun(2, "train", "configs/fashion_mnist.yaml",
-                         *overrides(data_root, tmp_path / str(fast), f"data.args.fast={fast}"), env=clean_env())
+        r = run_torchrun(
+            2,
+            "train",
+            "configs/fashion_mnist.yaml",
+            *overrides(data_root, tmp_path / str(fast), f"data.args.fast={fast}"),
+            env=clean_env(),
+        )
         assert r.returncode == 0, r.stderr[-3000:]
-    fast, slow = weights(tmp_path / "True"), weights(tmp_path / "False")
+    fast, slow = newest_weights(tmp_path / "True"), newest_weights(tmp_path / "False")
     assert all(torch.equal(fast[k], slow[k]) for k in fast)
 
 
@@ -92,7 +102,7 @@ def test_random_crops_and_flips_are_per_sample_and_the_same_on_any_number_of_ran
     draws = transform.draws(2, 20)
     sample = int(one[0].targets[0])
     top, left = int(draws["top"][sample] % 3), int(draws["left"][sample] % 3)
-    expected = images[sample, :, top:top + 4, left:left + 4]
+    expected = images[sample, :, top : top + 4, left : left + 4]
     if draws["flip"][sample]:
         expected = expected.flip(-1)
     assert torch.allclose(one[0].inputs[0], (expected.float() / 255 - 0.5) / 0.25, atol=1e-6)

@@ -4,12 +4,8 @@ console output."""
 import struct
 
 import pytest
-from conftest import clean_env, run_cli, run_torchrun
+from helpers.runs import XOR, clean_env, records, run_cli, run_torchrun
 from helpers.wandb_file import history, run_ids, summary
-
-from distrain.reporting.history import read_metrics
-
-XOR = "configs/xor.yaml"
 
 
 def wandb_files(run_dir):
@@ -19,8 +15,16 @@ def wandb_files(run_dir):
 @pytest.fixture(scope="module")
 def offline_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("wb")
-    result = run_cli("train", XOR, f"run.dir={run}", "trainer.epochs=5", "log.every_steps=10",
-                     "log.grad_norms=true", env=clean_env(wandb=True), fresh=True)
+    result = run_cli(
+        "train",
+        XOR,
+        f"run.dir={run}",
+        "trainer.epochs=5",
+        "log.every_steps=10",
+        "log.grad_norms=true",
+        env=clean_env(wandb=True),
+        fresh=True,
+    )
     assert result.returncode == 0, result.stderr
     return run, result
 
@@ -35,18 +39,17 @@ def test_wandb_history_matches_metrics_jsonl(offline_run):
         assert {"lr", "samples_per_s", "step_time_s", "grad_norm", "grad_norm/linear1.weight"} <= set(r)
         assert r["lr"] == 0.1 and r["samples_per_s"] > 0 and r["grad_norm/linear1.weight"] > 0
     epoch_rows = [r for r in rows if "test/loss" in r]
-    records = read_metrics(run)
     assert len(epoch_rows) == 5
     for row in epoch_rows:
-        train = next(r for r in records if r["epoch"] == row["epoch"] and r["split"] == "train")
-        test = next(r for r in records if r["epoch"] == row["epoch"] and r["split"] == "test")
+        train = next(r for r in records(run, "train") if r["epoch"] == row["epoch"])
+        test = next(r for r in records(run, "test") if r["epoch"] == row["epoch"])
         assert row["_step"] == train["global_step"] == 20 * (row["epoch"] + 1)  # one monotonic global step
         assert (row["train/loss"], row["train/accuracy"]) == (train["loss"], train["accuracy"])
         assert (row["test/loss"], row["test/accuracy"]) == (test["loss"], test["accuracy"])
         assert row["epoch_time_s"] > 0
     best = summary(path)
-    assert best["best/test_accuracy"] == max(r["accuracy"] for r in records if r["split"] == "test")
-    assert best["best/test_loss"] == min(r["loss"] for r in records if r["split"] == "test")
+    assert best["best/test_accuracy"] == max(r["accuracy"] for r in records(run, "test"))
+    assert best["best/test_loss"] == min(r["loss"] for r in records(run, "test"))
     assert run_ids(run) == {(run / "wandb.json").read_text().split('"')[3]}
 
 
@@ -61,8 +64,10 @@ def test_plots_are_valid_pngs(offline_run, tmp_path):
         assert width > 100 and height > 100
         assert matplotlib.image.imread(run / "plots" / name).shape[:2] == (height, width)
     again = run_cli("plot", str(run), str(run), "--out", str(tmp_path / "both"))
-    assert again.returncode == 0 and sorted(p.name for p in (tmp_path / "both").iterdir()) == \
-        ["accuracy.png", "loss.png"]
+    assert again.returncode == 0 and sorted(p.name for p in (tmp_path / "both").iterdir()) == [
+        "accuracy.png",
+        "loss.png",
+    ]
     bad = run_cli("plot", str(tmp_path))
     assert bad.returncode == 2 and "has no metrics.jsonl" in bad.stderr
 
@@ -93,8 +98,15 @@ def test_log_lines_without_a_terminal(offline_run):
 
 
 def test_progress_bar_when_asked(tmp_path):
-    result = run_cli("train", XOR, f"run.dir={tmp_path}", "trainer.epochs=2", "log.progress_bar=always", "log.every_steps=10",
-                     "wandb.mode=disabled")
+    result = run_cli(
+        "train",
+        XOR,
+        f"run.dir={tmp_path}",
+        "trainer.epochs=2",
+        "log.progress_bar=always",
+        "log.every_steps=10",
+        "wandb.mode=disabled",
+    )
     assert result.returncode == 0 and "40/40" in result.stderr and "samples_s" in result.stderr
     assert not (tmp_path / "wandb").exists() and not (tmp_path / "wandb.json").exists()
 
@@ -102,9 +114,18 @@ def test_progress_bar_when_asked(tmp_path):
 @pytest.mark.slow
 def test_one_wandb_run_for_two_ranks_even_after_a_kill(tmp_path):
     env = clean_env(KILL_STEP="30", KILL_RANK="1", wandb=True)
-    result = run_torchrun(2, "train", XOR, f"run.dir={tmp_path}", "trainer.epochs=3", "checkpoint.every_steps=7",
-                          "log.every_steps=5", extra=("--max-restarts=1",), script="tests/helpers/kill_at_step.py",
-                          env=env)
+    result = run_torchrun(
+        2,
+        "train",
+        XOR,
+        f"run.dir={tmp_path}",
+        "trainer.epochs=3",
+        "checkpoint.every_steps=7",
+        "log.every_steps=5",
+        extra=("--max-restarts=1",),
+        script="tests/helpers/kill_at_step.py",
+        env=env,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     files = wandb_files(tmp_path)
     assert len(files) == 2  # the first attempt and the restart, both by rank 0 only

@@ -6,28 +6,34 @@ import time
 
 import pytest
 import torch
-from conftest import PYTHON, REPO, clean_env, run_cli, run_torchrun, torchrun_cmd
+from helpers.runs import (
+    PYTHON,
+    REPO,
+    XOR,
+    assert_bitwise,
+    clean_env,
+    newest_payload,
+    newest_weights,
+    records,
+    run_cli,
+    run_torchrun,
+    torchrun_cmd,
+    weights_at,
+)
 
-from distrain.checkpoint.store import find_resumable, load_payload
-from distrain.reporting.history import read_metrics
+from distrain.checkpoint.store import load_payload
 
 pytestmark = pytest.mark.slow  # real launchers end to end (the fast subset skips them)
 
-XOR = "configs/xor.yaml"
 # 4 epochs of 20 steps; saves every 7 steps (mid-epoch) and at every epoch end; momentum makes the
 # optimizer state matter.
-ARGS = ["trainer.epochs=4", "checkpoint.every_steps=7", "checkpoint.every_epochs=1", "checkpoint.keep_last=0",
-        "optim.args.momentum=0.9"]
-
-
-def final_weights(run_dir):
-    return load_payload(find_resumable(run_dir))["model"]
-
-
-def assert_bitwise_equal(a, b):
-    assert list(a) == list(b)
-    for key in a:
-        assert torch.equal(a[key], b[key]), f"{key}: max diff {(a[key] - b[key]).abs().max().item()}"
+ARGS = [
+    "trainer.epochs=4",
+    "checkpoint.every_steps=7",
+    "checkpoint.every_epochs=1",
+    "checkpoint.keep_last=0",
+    "optim.args.momentum=0.9",
+]
 
 
 @pytest.fixture(scope="module")
@@ -42,20 +48,29 @@ def reference(tmp_path_factory):
 
 
 def weights_at_epoch_4(reference):
-    return load_payload(reference / "checkpoints" / "step-00000080.pt")["model"]
+    return weights_at(reference / "checkpoints" / "step-00000080.pt")
 
 
-@pytest.mark.parametrize("kill_step,kill_rank", [(3, 1), (33, 1), (40, 0)],
-                         ids=["before-first-save", "mid-epoch", "epoch-end"])
+@pytest.mark.parametrize(
+    "kill_step,kill_rank", [(3, 1), (33, 1), (40, 0)], ids=["before-first-save", "mid-epoch", "epoch-end"]
+)
 def test_sigkill_of_one_rank_under_max_restarts_is_bitwise_exact(reference, tmp_path, kill_step, kill_rank):
     env = clean_env(KILL_STEP=str(kill_step), KILL_RANK=str(kill_rank))
-    result = run_torchrun(2, "train", XOR, f"run.dir={tmp_path}", *ARGS, extra=("--max-restarts=1",),
-                          script="tests/helpers/kill_at_step.py", env=env)
+    result = run_torchrun(
+        2,
+        "train",
+        XOR,
+        f"run.dir={tmp_path}",
+        *ARGS,
+        extra=("--max-restarts=1",),
+        script="tests/helpers/kill_at_step.py",
+        env=env,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "(exitcode: -9)" in result.stderr  # the kill really happened
-    assert_bitwise_equal(weights_at_epoch_4(reference), final_weights(tmp_path))
+    assert_bitwise(weights_at_epoch_4(reference), newest_weights(tmp_path))
     # metrics.jsonl: each (epoch, split) once, and the test figures of the uninterrupted run
-    ref, got = [r for r in read_metrics(reference) if r["epoch"] < 4], read_metrics(tmp_path)
+    ref, got = [r for r in records(reference) if r["epoch"] < 4], records(tmp_path)
     assert [(r["epoch"], r["split"]) for r in got] == [(r["epoch"], r["split"]) for r in ref]
     for a, b in zip(ref, got):
         assert a["samples"] == b["samples"] and a["accuracy"] == b["accuracy"]
@@ -63,8 +78,7 @@ def test_sigkill_of_one_rank_under_max_restarts_is_bitwise_exact(reference, tmp_
 
 
 def _start_and_signal(cmd, run_dir, signum, after_lines=2):
-    proc = subprocess.Popen(cmd, cwd=REPO, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = run_dir / "metrics.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
@@ -83,20 +97,29 @@ def test_sigterm_saves_cleanly_and_the_rerun_is_identical(reference, tmp_path):
     rc, out, err = _start_and_signal(torchrun_cmd(2, *args), tmp_path, signal.SIGTERM)
     assert rc != 0, "the interrupted run must not report success"
     assert "received SIGTERM: saving a checkpoint" in out + err
-    stopped = load_payload(find_resumable(tmp_path))
+    stopped = newest_payload(tmp_path)
     assert stopped["global_step"] < 400
     rerun = run_torchrun(2, *args)
     assert rerun.returncode == 0, rerun.stderr
-    assert_bitwise_equal(final_weights(reference), final_weights(tmp_path))  # the same 20 epochs
+    assert_bitwise(newest_weights(reference), newest_weights(tmp_path))  # the same 20 epochs
 
 
 @pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130), (signal.SIGUSR2, 140)])
 def test_one_process_stops_on_signal_with_documented_status(tmp_path, signum, code):
-    cmd = [PYTHON, "-m", "distrain", "train",
-           XOR, f"run.dir={tmp_path}", *ARGS, "trainer.epochs=100", "checkpoint.every_steps=0"]
+    cmd = [
+        PYTHON,
+        "-m",
+        "distrain",
+        "train",
+        XOR,
+        f"run.dir={tmp_path}",
+        *ARGS,
+        "trainer.epochs=100",
+        "checkpoint.every_steps=0",
+    ]
     rc, out, err = _start_and_signal(cmd, tmp_path, signum)
     assert rc == code, err
-    payload = load_payload(find_resumable(tmp_path))
+    payload = newest_payload(tmp_path)
     assert 0 < payload["global_step"] < 2000
     assert f"stopped on {signal.Signals(signum).name} after saving" in err
 
@@ -107,7 +130,7 @@ def test_two_process_checkpoint_resumes_on_one_process(reference, tmp_path):
     result = run_cli("train", XOR, f"run.dir={tmp_path}", *ARGS, f"checkpoint.resume={mid}")
     assert result.returncode == 0, result.stderr
     assert "per-rank random generators were re-derived" in result.stdout + result.stderr
-    ref, got = weights_at_epoch_4(reference), final_weights(tmp_path)
+    ref, got = weights_at_epoch_4(reference), newest_weights(tmp_path)
     # Same global batches from step 49 on; only float summation order differs (see test_train).
     for key in ref:
         torch.testing.assert_close(ref[key], got[key], rtol=0, atol=1e-5)

@@ -28,8 +28,9 @@ def test_full_batches_match_distributed_sampler(world):
 
 @pytest.mark.parametrize("n,world", [(2500, 2), (2501, 2), (101, 4), (5, 4)])
 def test_every_sample_once_per_epoch_and_steps_are_global(n, world):
-    samplers = [GlobalBatchSampler(data(n), num_replicas=world, rank=r, global_batch_size=32, seed=1)
-                for r in range(world)]
+    samplers = [
+        GlobalBatchSampler(data(n), num_replicas=world, rank=r, global_batch_size=32, seed=1) for r in range(world)
+    ]
     one = GlobalBatchSampler(data(n), num_replicas=1, rank=0, global_batch_size=32, seed=1)
     seen = sorted(i for s in samplers for i in s)
     assert seen == list(range(n))  # no padding, no duplicates
@@ -64,8 +65,10 @@ def test_eval_ranges_cover_each_sample_once_in_fixed_batches(n, bs, world):
     assert sum(end - start for _, start, end in ranges) == n
 
 
-@pytest.mark.parametrize("n,world,start", [(2500, 2, 0), (2501, 2, 0), (2501, 2, 78), (2501, 2, 79), (101, 4, 2),
-                                           (5, 4, 0), (96, 4, 3), (64, 2, 1)])
+@pytest.mark.parametrize(
+    "n,world,start",
+    [(2500, 2, 0), (2501, 2, 0), (2501, 2, 78), (2501, 2, 79), (101, 4, 2), (5, 4, 0), (96, 4, 3), (64, 2, 1)],
+)
 def test_rank_epoch_is_rank_batches_at_once(n, world, start):
     # The tensor fast path gathers a whole epoch from rank_epoch(); it must be exactly rank_batches().
     for rank in range(world):

@@ -14,25 +14,29 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import PYTHON, REPO, clean_env, run_torchrun
+from helpers.runs import PYTHON, REPO, assert_bitwise, clean_env, newest_weights, run_torchrun
 
-from distrain.checkpoint.store import find_resumable, load_payload
+from distrain.checkpoint.store import find_resumable
 from distrain.launch.slurm import EXIT_RESUBMIT, job_to_requeue, maybe_requeue, resolve_run_dir
 
 # One worker runs both SLURM modules: the clusters share munged (started by whichever comes first).
 pytestmark = pytest.mark.xdist_group("slurm")
 
-XOR = "configs/xor.yaml"
 # How the tests run the shipped one-node GPU script on the CPU-only test cluster: the same script, with
 # sbatch options overriding its GPU lines. docs/pages/launching.md shows these exact lines.
-SBATCH_SRUN = ("sbatch --partition=debug --ntasks-per-node=2 --gres=none --cpus-per-task=1 "
-               "slurm/train.sbatch configs/xor.yaml")
+SBATCH_SRUN = (
+    "sbatch --partition=debug --ntasks-per-node=2 --gres=none --cpus-per-task=1 slurm/train.sbatch configs/xor.yaml"
+)
 SBATCH_CPU = "sbatch --partition=debug slurm/train_cpu.sbatch configs/xor.yaml"
-SBATCH_TORCHRUN = ("GPUS_PER_NODE=2 sbatch --partition=debug --gres=none --cpus-per-task=2 "
-                   "slurm/train_torchrun.sbatch configs/xor.yaml")
+SBATCH_TORCHRUN = (
+    "GPUS_PER_NODE=2 sbatch --partition=debug --gres=none --cpus-per-task=2 "
+    "slurm/train_torchrun.sbatch configs/xor.yaml"
+)
 SBATCH_ARRAY = "sbatch --partition=debug --array=0-1 --ntasks-per-node=1 slurm/train_cpu.sbatch configs/xor.yaml"
-SBATCH_SCRIPT = ("sbatch --partition=debug --ntasks-per-node=2 --gres=none --cpus-per-task=1 "
-                 "slurm/train.sbatch examples/xor_tutorial.py examples/xor.yaml")
+SBATCH_SCRIPT = (
+    "sbatch --partition=debug --ntasks-per-node=2 --gres=none --cpus-per-task=1 "
+    "slurm/train.sbatch examples/xor_tutorial.py examples/xor.yaml"
+)
 PREEMPT = "sbatch --partition=urgent --ntasks=2 --wrap 'sleep 1'"
 SCANCEL = "scancel --signal=USR2 JOBID"
 SCANCEL_FULL = "scancel --signal=USR2 --full JOBID"  # the steps and the batch shell
@@ -40,6 +44,7 @@ SCANCEL_BATCH = "scancel --signal=USR2 --batch JOBID"  # the batch shell only, a
 
 
 # ------------------------------------------------------------------------------- no cluster needed
+
 
 def test_run_dir_per_array_task():
     assert resolve_run_dir("runs/x", {}) == "runs/x"
@@ -63,6 +68,7 @@ def test_requeue_policy_without_scontrol(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------------------------- real cluster
 
+
 @pytest.fixture(scope="module")
 def slurm(tmp_path_factory):
     if not shutil.which("slurmctld"):
@@ -85,7 +91,8 @@ def job_env(slurm_conf, **extra):
 
 
 def sbatch(command, slurm_conf, *args, wait=True, out=None):
-    """Run one of the docs' sbatch command lines (docs/pages/launching.md), with an output file and extra overrides added."""
+    """Run one of the docs' sbatch command lines (docs/pages/launching.md), with an output file and extra
+    overrides added."""
     words = command.split()
     env_extra = {}
     while "=" in words[0]:  # leading NAME=value words are environment for sbatch (and so for the job)
@@ -94,8 +101,14 @@ def sbatch(command, slurm_conf, *args, wait=True, out=None):
     opts = ["--parsable"]
     if out:
         opts.append(f"--output={out}")
-    result = subprocess.run([words[0], *opts, *words[1:], *args], cwd=REPO, env=job_env(slurm_conf, **env_extra),
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [words[0], *opts, *words[1:], *args],
+        cwd=REPO,
+        env=job_env(slurm_conf, **env_extra),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if wait and result.returncode == 0:
         # Like `sbatch --wait`, whose polling interval grows (measured: it returned ~30 s after a 10 s job had
         # ended), but polled every 0.2 s: exit status 0 when every task of the job completed.
@@ -108,8 +121,9 @@ def _final_states(job, slurm_conf, timeout=600):
     """The JobState of every task of `job` (an array has several) once none of them is still going."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        shown = subprocess.run(["scontrol", "show", "job", job], env=job_env(slurm_conf), capture_output=True,
-                               text=True).stdout
+        shown = subprocess.run(
+            ["scontrol", "show", "job", job], env=job_env(slurm_conf), capture_output=True, text=True
+        ).stdout
         states = re.findall(r"JobState=(\w+)", shown)
         if states and all(state in FINAL for state in states):
             return states
@@ -120,15 +134,6 @@ def _final_states(job, slurm_conf, timeout=600):
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
 
 
-def weights(run_dir):
-    return load_payload(find_resumable(run_dir))["model"]
-
-
-def assert_bitwise(a, b):
-    for key in a:
-        assert torch.equal(a[key], b[key]), f"{key}: max diff {(a[key] - b[key]).abs().max().item()}"
-
-
 @pytest.fixture(scope="module")
 def reference(xor30_torchrun):
     """torchrun with 2 processes, XOR for 30 epochs: the uninterrupted run every SLURM job is compared with."""
@@ -136,17 +141,19 @@ def reference(xor30_torchrun):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("command,source,engine", [(SBATCH_SRUN, "slurm", "native"),
-                                                   (SBATCH_TORCHRUN, "torchrun", "native"),
-                                                   (SBATCH_SRUN, "slurm", "accelerate")],
-                         ids=["srun-per-task", "srun-torchrun", "srun-per-task-accelerate"])
+@pytest.mark.parametrize(
+    "command,source,engine",
+    [(SBATCH_SRUN, "slurm", "native"), (SBATCH_TORCHRUN, "torchrun", "native"), (SBATCH_SRUN, "slurm", "accelerate")],
+    ids=["srun-per-task", "srun-torchrun", "srun-per-task-accelerate"],
+)
 def test_slurm_job_matches_torchrun(slurm, reference, tmp_path, command, source, engine):
-    result = sbatch(command, slurm, f"run.dir={tmp_path / 'run'}", "trainer.epochs=30", f"engine={engine}",
-                    out=tmp_path / "job.out")
+    result = sbatch(
+        command, slurm, f"run.dir={tmp_path / 'run'}", "trainer.epochs=30", f"engine={engine}", out=tmp_path / "job.out"
+    )
     log = (tmp_path / "job.out").read_text()
     assert result.returncode == 0, log
     assert f"| {source} | 2 process(es)" in log and f"engine {engine}" in log
-    assert_bitwise(weights(reference), weights(tmp_path / "run"))
+    assert_bitwise(newest_weights(reference), newest_weights(tmp_path / "run"))
 
 
 def _wait_for_epochs(run_dir, epochs, timeout=120):
@@ -162,8 +169,9 @@ def _wait_for_epochs(run_dir, epochs, timeout=120):
 def _wait_until_gone(job, slurm_conf, timeout=180):
     deadline = time.time() + timeout
     while time.time() < deadline:
-        state = subprocess.run(["scontrol", "show", "job", job], env=job_env(slurm_conf), capture_output=True,
-                               text=True).stdout
+        state = subprocess.run(
+            ["scontrol", "show", "job", job], env=job_env(slurm_conf), capture_output=True, text=True
+        ).stdout
         if "JobState=COMPLETED" in state or "JobState=FAILED" in state or "JobState=CANCELLED" in state:
             return state
         time.sleep(0.5)
@@ -174,8 +182,7 @@ def _wait_until_gone(job, slurm_conf, timeout=180):
 @pytest.mark.parametrize("interruption", ["scancel-signal", "scancel-full", "scancel-batch", "preemption"])
 def test_interrupted_job_requeues_resumes_and_matches(slurm, reference, tmp_path, interruption):
     run = tmp_path / "run"
-    submitted = sbatch(SBATCH_SRUN, slurm, f"run.dir={run}", "trainer.epochs=30", wait=False,
-                       out=tmp_path / "job.out")
+    submitted = sbatch(SBATCH_SRUN, slurm, f"run.dir={run}", "trainer.epochs=30", wait=False, out=tmp_path / "job.out")
     job = submitted.stdout.strip()
     _wait_for_epochs(run, 3)
     scancel = {"scancel-signal": SCANCEL, "scancel-full": SCANCEL_FULL, "scancel-batch": SCANCEL_BATCH}
@@ -188,16 +195,17 @@ def test_interrupted_job_requeues_resumes_and_matches(slurm, reference, tmp_path
     log = (tmp_path / "job.out").read_text()
     assert "JobState=COMPLETED" in state and "Restarts=1" in state, log
     assert "received SIGUSR2: saving a checkpoint" in log and "requeued SLURM job" in log
-    assert "SLURM job %s, restart 1: resuming" % job in log and "resumed from" in log
-    assert_bitwise(weights(reference), weights(run))
+    assert f"SLURM job {job}, restart 1: resuming" in log and "resumed from" in log
+    assert_bitwise(newest_weights(reference), newest_weights(run))
 
 
 @pytest.mark.slow
 def test_user_script_as_an_srun_job_matches_torchrun(slurm, tmp_path):
     """A user's script (its own model and Dataset, distrain.fit) under the shipped sbatch script, as is."""
     args = ["trainer.epochs=10", "checkpoint.every_epochs=5"]
-    reference = run_torchrun(2, "examples/xor.yaml", f"run.dir={tmp_path / 'ref'}", *args,
-                             script="examples/xor_tutorial.py")
+    reference = run_torchrun(
+        2, "examples/xor.yaml", f"run.dir={tmp_path / 'ref'}", *args, script="examples/xor_tutorial.py"
+    )
     assert reference.returncode == 0, reference.stderr[-2000:]
     result = sbatch(SBATCH_SCRIPT, slurm, f"run.dir={tmp_path / 'run'}", *args, out=tmp_path / "job.out")
     log = (tmp_path / "job.out").read_text()
@@ -217,8 +225,7 @@ def test_failing_job_reports_its_error_and_exits_nonzero(slurm, tmp_path):
 
 @pytest.mark.slow
 def test_array_tasks_get_their_own_run_directories(slurm, tmp_path):
-    result = sbatch(SBATCH_ARRAY, slurm, f"run.dir={tmp_path / 'run'}", "trainer.epochs=2",
-                    out=tmp_path / "job-%a.out")
+    result = sbatch(SBATCH_ARRAY, slurm, f"run.dir={tmp_path / 'run'}", "trainer.epochs=2", out=tmp_path / "job-%a.out")
     assert result.returncode == 0, (tmp_path / "job-0.out").read_text()
     for task in (0, 1):
         assert find_resumable(tmp_path / "run" / f"array-{task}") is not None
@@ -226,6 +233,15 @@ def test_array_tasks_get_their_own_run_directories(slurm, tmp_path):
 
 def test_docs_show_the_commands_tested_here():
     readme = (REPO / "docs" / "pages" / "launching.md").read_text()
-    for command in (SBATCH_SRUN, SBATCH_CPU, SBATCH_TORCHRUN, SBATCH_ARRAY, SBATCH_SCRIPT, PREEMPT, SCANCEL,
-                    SCANCEL_FULL, SCANCEL_BATCH):
+    for command in (
+        SBATCH_SRUN,
+        SBATCH_CPU,
+        SBATCH_TORCHRUN,
+        SBATCH_ARRAY,
+        SBATCH_SCRIPT,
+        PREEMPT,
+        SCANCEL,
+        SCANCEL_FULL,
+        SCANCEL_BATCH,
+    ):
         assert command in readme, command

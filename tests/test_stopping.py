@@ -3,17 +3,14 @@
 import json
 
 import pytest
-from conftest import run_torchrun
+from helpers.runs import XOR, newest_payload, records, run_torchrun
 
-from distrain.checkpoint.store import find_resumable, list_checkpoints, load_payload
+from distrain.checkpoint.store import list_checkpoints, load_payload
 from distrain.config.parse import load_config
 from distrain.config.schema import StopConfig
 from distrain.loop.steps import EpochMetrics
 from distrain.loop.stopping import Stopper
 from distrain.loop.trainer import train
-from distrain.reporting.history import read_metrics
-
-XOR = "configs/xor.yaml"
 
 
 def m(loss, acc=0.5):
@@ -54,26 +51,46 @@ def test_state_round_trips():
 
 @pytest.mark.slow
 def test_two_ranks_stop_together_and_a_rerun_stays_stopped(tmp_path):
-    args = ["train", XOR, f"run.dir={tmp_path}", "trainer.epochs=50", "stop.window=3", "stop.threshold=0.02",
-            "checkpoint.every_epochs=1"]
+    args = [
+        "train",
+        XOR,
+        f"run.dir={tmp_path}",
+        "trainer.epochs=50",
+        "stop.window=3",
+        "stop.threshold=0.02",
+        "checkpoint.every_epochs=1",
+    ]
     result = run_torchrun(2, *args)
     assert result.returncode == 0, result.stderr
-    epochs = sorted({r["epoch"] for r in read_metrics(tmp_path)})
+    epochs = sorted({r["epoch"] for r in records(tmp_path)})
     assert epochs == list(range(len(epochs))) and len(epochs) < 50
     assert "stopping after epoch" in result.stdout
-    last = load_payload(find_resumable(tmp_path))
+    last = newest_payload(tmp_path)
     assert last["stopper"]["stopped"].startswith("converged") and last["epoch"] == len(epochs)
     # Resuming a stopped run trains no further.
     again = run_torchrun(2, *args)
-    assert again.returncode == 0 and sorted({r["epoch"] for r in read_metrics(tmp_path)}) == epochs
+    assert again.returncode == 0 and sorted({r["epoch"] for r in records(tmp_path)}) == epochs
 
 
 def test_keep_best_keeps_the_best_by_the_monitor(tmp_path):
-    train(load_config(XOR, [f"run.dir={tmp_path}", "trainer.epochs=6", "checkpoint.every_epochs=1",
-                            "checkpoint.keep_last=1", "checkpoint.keep_best=2", "checkpoint.monitor=val_loss",
-                            "data.val_fraction=0.2", "optim.lr=0.02"]), environ={})
+    train(
+        load_config(
+            XOR,
+            [
+                f"run.dir={tmp_path}",
+                "trainer.epochs=6",
+                "checkpoint.every_epochs=1",
+                "checkpoint.keep_last=1",
+                "checkpoint.keep_best=2",
+                "checkpoint.monitor=val_loss",
+                "data.val_fraction=0.2",
+                "optim.lr=0.02",
+            ],
+        ),
+        environ={},
+    )
     folder = tmp_path / "checkpoints"
-    tests = {r["global_step"]: r["loss"] for r in read_metrics(tmp_path) if r["split"] == "val"}
+    tests = {r["global_step"]: r["loss"] for r in records(tmp_path, "val")}
     best_two = sorted(tests, key=tests.get)[:2]
     assert sorted(p.name for p in folder.glob("best-*.pt")) == sorted(f"best-step-{s:08d}.pt" for s in best_two)
     assert [p.name for p in list_checkpoints(folder)] == ["step-00000096.pt"]  # keep_last=1 still holds

@@ -15,21 +15,22 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
-from conftest import PYTHON, REPO, clean_env
+from helpers.runs import PYTHON, REPO, assert_bitwise, assert_checkpoints_verify, clean_env, newest_weights, records
 
-from distrain.checkpoint.files import Manifest
-from distrain.checkpoint.store import find_resumable, list_checkpoints, load_payload
+from distrain.checkpoint.store import list_checkpoints
 
 # One worker runs both SLURM modules: the clusters share munged (started by whichever comes first).
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("slurm")]
 
-XOR = "configs/xor.yaml"
 # The commands docs/pages/launching.md shows for the two-node cluster (the GPU lines overridden for CPU nodes).
-SBATCH_2NODES = ("sbatch --partition=two --nodes=2 --ntasks-per-node=1 --gres=none --cpus-per-task=1 "
-                 "slurm/train_multinode.sbatch configs/xor.yaml")
-SBATCH_2AGENTS = ("GPUS_PER_NODE=1 sbatch --partition=two --nodes=2 --gres=none --cpus-per-task=1 "
-                  "slurm/train_torchrun.sbatch configs/xor.yaml")
+SBATCH_2NODES = (
+    "sbatch --partition=two --nodes=2 --ntasks-per-node=1 --gres=none --cpus-per-task=1 "
+    "slurm/train_multinode.sbatch configs/xor.yaml"
+)
+SBATCH_2AGENTS = (
+    "GPUS_PER_NODE=1 sbatch --partition=two --nodes=2 --gres=none --cpus-per-task=1 "
+    "slurm/train_torchrun.sbatch configs/xor.yaml"
+)
 ARGS = ["trainer.epochs=30", "wandb.mode=disabled"]
 
 
@@ -74,15 +75,22 @@ def submit(command, conf, out, *args):
         name, value = words.pop(0).split("=", 1)
         extra[name] = value
     env = clean_env(SLURM_CONF=conf, DISTRAIN_PYTHON=PYTHON, **extra)
-    r = subprocess.run([words[0], "--parsable", f"--output={out}", *words[1:], *args], cwd=REPO, env=env,
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [words[0], "--parsable", f"--output={out}", *words[1:], *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
     return r.stdout.strip()
 
 
 def state(job, conf):
-    shown = subprocess.run(["scontrol", "show", "job", job], env=clean_env(SLURM_CONF=conf), capture_output=True,
-                           text=True).stdout
+    shown = subprocess.run(
+        ["scontrol", "show", "job", job], env=clean_env(SLURM_CONF=conf), capture_output=True, text=True
+    ).stdout
     return shown.split("JobState=")[1].split()[0] if "JobState=" in shown else "UNKNOWN"
 
 
@@ -96,25 +104,17 @@ def wait_done(job, conf, timeout=300):
     raise AssertionError(f"job {job} still {state(job, conf)} after {timeout}s")
 
 
-def weights(run_dir):
-    return load_payload(find_resumable(run_dir))["model"]
-
-
-def assert_bitwise(a, b):
-    for key in a:
-        assert torch.equal(a[key], b[key]), f"{key}: max diff {(a[key] - b[key]).abs().max().item()}"
-
-
 @pytest.mark.parametrize("command", [SBATCH_2NODES, SBATCH_2AGENTS], ids=["srun-per-task", "srun-torchrun"])
 def test_a_two_node_job_equals_one_node(two_nodes, reference, tmp_path, command):
     job = submit(command, two_nodes, tmp_path / "job.out", f"run.dir={tmp_path / 'run'}", *ARGS)
     final = wait_done(job, two_nodes)
     log = (tmp_path / "job.out").read_text()
     assert final == "COMPLETED", log[-3000:]
-    shown = subprocess.run(["scontrol", "show", "job", job], env=clean_env(SLURM_CONF=two_nodes),
-                           capture_output=True, text=True).stdout
+    shown = subprocess.run(
+        ["scontrol", "show", "job", job], env=clean_env(SLURM_CONF=two_nodes), capture_output=True, text=True
+    ).stdout
     assert " NodeList=dtnode[1-2]" in shown and "2 process(es)" in log and "backend gloo" in log
-    assert_bitwise(weights(reference), weights(tmp_path / "run"))
+    assert_bitwise(newest_weights(reference), newest_weights(tmp_path / "run"))
 
 
 def _task_pids(namespace: str) -> list[int]:
@@ -144,14 +144,14 @@ def test_a_node_lost_mid_job_loses_nothing(two_nodes, reference, tmp_path):
         os.kill(pid, signal.SIGKILL)
     lost = wait_done(job, two_nodes)
     assert lost in ("FAILED", "NODE_FAIL"), lost  # the step ends (--kill-on-bad-exit) and so does the job
-    # Nothing damaged: every checkpoint left verifies, and the resume picks the newest.
-    for path in list_checkpoints(run / "checkpoints"):
-        manifest = Manifest.read(path)
-        assert manifest is None or manifest.problem() is None, path
+    # Nothing damaged: every checkpoint left (the 5 or more it was killed after) has its manifest and verifies,
+    # and the resume picks the newest. Only the newest may lack its manifest, if the kill fell between its
+    # rename and its manifest (a state the resume skips by design): then the resume picks the one before it.
+    assert_checkpoints_verify(run, at_least=5, newest_may_be_unfinished=True)
     # The next job (the same command) resumes from the last checkpoint and ends like an uninterrupted run.
     again = submit(SBATCH_2NODES, two_nodes, tmp_path / "job2.out", *args)
     assert wait_done(again, two_nodes) == "COMPLETED", (tmp_path / "job2.out").read_text()[-3000:]
     assert "resumed from" in (tmp_path / "job2.out").read_text()
-    assert_bitwise(weights(reference), weights(run))
-    records = [line for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert len(records) == 2 * 30  # each (epoch, split) once: the lost job's extra lines were dropped
+    assert_bitwise(newest_weights(reference), newest_weights(run))
+    # Each (epoch, split) once, in order: the lost job's extra lines were dropped.
+    assert [(r["epoch"], r["split"]) for r in records(run)] == [(e, s) for e in range(30) for s in ("train", "test")]

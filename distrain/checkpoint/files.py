@@ -72,20 +72,34 @@ class Manifest:
     files: dict[str, list] | None = None
 
     @staticmethod
-    def read(path: Path) -> "Manifest | None":
+    def read(path: Path) -> Manifest | None:
         meta_path = path.with_suffix(".json")  # step-N.pt and step-N/ both have step-N.json
         try:
             meta = json.loads(meta_path.read_text())
             files = meta.get("files")
-            return Manifest(path, meta["sha256"], int(meta["size"]), int(meta["epoch"]),
-                            int(meta["step_in_epoch"]), int(meta["global_step"]), dict(meta.get("metrics", {})),
-                            {str(k): list(v) for k, v in files.items()} if files is not None else None)
+            return Manifest(
+                path,
+                meta["sha256"],
+                int(meta["size"]),
+                int(meta["epoch"]),
+                int(meta["step_in_epoch"]),
+                int(meta["global_step"]),
+                dict(meta.get("metrics", {})),
+                {str(k): list(v) for k, v in files.items()} if files is not None else None,
+            )
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None
 
     def to_json(self) -> str:
-        meta = {"file": self.path.name, "sha256": self.sha256, "size": self.size, "epoch": self.epoch,
-                "step_in_epoch": self.step_in_epoch, "global_step": self.global_step, "metrics": self.metrics}
+        meta = {
+            "file": self.path.name,
+            "sha256": self.sha256,
+            "size": self.size,
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "global_step": self.global_step,
+            "metrics": self.metrics,
+        }
         if self.files is not None:
             meta["files"] = self.files
         return json.dumps(meta, indent=1)
@@ -145,7 +159,8 @@ def torch_load(path: Path, map_location: str | torch.device = "cpu") -> Any:
         raise CheckpointError(
             f"checkpoint {path} was refused: it holds pickled objects other than tensors and plain "
             f"containers, which could run code when loaded ({found.group(1) if found else 'not weights-only'})",
-            "only load checkpoints you trust; distrain never unpickles arbitrary objects") from None
+            "only load checkpoints you trust; distrain never unpickles arbitrary objects",
+        ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {path} is damaged: {str(exc).splitlines()[0]}") from None
     return payload

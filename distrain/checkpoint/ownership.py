@@ -66,8 +66,9 @@ def _take(run_dir: Path) -> tuple[Any, tuple[str, str] | None]:
         return None, ("in use", message)
     handle.seek(0)
     handle.truncate()
-    handle.write(json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
-                             "started": time.strftime("%Y-%m-%d %H:%M:%S")}))
+    handle.write(
+        json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S")})
+    )
     handle.flush()
     return handle, None
 

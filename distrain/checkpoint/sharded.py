@@ -63,6 +63,7 @@ def _first_os_error(exc: BaseException) -> OSError:
 
 # ------------------------------------------------------------------------------------------------ save
 
+
 def _fresh_folder(path: Path, is_main: bool) -> Path:
     """The temporary folder every rank writes into, made by rank 0 (a fresh one: see the module docstring).
     Collective; a failure raises alike on every rank."""
@@ -97,8 +98,7 @@ def _writer(tmp: Path):
 def _own_files(tmp: Path) -> dict[str, list]:
     """Checksums of the shards this rank wrote, read back from disk (each rank hashes its own share)."""
     rank = _rank()
-    return {p.name: [sha256_of(p), p.stat().st_size] for p in sorted(tmp.iterdir())
-            if p.name.startswith(f"__{rank}_")}
+    return {p.name: [sha256_of(p), p.stat().st_size] for p in sorted(tmp.iterdir()) if p.name.startswith(f"__{rank}_")}
 
 
 def _failed_write(tmp: Path, exc: BaseException) -> tuple[str, str | None]:
@@ -129,8 +129,16 @@ def _complete(tmp: Path, path: Path, payload: dict[str, Any], every: list[dict[s
         os.rename(tmp, path)
         fsync_dir(folder)
         digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
-        manifest = Manifest(path, digest, sum(size for _, size in files.values()), payload["epoch"],
-                            payload["step_in_epoch"], payload["global_step"], payload.get("metrics", {}), files)
+        manifest = Manifest(
+            path,
+            digest,
+            sum(size for _, size in files.values()),
+            payload["epoch"],
+            payload["step_in_epoch"],
+            payload["global_step"],
+            payload.get("metrics", {}),
+            files,
+        )
         publish(manifest)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -141,8 +149,9 @@ def _complete(tmp: Path, path: Path, payload: dict[str, Any], every: list[dict[s
     return manifest
 
 
-def write_sharded(path: Path, payload: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer, *,
-                  is_main: bool) -> Manifest | None:
+def write_sharded(
+    path: Path, payload: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer, *, is_main: bool
+) -> Manifest | None:
     """Write the sharded checkpoint `path` (a folder). Collective: every rank writes its shards. Returns the
     manifest on rank 0 (None elsewhere). Raises UserError alike on every rank for a failure met by all
     (no folder, a full disk during the shards), or on rank 0 alone after the last collective."""
@@ -160,9 +169,16 @@ def write_sharded(path: Path, payload: dict[str, Any], model: nn.Module, optimiz
     return _complete(tmp, path, payload, every) if is_main else None
 
 
-def write_sharded_in_background(path: Path, payload: dict[str, Any], model: nn.Module,
-                                optimizer: torch.optim.Optimizer, *, is_main: bool, background: Any,
-                                then: Callable[[Manifest], None]) -> None:
+def write_sharded_in_background(
+    path: Path,
+    payload: dict[str, Any],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    is_main: bool,
+    background: Any,
+    then: Callable[[Manifest], None],
+) -> None:
     """write_sharded, but returning once the shards are staged in CPU memory (DCP's async_save); the
     writing, the checksums and the rename run in the writer threads, their collectives on the writers'
     own group. `then(manifest)` runs on rank 0 after the checkpoint is complete (pruning, best links)."""
@@ -170,8 +186,13 @@ def write_sharded_in_background(path: Path, payload: dict[str, Any], model: nn.M
     import torch.distributed.checkpoint as dcp
 
     tmp = _fresh_folder(path, is_main)
-    future = dcp.async_save(_state(model, optimizer), storage_writer=_writer(tmp), process_group=background.group,
-                            no_dist=not tdist.is_initialized(), async_stager=background.shard_staging)
+    future = dcp.async_save(
+        _state(model, optimizer),
+        storage_writer=_writer(tmp),
+        process_group=background.group,
+        no_dist=not tdist.is_initialized(),
+        async_stager=background.shard_staging,
+    )
     payload = background.staging.stage(payload) if is_main else None
 
     def finish() -> None:
@@ -213,8 +234,9 @@ class _MetadataUnpickler(pickle.Unpickler):
         found = super().find_class(module, name) if module in _SAFE else None
         if module == "torch" and isinstance(found, torch.dtype):
             return found
-        if found is not None and (allowed is None and isinstance(found, type)
-                                  and found.__module__ == module or allowed and name in allowed):
+        if found is not None and (
+            allowed is None and isinstance(found, type) and found.__module__ == module or allowed and name in allowed
+        ):
             return found
         raise pickle.UnpicklingError(f"GLOBAL {module}.{name}")
 
@@ -234,7 +256,8 @@ def _safe_reader(path: Path):
                     raise CheckpointError(
                         f"checkpoint {path} was refused: its .metadata holds pickled objects other than DCP's "
                         f"metadata, which could run code when loaded ({exc})",
-                        "only load checkpoints you trust; distrain never unpickles arbitrary objects") from None
+                        "only load checkpoints you trust; distrain never unpickles arbitrary objects",
+                    ) from None
             if getattr(metadata, "storage_meta", None) is None:
                 metadata.storage_meta = StorageMeta()
             metadata.storage_meta.load_id = self.load_id
@@ -255,22 +278,27 @@ def _dcp_load(path: Path, state: dict[str, Any], *, rebuild: str | None = None) 
         if rebuild is None:
             dcp.load(state, storage_reader=_safe_reader(path))
         else:
-            _load_state_dict(state, storage_reader=_safe_reader(path), no_dist=True,
-                             planner=_EmptyStateDictLoadPlanner(keys={rebuild}))
+            _load_state_dict(
+                state,
+                storage_reader=_safe_reader(path),
+                no_dist=True,
+                planner=_EmptyStateDictLoadPlanner(keys={rebuild}),
+            )
     except CheckpointException as exc:  # a BaseException; raised on every rank alike
         inner = [getattr(f, "exc", f) for f in getattr(exc, "failures", {}).values()]
         refused = next((e for e in inner if isinstance(e, CheckpointError)), None)
         if refused is not None:
             raise refused from None
         reason = str(inner[0] if inner else exc).strip().splitlines()
-        raise CheckpointError(f"checkpoint {path} does not fit this run's model or optimizer: "
-                              f"{reason[0] if reason else type(exc).__name__}",
-                              "resume with the config the checkpoint was trained with (distrain inspect "
-                              "shows it), or checkpoint.resume=never") from None
+        raise CheckpointError(
+            f"checkpoint {path} does not fit this run's model or optimizer: "
+            f"{reason[0] if reason else type(exc).__name__}",
+            "resume with the config the checkpoint was trained with (distrain inspect "
+            "shows it), or checkpoint.resume=never",
+        ) from None
 
 
-def read_sharded(path: Path, map_location: str | torch.device = "cpu", *,
-                 model_weights: bool = True) -> dict[str, Any]:
+def read_sharded(path: Path, map_location: str | torch.device = "cpu", *, model_weights: bool = True) -> dict[str, Any]:
     """A sharded checkpoint's state.pt; with `model_weights`, also "model": the whole model's weights, read
     from the shards by this process alone (no collective: for evaluation, prediction and export)."""
     payload = torch_load(path / STATE_FILE, map_location)
@@ -289,8 +317,11 @@ def model_numel(path: Path) -> int:
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
     metadata = _safe_reader(path).read_metadata()
-    return sum(math.prod(entry.size) for key, entry in metadata.state_dict_metadata.items()
-               if key.startswith("model.") and isinstance(entry, TensorStorageMetadata))
+    return sum(
+        math.prod(entry.size)
+        for key, entry in metadata.state_dict_metadata.items()
+        if key.startswith("model.") and isinstance(entry, TensorStorageMetadata)
+    )
 
 
 def load_sharded_into(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> None:
@@ -314,8 +345,7 @@ def load_sharded_into(path: Path, model: nn.Module, optimizer: torch.optim.Optim
         set_optimizer_state_dict(model, optimizer, state["optimizer"])
 
 
-def load_whole_into_sharded(model: nn.Module, optimizer: torch.optim.Optimizer | None,
-                            payload: dict[str, Any]) -> None:
+def load_whole_into_sharded(model: nn.Module, optimizer: torch.optim.Optimizer | None, payload: dict[str, Any]) -> None:
     """A .pt checkpoint (whole state dicts, DDP's) into a sharded model: every rank keeps its shards."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
 
@@ -327,6 +357,8 @@ def load_whole_into_sharded(model: nn.Module, optimizer: torch.optim.Optimizer |
     names = {id(p): name for name, p in model.named_parameters()}
     order = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
     saved = payload["optimizer"]
-    by_name = {"state": {order[int(i)]: value for i, value in saved["state"].items()},
-               "param_groups": [dict(g, params=[order[int(i)] for i in g["params"]]) for g in saved["param_groups"]]}
+    by_name = {
+        "state": {order[int(i)]: value for i, value in saved["state"].items()},
+        "param_groups": [dict(g, params=[order[int(i)] for i in g["params"]]) for g in saved["param_groups"]],
+    }
     set_optimizer_state_dict(model, optimizer, by_name, options=whole)

@@ -46,18 +46,20 @@ FORMAT_VERSION = 1
 _NAME = re.compile(r"^step-(\d{8})(\.pt)?$")
 
 
-
-
 # ------------------------------------------------------------------------------------------ RNG state
+
 
 def capture_rng() -> dict[str, Any]:
     """This process's Python, NumPy, torch CPU and CUDA generator states, as weights_only-loadable values."""
     np_state = np.random.get_state(legacy=False)
     return {
         "python": random.getstate(),
-        "numpy": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
-                  "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
-                  "gauss": float(np_state["gauss"])},
+        "numpy": {
+            "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+            "pos": int(np_state["state"]["pos"]),
+            "has_gauss": int(np_state["has_gauss"]),
+            "gauss": float(np_state["gauss"]),
+        },
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
@@ -67,9 +69,14 @@ def restore_rng(state: dict[str, Any]) -> None:
     version, internal, gauss_next = state["python"]
     random.setstate((version, tuple(internal), gauss_next))
     np_state = state["numpy"]
-    np.random.set_state({"bit_generator": "MT19937",
-                         "state": {"key": np_state["key"].numpy().astype(np.uint32), "pos": np_state["pos"]},
-                         "has_gauss": np_state["has_gauss"], "gauss": np_state["gauss"]})
+    np.random.set_state(
+        {
+            "bit_generator": "MT19937",
+            "state": {"key": np_state["key"].numpy().astype(np.uint32), "pos": np_state["pos"]},
+            "has_gauss": np_state["has_gauss"],
+            "gauss": np_state["gauss"],
+        }
+    )
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -77,14 +84,23 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 # ------------------------------------------------------------------------------------- save and load
 
+
 def checkpoint_dir(run_dir: str | Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
-def save_checkpoint(run_dir: str | Path, payload: dict[str, Any], *, keep_last: int, is_main: bool,
-                    keep_best: int = 0, monitor: str = "val_loss", higher_is_better: bool = False,
-                    shards: tuple[torch.nn.Module, torch.optim.Optimizer] | None = None,
-                    background: Any = None) -> Path:
+def save_checkpoint(
+    run_dir: str | Path,
+    payload: dict[str, Any],
+    *,
+    keep_last: int,
+    is_main: bool,
+    keep_best: int = 0,
+    monitor: str = "val_loss",
+    higher_is_better: bool = False,
+    shards: tuple[torch.nn.Module, torch.optim.Optimizer] | None = None,
+    background: Any = None,
+) -> Path:
     """Write `payload` as the checkpoint of payload['global_step']. Collective: call on every rank.
 
     `payload` must already hold everything but the RNG states; they are gathered here from every rank.
@@ -108,8 +124,7 @@ def save_checkpoint(run_dir: str | Path, payload: dict[str, Any], *, keep_last: 
         if shards is not None:
             from distrain.checkpoint.sharded import write_sharded_in_background
 
-            write_sharded_in_background(path, payload, *shards, is_main=is_main, background=background,
-                                        then=keep)
+            write_sharded_in_background(path, payload, *shards, is_main=is_main, background=background, then=keep)
         elif is_main:
             copy = background.staging.stage(payload)  # training goes on changing the live tensors
 
@@ -165,8 +180,15 @@ def _write_verified(path: Path, payload: dict[str, Any]) -> Manifest:
             raise hashed.error from None
 
     atomic_write(path, write)
-    manifest = Manifest(path, hashed.digest.hexdigest(), hashed.size, payload["epoch"],
-                        payload["step_in_epoch"], payload["global_step"], payload.get("metrics", {}))
+    manifest = Manifest(
+        path,
+        hashed.digest.hexdigest(),
+        hashed.size,
+        payload["epoch"],
+        payload["step_in_epoch"],
+        payload["global_step"],
+        payload.get("metrics", {}),
+    )
     # Verify what reached the disk before any pointer names it.
     problem = manifest.problem()
     if problem:
@@ -174,8 +196,6 @@ def _write_verified(path: Path, payload: dict[str, Any]) -> Manifest:
         raise WriteError(path, OSError(f"it {problem} right after writing it (a failing disk?)"))
     publish(manifest)
     return manifest
-
-
 
 
 def _prune(folder: Path, keep_last: int) -> None:
@@ -191,8 +211,12 @@ def list_best(folder: Path) -> list[Manifest]:
         return []
     marker = json.loads((folder / "best.json").read_text())
     monitor, sign = marker["monitor"], 1.0 if marker.get("higher_is_better", False) else -1.0
-    found = [m for p in folder.glob("best-step-*") if p.suffix != ".json"
-             if (m := Manifest.read(p)) is not None and monitor in m.metrics]
+    found = [
+        m
+        for p in folder.glob("best-step-*")
+        if p.suffix != ".json"
+        if (m := Manifest.read(p)) is not None and monitor in m.metrics
+    ]
     return sorted(found, key=lambda m: (-sign * m.metrics[monitor], m.global_step))
 
 
@@ -238,8 +262,9 @@ def list_checkpoints(folder: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)), reverse=True)
 
 
-def load_payload(path: str | Path, map_location: str | torch.device = "cpu", *,
-                 model_weights: bool = True) -> dict[str, Any]:
+def load_payload(
+    path: str | Path, map_location: str | torch.device = "cpu", *, model_weights: bool = True
+) -> dict[str, Any]:
     """torch.load with weights_only=True. Raises CheckpointError for missing, damaged or code-carrying files.
     A sharded checkpoint's folder: its state.pt, plus (with `model_weights`) the whole model's weights
     read from the shards into this process (for evaluation and export; a resume loads shards only)."""
@@ -254,8 +279,6 @@ def load_payload(path: str | Path, map_location: str | torch.device = "cpu", *,
     if not isinstance(payload, dict) or "model" not in payload:
         raise CheckpointError(f"checkpoint {path} is not a distrain checkpoint (no 'model' entry)")
     return payload
-
-
 
 
 def find_resumable(run_dir: str | Path) -> Path | None:
@@ -279,8 +302,10 @@ def load_model_weights(model: torch.nn.Module, payload: dict[str, Any], path: st
         model.load_state_dict(payload["model"])
     except RuntimeError as exc:
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        raise CheckpointError(f"checkpoint {path} does not fit this model: {' '.join(lines[:3])}",
-                              "use the config the checkpoint was trained with (distrain inspect shows it)") from None
+        raise CheckpointError(
+            f"checkpoint {path} does not fit this model: {' '.join(lines[:3])}",
+            "use the config the checkpoint was trained with (distrain inspect shows it)",
+        ) from None
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -290,8 +315,10 @@ def resolve_checkpoint(path: str | Path) -> Path:
         manifest = Manifest.read(path)
         problem = "has no manifest (the save did not finish)" if manifest is None else manifest.problem()
         if problem:
-            raise CheckpointError(f"checkpoint {path} {problem}",
-                                  "pass another checkpoint, or the run directory (its newest complete one)")
+            raise CheckpointError(
+                f"checkpoint {path} {problem}",
+                "pass another checkpoint, or the run directory (its newest complete one)",
+            )
         return path
     if path.is_dir():
         found = find_resumable(path)
@@ -299,6 +326,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
             raise CheckpointError(f"{path} holds no complete checkpoint (looked in {path / 'checkpoints'})")
         return found
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist",
-                              "pass a .pt file, a sharded checkpoint's folder or a run directory")
+        raise CheckpointError(
+            f"checkpoint {path} does not exist", "pass a .pt file, a sharded checkpoint's folder or a run directory"
+        )
     return path

@@ -15,8 +15,14 @@ from distrain.errors import ConfigError
 
 # Keys people write from other tools' habits, and what they mean here (a closer spelling would mislead:
 # batch_size is nearest to eval_batch_size, but means the training batch).
-_MEANT = {"data.batch_size": "global_batch_size", "trainer.max_epochs": "epochs", "optim.learning_rate": "lr",
-          "optim.optimizer": "name", "model.kwargs": "args", "data.kwargs": "args"}
+_MEANT = {
+    "data.batch_size": "global_batch_size",
+    "trainer.max_epochs": "epochs",
+    "optim.learning_rate": "lr",
+    "optim.optimizer": "name",
+    "model.kwargs": "args",
+    "data.kwargs": "args",
+}
 
 
 def build(cls: type, raw: Any, prefix: str) -> Any:
@@ -28,10 +34,15 @@ def build(cls: type, raw: Any, prefix: str) -> Any:
     for key in raw:
         if key not in fields:
             dotted = f"{prefix}.{key}" if prefix else str(key)
-            close = [_MEANT[dotted]] if dotted in _MEANT else \
-                difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.6)
+            close = (
+                [_MEANT[dotted]]
+                if dotted in _MEANT
+                else difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.6)
+            )
             valid = ", ".join(f"{prefix}.{k}" if prefix else k for k in fields)
-            hint = f"did you mean '{prefix + '.' if prefix else ''}{close[0]}'?" if close else f"valid keys here: {valid}"
+            hint = (
+                f"did you mean '{prefix + '.' if prefix else ''}{close[0]}'?" if close else f"valid keys here: {valid}"
+            )
             raise ConfigError(dotted, "unknown key", hint)
     kwargs = {}
     for name, f in fields.items():
@@ -130,3 +141,27 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
             return None
         raise ConfigError(key, f"expected null, got {value!r}")
     raise TypeError(f"distrain bug: no coercion for {tp} at {key}")
+
+
+def check(ok: bool, key: str, problem: str, hint: str | None = None) -> None:
+    """Raise ConfigError(key, problem, hint) unless `ok`: the one-line form of every section's checks."""
+    if not ok:
+        raise ConfigError(key, problem, hint)
+
+
+def check_monitor(monitor: str, key: str) -> None:
+    """`<split>_<metric>` with split train or val. The test split is reported, never used to choose a
+    model: selecting on it makes the reported test figure optimistic."""
+    split, _, metric = monitor.partition("_")
+    check(
+        split in ("train", "val", "test") and bool(metric),
+        key,
+        f"must look like val_<metric> or train_<metric> (e.g. val_loss, val_accuracy, val_f1), got {monitor!r}",
+    )
+    check(
+        split != "test",
+        key,
+        f"is {monitor!r}: the test split is reported, never used for model selection",
+        f"monitor the validation split instead (val_{metric}); give the run one with data.val_fraction=0.1 "
+        "or val_data= in distrain.fit",
+    )

@@ -29,8 +29,11 @@ def load_config(path: str | Path | dict, overrides: list[str] = ()) -> Config:
         return from_dict(raw)
     path = Path(path)
     if not path.is_file():
-        raise ConfigError("<config file>", f"{path} does not exist or is not a file",
-                          "pass the path of a YAML config, e.g. configs/xor.yaml")
+        raise ConfigError(
+            "<config file>",
+            f"{path} does not exist or is not a file",
+            "pass the path of a YAML config, e.g. configs/xor.yaml",
+        )
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:

@@ -28,21 +28,50 @@ from distrain.errors import ConfigError
 KINDS = ("data", "model", "loss", "metric", "optim")
 
 _BUILTINS: dict[str, dict[str, Any]] = {
-    "data": {name: f"distrain.data.datasets:{name}" for name in
-             ("xor", "synthetic", "breast_cancer", "wine", "digits", "diabetes", "csv")}
-    | {name: f"distrain.data.images:{name}" for name in
-       ("mnist", "fashion_mnist", "cifar10", "image_folder", "csv_images")},
-    "model": {name: f"distrain.models:{name}" for name in
-              ("simple_classifier", "logistic_regression", "linear", "mlp", "mnist_cnn", "cifar_lenet",
-               "torchvision")},
+    "data": {
+        name: f"distrain.data.datasets:{name}"
+        for name in ("xor", "synthetic", "breast_cancer", "wine", "digits", "diabetes", "csv")
+    }
+    | {
+        name: f"distrain.data.images:{name}"
+        for name in ("mnist", "fashion_mnist", "cifar10", "image_folder", "csv_images")
+    },
+    "model": {
+        name: f"distrain.models:{name}"
+        for name in (
+            "simple_classifier",
+            "logistic_regression",
+            "linear",
+            "mlp",
+            "mnist_cnn",
+            "cifar_lenet",
+            "torchvision",
+        )
+    },
     # Losses and optimizers are torch's own classes under short names: the same path a user's takes.
-    "loss": {"cross_entropy": "torch.nn:CrossEntropyLoss", "bce_with_logits": "torch.nn:BCEWithLogitsLoss",
-             "bce": "torch.nn:BCELoss", "nll": "torch.nn:NLLLoss", "mse": "torch.nn:MSELoss",
-             "l1": "torch.nn:L1Loss", "huber": "torch.nn:HuberLoss", "smooth_l1": "torch.nn:SmoothL1Loss"},
-    "metric": {"accuracy": "distrain.loop.metrics:accuracy", "mae": "distrain.loop.metrics:mean_absolute_error",
-               "mse": "distrain.loop.metrics:mean_squared_error", "r2": "torchmetrics.regression:R2Score"},
-    "optim": {"sgd": "torch.optim:SGD", "adam": "torch.optim:Adam", "adamw": "torch.optim:AdamW",
-              "rmsprop": "torch.optim:RMSprop", "adagrad": "torch.optim:Adagrad"},
+    "loss": {
+        "cross_entropy": "torch.nn:CrossEntropyLoss",
+        "bce_with_logits": "torch.nn:BCEWithLogitsLoss",
+        "bce": "torch.nn:BCELoss",
+        "nll": "torch.nn:NLLLoss",
+        "mse": "torch.nn:MSELoss",
+        "l1": "torch.nn:L1Loss",
+        "huber": "torch.nn:HuberLoss",
+        "smooth_l1": "torch.nn:SmoothL1Loss",
+    },
+    "metric": {
+        "accuracy": "distrain.loop.metrics:accuracy",
+        "mae": "distrain.loop.metrics:mean_absolute_error",
+        "mse": "distrain.loop.metrics:mean_squared_error",
+        "r2": "torchmetrics.regression:R2Score",
+    },
+    "optim": {
+        "sgd": "torch.optim:SGD",
+        "adam": "torch.optim:Adam",
+        "adamw": "torch.optim:AdamW",
+        "rmsprop": "torch.optim:RMSprop",
+        "adagrad": "torch.optim:Adagrad",
+    },
 }
 _USER: dict[str, dict[str, Any]] = {kind: {} for kind in KINDS}
 
@@ -69,8 +98,9 @@ def check_name(kind: str, name: str, key: str) -> None:
     if is_import_path(name) or name in _BUILTINS[kind] or name in _USER[kind]:
         return
     close = difflib.get_close_matches(name, names(kind), n=1, cutoff=0.5)
-    hint = (f"did you mean '{close[0]}'? " if close else "") + \
-        f"built-in names: {', '.join(names(kind))}; or an import path module:attribute"
+    hint = (
+        f"did you mean '{close[0]}'? " if close else ""
+    ) + f"built-in names: {', '.join(names(kind))}; or an import path module:attribute"
     raise ConfigError(key, f"unknown {kind} {name!r}", hint)
 
 
@@ -88,17 +118,23 @@ def import_path(path: str, key: str) -> Any:
     try:
         obj: Any = _import(module_name)
     except ImportError as exc:
-        raise ConfigError(key, f"cannot import module {module_name!r}: {exc}",
-                          "check the spelling, and that the module is importable (installed, or its folder "
-                          "on PYTHONPATH / the current directory)") from None
+        raise ConfigError(
+            key,
+            f"cannot import module {module_name!r}: {exc}",
+            "check the spelling, and that the module is importable (installed, or its folder "
+            "on PYTHONPATH / the current directory)",
+        ) from None
     for part in attribute.split("."):
         try:
             obj = getattr(obj, part)
         except AttributeError:
             public = [n for n in dir(obj) if not n.startswith("_")]
             close = difflib.get_close_matches(part, public, n=1, cutoff=0.6)
-            raise ConfigError(key, f"module {module_name!r} has no attribute {attribute!r}",
-                              f"did you mean '{close[0]}'?" if close else None) from None
+            raise ConfigError(
+                key,
+                f"module {module_name!r} has no attribute {attribute!r}",
+                f"did you mean '{close[0]}'?" if close else None,
+            ) from None
     return obj
 
 
@@ -148,18 +184,24 @@ def call(obj: Callable, args: Mapping[str, Any], key: str, known: Mapping[str, A
     for name, value in args.items():
         if name not in named and not takes_any:
             close = difflib.get_close_matches(name, list(named), n=1, cutoff=0.6)
-            hint = f"did you mean '{key}.{close[0]}'?" if close else \
-                f"{describe(obj)} takes: {', '.join(named) or 'no arguments'}"
+            hint = (
+                f"did you mean '{key}.{close[0]}'?"
+                if close
+                else f"{describe(obj)} takes: {', '.join(named) or 'no arguments'}"
+            )
             raise ConfigError(f"{key}.{name}", f"{describe(obj)} takes no argument {name!r}", hint)
-        kwargs[name] = coerce(value, hints[name], f"{key}.{name}") if name in hints and can_coerce(hints[name]) \
-            else value
+        kwargs[name] = (
+            coerce(value, hints[name], f"{key}.{name}") if name in hints and can_coerce(hints[name]) else value
+        )
     for name, p in named.items():
         if name in kwargs:
             continue
         if name in known and known[name] is not None:
             kwargs[name] = known[name]
         elif p.default is p.empty:
-            raise ConfigError(f"{key}.{name}", f"{describe(obj)} needs argument {name!r} and the run does not "
-                              "know it", f"set {key}.{name} in the config")
+            raise ConfigError(
+                f"{key}.{name}",
+                f"{describe(obj)} needs argument {name!r} and the run does not know it",
+                f"set {key}.{name} in the config",
+            )
     return obj(**kwargs)
-

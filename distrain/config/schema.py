@@ -13,14 +13,12 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from distrain.checkpoint.options import CheckpointConfig
+from distrain.config.coerce import check, check_monitor
 from distrain.config.registry import check_name
-from distrain.errors import ConfigError
+from distrain.launch.options import DistConfig
+from distrain.reporting.options import LogConfig, WandbConfig
 from distrain.strategies.options import DDPConfig, FSDPConfig, check_strategy
-
-
-def _check(ok: bool, key: str, problem: str, hint: str | None = None) -> None:
-    if not ok:
-        raise ConfigError(key, problem, hint)
 
 
 @dataclass(kw_only=True)
@@ -29,7 +27,7 @@ class RunConfig:
     """Run directory: config.yaml, metrics.jsonl and checkpoints are written here."""
 
     def __post_init__(self) -> None:
-        _check(bool(self.dir.strip()), "run.dir", "must not be empty")
+        check(bool(self.dir.strip()), "run.dir", "must not be empty")
 
 
 @dataclass(kw_only=True)
@@ -37,8 +35,9 @@ class DataConfig:
     global_batch_size: int
     """Samples per optimizer step summed over all ranks; each rank gets global_batch_size / world_size."""
     name: str | None = None
-    """The data set: a built-in name (xor, mnist, ...: see the docs, Built-in components) or an import path module:attribute of a
-    function returning (train, test) or (train, val, test); null when distrain.fit is given the data."""
+    """The data set: a built-in name (xor, mnist, ...: see the docs, Built-in components) or an import path
+    module:attribute of a function returning (train, test) or (train, val, test); null when distrain.fit is
+    given the data."""
     args: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments of the data set (e.g. num_train for xor, root for mnist); checked against it."""
     eval_batch_size: int = 256
@@ -61,14 +60,18 @@ class DataConfig:
     """Batches each worker loads ahead (null: torch's default)."""
 
     def __post_init__(self) -> None:
-        _check(self.global_batch_size > 0, "data.global_batch_size", f"must be > 0, got {self.global_batch_size}")
-        _check(self.eval_batch_size > 0, "data.eval_batch_size", f"must be > 0, got {self.eval_batch_size}")
-        _check(0 <= self.val_fraction < 1, "data.val_fraction", f"must lie in [0, 1), got {self.val_fraction}")
-        _check(self.num_workers >= 0, "data.num_workers", f"must be >= 0, got {self.num_workers}")
-        _check(not self.persistent_workers or self.num_workers > 0, "data.persistent_workers",
-               "needs data.num_workers > 0")
-        _check(self.prefetch_factor is None or (self.prefetch_factor > 0 and self.num_workers > 0),
-               "data.prefetch_factor", "must be > 0 and needs data.num_workers > 0")
+        check(self.global_batch_size > 0, "data.global_batch_size", f"must be > 0, got {self.global_batch_size}")
+        check(self.eval_batch_size > 0, "data.eval_batch_size", f"must be > 0, got {self.eval_batch_size}")
+        check(0 <= self.val_fraction < 1, "data.val_fraction", f"must lie in [0, 1), got {self.val_fraction}")
+        check(self.num_workers >= 0, "data.num_workers", f"must be >= 0, got {self.num_workers}")
+        check(
+            not self.persistent_workers or self.num_workers > 0, "data.persistent_workers", "needs data.num_workers > 0"
+        )
+        check(
+            self.prefetch_factor is None or (self.prefetch_factor > 0 and self.num_workers > 0),
+            "data.prefetch_factor",
+            "must be > 0 and needs data.num_workers > 0",
+        )
         if self.name is not None:
             check_name("data", self.name, "data.name")
 
@@ -127,11 +130,11 @@ class OptimConfig:
     """Clip each gradient element to [-value, value] before each step (off when null)."""
 
     def __post_init__(self) -> None:
-        _check(self.lr > 0, "optim.lr", f"must be > 0, got {self.lr}")
+        check(self.lr > 0, "optim.lr", f"must be > 0, got {self.lr}")
         check_name("optim", self.name, "optim.name")
         for key in ("clip_grad_norm", "clip_grad_value"):
             value = getattr(self, key)
-            _check(value is None or value > 0, f"optim.{key}", f"must be > 0 or null, got {value}")
+            check(value is None or value > 0, f"optim.{key}", f"must be > 0 or null, got {value}")
 
 
 @dataclass(kw_only=True)
@@ -161,24 +164,16 @@ class TrainerConfig:
     (DDP syncs only on the last); the optimizer still steps once per global batch."""
 
     def __post_init__(self) -> None:
-        _check(self.epochs > 0, "trainer.epochs", f"must be > 0, got {self.epochs}")
-        _check(self.accumulate_steps > 0, "trainer.accumulate_steps", f"must be > 0, got {self.accumulate_steps}")
+        check(self.epochs > 0, "trainer.epochs", f"must be > 0, got {self.epochs}")
+        check(self.accumulate_steps > 0, "trainer.accumulate_steps", f"must be > 0, got {self.accumulate_steps}")
         import signal
 
         valid = {s.name for s in signal.Signals}
-        _check(self.requeue_signal in valid and self.requeue_signal not in ("SIGKILL", "SIGSTOP"),
-               "trainer.requeue_signal", f"must name a catchable signal such as SIGUSR2, got {self.requeue_signal!r}")
-
-
-@dataclass(kw_only=True)
-class DistConfig:
-    backend: Literal["auto", "nccl", "gloo"] = "auto"
-    """auto: NCCL when training on CUDA, gloo on CPU."""
-    timeout_s: float = 900.0
-    """Seconds a collective may wait for the other ranks before the job fails instead of hanging."""
-
-    def __post_init__(self) -> None:
-        _check(self.timeout_s > 0, "dist.timeout_s", f"must be > 0, got {self.timeout_s}")
+        check(
+            self.requeue_signal in valid and self.requeue_signal not in ("SIGKILL", "SIGSTOP"),
+            "trainer.requeue_signal",
+            f"must name a catchable signal such as SIGUSR2, got {self.requeue_signal!r}",
+        )
 
 
 @dataclass(kw_only=True)
@@ -197,25 +192,15 @@ class ScheduleConfig:
     """cosine: the LR reached at the last step."""
 
     def __post_init__(self) -> None:
-        _check(self.warmup_steps >= 0, "schedule.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
-        _check(0 < self.warmup_start_factor <= 1, "schedule.warmup_start_factor",
-               f"must lie in (0, 1], got {self.warmup_start_factor}")
-        _check(self.step_epochs > 0, "schedule.step_epochs", f"must be > 0, got {self.step_epochs}")
-        _check(0 < self.gamma <= 1, "schedule.gamma", f"must lie in (0, 1], got {self.gamma}")
-        _check(self.min_lr >= 0, "schedule.min_lr", f"must be >= 0, got {self.min_lr}")
-
-
-def check_monitor(monitor: str, key: str) -> None:
-    """`<split>_<metric>` with split train or val. The test split is reported, never used to choose a
-    model: selecting on it makes the reported test figure optimistic."""
-    split, _, metric = monitor.partition("_")
-    _check(split in ("train", "val", "test") and bool(metric), key,
-           f"must look like val_<metric> or train_<metric> (e.g. val_loss, val_accuracy, val_f1), got {monitor!r}")
-    _check(split != "test", key, f"is {monitor!r}: the test split is reported, never used for model selection",
-           f"monitor the validation split instead (val_{metric}); give the run one with data.val_fraction=0.1 "
-           "or val_data= in distrain.fit")
-
-
+        check(self.warmup_steps >= 0, "schedule.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+        check(
+            0 < self.warmup_start_factor <= 1,
+            "schedule.warmup_start_factor",
+            f"must lie in (0, 1], got {self.warmup_start_factor}",
+        )
+        check(self.step_epochs > 0, "schedule.step_epochs", f"must be > 0, got {self.step_epochs}")
+        check(0 < self.gamma <= 1, "schedule.gamma", f"must lie in (0, 1], got {self.gamma}")
+        check(self.min_lr >= 0, "schedule.min_lr", f"must be >= 0, got {self.min_lr}")
 
 
 @dataclass(kw_only=True)
@@ -238,85 +223,10 @@ class StopConfig:
 
     def __post_init__(self) -> None:
         check_monitor(self.monitor, "stop.monitor")
-        _check(self.patience >= 0, "stop.patience", f"must be >= 0, got {self.patience}")
-        _check(self.min_delta >= 0, "stop.min_delta", f"must be >= 0, got {self.min_delta}")
-        _check(self.window >= 0 and self.window != 1, "stop.window", f"must be 0 (off) or >= 2, got {self.window}")
-        _check(self.threshold >= 0, "stop.threshold", f"must be >= 0, got {self.threshold}")
-
-
-
-
-
-
-@dataclass(kw_only=True)
-class CheckpointConfig:
-    every_epochs: int = 1
-    """Save at the end of every N-th epoch (0: never at epoch ends)."""
-    every_steps: int = 0
-    """Save every N optimizer steps, mid-epoch too (0: off)."""
-    keep_last: int = 2
-    """Keep the newest K periodic checkpoints and delete older ones (0: keep all)."""
-    async_save: bool = False
-    """Write checkpoints in the background from a staged CPU copy while training goes on (at most one
-    write in flight; the same atomic, verified files). The copy's buffers are kept for the next save: one
-    CPU copy of the saved state stays allocated. A failed background write stops the run at the next save
-    or at the end."""
-    resume: str = "auto"
-    """auto: resume from the newest complete checkpoint of run.dir; never; or a checkpoint path (or a run
-    directory: its newest complete checkpoint)."""
-    load: Literal["full", "weights"] = "full"
-    """full: continue the run exactly (model, optimizer, schedule, progress, RNG); weights: start a new run
-    from the checkpoint's model weights only (fine-tuning; needs checkpoint.resume=PATH)."""
-    keep_best: int = 0
-    """Also keep the best M epoch-end checkpoints by `monitor` (as best-*.pt), whatever keep_last does."""
-    monitor: str = "val_loss"
-    """The metric keep_best ranks by, <split>_<metric> like stop.monitor (val_loss, val_accuracy, ...)."""
-    mode: Literal["auto", "min", "max"] = "auto"
-    """Whether `monitor` improves downwards or upwards (auto: as stop.mode)."""
-
-    def __post_init__(self) -> None:
-        check_monitor(self.monitor, "checkpoint.monitor")
-        _check(self.keep_best >= 0, "checkpoint.keep_best", f"must be >= 0, got {self.keep_best}")
-        _check(self.every_epochs >= 0, "checkpoint.every_epochs", f"must be >= 0, got {self.every_epochs}")
-        _check(self.every_steps >= 0, "checkpoint.every_steps", f"must be >= 0, got {self.every_steps}")
-        _check(self.keep_last >= 0, "checkpoint.keep_last", f"must be >= 0, got {self.keep_last}")
-        _check(bool(self.resume.strip()), "checkpoint.resume", "must be auto, never or a checkpoint path")
-        _check(self.load == "full" or self.resume not in ("auto", "never"), "checkpoint.load",
-               "is weights, which starts a new run from another run's weights: it needs checkpoint.resume=PATH",
-               "set checkpoint.resume to the checkpoint (or run directory) to take the weights from")
-
-
-@dataclass(kw_only=True)
-class LogConfig:
-    every_steps: int = 50
-    """Every N optimizer steps: train loss, LR, samples/s, step time and gradient norm (W&B, and a console
-    line when the output is not a terminal)."""
-    progress_bar: Literal["auto", "always", "never"] = "auto"
-    """A tqdm bar on rank 0: auto shows it only when stdout is a terminal (not in SLURM output files)."""
-    grad_norms: bool = False
-    """Also log each parameter's gradient norm at the log steps (through tensor hooks, register_hook)."""
-    plots: bool = True
-    """Write loss and accuracy curves (PNG) into <run.dir>/plots at the end of the run."""
-
-    def __post_init__(self) -> None:
-        _check(self.every_steps > 0, "log.every_steps", f"must be > 0, got {self.every_steps}")
-
-
-@dataclass(kw_only=True)
-class WandbConfig:
-    mode: Literal["auto", "online", "offline", "disabled"] = "auto"
-    """auto: online when an API key is configured, offline otherwise (upload later with `wandb sync`),
-    and off if wandb is not installed; disabled: no W&B at all."""
-    project: str = "distrain"
-    """W&B project."""
-    entity: str | None = None
-    """W&B entity (user or team); null: your default."""
-    name: str | None = None
-    """Run name; null: the run directory's name."""
-    group: str | None = None
-    """Run group."""
-    tags: list[str] = field(default_factory=list)
-    """Run tags."""
+        check(self.patience >= 0, "stop.patience", f"must be >= 0, got {self.patience}")
+        check(self.min_delta >= 0, "stop.min_delta", f"must be >= 0, got {self.min_delta}")
+        check(self.window >= 0 and self.window != 1, "stop.window", f"must be 0 (off) or >= 2, got {self.window}")
+        check(self.threshold >= 0, "stop.threshold", f"must be >= 0, got {self.threshold}")
 
 
 @dataclass(kw_only=True)
@@ -366,8 +276,11 @@ class Config:
     def __post_init__(self) -> None:
         check_strategy(self)  # the rules that tie the strategy to the other sections
         for name in self.metrics:
-            _check(name.isidentifier() and name != "loss", f"metrics.{name}",
-                   "a metric's name must be an identifier other than 'loss' (it becomes val_<name>, test_<name>)")
+            check(
+                name.isidentifier() and name != "loss",
+                f"metrics.{name}",
+                "a metric's name must be an identifier other than 'loss' (it becomes val_<name>, test_<name>)",
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -13,6 +13,16 @@ from distrain.data.sampling import GlobalBatchSampler, eval_batch_ranges
 from distrain.data.splits import DataInfo, build_splits, describe_data, probe_batch
 
 __all__ = [
-    "Batch", "DataInfo", "DataSets", "EvalBatches", "GlobalBatchSampler", "TrainBatches", "build_eval_batches",
-    "build_splits", "build_train_batches", "describe_data", "eval_batch_ranges", "probe_batch",
+    "Batch",
+    "DataInfo",
+    "DataSets",
+    "EvalBatches",
+    "GlobalBatchSampler",
+    "TrainBatches",
+    "build_eval_batches",
+    "build_splits",
+    "build_train_batches",
+    "describe_data",
+    "eval_batch_ranges",
+    "probe_batch",
 ]

@@ -41,8 +41,9 @@ def _same(targets: Any) -> Any:
     return targets
 
 
-def _on_device(dataset: TensorDataset, device: torch.device,
-               prepare_targets: PrepareTargets) -> tuple[list[torch.Tensor], torch.Tensor]:
+def _on_device(
+    dataset: TensorDataset, device: torch.device, prepare_targets: PrepareTargets
+) -> tuple[list[torch.Tensor], torch.Tensor]:
     # Targets are prepared for the loss once here (Objective.prepare_targets), not at every step.
     *inputs, targets = dataset.tensors
     return [t.to(device) for t in inputs], prepare_targets(targets.to(device))
@@ -55,8 +56,11 @@ def _inputs(tensors: list[torch.Tensor]) -> Any:
 def use_tensor_path(dataset: Dataset, mode: str) -> bool:
     is_tensors = isinstance(dataset, TensorDataset) and len(dataset.tensors) >= 2
     if mode == "tensor" and not is_tensors:
-        raise ConfigError("data.loader", "is 'tensor' but this data set is not held as tensors in memory",
-                          "use data.loader=auto or data.loader=dataloader")
+        raise ConfigError(
+            "data.loader",
+            "is 'tensor' but this data set is not held as tensors in memory",
+            "use data.loader=auto or data.loader=dataloader",
+        )
     return is_tensors and mode != "dataloader"
 
 
@@ -92,14 +96,21 @@ class LoaderOptions:
     prefetch_factor: int | None = None
 
 
-def _loader(dataset: Dataset, batch_sampler: Any, device: torch.device, options: LoaderOptions,
-            seed: int, rank: int) -> DataLoader:
+def _loader(
+    dataset: Dataset, batch_sampler: Any, device: torch.device, options: LoaderOptions, seed: int, rank: int
+) -> DataLoader:
     # Pinned host memory lets the copies to the GPU run asynchronously (non_blocking=True below).
-    return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=options.num_workers,
-                      persistent_workers=options.persistent_workers, prefetch_factor=options.prefetch_factor,
-                      collate_fn=_CollateOrEmpty(dataset), pin_memory=device.type == "cuda",
-                      worker_init_fn=seed_worker if options.num_workers else None,
-                      generator=loader_generator(seed, rank))
+    return DataLoader(
+        dataset,
+        batch_sampler=batch_sampler,
+        num_workers=options.num_workers,
+        persistent_workers=options.persistent_workers,
+        prefetch_factor=options.prefetch_factor,
+        collate_fn=_CollateOrEmpty(dataset),
+        pin_memory=device.type == "cuda",
+        worker_init_fn=seed_worker if options.num_workers else None,
+        generator=loader_generator(seed, rank),
+    )
 
 
 def _placed(inputs: Any, device: torch.device, channels_last: bool) -> Any:
@@ -114,9 +125,19 @@ def _placed(inputs: Any, device: torch.device, channels_last: bool) -> Any:
 class TrainBatches:
     """This rank's training batches for one epoch: `set_epoch(e)`, optionally `set_start_step(k)`, iterate."""
 
-    def __init__(self, dataset: Dataset, sampler: GlobalBatchSampler, device: torch.device, *,
-                 tensor_path: bool, options: LoaderOptions, seed: int, prepare_targets: PrepareTargets = _same,
-                 channels_last: bool = False, target_key: str | None = None):
+    def __init__(
+        self,
+        dataset: Dataset,
+        sampler: GlobalBatchSampler,
+        device: torch.device,
+        *,
+        tensor_path: bool,
+        options: LoaderOptions,
+        seed: int,
+        prepare_targets: PrepareTargets = _same,
+        channels_last: bool = False,
+        target_key: str | None = None,
+    ):
         self.sampler = sampler
         self.target_key = target_key
         self.device = device
@@ -159,8 +180,10 @@ class TrainBatches:
             return
         index = index.to(self.device)
         tensors, all_targets = self._tensors
-        gathered = [_placed(torch.index_select(t, 0, index), self.device, self.channels_last)  # ~2x t[index]
-                    for t in tensors]
+        gathered = [
+            _placed(torch.index_select(t, 0, index), self.device, self.channels_last)  # ~2x t[index]
+            for t in tensors
+        ]
         targets = torch.index_select(all_targets, 0, index)
         if self._transform is not None:
             yield from self._transformed(steps, gathered[0], targets, sizes, index)
@@ -173,13 +196,14 @@ class TrainBatches:
         for position, (step, y) in enumerate(zip(steps, targets.split(sizes))):
             yield Batch(step, MultipleInputs(p[position] for p in pieces), y, self.sampler.global_size(step))
 
-
     def _transformed(self, steps, images, targets, sizes, index) -> Iterator[Batch]:
         transform = self._transform
         draws = None
         if transform.is_random:  # once per epoch, onto the device the batches are on
-            draws = {k: v.to(images.device) for k, v in
-                     transform.draws(self.sampler.epoch, self.sampler.dataset_size).items()}
+            draws = {
+                k: v.to(images.device)
+                for k, v in transform.draws(self.sampler.epoch, self.sampler.dataset_size).items()
+            }
             index = index.to(images.device)
         for step, x, y, where in zip(steps, images.split(sizes), targets.split(sizes), index.split(sizes)):
             if draws is not None:
@@ -190,10 +214,21 @@ class TrainBatches:
 class EvalBatches:
     """This rank's slice of the evaluation set, as whole fixed-size batches (see sampling.eval_batch_ranges)."""
 
-    def __init__(self, dataset: Dataset, eval_batch_size: int, rank: int, world_size: int,
-                 device: torch.device, *, tensor_path: bool, options: LoaderOptions, seed: int,
-                 prepare_targets: PrepareTargets = _same, channels_last: bool = False,
-                 target_key: str | None = None):
+    def __init__(
+        self,
+        dataset: Dataset,
+        eval_batch_size: int,
+        rank: int,
+        world_size: int,
+        device: torch.device,
+        *,
+        tensor_path: bool,
+        options: LoaderOptions,
+        seed: int,
+        prepare_targets: PrepareTargets = _same,
+        channels_last: bool = False,
+        target_key: str | None = None,
+    ):
         self.channels_last = channels_last
         self.target_key = target_key
         self.prepare_targets = prepare_targets
@@ -223,9 +258,12 @@ class EvalBatches:
             return
         for (index, start, end), batch in zip(self.ranges, self._loader):
             inputs, targets = split_sample(batch, self.target_key)
-            yield Batch(index, _placed(inputs, self.device, self.channels_last),
-                        self.prepare_targets(to_device(targets, self.device)), end - start)
-
+            yield Batch(
+                index,
+                _placed(inputs, self.device, self.channels_last),
+                self.prepare_targets(to_device(targets, self.device)),
+                end - start,
+            )
 
     def filler_inputs(self) -> Any:
         """Inputs of one sample (the set's first), on the device: for the forward passes a rank adds when
@@ -235,24 +273,65 @@ class EvalBatches:
         return self._transform(x) if self._transform is not None else x
 
 
-def build_train_batches(dataset: Dataset, *, global_batch_size: int, rank: int, world_size: int,
-                        device: torch.device, shuffle: bool, seed: int, loader: str, num_workers: int,
-                        persistent_workers: bool = False, prefetch_factor: int | None = None,
-                        prepare_targets: PrepareTargets = _same, channels_last: bool = False,
-                        target_key: str | None = None) -> TrainBatches:
-    sampler = GlobalBatchSampler(dataset, num_replicas=world_size, rank=rank,
-                                 global_batch_size=global_batch_size, shuffle=shuffle, seed=seed)
-    return TrainBatches(dataset, sampler, device, tensor_path=use_tensor_path(dataset, loader),
-                        options=LoaderOptions(num_workers, persistent_workers, prefetch_factor), seed=seed,
-                        prepare_targets=prepare_targets, channels_last=channels_last, target_key=target_key)
+def build_train_batches(
+    dataset: Dataset,
+    *,
+    global_batch_size: int,
+    rank: int,
+    world_size: int,
+    device: torch.device,
+    shuffle: bool,
+    seed: int,
+    loader: str,
+    num_workers: int,
+    persistent_workers: bool = False,
+    prefetch_factor: int | None = None,
+    prepare_targets: PrepareTargets = _same,
+    channels_last: bool = False,
+    target_key: str | None = None,
+) -> TrainBatches:
+    sampler = GlobalBatchSampler(
+        dataset, num_replicas=world_size, rank=rank, global_batch_size=global_batch_size, shuffle=shuffle, seed=seed
+    )
+    return TrainBatches(
+        dataset,
+        sampler,
+        device,
+        tensor_path=use_tensor_path(dataset, loader),
+        options=LoaderOptions(num_workers, persistent_workers, prefetch_factor),
+        seed=seed,
+        prepare_targets=prepare_targets,
+        channels_last=channels_last,
+        target_key=target_key,
+    )
 
 
-def build_eval_batches(dataset: Dataset, *, eval_batch_size: int, rank: int, world_size: int,
-                       device: torch.device, seed: int, loader: str, num_workers: int,
-                       persistent_workers: bool = False, prefetch_factor: int | None = None,
-                       prepare_targets: PrepareTargets = _same, channels_last: bool = False,
-                       target_key: str | None = None) -> EvalBatches:
-    return EvalBatches(dataset, eval_batch_size, rank, world_size, device,
-                       tensor_path=use_tensor_path(dataset, loader),
-                       options=LoaderOptions(num_workers, persistent_workers, prefetch_factor), seed=seed,
-                       prepare_targets=prepare_targets, channels_last=channels_last, target_key=target_key)
+def build_eval_batches(
+    dataset: Dataset,
+    *,
+    eval_batch_size: int,
+    rank: int,
+    world_size: int,
+    device: torch.device,
+    seed: int,
+    loader: str,
+    num_workers: int,
+    persistent_workers: bool = False,
+    prefetch_factor: int | None = None,
+    prepare_targets: PrepareTargets = _same,
+    channels_last: bool = False,
+    target_key: str | None = None,
+) -> EvalBatches:
+    return EvalBatches(
+        dataset,
+        eval_batch_size,
+        rank,
+        world_size,
+        device,
+        tensor_path=use_tensor_path(dataset, loader),
+        options=LoaderOptions(num_workers, persistent_workers, prefetch_factor),
+        seed=seed,
+        prepare_targets=prepare_targets,
+        channels_last=channels_last,
+        target_key=target_key,
+    )

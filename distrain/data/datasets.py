@@ -68,8 +68,14 @@ def _fraction(test_fraction: float) -> None:
         raise ConfigError("data.args.test_fraction", f"must lie in (0, 1), got {test_fraction}")
 
 
-def split_and_standardize(features: np.ndarray, labels: np.ndarray, test_fraction: float,
-                          seed: int, num_classes: int | None, loss: str | None = None) -> DataSets:
+def split_and_standardize(
+    features: np.ndarray,
+    labels: np.ndarray,
+    test_fraction: float,
+    seed: int,
+    num_classes: int | None,
+    loss: str | None = None,
+) -> DataSets:
     """Split by a seeded permutation, then standardize with the *training* mean and std (no test leakage)."""
     order = np.random.default_rng(seed).permutation(len(labels))
     num_test = max(1, int(round(test_fraction * len(labels))))
@@ -94,8 +100,7 @@ def _bundled(loader_name: str, test_fraction: float, seed: int, regression: bool
     bunch = getattr(sklearn.datasets, loader_name)()
     if regression:
         return split_and_standardize(bunch.data, bunch.target, test_fraction, seed, num_classes=None, loss="mse")
-    return split_and_standardize(bunch.data, bunch.target, test_fraction, seed,
-                                 num_classes=len(bunch.target_names))
+    return split_and_standardize(bunch.data, bunch.target, test_fraction, seed, num_classes=len(bunch.target_names))
 
 
 def breast_cancer(*, test_fraction: float = 0.2, seed: int = 0) -> DataSets:
@@ -114,8 +119,9 @@ def diabetes(*, test_fraction: float = 0.2, seed: int = 0) -> DataSets:
     return _bundled("load_diabetes", test_fraction, seed, regression=True)
 
 
-def digits(*, image_size: int | None = None, normalize: bool = True, test_fraction: float = 0.2,
-           seed: int = 0) -> DataSets:
+def digits(
+    *, image_size: int | None = None, normalize: bool = True, test_fraction: float = 0.2, seed: int = 0
+) -> DataSets:
     """scikit-learn's bundled 8x8 digits as 1x8x8 images in [0, 1] (resized once to `image_size`, here,
     so the tensor fast path still applies), split by seed, normalized with training statistics."""
     import sklearn.datasets
@@ -133,13 +139,24 @@ def digits(*, image_size: int | None = None, normalize: bool = True, test_fracti
     if normalize:
         mean, std = images[train_idx].mean(), images[train_idx].std()
         images = (images - mean) / std
-    return DataSets(TensorDataset(images[train_idx], labels[train_idx]),
-                    TensorDataset(images[test_idx], labels[test_idx]), num_classes=10)
+    return DataSets(
+        TensorDataset(images[train_idx], labels[train_idx]),
+        TensorDataset(images[test_idx], labels[test_idx]),
+        num_classes=10,
+    )
 
 
-def csv(*, path: str, label_column: str = "label", label_index: int | None = None, header: bool = True,
-        task: Literal["auto", "classification", "regression"] = "auto", classes: list[str] | None = None,
-        test_fraction: float = 0.2, seed: int = 0) -> DataSets:
+def csv(
+    *,
+    path: str,
+    label_column: str = "label",
+    label_index: int | None = None,
+    header: bool = True,
+    task: Literal["auto", "classification", "regression"] = "auto",
+    classes: list[str] | None = None,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+) -> DataSets:
     """A tabular CSV: numeric feature columns and one label column (by name, or by `label_index`).
     Classification maps the labels to 0..K-1: in the order of `classes` when given (a label outside them
     is an error), else sorted; regression keeps them as float targets (loss auto: mse). `task: auto` is
@@ -160,9 +177,11 @@ def csv(*, path: str, label_column: str = "label", label_index: int | None = Non
     elif table.names is not None and label_column in table.names:
         column = table.names.index(label_column)
     else:
-        raise ConfigError("data.args.label_column", f"{label_column!r} is not a column of {path}",
-                          f"columns: {', '.join(table.names) if table.names else '(no header row)'}; "
-                          "or set data.args.label_index")
+        raise ConfigError(
+            "data.args.label_column",
+            f"{label_column!r} is not a column of {path}",
+            f"columns: {', '.join(table.names) if table.names else '(no header row)'}; or set data.args.label_index",
+        )
     features = numbers(table, [c for c in range(width) if c != column])
     raw_labels = [row[column] for row in table.rows]
     numeric = all(_is_number(v) for v in raw_labels)
@@ -171,12 +190,16 @@ def csv(*, path: str, label_column: str = "label", label_index: int | None = Non
         task = "regression" if fractional else "classification"
         logging.getLogger("distrain").info(
             "data.args.task=auto: the labels of %s are %s, so this is %s (set data.args.task to change it)",
-            path, "numbers with fractions" if fractional else "class names or whole numbers", task)
+            path,
+            "numbers with fractions" if fractional else "class names or whole numbers",
+            task,
+        )
     if task == "regression":
         if classes is not None:
             raise ConfigError("data.args.classes", "names classes, but data.args.task is regression")
-        return split_and_standardize(features, numbers(table, [column])[:, 0], test_fraction, seed,
-                                     num_classes=None, loss="mse")
+        return split_and_standardize(
+            features, numbers(table, [column])[:, 0], test_fraction, seed, num_classes=None, loss="mse"
+        )
     labels, classes = class_indices(table, column, classes)
     return split_and_standardize(features, labels, test_fraction, seed, num_classes=len(classes))
 
@@ -189,8 +212,14 @@ def _is_number(text: str) -> bool:
         return False
 
 
-def synthetic(*, sample_shape: tuple[int, ...] = (1, 28, 28), num_classes: int = 10, num_train: int = 2500,
-              num_test: int = 500, seed: int = 0) -> DataSets:
+def synthetic(
+    *,
+    sample_shape: tuple[int, ...] = (1, 28, 28),
+    num_classes: int = 10,
+    num_train: int = 2500,
+    num_test: int = 500,
+    seed: int = 0,
+) -> DataSets:
     """Random images (standard normal) of `sample_shape` with random labels, in memory: for benchmarks and
     smoke tests, where only the shapes matter. Seeded, separate streams for train and test like xor."""
     _positive(num_train=num_train, num_test=num_test, num_classes=num_classes - 1)
@@ -198,11 +227,10 @@ def synthetic(*, sample_shape: tuple[int, ...] = (1, 28, 28), num_classes: int =
         raise ConfigError("data.args.sample_shape", f"must be positive sizes, got {list(sample_shape)}")
 
     def make(n: int, generator: torch.Generator) -> TensorDataset:
-        return TensorDataset(torch.randn(n, *sample_shape, generator=generator),
-                             torch.randint(0, num_classes, (n,), generator=generator))
+        return TensorDataset(
+            torch.randn(n, *sample_shape, generator=generator), torch.randint(0, num_classes, (n,), generator=generator)
+        )
 
     train = make(num_train, torch.Generator().manual_seed(seed))
     test = make(num_test, torch.Generator().manual_seed(seed + 1))
     return DataSets(train, test, num_classes=num_classes)
-
-

@@ -82,15 +82,19 @@ def _spec(train: Dataset, test: Dataset, num_classes: int) -> DataSets:
 
 
 def _missing(name: str, folder: Path, files: list[str]) -> UserError:
-    return UserError(f"data.name={name}: the files are missing in {folder} (expected: {', '.join(files)})",
-                     "put them there, point data.args.root at their parent folder, or set data.args.download=true")
+    return UserError(
+        f"data.name={name}: the files are missing in {folder} (expected: {', '.join(files)})",
+        "put them there, point data.args.root at their parent folder, or set data.args.download=true",
+    )
 
 
 def _download_failed(name: str, folder: Path, exc: BaseException) -> UserError:
     reason = getattr(exc, "reason", None) or " ".join(str(exc).split())[:300]
-    return UserError(f"data.args.download: downloading data.name={name} into {folder} failed: {reason}",
-                     "check the network (or a proxy); on a machine without one, copy the files into that folder "
-                     "and set data.args.download=false")
+    return UserError(
+        f"data.args.download: downloading data.name={name} into {folder} failed: {reason}",
+        "check the network (or a proxy); on a machine without one, copy the files into that folder "
+        "and set data.args.download=false",
+    )
 
 
 def batch_transform(options: ImageTransform, *, train: bool, stats: str, seed: int):
@@ -101,13 +105,27 @@ def batch_transform(options: ImageTransform, *, train: bool, stats: str, seed: i
     if options.image_size:
         return None
     mean, std = (options.mean, options.std) if options.mean is not None else STATS[stats]
-    return BatchTransform(crop=options.crop, random_crop=bool(options.crop) and train, flip=options.flip and train,
-                          mean=tuple(mean) if options.normalize else None,
-                          std=tuple(std) if options.normalize else None, seed=seed)
+    return BatchTransform(
+        crop=options.crop,
+        random_crop=bool(options.crop) and train,
+        flip=options.flip and train,
+        mean=tuple(mean) if options.normalize else None,
+        std=tuple(std) if options.normalize else None,
+        seed=seed,
+    )
 
 
-def _in_memory(name: str, train: Dataset, test: Dataset, images: Callable, options: ImageTransform, seed: int,
-               fast: bool, num_train: int | None, num_test: int | None) -> DataSets:
+def _in_memory(
+    name: str,
+    train: Dataset,
+    test: Dataset,
+    images: Callable,
+    options: ImageTransform,
+    seed: int,
+    fast: bool,
+    num_train: int | None,
+    num_test: int | None,
+) -> DataSets:
     """torchvision's set as is (fast: false or a resize), or its arrays as ImageTensors; the first
     num_train / num_test samples when those are set."""
     import logging
@@ -119,22 +137,38 @@ def _in_memory(name: str, train: Dataset, test: Dataset, images: Callable, optio
             raise ConfigError(f"data.args.{key}", f"must be in 1..{len(full)} or null, got {value}")
     train_tf = batch_transform(options, train=True, stats=name, seed=seed) if fast else None
     if train_tf is None:
-        logging.getLogger("distrain").info("data: %s through torchvision's per-sample transforms (%s)", name,
-                                           "data.args.fast is false" if not fast else "resizing is per sample")
-        return _spec(Subset(train, range(num_train)) if num_train else train,
-                     Subset(test, range(num_test)) if num_test else test, 10)
+        logging.getLogger("distrain").info(
+            "data: %s through torchvision's per-sample transforms (%s)",
+            name,
+            "data.args.fast is false" if not fast else "resizing is per sample",
+        )
+        return _spec(
+            Subset(train, range(num_train)) if num_train else train,
+            Subset(test, range(num_test)) if num_test else test,
+            10,
+        )
     test_tf = batch_transform(options, train=False, stats=name, seed=seed)
     (x, y), (tx, ty) = images(train), images(test)
-    return _spec(ImageTensors(x[:num_train], y[:num_train], train_tf),
-                 ImageTensors(tx[:num_test], ty[:num_test], test_tf), 10)
+    return _spec(
+        ImageTensors(x[:num_train], y[:num_train], train_tf), ImageTensors(tx[:num_test], ty[:num_test], test_tf), 10
+    )
 
 
 def _idx_images(dataset) -> tuple[torch.Tensor, torch.Tensor]:
     return dataset.data.unsqueeze(1).contiguous(), torch.as_tensor(dataset.targets, dtype=torch.int64)
 
 
-def _mnist_like(name: str, cls_name: str, root: str, download: bool, transform: ImageTransform,
-                seed: int, fast: bool, num_train: int | None, num_test: int | None) -> DataSets:
+def _mnist_like(
+    name: str,
+    cls_name: str,
+    root: str,
+    download: bool,
+    transform: ImageTransform,
+    seed: int,
+    fast: bool,
+    num_train: int | None,
+    num_test: int | None,
+) -> DataSets:
     import torchvision.datasets
 
     cls = getattr(torchvision.datasets, cls_name)
@@ -146,14 +180,24 @@ def _mnist_like(name: str, cls_name: str, root: str, download: bool, transform: 
             raise _download_failed(name, Path(root) / cls_name / "raw", exc) from None
         if "not found" not in str(exc).lower():
             raise
-        raise _missing(name, Path(root) / cls_name / "raw",
-                       ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-                        "t10k-labels-idx1-ubyte"]) from None
+        raise _missing(
+            name,
+            Path(root) / cls_name / "raw",
+            ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"],
+        ) from None
     return _in_memory(name, train, test, _idx_images, transform, seed, fast, num_train, num_test)
 
 
-def mnist(*, root: str = "data", download: bool = False, transform: ImageTransform = ImageTransform(),
-          fast: bool = True, num_train: int | None = None, num_test: int | None = None, seed: int = 0) -> DataSets:
+def mnist(
+    *,
+    root: str = "data",
+    download: bool = False,
+    transform: ImageTransform = ImageTransform(),
+    fast: bool = True,
+    num_train: int | None = None,
+    num_test: int | None = None,
+    seed: int = 0,
+) -> DataSets:
     """torchvision's MNIST from `root`/MNIST/raw (downloaded there by global rank 0 when `download`).
     `fast`: its images held as one uint8 tensor and transformed a batch at a time on the device (bitwise
     the per-sample values; data/in_memory.py); false: torchvision's per-sample PIL path. `num_train`,
@@ -161,9 +205,16 @@ def mnist(*, root: str = "data", download: bool = False, transform: ImageTransfo
     return _mnist_like("mnist", "MNIST", root, download, transform, seed, fast, num_train, num_test)
 
 
-def fashion_mnist(*, root: str = "data", download: bool = False, transform: ImageTransform = ImageTransform(),
-                  fast: bool = True, num_train: int | None = None, num_test: int | None = None,
-                  seed: int = 0) -> DataSets:
+def fashion_mnist(
+    *,
+    root: str = "data",
+    download: bool = False,
+    transform: ImageTransform = ImageTransform(),
+    fast: bool = True,
+    num_train: int | None = None,
+    num_test: int | None = None,
+    seed: int = 0,
+) -> DataSets:
     """torchvision's FashionMNIST from `root`/FashionMNIST/raw (the other options as for mnist)."""
     return _mnist_like("fashion_mnist", "FashionMNIST", root, download, transform, seed, fast, num_train, num_test)
 
@@ -173,8 +224,16 @@ def _cifar_images(dataset) -> tuple[torch.Tensor, torch.Tensor]:
     return images, torch.as_tensor(dataset.targets, dtype=torch.int64)
 
 
-def cifar10(*, root: str = "data", download: bool = False, transform: ImageTransform = ImageTransform(),
-            fast: bool = True, num_train: int | None = None, num_test: int | None = None, seed: int = 0) -> DataSets:
+def cifar10(
+    *,
+    root: str = "data",
+    download: bool = False,
+    transform: ImageTransform = ImageTransform(),
+    fast: bool = True,
+    num_train: int | None = None,
+    num_test: int | None = None,
+    seed: int = 0,
+) -> DataSets:
     """torchvision's CIFAR-10 from `root`/cifar-10-batches-py (`fast` as for mnist; random crops and flips
     then come from the run's seed per epoch and sample)."""
     import torchvision.datasets
@@ -190,17 +249,22 @@ def cifar10(*, root: str = "data", download: bool = False, transform: ImageTrans
             return all((folder / name).is_file() for name, _ in self.train_list + self.test_list)
 
     try:
-        train = CIFAR10(root, train=True, download=download,
-                        transform=build_transform(transform, train=True, stats="cifar10"))
-        test = CIFAR10(root, train=False, download=download,
-                       transform=build_transform(transform, train=False, stats="cifar10"))
+        train = CIFAR10(
+            root, train=True, download=download, transform=build_transform(transform, train=True, stats="cifar10")
+        )
+        test = CIFAR10(
+            root, train=False, download=download, transform=build_transform(transform, train=False, stats="cifar10")
+        )
     except (RuntimeError, OSError) as exc:
         if download and "not found" not in str(exc).lower():
             raise _download_failed("cifar10", Path(root) / "cifar-10-batches-py", exc) from None
         if "not found" not in str(exc).lower():
             raise
-        raise _missing("cifar10", Path(root) / "cifar-10-batches-py",
-                       [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]) from None
+        raise _missing(
+            "cifar10",
+            Path(root) / "cifar-10-batches-py",
+            [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"],
+        ) from None
     return _in_memory("cifar10", train, test, _cifar_images, transform, seed, fast, num_train, num_test)
 
 
@@ -210,14 +274,16 @@ def _split(n: int, test_fraction: float, seed: int) -> tuple[list[int], list[int
     return sorted(order[num_test:].tolist()), sorted(order[:num_test].tolist())
 
 
-def image_folder(*, root: str, test_fraction: float = 0.2, transform: ImageTransform = ImageTransform(),
-                 seed: int = 0) -> DataSets:
+def image_folder(
+    *, root: str, test_fraction: float = 0.2, transform: ImageTransform = ImageTransform(), seed: int = 0
+) -> DataSets:
     """A folder of class folders: with train/ and test/ (or val/) sub-folders, or one folder split by
     seed (`test_fraction`). Normalized with ImageNet's statistics unless transform.mean/std are set."""
     folder = Path(root)
     if not folder.is_dir():
-        raise ConfigError("data.args.root", f"{folder} is not a folder",
-                          "point data.args.root at a folder of class folders")
+        raise ConfigError(
+            "data.args.root", f"{folder} is not a folder", "point data.args.root at a folder of class folders"
+        )
     root = folder
     train_tf = build_transform(transform, train=True, stats="imagenet")
     test_tf = build_transform(transform, train=False, stats="imagenet")
@@ -225,8 +291,9 @@ def image_folder(*, root: str, test_fraction: float = 0.2, transform: ImageTrans
     if (root / "train").is_dir() and test_dir is not None:
         train, test = _image_folder(root / "train", train_tf), _image_folder(test_dir, test_tf)
         if train.classes != test.classes:
-            raise UserError(f"{root}/train and {test_dir} have different class folders: "
-                            f"{train.classes} vs {test.classes}")
+            raise UserError(
+                f"{root}/train and {test_dir} have different class folders: {train.classes} vs {test.classes}"
+            )
         return _spec(train, test, len(train.classes))
     whole_train, whole_test = _image_folder(root, train_tf), _image_folder(root, test_tf, check=False)
     train_idx, test_idx = _split(len(whole_train), test_fraction, seed)
@@ -246,8 +313,10 @@ def _image_folder(folder: Path, transform: Callable, check: bool = True):
         counts[dataset.classes[label]] += 1
     empty = [name for name, n in counts.items() if n == 0]
     if empty:
-        raise UserError(f"class folder {folder / empty[0]} holds no image ({len(empty)} empty: {', '.join(empty)})",
-                        "add images (.jpg, .png, ...) or remove the folder: every class needs examples")
+        raise UserError(
+            f"class folder {folder / empty[0]} holds no image ({len(empty)} empty: {', '.join(empty)})",
+            "add images (.jpg, .png, ...) or remove the folder: every class needs examples",
+        )
     if check:
         check_images([Path(p) for p, _ in dataset.samples])
     return dataset
@@ -271,9 +340,17 @@ class CsvImages(Dataset):
         return self.transform(image), label
 
 
-def csv_images(*, path: str, root: str, header: bool = True, mode: Literal["rgb", "gray"] = "rgb",
-               classes: list[str] | None = None, test_fraction: float = 0.2,
-               transform: ImageTransform = ImageTransform(), seed: int = 0) -> DataSets:
+def csv_images(
+    *,
+    path: str,
+    root: str,
+    header: bool = True,
+    mode: Literal["rgb", "gray"] = "rgb",
+    classes: list[str] | None = None,
+    test_fraction: float = 0.2,
+    transform: ImageTransform = ImageTransform(),
+    seed: int = 0,
+) -> DataSets:
     """The tutorials' custom Dataset: an annotations CSV `path` of (file name, label) rows and the image
     folder `root` the names are relative to, decoded as RGB or gray (`mode`: 1 channel), split by seed.
     Labels become 0..K-1 in the order of `classes` when given (others are an error), else sorted.
@@ -288,8 +365,10 @@ def csv_images(*, path: str, root: str, header: bool = True, mode: Literal["rgb"
     items = [(row[0], int(label)) for row, label in zip(table.rows, labels)]
     missing = [name for name, _ in items if not (folder / name).is_file()]
     if missing:
-        raise UserError(f"{len(missing)} image(s) named in {path} are missing in {folder}, e.g. {missing[0]}",
-                        "data.args.root must be the folder the file names in the CSV are relative to")
+        raise UserError(
+            f"{len(missing)} image(s) named in {path} are missing in {folder}, e.g. {missing[0]}",
+            "data.args.root must be the folder the file names in the CSV are relative to",
+        )
     check_images([folder / name for name, _ in items])
     stats = "imagenet" if mode == "rgb" else "gray"
     train_idx, test_idx = _split(len(items), test_fraction, seed)
@@ -309,5 +388,6 @@ def check_images(paths: list[Path]) -> None:
             with Image.open(path) as image:
                 image.verify()
         except Exception as exc:  # PIL raises many types (UnidentifiedImageError, SyntaxError, OSError, ...)
-            raise UserError(f"{path} is not a readable image ({type(exc).__name__}: {exc})",
-                            "replace or remove the file") from None
+            raise UserError(
+                f"{path} is not a readable image ({type(exc).__name__}: {exc})", "replace or remove the file"
+            ) from None

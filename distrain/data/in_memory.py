@@ -93,7 +93,7 @@ class ImageTensors(TensorDataset):
         image, target = super().__getitem__(index)
         return self.batch_transform(image[None])[0], target
 
-    def subset(self, index: torch.Tensor, *, evaluation: bool) -> "ImageTensors":
+    def subset(self, index: torch.Tensor, *, evaluation: bool) -> ImageTensors:
         """The samples `index` (a validation hold-out: `evaluation` drops the random augmentation)."""
         from dataclasses import replace
 

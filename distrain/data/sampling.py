@@ -32,10 +32,17 @@ from torch.utils.data import Dataset, DistributedSampler
 class GlobalBatchSampler(DistributedSampler):
     """DistributedSampler's permutation, sharded per global batch, without padding (see module docstring)."""
 
-    def __init__(self, dataset: Dataset, *, num_replicas: int, rank: int, global_batch_size: int,
-                 shuffle: bool = True, seed: int = 0):
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed,
-                         drop_last=False)
+    def __init__(
+        self,
+        dataset: Dataset,
+        *,
+        num_replicas: int,
+        rank: int,
+        global_batch_size: int,
+        shuffle: bool = True,
+        seed: int = 0,
+    ):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
         if global_batch_size % num_replicas:
             raise ValueError(f"global_batch_size {global_batch_size} is not divisible by {num_replicas} ranks")
         self.global_batch_size = global_batch_size
@@ -74,7 +81,7 @@ class GlobalBatchSampler(DistributedSampler):
         order = self.order().tolist()
         size = self.global_batch_size
         for step in range(self.start_step, self.num_steps):
-            yield step, order[step * size:(step + 1) * size][self.rank::self.num_replicas]
+            yield step, order[step * size : (step + 1) * size][self.rank :: self.num_replicas]
 
     def rank_epoch(self) -> tuple[list[int], torch.Tensor, list[int]]:
         """The remaining steps of the epoch at once: (steps, this rank's indices of all of them in order,
@@ -84,10 +91,10 @@ class GlobalBatchSampler(DistributedSampler):
         full = self.dataset_size // size  # steps whose global batch is complete
         first = min(self.start_step, full)
         # Full global batches as rows: this rank's share of each is every world-th column from `rank`.
-        shares = [order[first * size:full * size].view(-1, size)[:, self.rank::world].reshape(-1)]
+        shares = [order[first * size : full * size].view(-1, size)[:, self.rank :: world].reshape(-1)]
         sizes = [size // world] * (full - first)
         if full < self.num_steps and self.start_step <= full:
-            last = order[full * size:][self.rank::world]
+            last = order[full * size :][self.rank :: world]
             shares.append(last)
             sizes.append(len(last))
         index = shares[0] if len(shares) == 1 else torch.cat(shares)  # cat would copy even one tensor
@@ -101,8 +108,7 @@ class GlobalBatchSampler(DistributedSampler):
         return sum(len(indices) for _, indices in self.rank_batches())
 
 
-def eval_batch_ranges(num_samples: int, eval_batch_size: int, rank: int,
-                      world_size: int) -> list[tuple[int, int, int]]:
+def eval_batch_ranges(num_samples: int, eval_batch_size: int, rank: int, world_size: int) -> list[tuple[int, int, int]]:
     """(batch index, start, end) of the evaluation batches this rank owns: a contiguous run of whole batches."""
     num_batches = math.ceil(num_samples / eval_batch_size)
     first = rank * num_batches // world_size

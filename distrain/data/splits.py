@@ -40,21 +40,34 @@ class DataInfo:
     def model_arguments(self, num_outputs: int | None) -> dict[str, Any]:
         """Values a model's parameters receive by name when the config does not set them."""
         shape = self.input_shape
-        return {"num_inputs": int(torch.Size(shape).numel()) if shape else None, "num_outputs": num_outputs,
-                "num_classes": self.num_classes, "input_shape": tuple(shape) if shape else None,
-                "in_channels": shape[0] if shape and len(shape) == 3 else None}
+        return {
+            "num_inputs": int(torch.Size(shape).numel()) if shape else None,
+            "num_outputs": num_outputs,
+            "num_classes": self.num_classes,
+            "input_shape": tuple(shape) if shape else None,
+            "in_channels": shape[0] if shape and len(shape) == 3 else None,
+        }
 
 
-def build_splits(cfg: DataConfig, seed: int, *, train: Dataset | None = None, val: Dataset | None = None,
-                 test: Dataset | None = None, allow_download: bool = True) -> DataSets:
+def build_splits(
+    cfg: DataConfig,
+    seed: int,
+    *,
+    train: Dataset | None = None,
+    val: Dataset | None = None,
+    test: Dataset | None = None,
+    allow_download: bool = True,
+) -> DataSets:
     """The run's splits. `allow_download`: only global rank 0 downloads (the others wait at a barrier,
     then read the files): a data set function's `download` argument is forced off elsewhere."""
     if train is not None:
         data = DataSets(train, test, val)
     elif cfg.name is None:
-        raise ConfigError("data.name", "is not set and no data was given",
-                          "name a built-in data set or a function module:attribute, or pass train_data= to "
-                          "distrain.fit")
+        raise ConfigError(
+            "data.name",
+            "is not set and no data was given",
+            "name a built-in data set or a function module:attribute, or pass train_data= to distrain.fit",
+        )
     else:
         builder = resolve("data", cfg.name, "data.name")
         args = dict(cfg.args)
@@ -78,8 +91,11 @@ def as_datasets(result: Any, name: str) -> DataSets:
         if len(result) == 2:
             return DataSets(result[0], result[1])
         return DataSets(result[0], result[2], result[1])
-    raise ConfigError("data.name", f"{name} returned {type(result).__name__}; a data set function must return "
-                      "(train, test), (train, val, test) or distrain.DataSets")
+    raise ConfigError(
+        "data.name",
+        f"{name} returned {type(result).__name__}; a data set function must return "
+        "(train, test), (train, val, test) or distrain.DataSets",
+    )
 
 
 def hold_out(train: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
@@ -90,9 +106,12 @@ def hold_out(train: Dataset, fraction: float, seed: int) -> tuple[Dataset, Datas
     num_val = max(1, int(round(fraction * n)))
     val_idx, train_idx = sorted(order[:num_val].tolist()), sorted(order[num_val:].tolist())
     if hasattr(train, "subset"):  # in-memory images: keep them so; the held-out part is not augmented
-        return (train.subset(torch.tensor(train_idx), evaluation=False),
-                train.subset(torch.tensor(val_idx), evaluation=True))
+        return (
+            train.subset(torch.tensor(train_idx), evaluation=False),
+            train.subset(torch.tensor(val_idx), evaluation=True),
+        )
     if isinstance(train, TensorDataset):
+
         def part(idx: list[int]) -> TensorDataset:
             index = torch.tensor(idx)
             return TensorDataset(*(t[index] for t in train.tensors))
@@ -131,5 +150,10 @@ def describe_data(data: DataSets, target_key: str | None) -> DataInfo:
         if labels.min() >= 0:
             num_classes = int(labels.max()) + 1
             log.info("data: integer targets 0..%d in the training set: %d classes", num_classes - 1, num_classes)
-    return DataInfo(num_classes=num_classes, default_loss=data.loss, target_shape=target_shape,
-                    target_is_integer=is_integer, input_shape=input_shape)
+    return DataInfo(
+        num_classes=num_classes,
+        default_loss=data.loss,
+        target_shape=target_shape,
+        target_is_integer=is_integer,
+        input_shape=input_shape,
+    )

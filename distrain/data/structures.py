@@ -1,11 +1,11 @@
 """Batches as users write them: a tensor, or tuples, lists and dicts of tensors nested in any way.
 
-    to_device(batch, device)        every tensor moved (non-blocking: pinned on CUDA)
-    split(batch, n)                 n micro-batches along the first dimension
-    cat([b1, b2, ...])              the batches joined back along the first dimension
-    num_samples(batch)              the first dimension of the first tensor
-    split_sample(batch, target_key) (inputs, targets) of a collated batch: (x, y), (x1, x2, y) or a dict
-    call_model(model, inputs)       model(x), model(x1, x2) or model(**inputs)
+to_device(batch, device)        every tensor moved (non-blocking: pinned on CUDA)
+split(batch, n)                 n micro-batches along the first dimension
+cat([b1, b2, ...])              the batches joined back along the first dimension
+num_samples(batch)              the first dimension of the first tensor
+split_sample(batch, target_key) (inputs, targets) of a collated batch: (x, y), (x1, x2, y) or a dict
+call_model(model, inputs)       model(x), model(x1, x2) or model(**inputs)
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def split(obj: Any, parts: int) -> list[Any]:
     tree_map(lambda t: per_leaf.append(t.tensor_split(parts)), obj)
     for index in range(parts):
         iterator = iter(leaf[index] for leaf in per_leaf)
-        pieces[index] = tree_map(lambda _t: next(iterator), obj)
+        pieces[index] = tree_map(lambda _t, it=iterator: next(it), obj)
     return pieces
 
 
@@ -86,8 +86,11 @@ def split_sample(batch: Any, target_key: str | None = None) -> tuple[Any, Any]:
             if len(present) != 1:
                 from distrain.errors import ConfigError
 
-                raise ConfigError("data.target_key", f"samples are dicts with keys {sorted(batch)}; cannot tell "
-                                  "which one is the target", "set data.target_key to the key of the target")
+                raise ConfigError(
+                    "data.target_key",
+                    f"samples are dicts with keys {sorted(batch)}; cannot tell which one is the target",
+                    "set data.target_key to the key of the target",
+                )
             key = present[0]
         if key not in batch:
             from distrain.errors import ConfigError
@@ -99,9 +102,11 @@ def split_sample(batch: Any, target_key: str | None = None) -> tuple[Any, Any]:
         return (inputs[0] if len(inputs) == 1 else MultipleInputs(inputs)), targets
     from distrain.errors import UserError
 
-    raise UserError(f"a batch must be (inputs, targets), (input1, ..., targets) or a dict with a target key; "
-                    f"got {type(batch).__name__}",
-                    "make the data set's __getitem__ return (x, y) as in the tutorials")
+    raise UserError(
+        f"a batch must be (inputs, targets), (input1, ..., targets) or a dict with a target key; "
+        f"got {type(batch).__name__}",
+        "make the data set's __getitem__ return (x, y) as in the tutorials",
+    )
 
 
 def call_model(model: Any, inputs: Any) -> Any:

@@ -45,18 +45,24 @@ def read_table(path: Path, *, header: bool, key: str = "data.args.path") -> Tabl
     names = raw[0][1] if header else None
     body = raw[1:] if header else raw
     if not body:
-        raise UserError(f"{path} has a header row but no data rows",
-                        "add data rows, or set data.args.header=false if the first row is data")
+        raise UserError(
+            f"{path} has a header row but no data rows",
+            "add data rows, or set data.args.header=false if the first row is data",
+        )
     width = len(raw[0][1])
     for number, row in body:
         if len(row) != width:
-            raise UserError(f"{path}, line {number}: {len(row)} cells, the {'header' if header else 'first row'} "
-                            f"has {width}", "every row needs one cell per column")
+            raise UserError(
+                f"{path}, line {number}: {len(row)} cells, the {'header' if header else 'first row'} has {width}",
+                "every row needs one cell per column",
+            )
         if "" in row:
             column = row.index("")
             label = repr(names[column]) if names else str(column + 1)
-            raise UserError(f"{path}, line {number}, column {label}: the cell is empty",
-                            "fill in the missing value (or drop the row)")
+            raise UserError(
+                f"{path}, line {number}, column {label}: the cell is empty",
+                "fill in the missing value (or drop the row)",
+            )
     return Table(path, names, [row for _, row in body], [n for n, _ in body])
 
 
@@ -68,12 +74,16 @@ def numbers(table: Table, columns: list[int]) -> np.ndarray:
             try:
                 out[r, c] = float(row[column])
             except ValueError:
-                raise UserError(f"{table.where(r, column)}: {row[column]!r} is not a number",
-                                "every column but the label must hold numbers") from None
+                raise UserError(
+                    f"{table.where(r, column)}: {row[column]!r} is not a number",
+                    "every column but the label must hold numbers",
+                ) from None
     if not np.isfinite(out).all():
         r, c = map(int, np.argwhere(~np.isfinite(out))[0])
-        raise UserError(f"{table.where(r, columns[c])}: {table.rows[r][columns[c]]!r} is not a finite number",
-                        "replace NaN or Inf values before training")
+        raise UserError(
+            f"{table.where(r, columns[c])}: {table.rows[r][columns[c]]!r} is not a finite number",
+            "replace NaN or Inf values before training",
+        )
     return out
 
 
@@ -88,8 +98,10 @@ def class_indices(table: Table, column: int, classes: list[str] | None) -> tuple
         known = set(classes)
         for r, label in enumerate(labels):
             if label not in known:
-                raise UserError(f"{table.where(r, column)}: label {label!r} is not one of data.args.classes "
-                                f"({', '.join(classes)})", "fix the label, or add it to data.args.classes")
+                raise UserError(
+                    f"{table.where(r, column)}: label {label!r} is not one of data.args.classes ({', '.join(classes)})",
+                    "fix the label, or add it to data.args.classes",
+                )
     index = {c: i for i, c in enumerate(classes)}
     return np.array([index[v] for v in labels], dtype=np.int64), classes
 

@@ -52,13 +52,17 @@ def pick_device(env: DistEnv, device: str) -> torch.device:
     if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise UserError("trainer.device is 'cuda' but CUDA is not available on this machine",
-                        "use trainer.device=auto or trainer.device=cpu")
+        raise UserError(
+            "trainer.device is 'cuda' but CUDA is not available on this machine",
+            "use trainer.device=auto or trainer.device=cpu",
+        )
     count = torch.cuda.device_count()
     # One device per local rank: the launcher starts one process per GPU on each node.
     if env.local_rank >= count:
-        raise UserError(f"local rank {env.local_rank} has no GPU: this node has {count}",
-                        "start at most one process per GPU (torchrun --nproc_per_node, srun --ntasks-per-node)")
+        raise UserError(
+            f"local rank {env.local_rank} has no GPU: this node has {count}",
+            "start at most one process per GPU (torchrun --nproc_per_node, srun --ntasks-per-node)",
+        )
     return torch.device("cuda", env.local_rank)
 
 
@@ -66,14 +70,17 @@ def pick_backend(backend: str, device: torch.device) -> str:
     if backend == "auto":
         return "nccl" if device.type == "cuda" else "gloo"
     if backend == "nccl" and device.type != "cuda":
-        raise UserError("dist.backend is 'nccl' but training runs on the CPU; NCCL only moves CUDA tensors",
-                        "use dist.backend=gloo (or auto) on CPU")
+        raise UserError(
+            "dist.backend is 'nccl' but training runs on the CPU; NCCL only moves CUDA tensors",
+            "use dist.backend=gloo (or auto) on CPU",
+        )
     return backend
 
 
 @contextlib.contextmanager
-def distributed(env: DistEnv, *, backend: str = "auto", timeout_s: float = 900.0,
-                device: str = "auto") -> Iterator[DistContext]:
+def distributed(
+    env: DistEnv, *, backend: str = "auto", timeout_s: float = 900.0, device: str = "auto"
+) -> Iterator[DistContext]:
     """Join the process group for the duration of the block; one process joins nothing.
 
     Idempotent: a group that already exists (set up by a caller) is reused and left for its owner to destroy.
@@ -92,8 +99,14 @@ def distributed(env: DistEnv, *, backend: str = "auto", timeout_s: float = 900.0
             # Binds NCCL's communicator to this device eagerly (no guessing from the current device).
             kwargs["device_id"] = dev
         timeout = datetime.timedelta(seconds=timeout_s)
-        tdist.init_process_group(chosen, store=_rendezvous_store(env, timeout), rank=env.rank,
-                                 world_size=env.world_size, timeout=timeout, **kwargs)
+        tdist.init_process_group(
+            chosen,
+            store=_rendezvous_store(env, timeout),
+            rank=env.rank,
+            world_size=env.world_size,
+            timeout=timeout,
+            **kwargs,
+        )
     try:
         yield DistContext(env, dev, chosen)
     finally:
@@ -121,12 +134,14 @@ def _rendezvous_store(env: DistEnv, timeout: datetime.timedelta) -> tdist.Store:
     # With the agent's store, every worker is a client; otherwise rank 0 hosts the store (SLURM, or a
     # torchrun that does not share its store).
     is_host = env.rank == 0 and not env.uses_agent_store
-    store = tdist.TCPStore(env.master_addr, env.master_port, env.world_size, is_master=is_host,
-                           timeout=timeout, wait_for_workers=False)
+    store = tdist.TCPStore(
+        env.master_addr, env.master_port, env.world_size, is_master=is_host, timeout=timeout, wait_for_workers=False
+    )
     return tdist.PrefixStore(f"distrain/attempt_{env.restart_count}/world_{env.world_size}", store)
 
 
 # ---------------------------------------------------------------------- collectives (no-ops alone)
+
 
 def is_distributed() -> bool:
     return tdist.is_available() and tdist.is_initialized() and tdist.get_world_size() > 1

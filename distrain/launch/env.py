@@ -52,7 +52,6 @@ class DistEnv:
         return self.rank == 0
 
 
-
 def detect(environ: Mapping[str, str]) -> DistEnv:
     """Read the launcher's variables from `environ`. Raises EnvError when they are inconsistent."""
     if _claims_torchrun(environ):
@@ -71,8 +70,11 @@ def _claims_torchrun(environ: Mapping[str, str]) -> bool:
     present = [v for v in _TORCHRUN_VARS if v in environ]
     if present and len(present) < len(_TORCHRUN_VARS):
         missing = [v for v in _TORCHRUN_VARS if v not in environ]
-        raise EnvError(missing[0], f"is not set, but {', '.join(present)} is",
-                       "start distrain with torchrun (which sets all of them), or unset the partial set")
+        raise EnvError(
+            missing[0],
+            f"is not set, but {', '.join(present)} is",
+            "start distrain with torchrun (which sets all of them), or unset the partial set",
+        )
     return bool(present) or "TORCHELASTIC_RUN_ID" in environ
 
 
@@ -89,20 +91,41 @@ def _from_torchrun(environ: Mapping[str, str]) -> DistEnv:
     master_port = _int(environ, "MASTER_PORT") if "MASTER_PORT" in environ else None
     if world_size > 1:
         if not master_addr:
-            raise EnvError("MASTER_ADDR", f"is not set, but WORLD_SIZE={world_size}",
-                           "torchrun sets it; when launching by hand, export MASTER_ADDR and MASTER_PORT")
+            raise EnvError(
+                "MASTER_ADDR",
+                f"is not set, but WORLD_SIZE={world_size}",
+                "torchrun sets it; when launching by hand, export MASTER_ADDR and MASTER_PORT",
+            )
         if master_port is None:
-            raise EnvError("MASTER_PORT", f"is not set, but WORLD_SIZE={world_size}",
-                           "torchrun sets it; when launching by hand, export MASTER_ADDR and MASTER_PORT")
+            raise EnvError(
+                "MASTER_PORT",
+                f"is not set, but WORLD_SIZE={world_size}",
+                "torchrun sets it; when launching by hand, export MASTER_ADDR and MASTER_PORT",
+            )
     restart_count = _int(environ, "TORCHELASTIC_RESTART_COUNT") if "TORCHELASTIC_RESTART_COUNT" in environ else 0
     uses_agent_store = environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
-    return _validated(DistEnv("torchrun", rank, local_rank, world_size, local_world_size, node_rank,
-                              master_addr, master_port, restart_count, uses_agent_store),
-                      rank_var="RANK", world_var="WORLD_SIZE", local_var="LOCAL_RANK",
-                      local_world_var="LOCAL_WORLD_SIZE")
+    return _validated(
+        DistEnv(
+            "torchrun",
+            rank,
+            local_rank,
+            world_size,
+            local_world_size,
+            node_rank,
+            master_addr,
+            master_port,
+            restart_count,
+            uses_agent_store,
+        ),
+        rank_var="RANK",
+        world_var="WORLD_SIZE",
+        local_var="LOCAL_RANK",
+        local_world_var="LOCAL_WORLD_SIZE",
+    )
 
 
 # ---------------------------------------------------------------------------------------------- SLURM
+
 
 def _from_slurm(environ: Mapping[str, str]) -> DistEnv:
     rank = _int(environ, "SLURM_PROCID")
@@ -116,8 +139,10 @@ def _from_slurm(environ: Mapping[str, str]) -> DistEnv:
     if tasks_var in environ:
         per_node = parse_tasks_per_node(environ[tasks_var], tasks_var)
         if node_rank >= len(per_node):
-            raise EnvError("SLURM_NODEID", f"is {node_rank}, but {tasks_var}={environ[tasks_var]!r} "
-                                           f"describes only {len(per_node)} node(s)")
+            raise EnvError(
+                "SLURM_NODEID",
+                f"is {node_rank}, but {tasks_var}={environ[tasks_var]!r} describes only {len(per_node)} node(s)",
+            )
         local_world_size = per_node[node_rank]
     else:
         local_world_size = world_size
@@ -126,26 +151,36 @@ def _from_slurm(environ: Mapping[str, str]) -> DistEnv:
         # The step's first node runs task 0 (block distribution); a step may use fewer nodes than the
         # job, so its own node list is the right one when SLURM gives it.
         # SLURM_NODELIST: the older name, still the only one some sites' wrappers set.
-        list_var = next((v for v in ("SLURM_STEP_NODELIST", "SLURM_JOB_NODELIST", "SLURM_NODELIST")
-                         if v in environ), None)
+        list_var = next(
+            (v for v in ("SLURM_STEP_NODELIST", "SLURM_JOB_NODELIST", "SLURM_NODELIST") if v in environ), None
+        )
         if list_var is None:
-            raise EnvError("SLURM_JOB_NODELIST", "is not set inside an srun step (nor SLURM_STEP_NODELIST or "
-                           "SLURM_NODELIST)", "export MASTER_ADDR to the host that runs task 0")
+            raise EnvError(
+                "SLURM_JOB_NODELIST",
+                "is not set inside an srun step (nor SLURM_STEP_NODELIST or SLURM_NODELIST)",
+                "export MASTER_ADDR to the host that runs task 0",
+            )
         master_addr = expand_nodelist(environ[list_var], list_var)[0]
     if "MASTER_PORT" in environ:
         master_port = _int(environ, "MASTER_PORT")
     elif world_size > 1:
         if "SLURM_JOB_ID" not in environ:
-            raise EnvError("SLURM_JOB_ID", "is not set, so no rendezvous port can be derived",
-                           "export MASTER_PORT to a free port on the first host")
+            raise EnvError(
+                "SLURM_JOB_ID",
+                "is not set, so no rendezvous port can be derived",
+                "export MASTER_PORT to a free port on the first host",
+            )
         # Derived from the job id so that two jobs sharing a node do not pick the same port.
         master_port = _SLURM_PORT_BASE + _int(environ, "SLURM_JOB_ID") % _SLURM_PORT_SPAN
     else:
         master_port = None
-    return _validated(DistEnv("slurm", rank, local_rank, world_size, local_world_size, node_rank,
-                              master_addr, master_port),
-                      rank_var="SLURM_PROCID", world_var=world_var, local_var="SLURM_LOCALID",
-                      local_world_var=tasks_var)
+    return _validated(
+        DistEnv("slurm", rank, local_rank, world_size, local_world_size, node_rank, master_addr, master_port),
+        rank_var="SLURM_PROCID",
+        world_var=world_var,
+        local_var="SLURM_LOCALID",
+        local_world_var=tasks_var,
+    )
 
 
 def expand_nodelist(nodelist: str, variable: str = "SLURM_JOB_NODELIST") -> list[str]:
@@ -226,6 +261,7 @@ def parse_tasks_per_node(text: str, variable: str = "SLURM_TASKS_PER_NODE") -> l
 
 # --------------------------------------------------------------------------------------------- common
 
+
 def _int(environ: Mapping[str, str], name: str) -> int:
     text = environ[name]
     try:
@@ -240,11 +276,12 @@ def _validated(env: DistEnv, *, rank_var: str, world_var: str, local_var: str, l
     if not 0 <= env.rank < env.world_size:
         raise EnvError(rank_var, f"is {env.rank}, outside [0, {env.world_size}) given by {world_var}")
     if not 1 <= env.local_world_size <= env.world_size:
-        raise EnvError(local_world_var, f"gives {env.local_world_size} processes on this node, "
-                                        f"outside [1, {env.world_size}] given by {world_var}")
+        raise EnvError(
+            local_world_var,
+            f"gives {env.local_world_size} processes on this node, outside [1, {env.world_size}] given by {world_var}",
+        )
     if not 0 <= env.local_rank < env.local_world_size:
-        raise EnvError(local_var, f"is {env.local_rank}, outside [0, {env.local_world_size}) "
-                                  f"processes on this node")
+        raise EnvError(local_var, f"is {env.local_rank}, outside [0, {env.local_world_size}) processes on this node")
     if env.master_port is not None and not 0 < env.master_port < 65536:
         raise EnvError("MASTER_PORT", f"must be a port number in 1..65535, got {env.master_port}")
     return env

@@ -42,11 +42,10 @@ class StopSignals:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.received is None:
-            log.warning("received %s: saving a checkpoint and stopping at the next step",
-                        signal.Signals(signum).name)
+            log.warning("received %s: saving a checkpoint and stopping at the next step", signal.Signals(signum).name)
         self.received = signum
 
-    def __enter__(self) -> "StopSignals":
+    def __enter__(self) -> StopSignals:
         self._collective = dist.is_distributed()  # asked once: agreed_signal runs every step
         if self._collective:
             # The agreement runs on CPU tensors in a gloo group (the default group when it is gloo, else a
@@ -82,6 +81,7 @@ class StopSignals:
             agreed = int(self._flag.item()) or None
         if agreed is None:
             self._flag.fill_(self.received or 0)
-            self._pending = torch.distributed.all_reduce(self._flag, op=torch.distributed.ReduceOp.MAX,
-                                                         group=self._group, async_op=True)
+            self._pending = torch.distributed.all_reduce(
+                self._flag, op=torch.distributed.ReduceOp.MAX, group=self._group, async_op=True
+            )
         return agreed

@@ -48,17 +48,29 @@ def maybe_requeue(signum: int, requeue_signal: str, environ: Mapping[str, str]) 
         return stopped_by_signal
     scontrol = shutil.which("scontrol")
     if scontrol is None:
-        log.error("%s received in SLURM job %s, but scontrol is not on PATH (as in many containers), so the "
-                  "job cannot requeue itself. The checkpoint is saved: resubmit the same sbatch command and "
-                  "it resumes. Exiting with status %d.", requeue_signal, job, EXIT_RESUBMIT)
+        log.error(
+            "%s received in SLURM job %s, but scontrol is not on PATH (as in many containers), so the "
+            "job cannot requeue itself. The checkpoint is saved: resubmit the same sbatch command and "
+            "it resumes. Exiting with status %d.",
+            requeue_signal,
+            job,
+            EXIT_RESUBMIT,
+        )
         return EXIT_RESUBMIT
     result = subprocess.run([scontrol, "requeue", job], capture_output=True, text=True)
     if result.returncode != 0:
-        log.error("scontrol requeue %s failed (%s). The checkpoint is saved: resubmit the same sbatch command "
-                  "and it resumes. Exiting with status %d.", job, result.stderr.strip() or result.returncode,
-                  EXIT_RESUBMIT)
+        log.error(
+            "scontrol requeue %s failed (%s). The checkpoint is saved: resubmit the same sbatch command "
+            "and it resumes. Exiting with status %d.",
+            job,
+            result.stderr.strip() or result.returncode,
+            EXIT_RESUBMIT,
+        )
         return EXIT_RESUBMIT
     restarts = environ.get("SLURM_RESTART_COUNT", "0")  # absent on a job's first run
-    log.info("requeued SLURM job %s (this was run %d of it); it resumes from the checkpoint when it starts again",
-             job, int(restarts) + 1)
+    log.info(
+        "requeued SLURM job %s (this was run %d of it); it resumes from the checkpoint when it starts again",
+        job,
+        int(restarts) + 1,
+    )
     return stopped_by_signal

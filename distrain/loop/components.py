@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from distrain.config.registry import call, describe, resolve
-from distrain.config.schema import Config
+from distrain.config.schema import Config, MetricConfig, OptimConfig
 from distrain.data import DataInfo, DataSets, EvalBatches, build_eval_batches, build_splits, describe_data, probe_batch
 from distrain.data.structures import to_device
 from distrain.errors import ConfigError
@@ -77,12 +77,20 @@ def build_parts(cfg: Config, ctx: DistContext, given: Given | None = None) -> Pa
     probe = probe_outputs(model, probe_inputs)
     objective = build_objective(cfg.loss, info, given.loss, model_outputs=output_width(probe))
     objective.check(model, probe, probe_targets)
-    metric_objects = _build_metrics(cfg, given)
-    loader_args = dict(rank=ctx.rank, world_size=ctx.world_size, device=ctx.device, seed=cfg.seed,
-                       loader=cfg.data.loader, num_workers=cfg.data.num_workers,
-                       persistent_workers=cfg.data.persistent_workers, prefetch_factor=cfg.data.prefetch_factor,
-                       prepare_targets=objective.prepare_targets, channels_last=cfg.trainer.channels_last,
-                       target_key=cfg.data.target_key)
+    metric_objects = _build_metrics(cfg.metrics, given)
+    loader_args = dict(
+        rank=ctx.rank,
+        world_size=ctx.world_size,
+        device=ctx.device,
+        seed=cfg.seed,
+        loader=cfg.data.loader,
+        num_workers=cfg.data.num_workers,
+        persistent_workers=cfg.data.persistent_workers,
+        prefetch_factor=cfg.data.prefetch_factor,
+        prepare_targets=objective.prepare_targets,
+        channels_last=cfg.trainer.channels_last,
+        target_key=cfg.data.target_key,
+    )
     evals = {}
     for split, dataset in (("val", data.val), ("test", data.test)):
         if dataset is not None:
@@ -106,8 +114,11 @@ def build_model(cfg: Config, info: DataInfo, given: Given | None = None) -> nn.M
     """The config's model (model.name with model.args), sized from the data and the loss."""
     given = given or Given()
     if cfg.model.name is None:
-        raise ConfigError("model.name", "is not set and no model was given",
-                          "name a built-in model or a class module:attribute, or pass model= to distrain.fit")
+        raise ConfigError(
+            "model.name",
+            "is not set and no model was given",
+            "name a built-in model or a class module:attribute, or pass model= to distrain.fit",
+        )
     # The output width the loss asks for (one logit for two classes, K for K classes, the target's size
     # for regression); a loss that cannot be told yet is decided after the model exists.
     try:
@@ -123,8 +134,8 @@ def build_model(cfg: Config, info: DataInfo, given: Given | None = None) -> nn.M
     return model
 
 
-def _build_metrics(cfg: Config, given: Given) -> dict[str, Any]:
-    metrics = {name: build_metric(name, metric_cfg) for name, metric_cfg in cfg.metrics.items()}
+def _build_metrics(cfg: dict[str, MetricConfig], given: Given) -> dict[str, Any]:
+    metrics = {name: build_metric(name, metric_cfg) for name, metric_cfg in cfg.items()}
     for name, metric in (given.metrics or {}).items():
         if not str(name).isidentifier() or name == "loss":
             raise ConfigError(f"metrics.{name}", "a metric's name must be an identifier other than 'loss'")
@@ -132,29 +143,39 @@ def _build_metrics(cfg: Config, given: Given) -> dict[str, Any]:
     return metrics
 
 
-def build_optimizer_for(cfg: Config, model: nn.Module, given: Given,
-                        replaces_parameters: bool = False) -> tuple[Any, float]:
+def build_optimizer_for(
+    cfg: OptimConfig | None, model: nn.Module, given: Given, replaces_parameters: bool = False
+) -> tuple[Any, float]:
     """The optimizer and its base learning rate (for the schedule). `replaces_parameters`: the strategy
     swapped the model's parameters for new ones (fsdp), so an optimizer object built before cannot serve."""
     from distrain.loop.optim import build_optimizer
 
     chosen = given.optimizer
     if chosen is None:
-        if cfg.optim is None:
-            raise ConfigError("optim.lr", "required key is missing (no optimizer was given)",
-                              "set optim.lr (and optim.name) in the config, or pass optimizer= to distrain.fit")
-        return build_optimizer(cfg.optim, model.parameters()), cfg.optim.lr
+        if cfg is None:
+            raise ConfigError(
+                "optim.lr",
+                "required key is missing (no optimizer was given)",
+                "set optim.lr (and optim.name) in the config, or pass optimizer= to distrain.fit",
+            )
+        return build_optimizer(cfg, model.parameters()), cfg.lr
     if isinstance(chosen, torch.optim.Optimizer) and replaces_parameters:
-        raise ConfigError("optimizer", "an optimizer object cannot be given with strategy=fsdp: sharding "
-                          "replaces the model's parameters, so the optimizer would step stale ones",
-                          "pass a function of the parameters instead, e.g. "
-                          "optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3)")
+        raise ConfigError(
+            "optimizer",
+            "an optimizer object cannot be given with strategy=fsdp: sharding "
+            "replaces the model's parameters, so the optimizer would step stale ones",
+            "pass a function of the parameters instead, e.g. "
+            "optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3)",
+        )
     if not isinstance(chosen, torch.optim.Optimizer):
         chosen = chosen([p for p in model.parameters() if p.requires_grad])
     owned = {id(p) for p in model.parameters()}
     if any(id(p) not in owned for group in chosen.param_groups for p in group["params"]):
-        raise ConfigError("optimizer", "the optimizer given to distrain.fit holds parameters that are not the "
-                          "model's", "build it on model.parameters() of the model passed as model=")
+        raise ConfigError(
+            "optimizer",
+            "the optimizer given to distrain.fit holds parameters that are not the model's",
+            "build it on model.parameters() of the model passed as model=",
+        )
     return chosen, chosen.param_groups[0]["lr"]
 
 
@@ -163,12 +184,18 @@ def monitor_direction(cfg_mode: str, monitor: str, parts: Parts, key: str, train
     split, _, name = monitor.partition("_")
     available = {"train": train_names, **{s: ms.names for s, (_, ms) in parts.evals.items()}}
     if split not in available:
-        raise ConfigError(key, f"is {monitor!r} but this run has no {split} split",
-                          "give it one with data.val_fraction=0.1 (held out from train by seed) or val_data= "
-                          "in distrain.fit, or monitor train_loss")
+        raise ConfigError(
+            key,
+            f"is {monitor!r} but this run has no {split} split",
+            "give it one with data.val_fraction=0.1 (held out from train by seed) or val_data= "
+            "in distrain.fit, or monitor train_loss",
+        )
     if name not in available[split]:
-        raise ConfigError(key, f"is {monitor!r} but the {split} split measures only "
-                          f"{', '.join(available[split])}", "add the metric under metrics:, or monitor one of these")
+        raise ConfigError(
+            key,
+            f"is {monitor!r} but the {split} split measures only {', '.join(available[split])}",
+            "add the metric under metrics:, or monitor one of these",
+        )
     if cfg_mode != "auto":
         return cfg_mode == "max"
     from distrain.loop.metrics import higher_is_better
@@ -176,15 +203,28 @@ def monitor_direction(cfg_mode: str, monitor: str, parts: Parts, key: str, train
     return higher_is_better(name, parts.metric_objects.get(name))
 
 
-def log_parts(parts: Parts, ctx: DistContext, num_steps: int, engine_name: str, version: str,
-              strategy: str = "ddp") -> None:
+def log_parts(
+    parts: Parts, ctx: DistContext, num_steps: int, engine_name: str, version: str, strategy: str = "ddp"
+) -> None:
     data = parts.data
-    sizes = " / ".join(f"{len(d)} {s}" for s, d in (("train", data.train), ("val", data.val), ("test", data.test))
-                       if d is not None)
+    sizes = " / ".join(
+        f"{len(d)} {s}" for s, d in (("train", data.train), ("val", data.val), ("test", data.test)) if d is not None
+    )
     from distrain.strategies.fsdp import model_class
 
-    log.info("distrain %s | %s | %d process(es) | device %s | backend %s | engine %s | strategy %s | %s samples | "
-             "%d steps per epoch | model %s | loss %s (%s)", version, ctx.env.source, ctx.world_size, ctx.device,
-             ctx.backend or "none", engine_name, strategy, sizes, num_steps, describe(model_class(parts.model)),
-             parts.objective.name, parts.objective.kind)
-
+    log.info(
+        "distrain %s | %s | %d process(es) | device %s | backend %s | engine %s | strategy %s | %s samples | "
+        "%d steps per epoch | model %s | loss %s (%s)",
+        version,
+        ctx.env.source,
+        ctx.world_size,
+        ctx.device,
+        ctx.backend or "none",
+        engine_name,
+        strategy,
+        sizes,
+        num_steps,
+        describe(model_class(parts.model)),
+        parts.objective.name,
+        parts.objective.kind,
+    )

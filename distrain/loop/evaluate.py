@@ -22,20 +22,23 @@ from distrain.loop.steps import evaluate_splits
 from distrain.reporting.console import setup_logging
 
 
-def evaluate_checkpoint(cfg: Config, path: str, environ: Mapping[str, str] = os.environ,
-                        given: Given | None = None) -> dict[str, Any]:
+def evaluate_checkpoint(
+    cfg: Config, path: str, environ: Mapping[str, str] = os.environ, given: Given | None = None
+) -> dict[str, Any]:
     # No global-batch check here: evaluation uses fixed eval batches, whatever the number of ranks.
     env = detect(environ)
     setup_logging(env.rank)
     checkpoint = resolve_checkpoint(path)
-    with distributed(env, backend=cfg.dist.backend, timeout_s=cfg.dist.timeout_s,
-                     device=cfg.trainer.device) as ctx:
+    with distributed(env, backend=cfg.dist.backend, timeout_s=cfg.dist.timeout_s, device=cfg.trainer.device) as ctx:
         parts = build_parts(cfg, ctx, given)
         payload = load_payload(checkpoint, map_location=ctx.device)
         load_model_weights(parts.model, payload, checkpoint)
         splits = evaluate_splits(parts, ctx)
-    result: dict[str, Any] = {"checkpoint": str(checkpoint), "epoch": payload["epoch"],
-                              "global_step": payload["global_step"]}
+    result: dict[str, Any] = {
+        "checkpoint": str(checkpoint),
+        "epoch": payload["epoch"],
+        "global_step": payload["global_step"],
+    }
     for split, m in splits.items():
         result.update({f"{split}_{name}": value for name, value in m.values.items()}, **{f"{split}_samples": m.samples})
     if env.is_main:

@@ -91,8 +91,9 @@ class MetricSet:
             elif callable(metric):
                 self.per_sample[name] = metric
             else:
-                raise ConfigError(f"metrics.{name}", f"{type(metric).__name__} is neither a metric function "
-                                  "nor a torchmetrics Metric")
+                raise ConfigError(
+                    f"metrics.{name}", f"{type(metric).__name__} is neither a metric function nor a torchmetrics Metric"
+                )
 
     @property
     def columns(self) -> list[str]:
@@ -114,10 +115,11 @@ class MetricSet:
         objective = self.objective
         sums = [objective.losses(outputs, targets).double().sum()]
         # Probabilities only when some metric reads them (accuracy alone comes from the raw outputs).
-        needs_preds = self.stateful or any(fn is not accuracy or not objective.has_accuracy
-                                           for fn in self.per_sample.values())
+        needs_preds = self.stateful or any(
+            fn is not accuracy or not objective.has_accuracy for fn in self.per_sample.values()
+        )
         preds, labels = objective.predictions(outputs, targets) if needs_preds else (None, None)
-        for name, fn in self.per_sample.items():
+        for fn in self.per_sample.values():
             if fn is accuracy and objective.has_accuracy:
                 values = objective.hits(outputs, targets)
             else:

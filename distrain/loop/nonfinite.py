@@ -37,8 +37,17 @@ _NONE = 2**62  # "no non-finite step seen" in the MIN all-reduce
 class NonFiniteGuard:
     """Watches the step losses (stop) or decides each step (skip_step). `check` is collective."""
 
-    def __init__(self, mode: str, model: nn.Module, device: torch.device, *, start_step: int,
-                 steps_per_epoch: int, scaler: Any = None, last_good: Callable[[], str | None] = lambda: None):
+    def __init__(
+        self,
+        mode: str,
+        model: nn.Module,
+        device: torch.device,
+        *,
+        start_step: int,
+        steps_per_epoch: int,
+        scaler: Any = None,
+        last_good: Callable[[], str | None] = lambda: None,
+    ):
         self.mode, self.model, self.device = mode, model, device
         self.steps_per_epoch, self.last_good = steps_per_epoch, last_good
         self.scaler = scaler
@@ -65,8 +74,9 @@ class NonFiniteGuard:
         # agree, so that no rank steps while another skips.
         bad = dist.any_true(not bool(finite.all()), self.device)
         if bad:
-            log.warning("global step %d: NaN or Inf in the loss or the gradients: optimizer step skipped",
-                        self._base + 1)
+            log.warning(
+                "global step %d: NaN or Inf in the loss or the gradients: optimizer step skipped", self._base + 1
+            )
         self._base += 1
         return not bad
 
@@ -92,25 +102,36 @@ class NonFiniteGuard:
         if self.mode == "stop":
             self._scan()
         params = [local(p) for p in self.model.parameters()]  # sharded: this rank's shards (then agreed)
-        weights_bad = (weights and bool(params)
-                       and not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()))
+        weights_bad = (
+            weights and bool(params) and not bool(torch.stack([torch.isfinite(p).all() for p in params]).all())
+        )
         first = self._first_bad if self._first_bad is not None else _NONE
         # One reduction: MIN of the first bad step, and MIN of -1 (weights bad) / 0.
-        agreed = dist.all_reduce_min(torch.tensor([first, -int(weights_bad)], dtype=torch.int64,
-                                                  device=self.device)).tolist()
+        agreed = dist.all_reduce_min(
+            torch.tensor([first, -int(weights_bad)], dtype=torch.int64, device=self.device)
+        ).tolist()
         if agreed[0] == _NONE and agreed[1] == 0:
             if weights:
                 self._clean_at = step
             return
         if agreed[0] != _NONE:
-            what = (f"the train loss became NaN or Inf at global step {agreed[0]} "
-                    f"(epoch {(agreed[0] - 1) // self.steps_per_epoch})")
+            what = (
+                f"the train loss became NaN or Inf at global step {agreed[0]} "
+                f"(epoch {(agreed[0] - 1) // self.steps_per_epoch})"
+            )
         else:
-            what = (f"the model's weights hold NaN or Inf by global step {self._base} (a gradient was NaN or "
-                    f"Inf while the loss was finite)")
+            what = (
+                f"the model's weights hold NaN or Inf by global step {self._base} (a gradient was NaN or "
+                f"Inf while the loss was finite)"
+            )
         good = dist.broadcast_object(self.last_good())  # rank 0 looks; every rank raises the same message
-        saved = (f"nothing non-finite was saved: the newest good checkpoint, which a resume picks, is {good}"
-                 if good else "no checkpoint had been saved yet")
-        raise Diverged(f"training diverged: {what}; {saved}",
-                       "lower optim.lr, clip the gradients (optim.clip_grad_norm=1.0), or skip such steps "
-                       "with trainer.on_nonfinite=skip_step")
+        saved = (
+            f"nothing non-finite was saved: the newest good checkpoint, which a resume picks, is {good}"
+            if good
+            else "no checkpoint had been saved yet"
+        )
+        raise Diverged(
+            f"training diverged: {what}; {saved}",
+            "lower optim.lr, clip the gradients (optim.clip_grad_norm=1.0), or skip such steps "
+            "with trainer.on_nonfinite=skip_step",
+        )

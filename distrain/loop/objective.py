@@ -84,8 +84,9 @@ class Objective:
             return value.reshape(()).expand(count)
         return value.reshape(count, -1).mean(dim=1) if value.dim() > 1 else value
 
-    def step_loss(self, outputs: Any, targets: Any, world_size: int, global_size: int,
-                  average: bool = True) -> torch.Tensor:
+    def step_loss(
+        self, outputs: Any, targets: Any, world_size: int, global_size: int, average: bool = True
+    ) -> torch.Tensor:
         """The loss whose gradient, averaged over the ranks by DDP, is that of the global batch's mean loss.
 
         Weighted by the *global* batch size, not the local one: sum_local * world / global averages to the
@@ -134,8 +135,12 @@ class Objective:
     def check(self, model: nn.Module, outputs: Any, targets: Any) -> None:
         """Check model, loss and data together on the probe's outputs (see `probe_outputs`), so that a
         mismatch is an error naming the key, not a traceback mid-training."""
-        if (isinstance(outputs, torch.Tensor) and outputs.dim() == 1 and self.target_view == (1,)
-                and self.kind in ("binary", "regression")):
+        if (
+            isinstance(outputs, torch.Tensor)
+            and outputs.dim() == 1
+            and self.target_view == (1,)
+            and self.kind in ("binary", "regression")
+        ):
             self.target_view = ()  # a model that returns [N] (not [N, 1]) gets [N] targets
         targets = self.prepare_targets(targets)
         if isinstance(outputs, torch.Tensor) and isinstance(targets, torch.Tensor):
@@ -143,18 +148,27 @@ class Objective:
         try:
             value = self.losses(outputs, targets)
         except Exception as exc:
-            raise ConfigError("loss.name", f"{self.name}(outputs {describe(outputs)}, targets {describe(targets)}) "
-                              f"fails: {type(exc).__name__}: {str(exc).splitlines()[0]}",
-                              "choose the loss that fits the model's outputs and the data's targets") from None
+            raise ConfigError(
+                "loss.name",
+                f"{self.name}(outputs {describe(outputs)}, targets {describe(targets)}) "
+                f"fails: {type(exc).__name__}: {str(exc).splitlines()[0]}",
+                "choose the loss that fits the model's outputs and the data's targets",
+            ) from None
         if value.shape != (_count(targets, outputs),):
-            raise ConfigError("loss.name", f"{self.name} returned shape {list(value.shape)} for a batch of "
-                              f"{_count(targets, outputs)}", "a loss must return per-sample values or a scalar")
+            raise ConfigError(
+                "loss.name",
+                f"{self.name} returned shape {list(value.shape)} for a batch of {_count(targets, outputs)}",
+                "a loss must return per-sample values or a scalar",
+            )
         ending = _last_module(model)
         if self.name in ("bce_with_logits", "cross_entropy") and isinstance(ending, (nn.Sigmoid, nn.Softmax)):
-            raise ConfigError("loss.name", f"the model ends in {type(ending).__name__} but {self.name} expects raw "
-                              "scores (logits) and applies it itself: training would be silently wrong",
-                              "remove the final " + type(ending).__name__ + " from the model, or use loss.name=bce "
-                              "for a model that outputs probabilities")
+            raise ConfigError(
+                "loss.name",
+                f"the model ends in {type(ending).__name__} but {self.name} expects raw "
+                "scores (logits) and applies it itself: training would be silently wrong",
+                "remove the final " + type(ending).__name__ + " from the model, or use loss.name=bce "
+                "for a model that outputs probabilities",
+            )
         for note in self.notes:
             log.info("loss: %s", note)
 
@@ -164,15 +178,24 @@ class Objective:
             raise ConfigError("model", f"the model returned {len(outputs)} rows for a batch of {n} samples")
         if self.kind == "multiclass":
             if outputs.dim() != 2 or targets.dim() != 1:
-                raise ConfigError("loss.name", f"{self.name} needs outputs [N, classes] and class-index targets "
-                                  f"[N]; got outputs {describe(outputs)}, targets {describe(targets)}")
+                raise ConfigError(
+                    "loss.name",
+                    f"{self.name} needs outputs [N, classes] and class-index targets "
+                    f"[N]; got outputs {describe(outputs)}, targets {describe(targets)}",
+                )
             if self.num_classes is not None and outputs.shape[1] != self.num_classes:
-                raise ConfigError("model", f"the model has {outputs.shape[1]} outputs, the data has "
-                                  f"{self.num_classes} classes", "make the model's last layer match the classes")
+                raise ConfigError(
+                    "model",
+                    f"the model has {outputs.shape[1]} outputs, the data has {self.num_classes} classes",
+                    "make the model's last layer match the classes",
+                )
         elif self.kind in ("binary", "multilabel", "regression") and outputs.shape != targets.shape:
-            raise ConfigError("model", f"the model's outputs {describe(outputs)} do not match the targets "
-                              f"{describe(targets)} for {self.name} (it would broadcast them silently)",
-                              "make the model return one value per target")
+            raise ConfigError(
+                "model",
+                f"the model's outputs {describe(outputs)} do not match the targets "
+                f"{describe(targets)} for {self.name} (it would broadcast them silently)",
+                "make the model return one value per target",
+            )
 
 
 def probe_outputs(model: nn.Module, inputs: Any) -> Any:
@@ -184,8 +207,11 @@ def probe_outputs(model: nn.Module, inputs: Any) -> Any:
         with torch.no_grad():
             return call_model(model, inputs)
     except Exception as exc:
-        raise ConfigError("model", f"the model fails on a batch of the training data ({describe(inputs)}): "
-                          f"{type(exc).__name__}: {exc}", "check the model's input size against the data") from None
+        raise ConfigError(
+            "model",
+            f"the model fails on a batch of the training data ({describe(inputs)}): {type(exc).__name__}: {exc}",
+            "check the model's input size against the data",
+        ) from None
     finally:
         model.train(was_training)
 
@@ -212,6 +238,7 @@ def _last_module(model: nn.Module) -> nn.Module | None:
 
 # ----------------------------------------------------------------------------------------- building
 
+
 def build_objective(cfg: LossConfig, data: DataInfo, loss: Any = None, model_outputs: int | None = None) -> Objective:
     """The objective for the config's loss (or the object given to fit). `model_outputs`: the output
     width of a model already built (given to fit), which decides between one-logit BCE and cross-entropy
@@ -226,8 +253,9 @@ def build_objective(cfg: LossConfig, data: DataInfo, loss: Any = None, model_out
     else:
         obj = resolve("loss", name, "loss.name")
         if "reduction" in cfg.args:
-            raise ConfigError("loss.args.reduction", "is set by distrain (per-sample losses keep metrics exact)",
-                              "remove it")
+            raise ConfigError(
+                "loss.args.reduction", "is set by distrain (per-sample losses keep metrics exact)", "remove it"
+            )
         if isinstance(obj, type):
             obj = call(obj, cfg.args, "loss.args")
         elif cfg.args:
@@ -248,19 +276,31 @@ def _auto_loss(data: DataInfo, model_outputs: int | None, notes: list[str]) -> s
             notes.append("loss.name=auto: bce_with_logits (integer targets, one model output)")
             return "bce_with_logits"
     if classes is None:
-        raise ConfigError("loss.name", "is auto but the task cannot be told from the data (its targets are "
-                          f"{'integers without known classes' if data.target_is_integer else 'not class labels'})",
-                          "set loss.name: mse, l1 or huber for regression, cross_entropy or bce_with_logits for "
-                          "classification, or an import path")
+        raise ConfigError(
+            "loss.name",
+            "is auto but the task cannot be told from the data (its targets are "
+            f"{'integers without known classes' if data.target_is_integer else 'not class labels'})",
+            "set loss.name: mse, l1 or huber for regression, cross_entropy or bce_with_logits for "
+            "classification, or an import path",
+        )
     one_output = model_outputs == 1 if model_outputs is not None else classes == 2
     chosen = "bce_with_logits" if classes == 2 and one_output else "cross_entropy"
-    notes.append(f"loss.name=auto: {chosen} ({classes} classes, "
-                 f"{1 if chosen == 'bce_with_logits' else classes} model output(s))")
+    notes.append(
+        f"loss.name=auto: {chosen} ({classes} classes, {1 if chosen == 'bce_with_logits' else classes} model output(s))"
+    )
     return chosen
 
 
-_SHORT = {"CrossEntropyLoss": "cross_entropy", "BCEWithLogitsLoss": "bce_with_logits", "BCELoss": "bce",
-          "NLLLoss": "nll", "MSELoss": "mse", "L1Loss": "l1", "HuberLoss": "huber", "SmoothL1Loss": "smooth_l1"}
+_SHORT = {
+    "CrossEntropyLoss": "cross_entropy",
+    "BCEWithLogitsLoss": "bce_with_logits",
+    "BCELoss": "bce",
+    "NLLLoss": "nll",
+    "MSELoss": "mse",
+    "L1Loss": "l1",
+    "HuberLoss": "huber",
+    "SmoothL1Loss": "smooth_l1",
+}
 
 
 def _short_name(loss: Any) -> str:
@@ -293,12 +333,18 @@ def _objective_for(fn: Any, name: str, data: DataInfo, model_outputs: int | None
         target_dtype, target_view = torch.float32, (width,)
         num_outputs = model_outputs or width
         if kind == "binary" and classes not in (None, 2):
-            raise ConfigError("loss.name", f"{name} is for two classes (or 0/1 labels); the data has {classes}",
-                              "use loss.name=cross_entropy")
+            raise ConfigError(
+                "loss.name",
+                f"{name} is for two classes (or 0/1 labels); the data has {classes}",
+                "use loss.name=cross_entropy",
+            )
         if model_outputs is not None and model_outputs != width:
-            raise ConfigError("model", f"the model has {model_outputs} outputs but {name} needs {width} "
-                              f"(one per {'label' if width > 1 else 'sample'})",
-                              "for two classes with two outputs use loss.name=cross_entropy")
+            raise ConfigError(
+                "model",
+                f"the model has {model_outputs} outputs but {name} needs {width} "
+                f"(one per {'label' if width > 1 else 'sample'})",
+                "for two classes with two outputs use loss.name=cross_entropy",
+            )
     elif isinstance(getattr(fn, "__self__", None), _REGRESSION):
         kind = "regression"
         width = _prod(data.target_shape) if data.target_shape else 1
@@ -307,9 +353,18 @@ def _objective_for(fn: Any, name: str, data: DataInfo, model_outputs: int | None
     else:
         kind, target_dtype, target_view, num_outputs = "custom", None, None, model_outputs
     threshold = 0.5 if isinstance(getattr(fn, "__self__", None), nn.BCELoss) else 0.0
-    return Objective(fn, name, kind, mean_fn=mean_fn, threshold=threshold,
-                     target_dtype=target_dtype, target_view=target_view, num_outputs=num_outputs,
-                     num_classes=classes, notes=notes)
+    return Objective(
+        fn,
+        name,
+        kind,
+        mean_fn=mean_fn,
+        threshold=threshold,
+        target_dtype=target_dtype,
+        target_view=target_view,
+        num_outputs=num_outputs,
+        num_classes=classes,
+        notes=notes,
+    )
 
 
 def _prod(shape: tuple[int, ...]) -> int:

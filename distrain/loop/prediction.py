@@ -33,8 +33,15 @@ from distrain.loop.components import Given, build_parts
 from distrain.loop.steps import predict_outputs
 
 
-def predict(cfg: Config, *, model: torch.nn.Module | None = None, data: Any = None, checkpoint: str | None = None,
-            split: str = "test", environ: Mapping[str, str] = os.environ) -> Any:
+def predict(
+    cfg: Config,
+    *,
+    model: torch.nn.Module | None = None,
+    data: Any = None,
+    checkpoint: str | None = None,
+    split: str = "test",
+    environ: Mapping[str, str] = os.environ,
+) -> Any:
     """The model's outputs for every sample of `data` (default: the config's `split`), in order, on every
     rank. `checkpoint`: a .pt file or a run directory (its newest complete checkpoint); without one, the
     model's current weights. Must run on every rank."""
@@ -43,14 +50,16 @@ def predict(cfg: Config, *, model: torch.nn.Module | None = None, data: Any = No
     env = detect(environ)
     setup_logging(env.rank)
     path = resolve_checkpoint(checkpoint) if checkpoint is not None else None
-    with distributed(env, backend=cfg.dist.backend, timeout_s=cfg.dist.timeout_s,
-                     device=cfg.trainer.device) as ctx:
+    with distributed(env, backend=cfg.dist.backend, timeout_s=cfg.dist.timeout_s, device=cfg.trainer.device) as ctx:
         given = Given(model=model, train_data=data, test_data=data) if data is not None else Given(model=model)
         parts = build_parts(cfg, ctx, given)
         if path is not None:
             load_model_weights(parts.model, load_payload(path, map_location=ctx.device), path)
-        dataset = data if data is not None else {"train": parts.data.train, "val": parts.data.val,
-                                                 "test": parts.data.test}.get(split)
+        dataset = (
+            data
+            if data is not None
+            else {"train": parts.data.train, "val": parts.data.val, "test": parts.data.test}.get(split)
+        )
         if dataset is None:
             raise ConfigError("split", f"this config has no {split!r} split", "use split=test, val or train")
         batches = build_eval_batches(dataset, eval_batch_size=cfg.data.eval_batch_size, **parts.loader_args)

@@ -1,9 +1,9 @@
 """What `distrain.fit` returns: the run's final figures, typed.
 
-    result = distrain.fit(cfg, model=model, train_data=train, test_data=test)
-    result.test["loss"], result.test["accuracy"], result.val, result.train   # per split, metric -> value
-    result.global_step, result.epochs_done, result.stopped, result.trained, result.run_dir
-    result["test_loss"]                                                       # the flat names work too
+result = distrain.fit(cfg, model=model, train_data=train, test_data=test)
+result.test["loss"], result.test["accuracy"], result.val, result.train   # per split, metric -> value
+result.global_step, result.epochs_done, result.stopped, result.trained, result.run_dir
+result["test_loss"]                                                       # the flat names work too
 """
 
 from __future__ import annotations
@@ -34,11 +34,16 @@ class FitResult:
     run_dir: str = ""
 
     @staticmethod
-    def of(splits: dict[str, Any], **progress: Any) -> "FitResult":
+    def of(splits: dict[str, Any], **progress: Any) -> FitResult:
         """From the final EpochMetrics of each split."""
         values = {split: dict(m.values) for split, m in splits.items()}
-        return FitResult(test=values.get("test", {}), val=values.get("val", {}), train=values.get("train", {}),
-                         samples={split: m.samples for split, m in splits.items()}, **progress)
+        return FitResult(
+            test=values.get("test", {}),
+            val=values.get("val", {}),
+            train=values.get("train", {}),
+            samples={split: m.samples for split, m in splits.items()},
+            **progress,
+        )
 
     def as_dict(self) -> dict[str, Any]:
         """The flat form: test_loss, test_<metric>, val_..., train_..., <split>_samples, and the rest."""
@@ -46,8 +51,14 @@ class FitResult:
         for split in ("train", "val", "test"):
             flat.update({f"{split}_{name}": value for name, value in getattr(self, split).items()})
         flat.update({f"{split}_samples": n for split, n in self.samples.items()})
-        flat.update(global_step=self.global_step, epochs_done=self.epochs_done, stopped=self.stopped,
-                    skipped_steps=self.skipped_steps, trained=self.trained, run_dir=self.run_dir)
+        flat.update(
+            global_step=self.global_step,
+            epochs_done=self.epochs_done,
+            stopped=self.stopped,
+            skipped_steps=self.skipped_steps,
+            trained=self.trained,
+            run_dir=self.run_dir,
+        )
         return flat
 
     def __getitem__(self, key: str) -> Any:

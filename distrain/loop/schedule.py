@@ -32,8 +32,9 @@ def lr_factor(step: int, cfg: ScheduleConfig, *, base_lr: float, steps_per_epoch
     return warm * decay
 
 
-def build_scheduler(cfg: ScheduleConfig, optimizer: torch.optim.Optimizer, *, base_lr: float,
-                    steps_per_epoch: int, epochs: int) -> LambdaLR:
+def build_scheduler(
+    cfg: ScheduleConfig, optimizer: torch.optim.Optimizer, *, base_lr: float, steps_per_epoch: int, epochs: int
+) -> LambdaLR:
     total = steps_per_epoch * epochs
 
     def factor(step: int) -> float:

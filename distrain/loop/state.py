@@ -58,8 +58,12 @@ class Progress:
         self.epoch, self.step_in_epoch = self.epoch + 1, 0
 
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
-                "skipped_steps": self.skipped_steps}
+        return {
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "global_step": self.global_step,
+            "skipped_steps": self.skipped_steps,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
@@ -77,8 +81,15 @@ class TrainState:
     engine: str = "native"  # recorded in checkpoints; either engine loads the other's (same state dicts)
     progress: Progress = field(default_factory=Progress)
 
-    def to_payload(self, config: dict[str, Any], world_size: int, metrics: dict[str, float],
-                   epoch_totals: torch.Tensor, *, weights: bool = True) -> dict[str, Any]:
+    def to_payload(
+        self,
+        config: dict[str, Any],
+        world_size: int,
+        metrics: dict[str, float],
+        epoch_totals: torch.Tensor,
+        *,
+        weights: bool = True,
+    ) -> dict[str, Any]:
         """The checkpoint contents (no collective: `epoch_totals` are the epoch's train sums, already summed
         over the ranks by the caller). `weights=False`: without the model and optimizer (a sharded
         checkpoint writes those from every rank)."""
@@ -125,14 +136,24 @@ class Saver:
     """When to save (every N steps, every N epochs, the last epoch), and writing what the trainer hands it.
     `save` is collective (see checkpoint.store.save_checkpoint)."""
 
-    def __init__(self, cfg: CheckpointConfig, run_dir: Path, ctx: DistContext, *, epochs: int, steps_per_epoch: int,
-                 sharded: bool, best_higher_is_better: bool = False):
+    def __init__(
+        self,
+        cfg: CheckpointConfig,
+        run_dir: Path,
+        ctx: DistContext,
+        *,
+        epochs: int,
+        steps_per_epoch: int,
+        sharded: bool,
+        best_higher_is_better: bool = False,
+    ):
         self.cfg, self.run_dir, self.ctx = cfg, run_dir, ctx
         self.epochs, self.steps_per_epoch = epochs, steps_per_epoch
         self.sharded = sharded  # the strategy's checkpoint format: every rank's shards, or one .pt
         self.best_higher_is_better = best_higher_is_better  # of checkpoint.monitor
-        self.background = (BackgroundSaves(sharded=sharded) if cfg.async_save
-                           else None)  # checkpoint.async_save: the writes run in a thread of their own
+        self.background = (
+            BackgroundSaves(sharded=sharded) if cfg.async_save else None
+        )  # checkpoint.async_save: the writes run in a thread of their own
 
     def should_save_step(self, progress: Progress) -> bool:
         every = self.cfg.every_steps
@@ -142,8 +163,11 @@ class Saver:
         """The step just taken ends an epoch whose own save (after its evaluation) writes this same global
         step with the epoch's metrics: saving it twice would double that save's cost for nothing."""
         every = self.cfg.every_epochs
-        return bool(every and p.step_in_epoch == self.steps_per_epoch
-                    and ((p.epoch + 1) % every == 0 or p.epoch + 1 == self.epochs))
+        return bool(
+            every
+            and p.step_in_epoch == self.steps_per_epoch
+            and ((p.epoch + 1) % every == 0 or p.epoch + 1 == self.epochs)
+        )
 
     def should_save_epoch(self, progress: Progress, *, last: bool) -> bool:
         """After an epoch ended (progress.epoch counts it). The last epoch (also an early stop) is always saved
@@ -154,11 +178,24 @@ class Saver:
     def save(self, payload: dict[str, Any], shards: tuple[nn.Module, Any] | None) -> Path:
         """Write `payload` (and, sharded, every rank's `shards` of model and optimizer). Collective."""
         ckpt = self.cfg
-        path = save_checkpoint(self.run_dir, payload, keep_last=ckpt.keep_last, keep_best=ckpt.keep_best,
-                               monitor=ckpt.monitor, higher_is_better=self.best_higher_is_better,
-                               is_main=self.ctx.is_main, shards=shards, background=self.background)
-        log.info("%s %s (epoch %d, step %d of the epoch)", "saving in the background" if self.background else
-                 "saved", path, payload["epoch"], payload["step_in_epoch"])
+        path = save_checkpoint(
+            self.run_dir,
+            payload,
+            keep_last=ckpt.keep_last,
+            keep_best=ckpt.keep_best,
+            monitor=ckpt.monitor,
+            higher_is_better=self.best_higher_is_better,
+            is_main=self.ctx.is_main,
+            shards=shards,
+            background=self.background,
+        )
+        log.info(
+            "%s %s (epoch %d, step %d of the epoch)",
+            "saving in the background" if self.background else "saved",
+            path,
+            payload["epoch"],
+            payload["step_in_epoch"],
+        )
         return path
 
     def close(self, *, agree: bool) -> None:
@@ -168,10 +205,23 @@ class Saver:
 
 
 # Changes that make the saved state meaningless or the continuation silently different: refused on resume.
-UNSAFE = ("seed", "data.name", "data.args", "data.global_batch_size", "data.val_fraction", "data.target_key",
-          "data.shuffle", "model", "loss", "optim", "schedule")
-_WAYS_OUT = ("to start anew: checkpoint.resume=never or a new run.dir; to start a new run from these weights: "
-             "checkpoint.resume=PATH checkpoint.load=weights")
+UNSAFE = (
+    "seed",
+    "data.name",
+    "data.args",
+    "data.global_batch_size",
+    "data.val_fraction",
+    "data.target_key",
+    "data.shuffle",
+    "model",
+    "loss",
+    "optim",
+    "schedule",
+)
+_WAYS_OUT = (
+    "to start anew: checkpoint.resume=never or a new run.dir; to start a new run from these weights: "
+    "checkpoint.resume=PATH checkpoint.load=weights"
+)
 
 
 def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -232,8 +282,13 @@ def maybe_resume(cfg: Config, ctx: DistContext, run_dir: Path, state: TrainState
             load_whole_into_sharded(state.model, None, payload)
         else:
             load_model_weights(state.model, payload, chosen)
-        log.info("started a new run from the weights of %s (epoch %d, global step %d); optimizer, schedule and "
-                 "progress start afresh", chosen, payload["epoch"], payload["global_step"])
+        log.info(
+            "started a new run from the weights of %s (epoch %d, global step %d); optimizer, schedule and "
+            "progress start afresh",
+            chosen,
+            payload["epoch"],
+            payload["global_step"],
+        )
         return
     check_resumable(payload.get("config", {}), cfg.to_dict(), chosen)
     try:
@@ -243,22 +298,35 @@ def maybe_resume(cfg: Config, ctx: DistContext, run_dir: Path, state: TrainState
             load_whole_into_sharded(state.model, state.optimizer, payload)
         state.load_payload(payload, is_main=ctx.is_main, weights=not (from_shards or into_shards))
     except (RuntimeError, KeyError, ValueError) as exc:  # a model or optimizer given to fit that differs
-        raise CheckpointError(f"checkpoint {chosen} does not fit this run's model or optimizer: "
-                              f"{str(exc).splitlines()[0]}", _WAYS_OUT) from None
+        raise CheckpointError(
+            f"checkpoint {chosen} does not fit this run's model or optimizer: {str(exc).splitlines()[0]}", _WAYS_OUT
+        ) from None
     saved_engine = payload.get("engine", "native")
     if saved_engine != state.engine:
         # Both engines save plain (unwrapped) state dicts of the same objects, so the state maps as is.
-        log.info("checkpoint written by engine %s, resuming with engine %s: model, optimizer, scheduler, "
-                 "scaler and progress map directly", saved_engine, state.engine)
+        log.info(
+            "checkpoint written by engine %s, resuming with engine %s: model, optimizer, scheduler, "
+            "scaler and progress map directly",
+            saved_engine,
+            state.engine,
+        )
     if payload["world_size"] == ctx.world_size:
         restore_rng(payload["rng"][ctx.rank])
     else:
         # Per-rank generator streams have no meaning on another number of ranks. The data order does not
         # depend on them (it comes from seed + epoch), so only in-model randomness (dropout) changes.
         seed_everything(cfg.seed + 1_000_003 * payload["global_step"] + ctx.rank)
-        log.warning("resuming a %d-process checkpoint on %d processes: the data order continues exactly; "
-                    "per-rank random generators were re-derived from seed, step and rank",
-                    payload["world_size"], ctx.world_size)
+        log.warning(
+            "resuming a %d-process checkpoint on %d processes: the data order continues exactly; "
+            "per-rank random generators were re-derived from seed, step and rank",
+            payload["world_size"],
+            ctx.world_size,
+        )
     p = state.progress
-    log.info("resumed from %s: epoch %d, step %d of the epoch, global step %d", chosen, p.epoch,
-             p.step_in_epoch, p.global_step)
+    log.info(
+        "resumed from %s: epoch %d, step %d of the epoch, global step %d",
+        chosen,
+        p.epoch,
+        p.step_in_epoch,
+        p.global_step,
+    )

@@ -38,7 +38,7 @@ class EpochMetrics:
         return self.values["loss"]
 
     @staticmethod
-    def from_totals(totals: torch.Tensor, names: list[str]) -> "EpochMetrics":
+    def from_totals(totals: torch.Tensor, names: list[str]) -> EpochMetrics:
         """From [sum per name..., sample count]: each value the mean over the samples."""
         *sums, count = totals.tolist()
         count = int(count)
@@ -110,9 +110,19 @@ class TrainMeter:
         self.load(torch.zeros_like(self._totals))
 
 
-def train_step(strategy: Strategy, model: nn.Module, optimizer: Any, batch: Batch, objective: Objective,
-               clip: OptimConfig, *, world_size: int, micro_batches: int, meter: TrainMeter,
-               guard: NonFiniteGuard) -> bool:
+def train_step(
+    strategy: Strategy,
+    model: nn.Module,
+    optimizer: Any,
+    batch: Batch,
+    objective: Objective,
+    clip: OptimConfig,
+    *,
+    world_size: int,
+    micro_batches: int,
+    meter: TrainMeter,
+    guard: NonFiniteGuard,
+) -> bool:
     """One optimizer step on this rank's share of one global batch, run as `micro_batches` micro-batches
     whose gradients add up to the same total (one micro-batch: no accumulation, the same path). Returns
     whether the optimizer stepped: `guard` sees the step's loss and may veto it (trainer.on_nonfinite:
@@ -120,8 +130,11 @@ def train_step(strategy: Strategy, model: nn.Module, optimizer: Any, batch: Batc
     reduces the gradients.
     """
     zero_grad(optimizer)
-    pieces = ((batch.inputs, batch.targets),) if micro_batches == 1 else \
-        tuple(zip(split(batch.inputs, micro_batches), split(batch.targets, micro_batches)))
+    pieces = (
+        ((batch.inputs, batch.targets),)
+        if micro_batches == 1
+        else tuple(zip(split(batch.inputs, micro_batches), split(batch.targets, micro_batches)))
+    )
     seen, step_loss = [], None
     for index, (inputs, targets) in enumerate(pieces):
         with strategy.sync_gradients(model, is_last=index == micro_batches - 1):
@@ -129,8 +142,7 @@ def train_step(strategy: Strategy, model: nn.Module, optimizer: Any, batch: Batc
                 outputs = call_model(model, inputs)
                 # One micro-batch: its weighted mean (one kernel). Several: weighted sums, whose gradients
                 # add up to the step's.
-                loss = objective.step_loss(outputs, targets, world_size, batch.global_size,
-                                           average=micro_batches == 1)
+                loss = objective.step_loss(outputs, targets, world_size, batch.global_size, average=micro_batches == 1)
             strategy.backward(loss)
         seen.append((outputs, targets))
         step_loss = loss if step_loss is None else step_loss + loss.detach()
@@ -143,8 +155,13 @@ def train_step(strategy: Strategy, model: nn.Module, optimizer: Any, batch: Batc
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches, metrics: MetricSet, device: torch.device,
-             sum_over_ranks: Callable[[torch.Tensor], torch.Tensor] | None = None) -> EpochMetrics:
+def evaluate(
+    model: nn.Module,
+    batches,
+    metrics: MetricSet,
+    device: torch.device,
+    sum_over_ranks: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> EpochMetrics:
     """Loss and metrics over the whole evaluation set, each sample counted once, on any number of ranks.
 
     Exact, not just close: each rank writes the sums of the fixed eval batches it owns into its row of a
@@ -185,9 +202,12 @@ def predict_outputs(model: nn.Module, batches) -> list[Any]:
     return [tree_map(lambda t: t.detach().cpu(), call_model(model, batch.inputs)) for batch in batches]
 
 
-def evaluate_splits(parts: Any, ctx: Any, sum_over_ranks: Callable[[torch.Tensor], torch.Tensor] | None = None
-                    ) -> dict[str, EpochMetrics]:
+def evaluate_splits(
+    parts: Any, ctx: Any, sum_over_ranks: Callable[[torch.Tensor], torch.Tensor] | None = None
+) -> dict[str, EpochMetrics]:
     """Metrics of the val and test splits (those that exist) of a run's parts (distrain.loop.components).
     Collective."""
-    return {split: evaluate(parts.model, batches, metrics, ctx.device, sum_over_ranks)
-            for split, (batches, metrics) in parts.evals.items()}
+    return {
+        split: evaluate(parts.model, batches, metrics, ctx.device, sum_over_ranks)
+        for split, (batches, metrics) in parts.evals.items()
+    }

@@ -34,11 +34,13 @@ class Stopper:
         """Record one epoch (its metrics by split); return why training should stop now, or None."""
         cfg = self.cfg
         if cfg.window:
-            self.train_losses = (self.train_losses + [splits["train"].loss])[-cfg.window:]
+            self.train_losses = (self.train_losses + [splits["train"].loss])[-cfg.window :]
             spread = max(self.train_losses) - min(self.train_losses)
             if len(self.train_losses) == cfg.window and spread <= cfg.threshold:
-                return (f"converged: the last {cfg.window} train losses lie within {spread:.3g} "
-                        f"<= stop.threshold={cfg.threshold}")
+                return (
+                    f"converged: the last {cfg.window} train losses lie within {spread:.3g} "
+                    f"<= stop.threshold={cfg.threshold}"
+                )
         if cfg.patience:
             value = lookup(splits, cfg.monitor)
             score = value if self.higher_is_better else -value  # compared as "higher is better"
@@ -47,13 +49,19 @@ class Stopper:
             else:
                 self.bad_epochs += 1
                 if self.bad_epochs >= cfg.patience:
-                    return (f"early stop: {cfg.monitor} did not improve by more than {cfg.min_delta} "
-                            f"for {cfg.patience} epochs")
+                    return (
+                        f"early stop: {cfg.monitor} did not improve by more than {cfg.min_delta} "
+                        f"for {cfg.patience} epochs"
+                    )
         return None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "bad_epochs": self.bad_epochs, "train_losses": list(self.train_losses),
-                "stopped": self.stopped}
+        return {
+            "best": self.best,
+            "bad_epochs": self.bad_epochs,
+            "train_losses": list(self.train_losses),
+            "stopped": self.stopped,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best, self.bad_epochs = state["best"], state["bad_epochs"]

@@ -62,11 +62,13 @@ def train(cfg: Config, given: Given | None = None, environ: Mapping[str, str] = 
     setup_logging(env.rank)
     cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, dir=resolve_run_dir(cfg.run.dir, environ)))
     if "SLURM_RESTART_COUNT" in environ:
-        log.info("SLURM job %s, restart %s: resuming from the newest checkpoint",
-                 environ.get("SLURM_JOB_ID"), environ["SLURM_RESTART_COUNT"])
+        log.info(
+            "SLURM job %s, restart %s: resuming from the newest checkpoint",
+            environ.get("SLURM_JOB_ID"),
+            environ["SLURM_RESTART_COUNT"],
+        )
     try:
-        with distributed(env, backend=cfg.dist.backend, timeout_s=cfg.dist.timeout_s,
-                         device=cfg.trainer.device) as ctx:
+        with distributed(env, backend=cfg.dist.backend, timeout_s=cfg.dist.timeout_s, device=cfg.trainer.device) as ctx:
             given = given or Given()
             parts = build_parts(cfg, ctx, given)  # first: a bad model, loss or data leaves no run directory
             strategy = build_strategy(cfg, ctx)
@@ -84,9 +86,11 @@ def train(cfg: Config, given: Given | None = None, environ: Mapping[str, str] = 
 def check_against_env(cfg: Config, env: DistEnv) -> None:
     """Config checks that need the world size; raised before any process group or data exists."""
     if cfg.data.global_batch_size % env.world_size:
-        raise ConfigError("data.global_batch_size",
-                          f"{cfg.data.global_batch_size} does not divide evenly over {env.world_size} processes",
-                          f"use a multiple of {env.world_size}, so every rank gets the same per-rank batch")
+        raise ConfigError(
+            "data.global_batch_size",
+            f"{cfg.data.global_batch_size} does not divide evenly over {env.world_size} processes",
+            f"use a multiple of {env.world_size}, so every rank gets the same per-rank batch",
+        )
 
 
 class Trainer:
@@ -95,26 +99,52 @@ class Trainer:
     def __init__(self, cfg: Config, ctx: DistContext, parts: Parts, strategy: Strategy, given: Given):
         self.cfg, self.ctx, self.parts, self.strategy = cfg, ctx, parts, strategy
         self.run_dir = Path(cfg.run.dir)
-        self.batches = build_train_batches(parts.data.train, global_batch_size=cfg.data.global_batch_size,
-                                           shuffle=cfg.data.shuffle, **parts.loader_args)
+        self.batches = build_train_batches(
+            parts.data.train,
+            global_batch_size=cfg.data.global_batch_size,
+            shuffle=cfg.data.shuffle,
+            **parts.loader_args,
+        )
         steps_per_epoch = self.batches.num_steps
-        optimizer, base_lr = build_optimizer_for(cfg, parts.model, given, strategy.replaces_parameters)
-        scheduler = build_scheduler(cfg.schedule, optimizer, base_lr=base_lr, steps_per_epoch=steps_per_epoch,
-                                    epochs=cfg.trainer.epochs)
+        optimizer, base_lr = build_optimizer_for(cfg.optim, parts.model, given, strategy.replaces_parameters)
+        scheduler = build_scheduler(
+            cfg.schedule, optimizer, base_lr=base_lr, steps_per_epoch=steps_per_epoch, epochs=cfg.trainer.epochs
+        )
         # A constant learning rate needs no scheduler call per step (see TrainState.to_payload).
         self.step_scheduler = None if is_constant(cfg.schedule) else scheduler
         self.clip = cfg.optim or OptimConfig(lr=base_lr)
         self.meter = TrainMeter(parts.objective, ctx.device)
-        stop_upwards = monitor_direction(cfg.stop.mode, cfg.stop.monitor, parts, "stop.monitor", self.meter.names) \
-            if cfg.stop.patience else False
-        best_upwards = monitor_direction(cfg.checkpoint.mode, cfg.checkpoint.monitor, parts, "checkpoint.monitor",
-                                         self.meter.names) if cfg.checkpoint.keep_best else False
-        self.state = TrainState(parts.model, optimizer, scheduler, Stopper(cfg.stop, stop_upwards), self.meter,
-                                scaler=strategy.scaler, engine=strategy.engine)
+        stop_upwards = (
+            monitor_direction(cfg.stop.mode, cfg.stop.monitor, parts, "stop.monitor", self.meter.names)
+            if cfg.stop.patience
+            else False
+        )
+        best_upwards = (
+            monitor_direction(
+                cfg.checkpoint.mode, cfg.checkpoint.monitor, parts, "checkpoint.monitor", self.meter.names
+            )
+            if cfg.checkpoint.keep_best
+            else False
+        )
+        self.state = TrainState(
+            parts.model,
+            optimizer,
+            scheduler,
+            Stopper(cfg.stop, stop_upwards),
+            self.meter,
+            scaler=strategy.scaler,
+            engine=strategy.engine,
+        )
         self.progress = self.state.progress  # one owner: only fit() moves it; a resume loads it in place
-        self.saver = Saver(cfg.checkpoint, self.run_dir, ctx, epochs=cfg.trainer.epochs,
-                           steps_per_epoch=steps_per_epoch, sharded=strategy.sharded,
-                           best_higher_is_better=best_upwards)
+        self.saver = Saver(
+            cfg.checkpoint,
+            self.run_dir,
+            ctx,
+            epochs=cfg.trainer.epochs,
+            steps_per_epoch=steps_per_epoch,
+            sharded=strategy.sharded,
+            best_higher_is_better=best_upwards,
+        )
         self.train_model = self.train_optimizer = self.reporter = self.guard = self.signals = None
 
     # ------------------------------------------------------------------------------------------- the story
@@ -153,16 +183,35 @@ class Trainer:
         write_config(self.cfg, self.ctx, self.run_dir)
         p = self.progress
         if p.epoch >= self.cfg.trainer.epochs or self.state.stopper.stopped:
-            log.info("this run already finished (epoch %d of %d%s): nothing to train; its final metrics follow. "
-                     "To train again, use a new run.dir or checkpoint.resume=never", p.epoch,
-                     self.cfg.trainer.epochs, f", {self.state.stopper.stopped}" if self.state.stopper.stopped else "")
+            log.info(
+                "this run already finished (epoch %d of %d%s): nothing to train; its final metrics follow. "
+                "To train again, use a new run.dir or checkpoint.resume=never",
+                p.epoch,
+                self.cfg.trainer.epochs,
+                f", {self.state.stopper.stopped}" if self.state.stopper.stopped else "",
+            )
         self.train_model, self.train_optimizer = self.strategy.prepare(self.parts.model, self.state.optimizer)
         steps_per_epoch = self.batches.num_steps
-        self.guard = NonFiniteGuard(self.cfg.trainer.on_nonfinite, self.parts.model, self.ctx.device,
-                                    start_step=p.global_step, steps_per_epoch=steps_per_epoch,
-                                    scaler=self.strategy.scaler, last_good=self._newest_good)
-        self.reporter = Reporter(self.cfg, self.ctx, self.run_dir, self.parts.model, start_step=p.global_step,
-                                 steps_per_epoch=steps_per_epoch, directions=self.parts.metric_objects)
+        self.guard = NonFiniteGuard(
+            self.cfg.trainer.on_nonfinite,
+            self.parts.model,
+            self.ctx.device,
+            start_step=p.global_step,
+            steps_per_epoch=steps_per_epoch,
+            scaler=self.strategy.scaler,
+            last_good=self._newest_good,
+        )
+        self.reporter = Reporter(
+            self.cfg.log,
+            self.cfg.wandb,
+            self.ctx,
+            self.run_dir,
+            self.parts.model,
+            start_step=p.global_step,
+            total_steps=steps_per_epoch * self.cfg.trainer.epochs,
+            run_config=self.cfg.to_dict(),
+            directions=self.parts.metric_objects,
+        )
         self.reporter.drop_from_epoch(p.epoch)
         log_parts(self.parts, self.ctx, steps_per_epoch, self.strategy.engine, __version__, self.cfg.strategy)
 
@@ -175,9 +224,18 @@ class Trainer:
 
     def train_step(self, batch: Any) -> bool:
         """One optimizer step on this rank's share of the global batch; False when it was skipped."""
-        stepped = train_step(self.strategy, self.train_model, self.train_optimizer, batch, self.parts.objective,
-                             self.clip, world_size=self.ctx.world_size,
-                             micro_batches=self.cfg.trainer.accumulate_steps, meter=self.meter, guard=self.guard)
+        stepped = train_step(
+            self.strategy,
+            self.train_model,
+            self.train_optimizer,
+            batch,
+            self.parts.objective,
+            self.clip,
+            world_size=self.ctx.world_size,
+            micro_batches=self.cfg.trainer.accumulate_steps,
+            meter=self.meter,
+            guard=self.guard,
+        )
         # A skipped step still steps the schedule: the learning rate stays a function of the global step.
         if self.step_scheduler is not None:
             self.step_scheduler.step()
@@ -214,8 +272,15 @@ class Trainer:
         train_time = time.perf_counter() - started
         splits.update(evaluate_splits(self.parts, self.ctx, self.strategy.sum_over_ranks))
         skipped = self.progress.skipped_steps if self.cfg.trainer.on_nonfinite == "skip_step" else None
-        self.reporter.log_epoch(epoch, self.progress.global_step, splits, time.perf_counter() - started, lr,
-                                train_time_s=train_time, skipped_steps=skipped)
+        self.reporter.log_epoch(
+            epoch,
+            self.progress.global_step,
+            splits,
+            time.perf_counter() - started,
+            lr,
+            train_time_s=train_time,
+            skipped_steps=skipped,
+        )
         self.progress.end_epoch()
         self.meter.reset()
         return splits
@@ -230,8 +295,14 @@ class Trainer:
     def maybe_save_epoch(self, splits: dict[str, EpochMetrics]) -> None:
         last = self.progress.epoch == self.cfg.trainer.epochs or bool(self.state.stopper.stopped)
         if self.saver.should_save_epoch(self.progress, last=last):
-            self.save({f"{split}_{name}": value for split, m in splits.items()
-                       for name, value in m.values.items() if isinstance(value, (int, float))})
+            self.save(
+                {
+                    f"{split}_{name}": value
+                    for split, m in splits.items()
+                    for name, value in m.values.items()
+                    if isinstance(value, (int, float))
+                }
+            )
 
     def save(self, metrics: dict[str, float] | None = None) -> Path:
         """A checkpoint of the run as it stands. Collective."""
@@ -239,8 +310,9 @@ class Trainer:
         # The epoch's train sums over all ranks, so that a mid-epoch resume still reports the whole epoch.
         totals = dist.all_reduce_sum(self.meter.totals().clone())
         sharded = self.strategy.sharded
-        payload = self.state.to_payload(self.cfg.to_dict(), self.ctx.world_size, metrics or {}, totals,
-                                        weights=not sharded)
+        payload = self.state.to_payload(
+            self.cfg.to_dict(), self.ctx.world_size, metrics or {}, totals, weights=not sharded
+        )
         return self.saver.save(payload, (self.state.model, self.state.optimizer) if sharded else None)
 
     def close(self, finished: bool) -> None:
@@ -259,8 +331,15 @@ class Trainer:
         if not splits:  # resumed a run that had already finished or stopped: report where it ended
             splits = evaluate_splits(self.parts, self.ctx)
         p = self.progress
-        return FitResult.of(splits, global_step=p.global_step, epochs_done=p.epoch, stopped=self.state.stopper.stopped,
-                            skipped_steps=p.skipped_steps, trained=trained, run_dir=str(self.run_dir))
+        return FitResult.of(
+            splits,
+            global_step=p.global_step,
+            epochs_done=p.epoch,
+            stopped=self.state.stopper.stopped,
+            skipped_steps=p.skipped_steps,
+            trained=trained,
+            run_dir=str(self.run_dir),
+        )
 
     def _newest_good(self) -> str | None:
         """The checkpoint a resume would pick (for the message when training diverges; rank 0 looks)."""

@@ -28,8 +28,18 @@ log = logging.getLogger("distrain")
 
 
 # The keys of a record that are not metrics.
-RECORD_KEYS = ("epoch", "split", "samples", "global_step", "time_s", "lr", "train_time_s", "samples_per_s",
-               "peak_cuda_mem_gb", "skipped_steps")
+RECORD_KEYS = (
+    "epoch",
+    "split",
+    "samples",
+    "global_step",
+    "time_s",
+    "lr",
+    "train_time_s",
+    "samples_per_s",
+    "peak_cuda_mem_gb",
+    "skipped_steps",
+)
 
 
 class MetricsLog:
@@ -44,17 +54,32 @@ class MetricsLog:
         kept = [line for line in self.path.read_text().splitlines() if _epoch_of(line) < epoch]
         atomic_write_bytes(self.path, "".join(line + "\n" for line in kept).encode())
 
-    def log_epoch(self, epoch: int, global_step: int, splits: dict[str, EpochMetrics],
-                  time_s: float, lr: float, extra: dict[str, float] | None = None) -> None:
+    def log_epoch(
+        self,
+        epoch: int,
+        global_step: int,
+        splits: dict[str, EpochMetrics],
+        time_s: float,
+        lr: float,
+        extra: dict[str, float] | None = None,
+    ) -> None:
         if not self.is_main:
             return
-        parts = [" ".join([split] + [f"{_SHORT.get(k, k)} {_fmt(v)}" for k, v in m.values.items()])
-                 for split, m in splits.items()]
+        parts = [
+            " ".join([split] + [f"{_SHORT.get(k, k)} {_fmt(v)}" for k, v in m.values.items()])
+            for split, m in splits.items()
+        ]
         log.info("epoch %d | %s | lr %.3g | %.2fs", epoch, " | ".join(parts), lr, time_s)
         lines = []
         for split, m in splits.items():
-            record = {"epoch": epoch, "split": split, **m.values,
-                      "samples": m.samples, "global_step": global_step, "time_s": round(time_s, 4)}
+            record = {
+                "epoch": epoch,
+                "split": split,
+                **m.values,
+                "samples": m.samples,
+                "global_step": global_step,
+                "time_s": round(time_s, 4),
+            }
             if split == "train":
                 record["lr"] = lr  # the learning rate at the start of the epoch
                 record.update(extra or {})

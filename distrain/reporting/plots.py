@@ -35,8 +35,9 @@ def plot_runs(run_dirs: list[Path], out_dir: Path) -> list[Path]:
     metrics: list[str] = []
     for records in series.values():
         for r in records:
-            metrics += [k for k, v in r.items() if k not in RECORD_KEYS and k not in metrics
-                        and isinstance(v, (int, float))]
+            metrics += [
+                k for k, v in r.items() if k not in RECORD_KEYS and k not in metrics and isinstance(v, (int, float))
+            ]
     paths = []
     for metric in metrics:
         fig = Figure(figsize=(6, 4))

@@ -1,6 +1,6 @@
 """Where do metrics go? One `Reporter` per run fans them out: console, metrics.jsonl, W&B, plots.
 
-    reporter = Reporter(cfg, ctx, run_dir, model, start_step)   # every rank
+    reporter = Reporter(cfg.log, cfg.wandb, ctx, run_dir, model, start_step=..., total_steps=..., run_config=...)
     window = dist.all_reduce_sum(reporter.window(meter))        # the caller reduces, at log steps
     reporter.after_step(global_step, meter, lr, window)          # every rank, after a step where wants_step()
     reporter.log_epoch(epoch, global_step, {"train": ..., "val": ..., "test": ...}, time_s, lr, train_time_s)
@@ -23,10 +23,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from distrain.config.schema import Config
 from distrain.launch.dist import DistContext
 from distrain.loop.steps import EpochMetrics, TrainMeter
 from distrain.reporting.history import RECORD_KEYS, MetricsLog
+from distrain.reporting.options import LogConfig, WandbConfig
 
 log = logging.getLogger("distrain")
 
@@ -44,6 +44,7 @@ class GradNormHooks:
         def record(grad: torch.Tensor) -> None:
             if self.armed:
                 self.norms[name] = grad.detach().norm()
+
         return record
 
     def take(self) -> dict[str, float]:
@@ -64,13 +65,24 @@ def total_grad_norm(model: nn.Module) -> float:
 
 
 class Reporter:
-    def __init__(self, cfg: Config, ctx: DistContext, run_dir: Path, model: nn.Module, *, start_step: int,
-                 steps_per_epoch: int, directions: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        cfg: LogConfig,
+        wandb_cfg: WandbConfig,
+        ctx: DistContext,
+        run_dir: Path,
+        model: nn.Module,
+        *,
+        start_step: int,
+        total_steps: int,
+        run_config: dict[str, Any],
+        directions: dict[str, Any] | None = None,
+    ):
         self.cfg, self.ctx, self.run_dir, self.model = cfg, ctx, run_dir, model
         self.directions = directions or {}  # metric name -> its torchmetrics object (higher_is_better)
-        self.every = cfg.log.every_steps
+        self.every = cfg.every_steps
         self.metrics = MetricsLog(run_dir, is_main=ctx.is_main)
-        self.hooks = GradNormHooks(model) if cfg.log.grad_norms else None
+        self.hooks = GradNormHooks(model) if cfg.grad_norms else None
         if self.hooks:
             self.hooks.armed = (start_step + 1) % self.every == 0
         self.window_start: torch.Tensor | None = None
@@ -81,14 +93,13 @@ class Reporter:
         if ctx.is_main:
             from distrain.reporting.wandb_run import WandbSink, resolve_mode
 
-            if resolve_mode(cfg.wandb) != "disabled":
-                self.wandb = WandbSink(cfg.wandb, run_dir, cfg.to_dict())
-            show_bar = cfg.log.progress_bar == "always" or (cfg.log.progress_bar == "auto" and sys.stdout.isatty())
+            if resolve_mode(wandb_cfg) != "disabled":
+                self.wandb = WandbSink(wandb_cfg, run_dir, run_config)
+            show_bar = cfg.progress_bar == "always" or (cfg.progress_bar == "auto" and sys.stdout.isatty())
             if show_bar:
                 from tqdm import tqdm
 
-                total = steps_per_epoch * cfg.trainer.epochs
-                self.bar = tqdm(total=total, initial=start_step, unit="step", dynamic_ncols=True)
+                self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
         self.best: dict[str, float] = {}
 
     def start_epoch(self, meter: TrainMeter, global_step: int) -> None:
@@ -119,31 +130,53 @@ class Reporter:
         *sums, count = window.tolist()
         elapsed = time.perf_counter() - self.window_time
         values = {f"train/step_{name}": value / max(count, 1) for name, value in zip(meter.names, sums)}
-        values.update({"lr": lr, "samples_per_s": count / elapsed,
-                  "step_time_s": elapsed / max(global_step - self.window_step, 1),
-                       "grad_norm": total_grad_norm(self.model)})
+        values.update(
+            {
+                "lr": lr,
+                "samples_per_s": count / elapsed,
+                "step_time_s": elapsed / max(global_step - self.window_step, 1),
+                "grad_norm": total_grad_norm(self.model),
+            }
+        )
         if self.hooks:
             values.update(self.hooks.take())
             self.hooks.armed = False
         if self.ctx.is_main:
             if self.bar is not None:
-                self.bar.set_postfix(loss=f"{values['train/step_loss']:.4f}",
-                                     samples_s=f"{values['samples_per_s']:.0f}")
+                self.bar.set_postfix(
+                    loss=f"{values['train/step_loss']:.4f}", samples_s=f"{values['samples_per_s']:.0f}"
+                )
             else:
-                log.info("step %d | loss %.4f | lr %.3g | %.0f samples/s | %.2f ms/step | grad norm %.3g",
-                         global_step, values["train/step_loss"], lr, values["samples_per_s"],
-                         1000 * values["step_time_s"], values["grad_norm"])
+                log.info(
+                    "step %d | loss %.4f | lr %.3g | %.0f samples/s | %.2f ms/step | grad norm %.3g",
+                    global_step,
+                    values["train/step_loss"],
+                    lr,
+                    values["samples_per_s"],
+                    1000 * values["step_time_s"],
+                    values["grad_norm"],
+                )
             if self.wandb:
                 self.wandb.log(values, step=global_step)
         self.window_start = totals.clone()
         self.window_time, self.window_step = time.perf_counter(), global_step
 
-    def log_epoch(self, epoch: int, global_step: int, splits: dict[str, EpochMetrics], time_s: float,
-                  lr: float, train_time_s: float, skipped_steps: int | None = None) -> None:
+    def log_epoch(
+        self,
+        epoch: int,
+        global_step: int,
+        splits: dict[str, EpochMetrics],
+        time_s: float,
+        lr: float,
+        train_time_s: float,
+        skipped_steps: int | None = None,
+    ) -> None:
         # Training throughput: the samples of this epoch's steps over the time of the steps (not evaluation).
         train = splits["train"]
-        extra: dict[str, float] = {"train_time_s": train_time_s,
-                                   "samples_per_s": train.samples / train_time_s if train_time_s > 0 else 0.0}
+        extra: dict[str, float] = {
+            "train_time_s": train_time_s,
+            "samples_per_s": train.samples / train_time_s if train_time_s > 0 else 0.0,
+        }
         if skipped_steps is not None:
             extra["skipped_steps"] = skipped_steps  # in the run so far (trainer.on_nonfinite: skip_step)
         if self.ctx.device.type == "cuda":
@@ -160,8 +193,16 @@ class Reporter:
             self._track_best(split, m.values)
         if self.wandb:
             values = {f"{split}/{name}": value for split, m in splits.items() for name, value in m.values.items()}
-            self.wandb.log({"epoch": epoch, **values, "epoch_lr": lr, "epoch_time_s": time_s,
-                            **{f"epoch_{k}": v for k, v in extra.items()}}, step=global_step)
+            self.wandb.log(
+                {
+                    "epoch": epoch,
+                    **values,
+                    "epoch_lr": lr,
+                    "epoch_time_s": time_s,
+                    **{f"epoch_{k}": v for k, v in extra.items()},
+                },
+                step=global_step,
+            )
             self.wandb.summarize(self.best)
 
     def _track_best(self, split: str, values: dict) -> None:

@@ -52,8 +52,10 @@ def resolve_mode(cfg: WandbConfig) -> str:
     if not installed:
         if cfg.mode == "auto":
             return "disabled"
-        raise UserError(f"wandb.mode is '{cfg.mode}' but the wandb package is not installed",
-                        "pip install wandb (a dependency of distrain: reinstall it), or set wandb.mode=disabled")
+        raise UserError(
+            f"wandb.mode is '{cfg.mode}' but the wandb package is not installed",
+            "pip install wandb (a dependency of distrain: reinstall it), or set wandb.mode=disabled",
+        )
     if cfg.mode == "auto":
         return os.environ.get("WANDB_MODE") or ("online" if _has_api_key() else "offline")
     return cfg.mode
@@ -79,9 +81,18 @@ class WandbSink:
         self._pending: list[tuple[dict[str, float], int]] = []
         self._summary: dict[str, float] = {}
         self._save_state()  # the id first: a restart continues this run even if W&B never started
-        options = dict(project=cfg.project, entity=cfg.entity, name=cfg.name or run_dir.name, group=cfg.group,
-                       tags=cfg.tags or None, config=config, dir=str(run_dir), id=self.run_id, resume="allow",
-                       mode=self.mode)
+        options = dict(
+            project=cfg.project,
+            entity=cfg.entity,
+            name=cfg.name or run_dir.name,
+            group=cfg.group,
+            tags=cfg.tags or None,
+            config=config,
+            dir=str(run_dir),
+            id=self.run_id,
+            resume="allow",
+            mode=self.mode,
+        )
         self._thread = threading.Thread(target=self._start, args=(options,), name="distrain-wandb", daemon=True)
         self._thread.start()
 
@@ -93,8 +104,12 @@ class WandbSink:
         except BaseException as exc:  # reported on the main thread (training goes on without W&B)
             self._error = exc
             return
-        log.info("W&B run %s (%s)%s", self.run_id, self.mode,
-                 f", continuing after step {self.last_step}" if self.last_step >= 0 else "")
+        log.info(
+            "W&B run %s (%s)%s",
+            self.run_id,
+            self.mode,
+            f", continuing after step {self.last_step}" if self.last_step >= 0 else "",
+        )
 
     def _save_state(self) -> None:
         atomic_write_bytes(self.state_path, json.dumps({"id": self.run_id, "last_step": self.last_step}).encode())

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from distrain.strategies.base import Strategy
 
 
-def build_strategy(cfg: "Config", ctx: "DistContext") -> "Strategy":
+def build_strategy(cfg: Config, ctx: DistContext) -> Strategy:
     """The strategy the config asks for: engine=accelerate runs DDP through Accelerate; else strategy ddp|fsdp."""
     if cfg.engine == "accelerate":
         from distrain.strategies.accelerate import AccelerateStrategy  # imported only when asked for

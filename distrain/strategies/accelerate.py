@@ -26,6 +26,7 @@ from typing import Any, ContextManager
 import torch
 from torch import nn
 
+from distrain.checkpoint.options import CheckpointConfig
 from distrain.config.schema import Config, OptimConfig
 from distrain.errors import ConfigError
 from distrain.launch.dist import DistContext
@@ -42,20 +43,28 @@ def export_env_for_accelerate(ctx: DistContext) -> None:
     env = ctx.env
     if not env.is_distributed:
         return
-    for key, value in (("RANK", env.rank), ("WORLD_SIZE", env.world_size), ("LOCAL_RANK", env.local_rank),
-                       ("LOCAL_WORLD_SIZE", env.local_world_size), ("MASTER_ADDR", env.master_addr),
-                       ("MASTER_PORT", env.master_port)):
+    for key, value in (
+        ("RANK", env.rank),
+        ("WORLD_SIZE", env.world_size),
+        ("LOCAL_RANK", env.local_rank),
+        ("LOCAL_WORLD_SIZE", env.local_world_size),
+        ("MASTER_ADDR", env.master_addr),
+        ("MASTER_PORT", env.master_port),
+    ):
         os.environ.setdefault(key, str(value))
 
 
-def check_plugin(distributed_type: str, cfg: Config) -> None:
+def check_plugin(distributed_type: str, cfg: CheckpointConfig) -> None:
     sharded = distributed_type in ("FSDP", "DEEPSPEED", "MEGATRON_LM")
-    saves = cfg.checkpoint.every_steps or cfg.checkpoint.every_epochs or cfg.checkpoint.resume != "never"
+    saves = cfg.every_steps or cfg.every_epochs or cfg.resume != "never"
     if sharded and saves:
-        raise ConfigError("checkpoint", f"Accelerate runs with {distributed_type}, whose optimizer state is "
-                          "sharded over the ranks; distrain checkpoints hold full state dicts",
-                          "set checkpoint.every_steps=0 checkpoint.every_epochs=0 checkpoint.resume=never, "
-                          "or train with DDP (no FSDP/DeepSpeed in the accelerate config)")
+        raise ConfigError(
+            "checkpoint",
+            f"Accelerate runs with {distributed_type}, whose optimizer state is "
+            "sharded over the ranks; distrain checkpoints hold full state dicts",
+            "set checkpoint.every_steps=0 checkpoint.every_epochs=0 checkpoint.resume=never, "
+            "or train with DDP (no FSDP/DeepSpeed in the accelerate config)",
+        )
 
 
 class AccelerateStrategy:
@@ -68,32 +77,49 @@ class AccelerateStrategy:
             from accelerate import Accelerator
             from accelerate.utils import DistributedDataParallelKwargs
         except ImportError:
-            raise ConfigError("engine", "is 'accelerate' but the accelerate package is not installed",
-                              "pip install accelerate (a dependency of distrain: reinstall it), "
-                              "or use engine=native") from None
+            raise ConfigError(
+                "engine",
+                "is 'accelerate' but the accelerate package is not installed",
+                "pip install accelerate (a dependency of distrain: reinstall it), or use engine=native",
+            ) from None
         export_env_for_accelerate(ctx)
         check_precision(cfg.trainer.precision, ctx.device)
         ddp = cfg.ddp
         # trainer.precision=32 leaves the choice to Accelerate's launcher flag or config file, if any.
         mixed = None if cfg.trainer.precision == "32" else _PRECISION[cfg.trainer.precision]
         self.accelerator = Accelerator(
-            cpu=ctx.device.type == "cpu", mixed_precision=mixed,
+            cpu=ctx.device.type == "cpu",
+            mixed_precision=mixed,
             dynamo_backend="inductor" if cfg.trainer.compile else None,
             gradient_accumulation_steps=cfg.trainer.accumulate_steps,
-            kwargs_handlers=[DistributedDataParallelKwargs(
-                bucket_cap_mb=ddp.bucket_cap_mb, find_unused_parameters=ddp.find_unused_parameters,
-                gradient_as_bucket_view=ddp.gradient_as_bucket_view, static_graph=ddp.static_graph)])
+            kwargs_handlers=[
+                DistributedDataParallelKwargs(
+                    bucket_cap_mb=ddp.bucket_cap_mb,
+                    find_unused_parameters=ddp.find_unused_parameters,
+                    gradient_as_bucket_view=ddp.gradient_as_bucket_view,
+                    static_graph=ddp.static_graph,
+                )
+            ],
+        )
         acc = self.accelerator
         if acc.num_processes != ctx.world_size or acc.process_index != ctx.rank:
-            raise ConfigError("engine", f"Accelerate sees {acc.num_processes} process(es) (this is index "
-                              f"{acc.process_index}) but the launcher started {ctx.world_size} (this is rank "
-                              f"{ctx.rank})", "launch with torchrun, srun or `accelerate launch --multi_gpu "
-                              "--num_processes N` (`--cpu` alone starts one process)")
-        check_plugin(acc.distributed_type.value, cfg)
+            raise ConfigError(
+                "engine",
+                f"Accelerate sees {acc.num_processes} process(es) (this is index "
+                f"{acc.process_index}) but the launcher started {ctx.world_size} (this is rank "
+                f"{ctx.rank})",
+                "launch with torchrun, srun or `accelerate launch --multi_gpu "
+                "--num_processes N` (`--cpu` alone starts one process)",
+            )
+        check_plugin(acc.distributed_type.value, cfg.checkpoint)
         self.accumulate_steps = cfg.trainer.accumulate_steps
         self.scaler = acc.scaler
-        log.info("engine accelerate: %s, mixed precision %s, device %s", acc.distributed_type,
-                 acc.mixed_precision, acc.device)
+        log.info(
+            "engine accelerate: %s, mixed precision %s, device %s",
+            acc.distributed_type,
+            acc.mixed_precision,
+            acc.device,
+        )
 
     def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[nn.Module, Any]:
         return self.accelerator.prepare(model, optimizer)

@@ -30,10 +30,14 @@ def wrap_model(model: nn.Module, ctx: DistContext, cfg: DDPConfig) -> nn.Module:
     device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
     # find_unused_parameters is off by default: it costs a graph traversal every step and every model
     # shipped here uses all its parameters; a model that does not gets DDP's own clear error naming it.
-    return DistributedDataParallel(model, device_ids=device_ids, bucket_cap_mb=cfg.bucket_cap_mb,
-                                   gradient_as_bucket_view=cfg.gradient_as_bucket_view,
-                                   static_graph=cfg.static_graph,
-                                   find_unused_parameters=cfg.find_unused_parameters)
+    return DistributedDataParallel(
+        model,
+        device_ids=device_ids,
+        bucket_cap_mb=cfg.bucket_cap_mb,
+        gradient_as_bucket_view=cfg.gradient_as_bucket_view,
+        static_graph=cfg.static_graph,
+        find_unused_parameters=cfg.find_unused_parameters,
+    )
 
 
 def clip_gradients(model: nn.Module, clip: OptimConfig) -> None:

@@ -60,8 +60,11 @@ def choose_units(model: nn.Module, cfg: FSDPConfig) -> list[nn.Module]:
         missing = sorted(wanted - found - {type(model).__name__})
         if missing:
             present = sorted({type(m).__name__ for m in model.modules()})
-            raise ConfigError("fsdp.units", f"the model has no module of class {', '.join(missing)}",
-                              f"its classes are: {', '.join(present)}")
+            raise ConfigError(
+                "fsdp.units",
+                f"the model has no module of class {', '.join(missing)}",
+                f"its classes are: {', '.join(present)}",
+            )
         return list(reversed(units))  # modules() is pre-order: reversed, children come before parents
     # By size, bottom-up: a module becomes a unit when the parameters not already in an inner unit reach
     # the threshold (FSDP1's size-based policy): big layers get their own all-gather, small ones share.
@@ -82,15 +85,21 @@ def choose_units(model: nn.Module, cfg: FSDPConfig) -> list[nn.Module]:
 def shard_model(model: nn.Module, ctx: DistContext, cfg: FSDPConfig) -> nn.Module:
     """Apply FSDP2 to `model` in place (units, then the root); a no-op in one process. Returns the model."""
     if cfg.cpu_offload and ctx.device.type != "cuda":
-        raise ConfigError("fsdp.cpu_offload", "moves GPU training state into CPU memory, but this run trains "
-                          "on the CPU, where it is already", "set fsdp.cpu_offload=false")
+        raise ConfigError(
+            "fsdp.cpu_offload",
+            "moves GPU training state into CPU memory, but this run trains on the CPU, where it is already",
+            "set fsdp.cpu_offload=false",
+        )
     units = choose_units(model, cfg)
     if cfg.activation_checkpointing:
         _checkpoint_activations(model, units or [model])
     if ctx.backend is None:  # one process without a group (not a launcher's world of 1): nothing to shard over
         if cfg.param_dtype != "float32":
-            log.warning("fsdp.param_dtype=%s applies to sharded training; this single process trains the "
-                        "whole model in float32 (trainer.precision=bf16 gives bf16 autocast)", cfg.param_dtype)
+            log.warning(
+                "fsdp.param_dtype=%s applies to sharded training; this single process trains the "
+                "whole model in float32 (trainer.precision=bf16 gives bf16 autocast)",
+                cfg.param_dtype,
+            )
         return model
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
@@ -101,13 +110,27 @@ def shard_model(model: nn.Module, ctx: DistContext, cfg: FSDPConfig) -> nn.Modul
     precision = MixedPrecisionPolicy(param_dtype=getattr(torch, cfg.param_dtype), reduce_dtype=torch.float32)
     offload = CPUOffloadPolicy() if cfg.cpu_offload else OffloadPolicy()
     for unit in units:
-        fully_shard(unit, mesh=mesh, reshard_after_forward=cfg.reshard_after_forward, mp_policy=precision,
-                    offload_policy=offload)
+        fully_shard(
+            unit,
+            mesh=mesh,
+            reshard_after_forward=cfg.reshard_after_forward,
+            mp_policy=precision,
+            offload_policy=offload,
+        )
     # The root is not resharded after forward: backward starts with it at once (torchtitan does the same).
-    fully_shard(model, mesh=mesh, reshard_after_forward=False if units else cfg.reshard_after_forward,
-                mp_policy=precision, offload_policy=offload)
-    log.info("fsdp: %d units (%s) and the root, sharded over %d ranks", len(units),
-             ", ".join(sorted({model_class(u).__name__ for u in units})) or "none", ctx.world_size)
+    fully_shard(
+        model,
+        mesh=mesh,
+        reshard_after_forward=False if units else cfg.reshard_after_forward,
+        mp_policy=precision,
+        offload_policy=offload,
+    )
+    log.info(
+        "fsdp: %d units (%s) and the root, sharded over %d ranks",
+        len(units),
+        ", ".join(sorted({model_class(u).__name__ for u in units})) or "none",
+        ctx.world_size,
+    )
     return model
 
 

@@ -8,12 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from distrain.errors import ConfigError
-
-
-def _check(ok: bool, key: str, problem: str, hint: str | None = None) -> None:
-    if not ok:
-        raise ConfigError(key, problem, hint)
+from distrain.config.coerce import check
 
 
 @dataclass(kw_only=True)
@@ -28,7 +23,7 @@ class DDPConfig:
     """Search each step for parameters that got no gradient; needed only by models that skip parameters."""
 
     def __post_init__(self) -> None:
-        _check(self.bucket_cap_mb > 0, "ddp.bucket_cap_mb", f"must be > 0, got {self.bucket_cap_mb}")
+        check(self.bucket_cap_mb > 0, "ddp.bucket_cap_mb", f"must be > 0, got {self.bucket_cap_mb}")
 
 
 @dataclass(kw_only=True)
@@ -55,28 +50,47 @@ class FSDPConfig:
     """Recompute each unit's activations in backward instead of keeping them (less memory, ~1/3 more compute)."""
 
     def __post_init__(self) -> None:
-        _check(self.min_unit_params > 0, "fsdp.min_unit_params", f"must be > 0, got {self.min_unit_params}")
-        _check(self.units is None or len(self.units) > 0, "fsdp.units",
-               "must name at least one module class, or be null (units chosen by size)")
+        check(self.min_unit_params > 0, "fsdp.min_unit_params", f"must be > 0, got {self.min_unit_params}")
+        check(
+            self.units is None or len(self.units) > 0,
+            "fsdp.units",
+            "must name at least one module class, or be null (units chosen by size)",
+        )
 
 
 def check_strategy(cfg: Any) -> None:  # a distrain.config.schema.Config (which imports this module)
     """What each strategy refuses in the rest of the config, before anything is built (exit 2, the key named)."""
     # Refused loudly: torch's reducer asserts when no_sync (used for accumulation) meets a static graph.
-    _check(not (cfg.ddp.static_graph and cfg.trainer.accumulate_steps > 1), "ddp.static_graph",
-           "cannot be combined with trainer.accumulate_steps > 1 (DDP's no_sync does not support it)",
-           "set ddp.static_graph=false, or trainer.accumulate_steps=1")
+    check(
+        not (cfg.ddp.static_graph and cfg.trainer.accumulate_steps > 1),
+        "ddp.static_graph",
+        "cannot be combined with trainer.accumulate_steps > 1 (DDP's no_sync does not support it)",
+        "set ddp.static_graph=false, or trainer.accumulate_steps=1",
+    )
     if cfg.strategy == "fsdp":
-        _check(cfg.engine == "native", "strategy",
-               "fsdp runs on the native engine; engine=accelerate trains with DDP only (its checkpoint "
-               "format holds no sharded state)", "set engine=native, or strategy=ddp")
-        _check(cfg.trainer.precision != "fp16", "trainer.precision",
-               "fp16 is not supported with strategy=fsdp (its gradient scaler is not sharding-aware)",
-               "use fsdp.param_dtype=bfloat16 or trainer.precision=bf16")
-        _check(not cfg.log.grad_norms, "log.grad_norms",
-               "is not supported with strategy=fsdp: per-parameter gradient hooks see no gradients of "
-               "sharded parameters (the total gradient norm of the step logs is still reported)",
-               "set log.grad_norms=false, or strategy=ddp")
-        _check(not cfg.trainer.compile, "trainer.compile",
-               "is not supported with strategy=fsdp here (untested with sharded parameters)",
-               "set trainer.compile=false, or strategy=ddp")
+        check(
+            cfg.engine == "native",
+            "strategy",
+            "fsdp runs on the native engine; engine=accelerate trains with DDP only (its checkpoint "
+            "format holds no sharded state)",
+            "set engine=native, or strategy=ddp",
+        )
+        check(
+            cfg.trainer.precision != "fp16",
+            "trainer.precision",
+            "fp16 is not supported with strategy=fsdp (its gradient scaler is not sharding-aware)",
+            "use fsdp.param_dtype=bfloat16 or trainer.precision=bf16",
+        )
+        check(
+            not cfg.log.grad_norms,
+            "log.grad_norms",
+            "is not supported with strategy=fsdp: per-parameter gradient hooks see no gradients of "
+            "sharded parameters (the total gradient norm of the step logs is still reported)",
+            "set log.grad_norms=false, or strategy=ddp",
+        )
+        check(
+            not cfg.trainer.compile,
+            "trainer.compile",
+            "is not supported with strategy=fsdp here (untested with sharded parameters)",
+            "set trainer.compile=false, or strategy=ddp",
+        )

@@ -38,8 +38,11 @@ class Precision:
 def check_precision(name: str, device: torch.device) -> None:
     """Refuse a precision the device cannot train in (both engines ask this first)."""
     if name == "fp16" and device.type != "cuda":
-        raise ConfigError("trainer.precision", "fp16 needs a CUDA device (its gradient scaler is CUDA-only here)",
-                          "use trainer.precision=bf16 on CPU")
+        raise ConfigError(
+            "trainer.precision",
+            "fp16 needs a CUDA device (its gradient scaler is CUDA-only here)",
+            "use trainer.precision=bf16 on CPU",
+        )
 
 
 def build_precision(name: str, device: torch.device) -> Precision:

@@ -7,7 +7,8 @@ def build(num_train: int = 2500, num_test: int = 500, noise_std: float = 0.1, se
 
     def make(n, generator):
         corners = torch.randint(0, 2, (n, 2), generator=generator).float()
-        return TensorDataset(corners + noise_std * torch.randn(n, 2, generator=generator),
-                             (corners.sum(dim=1) == 1).long())
+        return TensorDataset(
+            corners + noise_std * torch.randn(n, 2, generator=generator), (corners.sum(dim=1) == 1).long()
+        )
 
     return make(num_train, torch.Generator().manual_seed(seed)), make(num_test, torch.Generator().manual_seed(seed + 1))
