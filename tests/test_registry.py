@@ -160,3 +160,19 @@ def test_call_passes_anything_to_a_callable_taking_keywords():
         return kwargs
 
     assert call(anything, {"a": 1, "b": [2]}, "metrics.f1.args") == {"a": 1, "b": [2]}
+
+
+def test_an_exponent_without_a_dot_reaches_a_torch_optimizer_as_a_number():
+    # YAML 1.1 reads 1e-4 as a string; torch's optimizers give no annotation that converts it.
+    import torch
+
+    from distrain.config.parse import load_config
+    from distrain.loop.optim import build_optimizer
+
+    cfg = load_config(
+        {"data": {"global_batch_size": 8}, "trainer": {"epochs": 1}, "optim": {"name": "adam", "lr": 0.1}},
+        ["optim.args.weight_decay=1e-4", "optim.args.eps=1e-8"],
+    )
+    assert cfg.optim.args == {"weight_decay": "1e-4", "eps": "1e-8"}  # as YAML reads them
+    optimizer = build_optimizer(cfg.optim, torch.nn.Linear(2, 1).parameters())
+    assert optimizer.defaults["weight_decay"] == 1e-4 and optimizer.defaults["eps"] == 1e-8

@@ -20,6 +20,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import re
 import typing
 from typing import Any, Callable, Mapping
 
@@ -158,6 +159,13 @@ def describe(obj: Any) -> str:
     return getattr(obj, "__qualname__", None) or type(obj).__name__
 
 
+_EXPONENT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def call(obj: Callable, args: Mapping[str, Any], key: str, known: Mapping[str, Any] = {}) -> Any:
     """Call `obj(**args)` after checking `args` against its signature.
 
@@ -190,9 +198,13 @@ def call(obj: Callable, args: Mapping[str, Any], key: str, known: Mapping[str, A
                 else f"{describe(obj)} takes: {', '.join(named) or 'no arguments'}"
             )
             raise ConfigError(f"{key}.{name}", f"{describe(obj)} takes no argument {name!r}", hint)
-        kwargs[name] = (
-            coerce(value, hints[name], f"{key}.{name}") if name in hints and can_coerce(hints[name]) else value
-        )
+        if name in hints and can_coerce(hints[name]):
+            value = coerce(value, hints[name], f"{key}.{name}")
+        elif name in named and _is_number(named[name].default) and isinstance(value, str) and _EXPONENT.match(value):
+            # YAML 1.1 reads `1e-4` (no dot) as a string; with no usable annotation (torch's optimizers are
+            # called through functools.partial, or annotate float | Tensor) a numeric default says a number.
+            value = float(value)
+        kwargs[name] = value
     for name, p in named.items():
         if name in kwargs:
             continue
