@@ -30,7 +30,7 @@ from distrain.checkpoint.options import CheckpointConfig
 from distrain.config.schema import Config, OptimConfig
 from distrain.errors import ConfigError
 from distrain.launch.dist import DistContext
-from distrain.strategies.precision import NO_AUTOCAST, check_precision
+from distrain.strategies.precision import NO_CONTEXT, check_precision
 
 log = logging.getLogger("distrain")
 
@@ -132,12 +132,12 @@ class AccelerateStrategy:
         # step runs exactly that many per optimizer step, so its count and `is_last` always agree. Without
         # accumulation its context would only add work per step.
         if self.accumulate_steps == 1:
-            return NO_AUTOCAST  # an empty context
+            return NO_CONTEXT
         return self.accelerator.accumulate(model)
 
     def autocast(self) -> ContextManager:
         if self.accelerator.mixed_precision == "no":
-            return NO_AUTOCAST
+            return NO_CONTEXT
         return self.accelerator.autocast()
 
     def backward(self, loss: torch.Tensor) -> None:

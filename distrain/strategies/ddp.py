@@ -7,7 +7,6 @@ into a plain nn.Module with no "module." prefixes. In one process there is no wr
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any, ContextManager
 
 import torch
@@ -18,9 +17,7 @@ from distrain.config.schema import Config, OptimConfig
 from distrain.launch import dist
 from distrain.launch.dist import DistContext
 from distrain.strategies.options import DDPConfig
-from distrain.strategies.precision import build_precision
-
-_SYNC = contextlib.nullcontext()  # reusable: saves building a context per step
+from distrain.strategies.precision import NO_CONTEXT, build_precision
 
 
 def wrap_model(model: nn.Module, ctx: DistContext, cfg: DDPConfig) -> nn.Module:
@@ -79,7 +76,7 @@ class DDPStrategy:
         # once (rather than one all-reduce per micro-batch). nanoGPT sets require_backward_grad_sync
         # instead; no_sync is the public form of the same switch.
         if is_last or not hasattr(model, "no_sync"):
-            return _SYNC
+            return NO_CONTEXT
         return model.no_sync()
 
     def autocast(self) -> ContextManager:

@@ -15,7 +15,6 @@ launcher with one process (torchrun --nproc_per_node=1) the model is sharded ove
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from typing import ContextManager
 
@@ -27,6 +26,7 @@ from distrain.errors import ConfigError
 from distrain.launch.dist import DistContext
 from distrain.strategies.ddp import DDPStrategy
 from distrain.strategies.options import FSDPConfig
+from distrain.strategies.precision import NO_CONTEXT
 
 log = logging.getLogger("distrain")
 
@@ -175,7 +175,4 @@ class FSDPStrategy(DDPStrategy):
         if is_last != self._syncing and hasattr(model, "set_requires_gradient_sync"):
             model.set_requires_gradient_sync(is_last)
             self._syncing = is_last
-        return _NO_CONTEXT
-
-
-_NO_CONTEXT = contextlib.nullcontext()
+        return NO_CONTEXT

@@ -20,7 +20,9 @@ import torch
 from distrain.errors import ConfigError
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-NO_AUTOCAST = contextlib.nullcontext()  # reusable: saves building a context per step
+# One reusable empty context, for every "nothing to do around this" of a step (no autocast, no gradient-sync
+# switch): saves building a context per step.
+NO_CONTEXT = contextlib.nullcontext()
 
 
 @dataclass
@@ -31,7 +33,7 @@ class Precision:
 
     def autocast(self):
         if self.name == "32":
-            return NO_AUTOCAST
+            return NO_CONTEXT
         return torch.autocast(device_type=self.device.type, dtype=_DTYPES[self.name])
 
 
