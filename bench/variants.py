@@ -1,4 +1,4 @@
-"""The same training, five ways. Each `run_*` trains one workload from scratch and returns (samples, seconds)
+"""The same training, several ways. Each `run_*` trains one workload from scratch and returns (samples, seconds)
 for the training loop only (setup, model building and data generation excluded, the same for all five).
 
 - floor: the bare compute. The tutorial's step (zero_grad, forward, loss, backward, step) on one pre-made
@@ -12,6 +12,8 @@ for the training loop only (setup, model building and data generation excluded, 
   per-epoch `train_time_s` (metrics.jsonl) is the time of its training steps.
 - distrain_api: `distrain.fit(cfg, model=..., train_data=..., loss=...)` with a model, data and loss
   built outside distrain, as a user's script passes them; timed like distrain.
+- distrain_exact: distrain with trainer.exact (chunk = the per-rank batch, the workload's threads): the
+  price of bitwise-equal results on any number of processes; timed like distrain.
 """
 
 from __future__ import annotations
@@ -266,6 +268,14 @@ def run_distrain_api(w: Workload) -> tuple[int, float]:
     return sum(r["samples"] for r in train_records), sum(r["train_time_s"] for r in train_records)
 
 
+def run_distrain_exact(w: Workload) -> tuple[int, float]:
+    """trainer.exact with exact_chunk equal to the per-rank batch (here, one process: the global batch) and
+    the workload's thread count: what bitwise-on-any-world-size costs against run_distrain."""
+    t = w.cfg.trainer
+    trainer = replace(t, exact=True, exact_chunk=w.cfg.data.global_batch_size, exact_threads=w.threads)
+    return run_distrain(replace(w, cfg=replace(w.cfg, trainer=trainer)))
+
+
 VARIANTS = {
     "floor": run_floor,
     "tutorial": run_tutorial,
@@ -273,4 +283,5 @@ VARIANTS = {
     "accelerate": run_accelerate,
     "distrain": run_distrain,
     "distrain_api": run_distrain_api,
+    "distrain_exact": run_distrain_exact,
 }

@@ -162,10 +162,25 @@ class TrainerConfig:
     accumulate_steps: int = 1
     """Split each rank's share of a global batch into this many micro-batches, summing their gradients
     (DDP syncs only on the last); the optimizer still steps once per global batch."""
+    exact: bool = False
+    """Bitwise the same weights, losses, metrics and checkpoints on every world size that divides the
+    number of chunks (data.global_batch_size / exact_chunk): each chunk's forward and backward runs alone,
+    with randomness seeded by (seed, global step, chunk), and the chunks' gradients are summed in fixed
+    point (an integer all-reduce), which no order or grouping changes. exact_threads intra-op threads.
+    strategy ddp, engine native; precision 32 or bf16; no BatchNorm running statistics. See the docs page
+    "What is exact"."""
+    exact_chunk: int = 8
+    """trainer.exact: samples per chunk, cut from each global batch by global position. Bounds the world
+    sizes (they must divide global_batch_size / exact_chunk) and the memory of one forward."""
+    exact_threads: int = 1
+    """trainer.exact: intra-op threads per process (torch.set_num_threads). A CPU kernel may split its
+    reductions by the thread count, so it is fixed here rather than left to the machine or the launcher."""
 
     def __post_init__(self) -> None:
         check(self.epochs > 0, "trainer.epochs", f"must be > 0, got {self.epochs}")
         check(self.accumulate_steps > 0, "trainer.accumulate_steps", f"must be > 0, got {self.accumulate_steps}")
+        check(self.exact_chunk > 0, "trainer.exact_chunk", f"must be > 0, got {self.exact_chunk}")
+        check(self.exact_threads > 0, "trainer.exact_threads", f"must be > 0, got {self.exact_threads}")
         import signal
 
         valid = {s.name for s in signal.Signals}

@@ -186,6 +186,20 @@ def all_reduce_min(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
+    """The elementwise maximum over all ranks, in place, and return it. Collective."""
+    if is_distributed():
+        tdist.all_reduce(tensor, op=tdist.ReduceOp.MAX)
+    return tensor
+
+
+def broadcast_tensor(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
+    """Rank `src`'s values into `tensor` on every rank, in place. Collective."""
+    if is_distributed():
+        tdist.broadcast(tensor, src=src)
+    return tensor
+
+
 def all_true(flag: bool, device: torch.device) -> bool:
     """True only if `flag` is true on every rank. Collective: every rank must call it."""
     if not is_distributed():

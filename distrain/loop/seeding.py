@@ -10,11 +10,19 @@ import torch
 
 
 def seed_everything(seed: int) -> None:
-    """Seed every generator the training touches. Called with the same seed on every rank, so the model
-    is initialised identically everywhere (DDP would broadcast rank 0's weights anyway)."""
+    """Seed every generator the training touches. Called with the same seed on every rank before the model
+    is built, so it is initialised identically everywhere (DDP would broadcast rank 0's weights anyway);
+    then with `rank_seed` for training."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def rank_seed(seed: int, rank: int, global_step: int = 0) -> int:
+    """The seed of rank `rank`'s own generator stream from global step `global_step` on. Each rank draws
+    its own dropout masks (and any randomness of a model or a step): the same stream on every rank would
+    give rank 1's samples rank 0's masks, neither a 1-process run's nor independent ones."""
+    return (seed * 1_000_003 + global_step) * 65_599 + rank
 
 
 def configure_determinism(cudnn_deterministic: bool, deterministic_algorithms: bool) -> None:

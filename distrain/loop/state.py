@@ -30,7 +30,7 @@ from distrain.checkpoint.store import (
 from distrain.config.schema import CheckpointConfig, Config
 from distrain.launch import dist
 from distrain.launch.dist import DistContext
-from distrain.loop.seeding import seed_everything
+from distrain.loop.seeding import rank_seed, seed_everything
 from distrain.loop.steps import TrainMeter
 from distrain.loop.stopping import Stopper
 from distrain.strategies.fsdp import is_sharded
@@ -315,7 +315,7 @@ def maybe_resume(cfg: Config, ctx: DistContext, run_dir: Path, state: TrainState
     else:
         # Per-rank generator streams have no meaning on another number of ranks. The data order does not
         # depend on them (it comes from seed + epoch), so only in-model randomness (dropout) changes.
-        seed_everything(cfg.seed + 1_000_003 * payload["global_step"] + ctx.rank)
+        seed_everything(rank_seed(cfg.seed, ctx.rank, payload["global_step"]))
         log.warning(
             "resuming a %d-process checkpoint on %d processes: the data order continues exactly; "
             "per-rank random generators were re-derived from seed, step and rank",

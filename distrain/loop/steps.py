@@ -45,6 +45,9 @@ class EpochMetrics:
         return EpochMetrics({name: value / max(count, 1) for name, value in zip(names, sums)}, count)
 
 
+_EXACT_UNITS = float(2**24)  # trainer.exact: per-sample figures kept in multiples of 2^-24
+
+
 class TrainMeter:
     """This rank's running [loss sum, (hits,) samples] of the epoch in progress (float64, not yet reduced);
     `names` says which sums: loss, and accuracy when the objective reads classes.
@@ -58,10 +61,13 @@ class TrainMeter:
     per-sample losses, however the step's loss was weighted (uneven last batch, accumulation).
     """
 
-    def __init__(self, objective: Objective, device: torch.device, max_held: int = 1 << 20):
+    def __init__(self, objective: Objective, device: torch.device, max_held: int = 1 << 20, exact: bool = False):
         self.objective, self.max_held = objective, max_held
         self.names = ["loss", "accuracy"] if objective.has_accuracy else ["loss"]
         self._totals = torch.zeros(len(self.names) + 1, dtype=torch.float64, device=device)
+        # trainer.exact: per-sample figures are rounded to multiples of 2^-24 and kept as integers (in
+        # float64, exact below 2^53), so the sums over samples and ranks come out the same in any order.
+        self.exact = exact
         self._reset_pending()
 
     def _reset_pending(self) -> None:
@@ -91,20 +97,35 @@ class TrainMeter:
         outputs, targets = cat(self._logits), cat(self._targets)
         if isinstance(outputs, torch.Tensor):
             outputs = outputs.float()
-        self._totals[0] += self.objective.losses(outputs, targets).double().sum()
+        self._totals[0] += self._units(self.objective.losses(outputs, targets).double()).sum()
         if len(self.names) > 1:
-            self._totals[1] += self.objective.hits(outputs, targets).sum()
+            self._totals[1] += self._units(self.objective.hits(outputs, targets)).sum()
         self._totals[-1] += num_samples(targets)
         self._reset_pending()
 
+    def _units(self, values: torch.Tensor) -> torch.Tensor:
+        return torch.round(values * _EXACT_UNITS) if self.exact else values
+
     def totals(self) -> torch.Tensor:
-        """The running sums (flushed first). The tensor is live: clone it to keep a snapshot."""
+        """The running sums (flushed first), in the meter's units: sum them over ranks, then read them with
+        `sums`. The tensor is live: clone it to keep a snapshot."""
         self._flush()
         return self._totals
 
-    def load(self, totals: torch.Tensor) -> None:
+    def sums(self, totals: torch.Tensor) -> torch.Tensor:
+        """`totals` (or a window of them, or their sum over ranks) as plain sums [per name..., samples]."""
+        if not self.exact:
+            return totals
+        out = totals.clone()
+        out[:-1] /= _EXACT_UNITS  # a power of two: exact
+        return out
+
+    def load(self, sums: torch.Tensor) -> None:
+        """Continue from plain sums (a checkpoint's; the inverse of `sums`)."""
         self._reset_pending()
-        self._totals.copy_(totals)
+        self._totals.copy_(sums)
+        if self.exact:
+            self._totals[:-1] *= _EXACT_UNITS
 
     def reset(self) -> None:
         self.load(torch.zeros_like(self._totals))

@@ -21,6 +21,7 @@ the stop verdict, the signal check, saves), never inside a serialiser or a logge
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import time
@@ -39,9 +40,11 @@ from distrain.launch.env import DistEnv, detect
 from distrain.launch.signals import Interrupted, StopSignals
 from distrain.launch.slurm import maybe_requeue, resolve_run_dir
 from distrain.loop.components import Given, Parts, build_optimizer_for, build_parts, log_parts, monitor_direction
+from distrain.loop.exact import ExactStep, running_statistics
 from distrain.loop.nonfinite import NonFiniteGuard
 from distrain.loop.result import FitResult
 from distrain.loop.schedule import build_scheduler, is_constant
+from distrain.loop.seeding import rank_seed, seed_everything
 from distrain.loop.state import Saver, TrainState, maybe_resume
 from distrain.loop.steps import EpochMetrics, TrainMeter, evaluate_splits, train_step
 from distrain.loop.stopping import Stopper
@@ -74,6 +77,8 @@ def train(cfg: Config, given: Given | None = None, environ: Mapping[str, str] = 
             strategy = build_strategy(cfg, ctx)
             # Before the optimizer: fsdp replaces the parameters (by DTensors) that the optimizer will hold.
             strategy.setup(parts.model)
+            # The model is built, the same on every rank: from here each rank draws its own random stream.
+            seed_everything(rank_seed(cfg.seed, ctx.rank))
             with own_run_dir(Path(cfg.run.dir), ctx.is_main):  # one run at a time per directory
                 return Trainer(cfg, ctx, parts, strategy, given).fit()
     except Interrupted as exc:
@@ -91,6 +96,16 @@ def check_against_env(cfg: Config, env: DistEnv) -> None:
             f"{cfg.data.global_batch_size} does not divide evenly over {env.world_size} processes",
             f"use a multiple of {env.world_size}, so every rank gets the same per-rank batch",
         )
+    if cfg.trainer.exact:
+        chunks = cfg.data.global_batch_size // cfg.trainer.exact_chunk
+        if chunks % env.world_size:
+            sizes = [n for n in range(1, chunks + 1) if chunks % n == 0]
+            raise ConfigError(
+                "trainer.exact_chunk",
+                f"cuts each global batch into {chunks} chunks, which do not divide over {env.world_size} processes",
+                f"run on {', '.join(map(str, sizes))} processes, or choose a chunk size that makes the chunk count "
+                f"a multiple of {env.world_size}",
+            )
 
 
 class Trainer:
@@ -113,7 +128,7 @@ class Trainer:
         # A constant learning rate needs no scheduler call per step (see TrainState.to_payload).
         self.step_scheduler = None if is_constant(cfg.schedule) else scheduler
         self.clip = cfg.optim or OptimConfig(lr=base_lr)
-        self.meter = TrainMeter(parts.objective, ctx.device)
+        self.meter = TrainMeter(parts.objective, ctx.device, exact=cfg.trainer.exact)
         stop_upwards = (
             monitor_direction(cfg.stop.mode, cfg.stop.monitor, parts, "stop.monitor", self.meter.names)
             if cfg.stop.patience
@@ -136,6 +151,12 @@ class Trainer:
             engine=strategy.engine,
         )
         self.progress = self.state.progress  # one owner: only fit() moves it; a resume loads it in place
+        # trainer.exact: the chunked step with its fixed-point gradient sum (loop/exact.py).
+        self.step_fn = (
+            self._exact_step()
+            if cfg.trainer.exact
+            else functools.partial(train_step, world_size=ctx.world_size, micro_batches=cfg.trainer.accumulate_steps)
+        )
         self.saver = Saver(
             cfg.checkpoint,
             self.run_dir,
@@ -146,6 +167,26 @@ class Trainer:
             best_higher_is_better=best_upwards,
         )
         self.train_model = self.train_optimizer = self.reporter = self.guard = self.signals = None
+
+    def _exact_step(self) -> ExactStep:
+        layers = running_statistics(self.parts.model)
+        if layers:
+            raise ConfigError(
+                "trainer.exact",
+                f"cannot make running statistics exact: {', '.join(layers)} would update them from each "
+                "rank's chunks only",
+                "use a normalisation without running statistics (GroupNorm, LayerNorm, "
+                "track_running_stats=False), or trainer.exact=false",
+            )
+        cfg = self.cfg
+        return ExactStep(
+            seed=cfg.seed,
+            chunk=cfg.trainer.exact_chunk,
+            global_batch_size=cfg.data.global_batch_size,
+            rank=self.ctx.rank,
+            world_size=self.ctx.world_size,
+            progress=self.progress,
+        )
 
     # ------------------------------------------------------------------------------------------- the story
 
@@ -224,15 +265,13 @@ class Trainer:
 
     def train_step(self, batch: Any) -> bool:
         """One optimizer step on this rank's share of the global batch; False when it was skipped."""
-        stepped = train_step(
+        stepped = self.step_fn(
             self.strategy,
             self.train_model,
             self.train_optimizer,
             batch,
             self.parts.objective,
             self.clip,
-            world_size=self.ctx.world_size,
-            micro_batches=self.cfg.trainer.accumulate_steps,
             meter=self.meter,
             guard=self.guard,
         )
@@ -268,7 +307,7 @@ class Trainer:
         """The epoch's train figures (summed over the ranks) and evaluation; logged."""
         self.guard.check()  # before the epoch's figures and its checkpoint
         totals = self.strategy.sum_over_ranks(self.meter.totals().clone())
-        splits = {"train": EpochMetrics.from_totals(totals, self.meter.names)}
+        splits = {"train": EpochMetrics.from_totals(self.meter.sums(totals), self.meter.names)}
         train_time = time.perf_counter() - started
         splits.update(evaluate_splits(self.parts, self.ctx, self.strategy.sum_over_ranks))
         skipped = self.progress.skipped_steps if self.cfg.trainer.on_nonfinite == "skip_step" else None
@@ -308,7 +347,7 @@ class Trainer:
         """A checkpoint of the run as it stands. Collective."""
         self.guard.check()  # non-finite weights never replace good ones
         # The epoch's train sums over all ranks, so that a mid-epoch resume still reports the whole epoch.
-        totals = dist.all_reduce_sum(self.meter.totals().clone())
+        totals = self.meter.sums(dist.all_reduce_sum(self.meter.totals().clone()))
         sharded = self.strategy.sharded
         payload = self.state.to_payload(
             self.cfg.to_dict(), self.ctx.world_size, metrics or {}, totals, weights=not sharded

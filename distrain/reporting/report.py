@@ -127,7 +127,7 @@ class Reporter:
         if self.bar is not None:
             self.bar.update(global_step - self.bar.n)
         totals = meter.totals()
-        *sums, count = window.tolist()
+        *sums, count = meter.sums(window).tolist()
         elapsed = time.perf_counter() - self.window_time
         values = {f"train/step_{name}": value / max(count, 1) for name, value in zip(meter.names, sums)}
         values.update(

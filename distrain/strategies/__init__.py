@@ -15,6 +15,7 @@ wrapping or sharding, gradient-sync control, precision, the checkpoint format an
 - ddp.py         DDPStrategy: torch's DistributedDataParallel, torch.autocast and GradScaler (native engine)
 - fsdp.py        FSDPStrategy: FSDP2's fully_shard, sharded checkpoints
 - accelerate.py  AccelerateStrategy: DDP through HF Accelerate's Accelerator (engine=accelerate)
+- exact.py       ExactStrategy: trainer.exact, DDP's data parallelism with a fixed-point gradient sum
 - options.py     the ddp and fsdp config sections and the rules a strategy sets for the others (no torch)
 - precision.py   bf16/fp16 autocast and the gradient scaler
 
@@ -42,6 +43,10 @@ def build_strategy(cfg: Config, ctx: DistContext) -> Strategy:
         from distrain.strategies.fsdp import FSDPStrategy
 
         return FSDPStrategy(cfg, ctx)
+    if cfg.trainer.exact:
+        from distrain.strategies.exact import ExactStrategy
+
+        return ExactStrategy(cfg, ctx)
     from distrain.strategies.ddp import DDPStrategy
 
     return DDPStrategy(cfg, ctx)

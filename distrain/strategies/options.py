@@ -67,6 +67,8 @@ def check_strategy(cfg: Any) -> None:  # a distrain.config.schema.Config (which 
         "cannot be combined with trainer.accumulate_steps > 1 (DDP's no_sync does not support it)",
         "set ddp.static_graph=false, or trainer.accumulate_steps=1",
     )
+    if cfg.trainer.exact:
+        _check_exact(cfg)
     if cfg.strategy == "fsdp":
         check(
             cfg.engine == "native",
@@ -94,3 +96,35 @@ def check_strategy(cfg: Any) -> None:  # a distrain.config.schema.Config (which 
             "is not supported with strategy=fsdp here (untested with sharded parameters)",
             "set trainer.compile=false, or strategy=ddp",
         )
+
+
+def _check_exact(cfg: Any) -> None:
+    """trainer.exact sums chunk gradients in fixed point itself: only where that sum replaces the
+    strategy's own reduction (DDP's float all-reduce) is the result independent of the world size."""
+    way_out = "set trainer.exact=false"
+    check(
+        cfg.engine == "native",
+        "trainer.exact",
+        "is not available with engine=accelerate (Accelerate reduces the gradients itself, in float)",
+        f"set engine=native, or {way_out}",
+    )
+    check(
+        cfg.strategy == "ddp",
+        "trainer.exact",
+        "is not available with strategy=fsdp yet (its reduce-scatter sums in float, in an order that "
+        "depends on the world size)",
+        f"use strategy=ddp, or {way_out}",
+    )
+    check(
+        cfg.trainer.precision != "fp16",
+        "trainer.exact",
+        "is not available with trainer.precision=fp16 (the gradient scaler's loss scale is applied before "
+        "the exact sum)",
+        f"use trainer.precision=bf16 or 32, or {way_out}",
+    )
+    check(
+        cfg.data.global_batch_size % cfg.trainer.exact_chunk == 0,
+        "trainer.exact_chunk",
+        f"{cfg.trainer.exact_chunk} does not divide data.global_batch_size {cfg.data.global_batch_size}",
+        "use a chunk size that divides the global batch (e.g. the per-rank batch of the largest world size)",
+    )

@@ -152,8 +152,10 @@ def run_torchrun(
     env: dict[str, str] | None = None,
     timeout: float = 300,
     script: str | None = None,
+    cwd: Path = REPO,
 ) -> subprocess.CompletedProcess:
-    return run_group(torchrun_cmd(nproc, *args, extra=extra, script=script), env=env or clean_env(), timeout=timeout)
+    cmd = torchrun_cmd(nproc, *args, extra=extra, script=script)
+    return run_group(cmd, env=env or clean_env(), timeout=timeout, cwd=cwd)
 
 
 def spawn(fn, world_size: int, *args) -> None:

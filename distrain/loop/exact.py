@@ -1,0 +1,111 @@
+"""trainer.exact: one optimizer step as fixed chunks of the global batch, the same bits on any world size.
+
+Which samples form a chunk, and what randomness it sees, must not depend on the world size:
+- the global batch's positions are dealt to chunks round-robin: chunk j holds positions j, j+K, j+2K, ...
+  (K = global_batch_size / exact_chunk chunks). The sampler deals positions to ranks the same way (rank r
+  holds r, r+W, ...), so when W divides K, chunk j lies whole on rank j mod W, and rank r's local rows
+  l, l+K/W, l+2K/W, ... are chunk r + l*W, in the chunk's own order;
+- before each chunk's forward, torch's generator is seeded from (seed, global step, chunk): dropout and any
+  other draw inside the model gives the same mask to the same sample on any world size;
+- each chunk runs forward and backward alone, with the same shapes wherever it runs, and its loss is its
+  per-sample losses summed and divided by the global batch's size (not the rank's): the chunks' gradients
+  add up to the gradient of the global mean;
+- the gradients are summed by `strategies.exact.exact_sum` (fixed point, an integer all-reduce).
+The uneven last batch is cut the same way (some chunks one sample shorter, or empty). Accumulation
+changes nothing here: a chunk already is the unit of memory (trainer.accumulate_steps is ignored).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from distrain.config.schema import OptimConfig
+from distrain.data import Batch
+from distrain.data.structures import call_model, num_samples, tree_map
+from distrain.loop.nonfinite import NonFiniteGuard
+from distrain.loop.objective import Objective
+from distrain.loop.optim import zero_grad
+from distrain.strategies.exact import exact_sum
+
+_SEED_MOD = 2**63 - 1
+
+
+def chunk_seed(seed: int, global_step: int, chunk: int) -> int:
+    """The generator seed of chunk `chunk` of global step `global_step` (0-based, the step being taken)."""
+    return ((seed * 1_000_003 + global_step) * 65_537 + chunk) % _SEED_MOD
+
+
+def running_statistics(model: nn.Module) -> list[str]:
+    """Names of the layers whose buffers a training forward updates from its batch (BatchNorm's running
+    mean and variance): each rank would update them from its own chunks only."""
+    from torch.nn.modules.batchnorm import _NormBase
+
+    return [
+        f"{name or 'the model'} ({type(m).__name__})"
+        for name, m in model.named_modules()
+        if isinstance(m, _NormBase) and m.track_running_stats
+    ]
+
+
+class ExactStep:
+    """This rank's chunks of each global batch, run one by one, and the exact step after them."""
+
+    def __init__(self, *, seed: int, chunk: int, global_batch_size: int, rank: int, world_size: int, progress: Any):
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.progress = progress  # the run's Progress: its global step names the step being taken
+        self.chunks = global_batch_size // chunk  # K, the same on every world size
+        self.per_rank = self.chunks // world_size  # checked to divide before the run (train.check_against_env)
+
+    def local_chunks(self, batch: Batch) -> list[tuple[int, Any, Any]]:
+        """(global chunk index, inputs, targets) of this rank's chunks; empty chunks (uneven last batch)
+        left out. Each is a contiguous copy: the same memory layout as in a 1-process run."""
+        out = []
+        for local in range(self.per_rank):
+
+            def rows(t: torch.Tensor, start: int = local) -> torch.Tensor:
+                return t[start :: self.per_rank].contiguous()
+
+            targets = tree_map(rows, batch.targets)
+            if num_samples(targets):
+                out.append((self.rank + local * self.world_size, tree_map(rows, batch.inputs), targets))
+        return out
+
+    def __call__(
+        self,
+        strategy: Any,
+        model: nn.Module,
+        optimizer: Any,
+        batch: Batch,
+        objective: Objective,
+        clip: OptimConfig,
+        *,
+        meter: Any,
+        guard: NonFiniteGuard,
+    ) -> bool:
+        """One optimizer step (as loop.steps.train_step: False when the guard skipped it). Collective."""
+        zero_grad(optimizer)
+        params = [p for p in model.parameters() if p.requires_grad]
+        chunk_grads, seen, step_loss = [], [], torch.zeros((), device=params[0].device if params else None)
+        for index, inputs, targets in self.local_chunks(batch):
+            torch.manual_seed(chunk_seed(self.seed, self.progress.global_step, index))
+            with strategy.autocast():
+                outputs = call_model(model, inputs)
+                # world_size 1: the plain sum over the chunk / the global batch size, on any world size.
+                loss = objective.step_loss(outputs, targets, 1, batch.global_size, average=False)
+            strategy.backward(loss)
+            chunk_grads.append([p.grad for p in params])
+            for p in params:
+                p.grad = None
+            seen.append((outputs, targets))
+            step_loss = step_loss + loss.detach()
+        for p, grad in zip(params, exact_sum(chunk_grads, params, self.chunks)):
+            p.grad = grad
+        if not guard.allows_step(step_loss):
+            return False
+        strategy.step(optimizer, model, clip)
+        for outputs, targets in seen:
+            meter.add(outputs, targets)
+        return True

@@ -1,0 +1,270 @@
+"""trainer.exact: the same bits on any number of processes; and the default mode's per-rank random streams.
+
+Unit tests of the two pieces exactness rests on (the fixed-point sum is order-free; a chunk holds the same
+samples on every world size), the config's refusals, then real runs: pytorch/examples' MNIST Net with
+dropout on 1, 2, 3 and 4 processes and a resume from 2 onto 3; XOR with accumulation and bf16.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+import torch
+from helpers.runs import (
+    REPO,
+    XOR,
+    assert_bitwise,
+    clean_env,
+    newest_weights,
+    records,
+    run_cli,
+    run_torchrun,
+)
+from torch import nn
+
+from distrain.config.parse import load_config
+from distrain.data import Batch
+from distrain.data.sampling import GlobalBatchSampler
+from distrain.errors import ConfigError
+from distrain.loop.exact import ExactStep, chunk_seed, running_statistics
+from distrain.strategies.exact import exact_scales, exact_sum, from_fixed, to_fixed
+
+# ------------------------------------------------------------------------------------ the exact sum
+
+
+def _fixed_point_sum(groups: list[list[torch.Tensor]], chunks: int) -> torch.Tensor:
+    """exact_sum's arithmetic for one tensor, with the chunks split into `groups` (ranks) and the groups'
+    partial sums added in the order given (the all-reduce's)."""
+    max_abs = torch.stack([g.abs().max() for group in groups for g in group]).max().reshape(1)
+    (exponent,) = exact_scales(max_abs, chunks)
+    partials = [
+        sum((to_fixed(g, exponent) for g in group), torch.zeros(groups[0][0].shape, dtype=torch.int64))
+        for group in groups
+    ]
+    total = torch.zeros_like(partials[0])
+    for p in partials:
+        total += p
+    return from_fixed(total, exponent, torch.float32)
+
+
+def test_the_fixed_point_sum_is_the_same_in_50_orders_and_groupings():
+    gen = torch.Generator().manual_seed(0)
+    # 12 chunk gradients of one tensor, over 7 orders of magnitude (as real gradients are)
+    grads = [
+        torch.randn(1000, generator=gen) * 10 ** torch.randint(-4, 3, (1,), generator=gen).item() for _ in range(12)
+    ]
+    rng = random.Random(1)
+    results, float_sums = set(), set()
+    for _ in range(50):
+        order = rng.sample(grads, len(grads))
+        ranks = rng.choice([1, 2, 3, 4])
+        groups = [order[r::ranks] for r in range(ranks)]
+        rng.shuffle(groups)  # the all-reduce's order of the ranks
+        results.add(_fixed_point_sum(groups, 12).numpy().tobytes())
+        plain = torch.zeros(1000)
+        for group in groups:
+            plain += sum(group, torch.zeros(1000))
+        float_sums.add(plain.numpy().tobytes())
+    assert len(results) == 1
+    assert len(float_sums) > 1  # the negative control: float32 sums do depend on the order
+    exact = torch.stack(grads).double().sum(0)
+    assert (_fixed_point_sum([grads], 12).double() - exact).abs().max() <= exact.abs().max() * 2**-23
+
+
+def test_exact_sum_in_one_process_keeps_nan_and_zero_gradients():
+    params = [nn.Parameter(torch.zeros(3)), nn.Parameter(torch.zeros(2)), nn.Parameter(torch.zeros(2))]
+    chunk_grads = [
+        [torch.tensor([1.0, 2.0, 3.0]), None, torch.tensor([float("nan"), 0.0])],
+        [torch.tensor([0.5, 0.25, -3.0]), None, torch.tensor([1.0, 1.0])],
+    ]
+    summed = exact_sum(chunk_grads, params, chunks=2)
+    assert torch.equal(summed[0], torch.tensor([1.5, 2.25, 0.0]))
+    assert torch.equal(summed[1], torch.zeros(2))
+    assert summed[2].isnan().all()  # the non-finite guard sees it
+
+
+# ------------------------------------------------------------------------------------ the chunks
+
+
+@pytest.mark.parametrize("size", [96 * 3, 96 * 3 - 7, 96 * 2 + 5])  # full batches; uneven last; < 12 in the last
+def test_every_chunk_holds_the_same_samples_on_every_world_size(size):
+    seen = {}
+    for world in (1, 2, 3, 4):
+        chunks: dict[tuple[int, int], list[int]] = {}
+        for rank in range(world):
+            sampler = GlobalBatchSampler(
+                range(size), num_replicas=world, rank=rank, global_batch_size=96, shuffle=True, seed=3
+            )
+            step_fn = ExactStep(seed=0, chunk=8, global_batch_size=96, rank=rank, world_size=world, progress=None)
+            for step, indices in sampler.rank_batches():
+                ids = torch.tensor(indices)
+                batch = Batch(step, ids.float().unsqueeze(1), ids, sampler.global_size(step))
+                for chunk, inputs, targets in step_fn.local_chunks(batch):
+                    assert torch.equal(inputs[:, 0].long(), targets)
+                    chunks[(step, chunk)] = targets.tolist()
+        seen[world] = chunks
+    assert seen[2] == seen[1] and seen[3] == seen[1] and seen[4] == seen[1]
+    every = sorted(i for ids in seen[1].values() for i in ids)
+    assert every == list(range(size))  # each sample once per epoch
+
+
+def test_chunk_seeds_differ_by_step_and_chunk():
+    seeds = {chunk_seed(0, step, chunk) for step in range(100) for chunk in range(64)}
+    assert len(seeds) == 6400
+
+
+# ------------------------------------------------------------------------------------ refusals
+
+
+@pytest.mark.parametrize(
+    "overrides,key",
+    [
+        (["strategy=fsdp"], "trainer.exact"),
+        (["engine=accelerate"], "trainer.exact"),
+        (["trainer.precision=fp16"], "trainer.exact"),
+        (["trainer.exact_chunk=7"], "trainer.exact_chunk"),
+    ],
+)
+def test_what_exact_mode_refuses_is_named(overrides, key):
+    with pytest.raises(ConfigError) as err:
+        load_config(XOR, ["trainer.exact=true", *overrides])
+    assert err.value.key == key
+
+
+def test_a_chunk_count_that_does_not_divide_over_the_processes_is_refused():
+    from distrain.launch.env import detect
+    from distrain.loop.trainer import check_against_env
+
+    cfg = load_config(XOR, ["trainer.exact=true", "data.global_batch_size=96", "trainer.exact_chunk=24"])
+    env = detect({"RANK": "0", "WORLD_SIZE": "3", "LOCAL_RANK": "0", "MASTER_ADDR": "x", "MASTER_PORT": "1"})
+    with pytest.raises(ConfigError) as err:
+        check_against_env(cfg, env)
+    assert err.value.key == "trainer.exact_chunk" and "1, 2, 4 processes" in str(err.value)
+
+
+def test_batchnorm_running_statistics_are_named():
+    model = nn.Sequential(nn.Linear(2, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+    assert running_statistics(model) == ["1 (BatchNorm1d)"]
+    assert running_statistics(nn.Sequential(nn.Linear(2, 4), nn.BatchNorm1d(4, track_running_stats=False))) == []
+
+
+def test_a_batchnorm_model_is_refused_naming_the_layer(tmp_path):
+    import distrain
+
+    cfg = load_config(XOR, ["trainer.exact=true", f"run.dir={tmp_path}", "trainer.epochs=1", "wandb.mode=disabled"])
+    model = nn.Sequential(nn.Linear(2, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Linear(4, 1))
+    with pytest.raises(ConfigError) as err:
+        distrain.fit(cfg, model=model)
+    assert err.value.key == "trainer.exact" and "1 (BatchNorm1d)" in str(err.value)
+
+
+# ------------------------------------------------------------------------------------ real runs
+
+EXAMPLES = REPO / "examples"
+
+
+@pytest.fixture(scope="module")
+def data_root():
+    import sys
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from fetch_data import default_root, fetch
+
+    return str(fetch(default_root()))
+
+
+def _mnist(nproc, run_dir, data_root, *more, **kw):
+    """examples/exact_mnist.yaml (pytorch/examples' Net, 4,096 MNIST images, 3 epochs, global batch 96,
+    chunks of 8) under torchrun, from the examples folder (the Net is imported by path from there)."""
+    args = ["train", "exact_mnist.yaml", f"run.dir={run_dir}", f"data.args.root={data_root}", *more]
+    path = os.pathsep.join(filter(None, [str(EXAMPLES), os.environ.get("PYTHONPATH")]))
+    env = clean_env(PYTHONPATH=path, **kw.pop("env", {}))
+    return run_torchrun(nproc, *args, env=env, cwd=EXAMPLES, **kw)
+
+
+def _figures(run_dir):
+    """Every metric figure of metrics.jsonl (not the timings), in order."""
+    timing = {"time_s", "train_time_s", "samples_per_s", "timestamp", "step_time_s"}
+    return [{k: v for k, v in r.items() if k not in timing} for r in records(run_dir)]
+
+
+@pytest.fixture(scope="module")
+def mnist_one(tmp_path_factory, data_root):
+    run = tmp_path_factory.mktemp("exact-mnist-1")
+    result = _mnist(1, run, data_root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("nproc", [2, 3, 4])
+def test_mnist_net_with_dropout_is_bitwise_the_same_on_2_3_and_4_processes(mnist_one, data_root, tmp_path, nproc):
+    result = _mnist(nproc, tmp_path, data_root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_bitwise(newest_weights(mnist_one), newest_weights(tmp_path))
+    assert len(records(mnist_one)) == 6 and _figures(tmp_path) == _figures(mnist_one)
+
+
+@pytest.mark.slow
+def test_a_run_killed_on_2_processes_resumes_on_3_bitwise(mnist_one, data_root, tmp_path):
+    # 43 steps an epoch; a checkpoint every 20 steps; rank 1 dies after step 50 (epoch 1, mid-epoch).
+    killed = _mnist(
+        2,
+        tmp_path,
+        data_root,
+        "checkpoint.every_steps=20",
+        script="tests/helpers/kill_at_step.py",
+        env={"KILL_STEP": "50", "KILL_RANK": "1"},
+    )
+    assert killed.returncode != 0 and "(exitcode: -9)" in killed.stderr
+    resumed = _mnist(3, tmp_path, data_root, "checkpoint.every_steps=20")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming a 2-process checkpoint on 3 processes" in resumed.stderr
+    assert_bitwise(newest_weights(mnist_one), newest_weights(tmp_path))
+    assert _figures(tmp_path) == _figures(mnist_one)
+
+
+@pytest.mark.slow
+def test_xor_with_accumulation_and_bf16_is_bitwise_on_1_2_and_4_processes(tmp_path):
+    more = ["trainer.accumulate_steps=2", "trainer.precision=bf16"]  # both at once: one set of runs
+    args = ["train", XOR, "trainer.exact=true", "trainer.epochs=5", "log.plots=false", *more]
+    runs = {}
+    for nproc in (1, 2, 4):
+        run = tmp_path / str(nproc)
+        result = (
+            run_cli(*args, f"run.dir={run}", fresh=True) if nproc == 1 else run_torchrun(nproc, *args, f"run.dir={run}")
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        runs[nproc] = run
+    for nproc in (2, 4):
+        assert_bitwise(newest_weights(runs[1]), newest_weights(runs[nproc]))
+        assert _figures(runs[nproc]) == _figures(runs[1])
+
+
+@pytest.mark.slow
+def test_digits_cnn_is_bitwise_on_1_and_3_processes(tmp_path):
+    args = ["train", str(REPO / "configs" / "digits_cnn.yaml"), "trainer.exact=true", "trainer.epochs=2"]
+    args += ["data.global_batch_size=96", "log.plots=false"]  # 12 chunks of 8: 1, 2, 3, 4, 6 or 12 processes
+    one = run_cli(*args, f"run.dir={tmp_path / '1'}", fresh=True)
+    three = run_torchrun(3, *args, f"run.dir={tmp_path / '3'}")
+    assert one.returncode == 0 and three.returncode == 0, one.stderr[-2000:] + three.stderr[-2000:]
+    assert_bitwise(newest_weights(tmp_path / "1"), newest_weights(tmp_path / "3"))
+    assert _figures(tmp_path / "3") == _figures(tmp_path / "1")
+
+
+# ------------------------------------------------------------------------------------ the default mode
+
+
+@pytest.mark.slow
+def test_default_mode_draws_different_dropout_masks_on_each_rank(tmp_path):
+    path = os.pathsep.join(filter(None, [str(REPO / "tests"), os.environ.get("PYTHONPATH")]))
+    env = clean_env(PYTHONPATH=path, PROBE_DIR=str(tmp_path))
+    args = ["train", XOR, f"run.dir={tmp_path / 'run'}", "trainer.epochs=1", "log.plots=false"]
+    result = run_torchrun(2, *args, "model.name=helpers.dropout_probe:DropoutNet", "model.args={}", env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rank0, rank1 = (torch.load(tmp_path / f"mask-{r}.pt") for r in (0, 1))
+    assert rank0.shape == rank1.shape == (64, 16)  # each rank's half of the first global batch of 128
+    assert not torch.equal(rank0, rank1)  # before: the same generator state on every rank, the same mask
+    assert 0.3 < (rank0 == 0).float().mean() < 0.7 and 0.3 < (rank1 == 0).float().mean() < 0.7
