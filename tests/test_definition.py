@@ -62,6 +62,8 @@ def test_metrics_may_change_and_a_hyperparameter_on_one_side_only_is_no_differen
         changed("metrics", ["f1"]).check_resumable(SAVED, "p")
     assert "resuming with a changed metrics" in caplog.text
     changed("loss", "nll").check_resumable(None, "p")  # a checkpoint from before definitions: not compared
+    # The script's class run as a script (__main__.Net) and imported from it (m.Net) is one class.
+    changed("model", {**SAVED["model"], "class": "__main__.Net"}).check_resumable(SAVED, "p")
     with pytest.raises(ConfigError, match="lr: 0.1 in the checkpoint, 0.2 now"):
         changed("optimizer", {**SAVED["optimizer"], "hyperparameters": {"lr": 0.2, "momentum": 0}}).check_resumable(
             SAVED, "p"

@@ -13,11 +13,11 @@
 
 The config check (loop/state.py) sees only the config; a model, optimizer, loss or data set handed to fit
 is seen here. Refused on resume, like the config keys that change what the saved state means: another
-model class or parameter names and shapes, another optimizer class or hyperparameter, another loss,
-other data set sizes, another step or scheduler. Allowed (logged): other metrics and callbacks, as other
-metrics in the config are. A hyperparameter present on one side only (a torch release added one) is not
-a difference. An error names the argument when fit was given the object (`fit(optimizer=...)`), else
-the config key that built it.
+model class (by its name: __main__.Net and train.Net are one) or parameter names and shapes, another
+optimizer class or hyperparameter, another loss, other data set sizes, another step or scheduler.
+Allowed (logged): other metrics and callbacks, as other metrics in the config are. A hyperparameter
+present on one side only (a torch release added one) is not a difference. An error names the argument
+when fit was given the object (`fit(optimizer=...)`), else the config key that built it.
 """
 
 from __future__ import annotations
@@ -153,6 +153,11 @@ def _differences(old: Any, new: Any, prefix: str = "") -> list[tuple[str, str, s
                 continue
             out += _differences(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else str(key))
         return out
+    if prefix.endswith(".class") and isinstance(old, str) and isinstance(new, str):
+        # The class by its own name: a script's class is __main__.Net run as a script and train.Net
+        # imported from it, the same class.
+        old_name, new_name = old.rpartition(".")[2], new.rpartition(".")[2]
+        return [] if old_name == new_name else [(prefix, json.dumps(old), json.dumps(new))]
     if old != new:
         return [(prefix or "value", json.dumps(old), json.dumps(new))]
     return []
