@@ -16,8 +16,8 @@ Modes (wandb.mode), as the ecosystem does it (W&B's own WANDB_MODE; Lightning's 
 trackers are off until asked for): auto is what WANDB_MODE says (online, offline), else online when an
 API key is configured (WANDB_API_KEY, or `wandb login`), else off, with one line saying how to turn it
 on; online and offline as in wandb.init (offline: files in <run.dir>/wandb, upload later with
-`wandb sync`); disabled turns W&B off, as does leaving wandb out of log.loggers. Off costs nothing: a
-W&B offline run's start and finish cost a one-epoch XOR run about 4 s and ~35 lines of output.
+`wandb sync`); disabled turns W&B off, as does leaving wandb out of log.loggers. Off costs nothing; an
+offline run's start and finish cost a one-epoch XOR run 2.6 s here and 33 lines of W&B's output.
 """
 
 from __future__ import annotations
