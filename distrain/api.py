@@ -46,9 +46,12 @@ def fit(
     module. metrics: {name: torchmetrics Metric or function(preds, targets)}. optimizer: a torch optimizer
     over model.parameters(), or a function params -> optimizer.
     """
+    from distrain.errors import ArgumentError
     from distrain.loop.components import Given
     from distrain.loop.trainer import train
 
+    if metrics is not None and not isinstance(metrics, Mapping):
+        raise ArgumentError("metrics", f"is a {type(metrics).__name__}", 'give a dict {"name": metric}')
     given = Given(
         model=model,
         train_data=train_data,
@@ -58,6 +61,7 @@ def fit(
         metrics=dict(metrics) if metrics else None,
         optimizer=optimizer,
     )
+    given.check()
     return train(cfg, given)
 
 

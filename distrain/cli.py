@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
 def _train(args: argparse.Namespace) -> int:
     from distrain.config.parse import load_config
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = _default_run_dir(load_config(args.config, args.overrides), args.config)
     from distrain.launch.signals import Interrupted
     from distrain.loop.trainer import train
 
@@ -97,6 +97,17 @@ def _train(args: argparse.Namespace) -> int:
         print(f"distrain: {exc}", file=sys.stderr)
         return exc.exit_code
     return 0
+
+
+def _default_run_dir(cfg, config_path: str):
+    """run.dir unset: runs/<config name> (a script's default, runs/<script name>, would be runs/distrain)."""
+    import dataclasses
+
+    from distrain.config.schema import default_run_dir
+
+    if cfg.run.dir is not None:
+        return cfg
+    return dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, dir=default_run_dir(config_path)))
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -134,7 +145,7 @@ def _predict(args: argparse.Namespace) -> int:
     checkpoint, rest = _take(args.overrides, "checkpoint", required=True)
     split, rest = _take(rest, "split", required=False, default="test")
     out, rest = _take(rest, "out", required=False)
-    cfg = load_config(args.config, rest)
+    cfg = _default_run_dir(load_config(args.config, rest), args.config)
     outputs = predict(cfg, checkpoint=checkpoint, split=split)
     if detect(os.environ).is_main:
         path = Path(out) if out else Path(cfg.run.dir) / f"predictions-{split}.pt"

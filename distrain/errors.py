@@ -36,6 +36,18 @@ class ConfigError(UserError):
     def __init__(self, key: str, problem: str, hint: str | None = None):
         super().__init__(f"config key '{key}': {problem}", hint)
         self.key = key
+        self.problem = problem
+
+
+class ArgumentError(ConfigError):
+    """A bad argument of distrain.fit (the model, data, loss, metrics or optimizer it was handed), named as
+    the caller wrote it: `fit(model=...): ...` rather than a config key. A ConfigError (exit status 2,
+    alike on every rank) whose `key` is the argument's name."""
+
+    def __init__(self, argument: str, problem: str, hint: str | None = None):
+        UserError.__init__(self, f"fit({argument}=...): {problem}", hint)
+        self.key = argument
+        self.problem = problem
 
 
 class EnvError(UserError):

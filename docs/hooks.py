@@ -231,7 +231,18 @@ def api_markdown() -> str:
 
 # ---------------------------------------------------------------------------------------------- registry
 
-_FILLED_BY_RUN = ("params", "reduction", "size_average", "reduce", "kwargs", "preds", "targets")
+_FILLED_BY_RUN = (
+    "params",
+    "reduction",
+    "size_average",
+    "reduce",
+    "kwargs",
+    "preds",
+    "targets",
+    "run_dir",  # a logger's: filled in by the run (reporting/loggers.py)
+    "cfg",
+    "start_step",
+)
 
 
 def components_markdown() -> str:
@@ -244,6 +255,7 @@ def components_markdown() -> str:
         "loss": "`loss.name`",
         "metric": "`metrics.<name>.name`",
         "optim": "`optim.name`",
+        "logger": "`log.loggers`",
     }
     for kind in registry.KINDS:
         out += [

@@ -145,3 +145,47 @@ def test_hits_read_logits_at_zero_and_classes_by_argmax():
     classes = build_objective(LossConfig(name="cross_entropy"), CLASSES)
     scores = torch.tensor([[0.1, 0.9, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
     assert classes.hits(scores, torch.tensor([1, 2])).tolist() == [1.0, 0.0]
+
+
+@pytest.mark.parametrize(
+    "loss,name,kind",
+    [
+        (F.cross_entropy, "cross_entropy", "multiclass"),
+        (F.nll_loss, "nll", "multiclass"),
+        (F.binary_cross_entropy_with_logits, "bce_with_logits", "binary"),
+        (F.mse_loss, "mse", "regression"),
+    ],
+)
+def test_torchs_functional_losses_read_as_their_task(loss, name, kind):
+    info = BINARY if kind == "binary" else CLASSES
+    objective = build_objective(LossConfig(), info, loss=loss, model_outputs=1 if kind == "binary" else 4)
+    assert (objective.name, objective.kind) == (name, kind)
+    assert objective.has_accuracy == (kind != "regression")
+
+
+def test_a_functional_loss_with_keywords_keeps_them_and_its_per_sample_values():
+    import functools
+
+    g = torch.Generator().manual_seed(2)
+    outputs, targets = torch.randn(6, 4, generator=g), torch.randint(0, 4, (6,), generator=g)
+    smoothed = functools.partial(F.cross_entropy, label_smoothing=0.1)
+    objective = build_objective(LossConfig(), CLASSES, loss=smoothed, model_outputs=4)
+    assert objective.kind == "multiclass" and objective.has_accuracy
+    expected = F.cross_entropy(outputs, targets, label_smoothing=0.1, reduction="none")
+    assert torch.equal(objective.losses(outputs, targets), expected)
+    custom = build_objective(LossConfig(), CLASSES, loss=lambda o, t: F.cross_entropy(o, t), model_outputs=4)
+    assert custom.kind == "custom"  # a function of its own is taken as it is
+
+
+def test_a_dtype_mismatch_names_both_dtypes():
+    from distrain.errors import ConfigError
+    from distrain.loop.objective import probe_outputs
+
+    with pytest.raises(ConfigError) as info:
+        probe_outputs(torch.nn.Linear(3, 1), torch.zeros(2, 3, dtype=torch.float64))
+    assert info.value.key == "data" and "are torch.float64 but the model's parameters are torch.float32" in str(
+        info.value
+    )
+    with pytest.raises(ConfigError) as info:
+        probe_outputs(torch.nn.Linear(3, 1), torch.zeros(2, 5))  # same dtype, wrong size: the model's input size
+    assert info.value.key == "model" and "input size" in str(info.value)

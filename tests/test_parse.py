@@ -92,7 +92,7 @@ def test_defaults_fill_what_the_config_does_not_set():
         "ddp",
         "native",
         0,
-        "runs/default",
+        None,  # run.dir: runs/<script name>, resolved when the run starts
         "auto",
         None,
     )
@@ -170,3 +170,19 @@ def test_an_empty_file_is_an_empty_config(tmp_path):
     assert info.value.key == "data" and "required key is missing" in str(info.value)
     cfg = load_config(path, ["data.global_batch_size=4", "trainer.epochs=2"])
     assert (cfg.data.global_batch_size, cfg.trainer.epochs) == (4, 2)
+
+
+@pytest.mark.parametrize(
+    "program,run_dir",
+    [
+        ("examples/xor_tutorial.py", "runs/xor_tutorial"),  # python examples/xor_tutorial.py CONFIG
+        ("/abs/configs/mnist_cnn.yaml", "runs/mnist_cnn"),  # the distrain command passes its config
+        ("/venv/lib/python3/site-packages/ipykernel_launcher.py", "runs/notebook"),
+        ("-c", "runs/python"),
+        ("", "runs/python"),
+    ],
+)
+def test_an_unset_run_dir_is_the_scripts_own(program, run_dir):
+    from distrain.config.schema import default_run_dir
+
+    assert default_run_dir(program) == run_dir

@@ -1,7 +1,8 @@
-"""Metric logging: W&B offline files read back and compared with metrics.jsonl, one run per job, plots,
-console output."""
+"""Metric logging: W&B offline files, TensorBoard event files and the CSV file read back and compared with
+metrics.jsonl, one W&B run per job, W&B off by default without an account, plots, console output."""
 
 import struct
+from pathlib import Path
 
 import pytest
 from helpers.runs import XOR, clean_env, records, run_cli, run_torchrun
@@ -22,6 +23,8 @@ def offline_run(tmp_path_factory):
         "trainer.epochs=5",
         "log.every_steps=10",
         "log.grad_norms=true",
+        "log.loggers=[wandb, tensorboard, csv]",
+        "wandb.mode=offline",
         env=clean_env(wandb=True),
         fresh=True,
     )
@@ -29,9 +32,34 @@ def offline_run(tmp_path_factory):
     return run, result
 
 
+def test_a_logged_scalar_reaches_metrics_jsonl_tensorboard_wandb_and_csv(offline_run):
+    import csv
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run, _ = offline_run
+    expected = [(r["global_step"], r["accuracy"]) for r in records(run, "test")]
+    assert len(expected) == 5
+    (path,) = wandb_files(run)
+    assert [(r["_step"], r["test/accuracy"]) for r in history(path) if "test/accuracy" in r] == expected
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("test/accuracy")] == [
+        (step, pytest.approx(value, abs=1e-7))
+        for step, value in expected  # TensorBoard keeps float32
+    ]
+    step_losses = [(e.step, e.value) for e in events.Scalars("train/step_loss")]
+    assert [s for s, _ in step_losses] == list(range(10, 101, 10))
+    with open(run / "scalars.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(int(r["step"]), float(r["test/accuracy"])) for r in rows if r["test/accuracy"]] == expected
+    wandb_losses = [(r["_step"], r["train/step_loss"]) for r in history(path) if "train/step_loss" in r]
+    assert [(s, pytest.approx(v, rel=1e-6)) for s, v in wandb_losses] == step_losses
+
+
 def test_wandb_history_matches_metrics_jsonl(offline_run):
     run, _ = offline_run
-    (path,) = wandb_files(run)  # offline by default without an API key: one run file
+    (path,) = wandb_files(run)  # wandb.mode=offline: one run file
     rows = history(path)
     step_rows = [r for r in rows if "train/step_loss" in r]
     assert [r["_step"] for r in step_rows] == list(range(10, 101, 10))
@@ -51,6 +79,19 @@ def test_wandb_history_matches_metrics_jsonl(offline_run):
     assert best["best/test_accuracy"] == max(r["accuracy"] for r in records(run, "test"))
     assert best["best/test_loss"] == min(r["loss"] for r in records(run, "test"))
     assert run_ids(run) == {(run / "wandb.json").read_text().split('"')[3]}
+
+
+def test_wandb_is_off_by_default_without_an_account_in_one_line(tmp_path):
+    env = clean_env(wandb=True, NETRC=str(tmp_path / "no-netrc"))  # no `wandb login` of the machine's user
+    # run.dir unset: the distrain command's run directory is runs/<config name>, under the working directory.
+    result = run_cli("train", XOR, "run.dir=null", "trainer.epochs=1", "log.plots=false", env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (line,) = [l for l in result.stdout.splitlines() if "W&B" in l]
+    assert line.startswith("W&B is off: no API key is configured") and "wandb.mode=offline" in line
+    run = tmp_path / "runs" / "xor"
+    assert records(run, "test") and "dir: " + str(Path("runs/xor")) in (run / "config.yaml").read_text()
+    assert not (run / "wandb").exists() and not (run / "wandb.json").exists()
+    assert "wandb:" not in result.stdout + result.stderr and len(result.stdout.splitlines()) <= 8
 
 
 def test_plots_are_valid_pngs(offline_run, tmp_path):
@@ -122,6 +163,7 @@ def test_one_wandb_run_for_two_ranks_even_after_a_kill(tmp_path):
         "trainer.epochs=3",
         "checkpoint.every_steps=7",
         "log.every_steps=5",
+        "wandb.mode=offline",
         extra=("--max-restarts=1",),
         script="tests/helpers/kill_at_step.py",
         env=env,

@@ -26,7 +26,7 @@ from typing import Any, Callable, Mapping
 
 from distrain.errors import ConfigError
 
-KINDS = ("data", "model", "loss", "metric", "optim")
+KINDS = ("data", "model", "loss", "metric", "optim", "logger")
 
 _BUILTINS: dict[str, dict[str, Any]] = {
     "data": {
@@ -72,6 +72,11 @@ _BUILTINS: dict[str, dict[str, Any]] = {
         "adamw": "torch.optim:AdamW",
         "rmsprop": "torch.optim:RMSprop",
         "adagrad": "torch.optim:Adagrad",
+    },
+    "logger": {
+        "wandb": "distrain.reporting.wandb_run:wandb_logger",
+        "tensorboard": "distrain.reporting.tensorboard:TensorBoardLogger",
+        "csv": "distrain.reporting.csv_log:CSVLogger",
     },
 }
 _USER: dict[str, dict[str, Any]] = {kind: {} for kind in KINDS}

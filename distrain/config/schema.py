@@ -23,11 +23,23 @@ from distrain.strategies.options import DDPConfig, FSDPConfig, check_strategy
 
 @dataclass(kw_only=True)
 class RunConfig:
-    dir: str = "runs/default"
-    """Run directory: config.yaml, metrics.jsonl and checkpoints are written here."""
+    dir: str | None = None
+    """Run directory: config.yaml, definition.json, metrics.jsonl and checkpoints are written here; null:
+    runs/<script name> (`python train.py CONFIG`: runs/train), or runs/<config name> for the distrain
+    command (`distrain train configs/xor.yaml`: runs/xor), so two scripts never share one by default."""
 
     def __post_init__(self) -> None:
-        check(bool(self.dir.strip()), "run.dir", "must not be empty")
+        check(self.dir is None or bool(self.dir.strip()), "run.dir", "must not be empty (null: the default)")
+
+
+def default_run_dir(program: str) -> str:
+    """run.dir when the config leaves it unset: runs/<name> of the script (or the config file) that runs."""
+    from pathlib import PurePath
+
+    name = PurePath(program).stem if program not in ("", "-c", "-m") else ""
+    if name in ("ipykernel_launcher", "__main__"):
+        name = "notebook" if name == "ipykernel_launcher" else ""
+    return f"runs/{name or 'python'}"
 
 
 @dataclass(kw_only=True)

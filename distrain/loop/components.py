@@ -15,9 +15,10 @@ The order, and why:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -26,7 +27,7 @@ from distrain.config.registry import call, describe, resolve
 from distrain.config.schema import Config, MetricConfig, OptimConfig
 from distrain.data import DataInfo, DataSets, EvalBatches, build_eval_batches, build_splits, describe_data, probe_batch
 from distrain.data.structures import to_device
-from distrain.errors import ConfigError
+from distrain.errors import ArgumentError, ConfigError
 from distrain.launch import dist
 from distrain.launch.dist import DistContext
 from distrain.loop.metrics import MetricSet, build_metric
@@ -47,6 +48,34 @@ class Given:
     loss: Any = None
     metrics: dict[str, Any] | None = None
     optimizer: Any = None  # an Optimizer over the model's parameters, or a function params -> Optimizer
+
+    def check(self) -> None:
+        """Refuse what cannot be what fit's docstring asks for, naming the argument (`fit(model=...)`)."""
+        if self.model is not None and not isinstance(self.model, nn.Module):
+            raise ArgumentError("model", f"is a {type(self.model).__name__}, not a torch.nn.Module")
+        for name in ("train_data", "val_data", "test_data"):
+            data = getattr(self, name)
+            if data is None:
+                continue
+            if isinstance(data, (str, bytes, tuple, list, dict, torch.Tensor)) or type(data).__module__ == "numpy":
+                raise ArgumentError(
+                    name,
+                    f"is a {type(data).__name__}, not a Dataset",
+                    "wrap tensors in one: torch.utils.data.TensorDataset(torch.as_tensor(x, dtype=torch.float32), "
+                    "torch.as_tensor(y))",
+                )
+            if not (hasattr(data, "__getitem__") and hasattr(data, "__len__")):
+                raise ArgumentError(name, f"is a {type(data).__name__}, not a Dataset with __getitem__ and __len__")
+        if self.loss is not None and not callable(self.loss):
+            raise ArgumentError("loss", f"is a {type(self.loss).__name__}, not a callable loss(outputs, targets)")
+        if self.optimizer is not None and not (
+            isinstance(self.optimizer, torch.optim.Optimizer) or callable(self.optimizer)
+        ):
+            raise ArgumentError(
+                "optimizer",
+                f"is a {type(self.optimizer).__name__}",
+                "give a torch optimizer over model.parameters(), or a function params -> optimizer",
+            )
 
 
 @dataclass
@@ -73,10 +102,11 @@ def build_parts(cfg: Config, ctx: DistContext, given: Given | None = None) -> Pa
     if cfg.trainer.channels_last:
         model = model.to(memory_format=torch.channels_last)  # 4-d weights only; others are unchanged
     probe_inputs, probe_targets = (to_device(t, ctx.device) for t in probe_batch(data.train, cfg.data.target_key))
-    # One eval-mode forward on two training samples decides one-logit BCE vs cross-entropy and checks it all.
-    probe = probe_outputs(model, probe_inputs)
-    objective = build_objective(cfg.loss, info, given.loss, model_outputs=output_width(probe))
-    objective.check(model, probe, probe_targets)
+    with naming_arguments(given):
+        # One eval-mode forward on two training samples decides one-logit BCE vs cross-entropy and checks it all.
+        probe = probe_outputs(model, probe_inputs)
+        objective = build_objective(cfg.loss, info, given.loss, model_outputs=output_width(probe))
+        objective.check(model, probe, probe_targets)
     metric_objects = _build_metrics(cfg.metrics, given)
     loader_args = dict(
         rank=ctx.rank,
@@ -97,6 +127,26 @@ def build_parts(cfg: Config, ctx: DistContext, given: Given | None = None) -> Pa
             batches = build_eval_batches(dataset, eval_batch_size=cfg.data.eval_batch_size, **loader_args)
             evals[split] = (batches, MetricSet(objective, metric_objects, ctx.device))
     return Parts(data, info, model, objective, evals, metric_objects, loader_args)
+
+
+# What a check calls a part (objective.py does not know who made it) -> the fit argument that may have
+# handed it. Made by the config, the part keeps its config key (`model`: the model section).
+_ARGUMENTS = {"model": "model", "loss.name": "loss", "data": "train_data"}
+
+
+@contextlib.contextmanager
+def naming_arguments(given: Given) -> Iterator[None]:
+    """A check's error about the model, loss or data names what the user wrote: the fit argument that
+    handed it (`fit(model=...)`), else the config key."""
+    try:
+        yield
+    except ArgumentError:
+        raise
+    except ConfigError as exc:
+        argument = _ARGUMENTS.get(exc.key)
+        if argument is None or getattr(given, argument) is None:
+            raise
+        raise ArgumentError(argument, exc.problem, exc.hint) from None
 
 
 def _build_data(cfg: Config, ctx: DistContext, given: Given) -> DataSets:
@@ -138,7 +188,11 @@ def _build_metrics(cfg: dict[str, MetricConfig], given: Given) -> dict[str, Any]
     metrics = {name: build_metric(name, metric_cfg) for name, metric_cfg in cfg.items()}
     for name, metric in (given.metrics or {}).items():
         if not str(name).isidentifier() or name == "loss":
-            raise ConfigError(f"metrics.{name}", "a metric's name must be an identifier other than 'loss'")
+            raise ArgumentError("metrics", f"{name!r}: a metric's name must be an identifier other than 'loss'")
+        if not callable(metric):
+            raise ArgumentError(
+                "metrics", f"{name!r} is a {type(metric).__name__}", "give a torchmetrics Metric or a function"
+            )
         metrics[name] = metric
     return metrics
 
@@ -160,7 +214,7 @@ def build_optimizer_for(
             )
         return build_optimizer(cfg, model.parameters()), cfg.lr
     if isinstance(chosen, torch.optim.Optimizer) and replaces_parameters:
-        raise ConfigError(
+        raise ArgumentError(
             "optimizer",
             "an optimizer object cannot be given with strategy=fsdp: sharding "
             "replaces the model's parameters, so the optimizer would step stale ones",
@@ -169,11 +223,17 @@ def build_optimizer_for(
         )
     if not isinstance(chosen, torch.optim.Optimizer):
         chosen = chosen([p for p in model.parameters() if p.requires_grad])
+        if not isinstance(chosen, torch.optim.Optimizer):
+            raise ArgumentError(
+                "optimizer",
+                f"the function returned a {type(chosen).__name__}, not a torch optimizer",
+                "e.g. optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3)",
+            )
     owned = {id(p) for p in model.parameters()}
     if any(id(p) not in owned for group in chosen.param_groups for p in group["params"]):
-        raise ConfigError(
+        raise ArgumentError(
             "optimizer",
-            "the optimizer given to distrain.fit holds parameters that are not the model's",
+            "the optimizer holds parameters that are not the model's",
             "build it on model.parameters() of the model passed as model=",
         )
     return chosen, chosen.param_groups[0]["lr"]

@@ -207,6 +207,22 @@ def probe_outputs(model: nn.Module, inputs: Any) -> Any:
         with torch.no_grad():
             return call_model(model, inputs)
     except Exception as exc:
+        mismatch = _dtype_mismatch(model, inputs)
+        if mismatch is not None:
+            data_dtype, model_dtype = mismatch
+            raise ConfigError(
+                "data",
+                f"the training data's inputs are {data_dtype} but the model's parameters are {model_dtype}, "
+                f"and the model fails on them ({type(exc).__name__}: {str(exc).splitlines()[0]})",
+                f"make the inputs {model_dtype}"
+                + (
+                    " (numpy arrays are float64: torch.from_numpy(x).float(), or x.astype('float32') "
+                    "before building the data set)"
+                    if data_dtype == torch.float64
+                    else ""
+                )
+                + f", or the model {data_dtype} (model.to({data_dtype}))",
+            ) from None
         raise ConfigError(
             "model",
             f"the model fails on a batch of the training data ({describe(inputs)}): {type(exc).__name__}: {exc}",
@@ -214,6 +230,17 @@ def probe_outputs(model: nn.Module, inputs: Any) -> Any:
         ) from None
     finally:
         model.train(was_training)
+
+
+def _dtype_mismatch(model: nn.Module, inputs: Any) -> tuple[torch.dtype, torch.dtype] | None:
+    """(the inputs' floating dtype, the parameters') when they differ, else None."""
+    param = next((p for p in model.parameters() if p.is_floating_point()), None)
+    if param is None:
+        return None
+    for tensor in leaves(inputs):
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and tensor.dtype != param.dtype:
+            return tensor.dtype, param.dtype
+    return None
 
 
 def output_width(outputs: Any) -> int | None:
@@ -307,7 +334,45 @@ def _short_name(loss: Any) -> str:
     return _SHORT.get(type(loss).__name__, type(loss).__name__)
 
 
+def _as_module(fn: Any) -> Any:
+    """torch's functional losses (F.cross_entropy, F.nll_loss, F.binary_cross_entropy_with_logits, ...;
+    also under functools.partial with keyword arguments) as their nn classes, which compute the same
+    thing: they are then read as the task they are (accuracy for classification) and take the exact
+    per-sample path. Any other callable is returned as it is."""
+    import functools
+
+    import torch.nn.functional as F
+
+    modules = {
+        F.cross_entropy: nn.CrossEntropyLoss,
+        F.nll_loss: nn.NLLLoss,
+        F.binary_cross_entropy_with_logits: nn.BCEWithLogitsLoss,
+        F.binary_cross_entropy: nn.BCELoss,
+        F.mse_loss: nn.MSELoss,
+        F.l1_loss: nn.L1Loss,
+        F.huber_loss: nn.HuberLoss,
+        F.smooth_l1_loss: nn.SmoothL1Loss,
+    }
+    keywords: dict[str, Any] = {}
+    if isinstance(fn, functools.partial) and not fn.args:
+        fn, keywords = fn.func, dict(fn.keywords)
+    try:
+        cls = modules.get(fn)
+    except TypeError:  # an unhashable callable
+        cls = None
+    if cls is None:
+        return None
+    keywords.pop("reduction", None)  # distrain sets it (per-sample values keep the figures exact)
+    try:
+        return cls(**keywords)
+    except TypeError:
+        return None
+
+
 def _objective_for(fn: Any, name: str, data: DataInfo, model_outputs: int | None, notes: list[str]) -> Objective:
+    module = _as_module(fn)
+    if module is not None:
+        fn = module
     name = _short_name(fn) if isinstance(fn, nn.Module) else name
     mean_fn = None
     if isinstance(fn, nn.modules.loss._Loss) and hasattr(fn, "reduction"):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -35,6 +35,9 @@ from distrain.loop.steps import TrainMeter
 from distrain.loop.stopping import Stopper
 from distrain.strategies.fsdp import is_sharded
 from distrain.version import __version__
+
+if TYPE_CHECKING:
+    from distrain.loop.definition import RunDefinition
 
 log = logging.getLogger("distrain")
 
@@ -89,6 +92,7 @@ class TrainState:
         epoch_totals: torch.Tensor,
         *,
         weights: bool = True,
+        definition: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """The checkpoint contents (no collective: `epoch_totals` are the epoch's train sums, already summed
         over the ranks by the caller). `weights=False`: without the model and optimizer (a sharded
@@ -111,6 +115,7 @@ class TrainState:
             # The epoch's train sums over all ranks, so a mid-epoch resume still reports the whole epoch.
             "epoch_totals": epoch_totals.cpu(),
             "config": config,
+            "definition": definition,  # what fit was given (loop/definition.py), compared on resume
             "metrics": metrics,
         }
         if not weights:
@@ -249,9 +254,12 @@ def check_resumable(saved: dict[str, Any], current: dict[str, Any], path: str) -
             log.info("resuming with a changed setting: %s: %r -> %r", key, old.get(key), new.get(key))
 
 
-def maybe_resume(cfg: Config, ctx: DistContext, run_dir: Path, state: TrainState) -> None:
+def maybe_resume(
+    cfg: Config, ctx: DistContext, run_dir: Path, state: TrainState, definition: RunDefinition | None = None
+) -> None:
     """Load the checkpoint that checkpoint.resume names (auto: the newest complete one of run.dir) into
-    `state` and the random generators. Collective: every rank must call it."""
+    `state` and the random generators, after checking that its config and `definition` (what fit was
+    given) allow it. Collective: every rank must call it."""
     resume = cfg.checkpoint.resume
     if resume == "never":
         return
@@ -291,6 +299,8 @@ def maybe_resume(cfg: Config, ctx: DistContext, run_dir: Path, state: TrainState
         )
         return
     check_resumable(payload.get("config", {}), cfg.to_dict(), chosen)
+    if definition is not None:
+        definition.check_resumable(payload.get("definition"), chosen)
     try:
         if from_shards:
             load_sharded_into(Path(chosen), state.model, state.optimizer)

@@ -31,7 +31,7 @@ from typing import Any, Mapping
 from distrain.atomic import atomic_write_bytes
 from distrain.checkpoint.ownership import own_run_dir
 from distrain.config.parse import dump_config
-from distrain.config.schema import Config, OptimConfig
+from distrain.config.schema import Config, OptimConfig, default_run_dir
 from distrain.data import build_train_batches
 from distrain.errors import ConfigError
 from distrain.launch import dist
@@ -40,6 +40,7 @@ from distrain.launch.env import DistEnv, detect
 from distrain.launch.signals import Interrupted, StopSignals
 from distrain.launch.slurm import maybe_requeue, resolve_run_dir
 from distrain.loop.components import Given, Parts, build_optimizer_for, build_parts, log_parts, monitor_direction
+from distrain.loop.definition import RunDefinition
 from distrain.loop.exact import ExactStep, running_statistics
 from distrain.loop.nonfinite import NonFiniteGuard
 from distrain.loop.result import FitResult
@@ -63,7 +64,13 @@ def train(cfg: Config, given: Given | None = None, environ: Mapping[str, str] = 
     env = detect(environ)
     check_against_env(cfg, env)
     setup_logging(env.rank)
-    cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, dir=resolve_run_dir(cfg.run.dir, environ)))
+    run_dir = cfg.run.dir
+    if run_dir is None:
+        import sys
+
+        run_dir = default_run_dir(sys.argv[0])
+        log.info("run.dir is not set: this run's directory is %s", run_dir)
+    cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, dir=resolve_run_dir(run_dir, environ)))
     if "SLURM_RESTART_COUNT" in environ:
         log.info(
             "SLURM job %s, restart %s: resuming from the newest checkpoint",
@@ -125,6 +132,8 @@ class Trainer:
         scheduler = build_scheduler(
             cfg.schedule, optimizer, base_lr=base_lr, steps_per_epoch=steps_per_epoch, epochs=cfg.trainer.epochs
         )
+        # What fit was given, read before a resume loads saved state into these objects.
+        self.definition = RunDefinition.of(parts, optimizer, scheduler, given)
         # A constant learning rate needs no scheduler call per step (see TrainState.to_payload).
         self.step_scheduler = None if is_constant(cfg.schedule) else scheduler
         self.clip = cfg.optim or OptimConfig(lr=base_lr)
@@ -219,14 +228,16 @@ class Trainer:
     # ----------------------------------------------------------------------------------------- the chapters
 
     def resume(self) -> None:
-        maybe_resume(self.cfg, self.ctx, self.run_dir, self.state)  # into the unwrapped model, the raw optimizer
+        # Into the unwrapped model and the raw optimizer.
+        maybe_resume(self.cfg, self.ctx, self.run_dir, self.state, self.definition)
         # Only now: a resume refused for a changed config leaves the run's config.yaml as it was.
-        write_config(self.cfg, self.ctx, self.run_dir)
+        write_config(self.cfg, self.ctx, self.run_dir, self.definition)
         p = self.progress
         if p.epoch >= self.cfg.trainer.epochs or self.state.stopper.stopped:
             log.info(
-                "this run already finished (epoch %d of %d%s): nothing to train; its final metrics follow. "
-                "To train again, use a new run.dir or checkpoint.resume=never",
+                "this run already finished (epoch %d of %d%s): nothing to train, and the figures returned are "
+                "that run's (result.trained is False). To train again: a new run.dir, checkpoint.resume=never, "
+                "or more trainer.epochs",
                 p.epoch,
                 self.cfg.trainer.epochs,
                 f", {self.state.stopper.stopped}" if self.state.stopper.stopped else "",
@@ -243,14 +254,12 @@ class Trainer:
             last_good=self._newest_good,
         )
         self.reporter = Reporter(
-            self.cfg.log,
-            self.cfg.wandb,
+            self.cfg,
             self.ctx,
             self.run_dir,
             self.parts.model,
             start_step=p.global_step,
             total_steps=steps_per_epoch * self.cfg.trainer.epochs,
-            run_config=self.cfg.to_dict(),
             directions=self.parts.metric_objects,
         )
         self.reporter.drop_from_epoch(p.epoch)
@@ -350,7 +359,12 @@ class Trainer:
         totals = self.meter.sums(dist.all_reduce_sum(self.meter.totals().clone()))
         sharded = self.strategy.sharded
         payload = self.state.to_payload(
-            self.cfg.to_dict(), self.ctx.world_size, metrics or {}, totals, weights=not sharded
+            self.cfg.to_dict(),
+            self.ctx.world_size,
+            metrics or {},
+            totals,
+            weights=not sharded,
+            definition=self.definition.values,
         )
         return self.saver.save(payload, (self.state.model, self.state.optimizer) if sharded else None)
 
@@ -367,9 +381,21 @@ class Trainer:
                 self.reporter.close(plots=self.cfg.log.plots and finished)
 
     def result(self, splits: dict[str, EpochMetrics], trained: bool) -> FitResult:
+        p = self.progress
         if not splits:  # resumed a run that had already finished or stopped: report where it ended
             splits = evaluate_splits(self.parts, self.ctx)
-        p = self.progress
+            figures = ", ".join(
+                f"{split} {name} {value:.4g}"
+                for split, m in splits.items()
+                for name, value in m.values.items()
+                if isinstance(value, (int, float))
+            )
+            log.info(
+                "not trained by this call: the finished run's figures (epoch %d, global step %d): %s",
+                p.epoch,
+                p.global_step,
+                figures or "none (no val or test split)",
+            )
         return FitResult.of(
             splits,
             global_step=p.global_step,
@@ -387,8 +413,11 @@ class Trainer:
         return str(find_resumable(self.run_dir)) if self.ctx.is_main else None
 
 
-def write_config(cfg: Config, ctx: DistContext, run_dir: Path) -> None:
-    """Rank 0 writes the resolved config into run.dir (created by own_run_dir); the others wait for it."""
+def write_config(cfg: Config, ctx: DistContext, run_dir: Path, definition: RunDefinition | None = None) -> None:
+    """Rank 0 writes the resolved config and the run's definition (what fit was given) into run.dir
+    (created by own_run_dir); the others wait for them."""
     if ctx.is_main:
         atomic_write_bytes(run_dir / "config.yaml", dump_config(cfg).encode())  # never a half-written file
+        if definition is not None:
+            atomic_write_bytes(run_dir / "definition.json", definition.to_json())
     dist.barrier()

@@ -62,29 +62,44 @@ class MetricsLog:
         time_s: float,
         lr: float,
         extra: dict[str, float] | None = None,
-    ) -> None:
+    ) -> list[dict]:
+        """Print the epoch's line and append its records (one per split); returns the records."""
+        found = records(epoch, global_step, splits, time_s, lr, extra)
         if not self.is_main:
-            return
+            return found
         parts = [
             " ".join([split] + [f"{_SHORT.get(k, k)} {_fmt(v)}" for k, v in m.values.items()])
             for split, m in splits.items()
         ]
         log.info("epoch %d | %s | lr %.3g | %.2fs", epoch, " | ".join(parts), lr, time_s)
-        lines = []
-        for split, m in splits.items():
-            record = {
-                "epoch": epoch,
-                "split": split,
-                **m.values,
-                "samples": m.samples,
-                "global_step": global_step,
-                "time_s": round(time_s, 4),
-            }
-            if split == "train":
-                record["lr"] = lr  # the learning rate at the start of the epoch
-                record.update(extra or {})
-            lines.append(json.dumps(record) + "\n")
-        append_whole(self.path, "".join(lines).encode())
+        append_whole(self.path, "".join(json.dumps(record) + "\n" for record in found).encode())
+        return found
+
+
+def records(
+    epoch: int,
+    global_step: int,
+    splits: dict[str, EpochMetrics],
+    time_s: float,
+    lr: float,
+    extra: dict[str, float] | None = None,
+) -> list[dict]:
+    """The epoch's metrics.jsonl records, one per split (see the module's docstring)."""
+    found = []
+    for split, m in splits.items():
+        record = {
+            "epoch": epoch,
+            "split": split,
+            **m.values,
+            "samples": m.samples,
+            "global_step": global_step,
+            "time_s": round(time_s, 4),
+        }
+        if split == "train":
+            record["lr"] = lr  # the learning rate at the start of the epoch
+            record.update(extra or {})
+        found.append(record)
+    return found
 
 
 def append_whole(path: Path, data: bytes) -> None:

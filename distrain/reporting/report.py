@@ -1,15 +1,18 @@
-"""Where do metrics go? One `Reporter` per run fans them out: console, metrics.jsonl, W&B, plots.
+"""Where do metrics go? One `Reporter` per run fans them out: console, metrics.jsonl, the loggers that
+log.loggers names (W&B, TensorBoard, CSV, your own: see loggers.py), plots.
 
-    reporter = Reporter(cfg.log, cfg.wandb, ctx, run_dir, model, start_step=..., total_steps=..., run_config=...)
+    reporter = Reporter(cfg, ctx, run_dir, model, start_step=..., total_steps=..., directions=...)
     window = dist.all_reduce_sum(reporter.window(meter))        # the caller reduces, at log steps
     reporter.after_step(global_step, meter, lr, window)          # every rank, after a step where wants_step()
     reporter.log_epoch(epoch, global_step, {"train": ..., "val": ..., "test": ...}, time_s, lr, train_time_s)
+    reporter.log_scalars(global_step, {"name": value})           # any named scalars, to every logger
     reporter.close(plots=True)
 
 Step metrics (every log.every_steps steps): the mean train loss and accuracy over the steps since the
 last log, summed over all ranks by the caller (the Reporter runs no collective), the learning rate,
 samples/s, step time and the gradient norm. Values reach the host only at these steps, never inside
-the step. Only global rank 0 prints, writes files or talks to W&B; the others log warnings and errors only.
+the step. Only global rank 0 prints, writes files or calls the loggers; the others log warnings and
+errors only.
 """
 
 from __future__ import annotations
@@ -23,10 +26,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from distrain.config.schema import Config
 from distrain.launch.dist import DistContext
 from distrain.loop.steps import EpochMetrics, TrainMeter
 from distrain.reporting.history import RECORD_KEYS, MetricsLog
-from distrain.reporting.options import LogConfig, WandbConfig
+from distrain.reporting.loggers import build_loggers, check_loggers
 
 log = logging.getLogger("distrain")
 
@@ -67,17 +71,16 @@ def total_grad_norm(model: nn.Module) -> float:
 class Reporter:
     def __init__(
         self,
-        cfg: LogConfig,
-        wandb_cfg: WandbConfig,
+        run_cfg: Config,
         ctx: DistContext,
         run_dir: Path,
         model: nn.Module,
         *,
         start_step: int,
         total_steps: int,
-        run_config: dict[str, Any],
         directions: dict[str, Any] | None = None,
     ):
+        cfg = run_cfg.log
         self.cfg, self.ctx, self.run_dir, self.model = cfg, ctx, run_dir, model
         self.directions = directions or {}  # metric name -> its torchmetrics object (higher_is_better)
         self.every = cfg.every_steps
@@ -88,19 +91,25 @@ class Reporter:
         self.window_start: torch.Tensor | None = None
         self.window_time = time.perf_counter()
         self.window_step = start_step
-        self.wandb = None
+        self.loggers: list[Any] = []
         self.bar = None
+        check_loggers(cfg.loggers)  # every rank: a logger that cannot be imported stops them all alike
         if ctx.is_main:
-            from distrain.reporting.wandb_run import WandbSink, resolve_mode
-
-            if resolve_mode(wandb_cfg) != "disabled":
-                self.wandb = WandbSink(wandb_cfg, run_dir, run_config)
+            self.loggers = build_loggers(run_cfg, run_dir, start_step)
             show_bar = cfg.progress_bar == "always" or (cfg.progress_bar == "auto" and sys.stdout.isatty())
             if show_bar:
                 from tqdm import tqdm
 
                 self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
         self.best: dict[str, float] = {}
+
+    def log_scalars(self, step: int, values: dict[str, float]) -> None:
+        """Named scalars at a global step, to every logger (W&B, TensorBoard, CSV, yours). Any rank may
+        call it; global rank 0 alone writes (values are rank 0's: reduce first what must cover all ranks)."""
+        if not self.ctx.is_main:
+            return
+        for logger in self.loggers:
+            logger.log_scalars(step, values)
 
     def start_epoch(self, meter: TrainMeter, global_step: int) -> None:
         self.window_start = meter.totals().clone()
@@ -156,8 +165,7 @@ class Reporter:
                     1000 * values["step_time_s"],
                     values["grad_norm"],
                 )
-            if self.wandb:
-                self.wandb.log(values, step=global_step)
+        self.log_scalars(global_step, values)
         self.window_start = totals.clone()
         self.window_time, self.window_step = time.perf_counter(), global_step
 
@@ -186,24 +194,32 @@ class Reporter:
         if self.bar is not None:
             self.bar.update(global_step - self.bar.n)
             self.bar.clear()
-        self.metrics.log_epoch(epoch, global_step, splits, time_s, lr=lr, extra=extra)
+        records = self.metrics.log_epoch(epoch, global_step, splits, time_s, lr=lr, extra=extra)
         if self.bar is not None:
             self.bar.refresh()
         for split, m in splits.items():
             self._track_best(split, m.values)
-        if self.wandb:
-            values = {f"{split}/{name}": value for split, m in splits.items() for name, value in m.values.items()}
-            self.wandb.log(
-                {
-                    "epoch": epoch,
-                    **values,
-                    "epoch_lr": lr,
-                    "epoch_time_s": time_s,
-                    **{f"epoch_{k}": v for k, v in extra.items()},
-                },
-                step=global_step,
-            )
-            self.wandb.summarize(self.best)
+        values = {
+            f"{split}/{name}": value
+            for split, m in splits.items()
+            for name, value in m.values.items()
+            if isinstance(value, (int, float))  # scalars only: a confusion matrix stays in metrics.jsonl
+        }
+        self.log_scalars(
+            global_step,
+            {
+                "epoch": epoch,
+                **values,
+                "epoch_lr": lr,
+                "epoch_time_s": time_s,
+                **{f"epoch_{k}": v for k, v in extra.items()},
+            },
+        )
+        for logger in self.loggers:
+            if hasattr(logger, "log_epoch"):
+                logger.log_epoch(epoch, global_step, records)
+            if hasattr(logger, "log_summary"):
+                logger.log_summary(self.best)
 
     def _track_best(self, split: str, values: dict) -> None:
         """best/<split>_<metric> over the epochs so far (val and test; losses and errors: the lowest)."""
@@ -235,10 +251,13 @@ class Reporter:
             return
         if self.bar is not None:
             self.bar.close()
-        if plots and self.metrics.path.exists():
-            from distrain.reporting.plots import plot_runs
+        try:
+            if plots and self.metrics.path.exists():
+                from distrain.reporting.plots import plot_runs
 
-            for path in plot_runs([self.run_dir], self.run_dir / "plots"):
-                log.info("wrote %s", path)
-        if self.wandb:
-            self.wandb.finish()
+                for path in plot_runs([self.run_dir], self.run_dir / "plots"):
+                    log.info("wrote %s", path)
+        finally:
+            for logger in self.loggers:
+                if hasattr(logger, "close"):
+                    logger.close()

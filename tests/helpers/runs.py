@@ -49,8 +49,9 @@ def free_port() -> int:
 
 def clean_env(*, wandb: bool = False, **extra: str) -> dict[str, str]:
     """The machine's environment without launcher, SLURM and W&B variables. W&B is off (WANDB_MODE=disabled:
-    an offline run's start and finish cost a process about 4.5 s here) unless `wandb`: only the tests that
-    read W&B files back turn it on."""
+    an offline run's start and finish cost a process about 4.5 s here, and a machine with `wandb login`
+    would turn it on) unless `wandb`: W&B's default then applies (off without an account), and the tests
+    that read W&B files back ask for wandb.mode=offline."""
     env = {k: v for k, v in os.environ.items() if k not in _LAUNCH_VARS and not k.startswith(("SLURM_", "WANDB_"))}
     env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     if not wandb:
