@@ -56,14 +56,13 @@ class ExactSum:
         self.segment = torch.repeat_interleave(  # element -> its tensor's index
             torch.arange(len(params), device=device), torch.tensor(self.numels, device=device)
         )
+        self._exponents: tuple[int, ...] | None = None  # the last step's, with their per-element scale
+        self._scale = torch.ones(0, dtype=torch.float64, device=device)
 
     def flat(self, grads: list[torch.Tensor | None]) -> torch.Tensor:
         """One chunk's gradients as one float32 vector (a missing gradient counts as zeros)."""
         return torch.cat(
-            [
-                (g.detach() if g is not None else torch.zeros_like(p)).reshape(-1).float()
-                for g, p in zip(grads, self.params)
-            ]
+            [(g if g is not None else torch.zeros_like(p)).reshape(-1).float() for g, p in zip(grads, self.params)]
         )
 
     def local_max(self, flats: list[torch.Tensor]) -> torch.Tensor:
@@ -74,24 +73,35 @@ class ExactSum:
             max_abs.scatter_reduce_(0, self.segment, torch.nan_to_num(flat.abs(), nan=math.inf), reduce="amax")
         return max_abs
 
-    def scales(self, max_abs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def scales(self, max_abs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """From the maxima over all ranks: each element's scale (a power of two: its tensor's largest value
-        maps just below 2^headroom), and where the sum is not finite."""
-        _, exponent = torch.frexp(max_abs.double())  # max_abs < 2^exponent
-        usable = torch.isfinite(max_abs) & (max_abs > 0)
-        scale = torch.exp2(torch.where(usable, (self.headroom - exponent).double(), 0.0))
-        return scale[self.segment], torch.isinf(max_abs)[self.segment]
+        maps just below 2^headroom), and where the sum is not finite (None: nowhere).
+
+        Worked out on the host (one read of one float per tensor): a handful of scalar kernels would cost
+        more than the sum itself on a small model, and the exponents rarely change from step to step."""
+        maxima = max_abs.tolist()
+        exponents = tuple(self.headroom - math.frexp(m)[1] if 0 < m < math.inf else 0 for m in maxima)
+        if exponents != self._exponents:
+            per_tensor = torch.tensor([math.ldexp(1.0, e) for e in exponents], dtype=torch.float64)
+            self._scale, self._exponents = per_tensor.to(self.device)[self.segment], exponents
+        bad = None
+        if any(m == math.inf for m in maxima):
+            bad = torch.tensor([m == math.inf for m in maxima], device=self.device)[self.segment]
+        return self._scale, bad
 
     def partial(self, flats: list[torch.Tensor], scale: torch.Tensor) -> torch.Tensor:
         """This rank's chunks summed in int64 (exact)."""
-        total = torch.zeros(len(self.segment), dtype=torch.int64, device=self.device)
+        total = None
         for flat in flats:
-            total += torch.round(flat.double() * scale).to(torch.int64)  # the product is exact in float64
-        return total
+            fixed = flat.double().mul_(scale).round_().to(torch.int64)  # the product is exact in float64
+            total = fixed if total is None else total.add_(fixed)
+        return total if total is not None else torch.zeros(len(self.segment), dtype=torch.int64, device=self.device)
 
-    def finish(self, total: torch.Tensor, scale: torch.Tensor, bad: torch.Tensor) -> list[torch.Tensor]:
+    def finish(self, total: torch.Tensor, scale: torch.Tensor, bad: torch.Tensor | None) -> list[torch.Tensor]:
         """The summed integers back to float32, one tensor per parameter (NaN where not finite)."""
-        summed = torch.where(bad, math.nan, (total.double() / scale).float())
+        summed = total.double().div_(scale).float()
+        if bad is not None:
+            summed = torch.where(bad, math.nan, summed)
         return [t.view(p.shape) for t, p in zip(torch.split(summed, self.numels), self.params)]
 
     def __call__(self, chunk_grads: list[list[torch.Tensor | None]]) -> list[torch.Tensor]:
