@@ -38,7 +38,7 @@ def _sum_as_ranks(reduce: ExactSum, groups: list[list[torch.Tensor]]) -> torch.T
     """ExactSum's phases with the two all-reduces done by hand: the chunks split into `groups` (ranks),
     the maxima and the partial sums combined in the order of `groups` (the all-reduce's)."""
     flats = [[reduce.flat([g]) for g in group] for group in groups]
-    max_abs = torch.stack([reduce.local_max(f) for f in flats]).amax(dim=0)
+    max_abs = torch.stack([reduce.local_max([[g] for g in group]) for group in groups]).amax(dim=0)
     scale, bad = reduce.scales(max_abs)
     total = torch.zeros(len(reduce.segment), dtype=torch.int64)
     for f in flats:

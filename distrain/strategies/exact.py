@@ -65,13 +65,17 @@ class ExactSum:
             [(g if g is not None else torch.zeros_like(p)).reshape(-1).float() for g, p in zip(grads, self.params)]
         )
 
-    def local_max(self, flats: list[torch.Tensor]) -> torch.Tensor:
+    def local_max(self, chunk_grads: list[list[torch.Tensor | None]]) -> torch.Tensor:
         """Per tensor, the largest magnitude over this rank's chunks (+inf where a value is not finite)."""
         max_abs = torch.zeros(len(self.params), dtype=torch.float32, device=self.device)
-        for flat in flats:
-            # A non-finite value becomes +inf, which the MAX all-reduce keeps on every rank.
-            max_abs.scatter_reduce_(0, self.segment, torch.nan_to_num(flat.abs(), nan=math.inf), reduce="amax")
-        return max_abs
+        for grads in chunk_grads:
+            present = [i for i, g in enumerate(grads) if g is not None]
+            if present:
+                # One fused kernel for all the tensors (clip_grad_norm_'s), not one reduction per tensor.
+                norms = torch.stack(torch._foreach_norm([grads[i] for i in present], math.inf)).float()
+                max_abs[present] = torch.maximum(max_abs[present], norms)
+        # A non-finite value becomes +inf, which the MAX all-reduce keeps on every rank.
+        return torch.nan_to_num(max_abs, nan=math.inf)
 
     def scales(self, max_abs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """From the maxima over all ranks: each element's scale (a power of two: its tensor's largest value
@@ -108,7 +112,7 @@ class ExactSum:
         """The sum over this rank's chunks and all ranks, bitwise the same however the chunks are split over
         ranks and in whatever order the ranks add up. Collective: two all-reduces."""
         flats = [self.flat(grads) for grads in chunk_grads]
-        scale, bad = self.scales(dist.all_reduce_max(self.local_max(flats)))
+        scale, bad = self.scales(dist.all_reduce_max(self.local_max(chunk_grads)))
         total = dist.all_reduce_sum(self.partial(flats, scale))  # int64: exact whatever the order of the ranks
         return self.finish(total, scale, bad)
 
