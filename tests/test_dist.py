@@ -60,3 +60,58 @@ def _raises_inside(rank, world, port, out):
 def test_group_is_destroyed_when_the_body_raises(tmp_path):
     spawn(_raises_inside, 2, tmp_path)
     assert [(tmp_path / f"rank{r}").read_text() for r in range(2)] == ["False", "False"]
+
+
+# What gloo raised here (torch 2.14) when a peer died, or stopped answering, in the middle of a collective.
+GLOO_CLOSED = (
+    "[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection closed by peer "
+    "[127.0.0.1]:2468. This is typically caused by a remote worker crashing. Check the logs of the remote "
+    "worker before reporting an error. GLHF!"
+)
+GLOO_RESET = (
+    "[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:545] Read error [127.0.0.1]:47310: "
+    "Connection reset by peer. This is typically caused by a remote worker hanging or bugs in the application."
+)
+GLOO_TIMEOUT = (
+    "[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting "
+    "3000ms for recv operation to complete"
+)
+
+
+def test_a_lost_peer_is_told_from_a_bug():
+    assert dist.peer_gone(RuntimeError(GLOO_CLOSED), rank=0, world_size=2) == (
+        "rank 1 (Connection closed by peer [127.0.0.1]:2468)"
+    )
+    assert dist.peer_gone(RuntimeError(GLOO_RESET), rank=1, world_size=2) == (
+        "rank 0 (Read error [127.0.0.1]:47310: Connection reset by peer)"
+    )
+    # With more ranks gloo names only the peer's address; a timeout names nobody.
+    assert dist.peer_gone(RuntimeError(GLOO_TIMEOUT), rank=2, world_size=4) == (
+        "a peer (Timed out waiting 3000ms for recv operation to complete)"
+    )
+    wrapped = ValueError("while saving")
+    wrapped.__cause__ = RuntimeError(GLOO_CLOSED)
+    assert dist.peer_gone(wrapped, rank=0, world_size=2).startswith("rank 1 (Connection closed")
+    # Bugs keep their traceback: other errors, and one raised while handling a lost peer.
+    assert dist.peer_gone(RuntimeError("mat1 and mat2 shapes cannot be multiplied"), rank=0, world_size=2) is None
+    assert dist.peer_gone(KeyError("Connection closed by peer"), rank=0, world_size=2) is None
+    try:
+        try:
+            raise RuntimeError(GLOO_CLOSED)
+        except RuntimeError:
+            raise AttributeError("'NoneType' object has no attribute 'close'")  # noqa: B904
+    except AttributeError as bug:
+        assert dist.peer_gone(bug, rank=0, world_size=2) is None
+
+
+def test_a_lost_peer_is_reported_by_every_rank_with_its_rank(capsys, monkeypatch):
+    from distrain.errors import LostPeer, report_user_error
+
+    monkeypatch.delenv("TORCHELASTIC_ERROR_FILE", raising=False)
+    for rank in ("0", "1"):
+        monkeypatch.setenv("RANK", rank)
+        report_user_error(LostPeer("lost rank 9 (Connection closed by peer [h]:1)"))
+    assert capsys.readouterr().err.splitlines() == [
+        "[rank 0] distrain: error: lost rank 9 (Connection closed by peer [h]:1)",
+        "[rank 1] distrain: error: lost rank 9 (Connection closed by peer [h]:1)",
+    ]

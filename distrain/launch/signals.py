@@ -11,15 +11,12 @@ convention for "ended by this signal", so schedulers and scripts see an interrup
 
 from __future__ import annotations
 
-import logging
 import signal
 from types import FrameType
 
 import torch
 
 from distrain.launch import dist
-
-log = logging.getLogger(__name__)
 
 
 class Interrupted(Exception):
@@ -32,20 +29,38 @@ class Interrupted(Exception):
 
 
 class StopSignals:
-    """Install with `with StopSignals(names) as stop:`; the previous handlers come back on exit."""
+    """Install with `with StopSignals(names) as stop:`; the previous handlers come back on exit.
+
+    `train` installs them around the whole run, teardown included: a signal that lands while a failed run
+    is still finishing its last background write and closing its logs is recorded, not fatal. Why: when
+    one worker dies, torchrun's agent sends SIGTERM to the others at once; with the default handler back,
+    a survivor would die mid-teardown, without its message and maybe with that write cut short. The
+    ranks agree on a signal only between `start_agreement()` and `finish_agreement()` (the training loop).
+    """
 
     def __init__(self, names: list[str]):
         self.signums = [signal.Signals[name] for name in names]
         self.received: int | None = None
         self._previous: dict[int, object] = {}
         self._collective = False
+        self._pending = None
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.received is None:
-            log.warning("received %s: saving a checkpoint and stopping at the next step", signal.Signals(signum).name)
+        # Silent: the loop says it once the ranks agree to stop. A signal that is never acted on (torchrun's
+        # agent sends SIGTERM to the survivors of a lost worker, whose next collective fails) promises no save.
         self.received = signum
 
     def __enter__(self) -> StopSignals:
+        for signum in self.signums:
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def start_agreement(self) -> None:
+        """From here on `agreed_signal` is collective when the run has several ranks. Every rank calls it."""
         self._collective = dist.is_distributed()  # asked once: agreed_signal runs every step
         if self._collective:
             # The agreement runs on CPU tensors in a gloo group (the default group when it is gloo, else a
@@ -53,16 +68,23 @@ class StopSignals:
             self._group = dist.cpu_group()
             self._flag = torch.zeros(1, dtype=torch.int64)
             self._pending = None
-        for signum in self.signums:
-            self._previous[signum] = signal.signal(signum, self._handle)
-        return self
 
-    def __exit__(self, *exc) -> None:
-        if self._collective and self._pending is not None:
-            self._pending.wait()  # every rank started the same reductions; finish the last one
-            self._pending = None
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
+    def finish_agreement(self, *, failed: bool) -> None:
+        """Collect the last reduction every rank started. `failed`: an exception is on its way out."""
+        pending, self._pending = self._pending, None
+        self._collective = False
+        if pending is None:
+            return
+        # Waited for on the failure path too: a gloo work object still pending when the group is destroyed
+        # can abort the process at exit. Every rank started this reduction, so it ends, or fails at once
+        # when a peer is gone.
+        try:
+            pending.wait()
+        except RuntimeError:
+            if not failed:
+                raise
+            # The reduction shared the lost peer's connection and fails the same way: the first error
+            # (on its way out) is the one reported, not this repeat of it.
 
     def agreed_signal(self) -> int | None:
         """The signal to stop on if any rank received one, else None. Collective: every rank must call it,
