@@ -1,9 +1,10 @@
 """Collective helpers: no-ops in one process, real collectives in a 2-process gloo group."""
 
 import json
+from pathlib import Path
 
 import torch
-from helpers.runs import spawn
+from helpers.runs import XOR, free_port, spawn
 
 from distrain.launch import dist
 from distrain.launch.env import DistEnv
@@ -115,3 +116,73 @@ def test_a_lost_peer_is_reported_by_every_rank_with_its_rank(capsys, monkeypatch
         "[rank 0] distrain: error: lost rank 9 (Connection closed by peer [h]:1)",
         "[rank 1] distrain: error: lost rank 9 (Connection closed by peer [h]:1)",
     ]
+
+
+def _gloo_threads() -> list[str]:
+    """This process's gloo threads (the group's workers and its transport loop), by their OS names."""
+    tasks = Path("/proc/self/task")
+    return sorted(n for t in tasks.iterdir() if "gloo" in (n := (t / "comm").read_text().strip()))
+
+
+def _train_cycles(rank, world, port, out, ports):
+    """Train XOR with background saves once per port, ending alternately normally and by SIGTERM (raised
+    by rank 0 after step 7), in this one process; record what is left after each."""
+    import signal
+    import threading
+
+    import distrain.loop.trainer
+    from distrain.config.parse import load_config
+    from distrain.launch.signals import Interrupted
+    from distrain.loop.trainer import train
+
+    original, signal_at = distrain.loop.trainer.Trainer.maybe_save_step, [None]
+
+    def maybe_save_then_signal(self):
+        saved = original(self)
+        if rank == 0 and self.progress.global_step == signal_at[0]:
+            signal.raise_signal(signal.SIGTERM)
+        return saved
+
+    distrain.loop.trainer.Trainer.maybe_save_step = maybe_save_then_signal
+    left = []
+    for cycle, cycle_port in enumerate(ports):
+        signal_at[0] = 7 if cycle % 2 else None
+        cfg = load_config(
+            XOR,
+            [
+                f"run.dir={out / f'cycle{cycle}'}",
+                "trainer.epochs=2",
+                "checkpoint.every_steps=5",
+                "checkpoint.async_save=true",
+                "wandb.mode=disabled",
+                "log.plots=false",
+            ],
+        )
+        environ = {
+            "RANK": str(rank),
+            "WORLD_SIZE": str(world),
+            "LOCAL_RANK": str(rank),
+            "LOCAL_WORLD_SIZE": str(world),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(cycle_port),
+        }
+        try:
+            train(cfg, environ=environ)
+            ended = "normally"
+        except Interrupted as exc:
+            ended = exc.signum
+        left.append([ended, _gloo_threads(), [t.name for t in threading.enumerate()]])
+    (out / f"rank{rank}.json").write_text(json.dumps(left))
+
+
+def test_repeated_runs_with_background_saves_leave_no_gloo_thread_behind(tmp_path):
+    # The path of the SIGABRT at exit seen once in CI ("terminate called without an active exception"):
+    # a group that outlived destroy_process_group (torch.distributed.nn.functional held it) kept its gloo
+    # threads running into interpreter teardown. 20 runs per process, half ended by SIGTERM; after each,
+    # no gloo thread and no Python thread but the main one; then each process exits normally.
+    ports = [free_port() for _ in range(20)]
+    spawn(_train_cycles, 2, tmp_path, ports)  # raises if a process does not exit 0 (a crash at exit too)
+    for rank in range(2):
+        left = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert [ended for ended, _, _ in left] == ["normally", 15] * 10
+        assert all(gloo == [] and python == ["MainThread"] for _, gloo, python in left), left

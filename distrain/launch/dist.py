@@ -16,6 +16,7 @@ import datetime
 import gc
 import logging
 import re
+import traceback
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -95,6 +96,16 @@ def distributed(
     chosen = pick_backend(backend, dev)
     owns_group = not tdist.is_initialized()
     if owns_group:
+        # Before the group exists: torch.distributed.nn.functional (imported when DDP is first built) takes
+        # `group.WORLD` as the default argument of its functions when it is imported. Imported after
+        # init_process_group, it held the group for the life of the process: destroy_process_group below
+        # left the group's gloo threads (pt_gloo_runloop x2, gloo_tcp_loop) running into interpreter
+        # teardown, the hazard behind "terminate called without an active exception" at exit that
+        # pytorch#179291 describes (a gloo thread freeing a tensor once Python is gone). Imported first,
+        # its defaults are None and the threads are joined here (tests/test_dist.py counts them). The
+        # `as` name binds no local `torch` (which would shadow the module above).
+        import torch.distributed.nn.functional as _reads_group_world  # noqa: F401
+
         kwargs: dict[str, Any] = {}
         if dev.type == "cuda":
             # Binds NCCL's communicator to this device eagerly (no guessing from the current device).
@@ -110,6 +121,12 @@ def distributed(
         )
     try:
         yield DistContext(env, dev, chosen)
+    except BaseException as exc:
+        # An exception keeps its frames' locals alive until it is handled, after the teardown below: the
+        # wrapped model of the step that failed (DDP's reducer holds the group) among them. Cleared, they let
+        # the group go when it is destroyed; the traceback's text needs no locals.
+        traceback.clear_frames(exc.__traceback__)
+        raise
     finally:
         if owns_group and tdist.is_initialized():
             # Free what still holds the group's pending work (DDP's reducer sits in reference cycles)
