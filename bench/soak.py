@@ -7,8 +7,9 @@ a checkpoint every --save-every steps (keep_last 3), an evaluation and metrics.j
 
 Each rank samples itself every --sample-every steps (bench/soak.py --worker, a hook after each step's
 save): resident memory (VmRSS), open file descriptors, OS threads, and child processes (W&B's service is
-rank 0's). The table shows both ranks' figures per sample; "growth" is the largest value after step
---settle-steps over the value at it (the first steps fill caches and start W&B's service: not a leak).
+rank 0's). The table shows both ranks' figures per sample; "growth" compares the lowest of the last 3
+samples with the lowest of the first 3 from step --settle-steps on (the first steps fill caches and start
+W&B's service: not a leak; a sample can catch a background write holding its file: one fd, for a moment).
 After each run: temporary files or folders left anywhere in run.dir (atomic writes' `.NAME.tmp-PID`,
 sharded saves' `.step-N.tmp-...`), and whether keep_last held. Exit status 1 when a growth exceeds
 --max-growth or a check fails.
@@ -29,6 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 STEPS_PER_EPOCH = 20  # configs/xor.yaml: 2500 samples, global batch 128
 KEEP_LAST = 3
 FIELDS = ("rss_mb", "fds", "threads", "children")
+WINDOW = 3  # samples per floor (see report)
 
 
 def _sample() -> dict[str, float]:
@@ -126,8 +128,11 @@ def report(name: str, per_rank: list[list[dict]], args: argparse.Namespace) -> l
     for r in ranks:
         settled = [s for s in per_rank[r] if s["step"] >= args.settle_steps]
         for field in FIELDS:
-            start, most = settled[0][field], max(s[field] for s in settled)
-            growth = (most - start) / start if start else float(most > start)
+            # Floors over 3 samples: a sample may catch a background write with its file open (one fd
+            # more for that moment); a leak raises the floor.
+            start = min(s[field] for s in settled[:WINDOW])
+            end = min(s[field] for s in settled[-WINDOW:])
+            growth = (end - start) / start if start else float(end > start)
             growths.append(f"{field} r{r} {growth:+.1%}")
             if growth > args.max_growth:
                 problems.append(f"{field} of rank {r} grew {growth:.1%} after step {args.settle_steps}")
