@@ -99,7 +99,9 @@ def test_random_sigkills_of_workers_and_the_job_end_bitwise_equal(reference, tmp
     # from, and no traceback anywhere (torchrun's own included: no command failed).
     lost = [line for line in everything.splitlines() if "distrain: error: lost rank" in line]
     assert len(lost) == NUM_WORKER_KILLS, f"{said}\n{everything[-4000:]}"
-    assert all("resumes from the newest complete checkpoint" in line for line in lost), lost
+    # (a kill before the first save finished: "no checkpoint was complete yet", the restart begins anew)
+    resumes = ("resumes from the newest complete checkpoint", "no checkpoint was complete yet")
+    assert all(any(r in line for r in resumes) for line in lost), f"{said}\n{lost}"
     assert "Traceback" not in everything, f"{said}\n{everything[-4000:]}"
 
     assert_bitwise(newest_weights(reference), newest_weights(tmp_path))

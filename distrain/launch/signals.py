@@ -29,13 +29,21 @@ class Interrupted(Exception):
 
 
 class StopSignals:
-    """Install with `with StopSignals(names) as stop:`; the previous handlers come back on exit.
+    """`with StopSignals(names) as stop:` around the run; `stop.start_agreement()` when the training loop
+    starts installs the handlers, `stop.finish_agreement()` when it ends; the previous handlers come back
+    when the block is left.
 
-    `train` installs them around the whole run, teardown included: a signal that lands while a failed run
-    is still finishing its last background write and closing its logs is recorded, not fatal. Why: when
-    one worker dies, torchrun's agent sends SIGTERM to the others at once; with the default handler back,
-    a survivor would die mid-teardown, without its message and maybe with that write cut short. The
-    ranks agree on a signal only between `start_agreement()` and `finish_agreement()` (the training loop).
+        with StopSignals(["SIGTERM", "SIGINT", "SIGUSR2"]) as stop:   # train(): setup, loop, teardown
+            ...                                  # setup: a signal acts as it would without distrain
+            stop.start_agreement()               # the loop: a signal means "save and stop", agreed
+            ... stop.agreed_signal() ...         #   (collective, every step)
+            stop.finish_agreement(failed=...)    # teardown: the first signal is recorded, a second acts
+        # the previous handlers again
+
+    Why the teardown still records one signal: when a worker dies, torchrun's agent sends SIGTERM to the
+    others at once; with the default handler back, a survivor would die mid-teardown, without its message
+    and maybe with its last background write cut short. A second signal (Ctrl-C twice, a scheduler that
+    insists) then acts as it always did.
     """
 
     def __init__(self, names: list[str]):
@@ -44,23 +52,32 @@ class StopSignals:
         self._previous: dict[int, object] = {}
         self._collective = False
         self._pending = None
+        self._looping = False
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         # Silent: the loop says it once the ranks agree to stop. A signal that is never acted on (torchrun's
         # agent sends SIGTERM to the survivors of a lost worker, whose next collective fails) promises no save.
         self.received = signum
+        if not self._looping:
+            self._restore()  # the teardown's one recorded signal: the next one acts as before
 
     def __enter__(self) -> StopSignals:
-        for signum in self.signums:
-            self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
     def __exit__(self, *exc) -> None:
+        self._restore()
+
+    def _restore(self) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
+        self._previous.clear()
 
     def start_agreement(self) -> None:
-        """From here on `agreed_signal` is collective when the run has several ranks. Every rank calls it."""
+        """The loop starts: the handlers are installed, and from here on `agreed_signal` is collective
+        when the run has several ranks. Every rank calls it."""
+        self._looping = True
+        for signum in self.signums:
+            self._previous[signum] = signal.signal(signum, self._handle)
         self._collective = dist.is_distributed()  # asked once: agreed_signal runs every step
         if self._collective:
             # The agreement runs on CPU tensors in a gloo group (the default group when it is gloo, else a
@@ -70,9 +87,10 @@ class StopSignals:
             self._pending = None
 
     def finish_agreement(self, *, failed: bool) -> None:
-        """Collect the last reduction every rank started. `failed`: an exception is on its way out."""
+        """The loop ends: collect the last reduction every rank started. `failed`: an exception is on its
+        way out."""
         pending, self._pending = self._pending, None
-        self._collective = False
+        self._collective = self._looping = False
         if pending is None:
             return
         # Waited for on the failure path too: a gloo work object still pending when the group is destroyed

@@ -69,8 +69,8 @@ def train(cfg: Config, given: Given | None = None, environ: Mapping[str, str] = 
             environ["SLURM_RESTART_COUNT"],
         )
     joined = False
-    # The stop signals are caught for the whole run, teardown included (see StopSignals): when torchrun's
-    # agent sends SIGTERM to the survivors of a lost worker, each still ends with its message.
+    # The stop signals are caught from the loop's start to the end of the teardown (see StopSignals): when
+    # torchrun's agent sends SIGTERM to the survivors of a lost worker, each still ends with its message.
     with StopSignals(["SIGTERM", "SIGINT", cfg.trainer.requeue_signal]) as signals:
         try:
             with distributed(
