@@ -6,10 +6,10 @@ a checkpoint every --save-every steps (keep_last 3), an evaluation and metrics.j
     .venv/bin/python bench/soak.py --steps 4000 --sample-every 500 --variants async
 
 Each rank samples itself every --sample-every steps (bench/soak.py --worker, a hook after each step's
-save): resident memory (VmRSS), open file descriptors, OS threads, and child processes (W&B's service is
-rank 0's). The table shows both ranks' figures per sample; "growth" compares the lowest of the last 3
+save): resident memory (VmRSS), open file descriptors (not counting a write's temporary file), OS
+threads, and child processes (W&B's service is rank 0's). The table shows both ranks' figures per sample; "growth" compares the lowest of the last 3
 samples with the lowest of the first 3 from step --settle-steps on (the first steps fill caches and start
-W&B's service: not a leak; a sample can catch a background write holding its file: one fd, for a moment).
+W&B's service: not a leak; a leak raises the floor, a passing allocation does not).
 After each run: temporary files or folders left anywhere in run.dir (atomic writes' `.NAME.tmp-PID`,
 sharded saves' `.step-N.tmp-...`), and whether keep_last held. Exit status 1 when a growth exceeds
 --max-growth or a check fails.
@@ -33,6 +33,18 @@ FIELDS = ("rss_mb", "fds", "threads", "children")
 WINDOW = 3  # samples per floor (see report)
 
 
+def _open_fds() -> int:
+    """Open file descriptors, without a write in progress: an atomic write's temporary file (a background
+    writer has one open most of the time, saves every 10 steps) is the save's, not a leak."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            count += ".tmp-" not in os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue  # closed meanwhile (the listing's own descriptor, or the writer's file)
+    return count
+
+
 def _sample() -> dict[str, float]:
     status = Path("/proc/self/status").read_text()
     value = {line.split(":")[0]: line.split(":")[1].split() for line in status.splitlines()}
@@ -46,7 +58,7 @@ def _sample() -> dict[str, float]:
             continue  # exited meanwhile
     return {
         "rss_mb": int(value["VmRSS"][0]) / 1024,
-        "fds": len(os.listdir("/proc/self/fd")),
+        "fds": _open_fds(),
         "threads": int(value["Threads"][0]),
         "children": children,
     }
@@ -128,8 +140,7 @@ def report(name: str, per_rank: list[list[dict]], args: argparse.Namespace) -> l
     for r in ranks:
         settled = [s for s in per_rank[r] if s["step"] >= args.settle_steps]
         for field in FIELDS:
-            # Floors over 3 samples: a sample may catch a background write with its file open (one fd
-            # more for that moment); a leak raises the floor.
+            # Floors over 3 samples: a leak raises the floor, one sample's passing allocation does not.
             start = min(s[field] for s in settled[:WINDOW])
             end = min(s[field] for s in settled[-WINDOW:])
             growth = (end - start) / start if start else float(end > start)
