@@ -7,9 +7,10 @@ a checkpoint every --save-every steps (keep_last 3), an evaluation and metrics.j
 
 Each rank samples itself every --sample-every steps (bench/soak.py --worker, a hook after each step's
 save): resident memory (VmRSS), open file descriptors (not counting a write's temporary file), OS
-threads, and child processes (W&B's service is rank 0's). The table shows both ranks' figures per sample; "growth" compares the lowest of the last 3
-samples with the lowest of the first 3 from step --settle-steps on (the first steps fill caches and start
-W&B's service: not a leak; a leak raises the floor, a passing allocation does not).
+threads, and child processes (W&B's service is rank 0's). The table shows both ranks' figures per sample;
+"growth" compares the lowest of the last 3 samples with the lowest of the first 3 from step
+--settle-steps on (the first steps fill caches and start W&B's service: not a leak; a leak raises the
+floor, a passing allocation does not).
 After each run: temporary files or folders left anywhere in run.dir (atomic writes' `.NAME.tmp-PID`,
 sharded saves' `.step-N.tmp-...`), and whether keep_last held. Exit status 1 when a growth exceeds
 --max-growth or a check fails.
