@@ -104,27 +104,28 @@ class Manifest:
             meta["files"] = self.files
         return json.dumps(meta, indent=1)
 
-    def problem(self) -> str | None:
-        """Why the checkpoint does not match its manifest (truncated, overwritten, a shard missing), or None."""
+    def problem(self, *, hashes: bool = True) -> str | None:
+        """Why the checkpoint does not match its manifest (truncated, overwritten, a shard missing), or None.
+        `hashes=False`: files and sizes only (no read of the data; for choices made on every save)."""
         if self.files is None:
-            return _file_problem(self.path, self.sha256, self.size)
+            return _file_problem(self.path, self.sha256, self.size, hashes)
         if not self.path.is_dir():
             return "is not a folder, its manifest lists a sharded checkpoint's files"
         for name, (sha256, size) in sorted(self.files.items()):
-            problem = _file_problem(self.path / name, sha256, size)
+            problem = _file_problem(self.path / name, sha256, size, hashes)
             if problem:
                 return f"holds {name}, which {problem}"
         return None
 
 
-def _file_problem(path: Path, sha256: str, size: int) -> str | None:
+def _file_problem(path: Path, sha256: str, size: int, hashes: bool = True) -> str | None:
     try:
         found = path.stat().st_size
     except OSError as exc:
         return f"cannot be read ({exc.strerror})"
     if found != size:
         return f"has {found} bytes, its manifest says {size} (truncated or overwritten)"
-    if sha256_of(path) != sha256:
+    if hashes and sha256_of(path) != sha256:
         return "does not match the checksum in its manifest (damaged)"
     return None
 
@@ -132,6 +133,11 @@ def _file_problem(path: Path, sha256: str, size: int) -> str | None:
 def remove_checkpoint(path: Path) -> None:
     """Manifest first: a checkpoint without one is ignored, so a kill between the two steps is harmless."""
     path.with_suffix(".json").unlink(missing_ok=True)
+    remove_data(path)
+
+
+def remove_data(path: Path) -> None:
+    """A checkpoint's file or folder, whichever it is (its manifest is left to the caller)."""
     if path.is_dir():
         shutil.rmtree(path, ignore_errors=True)
     else:

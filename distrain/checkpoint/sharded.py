@@ -33,7 +33,8 @@ import torch
 from torch import nn
 
 from distrain.atomic import atomic_write_bytes, fsync_dir
-from distrain.checkpoint.files import CheckpointError, Manifest, publish, remove_checkpoint, sha256_of, torch_load
+from distrain.checkpoint.files import CheckpointError, Manifest, publish, sha256_of, torch_load
+from distrain.checkpoint.parking import park, unpark
 from distrain.errors import UserError, WriteError
 from distrain.launch import dist
 
@@ -123,9 +124,9 @@ def _complete(tmp: Path, path: Path, payload: dict[str, Any], every: list[dict[s
         if unlisted:  # every file of the folder is covered by the manifest, or the save fails
             raise OSError(f"unexpected files {unlisted} in the checkpoint folder")
         fsync_dir(tmp)
-        for same_step in (path, path.with_suffix(".pt")):  # saved again (a resumed run, a changed strategy)
-            if same_step.exists():
-                remove_checkpoint(same_step)
+        # Saved again (a resumed run, a requeued epoch's save, a changed strategy): the step's complete copy
+        # is parked, not removed, and stays resumable until the new one is published.
+        park(path)
         os.rename(tmp, path)
         fsync_dir(folder)
         digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
@@ -140,6 +141,7 @@ def _complete(tmp: Path, path: Path, payload: dict[str, Any], every: list[dict[s
             files,
         )
         publish(manifest)
+        unpark(path)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise WriteError(path, exc) from None
