@@ -5,6 +5,9 @@ import contextlib
 import os
 import pickle
 import random
+import sys
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -346,3 +349,59 @@ def test_a_fresh_start_then_a_resume_never_picks_the_older_runs_checkpoint(saved
     assert list_checkpoints(aside)[0].name == "step-00000060.pt"
     train(load_config(XOR, [f"run.dir={run}", *SHORT, "trainer.epochs=2"]), environ={})
     assert load_payload(find_resumable(run))["global_step"] == 40 and list(run.glob("checkpoints.old-*")) == [aside]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread scheduling policy: Linux only")
+def test_the_background_writer_yields_to_training_until_training_waits_for_it():
+    from distrain.checkpoint.background import BackgroundSaves
+
+    def policy():
+        return os.sched_getscheduler(threading.get_native_id())
+
+    mine = policy()
+    saves = BackgroundSaves(sharded=False)
+    started, seen = threading.Event(), []
+
+    def write():
+        seen.append(policy())  # while training runs: the idle policy
+        started.set()
+        time.sleep(0.2)  # training waits meanwhile: the write is given the normal policy back
+        seen.append(policy())
+
+    saves.submit(write)
+    started.wait()
+    saves.wait()
+    recorded = threading.Event()
+    saves.submit(lambda: (seen.append(policy()), recorded.set()))  # the next write yields again
+    recorded.wait()
+    saves.close(agree=True)
+    assert seen == [os.SCHED_IDLE, os.SCHED_OTHER, os.SCHED_IDLE] and policy() == mine == os.SCHED_OTHER
+
+
+@pytest.mark.parametrize("kind", ["pt", "shards"])
+def test_a_background_save_is_hashed_as_written_and_verifies(tmp_path, kind, monkeypatch):
+    # One pass: the checksums come from the write itself (no read of the written files to hash them; the
+    # .pt's verifying read is the one allowed); the checkpoint verifies against the disk and loads.
+    from distrain.checkpoint import sharded
+    from distrain.checkpoint.background import BackgroundSaves
+
+    def no_second_read(path):
+        raise AssertionError(f"{path} was read back to hash it")
+
+    monkeypatch.setattr(sharded, "sha256_of", no_second_read)
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    payload = {"epoch": 0, "step_in_epoch": 4, "global_step": 4, "metrics": {}}
+    if kind == "pt":
+        payload["model"] = model.state_dict()
+    saves = BackgroundSaves(sharded=kind == "shards")
+    shards = (model, optimizer) if kind == "shards" else None
+    path = save_checkpoint(tmp_path, payload, keep_last=0, is_main=True, shards=shards, background=saves)
+    saved = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)  # training goes on: the checkpoint holds the state it was given
+    saves.close(agree=True)
+    monkeypatch.undo()
+    manifest = Manifest.read(path)
+    assert manifest is not None and manifest.problem() is None and find_resumable(tmp_path) == path
+    assert torch.equal(load_payload(path)["model"]["weight"], saved)

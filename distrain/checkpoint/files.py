@@ -24,9 +24,10 @@ class CheckpointError(UserError):
     """A checkpoint that cannot be used: missing, damaged, or carrying code."""
 
 
-class _HashingFile:
-    """The file torch.save writes to, hashing the bytes on their way: one pass over the data, and no
-    serialized copy of the whole checkpoint in memory (a BytesIO and its getvalue() were two)."""
+class HashingFile:
+    """The file torch.save (or DCP's writer) writes to, hashing the bytes on their way: one pass over the
+    data, no second read to checksum it, and no serialized copy of the whole checkpoint in memory (a
+    BytesIO and its getvalue() were two)."""
 
     def __init__(self) -> None:
         self._f: BinaryIO | None = None
@@ -47,6 +48,20 @@ class _HashingFile:
 
     def flush(self) -> None:
         self._f.flush()
+
+    # What DCP's writer asks of a stream besides write and flush (distrain.checkpoint.sharded hashes its shards
+    # with this class too).
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def fileno(self) -> int:
+        return self._f.fileno()
+
+    def close(self) -> None:
+        self._f.close()
+
+    def hexdigest(self) -> str:
+        return self.digest.hexdigest()
 
 
 def sha256_of(path: Path) -> str:

@@ -45,9 +45,9 @@ import torch
 from distrain.atomic import atomic_write, atomic_write_bytes, fsync_dir
 from distrain.checkpoint.files import (
     CheckpointError,
+    HashingFile,
     Manifest,
     _file_problem,
-    _HashingFile,
     publish,
     remove_checkpoint,
     torch_load,
@@ -227,7 +227,7 @@ def _make(folder: Path) -> None:
 
 
 def _write_verified(path: Path, payload: dict[str, Any]) -> Manifest:
-    hashed = _HashingFile()
+    hashed = HashingFile()
 
     def write(f: BinaryIO) -> None:
         hashed.into(f)
