@@ -5,6 +5,7 @@ import contextlib
 import os
 import pickle
 import random
+import resource
 import sys
 import threading
 import time
@@ -351,31 +352,32 @@ def test_a_fresh_start_then_a_resume_never_picks_the_older_runs_checkpoint(saved
     assert load_payload(find_resumable(run))["global_step"] == 40 and list(run.glob("checkpoints.old-*")) == [aside]
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="per-thread scheduling policy: Linux only")
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread priority: Linux only")
 def test_the_background_writer_yields_to_training_until_training_waits_for_it():
     from distrain.checkpoint.background import BackgroundSaves
 
-    def policy():
-        return os.sched_getscheduler(threading.get_native_id())
+    def nice():
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
 
-    mine = policy()
+    mine = nice()
     saves = BackgroundSaves(sharded=False)
     started, seen = threading.Event(), []
 
     def write():
-        seen.append(policy())  # while training runs: the idle policy
+        seen.append(nice())  # while training runs: the lowest priority
         started.set()
-        time.sleep(0.2)  # training waits meanwhile: the write is given the normal policy back
-        seen.append(policy())
+        time.sleep(0.2)  # training waits meanwhile: the write gets its priority back where that is allowed
+        seen.append(nice())
 
     saves.submit(write)
     started.wait()
     saves.wait()
     recorded = threading.Event()
-    saves.submit(lambda: (seen.append(policy()), recorded.set()))  # the next write yields again
+    saves.submit(lambda: (seen.append(nice()), recorded.set()))  # the next write yields again
     recorded.wait()
     saves.close(agree=True)
-    assert seen == [os.SCHED_IDLE, os.SCHED_OTHER, os.SCHED_IDLE] and policy() == mine == os.SCHED_OTHER
+    may_raise = os.geteuid() == 0 or resource.getrlimit(resource.RLIMIT_NICE)[0] >= 20
+    assert seen == [19, 0 if may_raise else 19, 19] and nice() == mine == 0
 
 
 @pytest.mark.parametrize("kind", ["pt", "shards"])

@@ -48,12 +48,6 @@ def _agreed(message: str, hint: str | None) -> UserError:
     return error
 
 
-def _rank() -> int:
-    import torch.distributed as tdist
-
-    return tdist.get_rank() if tdist.is_available() and tdist.is_initialized() else 0
-
-
 def _first_os_error(exc: BaseException) -> OSError:
     """The OSError inside DCP's CheckpointException (its per-rank failures), for the user's message."""
     for failure in getattr(exc, "failures", {}).values():
@@ -159,7 +153,7 @@ def _complete(tmp: Path, path: Path, payload: dict[str, Any], every: list[dict[s
         data = buffer.getvalue()
         atomic_write_bytes(tmp / STATE_FILE, data)
         files[STATE_FILE] = [hashlib.sha256(data).hexdigest(), len(data)]
-        if ".metadata" not in files:  # written by another process than the coordinator's writer: hashed here
+        if ".metadata" not in files:  # not hashed by a writer (DCP's coordinator was another rank): hashed here
             files[".metadata"] = [sha256_of(tmp / ".metadata"), (tmp / ".metadata").stat().st_size]
         unlisted = sorted(set(os.listdir(tmp)) - set(files))
         if unlisted:  # every file of the folder is covered by the manifest, or the save fails
