@@ -119,9 +119,9 @@ class WriterPriority:
     thread is a task of its own; the training thread keeps its priority). `restore()`, from the training
     thread when it waits for the write: nice 0 again where the process may raise a priority (root,
     RLIMIT_NICE); elsewhere the write goes on at 19, and the waiting training thread leaves it its core.
-    Why not SCHED_IDLE, which an unprivileged process may undo: measured on 2 ranks of 2 cores it made
-    a background save cost 1.96x a synchronous one (nice 19: 0.24x); every waking thread preempts an
-    idle-policy one at once, also while it holds the GIL that the training thread then waits for.
+    Why not SCHED_IDLE, which an unprivileged process may undo: measured on 2 ranks of 2 cores (one run
+    each, a shared VM) it made a background save cost 1.96x a synchronous one (nice 19: 0.24x); a waking
+    thread preempts an idle-policy one at once, also while it holds the GIL the training thread waits for.
     Why not a writer process: it would need its own copy of the staged state (or shared memory) and its
     own process group for the shards' collectives, and the CPU it takes would come out of training just
     the same; the priority is what keeps it out of training's way."""
