@@ -20,8 +20,10 @@ Checkpoint stall: 1 process of ddp (a .pt), 1 and 2 ranks of fsdp (sharded check
 --stall-steps steps with no saves, with a save every --stall-every steps, and with the same saves in the
 background; the lost time per save is (time to the last optimizer step and its save - the same without
 saves) / saves, median of --stall-repeats alternating rounds; "x sync" is the background save's lost time
-over the synchronous one's; "in save()" is the training thread's own time in the save call (staging, and
-the wait for the previous write when saves come faster than a write).
+over the synchronous one's; "in save()" is the training thread's time in the save call per save, split into
+"staging" (its own share: the state dicts, the copy into the staging buffers, the hand-over to the writer)
+and "wait" (for the previous write, when saves come faster than a write); the rest of a background save's
+lost time is the writer's CPU taken from training.
 The wait for the last background write when fit ends ("last wait", once per run, not per save) is shown
 apart, and "fit x sync" is the same ratio over whole fits, that wait included.
 """
@@ -97,10 +99,11 @@ def stall(steps: int, every: int, repeats: int, config: str, setups: list[str]) 
     saves = steps // every
     print(f"\ncheckpoint stall: {config}, {steps} steps, a save every {every} ({saves} saves); seconds")
     print("  loop: start of fit to the last optimizer step and its save; fit: the whole fit, with its")
-    print("  wait for the last background write; in save(): the training thread inside save() per save")
+    print("  wait for the last background write; in save(): the training thread inside save() per save, of which")
+    print("  staging (its own share) and wait (for the previous write)")
     print(
         f"{'setup':>14} {'loop none':>9} {'sync':>6} {'bg':>6} {'lost/save sync':>14} {'lost/save bg':>12} "
-        f"{'x sync':>6} {'in save() bg':>12} {'last wait':>9} {'fit x sync':>10}"
+        f"{'x sync':>6} {'in save() bg':>12} {'staging':>7} {'wait':>5} {'last wait':>9} {'fit x sync':>10}"
     )
     # fsdp x1: the sharded checkpoint's writer with a core free beside the compute, as ddp x1's .pt writer;
     # fsdp x2 computes on both cores of a 2-core machine, so there its writers take their CPU from training.
@@ -116,7 +119,7 @@ def stall(steps: int, every: int, repeats: int, config: str, setups: list[str]) 
                 rounds[variant].append(
                     {
                         key: max(r[key] for r in ranks)
-                        for key in ("loop_seconds", "fit_seconds", "save_call_seconds", "drain_seconds")
+                        for key in ("loop_seconds", "fit_seconds", "save_call_seconds", "wait_seconds", "drain_seconds")
                     }
                 )
 
@@ -127,10 +130,11 @@ def stall(steps: int, every: int, repeats: int, config: str, setups: list[str]) 
         fit = {v: med(v, "fit_seconds") for v in rounds}
         lost_sync, lost_bg = (loop["sync"] - loop["none"]) / saves, (loop["async"] - loop["none"]) / saves
         fit_ratio = (fit["async"] - fit["none"]) / (fit["sync"] - fit["none"])
+        in_save, waited = med("async", "save_call_seconds") / saves, med("async", "wait_seconds") / saves
         print(
             f"{f'{strategy} x{nproc}':>14} {loop['none']:>9.1f} {loop['sync']:>6.1f} {loop['async']:>6.1f} "
             f"{lost_sync:>14.2f} {lost_bg:>12.2f} {lost_bg / lost_sync:>6.2f} "
-            f"{med('async', 'save_call_seconds') / saves:>12.2f} {med('async', 'drain_seconds'):>9.2f} "
+            f"{in_save:>12.2f} {in_save - waited:>7.2f} {waited:>5.2f} {med('async', 'drain_seconds'):>9.2f} "
             f"{fit_ratio:>10.2f}"
         )
 

@@ -41,6 +41,7 @@ def main() -> None:
     overrides = sys.argv[6:]
     dist.init_process_group("gloo")  # distrain reuses a group that exists
     import distrain
+    import distrain.checkpoint.background
     import distrain.loop.state
     import distrain.loop.trainer
     from distrain.strategies.fsdp import choose_units
@@ -96,7 +97,31 @@ def main() -> None:
         return call
 
     trainer.maybe_save_step = measure_then_save
-    trainer.save = timed("save_call_seconds", original_save)  # the training thread in save()
+    timed_save = timed("save_call_seconds", original_save)  # the training thread in save()
+
+    def save(self, *args, **kwargs):
+        clock["in_save"] = True
+        try:
+            return timed_save(self, *args, **kwargs)
+        finally:
+            clock["in_save"] = False
+
+    trainer.save = save
+    # Of that, the wait for the previous background write (when a save comes before the last write ended);
+    # the rest is the training thread's own share (state dicts, the staging copy, the hand-over).
+    figures["wait_seconds"] = 0.0
+    saves = distrain.checkpoint.background.BackgroundSaves
+    original_wait = saves.wait
+
+    def wait(self):
+        begun = time.perf_counter()
+        try:
+            return original_wait(self)
+        finally:
+            if clock.get("in_save"):
+                figures["wait_seconds"] += time.perf_counter() - begun
+
+    saves.wait = wait
     saver.close = timed("drain_seconds", original_close)  # the wait for the last write
     clock["started"] = time.perf_counter()
     distrain.fit(cfg)

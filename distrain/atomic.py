@@ -24,15 +24,19 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     atomic_write(path, lambda f: f.write(data))
 
 
-def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
+def atomic_write(
+    path: Path, write: Callable[[BinaryIO], Any], before_replace: Callable[[Path], Any] | None = None
+) -> None:
     """atomic_write_bytes, the content written by `write(file)`: to a temporary file, flushed, fsynced,
-    renamed into place, the directory fsynced."""
+    (`before_replace(tmp)`: checked, the old file set aside), renamed into place, the directory fsynced."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        if before_replace is not None:
+            before_replace(tmp)
         os.replace(tmp, path)
         fsync_dir(path.parent)
     except OSError as exc:  # disk full, no permission: the old file stays, the partial one goes

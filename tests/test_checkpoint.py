@@ -1,8 +1,14 @@
-"""Checkpoint files: atomic verified saves, damaged files skipped, code-carrying files refused, RNG state."""
+"""Checkpoint files: atomic verified saves, damaged files skipped, code-carrying files refused, RNG state; a
+step saved again stays resumable however the save is killed; checkpoint.resume=never moves old ones aside."""
 
+import contextlib
 import os
 import pickle
 import random
+import resource
+import sys
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -10,8 +16,21 @@ import torch
 from helpers.runs import XOR, assert_checkpoints_verify, run_cli, weights_at
 
 from distrain.checkpoint.files import CheckpointError, Manifest
-from distrain.checkpoint.store import capture_rng, find_resumable, list_checkpoints, load_payload, restore_rng
+from distrain.checkpoint.store import (
+    capture_rng,
+    find_resumable,
+    list_best,
+    list_checkpoints,
+    load_payload,
+    restore_rng,
+    save_checkpoint,
+    set_aside,
+)
 from distrain.config.parse import load_config
+from distrain.errors import UserError
+from distrain.launch.dist import DistContext
+from distrain.launch.env import detect
+from distrain.loop.state import maybe_resume
 from distrain.loop.trainer import train
 
 SHORT = [
@@ -208,3 +227,183 @@ def test_background_staging_keeps_its_buffers_and_copies_exactly(kind):
     live["state"]["v"] = torch.zeros(2)  # the layout changed (a new state tensor): copied, not mixed up
     third = staging.stage(live)
     assert torch.equal(third["state"]["v"], live["state"]["v"]) and torch.equal(third["model"]["w"], live["model"]["w"])
+
+
+class _Killed(BaseException):
+    """The process dies here: neither this change to the disk nor any later one happens."""
+
+
+@contextlib.contextmanager
+def _killed_at(n):
+    """Count the changes a save makes to the file system (renames, links, removals, also those inside
+    shutil.rmtree); the n-th and every later one raise _Killed, leaving the disk as a SIGKILL right before
+    the n-th would (n=None: nothing is killed). Yields {"calls": ..., "killed": ...}."""
+    seen = {"calls": 0, "killed": False}
+
+    def counted(fn):
+        def call(*args, **kwargs):
+            seen["calls"] += 1
+            if n is not None and seen["calls"] >= n:
+                seen["killed"] = True
+                raise _Killed
+            return fn(*args, **kwargs)
+
+        return call
+
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("replace", "rename", "link", "unlink", "rmdir"):
+            patch.setattr(os, name, counted(getattr(os, name)))
+        yield seen
+
+
+@pytest.mark.parametrize(
+    "kinds", [("pt", "pt"), ("shards", "shards"), ("shards", "pt")], ids=["pt", "shards", "shards-then-pt"]
+)
+def test_a_step_saved_again_stays_resumable_wherever_the_save_is_killed(tmp_path, kinds):
+    # The same global step saved twice (a step save on an epoch's last step, then the epoch's save after a
+    # requeue; a resume from an older checkpoint; the strategy changed), with a best copy: killed before each
+    # change the second save makes, the step still resumes from a complete, verified copy (the old or the
+    # new one), its best copy is listed whole, and saving it once more afterwards leaves no parked copy.
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def save(run, marker):
+        kind = kinds[0] if marker == "old" else kinds[1]
+        payload = {"epoch": 1, "step_in_epoch": 0, "global_step": 20, "metrics": {"val_loss": 0.5}, "marker": marker}
+        if kind == "pt":
+            payload["model"] = model.state_dict()
+        save_checkpoint(
+            run,
+            payload,
+            keep_last=2,
+            is_main=True,
+            keep_best=1,
+            shards=(model, optimizer) if kind == "shards" else None,
+        )
+
+    def check(run, markers):
+        found = find_resumable(run)
+        assert found is not None, sorted(p.name for p in (run / "checkpoints").iterdir())
+        manifest = Manifest.read(found)
+        assert manifest.global_step == 20 and manifest.problem() is None
+        assert load_payload(found, model_weights=False)["marker"] in markers
+        best = list_best(run / "checkpoints")
+        assert [m.global_step for m in best] == [20] and best[0].problem() is None
+
+    save(tmp_path / "whole", "old")
+    with _killed_at(None) as seen:
+        save(tmp_path / "whole", "new")
+    check(tmp_path / "whole", {"new"})
+    assert seen["calls"] > 5 and not [p for p in (tmp_path / "whole" / "checkpoints").iterdir() if "-prev" in p.name]
+    for n in range(1, seen["calls"] + 1):
+        run = tmp_path / f"killed-{n}"
+        save(run, "old")
+        with _killed_at(n) as killed, pytest.raises(_Killed):
+            save(run, "new")
+        assert killed["killed"]
+        check(run, {"old", "new"})
+        save(run, "again")  # the resumed run saves the step once more
+        check(run, {"again"})
+        assert not [p for p in (run / "checkpoints").iterdir() if "-prev" in p.name], n
+
+
+def _tiny_checkpoint(run, step=5):
+    payload = {"model": {"w": torch.zeros(2)}, "epoch": 0, "step_in_epoch": step, "global_step": step, "metrics": {}}
+    save_checkpoint(run, payload, keep_last=0, is_main=True)
+
+
+def test_resume_never_moves_the_run_dirs_checkpoints_aside(tmp_path, caplog):
+    _tiny_checkpoint(tmp_path)
+    cfg = load_config(XOR, [f"run.dir={tmp_path}", "checkpoint.resume=never"])
+    ctx = DistContext(detect({}), torch.device("cpu"), None)
+    with caplog.at_level("INFO", logger="distrain"):
+        maybe_resume(cfg, ctx, tmp_path, state=None)  # `never` loads nothing: the state is not touched
+    assert find_resumable(tmp_path) is None  # a later checkpoint.resume=auto cannot pick the old run up
+    [aside] = tmp_path.glob("checkpoints.old-*")
+    assert [p.name for p in list_checkpoints(aside)] == ["step-00000005.pt"]
+    assert Manifest.read(aside / "step-00000005.pt").problem() is None  # moved whole, nothing deleted
+    assert f"moved to {aside}" in caplog.text and "checkpoint.resume=never" in caplog.text
+    assert set_aside(tmp_path, is_main=True) is None  # nothing left to move
+    _tiny_checkpoint(tmp_path)  # a second fresh start (within the same second, maybe): a name of its own
+    again = set_aside(tmp_path, is_main=True)
+    assert again is not None and again != aside and sorted(tmp_path.glob("checkpoints.old-*")) == sorted([aside, again])
+    _tiny_checkpoint(tmp_path)
+
+    def refused(*args):
+        raise PermissionError(13, "Permission denied")
+
+    with pytest.MonkeyPatch.context() as patch:  # a folder that cannot be moved: an error naming the key, no mixing
+        patch.setattr(os, "rename", refused)
+        with pytest.raises(UserError, match="checkpoint.resume=never: cannot move the checkpoints in .* aside"):
+            set_aside(tmp_path, is_main=True)
+    assert find_resumable(tmp_path) is not None
+
+
+def test_a_fresh_start_then_a_resume_never_picks_the_older_runs_checkpoint(saved_run, tmp_path):
+    # The older run reached step 60; a fresh start (checkpoint.resume=never) into its directory trains one
+    # epoch (step 20) and is cut there: the automatic resume that follows continues the new run, not the old.
+    run = tmp_path / "run"
+    os.system(f"cp -r {saved_run} {run}")
+    train(load_config(XOR, [f"run.dir={run}", *SHORT, "trainer.epochs=1", "checkpoint.resume=never"]), environ={})
+    assert find_resumable(run) == run / "checkpoints" / "step-00000020.pt"
+    [aside] = run.glob("checkpoints.old-*")
+    assert list_checkpoints(aside)[0].name == "step-00000060.pt"
+    train(load_config(XOR, [f"run.dir={run}", *SHORT, "trainer.epochs=2"]), environ={})
+    assert load_payload(find_resumable(run))["global_step"] == 40 and list(run.glob("checkpoints.old-*")) == [aside]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread priority: Linux only")
+def test_the_background_writer_yields_to_training_until_training_waits_for_it():
+    from distrain.checkpoint.background import BackgroundSaves
+
+    def nice():
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    mine = nice()
+    saves = BackgroundSaves(sharded=False)
+    started, seen = threading.Event(), []
+
+    def write():
+        seen.append(nice())  # while training runs: the lowest priority
+        started.set()
+        time.sleep(0.2)  # training waits meanwhile: the write gets its priority back where that is allowed
+        seen.append(nice())
+
+    saves.submit(write)
+    started.wait()
+    saves.wait()
+    recorded = threading.Event()
+    saves.submit(lambda: (seen.append(nice()), recorded.set()))  # the next write yields again
+    recorded.wait()
+    saves.close(agree=True)
+    may_raise = os.geteuid() == 0 or resource.getrlimit(resource.RLIMIT_NICE)[0] >= 20
+    assert seen == [19, 0 if may_raise else 19, 19] and nice() == mine == 0
+
+
+@pytest.mark.parametrize("kind", ["pt", "shards"])
+def test_a_background_save_is_hashed_as_written_and_verifies(tmp_path, kind, monkeypatch):
+    # One pass: the checksums come from the write itself (no read of the written files to hash them; the
+    # .pt's verifying read is the one allowed); the checkpoint verifies against the disk and loads.
+    from distrain.checkpoint import sharded
+    from distrain.checkpoint.background import BackgroundSaves
+
+    def no_second_read(path):
+        raise AssertionError(f"{path} was read back to hash it")
+
+    monkeypatch.setattr(sharded, "sha256_of", no_second_read)
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    payload = {"epoch": 0, "step_in_epoch": 4, "global_step": 4, "metrics": {}}
+    if kind == "pt":
+        payload["model"] = model.state_dict()
+    saves = BackgroundSaves(sharded=kind == "shards")
+    shards = (model, optimizer) if kind == "shards" else None
+    path = save_checkpoint(tmp_path, payload, keep_last=0, is_main=True, shards=shards, background=saves)
+    saved = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)  # training goes on: the checkpoint holds the state it was given
+    saves.close(agree=True)
+    monkeypatch.undo()
+    manifest = Manifest.read(path)
+    assert manifest is not None and manifest.problem() is None and find_resumable(tmp_path) == path
+    assert torch.equal(load_payload(path)["model"]["weight"], saved)

@@ -24,9 +24,10 @@ class CheckpointError(UserError):
     """A checkpoint that cannot be used: missing, damaged, or carrying code."""
 
 
-class _HashingFile:
-    """The file torch.save writes to, hashing the bytes on their way: one pass over the data, and no
-    serialized copy of the whole checkpoint in memory (a BytesIO and its getvalue() were two)."""
+class HashingFile:
+    """The file torch.save (or DCP's writer) writes to, hashing the bytes on their way: one pass over the
+    data, no second read to checksum it, and no serialized copy of the whole checkpoint in memory (a
+    BytesIO and its getvalue() were two)."""
 
     def __init__(self) -> None:
         self._f: BinaryIO | None = None
@@ -47,6 +48,20 @@ class _HashingFile:
 
     def flush(self) -> None:
         self._f.flush()
+
+    # What DCP's writer asks of a stream besides write and flush (distrain.checkpoint.sharded hashes its shards
+    # with this class too).
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def fileno(self) -> int:
+        return self._f.fileno()
+
+    def close(self) -> None:
+        self._f.close()
+
+    def hexdigest(self) -> str:
+        return self.digest.hexdigest()
 
 
 def sha256_of(path: Path) -> str:
@@ -104,27 +119,28 @@ class Manifest:
             meta["files"] = self.files
         return json.dumps(meta, indent=1)
 
-    def problem(self) -> str | None:
-        """Why the checkpoint does not match its manifest (truncated, overwritten, a shard missing), or None."""
+    def problem(self, *, hashes: bool = True) -> str | None:
+        """Why the checkpoint does not match its manifest (truncated, overwritten, a shard missing), or None.
+        `hashes=False`: files and sizes only (no read of the data; for choices made on every save)."""
         if self.files is None:
-            return _file_problem(self.path, self.sha256, self.size)
+            return _file_problem(self.path, self.sha256, self.size, hashes)
         if not self.path.is_dir():
             return "is not a folder, its manifest lists a sharded checkpoint's files"
         for name, (sha256, size) in sorted(self.files.items()):
-            problem = _file_problem(self.path / name, sha256, size)
+            problem = _file_problem(self.path / name, sha256, size, hashes)
             if problem:
                 return f"holds {name}, which {problem}"
         return None
 
 
-def _file_problem(path: Path, sha256: str, size: int) -> str | None:
+def _file_problem(path: Path, sha256: str, size: int, hashes: bool = True) -> str | None:
     try:
         found = path.stat().st_size
     except OSError as exc:
         return f"cannot be read ({exc.strerror})"
     if found != size:
         return f"has {found} bytes, its manifest says {size} (truncated or overwritten)"
-    if sha256_of(path) != sha256:
+    if hashes and sha256_of(path) != sha256:
         return "does not match the checksum in its manifest (damaged)"
     return None
 
@@ -132,6 +148,11 @@ def _file_problem(path: Path, sha256: str, size: int) -> str | None:
 def remove_checkpoint(path: Path) -> None:
     """Manifest first: a checkpoint without one is ignored, so a kill between the two steps is harmless."""
     path.with_suffix(".json").unlink(missing_ok=True)
+    remove_data(path)
+
+
+def remove_data(path: Path) -> None:
+    """A checkpoint's file or folder, whichever it is (its manifest is left to the caller)."""
     if path.is_dir():
         shutil.rmtree(path, ignore_errors=True)
     else:

@@ -18,6 +18,7 @@ processes resumes on 3, on 1, under DDP (whole tensors), and a DDP .pt checkpoin
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -33,7 +34,8 @@ import torch
 from torch import nn
 
 from distrain.atomic import atomic_write_bytes, fsync_dir
-from distrain.checkpoint.files import CheckpointError, Manifest, publish, remove_checkpoint, sha256_of, torch_load
+from distrain.checkpoint.files import CheckpointError, HashingFile, Manifest, publish, sha256_of, torch_load
+from distrain.checkpoint.parking import park, unpark
 from distrain.errors import UserError, WriteError
 from distrain.launch import dist
 
@@ -44,12 +46,6 @@ def _agreed(message: str, hint: str | None) -> UserError:
     error = UserError(message, hint)
     error.agreed = True
     return error
-
-
-def _rank() -> int:
-    import torch.distributed as tdist
-
-    return tdist.get_rank() if tdist.is_available() and tdist.is_initialized() else 0
 
 
 def _first_os_error(exc: BaseException) -> OSError:
@@ -88,17 +84,56 @@ def _state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]
     return {"model": get_model_state_dict(model), "optimizer": get_optimizer_state_dict(model, optimizer)}
 
 
+class _HashingFiles:
+    """DCP's local file system for one save, every file it writes hashed as the bytes go out (HashingFile):
+    the manifest's checksums come from the write itself. Why not hash the shards afterwards: a second
+    read of every byte, whose CPU (where every core trains) comes out of training's time."""
+
+    def __init__(self) -> None:
+        from torch.distributed.checkpoint.filesystem import FileSystem
+
+        self._fs = FileSystem()
+        self.written: dict[str, list] = {}  # file name -> [sha256, size], this process's files
+
+    def __getattr__(self, name: str) -> Any:  # concat_path, mkdir, exists, rm_file, ...: DCP's own
+        return getattr(self._fs, name)
+
+    @contextlib.contextmanager
+    def create_stream(self, path: str | os.PathLike, mode: str):
+        with self._fs.create_stream(path, mode) as stream:
+            if "w" not in mode:
+                yield stream
+                return
+            hashed = HashingFile()
+            hashed.into(stream)
+            yield hashed
+        self.written[Path(path).name] = [hashed.hexdigest(), hashed.size]
+
+    def rename(self, path: str | os.PathLike, new_path: str | os.PathLike) -> None:
+        self._fs.rename(path, new_path)  # DCP's .metadata: written as .metadata.tmp, then renamed
+        if Path(path).name in self.written:
+            self.written[Path(new_path).name] = self.written.pop(Path(path).name)
+
+
 def _writer(tmp: Path):
     from torch.distributed.checkpoint import FileSystemWriter
 
     # sync_files: each shard is fsynced before DCP's coordinator writes .metadata.
-    return FileSystemWriter(tmp, sync_files=True, single_file_per_rank=True)
+    writer = FileSystemWriter(tmp, sync_files=True, single_file_per_rank=True)
+    writer.fs = _HashingFiles()
+    return writer
 
 
-def _own_files(tmp: Path) -> dict[str, list]:
-    """Checksums of the shards this rank wrote, read back from disk (each rank hashes its own share)."""
-    rank = _rank()
-    return {p.name: [sha256_of(p), p.stat().st_size] for p in sorted(tmp.iterdir()) if p.name.startswith(f"__{rank}_")}
+def _own_files(tmp: Path, writer: Any) -> dict[str, list]:
+    """This rank's files of the checkpoint (its shards; the coordinator's also .metadata) with the checksums
+    hashed as they were written, each checked against the file on disk (written whole and fsynced: its
+    size is the bytes hashed). Raises OSError."""
+    files = dict(writer.fs.written)
+    for name, (_, size) in files.items():
+        found = (tmp / name).stat().st_size
+        if found != size:
+            raise OSError(f"{name} has {found} bytes right after {size} were written to it (a failing disk?)")
+    return files
 
 
 def _failed_write(tmp: Path, exc: BaseException) -> tuple[str, str | None]:
@@ -118,14 +153,15 @@ def _complete(tmp: Path, path: Path, payload: dict[str, Any], every: list[dict[s
         data = buffer.getvalue()
         atomic_write_bytes(tmp / STATE_FILE, data)
         files[STATE_FILE] = [hashlib.sha256(data).hexdigest(), len(data)]
-        files[".metadata"] = [sha256_of(tmp / ".metadata"), (tmp / ".metadata").stat().st_size]
+        if ".metadata" not in files:  # not hashed by a writer (DCP's coordinator was another rank): hashed here
+            files[".metadata"] = [sha256_of(tmp / ".metadata"), (tmp / ".metadata").stat().st_size]
         unlisted = sorted(set(os.listdir(tmp)) - set(files))
         if unlisted:  # every file of the folder is covered by the manifest, or the save fails
             raise OSError(f"unexpected files {unlisted} in the checkpoint folder")
         fsync_dir(tmp)
-        for same_step in (path, path.with_suffix(".pt")):  # saved again (a resumed run, a changed strategy)
-            if same_step.exists():
-                remove_checkpoint(same_step)
+        # Saved again (a resumed run, a requeued epoch's save, a changed strategy): the step's complete copy
+        # is parked, not removed, and stays resumable until the new one is published.
+        park(path)
         os.rename(tmp, path)
         fsync_dir(folder)
         digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
@@ -140,6 +176,7 @@ def _complete(tmp: Path, path: Path, payload: dict[str, Any], every: list[dict[s
             files,
         )
         publish(manifest)
+        unpark(path)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise WriteError(path, exc) from None
@@ -159,14 +196,23 @@ def write_sharded(
     from torch.distributed.checkpoint.api import CheckpointException
 
     tmp = _fresh_folder(path, is_main)
+    writer, mine, problem = _writer(tmp), None, None
     try:
-        dcp.save(_state(model, optimizer), storage_writer=_writer(tmp))
+        dcp.save(_state(model, optimizer), storage_writer=writer)
+        mine = _own_files(tmp, writer)
     except CheckpointException as exc:  # a BaseException (not caught by `except Exception`); on every rank
         if is_main:
             shutil.rmtree(tmp, ignore_errors=True)
         raise _agreed(*_failed_write(tmp, exc)) from None
-    every = dist.all_gather_object(_own_files(tmp))
-    return _complete(tmp, path, payload, every) if is_main else None
+    except OSError as exc:  # this rank's shard did not check out: every rank learns it below
+        problem = _failed_write(tmp, exc)
+    every = dist.all_gather_object((mine, problem))
+    failed = next((p for _, p in every if p is not None), None)
+    if failed is not None:
+        if is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise _agreed(*failed)
+    return _complete(tmp, path, payload, [files for files, _ in every]) if is_main else None
 
 
 def write_sharded_in_background(
@@ -179,27 +225,23 @@ def write_sharded_in_background(
     background: Any,
     then: Callable[[Manifest], None],
 ) -> None:
-    """write_sharded, but returning once the shards are staged in CPU memory (DCP's async_save); the
-    writing, the checksums and the rename run in the writer threads, their collectives on the writers'
-    own group. `then(manifest)` runs on rank 0 after the checkpoint is complete (pruning, best links)."""
+    """write_sharded, but returning once the shards are staged in CPU memory; DCP's planning and writing,
+    the checksums and the rename run in the writer threads (dcp.save from the staged copy: what DCP's
+    async_save does, but in the low-priority writer thread rather than one async_save starts at the
+    training thread's priority), their collectives on the writers' own group. `then(manifest)` runs on
+    rank 0 after the checkpoint is complete (pruning, best links)."""
     import torch.distributed as tdist
     import torch.distributed.checkpoint as dcp
 
     tmp = _fresh_folder(path, is_main)
-    future = dcp.async_save(
-        _state(model, optimizer),
-        storage_writer=_writer(tmp),
-        process_group=background.group,
-        no_dist=not tdist.is_initialized(),
-        async_stager=background.shard_staging,
-    )
+    staged = background.shard_staging.stage(_state(model, optimizer))  # training goes on changing the live ones
     payload = background.staging.stage(payload) if is_main else None
 
     def finish() -> None:
-        mine, problem = None, None
+        writer, mine, problem = _writer(tmp), None, None
         try:
-            future.result()
-            mine = _own_files(tmp)
+            dcp.save(staged, storage_writer=writer, process_group=background.group, no_dist=not tdist.is_initialized())
+            mine = _own_files(tmp, writer)
         except BaseException as exc:  # noqa: BLE001 (DCP's CheckpointException is a BaseException)
             problem = _failed_write(tmp, exc)
         every = background.all_gather((mine, problem))  # every rank's writer, in the same order

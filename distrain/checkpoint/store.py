@@ -9,12 +9,19 @@ Layout of <run.dir>/checkpoints/:
                               metrics; written *after* the checkpoint is complete, so one without a manifest
                               is an unfinished save
     best-step-....pt / .json  hard links to the best M checkpoints by checkpoint.monitor (best.json names it)
+    step-00000060-prev.pt     a step saved again: its previous complete copy, kept until the new one is
+      / -prev/ / -prev.json   published, then removed; a resume falls back to it (distrain.checkpoint.parking)
     latest.json               pointer to the newest complete checkpoint; moved only after the manifest
 
+checkpoint.resume=never moves a run directory's checkpoints/ aside first, to checkpoints.old-<UTC time>/
+(`set_aside`): a later automatic resume never picks up the older run, and nothing of it is deleted.
+
 Save contract (`save_checkpoint`): called on **every rank**; the ranks' RNG states are gathered, rank 0
-writes to a temporary file, flushes and fsyncs it, renames it into place, fsyncs the directory, verifies
-the checksum, and only then writes the manifest and moves `latest.json`; every rank meets at a barrier.
-A kill at any moment leaves at worst a temporary file or a .pt without manifest, both ignored on resume.
+writes to a temporary file, flushes and fsyncs it, verifies the checksum, renames it into place (parking
+the step's previous copy, if any), fsyncs the directory, and only then writes the manifest and moves
+`latest.json`; every rank meets at a barrier.
+A kill at any moment leaves at worst a temporary file or a .pt without manifest, both ignored on resume;
+a step that already had a checkpoint keeps its previous copy resumable until the new one is published.
 
 Loading uses `torch.load(weights_only=True)`: a file that carries pickled code is refused, never run.
 """
@@ -28,22 +35,33 @@ import os
 import random
 import re
 import shutil
+import time
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
 import torch
 
-from distrain.atomic import atomic_write, atomic_write_bytes
-from distrain.checkpoint.files import CheckpointError, Manifest, _HashingFile, publish, remove_checkpoint, torch_load
+from distrain.atomic import atomic_write, atomic_write_bytes, fsync_dir
+from distrain.checkpoint.files import (
+    CheckpointError,
+    HashingFile,
+    Manifest,
+    _file_problem,
+    publish,
+    remove_checkpoint,
+    torch_load,
+)
+from distrain.checkpoint.parking import PREV, described, is_parked, park, parked, unpark
 from distrain.errors import UserError, WriteError
 from distrain.launch import dist
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-# step-00000060.pt: one file (strategy: ddp); step-00000060/: a sharded checkpoint's folder (strategy: fsdp)
-_NAME = re.compile(r"^step-(\d{8})(\.pt)?$")
+# step-00000060.pt: one file (strategy: ddp); step-00000060/: a sharded checkpoint's folder (strategy: fsdp);
+# step-00000060-prev(.pt): the step's previous copy while it is saved again (distrain.checkpoint.parking)
+_NAME = re.compile(r"^step-(\d{8})(-prev)?(\.pt)?$")
 
 
 # ------------------------------------------------------------------------------------------ RNG state
@@ -157,6 +175,50 @@ def save_checkpoint(
     return path
 
 
+def set_aside(run_dir: str | Path, is_main: bool) -> Path | None:
+    """checkpoint.resume=never into a run directory that already holds checkpoints: global rank 0 renames
+    its checkpoints/ to checkpoints.old-<UTC time>/ before this run writes anything. Why not leave them:
+    a later automatic resume (a requeue, a rerun) would pick the older run's newest checkpoint; why not
+    delete them: a fresh start must not cost the user the previous run. Collective (every rank calls it,
+    none goes on before the rename, a failure raises alike on every rank); returns the new name, or None."""
+    moved, problem, folder = None, None, checkpoint_dir(run_dir)
+    if is_main:
+        try:
+            moved = _move_aside(folder)
+        except OSError as exc:  # no permission, a read-only file system: this run must not mix with them
+            hint = WriteError(folder, exc).hint or "move them away yourself, or choose another run.dir"
+            problem = (
+                f"checkpoint.resume=never: cannot move the checkpoints in {folder} aside: {exc.strerror or exc}",
+                hint,
+            )
+    moved, problem = dist.broadcast_object((str(moved) if moved else None, problem))
+    if problem is not None:
+        error = UserError(*problem)
+        error.agreed = True
+        raise error
+    if moved is not None:
+        log.info(
+            "checkpoint.resume=never: the checkpoints already in %s were moved to %s (a later resume "
+            "cannot pick them up; nothing was deleted)",
+            folder,
+            moved,
+        )
+    return Path(moved) if moved else None
+
+
+def _move_aside(folder: Path) -> Path | None:
+    if not folder.is_dir() or not any(folder.iterdir()):
+        return None  # nothing an automatic resume could pick up
+    stamp = time.strftime("%Y%m%d-%H%M%SZ", time.gmtime())
+    target, n = folder.with_name(f"{folder.name}.old-{stamp}"), 1
+    while target.exists():  # two fresh starts within a second (the run directory's lock is held: no race)
+        n += 1
+        target = folder.with_name(f"{folder.name}.old-{stamp}-{n}")
+    os.rename(folder, target)
+    fsync_dir(folder.parent)
+    return target
+
+
 def _make(folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -165,10 +227,7 @@ def _make(folder: Path) -> None:
 
 
 def _write_verified(path: Path, payload: dict[str, Any]) -> Manifest:
-    other = path.with_suffix("")  # a sharded checkpoint of the same step (the strategy changed): replaced
-    if other.is_dir():
-        remove_checkpoint(other)
-    hashed = _HashingFile()
+    hashed = HashingFile()
 
     def write(f: BinaryIO) -> None:
         hashed.into(f)
@@ -179,7 +238,16 @@ def _write_verified(path: Path, payload: dict[str, Any]) -> Manifest:
                 raise
             raise hashed.error from None
 
-    atomic_write(path, write)
+    def switch(tmp: Path) -> None:
+        # Verify what reached the disk before it replaces anything (a bad file never takes a good one's
+        # place); then a copy of this step, if there is one (saved again; or a sharded one, the strategy
+        # changed), is parked, not removed: it stays resumable until the new one is published.
+        problem = _file_problem(tmp, hashed.digest.hexdigest(), hashed.size)
+        if problem:
+            raise WriteError(path, OSError(f"it {problem} right after writing it (a failing disk?)"))
+        park(path)
+
+    atomic_write(path, write, before_replace=switch)
     manifest = Manifest(
         path,
         hashed.digest.hexdigest(),
@@ -189,12 +257,8 @@ def _write_verified(path: Path, payload: dict[str, Any]) -> Manifest:
         payload["global_step"],
         payload.get("metrics", {}),
     )
-    # Verify what reached the disk before any pointer names it.
-    problem = manifest.problem()
-    if problem:
-        path.unlink(missing_ok=True)  # never leave a bad file where a good one is expected
-        raise WriteError(path, OSError(f"it {problem} right after writing it (a failing disk?)"))
     publish(manifest)
+    unpark(path)
     return manifest
 
 
@@ -203,6 +267,7 @@ def _prune(folder: Path, keep_last: int) -> None:
         return
     for old in list_checkpoints(folder)[keep_last:]:
         remove_checkpoint(old)
+        unpark(old)  # a previous copy left by a killed re-save
 
 
 def list_best(folder: Path) -> list[Manifest]:
@@ -215,8 +280,11 @@ def list_best(folder: Path) -> list[Manifest]:
         m
         for p in folder.glob("best-step-*")
         if p.suffix != ".json"
-        if (m := Manifest.read(p)) is not None and monitor in m.metrics
+        if (m := Manifest.read(p)) is not None and monitor in m.metrics and not m.problem(hashes=False)
     ]
+    # A parked copy (a kill while its step was linked again) counts only while the new link is incomplete.
+    linked = {m.global_step for m in found if not is_parked(m.path)}
+    found = [m for m in found if not (is_parked(m.path) and m.global_step in linked)]
     return sorted(found, key=lambda m: (-sign * m.metrics[monitor], m.global_step))
 
 
@@ -238,27 +306,27 @@ def _update_best(folder: Path, manifest: Manifest, keep_best: int, monitor: str,
         if manifest.files is None:
             tmp.unlink(missing_ok=True)
             os.link(manifest.path, tmp)
-            os.replace(tmp, link)
         else:  # a sharded checkpoint: a folder of links to its files, renamed into place whole
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir()
             for name in manifest.files:
                 os.link(manifest.path / name, tmp / name)
-            if link.exists():
-                remove_checkpoint(link)
-            os.rename(tmp, link)
+        park(link)  # this step's best copy already (saved again): kept until the new link has its manifest
+        os.rename(tmp, link)
     except OSError as exc:
         raise WriteError(link, exc) from None
     atomic_write_bytes(link.with_suffix(".json"), dataclasses.replace(manifest, path=link).to_json().encode())
+    unpark(link)
     for loser in list_best(folder)[keep_best:]:
         remove_checkpoint(loser.path)
 
 
 def list_checkpoints(folder: Path) -> list[Path]:
-    """Periodic checkpoints in `folder`, newest (highest global step) first."""
+    """Periodic checkpoints in `folder`, newest (highest global step) first, by their own names (step-N.pt,
+    step-N): also a step found only as a parked copy (step-N-prev...), whose save was killed mid-switch."""
     if not folder.is_dir():
         return []
-    found = [p for p in folder.iterdir() if _NAME.match(p.name)]
+    found = {folder / p.name.replace(PREV, "") for p in folder.iterdir() if _NAME.match(p.name)}
     return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)), reverse=True)
 
 
@@ -282,18 +350,29 @@ def load_payload(
 
 
 def find_resumable(run_dir: str | Path) -> Path | None:
-    """The newest checkpoint of the run whose file matches its manifest; damaged ones are reported and skipped."""
+    """The newest checkpoint of the run whose file matches its manifest; damaged ones are reported and skipped.
+    A step whose new copy is incomplete (killed while it was saved again) resumes from its parked copy."""
     for path in list_checkpoints(checkpoint_dir(run_dir)):
-        manifest = Manifest.read(path)
-        if manifest is None:
-            log.warning("skipping checkpoint %s: no manifest (the save did not finish)", path)
-            continue
-        problem = manifest.problem()
-        if problem:
-            log.warning("skipping checkpoint %s: it %s; trying the one before it", path, problem)
-            continue
-        return path
+        if _verifies(path, Manifest.read(path)):
+            return path
+        previous = described(parked(path))
+        if previous is not None and _verifies(previous.path, previous):
+            log.warning(
+                "resuming from %s: the previous copy of that step, kept while it was saved again", previous.path
+            )
+            return previous.path
     return None
+
+
+def _verifies(path: Path, manifest: Manifest | None) -> bool:
+    if manifest is None:
+        log.warning("skipping checkpoint %s: no manifest (the save did not finish)", path)
+        return False
+    problem = manifest.problem()
+    if problem:
+        log.warning("skipping checkpoint %s: it %s; trying the one before it", path, problem)
+        return False
+    return True
 
 
 def load_model_weights(model: torch.nn.Module, payload: dict[str, Any], path: str | Path) -> None:

@@ -26,6 +26,7 @@ from distrain.checkpoint.store import (
     resolve_checkpoint,
     restore_rng,
     save_checkpoint,
+    set_aside,
 )
 from distrain.config.schema import CheckpointConfig, Config
 from distrain.launch import dist
@@ -259,9 +260,11 @@ def maybe_resume(
 ) -> None:
     """Load the checkpoint that checkpoint.resume names (auto: the newest complete one of run.dir) into
     `state` and the random generators, after checking that its config and `definition` (what fit was
-    given) allow it. Collective: every rank must call it."""
+    given) allow it. Collective: every rank must call it. `never` starts afresh: the run directory's
+    checkpoints, if any, are moved aside first (see checkpoint.store.set_aside)."""
     resume = cfg.checkpoint.resume
     if resume == "never":
+        set_aside(run_dir, ctx.is_main)
         return
     # Rank 0 chooses (and verifies checksums) once; every rank then loads the same file.
     chosen, problem = None, None
