@@ -36,6 +36,7 @@ def fit(
     loss: Any = None,
     metrics: Mapping[str, Any] | None = None,
     optimizer: Any = None,
+    scheduler: Any = None,
 ) -> FitResult:
     """Train; returns a FitResult on every rank: the final figures per split (`result.test["loss"]`, also
     `result["test_loss"]`), global_step, epochs_done, stopped, trained, run_dir. Must run on every rank.
@@ -44,7 +45,10 @@ def fit(
     rank). train_data/val_data/test_data: torch Datasets whose samples are (x, y), (x1, ..., y) or dicts;
     TensorDatasets take the in-memory fast path. loss: a callable loss(outputs, targets), e.g. an nn loss
     module. metrics: {name: torchmetrics Metric or function(preds, targets)}. optimizer: a torch optimizer
-    over model.parameters(), or a function params -> optimizer.
+    over model.parameters(), or a function params -> optimizer. scheduler: a function optimizer -> any
+    torch LR scheduler (OneCycleLR, ReduceLROnPlateau, a SequentialLR, ...), stepped after every optimizer
+    step, or after every epoch with schedule.interval=epoch (schedule.monitor: the metric a
+    ReduceLROnPlateau is given); checkpointed and resumed.
     """
     from distrain.errors import ArgumentError
     from distrain.loop.components import Given
@@ -60,6 +64,7 @@ def fit(
         loss=loss,
         metrics=dict(metrics) if metrics else None,
         optimizer=optimizer,
+        scheduler=scheduler,
     )
     given.check()
     return train(cfg, given)

@@ -255,6 +255,7 @@ def components_markdown() -> str:
         "loss": "`loss.name`",
         "metric": "`metrics.<name>.name`",
         "optim": "`optim.name`",
+        "scheduler": "`schedule.name`",
         "logger": "`log.loggers`",
     }
     for kind in registry.KINDS:

@@ -48,6 +48,7 @@ class Given:
     loss: Any = None
     metrics: dict[str, Any] | None = None
     optimizer: Any = None  # an Optimizer over the model's parameters, or a function params -> Optimizer
+    scheduler: Any = None  # a function optimizer -> torch LR scheduler
 
     def check(self) -> None:
         """Refuse what cannot be what fit's docstring asks for, naming the argument (`fit(model=...)`)."""
@@ -75,6 +76,13 @@ class Given:
                 "optimizer",
                 f"is a {type(self.optimizer).__name__}",
                 "give a torch optimizer over model.parameters(), or a function params -> optimizer",
+            )
+        if self.scheduler is not None and (not callable(self.scheduler) or hasattr(self.scheduler, "state_dict")):
+            raise ArgumentError(
+                "scheduler",
+                f"is a {type(self.scheduler).__name__}, not a function of the optimizer",
+                "give a function optimizer -> scheduler (distrain builds the optimizer), e.g. "
+                "scheduler=lambda opt: torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=1000)",
             )
 
 

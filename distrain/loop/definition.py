@@ -88,6 +88,7 @@ class RunDefinition:
             "optimizer": given.optimizer,
             "loss": given.loss,
             "data": given.train_data,
+            "scheduler": given.scheduler,
         }
         arguments = {part: "train_data" if part == "data" else part for part, obj in named.items() if obj is not None}
         return RunDefinition(_plain(values), arguments)

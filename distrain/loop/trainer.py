@@ -44,7 +44,7 @@ from distrain.loop.definition import RunDefinition
 from distrain.loop.exact import ExactStep, running_statistics
 from distrain.loop.nonfinite import NonFiniteGuard
 from distrain.loop.result import FitResult
-from distrain.loop.schedule import build_scheduler, is_constant
+from distrain.loop.schedule import build_schedule
 from distrain.loop.seeding import rank_seed, seed_everything
 from distrain.loop.state import Saver, TrainState, maybe_resume
 from distrain.loop.steps import EpochMetrics, TrainMeter, evaluate_splits, train_step
@@ -129,13 +129,17 @@ class Trainer:
         )
         steps_per_epoch = self.batches.num_steps
         optimizer, base_lr = build_optimizer_for(cfg.optim, parts.model, given, strategy.replaces_parameters)
-        scheduler = build_scheduler(
-            cfg.schedule, optimizer, base_lr=base_lr, steps_per_epoch=steps_per_epoch, epochs=cfg.trainer.epochs
+        self.schedule = build_schedule(
+            cfg.schedule,
+            optimizer,
+            given=given.scheduler,
+            base_lr=base_lr,
+            steps_per_epoch=steps_per_epoch,
+            epochs=cfg.trainer.epochs,
         )
+        scheduler = self.schedule.scheduler
         # What fit was given, read before a resume loads saved state into these objects.
         self.definition = RunDefinition.of(parts, optimizer, scheduler, given)
-        # A constant learning rate needs no scheduler call per step (see TrainState.to_payload).
-        self.step_scheduler = None if is_constant(cfg.schedule) else scheduler
         self.clip = cfg.optim or OptimConfig(lr=base_lr)
         self.meter = TrainMeter(parts.objective, ctx.device, exact=cfg.trainer.exact)
         stop_upwards = (
@@ -143,6 +147,8 @@ class Trainer:
             if cfg.stop.patience
             else False
         )
+        if self.schedule.monitor is not None:
+            monitor_direction("min", self.schedule.monitor, parts, "schedule.monitor", self.meter.names)
         best_upwards = (
             monitor_direction(
                 cfg.checkpoint.mode, cfg.checkpoint.monitor, parts, "checkpoint.monitor", self.meter.names
@@ -158,6 +164,7 @@ class Trainer:
             self.meter,
             scaler=strategy.scaler,
             engine=strategy.engine,
+            unstepped_schedule=not self.schedule.stepped,
         )
         self.progress = self.state.progress  # one owner: only fit() moves it; a resume loads it in place
         # trainer.exact: the chunked step with its fixed-point gradient sum (loop/exact.py).
@@ -265,12 +272,19 @@ class Trainer:
         self.reporter.drop_from_epoch(p.epoch)
         log_parts(self.parts, self.ctx, steps_per_epoch, self.strategy.engine, __version__, self.cfg.strategy)
 
-    def start_epoch(self, epoch: int) -> tuple[float, float]:
+    def start_epoch(self, epoch: int) -> tuple[float, list[float]]:
         self.train_model.train()  # evaluation left it in eval mode
         self.batches.set_epoch(epoch)
         self.batches.set_start_step(self.progress.step_in_epoch)
         self.reporter.start_epoch(self.meter, self.progress.global_step)
-        return time.perf_counter(), self.state.optimizer.param_groups[0]["lr"]
+        if self.progress.step_in_epoch == 0 or self.state.epoch_lrs is None:
+            self.state.epoch_lrs = self.learning_rates()
+        # A mid-epoch resume keeps the lr the epoch started with (saved): the epoch's record is the same.
+        return time.perf_counter(), self.state.epoch_lrs
+
+    def learning_rates(self) -> list[float]:
+        """Each parameter group's learning rate now (logged as lr, lr/group1, ...)."""
+        return [float(group["lr"]) for group in self.state.optimizer.param_groups]
 
     def train_step(self, batch: Any) -> bool:
         """One optimizer step on this rank's share of the global batch; False when it was skipped."""
@@ -284,9 +298,7 @@ class Trainer:
             meter=self.meter,
             guard=self.guard,
         )
-        # A skipped step still steps the schedule: the learning rate stays a function of the global step.
-        if self.step_scheduler is not None:
-            self.step_scheduler.step()
+        self.schedule.after_step()
         return stepped
 
     def maybe_log_step(self) -> None:
@@ -296,7 +308,7 @@ class Trainer:
         self.guard.check(weights=False)  # a diverged run stops before it logs losses of 1e30
         # The window's train sums over all ranks: one all-reduce, at log steps only.
         window = dist.all_reduce_sum(self.reporter.window(self.meter)) if self.reporter.is_log_step(step) else None
-        self.reporter.after_step(step, self.meter, self.state.optimizer.param_groups[0]["lr"], window)
+        self.reporter.after_step(step, self.meter, self.learning_rates(), window)
 
     def maybe_save_step(self) -> bool:
         if not self.saver.should_save_step(self.progress):
@@ -312,7 +324,7 @@ class Trainer:
                 self.save()
             raise Interrupted(signum)
 
-    def end_epoch(self, epoch: int, started: float, lr: float) -> dict[str, EpochMetrics]:
+    def end_epoch(self, epoch: int, started: float, lr: list[float]) -> dict[str, EpochMetrics]:
         """The epoch's train figures (summed over the ranks) and evaluation; logged."""
         self.guard.check()  # before the epoch's figures and its checkpoint
         totals = self.strategy.sum_over_ranks(self.meter.totals().clone())
@@ -331,6 +343,7 @@ class Trainer:
         )
         self.progress.end_epoch()
         self.meter.reset()
+        self.schedule.after_epoch(splits)  # interval epoch; ReduceLROnPlateau reads its monitor here
         return splits
 
     def maybe_stop(self, splits: dict[str, EpochMetrics]) -> None:
