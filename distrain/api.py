@@ -37,6 +37,7 @@ def fit(
     metrics: Mapping[str, Any] | None = None,
     optimizer: Any = None,
     scheduler: Any = None,
+    step: Any = None,
 ) -> FitResult:
     """Train; returns a FitResult on every rank: the final figures per split (`result.test["loss"]`, also
     `result["test_loss"]`), global_step, epochs_done, stopped, trained, run_dir. Must run on every rank.
@@ -48,7 +49,10 @@ def fit(
     over model.parameters(), or a function params -> optimizer. scheduler: a function optimizer -> any
     torch LR scheduler (OneCycleLR, ReduceLROnPlateau, a SequentialLR, ...), stepped after every optimizer
     step, or after every epoch with schedule.interval=epoch (schedule.monitor: the metric a
-    ReduceLROnPlateau is given); checkpointed and resumed.
+    ReduceLROnPlateau is given); checkpointed and resumed. step: your own training step,
+    fn(model, batch) -> loss, batch the data set's samples collated and on the device; the loss a batch
+    mean, per-sample losses [N], or a dict with 'loss' (either) or 'loss_sum' (summed over the batch) and
+    named scalars to log (see loop/user_step.py); replaces loss= and metrics=.
     """
     from distrain.errors import ArgumentError
     from distrain.loop.components import Given
@@ -65,6 +69,7 @@ def fit(
         metrics=dict(metrics) if metrics else None,
         optimizer=optimizer,
         scheduler=scheduler,
+        step=step,
     )
     given.check()
     return train(cfg, given)

@@ -49,6 +49,7 @@ class Given:
     metrics: dict[str, Any] | None = None
     optimizer: Any = None  # an Optimizer over the model's parameters, or a function params -> Optimizer
     scheduler: Any = None  # a function optimizer -> torch LR scheduler
+    step: Any = None  # the user's training step: a function (model, batch) -> loss (loop/user_step.py)
 
     def check(self) -> None:
         """Refuse what cannot be what fit's docstring asks for, naming the argument (`fit(model=...)`)."""
@@ -77,6 +78,16 @@ class Given:
                 f"is a {type(self.optimizer).__name__}",
                 "give a torch optimizer over model.parameters(), or a function params -> optimizer",
             )
+        if self.step is not None:
+            if not callable(self.step):
+                raise ArgumentError("step", f"is a {type(self.step).__name__}, not a function (model, batch) -> loss")
+            for name in ("loss", "metrics"):
+                if getattr(self, name) is not None:
+                    raise ArgumentError(
+                        name,
+                        "cannot be given with step=: the step computes the loss and the figures it reports",
+                        "return per-sample losses or a dict with 'loss' and named scalars from the step",
+                    )
         if self.scheduler is not None and (not callable(self.scheduler) or hasattr(self.scheduler, "state_dict")):
             raise ArgumentError(
                 "scheduler",
@@ -110,11 +121,21 @@ def build_parts(cfg: Config, ctx: DistContext, given: Given | None = None) -> Pa
     if cfg.trainer.channels_last:
         model = model.to(memory_format=torch.channels_last)  # 4-d weights only; others are unchanged
     probe_inputs, probe_targets = (to_device(t, ctx.device) for t in probe_batch(data.train, cfg.data.target_key))
-    with naming_arguments(given):
-        # One eval-mode forward on two training samples decides one-logit BCE vs cross-entropy and checks it all.
-        probe = probe_outputs(model, probe_inputs)
-        objective = build_objective(cfg.loss, info, given.loss, model_outputs=output_width(probe))
-        objective.check(model, probe, probe_targets)
+    if given.step is not None:
+        # The user's step is the objective: run once on two training samples (eval mode, no gradient),
+        # so that what it returns is checked and its named scalars are known before training.
+        from distrain.loop.user_step import StepObjective
+
+        objective: Any = StepObjective(given.step, cfg.data.target_key)
+        objective.probe(model, probe_inputs, probe_targets)
+        if cfg.metrics:
+            raise ConfigError("metrics", "cannot be used with fit(step=...)", "return named scalars from the step")
+    else:
+        with naming_arguments(given):
+            # One eval-mode forward on two training samples decides one-logit BCE vs cross-entropy and checks it all.
+            probe = probe_outputs(model, probe_inputs)
+            objective = build_objective(cfg.loss, info, given.loss, model_outputs=output_width(probe))
+            objective.check(model, probe, probe_targets)
     metric_objects = _build_metrics(cfg.metrics, given)
     loader_args = dict(
         rank=ctx.rank,
@@ -133,8 +154,16 @@ def build_parts(cfg: Config, ctx: DistContext, given: Given | None = None) -> Pa
     for split, dataset in (("val", data.val), ("test", data.test)):
         if dataset is not None:
             batches = build_eval_batches(dataset, eval_batch_size=cfg.data.eval_batch_size, **loader_args)
-            evals[split] = (batches, MetricSet(objective, metric_objects, ctx.device))
+            evals[split] = (batches, _metric_set(objective, metric_objects, ctx.device))
     return Parts(data, info, model, objective, evals, metric_objects, loader_args)
+
+
+def _metric_set(objective: Any, metric_objects: dict[str, Any], device: torch.device) -> Any:
+    from distrain.loop.user_step import StepMetrics, StepObjective
+
+    if isinstance(objective, StepObjective):
+        return StepMetrics(objective)
+    return MetricSet(objective, metric_objects, device)
 
 
 # What a check calls a part (objective.py does not know who made it) -> the fit argument that may have

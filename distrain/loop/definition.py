@@ -78,7 +78,7 @@ class RunDefinition:
                 for split, dataset in (("train", data.train), ("val", data.val), ("test", data.test))
                 if dataset is not None
             },
-            "step": "distrain",  # the built-in train step (a user's step= will be named here)
+            "step": _function_name(given.step) if given.step is not None else "distrain",
             "scheduler": _qualified(type(scheduler)),
             "callbacks": [],
             "metrics": sorted(parts.metric_objects),
@@ -89,6 +89,7 @@ class RunDefinition:
             "loss": given.loss,
             "data": given.train_data,
             "scheduler": given.scheduler,
+            "step": given.step,
         }
         arguments = {part: "train_data" if part == "data" else part for part, obj in named.items() if obj is not None}
         return RunDefinition(_plain(values), arguments)
@@ -126,6 +127,14 @@ def _describe_optimizer(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     return {"class": _qualified(type(optimizer)), "hyperparameters": defaults, "groups": groups}
 
 
+def _function_name(fn: Any) -> str:
+    """A step function by its module and name (a lambda: <lambda>; an object: its class)."""
+    name = getattr(fn, "__qualname__", None)
+    if name is None:
+        return _qualified(type(fn))
+    return f"{getattr(fn, '__module__', '?')}.{name}"
+
+
 def _qualified(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
@@ -154,8 +163,8 @@ def _differences(old: Any, new: Any, prefix: str = "") -> list[tuple[str, str, s
                 continue
             out += _differences(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else str(key))
         return out
-    if prefix.endswith(".class") and isinstance(old, str) and isinstance(new, str):
-        # The class by its own name: a script's class is __main__.Net run as a script and train.Net
+    if (prefix.endswith(".class") or prefix in ("step", "scheduler")) and isinstance(old, str) and isinstance(new, str):
+        # The class (or step function) by its own name: a script's class is __main__.Net run as a script and train.Net
         # imported from it, the same class.
         old_name, new_name = old.rpartition(".")[2], new.rpartition(".")[2]
         return [] if old_name == new_name else [(prefix, json.dumps(old), json.dumps(new))]

@@ -141,7 +141,7 @@ class Trainer:
         # What fit was given, read before a resume loads saved state into these objects.
         self.definition = RunDefinition.of(parts, optimizer, scheduler, given)
         self.clip = cfg.optim or OptimConfig(lr=base_lr)
-        self.meter = TrainMeter(parts.objective, ctx.device, exact=cfg.trainer.exact)
+        self.meter = train_meter(parts.objective, ctx.device, exact=cfg.trainer.exact)
         stop_upwards = (
             monitor_direction(cfg.stop.mode, cfg.stop.monitor, parts, "stop.monitor", self.meter.names)
             if cfg.stop.patience
@@ -424,6 +424,15 @@ class Trainer:
         from distrain.checkpoint.store import find_resumable
 
         return str(find_resumable(self.run_dir)) if self.ctx.is_main else None
+
+
+def train_meter(objective: Any, device: Any, exact: bool) -> Any:
+    """The meter of the train figures: from the outputs (distrain's step), or the values a user's step returned."""
+    from distrain.loop.user_step import StepMeter, StepObjective
+
+    if isinstance(objective, StepObjective):
+        return StepMeter(objective, device, exact=exact)
+    return TrainMeter(objective, device, exact=exact)
 
 
 def write_config(cfg: Config, ctx: DistContext, run_dir: Path, definition: RunDefinition | None = None) -> None:
