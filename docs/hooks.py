@@ -256,6 +256,7 @@ def components_markdown() -> str:
         "metric": "`metrics.<name>.name`",
         "optim": "`optim.name`",
         "scheduler": "`schedule.name`",
+        "callback": "`callbacks[i].name`",
         "logger": "`log.loggers`",
     }
     for kind in registry.KINDS:

@@ -2,6 +2,7 @@
 images, bitwise alike on 1 and 2 processes in exact mode and within 2% of the original script's loop;
 a step's batch mean, per-sample losses and dict on XOR; the loss weighting on an uneven split; errors."""
 
+import os
 import sys
 
 import pytest
@@ -91,7 +92,7 @@ def test_vae_on_two_processes_is_bitwise_the_one_process_run(vae_one, data_root,
         "trainer.exact=true",
         script="examples/vae.py",
         cwd=REPO / "examples",
-        env=clean_env(PYTHONPATH=str(REPO)),
+        env=clean_env(PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))),
     )
     assert two.returncode == 0, two.stderr[-3000:]
     assert_bitwise(newest_weights(run), newest_weights(tmp_path))

@@ -26,7 +26,7 @@ from typing import Any, Callable, Mapping
 
 from distrain.errors import ConfigError
 
-KINDS = ("data", "model", "loss", "metric", "optim", "scheduler", "logger")
+KINDS = ("data", "model", "loss", "metric", "optim", "scheduler", "callback", "logger")
 
 _BUILTINS: dict[str, dict[str, Any]] = {
     "data": {
@@ -81,6 +81,8 @@ _BUILTINS: dict[str, dict[str, Any]] = {
         "cosine_annealing": "torch.optim.lr_scheduler:CosineAnnealingLR",
         "exponential": "torch.optim.lr_scheduler:ExponentialLR",
     },
+    # Built-in callbacks, made like a user's (loop/callbacks.py).
+    "callback": {"ema": "distrain.loop.ema:EMA"},
     "logger": {
         "wandb": "distrain.reporting.wandb_run:wandb_logger",
         "tensorboard": "distrain.reporting.tensorboard:TensorBoardLogger",

@@ -128,6 +128,18 @@ class MetricConfig:
 
 
 @dataclass(kw_only=True)
+class CallbackConfig:
+    name: str
+    """A callback: a built-in name (ema) or an import path module:attribute of a class or function
+    returning an object with hooks (on_step_end(run), on_epoch_end(run, metrics), ...)."""
+    args: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of the callback (e.g. decay for ema)."""
+
+    def __post_init__(self) -> None:
+        check_name("callback", self.name, "callbacks.name")
+
+
+@dataclass(kw_only=True)
 class OptimConfig:
     lr: float
     """Learning rate (the schedule's base)."""
@@ -299,6 +311,9 @@ class Config:
     metrics: dict[str, MetricConfig] = field(default_factory=dict)
     """Extra metrics by name, computed on the validation and test splits (every sample once) and reported
     as val_<name> and test_<name>; accuracy is added for classification losses."""
+    callbacks: list[CallbackConfig] = field(default_factory=list)
+    """Callbacks run at the loop's moments (before those given to distrain.fit(callbacks=...)), e.g.
+    [{name: ema, args: {decay: 0.999}}]; see the docs, Your own callbacks."""
     user: dict[str, Any] = field(default_factory=dict)
     """Free-form settings of your own script (paths, sizes: `cfg.user["img_dir"]`); distrain ignores them
     and overrides reach them like any key (user.width=64)."""

@@ -59,7 +59,9 @@ class RunDefinition:
     given: dict[str, str] = field(default_factory=dict)  # part -> the fit argument that handed it
 
     @staticmethod
-    def of(parts: Parts, optimizer: torch.optim.Optimizer, scheduler: Any, given: Given) -> RunDefinition:
+    def of(
+        parts: Parts, optimizer: torch.optim.Optimizer, scheduler: Any, given: Given, callbacks: list[str] = ()
+    ) -> RunDefinition:
         """Read from the live objects before a resume loads any state into them (an optimizer's
         load_state_dict replaces its hyperparameters with the saved ones)."""
         from distrain.strategies.fsdp import model_class
@@ -80,7 +82,7 @@ class RunDefinition:
             },
             "step": _function_name(given.step) if given.step is not None else "distrain",
             "scheduler": _qualified(type(scheduler)),
-            "callbacks": [],
+            "callbacks": list(callbacks),
             "metrics": sorted(parts.metric_objects),
         }
         named = {

@@ -86,6 +86,7 @@ class TrainState:
     unstepped_schedule: bool = False  # the constant built-in schedule: never stepped in the loop
     # Each group's lr at the start of the epoch in progress (its record's `lr`, also after a mid-epoch resume).
     epoch_lrs: list[float] | None = None
+    callbacks: Any = None  # the run's Callbacks: those with state_dict are checkpointed
 
     def to_payload(
         self,
@@ -117,6 +118,7 @@ class TrainState:
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "stopper": self.stopper.state_dict(),
             "epoch_lrs": self.epoch_lrs,
+            "callbacks": self.callbacks.state_dict() if self.callbacks else {},
             # The epoch's train sums over all ranks, so a mid-epoch resume still reports the whole epoch.
             "epoch_totals": epoch_totals.cpu(),
             "config": config,
@@ -137,6 +139,8 @@ class TrainState:
             self.scaler.load_state_dict(payload["scaler"])
         self.stopper.load_state_dict(payload["stopper"])
         self.epoch_lrs = payload.get("epoch_lrs")
+        if self.callbacks:
+            self.callbacks.load_state_dict(payload.get("callbacks"))
         # The saved sums already cover every rank: give them to one rank, zeros to the rest.
         totals = payload["epoch_totals"]
         self.meter.load(totals if is_main else torch.zeros_like(totals))

@@ -39,6 +39,7 @@ from distrain.launch.dist import DistContext, distributed
 from distrain.launch.env import DistEnv, detect
 from distrain.launch.signals import Interrupted, StopSignals
 from distrain.launch.slurm import maybe_requeue, resolve_run_dir
+from distrain.loop.callbacks import Run, build_callbacks
 from distrain.loop.components import Given, Parts, build_optimizer_for, build_parts, log_parts, monitor_direction
 from distrain.loop.definition import RunDefinition
 from distrain.loop.exact import ExactStep, running_statistics
@@ -138,8 +139,10 @@ class Trainer:
             epochs=cfg.trainer.epochs,
         )
         scheduler = self.schedule.scheduler
+        self.callbacks = build_callbacks(cfg.callbacks, given.callbacks)
+        self.run = Run(parts.model, optimizer, ctx.rank, ctx.world_size, self.run_dir)
         # What fit was given, read before a resume loads saved state into these objects.
-        self.definition = RunDefinition.of(parts, optimizer, scheduler, given)
+        self.definition = RunDefinition.of(parts, optimizer, scheduler, given, self.callbacks.names())
         self.clip = cfg.optim or OptimConfig(lr=base_lr)
         self.meter = train_meter(parts.objective, ctx.device, exact=cfg.trainer.exact)
         stop_upwards = (
@@ -165,6 +168,7 @@ class Trainer:
             scaler=strategy.scaler,
             engine=strategy.engine,
             unstepped_schedule=not self.schedule.stepped,
+            callbacks=self.callbacks,
         )
         self.progress = self.state.progress  # one owner: only fit() moves it; a resume loads it in place
         # trainer.exact: the chunked step with its fixed-point gradient sum (loop/exact.py).
@@ -213,6 +217,7 @@ class Trainer:
         trained, splits, finished = False, {}, False
         try:
             with StopSignals(["SIGTERM", "SIGINT", self.cfg.trainer.requeue_signal]) as self.signals:
+                self.callback("on_train_start")
                 for epoch in range(self.progress.epoch, self.cfg.trainer.epochs):
                     if self.state.stopper.stopped:
                         break
@@ -220,6 +225,7 @@ class Trainer:
                     for batch in self.batches:
                         stepped = self.train_step(batch)
                         self.progress.advance(step_in_epoch=batch.step + 1, skipped=not stepped)
+                        self.callback("on_step_end")
                         self.maybe_log_step()
                         saved = self.maybe_save_step()
                         self.stop_on_signal(saved)
@@ -227,10 +233,21 @@ class Trainer:
                     self.maybe_stop(splits)
                     self.maybe_save_epoch(splits)
                     trained = True
+                result = self.result(splits, trained)
+                self.callback("on_train_end", result)
             finished = True
+        except BaseException as exc:
+            self.callback("on_exception", exc)
+            raise
         finally:
             self.close(finished)
-        return self.result(splits, trained)
+        return result
+
+    def callback(self, hook: str, *args: Any) -> None:
+        """The callbacks' `hook` (those that have it), with the run as it stands."""
+        if self.callbacks.has(hook):
+            self.run.epoch, self.run.global_step = self.progress.epoch, self.progress.global_step
+            self.callbacks.call(hook, self.run, *args)
 
     # ----------------------------------------------------------------------------------------- the chapters
 
@@ -270,6 +287,8 @@ class Trainer:
             directions=self.parts.metric_objects,
         )
         self.reporter.drop_from_epoch(p.epoch)
+        self.run._reporter = self.reporter
+        self.run._evaluate = functools.partial(evaluate_splits, self.parts, self.ctx, self.strategy.sum_over_ranks)
         log_parts(self.parts, self.ctx, steps_per_epoch, self.strategy.engine, __version__, self.cfg.strategy)
 
     def start_epoch(self, epoch: int) -> tuple[float, list[float]]:
@@ -277,6 +296,7 @@ class Trainer:
         self.batches.set_epoch(epoch)
         self.batches.set_start_step(self.progress.step_in_epoch)
         self.reporter.start_epoch(self.meter, self.progress.global_step)
+        self.callback("on_epoch_start")
         if self.progress.step_in_epoch == 0 or self.state.epoch_lrs is None:
             self.state.epoch_lrs = self.learning_rates()
         # A mid-epoch resume keeps the lr the epoch started with (saved): the epoch's record is the same.
@@ -331,6 +351,15 @@ class Trainer:
         splits = {"train": EpochMetrics.from_totals(self.meter.sums(totals), self.meter.names)}
         train_time = time.perf_counter() - started
         splits.update(evaluate_splits(self.parts, self.ctx, self.strategy.sum_over_ranks))
+        if self.callbacks.has("on_epoch_end"):
+            # Before the epoch's record is written: what the callbacks log goes into it.
+            figures = {
+                f"{split}_{name}": value
+                for split, m in splits.items()
+                for name, value in m.values.items()
+                if isinstance(value, (int, float))
+            }
+            self.callback("on_epoch_end", figures)
         skipped = self.progress.skipped_steps if self.cfg.trainer.on_nonfinite == "skip_step" else None
         self.reporter.log_epoch(
             epoch,
@@ -340,6 +369,7 @@ class Trainer:
             lr,
             train_time_s=train_time,
             skipped_steps=skipped,
+            logged=self.run.take_logged(),
         )
         self.progress.end_epoch()
         self.meter.reset()
@@ -379,7 +409,9 @@ class Trainer:
             weights=not sharded,
             definition=self.definition.values,
         )
-        return self.saver.save(payload, (self.state.model, self.state.optimizer) if sharded else None)
+        path = self.saver.save(payload, (self.state.model, self.state.optimizer) if sharded else None)
+        self.callback("on_save", path)
+        return path
 
     def close(self, finished: bool) -> None:
         # A background checkpoint write completes before the run ends, also when it ends by a signal

@@ -178,6 +178,7 @@ class Reporter:
         lr: list[float],
         train_time_s: float,
         skipped_steps: int | None = None,
+        logged: dict[str, float] | None = None,
     ) -> None:
         # Training throughput: the samples of this epoch's steps over the time of the steps (not evaluation).
         train = splits["train"]
@@ -186,6 +187,7 @@ class Reporter:
             "samples_per_s": train.samples / train_time_s if train_time_s > 0 else 0.0,
         }
         extra.update({name: value for name, value in group_rates(lr).items() if name != "lr"})
+        extra.update(logged or {})  # the callbacks' run.log values of the epoch (the last per name)
         if skipped_steps is not None:
             extra["skipped_steps"] = skipped_steps  # in the run so far (trainer.on_nonfinite: skip_step)
         if self.ctx.device.type == "cuda":
