@@ -55,6 +55,22 @@ def test_a_stateful_callback_and_the_ema_resume_where_they_were(tmp_path):
     )
 
 
+def test_on_exception_sees_what_stopped_training_and_it_propagates(tmp_path):
+    seen = []
+
+    class Failing:
+        def on_epoch_end(self, run, metrics):
+            assert "train_loss" in metrics and "test_accuracy" in metrics
+            raise RuntimeError("a bug in a callback")
+
+        def on_exception(self, run, exc):
+            seen.append((run.epoch, run.global_step, str(exc)))
+
+    with pytest.raises(RuntimeError, match="a bug in a callback"):
+        distrain.fit(xor_cfg(tmp_path), callbacks=[Failing()])
+    assert seen == [(0, 20, "a bug in a callback")]  # epoch 0 (in progress), after its 20 steps
+
+
 @pytest.mark.parametrize(
     "callbacks, argument",
     [(Counter, "callbacks"), ([object()], "callbacks"), ([Counter], "callbacks")],
@@ -88,7 +104,7 @@ MLP = (
     "trainer.epochs=2",
     "checkpoint.every_steps=15",
     "log.plots=false",
-    "callbacks=[{name: ema, args: {decay: 0.9}}, {name: 'helpers.counting_callback:Counter'}]",
+    "callbacks=[{name: ema, args: {decay: 0.9, evaluate: true}}, {name: 'helpers.counting_callback:Counter'}]",
 )
 
 
@@ -121,6 +137,9 @@ def test_ema_resumes_bitwise_after_a_sigkill_and_agrees_under_fsdp(tmp_path):
     ddp, fsdp, killed = (_ema(tmp_path / n) for n in ("ddp", "fsdp", "killed"))
     assert all(torch.equal(a, b) for a, b in zip(ddp, killed))
     assert max((a - b).abs().max().item() for a, b in zip(ddp, fsdp)) < 1e-6
+    # Evaluated with the average: under fsdp the sharded weights are swapped for the averaged shards.
+    figures = {n: [r["ema_test_loss"] for r in records(tmp_path / n, "train")] for n in ("ddp", "fsdp", "killed")}
+    assert figures["killed"] == figures["ddp"] and figures["fsdp"] == pytest.approx(figures["ddp"], abs=1e-6)
     assert newest_payload(tmp_path / "killed")["callbacks"]["1:Counter"] == {"steps": 40}
     model = newest_payload(tmp_path / "ddp")["model"]
     assert any(not torch.equal(a, b) for a, b in zip(ddp, model.values()))  # an average, not the weights
