@@ -15,11 +15,11 @@ A callback is any object with some of these methods (each optional), called on e
     on_exception(run, exc)        training raised (a signal's stop included); the exception propagates
 
 `run` (a `Run`) carries epoch (in progress, 0-based), global_step, model (unwrapped), optimizer, rank,
-world_size, run_dir, and `run.log(name=value, ...)`: scalars that go to every logger (W&B, TensorBoard, CSV) and the console at the
-current global step, and into the epoch's train record of metrics.jsonl (and so the plots): the last value
-logged per name during the epoch. Only global rank 0's values are written: call run.log on every rank with
-values that are the same everywhere (reduce first what is not), or on rank 0 alone. `run.evaluate()`
-evaluates the val and test splits now (collective: call it on every rank).
+world_size, run_dir, and `run.log(name=value, ...)`: scalars that go to every logger (W&B, TensorBoard,
+CSV) and the console at the current global step, and into the epoch's train record of metrics.jsonl (and
+so the plots): the last value logged per name during the epoch. Only global rank 0's values are written:
+call run.log on every rank with values that are the same everywhere (reduce first what is not), or on
+rank 0 alone. `run.evaluate()` evaluates the val and test splits now (collective: call it on every rank).
 
 A callback with `state_dict()` and `load_state_dict(state)` is checkpointed (every rank calls
 state_dict at every save; rank 0's result is written) and resumed, keyed by its position and class.
