@@ -57,6 +57,8 @@ def fit(
     objects with any of on_train_start(run), on_epoch_start(run), on_step_end(run), on_epoch_end(run,
     metrics), on_save(run, path), on_train_end(run, result), on_exception(run, exc) (see
     loop/callbacks.py; distrain.EMA is one); checkpointed when they have state_dict/load_state_dict.
+    Several models (a GAN): model={"g": G, "d": D}, optimizer={"g": ..., "d": ...} and a step
+    fn(models, batch, optimizers) that does backward and steps them itself (see loop/several.py).
     """
     from distrain.errors import ArgumentError
     from distrain.loop.components import Given

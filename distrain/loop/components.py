@@ -54,7 +54,11 @@ class Given:
 
     def check(self) -> None:
         """Refuse what cannot be what fit's docstring asks for, naming the argument (`fit(model=...)`)."""
-        if self.model is not None and not isinstance(self.model, nn.Module):
+        if isinstance(self.model, dict):
+            bad = [k for k, m in self.model.items() if not isinstance(m, nn.Module) or not str(k).isidentifier()]
+            if not self.model or bad:
+                raise ArgumentError("model", f"a dict of models needs nn.Modules under identifier names: {bad}")
+        elif self.model is not None and not isinstance(self.model, nn.Module):
             raise ArgumentError("model", f"is a {type(self.model).__name__}, not a torch.nn.Module")
         for name in ("train_data", "val_data", "test_data"):
             data = getattr(self, name)
@@ -71,8 +75,10 @@ class Given:
                 raise ArgumentError(name, f"is a {type(data).__name__}, not a Dataset with __getitem__ and __len__")
         if self.loss is not None and not callable(self.loss):
             raise ArgumentError("loss", f"is a {type(self.loss).__name__}, not a callable loss(outputs, targets)")
-        if self.optimizer is not None and not (
-            isinstance(self.optimizer, torch.optim.Optimizer) or callable(self.optimizer)
+        if (
+            self.optimizer is not None
+            and not isinstance(self.optimizer, dict)
+            and not (isinstance(self.optimizer, torch.optim.Optimizer) or callable(self.optimizer))
         ):
             raise ArgumentError(
                 "optimizer",
@@ -117,7 +123,13 @@ def build_parts(cfg: Config, ctx: DistContext, given: Given | None = None) -> Pa
     seed_everything(cfg.seed)
     data = _build_data(cfg, ctx, given)
     info = describe_data(data, cfg.data.target_key)
-    model = given.model if given.model is not None else build_model(cfg, info, given)
+    if isinstance(given.model, dict):
+        from distrain.loop.several import ModelSet, check_several
+
+        check_several(cfg, given)
+        model: nn.Module = ModelSet(given.model)
+    else:
+        model = given.model if given.model is not None else build_model(cfg, info, given)
     model = model.to(ctx.device)
     if cfg.trainer.channels_last:
         model = model.to(memory_format=torch.channels_last)  # 4-d weights only; others are unchanged
@@ -128,7 +140,10 @@ def build_parts(cfg: Config, ctx: DistContext, given: Given | None = None) -> Pa
         from distrain.loop.user_step import StepObjective
 
         objective: Any = StepObjective(given.step, cfg.data.target_key)
-        objective.probe(model, probe_inputs, probe_targets)
+        if isinstance(given.model, dict):
+            objective.probe_several(model, probe_inputs, probe_targets)
+        else:
+            objective.probe(model, probe_inputs, probe_targets)
         if cfg.metrics:
             raise ConfigError("metrics", "cannot be used with fit(step=...)", "return named scalars from the step")
     else:
@@ -243,6 +258,11 @@ def build_optimizer_for(
     from distrain.loop.optim import build_optimizer
 
     chosen = given.optimizer
+    if isinstance(chosen, dict):
+        from distrain.loop.several import several_optimizers
+
+        optimizer = several_optimizers(model, chosen)  # type: ignore[arg-type]
+        return optimizer, optimizer.param_groups[0]["lr"]
     if chosen is None:
         if cfg is None:
             raise ConfigError(

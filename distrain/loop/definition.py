@@ -120,6 +120,9 @@ class RunDefinition:
 
 
 def _describe_optimizer(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    several = getattr(optimizer, "optimizers", None)
+    if isinstance(several, dict):  # loop/several.py's OptimizerSet: each by name
+        return {name: _describe_optimizer(opt) for name, opt in several.items()}
     defaults = dict(optimizer.defaults)
     groups = []
     for group in optimizer.param_groups:

@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
+from torch import nn
+
 from distrain.atomic import atomic_write_bytes
 from distrain.checkpoint.ownership import own_run_dir
 from distrain.config.parse import dump_config
@@ -47,6 +49,7 @@ from distrain.loop.nonfinite import NonFiniteGuard
 from distrain.loop.result import FitResult
 from distrain.loop.schedule import build_schedule
 from distrain.loop.seeding import rank_seed, seed_everything
+from distrain.loop.several import ModelSet, SelfSteppingStep
 from distrain.loop.state import Saver, TrainState, maybe_resume
 from distrain.loop.steps import EpochMetrics, TrainMeter, evaluate_splits, train_step
 from distrain.loop.stopping import Stopper
@@ -171,12 +174,14 @@ class Trainer:
             callbacks=self.callbacks,
         )
         self.progress = self.state.progress  # one owner: only fit() moves it; a resume loads it in place
-        # trainer.exact: the chunked step with its fixed-point gradient sum (loop/exact.py).
+        # trainer.exact: the chunked step with its fixed-point gradient sum (loop/exact.py). Several
+        # models: the user's step steps them itself (loop/several.py; set when they are wrapped).
         self.step_fn = (
             self._exact_step()
             if cfg.trainer.exact
             else functools.partial(train_step, world_size=ctx.world_size, micro_batches=cfg.trainer.accumulate_steps)
         )
+        self.several = isinstance(parts.model, ModelSet)
         self.saver = Saver(
             cfg.checkpoint,
             self.run_dir,
@@ -266,7 +271,16 @@ class Trainer:
                 self.cfg.trainer.epochs,
                 f", {self.state.stopper.stopped}" if self.state.stopper.stopped else "",
             )
-        self.train_model, self.train_optimizer = self.strategy.prepare(self.parts.model, self.state.optimizer)
+        if self.several:
+            # Each model wrapped for data parallelism on its own: the step calls them by name, and each
+            # averages its gradients over the ranks in its own backward.
+            from distrain.strategies.ddp import wrap_model
+
+            wrapped = {name: wrap_model(m, self.ctx, self.cfg.ddp) for name, m in self.parts.model.items()}
+            self.step_fn = SelfSteppingStep(wrapped)
+            self.train_model, self.train_optimizer = nn.ModuleDict(wrapped), self.state.optimizer
+        else:
+            self.train_model, self.train_optimizer = self.strategy.prepare(self.parts.model, self.state.optimizer)
         steps_per_epoch = self.batches.num_steps
         self.guard = NonFiniteGuard(
             self.cfg.trainer.on_nonfinite,

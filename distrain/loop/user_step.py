@@ -68,6 +68,31 @@ class StepObjective:
             model.train(was_training)
         self.names = list(values)  # loss first, then the named scalars
 
+    def probe_several(self, models: nn.ModuleDict, inputs: Any, targets: Any) -> None:
+        """`probe` for a step of several models (which does backward and steps itself): run once with
+        optimizers that do nothing, in eval mode; the gradients it left and the random draws it made are
+        undone."""
+        from distrain.checkpoint.store import capture_rng, restore_rng
+
+        class Still:  # an optimizer that does not step
+            def step(self, closure: Any = None) -> None:
+                pass
+
+            def zero_grad(self, set_to_none: bool = True) -> None:
+                pass
+
+        rng, was_training = capture_rng(), models.training
+        models.eval()
+        try:
+            out = self.fn(dict(models.items()), self.user_batch(inputs, targets), {k: Still() for k in models})
+            values = self._read(out, num_samples(targets))
+        finally:
+            models.train(was_training)
+            restore_rng(rng)
+            for p in models.parameters():
+                p.grad = None
+        self.names = list(values)
+
     def forward_loss(
         self, model: nn.Module, inputs: Any, targets: Any, world_size: int, global_size: int, average: bool = True
     ) -> tuple[torch.Tensor, tuple[Any, ...]]:
