@@ -104,8 +104,9 @@ def is_main_process() -> bool:
 
 def run(main: Callable[..., Any], *args: Any) -> None:
     """Run a script's `main(*args)` the way the distrain command runs: a user error (bad config key,
-    file or launcher variable) prints one message and exits 2 without a traceback; a stop on SIGTERM,
-    SIGINT or the requeue signal exits 128+N (or 75: resubmit) after the checkpoint is saved.
+    file or launcher variable) prints one message and exits 2 without a traceback; a lost peer prints
+    one line per surviving rank and exits 4; a stop on SIGTERM, SIGINT or the requeue signal exits 128+N
+    (or 75: resubmit) after the checkpoint is saved.
 
         if __name__ == "__main__":
             distrain.run(main)

@@ -16,6 +16,7 @@ class UserError(Exception):
 
     exit_code = 2
     agreed = False  # every rank raises the same error (the CLI lets global rank 0 alone print it)
+    per_rank = False  # each rank's own account: printed by every rank, rank 0's with its rank too
 
     def __init__(self, message: str, hint: str | None = None):
         super().__init__(message)
@@ -87,14 +88,26 @@ class Diverged(UserError):
     agreed = True  # the ranks agree on it with one all-reduce
 
 
+class LostPeer(UserError):
+    """A collective failed because another rank is gone: its process died (connection closed or reset) or
+    it stopped answering until dist.timeout_s. Not a bug and nothing to fix: each surviving rank says so
+    in one line, with the checkpoint a restart resumes from (exit status 4)."""
+
+    exit_code = 4
+    per_rank = True  # each survivor says what it saw (which peer, when known)
+
+
 def report_user_error(exc: Exception) -> None:
     """One message for the whole job, not one per rank: errors every rank meets alike (config errors,
-    verdicts the ranks agreed on) are printed by global rank 0 only; any other is printed with its rank.
+    verdicts the ranks agreed on) are printed by global rank 0 only; any other is printed with its rank
+    (rank 0's too when the error is each rank's own account, as a lost peer is).
     Under torchrun the message also goes to torchrun's error file, so its failure summary names the cause
     instead of "error_file: <N/A>"."""
     rank = os.environ.get("RANK", "0")
     agreed = getattr(exc, "agreed", False)
-    text = f"distrain: error: {exc}" if rank == "0" or agreed else f"[rank {rank}] distrain: error: {exc}"
+    per_rank = getattr(exc, "per_rank", False)
+    plain = (rank == "0" or agreed) and not per_rank
+    text = f"distrain: error: {exc}" if plain else f"[rank {rank}] distrain: error: {exc}"
     if rank == "0" or not agreed:
         print(text, file=sys.stderr)  # an agreed error is printed by rank 0 alone
     # Every rank writes its own error file: torchrun's summary names the rank that exited first, and which

@@ -29,24 +29,21 @@ from distrain.data import Batch
 from distrain.data.sampling import GlobalBatchSampler
 from distrain.errors import ConfigError
 from distrain.loop.exact import ExactStep, chunk_seed, running_statistics
-from distrain.strategies.exact import exact_scales, exact_sum, from_fixed, to_fixed
+from distrain.strategies.exact import ExactSum, exact_sum
 
 # ------------------------------------------------------------------------------------ the exact sum
 
 
-def _fixed_point_sum(groups: list[list[torch.Tensor]], chunks: int) -> torch.Tensor:
-    """exact_sum's arithmetic for one tensor, with the chunks split into `groups` (ranks) and the groups'
-    partial sums added in the order given (the all-reduce's)."""
-    max_abs = torch.stack([g.abs().max() for group in groups for g in group]).max().reshape(1)
-    (exponent,) = exact_scales(max_abs, chunks)
-    partials = [
-        sum((to_fixed(g, exponent) for g in group), torch.zeros(groups[0][0].shape, dtype=torch.int64))
-        for group in groups
-    ]
-    total = torch.zeros_like(partials[0])
-    for p in partials:
-        total += p
-    return from_fixed(total, exponent, torch.float32)
+def _sum_as_ranks(reduce: ExactSum, groups: list[list[torch.Tensor]]) -> torch.Tensor:
+    """ExactSum's phases with the two all-reduces done by hand: the chunks split into `groups` (ranks),
+    the maxima and the partial sums combined in the order of `groups` (the all-reduce's)."""
+    flats = [[reduce.flat([g]) for g in group] for group in groups]
+    max_abs = torch.stack([reduce.local_max([[g] for g in group]) for group in groups]).amax(dim=0)
+    scale, bad = reduce.scales(max_abs)
+    total = torch.zeros(len(reduce.segment), dtype=torch.int64)
+    for f in flats:
+        total += reduce.partial(f, scale)
+    return reduce.finish(total, scale, bad)[0]
 
 
 def test_the_fixed_point_sum_is_the_same_in_50_orders_and_groupings():
@@ -55,6 +52,7 @@ def test_the_fixed_point_sum_is_the_same_in_50_orders_and_groupings():
     grads = [
         torch.randn(1000, generator=gen) * 10 ** torch.randint(-4, 3, (1,), generator=gen).item() for _ in range(12)
     ]
+    reduce = ExactSum([nn.Parameter(torch.zeros(1000))], chunks=12)
     rng = random.Random(1)
     results, float_sums = set(), set()
     for _ in range(50):
@@ -62,7 +60,7 @@ def test_the_fixed_point_sum_is_the_same_in_50_orders_and_groupings():
         ranks = rng.choice([1, 2, 3, 4])
         groups = [order[r::ranks] for r in range(ranks)]
         rng.shuffle(groups)  # the all-reduce's order of the ranks
-        results.add(_fixed_point_sum(groups, 12).numpy().tobytes())
+        results.add(_sum_as_ranks(reduce, groups).numpy().tobytes())
         plain = torch.zeros(1000)
         for group in groups:
             plain += sum(group, torch.zeros(1000))
@@ -70,7 +68,7 @@ def test_the_fixed_point_sum_is_the_same_in_50_orders_and_groupings():
     assert len(results) == 1
     assert len(float_sums) > 1  # the negative control: float32 sums do depend on the order
     exact = torch.stack(grads).double().sum(0)
-    assert (_fixed_point_sum([grads], 12).double() - exact).abs().max() <= exact.abs().max() * 2**-23
+    assert (_sum_as_ranks(reduce, [grads]).double() - exact).abs().max() <= exact.abs().max() * 2**-23
 
 
 def test_exact_sum_in_one_process_keeps_nan_and_zero_gradients():

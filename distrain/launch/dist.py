@@ -15,6 +15,8 @@ import contextlib
 import datetime
 import gc
 import logging
+import re
+import traceback
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -94,6 +96,16 @@ def distributed(
     chosen = pick_backend(backend, dev)
     owns_group = not tdist.is_initialized()
     if owns_group:
+        # Before the group exists: torch.distributed.nn.functional (imported when DDP is first built) takes
+        # `group.WORLD` as the default argument of its functions when it is imported. Imported after
+        # init_process_group, it held the group for the life of the process: destroy_process_group below
+        # left the group's gloo threads (pt_gloo_runloop x2, gloo_tcp_loop) running into interpreter
+        # teardown, the hazard behind "terminate called without an active exception" at exit that
+        # pytorch#179291 describes (a gloo thread freeing a tensor once Python is gone). Imported first,
+        # its defaults are None and the threads are joined here (tests/test_dist.py counts them). The
+        # `as` name binds no local `torch` (which would shadow the module above).
+        import torch.distributed.nn.functional as _reads_group_world  # noqa: F401
+
         kwargs: dict[str, Any] = {}
         if dev.type == "cuda":
             # Binds NCCL's communicator to this device eagerly (no guessing from the current device).
@@ -109,6 +121,12 @@ def distributed(
         )
     try:
         yield DistContext(env, dev, chosen)
+    except BaseException as exc:
+        # An exception keeps its frames' locals alive until it is handled, after the teardown below: the
+        # wrapped model of the step that failed (DDP's reducer holds the group) among them. Cleared, they let
+        # the group go when it is destroyed; the traceback's text needs no locals.
+        traceback.clear_frames(exc.__traceback__)
+        raise
     finally:
         if owns_group and tdist.is_initialized():
             # Free what still holds the group's pending work (DDP's reducer sits in reference cycles)
@@ -138,6 +156,37 @@ def _rendezvous_store(env: DistEnv, timeout: datetime.timedelta) -> tdist.Store:
         env.master_addr, env.master_port, env.world_size, is_master=is_host, timeout=timeout, wait_for_workers=False
     )
     return tdist.PrefixStore(f"distrain/attempt_{env.restart_count}/world_{env.world_size}", store)
+
+
+# ------------------------------------------------------------------------------------- a lost peer
+
+# What gloo and NCCL say when a collective fails because a peer is gone: its process died (the connection
+# closed or was reset, a write to it failed) or it stopped answering until the group's timeout. Matched on
+# the message because both raise a plain RuntimeError (gloo) or DistBackendError for any failure, bugs too.
+_PEER_GONE = re.compile(
+    r"Connection closed by peer|Connection reset by peer|Broken pipe|Timed out waiting \d+ ?ms"
+    r"|remote process exited|communicator was aborted|Watchdog caught collective operation timeout"
+)
+
+
+def peer_gone(exc: BaseException, *, rank: int, world_size: int) -> str | None:
+    """What `exc` says when it is a collective that failed because a peer is gone ("rank 1 (Connection
+    closed by peer [10.0.0.2]:2468)"), naming the lost rank when it is known: with two ranks, the other
+    one; with more, gloo names only the peer's address. None for any other error (a bug keeps its
+    traceback). The exception and its explicit cause are read, not the exceptions it was raised while
+    handling: a bug in the cleanup after a lost peer is still a bug."""
+    for error in (exc, exc.__cause__):
+        if error is None:
+            continue
+        if isinstance(error, tdist.DistNetworkError) or (
+            isinstance(error, RuntimeError) and _PEER_GONE.search(str(error))
+        ):
+            # "[.../pair.cc:561] Connection closed by peer [127.0.0.1]:2468. This is typically caused by..."
+            said = re.sub(r"^\[[^\]]*\.(cc|cpp):\d+\]\s*", "", str(error).strip().splitlines()[0])
+            said = said.split(". ")[0].rstrip(".")
+            who = f"rank {1 - rank}" if world_size == 2 else "a peer"
+            return f"{who} ({said})"
+    return None
 
 
 # ---------------------------------------------------------------------- collectives (no-ops alone)

@@ -11,15 +11,12 @@ convention for "ended by this signal", so schedulers and scripts see an interrup
 
 from __future__ import annotations
 
-import logging
 import signal
 from types import FrameType
 
 import torch
 
 from distrain.launch import dist
-
-log = logging.getLogger(__name__)
 
 
 class Interrupted(Exception):
@@ -32,20 +29,55 @@ class Interrupted(Exception):
 
 
 class StopSignals:
-    """Install with `with StopSignals(names) as stop:`; the previous handlers come back on exit."""
+    """`with StopSignals(names) as stop:` around the run; `stop.start_agreement()` when the training loop
+    starts installs the handlers, `stop.finish_agreement()` when it ends; the previous handlers come back
+    when the block is left.
+
+        with StopSignals(["SIGTERM", "SIGINT", "SIGUSR2"]) as stop:   # train(): setup, loop, teardown
+            ...                                  # setup: a signal acts as it would without distrain
+            stop.start_agreement()               # the loop: a signal means "save and stop", agreed
+            ... stop.agreed_signal() ...         #   (collective, every step)
+            stop.finish_agreement(failed=...)    # teardown: the first signal is recorded, a second acts
+        # the previous handlers again
+
+    Why the teardown still records one signal: when a worker dies, torchrun's agent sends SIGTERM to the
+    others at once; with the default handler back, a survivor would die mid-teardown, without its message
+    and maybe with its last background write cut short. A second signal (Ctrl-C twice, a scheduler that
+    insists) then acts as it always did.
+    """
 
     def __init__(self, names: list[str]):
         self.signums = [signal.Signals[name] for name in names]
         self.received: int | None = None
         self._previous: dict[int, object] = {}
         self._collective = False
+        self._pending = None
+        self._looping = False
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.received is None:
-            log.warning("received %s: saving a checkpoint and stopping at the next step", signal.Signals(signum).name)
+        # Silent: the loop says it once the ranks agree to stop. A signal that is never acted on (torchrun's
+        # agent sends SIGTERM to the survivors of a lost worker, whose next collective fails) promises no save.
         self.received = signum
+        if not self._looping:
+            self._restore()  # the teardown's one recorded signal: the next one acts as before
 
     def __enter__(self) -> StopSignals:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._restore()
+
+    def _restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def start_agreement(self) -> None:
+        """The loop starts: the handlers are installed, and from here on `agreed_signal` is collective
+        when the run has several ranks. Every rank calls it."""
+        self._looping = True
+        for signum in self.signums:
+            self._previous[signum] = signal.signal(signum, self._handle)
         self._collective = dist.is_distributed()  # asked once: agreed_signal runs every step
         if self._collective:
             # The agreement runs on CPU tensors in a gloo group (the default group when it is gloo, else a
@@ -53,16 +85,24 @@ class StopSignals:
             self._group = dist.cpu_group()
             self._flag = torch.zeros(1, dtype=torch.int64)
             self._pending = None
-        for signum in self.signums:
-            self._previous[signum] = signal.signal(signum, self._handle)
-        return self
 
-    def __exit__(self, *exc) -> None:
-        if self._collective and self._pending is not None:
-            self._pending.wait()  # every rank started the same reductions; finish the last one
-            self._pending = None
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
+    def finish_agreement(self, *, failed: bool) -> None:
+        """The loop ends: collect the last reduction every rank started. `failed`: an exception is on its
+        way out."""
+        pending, self._pending = self._pending, None
+        self._collective = self._looping = False
+        if pending is None:
+            return
+        # Waited for on the failure path too: a gloo work object still pending when the group is destroyed
+        # can abort the process at exit. Every rank started this reduction, so it ends, or fails at once
+        # when a peer is gone.
+        try:
+            pending.wait()
+        except RuntimeError:
+            if not failed:
+                raise
+            # The reduction shared the lost peer's connection and fails the same way: the first error
+            # (on its way out) is the one reported, not this repeat of it.
 
     def agreed_signal(self) -> int | None:
         """The signal to stop on if any rank received one, else None. Collective: every rank must call it,

@@ -28,7 +28,7 @@ from distrain.data.structures import num_samples, tree_map
 from distrain.loop.nonfinite import NonFiniteGuard
 from distrain.loop.objective import Objective
 from distrain.loop.optim import zero_grad
-from distrain.strategies.exact import exact_sum
+from distrain.strategies.exact import ExactSum
 
 _SEED_MOD = 2**63 - 1
 
@@ -36,6 +36,14 @@ _SEED_MOD = 2**63 - 1
 def chunk_seed(seed: int, global_step: int, chunk: int) -> int:
     """The generator seed of chunk `chunk` of global step `global_step` (0-based, the step being taken)."""
     return ((seed * 1_000_003 + global_step) * 65_537 + chunk) % _SEED_MOD
+
+
+def seed_generators(seed: int, device: torch.device) -> None:
+    """Seed the generators a model draws from on `device`: torch's CPU generator, and the device's own.
+    (Not torch.manual_seed: it also seeds every CUDA, XPU and MTIA device, ~10 ms a call here.)"""
+    torch.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        torch.cuda.default_generators[device.index or 0].manual_seed(seed)
 
 
 def running_statistics(model: nn.Module) -> list[str]:
@@ -58,10 +66,13 @@ class ExactStep:
         self.progress = progress  # the run's Progress: its global step names the step being taken
         self.chunks = global_batch_size // chunk  # K, the same on every world size
         self.per_rank = self.chunks // world_size  # checked to divide before the run (train.check_against_env)
+        self.reduce: ExactSum | None = None
 
     def local_chunks(self, batch: Batch) -> list[tuple[int, Any, Any]]:
         """(global chunk index, inputs, targets) of this rank's chunks; empty chunks (uneven last batch)
         left out. Each is a contiguous copy: the same memory layout as in a 1-process run."""
+        if self.per_rank == 1:  # the chunk is this rank's whole share: no copy
+            return [(self.rank, batch.inputs, batch.targets)] if num_samples(batch.targets) else []
         out = []
         for local in range(self.per_rank):
 
@@ -87,10 +98,12 @@ class ExactStep:
     ) -> bool:
         """One optimizer step (as loop.steps.train_step: False when the guard skipped it). Collective."""
         zero_grad(optimizer)
-        params = [p for p in model.parameters() if p.requires_grad]
-        chunk_grads, seen, step_loss = [], [], torch.zeros((), device=params[0].device if params else None)
+        if self.reduce is None:  # the parameters' layout, once
+            self.reduce = ExactSum([p for p in model.parameters() if p.requires_grad], self.chunks)
+        params = self.reduce.params
+        chunk_grads, seen, step_loss = [], [], torch.zeros((), device=self.reduce.device)
         for index, inputs, targets in self.local_chunks(batch):
-            torch.manual_seed(chunk_seed(self.seed, self.progress.global_step, index))
+            seed_generators(chunk_seed(self.seed, self.progress.global_step, index), self.reduce.device)
             with strategy.autocast():
                 # world_size 1: the plain sum over the chunk / the global batch size, on any world size.
                 loss, record = objective.forward_loss(model, inputs, targets, 1, batch.global_size, average=False)
@@ -100,7 +113,7 @@ class ExactStep:
                 p.grad = None
             seen.append(record)
             step_loss = step_loss + loss.detach()
-        for p, grad in zip(params, exact_sum(chunk_grads, params, self.chunks)):
+        for p, grad in zip(params, self.reduce(chunk_grads)):
             p.grad = grad
         if not guard.allows_step(step_loss):
             return False

@@ -24,6 +24,7 @@ import dataclasses
 import functools
 import logging
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -35,7 +36,7 @@ from distrain.checkpoint.ownership import own_run_dir
 from distrain.config.parse import dump_config
 from distrain.config.schema import Config, OptimConfig, default_run_dir
 from distrain.data import build_train_batches
-from distrain.errors import ConfigError
+from distrain.errors import ConfigError, LostPeer
 from distrain.launch import dist
 from distrain.launch.dist import DistContext, distributed
 from distrain.launch.env import DistEnv, detect
@@ -81,22 +82,49 @@ def train(cfg: Config, given: Given | None = None, environ: Mapping[str, str] = 
             environ.get("SLURM_JOB_ID"),
             environ["SLURM_RESTART_COUNT"],
         )
-    try:
-        with distributed(env, backend=cfg.dist.backend, timeout_s=cfg.dist.timeout_s, device=cfg.trainer.device) as ctx:
-            given = given or Given()
-            parts = build_parts(cfg, ctx, given)  # first: a bad model, loss or data leaves no run directory
-            strategy = build_strategy(cfg, ctx)
-            # Before the optimizer: fsdp replaces the parameters (by DTensors) that the optimizer will hold.
-            strategy.setup(parts.model)
-            # The model is built, the same on every rank: from here each rank draws its own random stream.
-            seed_everything(rank_seed(cfg.seed, ctx.rank))
-            with own_run_dir(Path(cfg.run.dir), ctx.is_main):  # one run at a time per directory
-                return Trainer(cfg, ctx, parts, strategy, given).fit()
-    except Interrupted as exc:
-        # After the group is gone: every rank has saved and stopped, so requeueing cannot cut a save short.
-        if env.is_main:
-            exc.exit_code = maybe_requeue(exc.signum, cfg.trainer.requeue_signal, environ)
-        raise
+    joined = False
+    # The stop signals are caught from the loop's start to the end of the teardown (see StopSignals): when
+    # torchrun's agent sends SIGTERM to the survivors of a lost worker, each still ends with its message.
+    with StopSignals(["SIGTERM", "SIGINT", cfg.trainer.requeue_signal]) as signals:
+        try:
+            with distributed(
+                env, backend=cfg.dist.backend, timeout_s=cfg.dist.timeout_s, device=cfg.trainer.device
+            ) as ctx:
+                joined = True
+                given = given or Given()
+                parts = build_parts(cfg, ctx, given)  # first: a bad model, loss or data leaves no run directory
+                strategy = build_strategy(cfg, ctx)
+                # Before the optimizer: fsdp replaces the parameters (by DTensors) that the optimizer will hold.
+                strategy.setup(parts.model)
+                # The model is built, the same on every rank: from here each rank draws its own random stream.
+                seed_everything(rank_seed(cfg.seed, ctx.rank))
+                with own_run_dir(Path(cfg.run.dir), ctx.is_main):  # one run at a time per directory
+                    return Trainer(cfg, ctx, parts, strategy, given, signals).fit()
+        except Interrupted as exc:
+            # After the group is gone: every rank has saved and stopped, so requeueing cannot cut a save short.
+            if env.is_main:
+                exc.exit_code = maybe_requeue(exc.signum, cfg.trainer.requeue_signal, environ)
+            raise
+        except Exception as exc:
+            # A peer lost mid-run is no bug: after the teardown (the last background write has finished),
+            # one line on each survivor instead of gloo's traceback. Failures to join the group keep theirs.
+            lost = dist.peer_gone(exc, rank=env.rank, world_size=env.world_size) if joined else None
+            if lost is None:
+                raise
+            raise LostPeer(lost_peer_message(lost, Path(cfg.run.dir))) from None
+
+
+def lost_peer_message(lost: str, run_dir: Path) -> str:
+    """What a survivor says: whom it lost, and the checkpoint a restart resumes from (the newest with a
+    manifest: complete; not hashed again here, the resume verifies it)."""
+    from distrain.checkpoint.files import Manifest
+    from distrain.checkpoint.store import checkpoint_dir, list_checkpoints
+
+    restart = "torchrun --max-restarts, a SLURM requeue or the same command again"
+    newest = next((p for p in list_checkpoints(checkpoint_dir(run_dir)) if Manifest.read(p) is not None), None)
+    if newest is None:
+        return f"lost {lost}; no checkpoint was complete yet: {restart} starts the run from the beginning"
+    return f"lost {lost}; nothing is lost: {restart} resumes from the newest complete checkpoint, {newest}"
 
 
 def check_against_env(cfg: Config, env: DistEnv) -> None:
@@ -122,8 +150,10 @@ def check_against_env(cfg: Config, env: DistEnv) -> None:
 class Trainer:
     """One run on one rank: what `fit` trains with, built in the order each part needs the others."""
 
-    def __init__(self, cfg: Config, ctx: DistContext, parts: Parts, strategy: Strategy, given: Given):
-        self.cfg, self.ctx, self.parts, self.strategy = cfg, ctx, parts, strategy
+    def __init__(
+        self, cfg: Config, ctx: DistContext, parts: Parts, strategy: Strategy, given: Given, signals: StopSignals
+    ):
+        self.cfg, self.ctx, self.parts, self.strategy, self.signals = cfg, ctx, parts, strategy, signals
         self.run_dir = Path(cfg.run.dir)
         self.batches = build_train_batches(
             parts.data.train,
@@ -191,7 +221,7 @@ class Trainer:
             sharded=strategy.sharded,
             best_higher_is_better=best_upwards,
         )
-        self.train_model = self.train_optimizer = self.reporter = self.guard = self.signals = None
+        self.train_model = self.train_optimizer = self.reporter = self.guard = None
 
     def _exact_step(self) -> ExactStep:
         layers = running_statistics(self.parts.model)
@@ -221,30 +251,33 @@ class Trainer:
         self.resume()
         trained, splits, finished = False, {}, False
         try:
-            with StopSignals(["SIGTERM", "SIGINT", self.cfg.trainer.requeue_signal]) as self.signals:
-                self.callback("on_train_start")
-                for epoch in range(self.progress.epoch, self.cfg.trainer.epochs):
-                    if self.state.stopper.stopped:
-                        break
-                    started, lr = self.start_epoch(epoch)
-                    for batch in self.batches:
-                        stepped = self.train_step(batch)
-                        self.progress.advance(step_in_epoch=batch.step + 1, skipped=not stepped)
-                        self.callback("on_step_end")
-                        self.maybe_log_step()
-                        saved = self.maybe_save_step()
-                        self.stop_on_signal(saved)
-                    splits = self.end_epoch(epoch, started, lr)
-                    self.maybe_stop(splits)
-                    self.maybe_save_epoch(splits)
-                    trained = True
-                result = self.result(splits, trained)
-                self.callback("on_train_end", result)
+            self.signals.start_agreement()
+            self.callback("on_train_start")
+            for epoch in range(self.progress.epoch, self.cfg.trainer.epochs):
+                if self.state.stopper.stopped:
+                    break
+                started, lr = self.start_epoch(epoch)
+                for batch in self.batches:
+                    stepped = self.train_step(batch)
+                    self.progress.advance(step_in_epoch=batch.step + 1, skipped=not stepped)
+                    self.callback("on_step_end")
+                    self.maybe_log_step()
+                    saved = self.maybe_save_step()
+                    self.stop_on_signal(saved)
+                splits = self.end_epoch(epoch, started, lr)
+                self.maybe_stop(splits)
+                self.maybe_save_epoch(splits)
+                trained = True
+            self.signals.finish_agreement(failed=False)
+            result = self.result(splits, trained)
+            self.callback("on_train_end", result)
             finished = True
         except BaseException as exc:
             self.callback("on_exception", exc)
             raise
         finally:
+            if not finished:
+                self.signals.finish_agreement(failed=True)
             self.close(finished)
         return result
 
@@ -354,6 +387,8 @@ class Trainer:
         # Collective every step: the ranks agree (one step late, asynchronously) on any rank's signal.
         signum = self.signals.agreed_signal()
         if signum is not None:
+            if self.ctx.is_main:  # once for the job: every rank stops on the same verdict
+                log.warning("received %s: saving a checkpoint and stopping", signal.Signals(signum).name)
             if not saved:
                 self.save()
             raise Interrupted(signum)
