@@ -87,6 +87,9 @@ def print_table(
     if "distrain_api" in medians and "distrain" in medians and has_floor:
         api = ratio("distrain_api", "distrain")
         print(f"  distrain_api (distrain.fit with a user nn.Module) = {api:.2f}x distrain")
+    if "distrain_step" in medians and "distrain_api" in medians and has_floor:
+        own = ratio("distrain_step", "distrain_api")
+        print(f"  distrain_step (fit(step=...), the user's own step) = {own:.2f}x distrain_api")
     if "distrain_exact" in medians and "distrain" in medians and has_floor:
         exact = ratio("distrain_exact", "distrain")
         print(f"  distrain_exact (trainer.exact, chunk = the batch) = {exact:.2f}x distrain")

@@ -12,6 +12,8 @@ for the training loop only (setup, model building and data generation excluded, 
   per-epoch `train_time_s` (metrics.jsonl) is the time of its training steps.
 - distrain_api: `distrain.fit(cfg, model=..., train_data=..., loss=...)` with a model, data and loss
   built outside distrain, as a user's script passes them; timed like distrain.
+- distrain_step: distrain_api with the user's own training step (`fit(step=...)`: forward and loss in the
+  user's function, returning the batch mean) instead of distrain's; timed like distrain.
 - distrain_exact: distrain with trainer.exact (chunk = the per-rank batch, the workload's threads): the
   price of bitwise-equal results on any number of processes; timed like distrain.
 """
@@ -247,7 +249,7 @@ def run_distrain(w: Workload) -> tuple[int, float]:
     return sum(r["samples"] for r in train_records), sum(r["train_time_s"] for r in train_records)
 
 
-def run_distrain_api(w: Workload) -> tuple[int, float]:
+def run_distrain_api(w: Workload, step: Any = None) -> tuple[int, float]:
     """distrain.fit with the user's own nn.Module (the workload's model built outside distrain, as a user's
     script does), loss module and TensorDatasets: the API adds no per-step cost."""
     from torch import nn
@@ -262,10 +264,28 @@ def run_distrain_api(w: Workload) -> tuple[int, float]:
             if hasattr(w.data, "subset")
             else TensorDataset(*(t[:256] for t in w.data.tensors))
         )
-        distrain.fit(cfg, model=w.model(), train_data=w.data, test_data=test, loss=loss)
+        if step is None:
+            distrain.fit(cfg, model=w.model(), train_data=w.data, test_data=test, loss=loss)
+        else:
+            distrain.fit(cfg, model=w.model(), train_data=w.data, test_data=test, step=step)
         records = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
     train_records = [r for r in records if r["split"] == "train"]
     return sum(r["samples"] for r in train_records), sum(r["train_time_s"] for r in train_records)
+
+
+def run_distrain_step(w: Workload) -> tuple[int, float]:
+    """distrain.fit(step=...): the user's step computes the loss (the batch mean) from the batch as the data
+    set holds it: what a step of one's own costs against distrain's (run_distrain_api)."""
+    import torch.nn.functional as F
+
+    def step(model, batch):
+        x, y = batch
+        out = model(x)
+        if w.num_classes == 2:
+            return F.binary_cross_entropy_with_logits(out.view(-1), y.to(out.dtype))
+        return F.cross_entropy(out, y)
+
+    return run_distrain_api(w, step=step)
 
 
 def run_distrain_exact(w: Workload) -> tuple[int, float]:
@@ -283,5 +303,6 @@ VARIANTS = {
     "accelerate": run_accelerate,
     "distrain": run_distrain,
     "distrain_api": run_distrain_api,
+    "distrain_step": run_distrain_step,
     "distrain_exact": run_distrain_exact,
 }

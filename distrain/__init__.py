@@ -14,6 +14,7 @@ when first used).
 from distrain.version import __version__ as __version__
 
 __all__ = [
+    "EMA",
     "ConfigError",
     "DataSets",
     "FitResult",
@@ -40,6 +41,10 @@ def __getattr__(name: str):
         from distrain.config.registry import register
 
         return register
+    if name == "EMA":
+        from distrain.loop.ema import EMA
+
+        return EMA
     if name == "FitResult":
         from distrain.loop.result import FitResult
 

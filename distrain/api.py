@@ -36,6 +36,9 @@ def fit(
     loss: Any = None,
     metrics: Mapping[str, Any] | None = None,
     optimizer: Any = None,
+    scheduler: Any = None,
+    step: Any = None,
+    callbacks: Any = None,
 ) -> FitResult:
     """Train; returns a FitResult on every rank: the final figures per split (`result.test["loss"]`, also
     `result["test_loss"]`), global_step, epochs_done, stopped, trained, run_dir. Must run on every rank.
@@ -44,12 +47,25 @@ def fit(
     rank). train_data/val_data/test_data: torch Datasets whose samples are (x, y), (x1, ..., y) or dicts;
     TensorDatasets take the in-memory fast path. loss: a callable loss(outputs, targets), e.g. an nn loss
     module. metrics: {name: torchmetrics Metric or function(preds, targets)}. optimizer: a torch optimizer
-    over model.parameters(), or a function params -> optimizer.
+    over model.parameters(), or a function params -> optimizer. scheduler: a function optimizer -> any
+    torch LR scheduler (OneCycleLR, ReduceLROnPlateau, a SequentialLR, ...), stepped after every optimizer
+    step, or after every epoch with schedule.interval=epoch (schedule.monitor: the metric a
+    ReduceLROnPlateau is given); checkpointed and resumed. step: your own training step,
+    fn(model, batch) -> loss, batch the data set's samples collated and on the device; the loss a batch
+    mean, per-sample losses [N], or a dict with 'loss' (either) or 'loss_sum' (summed over the batch) and
+    named scalars to log (see loop/user_step.py); replaces loss= and metrics=. callbacks: a list of
+    objects with any of on_train_start(run), on_epoch_start(run), on_step_end(run), on_epoch_end(run,
+    metrics), on_save(run, path), on_train_end(run, result), on_exception(run, exc) (see
+    loop/callbacks.py; distrain.EMA is one); checkpointed when they have state_dict/load_state_dict.
+    Several models (a GAN): model={"g": G, "d": D}, optimizer={"g": ..., "d": ...} and a step
+    fn(models, batch, optimizers) that does backward and steps them itself (see loop/several.py).
     """
     from distrain.errors import ArgumentError
     from distrain.loop.components import Given
     from distrain.loop.trainer import train
 
+    if callbacks is not None and not isinstance(callbacks, (list, tuple)):
+        raise ArgumentError("callbacks", f"is a {type(callbacks).__name__}", "give a list of callback objects")
     if metrics is not None and not isinstance(metrics, Mapping):
         raise ArgumentError("metrics", f"is a {type(metrics).__name__}", 'give a dict {"name": metric}')
     given = Given(
@@ -60,6 +76,9 @@ def fit(
         loss=loss,
         metrics=dict(metrics) if metrics else None,
         optimizer=optimizer,
+        scheduler=scheduler,
+        step=step,
+        callbacks=list(callbacks) if callbacks is not None else None,
     )
     given.check()
     return train(cfg, given)

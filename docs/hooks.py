@@ -255,6 +255,8 @@ def components_markdown() -> str:
         "loss": "`loss.name`",
         "metric": "`metrics.<name>.name`",
         "optim": "`optim.name`",
+        "scheduler": "`schedule.name`",
+        "callback": "`callbacks[i].name`",
         "logger": "`log.loggers`",
     }
     for kind in registry.KINDS:

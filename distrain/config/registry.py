@@ -26,7 +26,7 @@ from typing import Any, Callable, Mapping
 
 from distrain.errors import ConfigError
 
-KINDS = ("data", "model", "loss", "metric", "optim", "logger")
+KINDS = ("data", "model", "loss", "metric", "optim", "scheduler", "callback", "logger")
 
 _BUILTINS: dict[str, dict[str, Any]] = {
     "data": {
@@ -73,6 +73,16 @@ _BUILTINS: dict[str, dict[str, Any]] = {
         "rmsprop": "torch.optim:RMSprop",
         "adagrad": "torch.optim:Adagrad",
     },
+    # Any torch scheduler by import path; these by a short name too (constant, step and cosine are the
+    # built-in schedules of schedule.*, not callables).
+    "scheduler": {
+        "one_cycle": "torch.optim.lr_scheduler:OneCycleLR",
+        "reduce_on_plateau": "torch.optim.lr_scheduler:ReduceLROnPlateau",
+        "cosine_annealing": "torch.optim.lr_scheduler:CosineAnnealingLR",
+        "exponential": "torch.optim.lr_scheduler:ExponentialLR",
+    },
+    # Built-in callbacks, made like a user's (loop/callbacks.py).
+    "callback": {"ema": "distrain.loop.ema:EMA"},
     "logger": {
         "wandb": "distrain.reporting.wandb_run:wandb_logger",
         "tensorboard": "distrain.reporting.tensorboard:TensorBoardLogger",

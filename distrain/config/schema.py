@@ -128,6 +128,18 @@ class MetricConfig:
 
 
 @dataclass(kw_only=True)
+class CallbackConfig:
+    name: str
+    """A callback: a built-in name (ema) or an import path module:attribute of a class or function
+    returning an object with hooks (on_step_end(run), on_epoch_end(run, metrics), ...)."""
+    args: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of the callback (e.g. decay for ema)."""
+
+    def __post_init__(self) -> None:
+        check_name("callback", self.name, "callbacks.name")
+
+
+@dataclass(kw_only=True)
 class OptimConfig:
     lr: float
     """Learning rate (the schedule's base)."""
@@ -205,10 +217,22 @@ class TrainerConfig:
 
 @dataclass(kw_only=True)
 class ScheduleConfig:
-    name: Literal["constant", "step", "cosine"] = "constant"
-    """LR schedule after warm-up: constant; step (times gamma every step_epochs); cosine (down to min_lr)."""
+    name: str = "constant"
+    """LR schedule: a built-in one after the warm-up (constant; step: times gamma every step_epochs; cosine:
+    down to min_lr), or any torch scheduler by a short name (one_cycle, reduce_on_plateau, ...) or import
+    path (torch.optim.lr_scheduler:OneCycleLR) with its args. distrain.fit(scheduler=fn) replaces it."""
+    args: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of a scheduler named by import path (e.g. max_lr for OneCycleLR); its optimizer,
+    and epochs and steps_per_epoch (1 with interval epoch) when it takes them and args does not set them,
+    come from the run."""
+    interval: Literal["step", "epoch"] = "step"
+    """When a scheduler named by import path (or fit's scheduler=) steps: after every optimizer step, or
+    after each epoch's evaluation. The built-in schedules step every optimizer step."""
+    monitor: str | None = None
+    """For a scheduler whose step() takes a metric (ReduceLROnPlateau): the per-epoch metric it is given,
+    <split>_<metric> (val_loss, train_loss, val_accuracy); needs interval epoch."""
     warmup_steps: int = 0
-    """Linear warm-up over this many optimizer steps, from warmup_start_factor * lr up to lr."""
+    """Linear warm-up over this many optimizer steps, from warmup_start_factor * lr up to lr (built-ins)."""
     warmup_start_factor: float = 0.01
     """Fraction of optim.lr the warm-up starts from."""
     step_epochs: int = 30
@@ -228,6 +252,22 @@ class ScheduleConfig:
         check(self.step_epochs > 0, "schedule.step_epochs", f"must be > 0, got {self.step_epochs}")
         check(0 < self.gamma <= 1, "schedule.gamma", f"must lie in (0, 1], got {self.gamma}")
         check(self.min_lr >= 0, "schedule.min_lr", f"must be >= 0, got {self.min_lr}")
+        if self.monitor is not None:
+            check_monitor(self.monitor, "schedule.monitor")
+        if self.name in BUILT_IN_SCHEDULES:
+            built_in = f"the built-in schedule {self.name!r}"
+            check(not self.args, "schedule.args", f"{built_in} takes no args (its keys are schedule.*)")
+            return
+        check_name("scheduler", self.name, "schedule.name")
+        check(
+            self.warmup_steps == 0,
+            "schedule.warmup_steps",
+            f"is the built-in schedules' warm-up, not {self.name}'s",
+            "chain torch's LinearLR and your scheduler in a SequentialLR (fit(scheduler=...)), or drop it",
+        )
+
+
+BUILT_IN_SCHEDULES = ("constant", "step", "cosine")
 
 
 @dataclass(kw_only=True)
@@ -271,6 +311,9 @@ class Config:
     metrics: dict[str, MetricConfig] = field(default_factory=dict)
     """Extra metrics by name, computed on the validation and test splits (every sample once) and reported
     as val_<name> and test_<name>; accuracy is added for classification losses."""
+    callbacks: list[CallbackConfig] = field(default_factory=list)
+    """Callbacks run at the loop's moments (before those given to distrain.fit(callbacks=...)), e.g.
+    [{name: ema, args: {decay: 0.999}}]; see the docs, Your own callbacks."""
     user: dict[str, Any] = field(default_factory=dict)
     """Free-form settings of your own script (paths, sizes: `cfg.user["img_dir"]`); distrain ignores them
     and overrides reach them like any key (user.width=64)."""

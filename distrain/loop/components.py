@@ -48,10 +48,17 @@ class Given:
     loss: Any = None
     metrics: dict[str, Any] | None = None
     optimizer: Any = None  # an Optimizer over the model's parameters, or a function params -> Optimizer
+    scheduler: Any = None  # a function optimizer -> torch LR scheduler
+    step: Any = None  # the user's training step: a function (model, batch) -> loss (loop/user_step.py)
+    callbacks: list[Any] | None = None  # objects with hooks (loop/callbacks.py)
 
     def check(self) -> None:
         """Refuse what cannot be what fit's docstring asks for, naming the argument (`fit(model=...)`)."""
-        if self.model is not None and not isinstance(self.model, nn.Module):
+        if isinstance(self.model, dict):
+            bad = [k for k, m in self.model.items() if not isinstance(m, nn.Module) or not str(k).isidentifier()]
+            if not self.model or bad:
+                raise ArgumentError("model", f"a dict of models needs nn.Modules under identifier names: {bad}")
+        elif self.model is not None and not isinstance(self.model, nn.Module):
             raise ArgumentError("model", f"is a {type(self.model).__name__}, not a torch.nn.Module")
         for name in ("train_data", "val_data", "test_data"):
             data = getattr(self, name)
@@ -68,13 +75,32 @@ class Given:
                 raise ArgumentError(name, f"is a {type(data).__name__}, not a Dataset with __getitem__ and __len__")
         if self.loss is not None and not callable(self.loss):
             raise ArgumentError("loss", f"is a {type(self.loss).__name__}, not a callable loss(outputs, targets)")
-        if self.optimizer is not None and not (
-            isinstance(self.optimizer, torch.optim.Optimizer) or callable(self.optimizer)
+        if (
+            self.optimizer is not None
+            and not isinstance(self.optimizer, dict)
+            and not (isinstance(self.optimizer, torch.optim.Optimizer) or callable(self.optimizer))
         ):
             raise ArgumentError(
                 "optimizer",
                 f"is a {type(self.optimizer).__name__}",
                 "give a torch optimizer over model.parameters(), or a function params -> optimizer",
+            )
+        if self.step is not None:
+            if not callable(self.step):
+                raise ArgumentError("step", f"is a {type(self.step).__name__}, not a function (model, batch) -> loss")
+            for name in ("loss", "metrics"):
+                if getattr(self, name) is not None:
+                    raise ArgumentError(
+                        name,
+                        "cannot be given with step=: the step computes the loss and the figures it reports",
+                        "return per-sample losses or a dict with 'loss' and named scalars from the step",
+                    )
+        if self.scheduler is not None and (not callable(self.scheduler) or hasattr(self.scheduler, "state_dict")):
+            raise ArgumentError(
+                "scheduler",
+                f"is a {type(self.scheduler).__name__}, not a function of the optimizer",
+                "give a function optimizer -> scheduler (distrain builds the optimizer), e.g. "
+                "scheduler=lambda opt: torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=1000)",
             )
 
 
@@ -97,16 +123,35 @@ def build_parts(cfg: Config, ctx: DistContext, given: Given | None = None) -> Pa
     seed_everything(cfg.seed)
     data = _build_data(cfg, ctx, given)
     info = describe_data(data, cfg.data.target_key)
-    model = given.model if given.model is not None else build_model(cfg, info, given)
+    if isinstance(given.model, dict):
+        from distrain.loop.several import ModelSet, check_several
+
+        check_several(cfg, given)
+        model: nn.Module = ModelSet(given.model)
+    else:
+        model = given.model if given.model is not None else build_model(cfg, info, given)
     model = model.to(ctx.device)
     if cfg.trainer.channels_last:
         model = model.to(memory_format=torch.channels_last)  # 4-d weights only; others are unchanged
     probe_inputs, probe_targets = (to_device(t, ctx.device) for t in probe_batch(data.train, cfg.data.target_key))
-    with naming_arguments(given):
-        # One eval-mode forward on two training samples decides one-logit BCE vs cross-entropy and checks it all.
-        probe = probe_outputs(model, probe_inputs)
-        objective = build_objective(cfg.loss, info, given.loss, model_outputs=output_width(probe))
-        objective.check(model, probe, probe_targets)
+    if given.step is not None:
+        # The user's step is the objective: run once on two training samples (eval mode, no gradient),
+        # so that what it returns is checked and its named scalars are known before training.
+        from distrain.loop.user_step import StepObjective
+
+        objective: Any = StepObjective(given.step, cfg.data.target_key)
+        if isinstance(given.model, dict):
+            objective.probe_several(model, probe_inputs, probe_targets)
+        else:
+            objective.probe(model, probe_inputs, probe_targets)
+        if cfg.metrics:
+            raise ConfigError("metrics", "cannot be used with fit(step=...)", "return named scalars from the step")
+    else:
+        with naming_arguments(given):
+            # One eval-mode forward on two training samples decides one-logit BCE vs cross-entropy and checks it all.
+            probe = probe_outputs(model, probe_inputs)
+            objective = build_objective(cfg.loss, info, given.loss, model_outputs=output_width(probe))
+            objective.check(model, probe, probe_targets)
     metric_objects = _build_metrics(cfg.metrics, given)
     loader_args = dict(
         rank=ctx.rank,
@@ -125,8 +170,16 @@ def build_parts(cfg: Config, ctx: DistContext, given: Given | None = None) -> Pa
     for split, dataset in (("val", data.val), ("test", data.test)):
         if dataset is not None:
             batches = build_eval_batches(dataset, eval_batch_size=cfg.data.eval_batch_size, **loader_args)
-            evals[split] = (batches, MetricSet(objective, metric_objects, ctx.device))
+            evals[split] = (batches, _metric_set(objective, metric_objects, ctx.device))
     return Parts(data, info, model, objective, evals, metric_objects, loader_args)
+
+
+def _metric_set(objective: Any, metric_objects: dict[str, Any], device: torch.device) -> Any:
+    from distrain.loop.user_step import StepMetrics, StepObjective
+
+    if isinstance(objective, StepObjective):
+        return StepMetrics(objective)
+    return MetricSet(objective, metric_objects, device)
 
 
 # What a check calls a part (objective.py does not know who made it) -> the fit argument that may have
@@ -205,6 +258,11 @@ def build_optimizer_for(
     from distrain.loop.optim import build_optimizer
 
     chosen = given.optimizer
+    if isinstance(chosen, dict):
+        from distrain.loop.several import several_optimizers
+
+        optimizer = several_optimizers(model, chosen)  # type: ignore[arg-type]
+        return optimizer, optimizer.param_groups[0]["lr"]
     if chosen is None:
         if cfg is None:
             raise ConfigError(

@@ -59,7 +59,9 @@ class RunDefinition:
     given: dict[str, str] = field(default_factory=dict)  # part -> the fit argument that handed it
 
     @staticmethod
-    def of(parts: Parts, optimizer: torch.optim.Optimizer, scheduler: Any, given: Given) -> RunDefinition:
+    def of(
+        parts: Parts, optimizer: torch.optim.Optimizer, scheduler: Any, given: Given, callbacks: list[str] = ()
+    ) -> RunDefinition:
         """Read from the live objects before a resume loads any state into them (an optimizer's
         load_state_dict replaces its hyperparameters with the saved ones)."""
         from distrain.strategies.fsdp import model_class
@@ -78,9 +80,9 @@ class RunDefinition:
                 for split, dataset in (("train", data.train), ("val", data.val), ("test", data.test))
                 if dataset is not None
             },
-            "step": "distrain",  # the built-in train step (a user's step= will be named here)
+            "step": _function_name(given.step) if given.step is not None else "distrain",
             "scheduler": _qualified(type(scheduler)),
-            "callbacks": [],
+            "callbacks": list(callbacks),
             "metrics": sorted(parts.metric_objects),
         }
         named = {
@@ -88,6 +90,8 @@ class RunDefinition:
             "optimizer": given.optimizer,
             "loss": given.loss,
             "data": given.train_data,
+            "scheduler": given.scheduler,
+            "step": given.step,
         }
         arguments = {part: "train_data" if part == "data" else part for part, obj in named.items() if obj is not None}
         return RunDefinition(_plain(values), arguments)
@@ -116,6 +120,9 @@ class RunDefinition:
 
 
 def _describe_optimizer(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    several = getattr(optimizer, "optimizers", None)
+    if isinstance(several, dict):  # loop/several.py's OptimizerSet: each by name
+        return {name: _describe_optimizer(opt) for name, opt in several.items()}
     defaults = dict(optimizer.defaults)
     groups = []
     for group in optimizer.param_groups:
@@ -123,6 +130,14 @@ def _describe_optimizer(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
         own = {k: v for k, v in group.items() if k not in ("params", "initial_lr") and defaults.get(k, k) != v}
         groups.append({"parameters": len(group["params"]), **own})
     return {"class": _qualified(type(optimizer)), "hyperparameters": defaults, "groups": groups}
+
+
+def _function_name(fn: Any) -> str:
+    """A step function by its module and name (a lambda: <lambda>; an object: its class)."""
+    name = getattr(fn, "__qualname__", None)
+    if name is None:
+        return _qualified(type(fn))
+    return f"{getattr(fn, '__module__', '?')}.{name}"
 
 
 def _qualified(cls: type) -> str:
@@ -153,8 +168,8 @@ def _differences(old: Any, new: Any, prefix: str = "") -> list[tuple[str, str, s
                 continue
             out += _differences(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else str(key))
         return out
-    if prefix.endswith(".class") and isinstance(old, str) and isinstance(new, str):
-        # The class by its own name: a script's class is __main__.Net run as a script and train.Net
+    if (prefix.endswith(".class") or prefix in ("step", "scheduler")) and isinstance(old, str) and isinstance(new, str):
+        # The class (or step function) by its own name: a script's class is __main__.Net run as a script and train.Net
         # imported from it, the same class.
         old_name, new_name = old.rpartition(".")[2], new.rpartition(".")[2]
         return [] if old_name == new_name else [(prefix, json.dumps(old), json.dumps(new))]

@@ -24,7 +24,7 @@ from torch import nn
 
 from distrain.config.schema import OptimConfig
 from distrain.data import Batch
-from distrain.data.structures import call_model, num_samples, tree_map
+from distrain.data.structures import num_samples, tree_map
 from distrain.loop.nonfinite import NonFiniteGuard
 from distrain.loop.objective import Objective
 from distrain.loop.optim import zero_grad
@@ -105,20 +105,19 @@ class ExactStep:
         for index, inputs, targets in self.local_chunks(batch):
             seed_generators(chunk_seed(self.seed, self.progress.global_step, index), self.reduce.device)
             with strategy.autocast():
-                outputs = call_model(model, inputs)
                 # world_size 1: the plain sum over the chunk / the global batch size, on any world size.
-                loss = objective.step_loss(outputs, targets, 1, batch.global_size, average=False)
+                loss, record = objective.forward_loss(model, inputs, targets, 1, batch.global_size, average=False)
             strategy.backward(loss)
             chunk_grads.append([p.grad for p in params])
             for p in params:
                 p.grad = None
-            seen.append((outputs, targets))
+            seen.append(record)
             step_loss = step_loss + loss.detach()
         for p, grad in zip(params, self.reduce(chunk_grads)):
             p.grad = grad
         if not guard.allows_step(step_loss):
             return False
         strategy.step(optimizer, model, clip)
-        for outputs, targets in seen:
-            meter.add(outputs, targets)
+        for record in seen:
+            meter.add(*record)
         return True

@@ -110,6 +110,15 @@ class MetricSet:
         for metric in self.stateful.values():
             metric.reset()
 
+    def batch_sums_of(self, model: Any, inputs: Any, targets: Any) -> torch.Tensor:
+        """The model's outputs for `inputs`, then `batch_sums` (evaluation)."""
+        from distrain.data.structures import call_model
+
+        outputs = call_model(model, inputs)
+        if isinstance(outputs, torch.Tensor):
+            outputs = outputs.float()
+        return self.batch_sums(outputs, targets)
+
     def batch_sums(self, outputs: Any, targets: Any) -> torch.Tensor:
         """[loss sum, per-sample metric sums...] of one batch (float64), and the stateful metrics updated."""
         objective = self.objective

@@ -84,6 +84,14 @@ class Objective:
             return value.reshape(()).expand(count)
         return value.reshape(count, -1).mean(dim=1) if value.dim() > 1 else value
 
+    def forward_loss(
+        self, model: nn.Module, inputs: Any, targets: Any, world_size: int, global_size: int, average: bool = True
+    ) -> tuple[torch.Tensor, tuple[Any, ...]]:
+        """(the step's loss, what the TrainMeter records: outputs and targets): the model's forward and
+        `step_loss`. A user's step (loop/user_step.py) answers the same question its own way."""
+        outputs = call_model(model, inputs)
+        return self.step_loss(outputs, targets, world_size, global_size, average=average), (outputs, targets)
+
     def step_loss(
         self, outputs: Any, targets: Any, world_size: int, global_size: int, average: bool = True
     ) -> torch.Tensor:

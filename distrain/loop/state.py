@@ -84,6 +84,10 @@ class TrainState:
     scaler: Any = None  # the engine's gradient scaler when training in fp16
     engine: str = "native"  # recorded in checkpoints; either engine loads the other's (same state dicts)
     progress: Progress = field(default_factory=Progress)
+    unstepped_schedule: bool = False  # the constant built-in schedule: never stepped in the loop
+    # Each group's lr at the start of the epoch in progress (its record's `lr`, also after a mid-epoch resume).
+    epoch_lrs: list[float] | None = None
+    callbacks: Any = None  # the run's Callbacks: those with state_dict are checkpointed
 
     def to_payload(
         self,
@@ -98,9 +102,10 @@ class TrainState:
         """The checkpoint contents (no collective: `epoch_totals` are the epoch's train sums, already summed
         over the ranks by the caller). `weights=False`: without the model and optimizer (a sharded
         checkpoint writes those from every rank)."""
-        # The learning rate is a pure function of the global step; a constant schedule is not stepped in
-        # the loop (it would cost a Python call per step), so its counter is brought up to date here.
-        self.scheduler.last_epoch = self.progress.global_step
+        # The built-in constant schedule is not stepped in the loop (it would cost a Python call per step),
+        # so its counter is brought up to date here; any other scheduler counts its own steps.
+        if self.unstepped_schedule:
+            self.scheduler.last_epoch = self.progress.global_step
         payload = {
             "format": 1,
             "engine": self.engine,
@@ -113,6 +118,8 @@ class TrainState:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "stopper": self.stopper.state_dict(),
+            "epoch_lrs": self.epoch_lrs,
+            "callbacks": self.callbacks.state_dict() if self.callbacks else {},
             # The epoch's train sums over all ranks, so a mid-epoch resume still reports the whole epoch.
             "epoch_totals": epoch_totals.cpu(),
             "config": config,
@@ -132,6 +139,9 @@ class TrainState:
         if self.scaler is not None and payload.get("scaler"):
             self.scaler.load_state_dict(payload["scaler"])
         self.stopper.load_state_dict(payload["stopper"])
+        self.epoch_lrs = payload.get("epoch_lrs")
+        if self.callbacks:
+            self.callbacks.load_state_dict(payload.get("callbacks"))
         # The saved sums already cover every rank: give them to one rank, zeros to the rest.
         totals = payload["epoch_totals"]
         self.meter.load(totals if is_main else torch.zeros_like(totals))

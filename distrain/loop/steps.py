@@ -45,7 +45,7 @@ class EpochMetrics:
         return EpochMetrics({name: value / max(count, 1) for name, value in zip(names, sums)}, count)
 
 
-_EXACT_UNITS = float(2**24)  # trainer.exact: per-sample figures kept in multiples of 2^-24
+EXACT_UNITS = float(2**24)  # trainer.exact: per-sample figures kept in multiples of 2^-24
 
 
 class TrainMeter:
@@ -104,7 +104,7 @@ class TrainMeter:
         self._reset_pending()
 
     def _units(self, values: torch.Tensor) -> torch.Tensor:
-        return torch.round(values * _EXACT_UNITS) if self.exact else values
+        return torch.round(values * EXACT_UNITS) if self.exact else values
 
     def totals(self) -> torch.Tensor:
         """The running sums (flushed first), in the meter's units: sum them over ranks, then read them with
@@ -117,7 +117,7 @@ class TrainMeter:
         if not self.exact:
             return totals
         out = totals.clone()
-        out[:-1] /= _EXACT_UNITS  # a power of two: exact
+        out[:-1] /= EXACT_UNITS  # a power of two: exact
         return out
 
     def load(self, sums: torch.Tensor) -> None:
@@ -125,7 +125,7 @@ class TrainMeter:
         self._reset_pending()
         self._totals.copy_(sums)
         if self.exact:
-            self._totals[:-1] *= _EXACT_UNITS
+            self._totals[:-1] *= EXACT_UNITS
 
     def reset(self) -> None:
         self.load(torch.zeros_like(self._totals))
@@ -160,18 +160,19 @@ def train_step(
     for index, (inputs, targets) in enumerate(pieces):
         with strategy.sync_gradients(model, is_last=index == micro_batches - 1):
             with strategy.autocast():
-                outputs = call_model(model, inputs)
                 # One micro-batch: its weighted mean (one kernel). Several: weighted sums, whose gradients
-                # add up to the step's.
-                loss = objective.step_loss(outputs, targets, world_size, batch.global_size, average=micro_batches == 1)
+                # add up to the step's. (A user's step= answers here: loop/user_step.py.)
+                loss, record = objective.forward_loss(
+                    model, inputs, targets, world_size, batch.global_size, average=micro_batches == 1
+                )
             strategy.backward(loss)
-        seen.append((outputs, targets))
+        seen.append(record)
         step_loss = loss if step_loss is None else step_loss + loss.detach()
     if not guard.allows_step(step_loss):
         return False
     strategy.step(optimizer, model, clip)
-    for outputs, targets in seen:
-        meter.add(outputs, targets)
+    for record in seen:
+        meter.add(*record)
     return True
 
 
@@ -197,10 +198,7 @@ def evaluate(
     table = torch.zeros(batches.num_batches, len(columns) + 1, dtype=torch.float64, device=device)
     done = 0
     for batch in batches:
-        outputs = call_model(model, batch.inputs)
-        if isinstance(outputs, torch.Tensor):
-            outputs = outputs.float()
-        table[batch.step, :-1] = metrics.batch_sums(outputs, batch.targets)
+        table[batch.step, :-1] = metrics.batch_sums_of(model, batch.inputs, batch.targets)
         table[batch.step, -1] = batch.global_size
         done += 1
     if is_sharded(model):

@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
+from torch import nn
+
 from distrain.atomic import atomic_write_bytes
 from distrain.checkpoint.ownership import own_run_dir
 from distrain.config.parse import dump_config
@@ -40,13 +42,15 @@ from distrain.launch.dist import DistContext, distributed
 from distrain.launch.env import DistEnv, detect
 from distrain.launch.signals import Interrupted, StopSignals
 from distrain.launch.slurm import maybe_requeue, resolve_run_dir
+from distrain.loop.callbacks import Run, build_callbacks
 from distrain.loop.components import Given, Parts, build_optimizer_for, build_parts, log_parts, monitor_direction
 from distrain.loop.definition import RunDefinition
 from distrain.loop.exact import ExactStep, running_statistics
 from distrain.loop.nonfinite import NonFiniteGuard
 from distrain.loop.result import FitResult
-from distrain.loop.schedule import build_scheduler, is_constant
+from distrain.loop.schedule import build_schedule
 from distrain.loop.seeding import rank_seed, seed_everything
+from distrain.loop.several import ModelSet, SelfSteppingStep
 from distrain.loop.state import Saver, TrainState, maybe_resume
 from distrain.loop.steps import EpochMetrics, TrainMeter, evaluate_splits, train_step
 from distrain.loop.stopping import Stopper
@@ -159,20 +163,28 @@ class Trainer:
         )
         steps_per_epoch = self.batches.num_steps
         optimizer, base_lr = build_optimizer_for(cfg.optim, parts.model, given, strategy.replaces_parameters)
-        scheduler = build_scheduler(
-            cfg.schedule, optimizer, base_lr=base_lr, steps_per_epoch=steps_per_epoch, epochs=cfg.trainer.epochs
+        self.schedule = build_schedule(
+            cfg.schedule,
+            optimizer,
+            given=given.scheduler,
+            base_lr=base_lr,
+            steps_per_epoch=steps_per_epoch,
+            epochs=cfg.trainer.epochs,
         )
+        scheduler = self.schedule.scheduler
+        self.callbacks = build_callbacks(cfg.callbacks, given.callbacks)
+        self.run = Run(parts.model, optimizer, ctx.rank, ctx.world_size, self.run_dir)
         # What fit was given, read before a resume loads saved state into these objects.
-        self.definition = RunDefinition.of(parts, optimizer, scheduler, given)
-        # A constant learning rate needs no scheduler call per step (see TrainState.to_payload).
-        self.step_scheduler = None if is_constant(cfg.schedule) else scheduler
+        self.definition = RunDefinition.of(parts, optimizer, scheduler, given, self.callbacks.names())
         self.clip = cfg.optim or OptimConfig(lr=base_lr)
-        self.meter = TrainMeter(parts.objective, ctx.device, exact=cfg.trainer.exact)
+        self.meter = train_meter(parts.objective, ctx.device, exact=cfg.trainer.exact)
         stop_upwards = (
             monitor_direction(cfg.stop.mode, cfg.stop.monitor, parts, "stop.monitor", self.meter.names)
             if cfg.stop.patience
             else False
         )
+        if self.schedule.monitor is not None:
+            monitor_direction("min", self.schedule.monitor, parts, "schedule.monitor", self.meter.names)
         best_upwards = (
             monitor_direction(
                 cfg.checkpoint.mode, cfg.checkpoint.monitor, parts, "checkpoint.monitor", self.meter.names
@@ -188,14 +200,18 @@ class Trainer:
             self.meter,
             scaler=strategy.scaler,
             engine=strategy.engine,
+            unstepped_schedule=not self.schedule.stepped,
+            callbacks=self.callbacks,
         )
         self.progress = self.state.progress  # one owner: only fit() moves it; a resume loads it in place
-        # trainer.exact: the chunked step with its fixed-point gradient sum (loop/exact.py).
+        # trainer.exact: the chunked step with its fixed-point gradient sum (loop/exact.py). Several
+        # models: the user's step steps them itself (loop/several.py; set when they are wrapped).
         self.step_fn = (
             self._exact_step()
             if cfg.trainer.exact
             else functools.partial(train_step, world_size=ctx.world_size, micro_batches=cfg.trainer.accumulate_steps)
         )
+        self.several = isinstance(parts.model, ModelSet)
         self.saver = Saver(
             cfg.checkpoint,
             self.run_dir,
@@ -236,6 +252,7 @@ class Trainer:
         trained, splits, finished = False, {}, False
         try:
             self.signals.start_agreement()
+            self.callback("on_train_start")
             for epoch in range(self.progress.epoch, self.cfg.trainer.epochs):
                 if self.state.stopper.stopped:
                     break
@@ -243,6 +260,7 @@ class Trainer:
                 for batch in self.batches:
                     stepped = self.train_step(batch)
                     self.progress.advance(step_in_epoch=batch.step + 1, skipped=not stepped)
+                    self.callback("on_step_end")
                     self.maybe_log_step()
                     saved = self.maybe_save_step()
                     self.stop_on_signal(saved)
@@ -251,12 +269,23 @@ class Trainer:
                 self.maybe_save_epoch(splits)
                 trained = True
             self.signals.finish_agreement(failed=False)
+            result = self.result(splits, trained)
+            self.callback("on_train_end", result)
             finished = True
+        except BaseException as exc:
+            self.callback("on_exception", exc)
+            raise
         finally:
             if not finished:
                 self.signals.finish_agreement(failed=True)
             self.close(finished)
-        return self.result(splits, trained)
+        return result
+
+    def callback(self, hook: str, *args: Any) -> None:
+        """The callbacks' `hook` (those that have it), with the run as it stands."""
+        if self.callbacks.has(hook):
+            self.run.epoch, self.run.global_step = self.progress.epoch, self.progress.global_step
+            self.callbacks.call(hook, self.run, *args)
 
     # ----------------------------------------------------------------------------------------- the chapters
 
@@ -275,7 +304,16 @@ class Trainer:
                 self.cfg.trainer.epochs,
                 f", {self.state.stopper.stopped}" if self.state.stopper.stopped else "",
             )
-        self.train_model, self.train_optimizer = self.strategy.prepare(self.parts.model, self.state.optimizer)
+        if self.several:
+            # Each model wrapped for data parallelism on its own: the step calls them by name, and each
+            # averages its gradients over the ranks in its own backward.
+            from distrain.strategies.ddp import wrap_model
+
+            wrapped = {name: wrap_model(m, self.ctx, self.cfg.ddp) for name, m in self.parts.model.items()}
+            self.step_fn = SelfSteppingStep(wrapped)
+            self.train_model, self.train_optimizer = nn.ModuleDict(wrapped), self.state.optimizer
+        else:
+            self.train_model, self.train_optimizer = self.strategy.prepare(self.parts.model, self.state.optimizer)
         steps_per_epoch = self.batches.num_steps
         self.guard = NonFiniteGuard(
             self.cfg.trainer.on_nonfinite,
@@ -296,14 +334,24 @@ class Trainer:
             directions=self.parts.metric_objects,
         )
         self.reporter.drop_from_epoch(p.epoch)
+        self.run._reporter = self.reporter
+        self.run._evaluate = functools.partial(evaluate_splits, self.parts, self.ctx, self.strategy.sum_over_ranks)
         log_parts(self.parts, self.ctx, steps_per_epoch, self.strategy.engine, __version__, self.cfg.strategy)
 
-    def start_epoch(self, epoch: int) -> tuple[float, float]:
+    def start_epoch(self, epoch: int) -> tuple[float, list[float]]:
         self.train_model.train()  # evaluation left it in eval mode
         self.batches.set_epoch(epoch)
         self.batches.set_start_step(self.progress.step_in_epoch)
         self.reporter.start_epoch(self.meter, self.progress.global_step)
-        return time.perf_counter(), self.state.optimizer.param_groups[0]["lr"]
+        self.callback("on_epoch_start")
+        if self.progress.step_in_epoch == 0 or self.state.epoch_lrs is None:
+            self.state.epoch_lrs = self.learning_rates()
+        # A mid-epoch resume keeps the lr the epoch started with (saved): the epoch's record is the same.
+        return time.perf_counter(), self.state.epoch_lrs
+
+    def learning_rates(self) -> list[float]:
+        """Each parameter group's learning rate now (logged as lr, lr/group1, ...)."""
+        return [float(group["lr"]) for group in self.state.optimizer.param_groups]
 
     def train_step(self, batch: Any) -> bool:
         """One optimizer step on this rank's share of the global batch; False when it was skipped."""
@@ -317,9 +365,7 @@ class Trainer:
             meter=self.meter,
             guard=self.guard,
         )
-        # A skipped step still steps the schedule: the learning rate stays a function of the global step.
-        if self.step_scheduler is not None:
-            self.step_scheduler.step()
+        self.schedule.after_step()
         return stepped
 
     def maybe_log_step(self) -> None:
@@ -329,7 +375,7 @@ class Trainer:
         self.guard.check(weights=False)  # a diverged run stops before it logs losses of 1e30
         # The window's train sums over all ranks: one all-reduce, at log steps only.
         window = dist.all_reduce_sum(self.reporter.window(self.meter)) if self.reporter.is_log_step(step) else None
-        self.reporter.after_step(step, self.meter, self.state.optimizer.param_groups[0]["lr"], window)
+        self.reporter.after_step(step, self.meter, self.learning_rates(), window)
 
     def maybe_save_step(self) -> bool:
         if not self.saver.should_save_step(self.progress):
@@ -347,13 +393,22 @@ class Trainer:
                 self.save()
             raise Interrupted(signum)
 
-    def end_epoch(self, epoch: int, started: float, lr: float) -> dict[str, EpochMetrics]:
+    def end_epoch(self, epoch: int, started: float, lr: list[float]) -> dict[str, EpochMetrics]:
         """The epoch's train figures (summed over the ranks) and evaluation; logged."""
         self.guard.check()  # before the epoch's figures and its checkpoint
         totals = self.strategy.sum_over_ranks(self.meter.totals().clone())
         splits = {"train": EpochMetrics.from_totals(self.meter.sums(totals), self.meter.names)}
         train_time = time.perf_counter() - started
         splits.update(evaluate_splits(self.parts, self.ctx, self.strategy.sum_over_ranks))
+        if self.callbacks.has("on_epoch_end"):
+            # Before the epoch's record is written: what the callbacks log goes into it.
+            figures = {
+                f"{split}_{name}": value
+                for split, m in splits.items()
+                for name, value in m.values.items()
+                if isinstance(value, (int, float))
+            }
+            self.callback("on_epoch_end", figures)
         skipped = self.progress.skipped_steps if self.cfg.trainer.on_nonfinite == "skip_step" else None
         self.reporter.log_epoch(
             epoch,
@@ -363,9 +418,11 @@ class Trainer:
             lr,
             train_time_s=train_time,
             skipped_steps=skipped,
+            logged=self.run.take_logged(),
         )
         self.progress.end_epoch()
         self.meter.reset()
+        self.schedule.after_epoch(splits)  # interval epoch; ReduceLROnPlateau reads its monitor here
         return splits
 
     def maybe_stop(self, splits: dict[str, EpochMetrics]) -> None:
@@ -401,7 +458,9 @@ class Trainer:
             weights=not sharded,
             definition=self.definition.values,
         )
-        return self.saver.save(payload, (self.state.model, self.state.optimizer) if sharded else None)
+        path = self.saver.save(payload, (self.state.model, self.state.optimizer) if sharded else None)
+        self.callback("on_save", path)
+        return path
 
     def close(self, finished: bool) -> None:
         # A background checkpoint write completes before the run ends, also when it ends by a signal
@@ -446,6 +505,15 @@ class Trainer:
         from distrain.checkpoint.store import find_resumable
 
         return str(find_resumable(self.run_dir)) if self.ctx.is_main else None
+
+
+def train_meter(objective: Any, device: Any, exact: bool) -> Any:
+    """The meter of the train figures: from the outputs (distrain's step), or the values a user's step returned."""
+    from distrain.loop.user_step import StepMeter, StepObjective
+
+    if isinstance(objective, StepObjective):
+        return StepMeter(objective, device, exact=exact)
+    return TrainMeter(objective, device, exact=exact)
 
 
 def write_config(cfg: Config, ctx: DistContext, run_dir: Path, definition: RunDefinition | None = None) -> None:

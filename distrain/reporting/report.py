@@ -127,7 +127,7 @@ class Reporter:
         """This rank's train sums since the last log step (the caller sums them over the ranks)."""
         return meter.totals() - self.window_start
 
-    def after_step(self, global_step: int, meter: TrainMeter, lr: float, window: torch.Tensor | None) -> None:
+    def after_step(self, global_step: int, meter: TrainMeter, lr: list[float], window: torch.Tensor | None) -> None:
         """Every rank calls it when `wants_step`; at log steps with `window`, the window's sums over all ranks."""
         if not self.is_log_step(global_step):
             if self.hooks:
@@ -141,7 +141,7 @@ class Reporter:
         values = {f"train/step_{name}": value / max(count, 1) for name, value in zip(meter.names, sums)}
         values.update(
             {
-                "lr": lr,
+                **group_rates(lr),
                 "samples_per_s": count / elapsed,
                 "step_time_s": elapsed / max(global_step - self.window_step, 1),
                 "grad_norm": total_grad_norm(self.model),
@@ -160,7 +160,7 @@ class Reporter:
                     "step %d | loss %.4f | lr %.3g | %.0f samples/s | %.2f ms/step | grad norm %.3g",
                     global_step,
                     values["train/step_loss"],
-                    lr,
+                    lr[0],
                     values["samples_per_s"],
                     1000 * values["step_time_s"],
                     values["grad_norm"],
@@ -175,9 +175,10 @@ class Reporter:
         global_step: int,
         splits: dict[str, EpochMetrics],
         time_s: float,
-        lr: float,
+        lr: list[float],
         train_time_s: float,
         skipped_steps: int | None = None,
+        logged: dict[str, float] | None = None,
     ) -> None:
         # Training throughput: the samples of this epoch's steps over the time of the steps (not evaluation).
         train = splits["train"]
@@ -185,6 +186,8 @@ class Reporter:
             "train_time_s": train_time_s,
             "samples_per_s": train.samples / train_time_s if train_time_s > 0 else 0.0,
         }
+        extra.update({name: value for name, value in group_rates(lr).items() if name != "lr"})
+        extra.update(logged or {})  # the callbacks' run.log values of the epoch (the last per name)
         if skipped_steps is not None:
             extra["skipped_steps"] = skipped_steps  # in the run so far (trainer.on_nonfinite: skip_step)
         if self.ctx.device.type == "cuda":
@@ -194,7 +197,7 @@ class Reporter:
         if self.bar is not None:
             self.bar.update(global_step - self.bar.n)
             self.bar.clear()
-        records = self.metrics.log_epoch(epoch, global_step, splits, time_s, lr=lr, extra=extra)
+        records = self.metrics.log_epoch(epoch, global_step, splits, time_s, lr=lr[0], extra=extra)
         if self.bar is not None:
             self.bar.refresh()
         for split, m in splits.items():
@@ -210,7 +213,7 @@ class Reporter:
             {
                 "epoch": epoch,
                 **values,
-                "epoch_lr": lr,
+                "epoch_lr": lr[0],
                 "epoch_time_s": time_s,
                 **{f"epoch_{k}": v for k, v in extra.items()},
             },
@@ -261,3 +264,8 @@ class Reporter:
             for logger in self.loggers:
                 if hasattr(logger, "close"):
                     logger.close()
+
+
+def group_rates(lrs: list[float]) -> dict[str, float]:
+    """Each parameter group's learning rate by its logged name: lr (the first group), lr/group1, ..."""
+    return {"lr" if i == 0 else f"lr/group{i}": value for i, value in enumerate(lrs)}

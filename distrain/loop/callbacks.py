@@ -1,0 +1,150 @@
+"""Callbacks: your code at the loop's moments, with every guarantee kept.
+
+    distrain.fit(cfg, ..., callbacks=[MyCallback(), EMA(decay=0.999)])
+    callbacks: [{name: ema, args: {decay: 0.999}}, {name: "mypkg.cb:Probe", args: {every: 10}}]   # YAML
+
+A callback is any object with some of these methods (each optional), called on every rank:
+
+    on_train_start(run)           after a resume, before the first step
+    on_epoch_start(run)           before the epoch's first step (also a resumed, half-done epoch)
+    on_step_end(run)              after each optimizer step (also one the non-finite guard skipped)
+    on_epoch_end(run, metrics)    after the epoch's evaluation, before its record is written; metrics:
+                                  {"train_loss": ..., "val_loss": ..., "test_accuracy": ...}
+    on_save(run, path)            after a checkpoint is written (path: the .pt file or sharded folder)
+    on_train_end(run, result)     after training ended normally (result: the FitResult)
+    on_exception(run, exc)        training raised (a signal's stop included); the exception propagates
+
+`run` (a `Run`) carries epoch (in progress, 0-based), global_step, model (unwrapped), optimizer, rank,
+world_size, run_dir, and `run.log(name=value, ...)`: scalars that go to every logger (W&B, TensorBoard,
+CSV) and the console at the current global step, and into the epoch's train record of metrics.jsonl (and
+so the plots): the last value logged per name during the epoch. Only global rank 0's values are written:
+call run.log on every rank with values that are the same everywhere (reduce first what is not), or on
+rank 0 alone. `run.evaluate()` evaluates the val and test splits now (collective: call it on every rank).
+
+A callback with `state_dict()` and `load_state_dict(state)` is checkpointed (every rank calls
+state_dict at every save; rank 0's result is written) and resumed, keyed by its position and class.
+Callbacks are part of the run's definition by class name (a change is logged, not refused).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from distrain.errors import ArgumentError, ConfigError
+
+log = logging.getLogger("distrain")
+
+HOOKS = (
+    "on_train_start",
+    "on_epoch_start",
+    "on_step_end",
+    "on_epoch_end",
+    "on_save",
+    "on_train_end",
+    "on_exception",
+)
+
+
+@dataclass
+class Run:
+    """What a callback sees of the run (the loop keeps epoch and global_step current)."""
+
+    model: nn.Module
+    optimizer: Any
+    rank: int
+    world_size: int
+    run_dir: Path
+    epoch: int = 0
+    global_step: int = 0
+    logged: dict[str, float] = field(default_factory=dict)  # this epoch's run.log values, last per name
+    _reporter: Any = None
+    _evaluate: Any = None
+
+    def log(self, **values: Any) -> None:
+        """Scalars at the current global step: every logger, the console, and the epoch's train record."""
+        scalars = {}
+        for name, value in values.items():
+            try:
+                scalars[name] = float(value)
+            except (TypeError, ValueError):
+                problem = f"run.log({name}=...) got a {type(value).__name__}, not a number"
+                raise ArgumentError("callbacks", problem) from None
+        self.logged.update(scalars)
+        if self._reporter is not None:
+            self._reporter.log_scalars(self.global_step, scalars)
+        if self.rank == 0:
+            log.info("step %d | %s", self.global_step, " | ".join(f"{k} {v:.4g}" for k, v in scalars.items()))
+
+    def evaluate(self) -> dict[str, dict[str, Any]]:
+        """The val and test splits' figures with the model's current weights. Collective."""
+        return {split: dict(m.values) for split, m in self._evaluate().items()}
+
+    def take_logged(self) -> dict[str, float]:
+        taken, self.logged = self.logged, {}
+        return taken
+
+
+class Callbacks:
+    """The run's callbacks, called in order."""
+
+    def __init__(self, callbacks: list[Any]):
+        self.items = list(callbacks)
+        # Per hook, the bound methods that exist: the loop pays nothing for a hook nobody has.
+        self.bound = {
+            hook: [getattr(c, hook) for c in self.items if callable(getattr(c, hook, None))] for hook in HOOKS
+        }
+
+    def __bool__(self) -> bool:
+        return bool(self.items)
+
+    def has(self, hook: str) -> bool:
+        return bool(self.bound[hook])
+
+    def call(self, hook: str, *args: Any) -> None:
+        for method in self.bound[hook]:
+            method(*args)
+
+    def names(self) -> list[str]:
+        return [f"{type(c).__module__}.{type(c).__qualname__}" for c in self.items]
+
+    def _keyed(self) -> dict[str, Any]:
+        return {f"{i}:{type(c).__qualname__}": c for i, c in enumerate(self.items) if _stateful(c)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {key: c.state_dict() for key, c in self._keyed().items()}
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        for key, c in self._keyed().items():
+            if state and key in state:
+                c.load_state_dict(state[key])
+            else:
+                log.info("callback %s has no state in the checkpoint: it starts afresh", key)
+
+
+def _stateful(obj: Any) -> bool:
+    return callable(getattr(obj, "state_dict", None)) and callable(getattr(obj, "load_state_dict", None))
+
+
+def build_callbacks(configs: list[Any], given: list[Any] | None) -> Callbacks:
+    """The config's callbacks (by short name or import path, with args), then fit's."""
+    from distrain.config.registry import call, resolve
+
+    made = []
+    for index, c in enumerate(configs):
+        key = f"callbacks[{index}]"
+        made.append(call(resolve("callback", c.name, f"{key}.name"), c.args, f"{key}.args"))
+    for obj in given or []:
+        if isinstance(obj, type):
+            raise ArgumentError("callbacks", f"holds the class {obj.__name__}, not an object", f"give {obj.__name__}()")
+        if not any(callable(getattr(obj, hook, None)) for hook in HOOKS):
+            raise ArgumentError("callbacks", f"a {type(obj).__name__} has none of the hooks {', '.join(HOOKS)}")
+        made.append(obj)
+    for obj in made[: len(configs)]:
+        if not any(callable(getattr(obj, hook, None)) for hook in HOOKS):
+            raise ConfigError("callbacks", f"a {type(obj).__name__} has none of the hooks {', '.join(HOOKS)}")
+    return Callbacks(made)

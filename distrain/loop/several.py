@@ -1,0 +1,132 @@
+"""Several models and optimizers (a GAN): `model={"g": G, "d": D}`, `optimizer={"g": ..., "d": ...}` and a
+step that receives them and steps them itself.
+
+    def step(models, batch, optimizers):        # models: each wrapped for data parallelism (DDP)
+        ...; optimizers["d"].step(); ...; optimizers["g"].step()
+        return {"loss": g_loss.detach(), "d_loss": d_loss.detach()}
+
+    distrain.fit(cfg, model={"g": G(), "d": D()}, optimizer={"g": fn_or_opt, "d": fn_or_opt},
+                 train_data=data, step=step)
+
+The models are held as one `ModelSet` (an nn.ModuleDict: a checkpoint's weights are "g.<name>",
+"d.<name>") and the optimizers as one `OptimizerSet` (its state_dict: one per name), so every checkpoint,
+resume (bitwise: each rank's random stream is checkpointed too) and run definition covers them all.
+Each model is wrapped for data parallelism on its own: its gradients are averaged over the ranks in its
+backward, whichever loss it comes from. The step does backward and the optimizer steps itself, so
+gradient clipping, fp16 loss scaling, the non-finite step guard and trainer.exact are not applied
+(refused where they are asked for); the reported figures are what the step returns, read as a user's
+step's (loop/user_step.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from distrain.errors import ArgumentError, ConfigError
+
+
+class ModelSet(nn.ModuleDict):
+    """The run's models by name, one module for checkpoints; never called itself."""
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        raise ArgumentError("model", "a dict of models is not called as one: the step calls each by name")
+
+
+class OptimizerSet(torch.optim.Optimizer):
+    """The run's optimizers by name, one object for checkpoints and the run definition. Its param_groups
+    are all of theirs (a constant schedule sees them); step() and zero_grad() act on every one."""
+
+    def __init__(self, optimizers: dict[str, torch.optim.Optimizer]):
+        # Not Optimizer.__init__: the groups belong to the optimizers held (shared, not copied).
+        self.optimizers = dict(optimizers)
+        self.defaults = {}
+        self.state = {}
+        self._optimizer_step_pre_hooks = {}
+        self._optimizer_step_post_hooks = {}
+        self._optimizer_state_dict_pre_hooks = {}
+        self._optimizer_state_dict_post_hooks = {}
+        self._optimizer_load_state_dict_pre_hooks = {}
+        self._optimizer_load_state_dict_post_hooks = {}
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
+        return [group for opt in self.optimizers.values() for group in opt.param_groups]
+
+    def step(self, closure: Any = None) -> None:  # type: ignore[override]
+        for opt in self.optimizers.values():
+            opt.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
+        return {name: opt.state_dict() for name, opt in self.optimizers.items()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
+        for name, opt in self.optimizers.items():
+            opt.load_state_dict(state_dict[name])
+
+    def __repr__(self) -> str:
+        return f"OptimizerSet({', '.join(self.optimizers)})"
+
+
+def check_several(cfg: Any, given: Any) -> None:
+    """What a dict of models needs and refuses, named (before anything is built)."""
+    if given.step is None:
+        raise ArgumentError("model", "a dict of models needs step=: a function (models, batch, optimizers)")
+    if not isinstance(given.optimizer, dict) or set(given.optimizer) != set(given.model):
+        raise ArgumentError(
+            "optimizer",
+            "with a dict of models, give a dict of optimizers with the same names "
+            f"({', '.join(given.model)}): each an optimizer or a function params -> optimizer",
+        )
+    for name, value in (("strategy", cfg.strategy), ("engine", cfg.engine)):
+        if value not in ("ddp", "native"):
+            raise ConfigError(name, f"is {value!r}: several models train with strategy ddp and engine native")
+    if cfg.trainer.exact:
+        raise ConfigError("trainer.exact", "cannot be used with several models: their step steps itself")
+    if cfg.trainer.accumulate_steps != 1:
+        raise ConfigError("trainer.accumulate_steps", "cannot be used with several models: the step steps itself")
+    for name in ("val_data", "test_data"):
+        if getattr(given, name) is not None:
+            raise ArgumentError(name, "is not evaluated with several models: their step trains (steps) itself")
+    if cfg.data.val_fraction:
+        raise ConfigError("data.val_fraction", "must be 0 with several models: their step is not evaluated")
+    if given.scheduler is not None:
+        raise ArgumentError("scheduler", "with several optimizers, step their schedulers in the step")
+
+
+def several_optimizers(model: ModelSet, chosen: dict[str, Any]) -> OptimizerSet:
+    made = {}
+    for name, opt in chosen.items():
+        params = [p for p in model[name].parameters() if p.requires_grad]
+        if not isinstance(opt, torch.optim.Optimizer):
+            opt = opt(params)
+        if not isinstance(opt, torch.optim.Optimizer):
+            raise ArgumentError("optimizer", f"[{name!r}] is not a torch optimizer (nor made one)")
+        owned = {id(p) for p in model[name].parameters()}
+        if any(id(p) not in owned for group in opt.param_groups for p in group["params"]):
+            raise ArgumentError("optimizer", f"[{name!r}] holds parameters that are not model[{name!r}]'s")
+        made[name] = opt
+    return OptimizerSet(made)
+
+
+class SelfSteppingStep:
+    """The train step for several models: the user's step does backward and the optimizer steps; this
+    records what it returns. Same signature as loop.steps.train_step."""
+
+    def __init__(self, models: dict[str, nn.Module]):
+        self.models = models  # each wrapped for data parallelism
+
+    def __call__(self, strategy, model, optimizer, batch, objective, clip, *, meter, guard) -> bool:
+        from distrain.data.structures import num_samples
+
+        count = num_samples(batch.targets)
+        out = objective.fn(self.models, objective.user_batch(batch.inputs, batch.targets), optimizer.optimizers)
+        values = objective._read(out, count)
+        meter.add({name: (v.detach(), w) for name, (v, w) in values.items()}, count)
+        return True

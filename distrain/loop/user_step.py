@@ -1,0 +1,229 @@
+"""Your own training step: `distrain.fit(cfg, ..., step=fn)`, `fn(model, batch)` returning the loss.
+
+    loss = fn(model, batch)    # batch: the data set's samples collated and on the device: (x, y), (x1, x2, y)
+                               # or a dict with its target under data.target_key (else "target")
+
+What fn returns, and what distrain makes of it (the gradient of the global batch's mean on any number of
+processes, and the reported train loss):
+- per-sample losses, a tensor [N]: the step's loss is their sum / the global batch size; the reported
+  loss is the exact mean of the per-sample losses over the epoch;
+- a scalar: the batch's mean loss: weighted by this rank's share of the global batch (an uneven last
+  batch splits unevenly); the reported loss is the mean of the batch means weighted by their sizes
+  (exact when the scalar is a mean over the batch's samples);
+- a dict with `loss` (either of the above) or `loss_sum` (a loss summed over the batch's samples, as
+  pytorch/examples' VAE loss_function returns: divided by the global batch size), and named scalars
+  (batch means) that are logged as train_<name> like the loss: per-sample sums over the ranks.
+
+The step's output decides the objective; distrain's own loss, its model probe and its metrics are not
+used (fit(loss=...) and fit(metrics=...) are refused with it). Evaluation runs the same fn in eval mode
+without gradients and reports the same figures for val and test.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from distrain.data.structures import MultipleInputs, num_samples
+from distrain.errors import ArgumentError
+
+# The keys of a step's dict that hold the loss: a batch mean or per-sample losses; a sum over the batch.
+_LOSS_KEYS = ("loss", "loss_sum")
+
+
+class StepObjective:
+    """What a user's step minimises and reports. Stands where distrain's Objective does: the train step
+    asks it for the loss to backpropagate and the values to record, evaluation for per-batch sums."""
+
+    kind = "custom"
+    has_accuracy = False
+    name = "step"
+
+    def __init__(self, fn: Callable[[nn.Module, Any], Any], target_key: str | None):
+        self.fn, self.target_key = fn, target_key
+        self.names = ["loss"]  # and the step's named scalars, once probed
+
+    def prepare_targets(self, targets: Any) -> Any:
+        return targets  # the step sees the targets as the data set holds them
+
+    def user_batch(self, inputs: Any, targets: Any) -> Any:
+        """The collated batch as the data set's samples are: (x, y), (x1, x2, y), or the dict."""
+        if isinstance(inputs, MultipleInputs):
+            return (*inputs, targets)
+        if isinstance(inputs, dict):
+            return {**inputs, self.target_key or "target": targets}
+        return (inputs, targets)
+
+    def probe(self, model: nn.Module, inputs: Any, targets: Any) -> None:
+        """Run the step once (eval mode, no gradient) on a few training samples: what it returns is checked
+        and its named scalars become the reported names, before any training."""
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                values = self._read(self.fn(model, self.user_batch(inputs, targets)), num_samples(targets))
+        finally:
+            model.train(was_training)
+        self.names = list(values)  # loss first, then the named scalars
+
+    def probe_several(self, models: nn.ModuleDict, inputs: Any, targets: Any) -> None:
+        """`probe` for a step of several models (which does backward and steps itself): run once with
+        optimizers that do nothing, in eval mode; the gradients it left and the random draws it made are
+        undone."""
+        from distrain.checkpoint.store import capture_rng, restore_rng
+
+        class Still:  # an optimizer that does not step
+            def step(self, closure: Any = None) -> None:
+                pass
+
+            def zero_grad(self, set_to_none: bool = True) -> None:
+                pass
+
+        rng, was_training = capture_rng(), models.training
+        models.eval()
+        try:
+            out = self.fn(dict(models.items()), self.user_batch(inputs, targets), {k: Still() for k in models})
+            values = self._read(out, num_samples(targets))
+        finally:
+            models.train(was_training)
+            restore_rng(rng)
+            for p in models.parameters():
+                p.grad = None
+        self.names = list(values)
+
+    def forward_loss(
+        self, model: nn.Module, inputs: Any, targets: Any, world_size: int, global_size: int, average: bool = True
+    ) -> tuple[torch.Tensor, tuple[Any, ...]]:
+        """(the loss to backpropagate, what the meter records). The loss is this rank's part of the global
+        batch's mean: a sum over its samples divided by global_size / world_size, so DDP's average over the
+        ranks is the global mean also when the last batch splits unevenly (then a batch mean is reweighted
+        by its share). A batch mean on an even share is used as it is: no extra kernel per step."""
+        count = num_samples(targets)
+        values = self._read(self.fn(model, self.user_batch(inputs, targets)), count)
+        value, weight = values["loss"]
+        if weight == count:  # a batch mean
+            even = average and count * world_size == global_size
+            loss = value if even else value * (count * world_size / global_size)
+        else:  # a sum over the batch (per-sample losses were summed by _read)
+            loss = value * (world_size / global_size)
+        return loss, ({name: (v.detach(), w) for name, (v, w) in values.items()}, count)
+
+    def batch_sums(self, model: nn.Module, inputs: Any, targets: Any) -> torch.Tensor:
+        """Evaluation: [sum over the batch's samples per name] in float64."""
+        values = self._read(self.fn(model, self.user_batch(inputs, targets)), num_samples(targets))
+        return torch.stack([v.detach().double() * w for v, w in values.values()])
+
+    def _read(self, out: Any, count: int) -> dict[str, tuple[torch.Tensor, int]]:
+        """{name: (a 0-d value, its weight)} from what the step returned: a batch mean weighs `count`
+        samples, a sum (per-sample values summed here) weighs 1; `loss` first."""
+        scalars: dict[str, Any] = {}
+        if isinstance(out, dict):
+            keys = [k for k in _LOSS_KEYS if k in out]
+            if len(keys) != 1:
+                raise ArgumentError(
+                    "step",
+                    f"returned a dict with keys {sorted(out)}: it needs exactly one of 'loss' (a batch mean or "
+                    "per-sample losses) and 'loss_sum' (a sum over the batch)",
+                )
+            scalars = {k: v for k, v in out.items() if k not in _LOSS_KEYS}
+            loss, summed = out[keys[0]], keys[0] == "loss_sum"
+        else:
+            loss, summed = out, False
+        values = {"loss": _weighted(loss, count, summed, "loss")}
+        for name, value in scalars.items():
+            if not str(name).isidentifier():
+                raise ArgumentError("step", f"returned a scalar named {name!r}: a name must be an identifier")
+            if not isinstance(value, torch.Tensor):
+                value = torch.as_tensor(float(value))
+            scalar, weight = _weighted(value, count, False, name)
+            values[name] = (scalar.detach(), weight)
+        return values
+
+
+def _weighted(value: Any, count: int, summed: bool, name: str) -> tuple[torch.Tensor, int]:
+    """(a 0-d value, how many samples it stands for: `count` for a batch mean, 1 for a sum)."""
+    if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+        raise ArgumentError("step", f"returned {name} as a {type(value).__name__}, not a floating-point tensor", _WHAT)
+    if value.dim() == 0:
+        return value, 1 if summed else count
+    if value.shape != (count,) or summed:
+        problem = f"returned {name} of shape {list(value.shape)} for a batch of {count} samples"
+        raise ArgumentError("step", problem, _WHAT)
+    return value.sum(), 1
+
+
+_WHAT = (
+    "return the batch's mean loss (a scalar), per-sample losses [N], or a dict with 'loss' (either) or "
+    "'loss_sum' (a sum over the batch) and named scalars"
+)
+
+
+class StepMeter:
+    """This rank's running sums of a user's step's figures over the epoch in progress: [per name..., samples]
+    (float64), as TrainMeter's. `add` keeps the step's detached values (list appends, no kernel); they are
+    summed when `totals()` is asked. trainer.exact: each kept value (a per-sample value, or a chunk's sum)
+    is rounded to a multiple of 2^-24 first, so the sums are the same in any order and on any world size."""
+
+    def __init__(self, objective: StepObjective, device: torch.device, exact: bool = False):
+        from distrain.loop.steps import EXACT_UNITS
+
+        self.names = list(objective.names)
+        self.exact, self.units = exact, EXACT_UNITS
+        self._totals = torch.zeros(len(self.names) + 1, dtype=torch.float64, device=device)
+        self._pending: list[tuple[dict[str, tuple[torch.Tensor, int]], int]] = []
+
+    def add(self, values: dict[str, tuple[torch.Tensor, int]], count: int) -> None:
+        self._pending.append((values, count))
+
+    @torch.no_grad()
+    def totals(self) -> torch.Tensor:
+        """The running sums (pending values added first); see TrainMeter.totals."""
+        if self._pending:
+            for i, name in enumerate(self.names):
+                value = torch.stack([v[name][0].double() * v[name][1] for v, _ in self._pending])
+                self._totals[i] += (torch.round(value * self.units) if self.exact else value).sum()
+            self._totals[-1] += sum(count for _, count in self._pending)
+            self._pending = []
+        return self._totals
+
+    def sums(self, totals: torch.Tensor) -> torch.Tensor:
+        if not self.exact:
+            return totals
+        out = totals.clone()
+        out[:-1] /= self.units
+        return out
+
+    def load(self, sums: torch.Tensor) -> None:
+        self._pending = []
+        self._totals.copy_(sums)
+        if self.exact:
+            self._totals[:-1] *= self.units
+
+    def reset(self) -> None:
+        self.load(torch.zeros_like(self._totals))
+
+
+class StepMetrics:
+    """Evaluation of a user's step (MetricSet's place): the step's figures, summed per batch."""
+
+    def __init__(self, objective: StepObjective):
+        self.objective = objective
+
+    @property
+    def columns(self) -> list[str]:
+        return self.objective.names
+
+    @property
+    def names(self) -> list[str]:
+        return self.objective.names
+
+    def reset(self) -> None:
+        pass
+
+    def batch_sums_of(self, model: nn.Module, inputs: Any, targets: Any) -> torch.Tensor:
+        return self.objective.batch_sums(model, inputs, targets)
+
+    def compute_stateful(self) -> dict[str, Any]:
+        return {}
