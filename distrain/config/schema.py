@@ -189,8 +189,8 @@ class TrainerConfig:
     exact: bool = False
     """Bitwise the same weights, losses, metrics and checkpoints on every world size that divides the
     number of chunks (data.global_batch_size / exact_chunk): each chunk's forward and backward runs alone,
-    with randomness seeded by (seed, global step, chunk), and the chunks' gradients are summed in fixed
-    point (an integer all-reduce), which no order or grouping changes. exact_threads intra-op threads.
+    with randomness seeded by (seed, global step, chunk), and the chunks' gradients are summed
+    on a grid (float64 sums that are exact), which no order or grouping changes. exact_threads intra-op threads.
     strategy ddp, engine native; precision 32 or bf16; no BatchNorm running statistics. See the docs page
     "What is exact"."""
     exact_chunk: int = 8

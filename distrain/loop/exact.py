@@ -10,7 +10,8 @@ Which samples form a chunk, and what randomness it sees, must not depend on the 
 - each chunk runs forward and backward alone, with the same shapes wherever it runs, and its loss is its
   per-sample losses summed and divided by the global batch's size (not the rank's): the chunks' gradients
   add up to the gradient of the global mean;
-- the gradients are summed by `strategies.exact.exact_sum` (fixed point, an integer all-reduce).
+- the gradients are summed by `strategies.exact.ExactSum` (rounded onto a shared grid, then float64 sums
+  that are exact in any order).
 The uneven last batch is cut the same way (some chunks one sample shorter, or empty). Accumulation
 changes nothing here: a chunk already is the unit of memory (trainer.accumulate_steps is ignored).
 """
