@@ -29,6 +29,7 @@ from distrain.data.structures import num_samples, tree_map
 from distrain.loop.nonfinite import NonFiniteGuard
 from distrain.loop.objective import Objective
 from distrain.loop.optim import zero_grad
+from distrain.loop.steps import finish_step
 from distrain.strategies.exact import ExactSum
 
 _SEED_MOD = 2**63 - 1
@@ -116,9 +117,4 @@ class ExactStep:
             step_loss = step_loss + loss.detach()
         for p, grad in zip(params, self.reduce(chunk_grads)):
             p.grad = grad
-        if not guard.allows_step(step_loss):
-            return False
-        strategy.step(optimizer, model, clip)
-        for record in seen:
-            meter.add(*record)
-        return True
+        return finish_step(strategy, model, optimizer, clip, step_loss, seen, meter=meter, guard=guard)

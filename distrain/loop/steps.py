@@ -168,6 +168,22 @@ def train_step(
             strategy.backward(loss)
         seen.append(record)
         step_loss = loss if step_loss is None else step_loss + loss.detach()
+    return finish_step(strategy, model, optimizer, clip, step_loss, seen, meter=meter, guard=guard)
+
+
+def finish_step(
+    strategy: Strategy,
+    model: nn.Module,
+    optimizer: Any,
+    clip: OptimConfig,
+    step_loss: torch.Tensor,
+    seen: list[Any],
+    *,
+    meter: TrainMeter,
+    guard: NonFiniteGuard,
+) -> bool:
+    """After backward (the gradients reduced): the guard's verdict, the optimizer step, and the step's
+    outputs to the meter; a vetoed step's samples stay out of the train metrics. Shared by every step."""
     if not guard.allows_step(step_loss):
         return False
     strategy.step(optimizer, model, clip)
