@@ -18,6 +18,7 @@ __all__ = [
     "ConfigError",
     "DataSets",
     "FitResult",
+    "ShardedDataset",
     "UserError",
     "fit",
     "is_main_process",
@@ -53,6 +54,10 @@ def __getattr__(name: str):
         from distrain.data.datasets import DataSets
 
         return DataSets
+    if name == "ShardedDataset":
+        from distrain.data.shards import ShardedDataset
+
+        return ShardedDataset
     if name in ("ConfigError", "UserError"):
         from distrain import errors
 

@@ -70,6 +70,13 @@ class DataConfig:
     """Keep DataLoader workers alive between epochs (needs num_workers > 0)."""
     prefetch_factor: int | None = None
     """Batches each worker loads ahead (null: torch's default)."""
+    lanes: int | None = None
+    """Sharded streams: the lanes the shards are dealt to, the unit of reading (rank r reads lanes r, r+W,
+    ...). Part of the data order: keep it when resuming on another world size (null: one per shard, at most
+    64). A multiple of every world size you will use keeps the ranks' shares even."""
+    split_by: Literal["shards", "samples"] = "shards"
+    """Streams: shards (each reader reads only its own shards); samples (opt-in for a stream without shards:
+    every reader reads all of it and keeps one sample in N)."""
 
     def __post_init__(self) -> None:
         check(self.global_batch_size > 0, "data.global_batch_size", f"must be > 0, got {self.global_batch_size}")
@@ -84,6 +91,7 @@ class DataConfig:
             "data.prefetch_factor",
             "must be > 0 and needs data.num_workers > 0",
         )
+        check(self.lanes is None or self.lanes > 0, "data.lanes", f"must be > 0, got {self.lanes}")
         if self.name is not None:
             check_name("data", self.name, "data.name")
 
@@ -193,6 +201,10 @@ class TrainerConfig:
     on a grid (float64 sums that are exact), which no order or grouping changes. exact_threads intra-op threads.
     strategy ddp, engine native; precision 32 or bf16; no BatchNorm running statistics. See the docs page
     "What is exact"."""
+    steps_per_epoch: int | None = None
+    """Optimizer steps per epoch: required for a stream without a length (the stream goes on across
+    epochs); with a length, an epoch ends after this many steps when it is shorter than the data (null: the
+    whole training set)."""
     exact_chunk: int = 8
     """trainer.exact: samples per chunk, cut from each global batch by global position. Bounds the world
     sizes (they must divide global_batch_size / exact_chunk) and the memory of one forward."""
@@ -203,6 +215,11 @@ class TrainerConfig:
     def __post_init__(self) -> None:
         check(self.epochs > 0, "trainer.epochs", f"must be > 0, got {self.epochs}")
         check(self.accumulate_steps > 0, "trainer.accumulate_steps", f"must be > 0, got {self.accumulate_steps}")
+        check(
+            self.steps_per_epoch is None or self.steps_per_epoch > 0,
+            "trainer.steps_per_epoch",
+            f"must be > 0, got {self.steps_per_epoch}",
+        )
         check(self.exact_chunk > 0, "trainer.exact_chunk", f"must be > 0, got {self.exact_chunk}")
         check(self.exact_threads > 0, "trainer.exact_threads", f"must be > 0, got {self.exact_threads}")
         import signal

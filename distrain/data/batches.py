@@ -13,6 +13,7 @@ Two paths give identical batches (same indices, same values, tested bit for bit)
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
@@ -32,6 +33,8 @@ class Batch:
     inputs: Any  # a tensor, or several (MultipleInputs), or a dict of keyword inputs
     targets: Any  # as the loss takes them (see `prepare_targets` below)
     global_size: int  # samples in this step over all ranks (training) or in this batch (evaluation)
+    # Sharded streams: (lane, rows) of the share, in order; trainer.exact takes each lane as one chunk.
+    chunks: list[tuple[int, int]] | None = None
 
 
 PrepareTargets = Callable[[Any], Any]
@@ -151,9 +154,11 @@ class TrainBatches:
             self._tensors = None
             self._loader = _loader(dataset, _RankBatchSampler(sampler), device, options, seed, sampler.rank)
 
+    steps_limit: int | None = None  # trainer.steps_per_epoch: an epoch ends after this many steps
+
     @property
     def num_steps(self) -> int:
-        return self.sampler.num_steps
+        return min(self.sampler.num_steps, self.steps_limit or self.sampler.num_steps)
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
@@ -162,7 +167,10 @@ class TrainBatches:
         self.sampler.set_start_step(step)
 
     def __iter__(self) -> Iterator[Batch]:
-        return self._gathered() if self._tensors is not None else self._loaded()
+        batches = self._gathered() if self._tensors is not None else self._loaded()
+        if self.num_steps < self.sampler.num_steps:
+            return itertools.islice(batches, max(self.num_steps - self.sampler.start_step, 0))
+        return batches
 
     def _loaded(self) -> Iterator[Batch]:
         steps = range(self.sampler.start_step, self.sampler.num_steps)
@@ -289,11 +297,30 @@ def build_train_batches(
     prepare_targets: PrepareTargets = _same,
     channels_last: bool = False,
     target_key: str | None = None,
+    stream: Any = None,
+    steps_per_epoch: int | None = None,
 ) -> TrainBatches:
+    if stream is not None:  # a stream (data/streams.py; imported here: it builds on this module)
+        from distrain.data.streams import build_stream_batches
+
+        return build_stream_batches(
+            dataset,
+            stream,
+            global_batch_size=global_batch_size,
+            rank=rank,
+            world_size=world_size,
+            device=device,
+            shuffle=shuffle,
+            seed=seed,
+            options=LoaderOptions(num_workers, False, prefetch_factor),
+            prepare_targets=prepare_targets,
+            channels_last=channels_last,
+            target_key=target_key,
+        )
     sampler = GlobalBatchSampler(
         dataset, num_replicas=world_size, rank=rank, global_batch_size=global_batch_size, shuffle=shuffle, seed=seed
     )
-    return TrainBatches(
+    batches = TrainBatches(
         dataset,
         sampler,
         device,
@@ -304,6 +331,8 @@ def build_train_batches(
         channels_last=channels_last,
         target_key=target_key,
     )
+    batches.steps_limit = steps_per_epoch
+    return batches
 
 
 def build_eval_batches(
@@ -322,6 +351,30 @@ def build_eval_batches(
     channels_last: bool = False,
     target_key: str | None = None,
 ) -> EvalBatches:
+    from distrain.data.shards import has_length, is_sharded, is_stream
+
+    if is_stream(dataset) and not (has_length(dataset) and hasattr(dataset, "__getitem__")):
+        from distrain.data.shards import shard_sizes
+        from distrain.data.streams import StreamEvalBatches
+
+        if not is_sharded(dataset) and not has_length(dataset):
+            raise ConfigError(
+                "data",
+                "an evaluation split is a stream without shards and without a length: its batches cannot "
+                "be dealt over the ranks",
+                "give it shards (distrain.ShardedDataset) or a __len__, or evaluate a map-style Dataset",
+            )
+        return StreamEvalBatches(  # type: ignore[return-value]
+            dataset,
+            eval_batch_size,
+            rank,
+            world_size,
+            device,
+            sizes=shard_sizes(dataset) if is_sharded(dataset) else None,
+            prepare_targets=prepare_targets,
+            channels_last=channels_last,
+            target_key=target_key,
+        )
     return EvalBatches(
         dataset,
         eval_batch_size,

@@ -21,6 +21,7 @@ from torch.utils.data._utils.collate import default_collate
 from distrain.config.registry import call, resolve
 from distrain.config.schema import DataConfig
 from distrain.data.datasets import DataSets
+from distrain.data.shards import first_samples, has_length, is_stream
 from distrain.data.structures import leaves, split_sample
 from distrain.errors import ConfigError, UserError
 
@@ -74,11 +75,17 @@ def build_splits(
         if not allow_download and args.get("download"):
             args["download"] = False
         data = as_datasets(call(builder, args, "data.args", known={"seed": seed}), cfg.name)
+    if data.val is None and cfg.val_fraction > 0 and is_stream(data.train) and not hasattr(data.train, "__getitem__"):
+        raise ConfigError(
+            "data.val_fraction",
+            "cannot hold a validation split out of a stream (its samples are not indexed)",
+            "give a validation split of its own (the data set function's (train, val, test)), or 0",
+        )
     if data.val is None and cfg.val_fraction > 0:
         train_part, val_part = hold_out(data.train, cfg.val_fraction, seed)
         data = dataclasses.replace(data, train=train_part, val=val_part)
     for split, dataset in (("train", data.train), ("val", data.val), ("test", data.test)):
-        if dataset is not None and len(dataset) == 0:  # type: ignore[arg-type]
+        if dataset is not None and has_length(dataset) and len(dataset) == 0:  # type: ignore[arg-type]
             raise UserError(f"the {split} split is empty", "check the data set (or data.val_fraction)")
     return data
 
@@ -130,11 +137,16 @@ def probe_batch(dataset: Dataset, target_key: str | None, size: int = 2) -> tupl
             inputs = [dataset.batch_transform(inputs[0])]
 
         return (inputs[0] if len(inputs) == 1 else MultipleInputs(inputs)), targets
-    count = min(size, len(dataset))  # type: ignore[arg-type]
     try:
-        batch = default_collate([dataset[i] for i in range(count)])
+        if is_stream(dataset):  # read in order: its first samples (of its first shard)
+            samples = first_samples(dataset, size)
+        else:
+            samples = [dataset[i] for i in range(min(size, len(dataset)))]  # type: ignore[arg-type]
+        batch = default_collate(samples) if samples else None
     except Exception as exc:
         raise UserError(f"cannot read the first samples of the training set: {type(exc).__name__}: {exc}") from None
+    if batch is None:
+        raise UserError("the training set gave no samples", "check the data set")
     return split_sample(batch, target_key)
 
 

@@ -26,6 +26,8 @@ from torch import nn
 from distrain.config.registry import call, describe, resolve
 from distrain.config.schema import Config, MetricConfig, OptimConfig
 from distrain.data import DataInfo, DataSets, EvalBatches, build_eval_batches, build_splits, describe_data, probe_batch
+from distrain.data.shards import has_length, is_stream
+from distrain.data.streams import describe_stream
 from distrain.data.structures import to_device
 from distrain.errors import ArgumentError, ConfigError
 from distrain.launch import dist
@@ -71,8 +73,12 @@ class Given:
                     "wrap tensors in one: torch.utils.data.TensorDataset(torch.as_tensor(x, dtype=torch.float32), "
                     "torch.as_tensor(y))",
                 )
-            if not (hasattr(data, "__getitem__") and hasattr(data, "__len__")):
-                raise ArgumentError(name, f"is a {type(data).__name__}, not a Dataset with __getitem__ and __len__")
+            if not (hasattr(data, "__getitem__") and hasattr(data, "__len__")) and not is_stream(data):
+                raise ArgumentError(
+                    name,
+                    f"is a {type(data).__name__}, not a Dataset with __getitem__ and __len__, nor a stream",
+                    "give a map-style Dataset, a torch IterableDataset or a distrain.ShardedDataset",
+                )
         if self.loss is not None and not callable(self.loss):
             raise ArgumentError("loss", f"is a {type(self.loss).__name__}, not a callable loss(outputs, targets)")
         if (
@@ -115,6 +121,7 @@ class Parts:
     evals: dict[str, tuple[EvalBatches, MetricSet]]  # "val" and "test", those that exist
     metric_objects: dict[str, Any] = field(default_factory=dict)  # name -> metric (its direction)
     loader_args: dict[str, Any] = field(default_factory=dict)
+    stream: Any = None  # the training split's StreamSetup (data/streams.py) when it is a stream
 
 
 def build_parts(cfg: Config, ctx: DistContext, given: Given | None = None) -> Parts:
@@ -122,6 +129,15 @@ def build_parts(cfg: Config, ctx: DistContext, given: Given | None = None) -> Pa
     configure_determinism(cfg.trainer.deterministic, cfg.trainer.deterministic_algorithms)
     seed_everything(cfg.seed)
     data = _build_data(cfg, ctx, given)
+    # A stream that cannot be dealt over this world's readers is refused here, before anything is written.
+    stream = describe_stream(
+        data.train,
+        lanes=cfg.data.lanes,
+        split_by=cfg.data.split_by,
+        world_size=ctx.world_size,
+        num_workers=cfg.data.num_workers,
+        steps_per_epoch=cfg.trainer.steps_per_epoch,
+    )
     info = describe_data(data, cfg.data.target_key)
     if isinstance(given.model, dict):
         from distrain.loop.several import ModelSet, check_several
@@ -171,7 +187,7 @@ def build_parts(cfg: Config, ctx: DistContext, given: Given | None = None) -> Pa
         if dataset is not None:
             batches = build_eval_batches(dataset, eval_batch_size=cfg.data.eval_batch_size, **loader_args)
             evals[split] = (batches, _metric_set(objective, metric_objects, ctx.device))
-    return Parts(data, info, model, objective, evals, metric_objects, loader_args)
+    return Parts(data, info, model, objective, evals, metric_objects, loader_args, stream)
 
 
 def _metric_set(objective: Any, metric_objects: dict[str, Any], device: torch.device) -> Any:
@@ -321,12 +337,20 @@ def monitor_direction(cfg_mode: str, monitor: str, parts: Parts, key: str, train
     return higher_is_better(name, parts.metric_objects.get(name))
 
 
+def _count(dataset: Any, stream: Any) -> str:
+    if stream is not None and stream.sizes is not None:
+        return str(sum(stream.sizes))
+    return str(len(dataset)) if has_length(dataset) else "a stream of"
+
+
 def log_parts(
     parts: Parts, ctx: DistContext, num_steps: int, engine_name: str, version: str, strategy: str = "ddp"
 ) -> None:
     data = parts.data
     sizes = " / ".join(
-        f"{len(d)} {s}" for s, d in (("train", data.train), ("val", data.val), ("test", data.test)) if d is not None
+        f"{_count(d, parts.stream if s == 'train' else None)} {s}"
+        for s, d in (("train", data.train), ("val", data.val), ("test", data.test))
+        if d is not None
     )
     from distrain.strategies.fsdp import model_class
 

@@ -159,6 +159,8 @@ class Trainer:
             parts.data.train,
             global_batch_size=cfg.data.global_batch_size,
             shuffle=cfg.data.shuffle,
+            stream=parts.stream,
+            steps_per_epoch=cfg.trainer.steps_per_epoch,
             **parts.loader_args,
         )
         steps_per_epoch = self.batches.num_steps

@@ -1,0 +1,454 @@
+"""Batch sources for streams: the same interface as data/batches.py (TrainBatches, EvalBatches), for data
+sets read in order rather than by index.
+
+- sharded (data/shards.py): dealt by lanes (data/stream_plan.py). Each reader (the rank itself, or each of
+  its DataLoader workers) reads only its own lanes' shards and yields, for every step, its lanes' samples of
+  that step (possibly none: it still yields, so that the DataLoader's round-robin over workers stays in step
+  order). The rank puts the pieces in lane order: its share is the same whatever the number of workers.
+- plain (an IterableDataset without shards): one reader reads it whole; several readers (data.split_by:
+  samples) each read it all and keep their own positions. With a length, an epoch is one pass; without,
+  an epoch is trainer.steps_per_epoch steps and the stream goes on across epochs (restarted when it ends).
+
+A mid-epoch resume starts each lane at its position at that step (computed from the plan, and sought in the
+shard when open_shard takes a start), so the skipped part is not read again.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from typing import Any, Iterator
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data._utils.collate import default_collate
+
+from distrain.data.batches import Batch, LoaderOptions, PrepareTargets, _placed, _same
+from distrain.data.shards import first_samples, has_length, open_at, read_range
+from distrain.data.stream_plan import StreamPlan
+from distrain.data.structures import cat, split_sample, to_device, tree_map
+from distrain.loop.seeding import loader_generator, seed_worker
+
+log = logging.getLogger("distrain")
+
+
+def _split_rows(obj: Any, sizes: list[int]) -> list[Any]:
+    per_leaf: list[tuple[torch.Tensor, ...]] = []
+    tree_map(lambda t: per_leaf.append(t.split(sizes)), obj)
+    out = []
+    for index in range(len(sizes)):
+        iterator = iter(leaf[index] for leaf in per_leaf)
+        out.append(tree_map(lambda _t, it=iterator: next(it), obj))
+    return out
+
+
+class _LaneReader:
+    """One lane's samples of one epoch, from sample `offset` of the lane on."""
+
+    def __init__(self, dataset: Any, shards: list[Any], plan: StreamPlan, epoch: int, lane: int, offset: int):
+        self.dataset, self.shards, self.plan, self.epoch, self.lane = dataset, shards, plan, epoch, lane
+        self.offset = offset
+        self.columnar = callable(getattr(dataset, "read_range", None))
+        self._samples: Iterator[Any] | None = None  # the open shards, read sample by sample
+
+    def take(self, count: int) -> Any:
+        """The lane's next `count` samples: collated (columnar) or a list of samples."""
+        start, self.offset = self.offset, self.offset + count
+        if self.columnar:
+            pieces = [
+                read_range(self.dataset, self.shards[shard], a, b)
+                for shard, a, b in self.plan.lane_pieces(self.epoch, self.lane, start, self.offset)
+            ]
+            return pieces[0] if len(pieces) == 1 else cat(pieces)
+        if self._samples is None:
+            self._samples = self._open(start)
+        return list(itertools.islice(self._samples, count))
+
+    def _open(self, start: int) -> Iterator[Any]:
+        # Seek into the first shard (open_shard(shard, start)) on a resume; the later shards from 0.
+        pieces = self.plan.lane_pieces(self.epoch, self.lane, start, self.plan.lane_lengths(self.epoch)[self.lane])
+        return itertools.chain.from_iterable(open_at(self.dataset, self.shards[s], a) for s, a, _ in pieces)
+
+
+class _ShardReaders(IterableDataset):
+    """What one reader yields for each step: (step, [(lane, count)], its samples of the step or None)."""
+
+    def __init__(
+        self, dataset: Any, shards: list[Any], plan: StreamPlan, epoch: int, start_step: int, rank: int, world_size: int
+    ):
+        self.dataset, self.shards, self.plan = dataset, shards, plan
+        self.epoch, self.start_step, self.rank, self.world_size = epoch, start_step, rank, world_size
+
+    def __iter__(self) -> Iterator[tuple[int, list[tuple[int, int]], Any]]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        plan, world = self.plan, self.world_size
+        lanes = [c for c in range(self.rank, plan.lanes, world) if (c // world) % workers == worker]
+        counts = {c: plan.lane_counts(self.epoch, c) for c in lanes}
+        readers = [
+            _LaneReader(self.dataset, self.shards, plan, self.epoch, c, int(counts[c][: self.start_step].sum()))
+            for c in lanes
+        ]
+        for step in range(self.start_step, plan.num_steps):
+            taken = [(r.lane, int(counts[r.lane][step])) for r in readers if counts[r.lane][step]]
+            pieces = [reader.take(n) for reader, (_, n) in zip((r for r in readers if counts[r.lane][step]), taken)]
+            if not pieces:
+                yield step, [], None
+            elif isinstance(pieces[0], list):  # samples: collated once for the whole part
+                yield step, taken, default_collate(list(itertools.chain.from_iterable(pieces)))
+            else:
+                yield step, taken, pieces[0] if len(pieces) == 1 else cat(pieces)
+
+
+class _Source:
+    """What both stream sources share: the epoch, the start step, the readers' DataLoader and the batch."""
+
+    def __init__(
+        self,
+        dataset: Any,
+        device: torch.device,
+        *,
+        num_steps: int,
+        rank: int,
+        world_size: int,
+        options: LoaderOptions,
+        seed: int,
+        prepare_targets: PrepareTargets = _same,
+        channels_last: bool = False,
+        target_key: str | None = None,
+    ):
+        self.dataset, self.device, self.num_steps = dataset, device, num_steps
+        self.rank, self.world_size, self.options, self.seed = rank, world_size, options, seed
+        self.prepare_targets, self.channels_last, self.target_key = prepare_targets, channels_last, target_key
+        self.epoch = self.start_step = 0
+        # A rank that gets nothing in a step (short lanes at the epoch's end) trains on an empty share
+        # shaped like a sample.
+        self._empty = tree_map(lambda t: t[:0], default_collate(first_samples(dataset, 1)))
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch, self.start_step = epoch, 0
+
+    def set_start_step(self, step: int) -> None:
+        if not 0 <= step <= self.num_steps:
+            raise ValueError(f"start step {step} is outside [0, {self.num_steps}]")
+        self.start_step = step
+
+    def _parts(self, readers: IterableDataset) -> Iterator[Any]:
+        """The readers' items: read here (no workers), or by DataLoader workers, which it hands out
+        round-robin, one per worker per step (each reader yields exactly one item per step)."""
+        workers = self.options.num_workers
+        if workers == 0:
+            return iter(readers)
+        return iter(
+            DataLoader(
+                readers,
+                batch_size=None,
+                num_workers=workers,
+                prefetch_factor=self.options.prefetch_factor,
+                pin_memory=self.device.type == "cuda",
+                worker_init_fn=seed_worker,
+                generator=loader_generator(self.seed, self.rank),
+            )
+        )
+
+    def _steps(self, readers: IterableDataset) -> Iterator[tuple[int, list[Any]]]:
+        parts = self._parts(readers)
+        for step in range(self.start_step, self.num_steps):
+            got = [next(parts) for _ in range(max(self.options.num_workers, 1))]
+            if any(s != step for s, _, _ in got):
+                raise RuntimeError(f"stream readers out of step at step {step}: {[s for s, _, _ in got]}")
+            yield step, got
+
+    def _batch(self, step: int, batch: Any, global_size: int, chunks: list[tuple[int, int]] | None = None) -> Batch:
+        inputs, targets = split_sample(self._empty if batch is None else batch, self.target_key)
+        targets = self.prepare_targets(to_device(targets, self.device))
+        return Batch(step, _placed(inputs, self.device, self.channels_last), targets, global_size, chunks)
+
+
+class StreamBatches(_Source):
+    """This rank's training batches of a sharded stream: the interface of data.batches.TrainBatches."""
+
+    def __init__(self, dataset: Any, shards: list[Any], plan: StreamPlan, device: torch.device, **kwargs: Any):
+        super().__init__(dataset, device, num_steps=plan.num_steps, **kwargs)
+        self.shards, self.plan = shards, plan
+        workers = max(self.options.num_workers, 1)
+        if plan.lanes < self.world_size * workers:
+            log.warning(
+                "data: %d lanes for %d ranks x %d readers: some read nothing (raise data.lanes, or lower "
+                "data.num_workers)",
+                plan.lanes,
+                self.world_size,
+                workers,
+            )
+
+    def __iter__(self) -> Iterator[Batch]:
+        readers = _ShardReaders(
+            self.dataset, self.shards, self.plan, self.epoch, self.start_step, self.rank, self.world_size
+        )
+        for step, got in self._steps(readers):
+            pieces = []  # (lane, its rows) from every reader of this rank, put back in lane order
+            for _, taken, part in got:
+                if part is not None:
+                    rows = _split_rows(part, [n for _, n in taken]) if len(taken) > 1 else [part]
+                    pieces.extend(zip((lane for lane, _ in taken), rows))
+            pieces.sort(key=lambda p: p[0])
+            batch = None if not pieces else pieces[0][1] if len(pieces) == 1 else cat([p for _, p in pieces])
+            chunks = [(lane, _rows(p)) for lane, p in pieces]
+            yield self._batch(step, batch, self.plan.global_size(step), chunks)
+
+
+def _rows(obj: Any) -> int:
+    found: list[int] = []
+    tree_map(lambda t: found.append(len(t)), obj)
+    return found[0] if found else 0
+
+
+class _PlainReaders(IterableDataset):
+    """Readers of a stream without shards: each reads it all and keeps its own positions (see module doc)."""
+
+    def __init__(
+        self,
+        dataset: Any,
+        steps: list[int],
+        first_position: int,
+        pass_length: int | None,
+        global_batch_size: int,
+        rank: int,
+        world_size: int,
+        epoch: int,
+    ):
+        self.dataset, self.steps, self.first_position, self.pass_length = dataset, steps, first_position, pass_length
+        self.global_batch_size, self.rank, self.world_size, self.epoch = global_batch_size, rank, world_size, epoch
+
+    def _stream(self) -> Iterator[Any]:
+        """The samples from position `first_position` on; a stream without length restarts when it ends."""
+        position, passes = 0, 0
+        while True:
+            if hasattr(self.dataset, "set_epoch"):
+                self.dataset.set_epoch(self.epoch if self.pass_length is not None else passes)
+            empty = True
+            for sample in self.dataset:
+                empty = False
+                if position >= self.first_position:
+                    yield sample
+                position += 1
+            if empty or self.pass_length is not None:
+                return
+            passes += 1
+
+    def __iter__(self) -> Iterator[tuple[int, list[tuple[int, int]], Any]]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        stream = self._stream()
+        size, world = self.global_batch_size, self.world_size
+        for step in self.steps:
+            batch = list(itertools.islice(stream, size))  # the global batch, read by every reader
+            share = batch[self.rank :: world]
+            # Worker w keeps a contiguous block of the rank's share: the blocks in worker order are the share.
+            mine = share[worker * len(share) // workers : (worker + 1) * len(share) // workers]
+            yield step, [(0, len(mine))] if mine else [], default_collate(mine) if mine else None
+
+
+class PlainStreamBatches(_Source):
+    """This rank's training batches of a stream without shards."""
+
+    def __init__(
+        self, dataset: Any, device: torch.device, *, pass_length: int | None, global_batch_size: int, **kwargs: Any
+    ):
+        super().__init__(dataset, device, **kwargs)
+        self.pass_length, self.global_batch_size = pass_length, global_batch_size
+
+    def __iter__(self) -> Iterator[Batch]:
+        size = self.global_batch_size
+        if self.pass_length is not None:  # one pass per epoch
+            first = self.start_step * size
+        else:  # the stream goes on across epochs
+            first = (self.epoch * self.num_steps + self.start_step) * size
+        steps = list(range(self.start_step, self.num_steps))
+        readers = _PlainReaders(
+            self.dataset, steps, first, self.pass_length, size, self.rank, self.world_size, self.epoch
+        )
+        for step, got in self._steps(readers):
+            parts = [part for _, _, part in got if part is not None]
+            batch = None if not parts else parts[0] if len(parts) == 1 else cat(parts)
+            global_size = size if self.pass_length is None else min(size, self.pass_length - step * size)
+            yield self._batch(step, batch, global_size)
+
+
+class StreamEvalBatches:
+    """This rank's evaluation batches of a stream: the interface of data.batches.EvalBatches. Sharded: each
+    shard cut into batches of eval_batch_size (numbered in shard order: the same batches on any world
+    size), rank r reading shards r, r+W, ...; a plain stream with a length: read by every rank, each keeping
+    its contiguous run of batches (as for a map-style set)."""
+
+    def __init__(
+        self,
+        dataset: Any,
+        eval_batch_size: int,
+        rank: int,
+        world_size: int,
+        device: torch.device,
+        *,
+        sizes: list[int] | None,
+        prepare_targets: PrepareTargets = _same,
+        channels_last: bool = False,
+        target_key: str | None = None,
+        **_: Any,
+    ):
+        self.dataset, self.size, self.rank, self.world_size, self.device = (
+            dataset,
+            eval_batch_size,
+            rank,
+            world_size,
+            device,
+        )
+        self.prepare_targets, self.channels_last, self.target_key = prepare_targets, channels_last, target_key
+        self.sizes = sizes
+        if sizes is not None:
+            per_shard = [-(-n // eval_batch_size) for n in sizes]
+            self.first = [sum(per_shard[:i]) for i in range(len(sizes))]
+            self.num_batches = sum(per_shard)
+            self.most_per_rank = max(sum(per_shard[r::world_size]) for r in range(world_size))
+        else:
+            from distrain.data.sampling import eval_batch_ranges
+
+            self.ranges = eval_batch_ranges(len(dataset), eval_batch_size, rank, world_size)
+            self.num_batches = -(-len(dataset) // eval_batch_size)
+            self.most_per_rank = -(-self.num_batches // world_size)
+
+    def _cut(self) -> Iterator[tuple[int, list[Any]]]:
+        if self.sizes is not None:
+            shards = list(self.dataset.shards())
+            for i in range(self.rank, len(shards), self.world_size):
+                samples = iter(open_at(self.dataset, shards[i], 0))
+                for b in range(-(-self.sizes[i] // self.size)):
+                    yield self.first[i] + b, list(itertools.islice(samples, self.size))
+            return
+        stream = iter(self.dataset)
+        position = 0
+        for index, start, end in self.ranges:
+            if start > position:
+                next(itertools.islice(stream, start - position - 1, None), None)  # skip to `start`
+            yield index, list(itertools.islice(stream, end - start))
+            position = end
+
+    def __iter__(self) -> Iterator[Batch]:
+        for index, samples in self._cut():
+            inputs, targets = split_sample(default_collate(samples), self.target_key)
+            yield Batch(
+                index,
+                _placed(inputs, self.device, self.channels_last),
+                self.prepare_targets(to_device(targets, self.device)),
+                len(samples),
+            )
+
+    def filler_inputs(self) -> Any:
+        inputs, _ = split_sample(default_collate(first_samples(self.dataset, 1)), self.target_key)
+        return _placed(inputs, self.device, self.channels_last)
+
+
+class StreamSetup:
+    """How the training split is streamed, decided once before anything is written (so a stream that
+    cannot be split ends the run with its message and no run directory)."""
+
+    def __init__(
+        self,
+        shards: list[Any] | None,
+        sizes: list[int] | None,
+        lanes: int,
+        pass_length: int | None,
+        steps_per_epoch: int | None,
+    ):
+        self.shards, self.sizes, self.lanes = shards, sizes, lanes
+        self.pass_length, self.steps_per_epoch = pass_length, steps_per_epoch
+
+
+def describe_stream(
+    dataset: Any,
+    *,
+    lanes: int | None,
+    split_by: str,
+    world_size: int,
+    num_workers: int,
+    steps_per_epoch: int | None,
+) -> StreamSetup | None:
+    """The training split's StreamSetup, or None for a map-style set (read by index). Raises the user's
+    error for a stream that cannot be dealt over the readers."""
+    from distrain.data.shards import is_sharded, is_stream, shard_sizes
+    from distrain.data.stream_plan import default_lanes
+    from distrain.errors import ConfigError
+
+    if not is_stream(dataset):
+        return None
+    readers = world_size * max(num_workers, 1)
+    if is_sharded(dataset) and split_by == "shards":
+        shards = list(dataset.shards())
+        if not shards:
+            raise ConfigError("data", "the training set has no shards (its shards() returned nothing)")
+        sizes = shard_sizes(dataset)
+        if sum(sizes) == 0:
+            raise ConfigError("data", "the training set's shards hold no samples")
+        count = lanes or default_lanes(len(shards))
+        log.info(
+            "data: %d samples in %d shards, dealt to %d lanes (data.lanes) over %d ranks x %d readers",
+            sum(sizes),
+            len(shards),
+            count,
+            world_size,
+            max(num_workers, 1),
+        )
+        return StreamSetup(shards, sizes, count, None, steps_per_epoch)
+    pass_length = len(dataset) if has_length(dataset) else None
+    if readers > 1 and split_by != "samples":
+        raise ConfigError(
+            "data.split_by",
+            f"the training set is an IterableDataset without shards, and {world_size} processes x "
+            f"{max(num_workers, 1)} DataLoader workers would each read all of it",
+            "give it shards: subclass distrain.ShardedDataset with shards() and open_shard(shard, start) "
+            "(each reader then reads only its own); or set data.split_by=samples (every reader reads the "
+            "whole stream and keeps one sample in N); or train in one process with data.num_workers=0",
+        )
+    if readers > 1:
+        log.info(
+            "data: the stream has no shards: each of the %d readers reads all of it and keeps one sample in %d (data.split_by=samples)",
+            readers,
+            readers,
+        )
+    if pass_length is None and steps_per_epoch is None:
+        raise ConfigError(
+            "trainer.steps_per_epoch",
+            "is not set and the training set is a stream without a length, so an epoch has no end",
+            "set trainer.steps_per_epoch (optimizer steps per epoch; the stream goes on across epochs), or give the data set a __len__",
+        )
+    return StreamSetup(None, None, 1, pass_length, steps_per_epoch)
+
+
+def build_stream_batches(
+    dataset: Any,
+    setup: StreamSetup,
+    *,
+    global_batch_size: int,
+    shuffle: bool,
+    seed: int,
+    device: torch.device,
+    **kwargs: Any,
+) -> _Source:
+    if setup.shards is not None:
+        plan = StreamPlan(
+            setup.sizes, lanes=setup.lanes, global_batch_size=global_batch_size, seed=seed, shuffle=shuffle
+        )
+        source: _Source = StreamBatches(dataset, setup.shards, plan, device, seed=seed, **kwargs)
+    else:
+        natural = -(-setup.pass_length // global_batch_size) if setup.pass_length is not None else None
+        source = PlainStreamBatches(
+            dataset,
+            device,
+            pass_length=setup.pass_length,
+            global_batch_size=global_batch_size,
+            num_steps=natural or setup.steps_per_epoch,
+            seed=seed,
+            **kwargs,
+        )
+    if setup.steps_per_epoch is not None:
+        source.num_steps = min(source.num_steps, setup.steps_per_epoch)
+    return source

@@ -1,0 +1,263 @@
+"""Streams (data/shards.py, data/stream_plan.py, data/streams.py): IterableDatasets and sharded data sets,
+each sample once per epoch over all ranks and workers, the same global order on any world size, exact
+mid-epoch resume that seeks instead of reading again, and the refusal of a stream that cannot be split."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers.id_shards import IdShards, Sequential, Unseekable
+from helpers.runs import REPO, assert_bitwise, clean_env, newest_weights, run_cli, run_torchrun
+
+from distrain.data.batches import LoaderOptions
+from distrain.data.stream_plan import StreamPlan
+from distrain.data.streams import StreamBatches
+
+CONFIG = str(REPO / "tests" / "configs" / "id_stream.yaml")
+TOTAL, BATCH, STEPS = 227, 12, 19  # the config's stream: 12 shards (11 of 20, 1 of 7), 19 steps an epoch
+
+
+# ------------------------------------------------------------------------------------------ the plan
+
+
+def round_robin(lengths: list[int]) -> list[tuple[int, int]]:
+    """The epoch's order written out the slow way: (lane, sample of the lane), one lane after the other."""
+    order, t = [], 0
+    while len(order) < sum(lengths):
+        order += [(c, t) for c in range(len(lengths)) if t < lengths[c]]
+        t += 1
+    return order
+
+
+def test_the_plan_is_round_robin_over_the_lanes_and_every_sample_is_in_one_step():
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        sizes = rng.integers(0, 15, rng.integers(1, 9)).tolist()
+        if not sum(sizes):
+            continue
+        plan = StreamPlan(
+            sizes, lanes=int(rng.integers(1, 7)), global_batch_size=int(rng.integers(1, 20)), seed=1, shuffle=True
+        )
+        order = round_robin(plan.lane_lengths(3).tolist())
+        for lane in range(plan.lanes):
+            assert plan.lane_positions(3, lane).tolist() == [p for p, (c, _) in enumerate(order) if c == lane]
+            counts = plan.lane_counts(3, lane)
+            assert len(counts) == plan.num_steps and counts.sum() == plan.lane_lengths(3)[lane]
+        assert sum(plan.global_size(k) for k in range(plan.num_steps)) == sum(sizes)
+
+
+def test_the_shard_order_is_seeded_per_epoch_and_each_shard_is_in_one_lane():
+    plan = StreamPlan([5] * 12, lanes=4, global_batch_size=8, seed=3, shuffle=True)
+    for epoch in range(3):
+        dealt = sorted(np.concatenate([plan.lane_shards(epoch, c) for c in range(4)]).tolist())
+        assert dealt == list(range(12))
+    assert plan.shard_order(0).tolist() != plan.shard_order(1).tolist()
+    assert (
+        plan.shard_order(1).tolist()
+        == StreamPlan([5] * 12, lanes=4, global_batch_size=8, seed=3, shuffle=True).shard_order(1).tolist()
+    )
+
+
+def _batches(dataset, rank: int, world: int, *, workers: int = 0, lanes: int = 12) -> StreamBatches:
+    plan = StreamPlan(
+        [dataset.shard_size(s) for s in dataset.shards()], lanes=lanes, global_batch_size=BATCH, seed=5, shuffle=True
+    )
+    return StreamBatches(
+        dataset,
+        dataset.shards(),
+        plan,
+        torch.device("cpu"),
+        rank=rank,
+        world_size=world,
+        options=LoaderOptions(workers),
+        seed=5,
+        target_key="y",
+    )
+
+
+def _ids(batch) -> list[int]:
+    return batch.inputs["id"].tolist()
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 4])
+def test_each_sample_once_per_epoch_and_each_step_the_same_samples_on_any_world_size(world):
+    one = {b.step: sorted(_ids(b)) for b in _batches(IdShards(12, 20, last=7), 0, 1)}
+    steps: dict[int, list[int]] = defaultdict(list)
+    for rank in range(world):
+        for batch in _batches(IdShards(12, 20, last=7), rank, world):
+            steps[batch.step] += _ids(batch)
+            assert batch.global_size == min(BATCH, TOTAL - batch.step * BATCH)
+    assert {k: sorted(v) for k, v in steps.items()} == one
+    assert sorted(i for v in steps.values() for i in v) == list(range(TOTAL))
+
+
+def test_a_ranks_share_is_the_same_bits_with_any_number_of_workers_and_any_reader():
+    reference = [(b.step, b.inputs["x"], b.targets) for b in _batches(IdShards(12, 20, last=7), 1, 2)]
+    for dataset, workers in (
+        (IdShards(12, 20, last=7), 2),
+        (Sequential(12, 20, last=7), 3),
+        (Unseekable(12, 20, last=7), 0),
+    ):
+        got = [(b.step, b.inputs["x"], b.targets) for b in _batches(dataset, 1, 2, workers=workers)]
+        assert len(got) == len(reference)
+        for (s1, x1, y1), (s2, x2, y2) in zip(reference, got):
+            assert s1 == s2 and torch.equal(x1, x2) and torch.equal(y1, y2)
+
+
+def test_a_mid_epoch_start_seeks_each_lane_and_continues_the_same_batches():
+    whole = {b.step: _ids(b) for b in _batches(Sequential(12, 20, last=7), 0, 2)}
+    dataset = Sequential(12, 20, last=7)
+    resumed = _batches(dataset, 0, 2)
+    dataset.opened.clear()  # (the source read one sample to know a sample's shape)
+    resumed.set_epoch(0)
+    resumed.set_start_step(7)
+    got = {b.step: _ids(b) for b in resumed}
+    assert got == {k: v for k, v in whole.items() if k >= 7}
+    # Each of this rank's lanes opened its first shard at the lane's position, nothing read from 0 again.
+    first_opens = {}
+    for shard, start in dataset.opened:
+        first_opens.setdefault(shard, start)
+    assert any(start > 0 for start in first_opens.values())
+    assert sum(first_opens.values()) + sum(len(v) for v in got.values()) == sum(
+        dataset.shard_size(s) for s in first_opens
+    )
+
+
+def test_too_few_lanes_for_the_readers_still_gives_every_sample_once():
+    steps: dict[int, list[int]] = defaultdict(list)
+    for rank in range(3):
+        for batch in _batches(IdShards(4, 10), rank, 3, lanes=2):
+            steps[batch.step] += _ids(batch)  # rank 2 reads nothing: empty shares shaped like a sample
+    assert sorted(i for v in steps.values() for i in v) == list(range(40))
+
+
+# ------------------------------------------------------------------------------------- one process
+
+
+def _records(ids_dir: Path) -> dict[int, list[int]]:
+    """The ids each global step trained on, over all ranks; a step trained again after a restart replaces
+    the killed attempt's (a rank's later lines win)."""
+    per_rank = {}
+    for path in ids_dir.glob("ids-*.jsonl"):
+        steps = {}
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            steps[record["step"]] = record["ids"]
+        per_rank[path.name] = steps
+    merged: dict[int, list[int]] = defaultdict(list)
+    for steps in per_rank.values():
+        for step, ids in steps.items():
+            merged[step] += ids
+    return {step: sorted(ids) for step, ids in sorted(merged.items())}
+
+
+def _assert_each_sample_once_per_epoch(steps: dict[int, list[int]], epochs: int = 2) -> None:
+    assert sorted(steps) == list(range(STEPS * epochs))
+    for epoch in range(epochs):
+        seen = sorted(i for k in range(epoch * STEPS, (epoch + 1) * STEPS) for i in steps[k])
+        assert seen == list(range(TOTAL)), f"epoch {epoch}"
+
+
+def _env(ids_dir: Path) -> dict[str, str]:
+    ids_dir.mkdir(parents=True, exist_ok=True)
+    path = os.pathsep.join(filter(None, [str(REPO / "tests"), os.environ.get("PYTHONPATH")]))
+    return clean_env(PYTHONPATH=path, IDS_DIR=str(ids_dir))
+
+
+def test_a_stream_without_shards_is_refused_for_several_readers_with_the_way_out(tmp_path):
+    run = tmp_path / "run"
+    args = ["train", CONFIG, f"run.dir={run}", "data.args.kind=plain"]
+    result = run_cli(*args, env=_env(tmp_path / "ids"))
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert "data.split_by" in result.stderr and "open_shard(shard, start)" in result.stderr
+    assert not run.exists()
+
+
+def test_a_stream_without_shards_trains_split_by_samples_each_sample_once(tmp_path):
+    ids = tmp_path / "ids"
+    args = ["train", CONFIG, f"run.dir={tmp_path / 'run'}", "data.args.kind=plain", "data.split_by=samples"]
+    result = run_cli(*args, env=_env(ids))
+    assert result.returncode == 0, result.stderr[-3000:]
+    _assert_each_sample_once_per_epoch(_records(ids))
+
+
+def test_a_stream_without_a_length_needs_steps_per_epoch_and_goes_on_across_epochs(tmp_path):
+    from helpers.id_shards import Plain
+
+    import distrain
+
+    cfg = distrain.load_config(CONFIG, [f"run.dir={tmp_path / 'run'}", "data.num_workers=0"])
+    with pytest.raises(distrain.ConfigError, match="trainer.steps_per_epoch"):
+        distrain.fit(cfg, train_data=Plain(50), test_data=IdShards(3, 10))
+    cfg = distrain.load_config(
+        CONFIG, [f"run.dir={tmp_path / 'run2'}", "data.num_workers=0", "trainer.steps_per_epoch=3"]
+    )
+    from helpers.id_shards import IdModel, StepCounter
+
+    (tmp_path / "ids").mkdir()
+    result = distrain.fit(
+        cfg,
+        model=IdModel(str(tmp_path / "ids")),
+        train_data=Plain(50),
+        test_data=IdShards(3, 10),
+        callbacks=[StepCounter()],
+    )
+    assert result.global_step == 6
+    steps = _records(tmp_path / "ids")
+    # 6 steps of 12 from a stream of 50: positions 0..71, the stream restarted after 50.
+    assert steps == {k: sorted(p % 50 for p in range(12 * k, 12 * k + 12)) for k in range(6)}
+
+
+# ---------------------------------------------------------------------------------------- torchrun
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The reference: torchrun x2, 2 DataLoader workers each, 2 epochs."""
+    root = tmp_path_factory.mktemp("stream_ref")
+    result = run_torchrun(2, "train", CONFIG, f"run.dir={root / 'run'}", env=_env(root / "ids"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root
+
+
+@pytest.mark.slow
+def test_torchrun_x2_with_2_workers_reads_each_sample_once_per_epoch(uninterrupted):
+    _assert_each_sample_once_per_epoch(_records(uninterrupted / "ids"))
+
+
+@pytest.mark.slow
+def test_a_sigkill_mid_epoch_under_max_restarts_resumes_to_the_same_weights(uninterrupted, tmp_path):
+    # 19 steps an epoch, a checkpoint every 10: rank 1 dies after step 25 (epoch 1), the restart resumes at 20.
+    killed = run_torchrun(
+        2,
+        "train",
+        CONFIG,
+        f"run.dir={tmp_path / 'run'}",
+        extra=("--max-restarts=1",),
+        script="tests/helpers/kill_at_step.py",
+        env={**_env(tmp_path / "ids"), "KILL_STEP": "25", "KILL_RANK": "1"},
+    )
+    assert killed.returncode == 0, killed.stderr[-3000:]
+    assert "(exitcode: -9)" in killed.stderr or "exitcode  : -9" in killed.stderr
+    assert_bitwise(newest_weights(uninterrupted / "run"), newest_weights(tmp_path / "run"))
+    assert _records(tmp_path / "ids") == _records(uninterrupted / "ids")
+
+
+@pytest.mark.slow
+def test_a_run_killed_on_2_processes_continues_the_same_global_order_on_3(uninterrupted, tmp_path):
+    env = {**_env(tmp_path / "ids"), "KILL_STEP": "25", "KILL_RANK": "1"}
+    run = f"run.dir={tmp_path / 'run'}"
+    killed = run_torchrun(2, "train", CONFIG, run, script="tests/helpers/kill_at_step.py", env=env)
+    assert killed.returncode != 0
+    resumed = run_torchrun(3, "train", CONFIG, run, "data.num_workers=1", env=_env(tmp_path / "ids"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming a 2-process checkpoint on 3 processes" in resumed.stderr
+    # Every step, the killed part and the resumed part alike, trained on the uninterrupted run's samples.
+    assert _records(tmp_path / "ids") == _records(uninterrupted / "ids")
