@@ -36,7 +36,8 @@ _BUILTINS: dict[str, dict[str, Any]] = {
     | {
         name: f"distrain.data.images:{name}"
         for name in ("mnist", "fashion_mnist", "cifar10", "image_folder", "csv_images")
-    },
+    }
+    | {"shards": "distrain.data.shard_files:shards"},
     "model": {
         name: f"distrain.models:{name}"
         for name in (
