@@ -73,9 +73,10 @@ def _parser() -> argparse.ArgumentParser:
     shards.add_argument("--samples-per-shard", type=int, default=8192, metavar="N", help="samples in each shard")
     shards.add_argument(
         "--format",
-        choices=("files",),
+        choices=("files", "webdataset"),
         default="files",
-        help="files: distrain's .npy shards (data.name: shards)",
+        help="files: distrain's .npy shards (data.name: shards); webdataset: .tar files of PNG images and "
+        ".cls labels (data.name: webdataset)",
     )
     return parser
 
@@ -204,9 +205,14 @@ def _shards(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     # The data set's own splits, whole: a validation hold-out (data.val_fraction) is the training run's.
     data = build_splits(dataclasses.replace(cfg.data, val_fraction=0.0), cfg.seed)
-    from distrain.data.shard_files import write_splits
+    if args.format == "webdataset":
+        from distrain.data.webdataset import write_tar_splits
 
-    print(write_splits(data, args.out, args.samples_per_shard))
+        print(write_tar_splits(data, args.out, args.samples_per_shard))
+    else:
+        from distrain.data.shard_files import write_splits
+
+        print(write_splits(data, args.out, args.samples_per_shard))
     return 0
 
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import json
 import pickle
-import struct
 
 import numpy as np
 import pytest
 import torch
+from helpers.runs import write_fashion_mnist
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 import distrain
@@ -82,21 +82,9 @@ def test_dict_samples_are_written_sample_by_sample_and_read_as_dicts(tmp_path):
     assert files[9]["label"] == 0 and files[9]["id"] == 9
 
 
-def write_idx(folder, prefix, images, labels):
-    folder.mkdir(parents=True, exist_ok=True)
-    n, rows, cols = images.shape
-    (folder / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, n, rows, cols) + images.tobytes())
-    (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, n) + labels.tobytes())
-
-
 @pytest.mark.parametrize("normalize", [True, False])
 def test_fashion_mnist_shards_hold_uint8_and_read_back_the_in_memory_values_bit_for_bit(tmp_path, normalize):
-    rng = np.random.default_rng(0)
-    raw = tmp_path / "data" / "FashionMNIST" / "raw"
-    for prefix, n in (("train", 50), ("t10k", 20)):
-        write_idx(
-            raw, prefix, rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), rng.integers(0, 10, n, dtype=np.uint8)
-        )
+    write_fashion_mnist(tmp_path / "data", 50, 20)
     data = fashion_mnist(root=str(tmp_path / "data"), transform=ImageTransform(normalize=normalize))
     write_splits(data, tmp_path / "shards", samples_per_shard=16)
     stored = np.load(tmp_path / "shards" / "train" / "shard-00000.0.npy", mmap_mode="r")
@@ -144,7 +132,7 @@ def test_writes_are_atomic_and_never_over_other_files(tmp_path):
     assert list(tmp_path.iterdir()) == []  # neither the target nor the temporary folder is left
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "keep.txt").write_text("mine")
-    with pytest.raises(UserError, match="already exists and is not an empty folder"):
+    with pytest.raises(UserError, match="already exists and is not an empty folder: it is never written over"):
         write_shards(tensors(), tmp_path / "taken")
     assert [p.name for p in (tmp_path / "taken").iterdir()] == ["keep.txt"]
     (tmp_path / "empty").mkdir()

@@ -32,7 +32,6 @@ from __future__ import annotations
 import bisect
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -41,8 +40,9 @@ import torch
 from torch.utils.data import Dataset, TensorDataset
 from torch.utils.data._utils.collate import default_collate
 
+from distrain.atomic import atomic_write_dir
 from distrain.data.datasets import DataSets
-from distrain.errors import ConfigError, UserError, WriteError
+from distrain.errors import ConfigError, UserError
 
 FORMAT = "distrain.shards"
 VERSION = 1
@@ -254,63 +254,21 @@ def write_shards(
     into a temporary folder next to it, renamed into place once whole. A TensorDataset is sliced whole
     tensors at a time; any other Dataset is read sample by sample and collated shard by shard. Samples are
     tuples, dicts of tensors (or numbers) or one tensor. Returns `out_dir`."""
-    out = Path(out_dir)
-    _check_target(out)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tmp.mkdir(parents=True)
-        _write_into(dataset, tmp, samples_per_shard, num_classes)
-        _replace(tmp, out)
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise WriteError(out, exc) from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    return atomic_write_dir(Path(out_dir), lambda tmp: _write_into(dataset, tmp, samples_per_shard, num_classes))
 
 
 def write_splits(data: DataSets, out_dir: str | os.PathLike, samples_per_shard: int = 8192) -> Path:
     """Each split of `data` (train, and test and val when present) as `out_dir`/<split>, all at once
     atomically (as write_shards). What `distrain shards` writes and the `shards` data set reads."""
-    out = Path(out_dir)
-    _check_target(out)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tmp.mkdir(parents=True)
+
+    def fill(tmp: Path) -> None:
         for split in ("train", "test", "val"):
             dataset = getattr(data, split)
             if dataset is not None:
                 (tmp / split).mkdir()
                 _write_into(dataset, tmp / split, samples_per_shard, data.num_classes)
-        _replace(tmp, out)
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise WriteError(out, exc) from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
 
-
-def _check_target(out: Path) -> None:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(
-            f"{out} already exists and is not an empty folder: shards are never written over other files",
-            "choose a new folder, or remove this one first",
-        )
-
-
-def _replace(tmp: Path, out: Path) -> None:
-    # rename(2) replaces an empty folder and fails on any other: a folder that appeared meanwhile is kept.
-    os.rename(tmp, out)
-    fd = os.open(out.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    return atomic_write_dir(Path(out_dir), fill)
 
 
 def _write_into(dataset: Dataset, folder: Path, samples_per_shard: int, num_classes: int | None) -> None:
