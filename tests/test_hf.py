@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, IterableDataset, TensorDataset, get_wor
 
 import distrain
 from distrain.data.hf import HFShards, as_sharded, is_hf_stream, num_classes_of
-from distrain.data.shards import is_sharded, read_range, shard_sizes
+from distrain.data.shards import is_sharded, read_range, shard_sizes, takes_start
 from distrain.data.splits import build_splits
 
 datasets = pytest.importorskip("datasets")
@@ -53,7 +53,7 @@ def test_each_shard_of_an_iterable_dataset_is_one_of_its_sources_and_every_row_c
     _, _, ds = table()
     stream = ds.to_iterable_dataset(num_shards=4)
     shards = as_sharded(stream)
-    assert isinstance(shards, HFShards) and is_sharded(shards) and is_hf_stream(stream)
+    assert isinstance(shards, HFShards) and is_sharded(shards) and takes_start(shards) and is_hf_stream(stream)
     assert shards.shards() == [0, 1, 2, 3]
     read = [ids(shards.open_shard(i)) for i in shards.shards()]
     assert read == [ids(stream.shard(4, i)) for i in range(4)]
