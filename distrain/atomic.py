@@ -45,3 +45,49 @@ def atomic_write(
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def atomic_write_dir(path: Path, fill: Callable[[Path], Any]) -> Path:
+    """A new folder `path`, its files written by `fill(tmp)` into a temporary folder next to it, then
+    renamed into place: readers see no folder or the whole one. A `path` that exists and is not an empty
+    folder is refused (a UserError), never written over."""
+    from distrain.errors import UserError
+
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise UserError(
+            f"{path} already exists and is not an empty folder: it is never written over",
+            "choose a new folder, or remove this one first",
+        )
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        if tmp.exists():  # left by a killed writer of the same pid
+            import shutil
+
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        fill(tmp)
+        # rename(2) replaces an empty folder and fails on any other: one that appeared meanwhile is kept.
+        os.rename(tmp, path)
+        fsync_dir(path.parent)
+    except OSError as exc:
+        _remove_tree(tmp)
+        raise WriteError(path, exc) from None
+    except BaseException:
+        _remove_tree(tmp)
+        raise
+    return path
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def fsync_file(path: Path) -> None:
+    """Flush a file just written (by a library that does not fsync) to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

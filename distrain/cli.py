@@ -7,6 +7,8 @@
     distrain inspect PATH                                  print a checkpoint's metadata
     distrain export PATH --out FILE                        the model's weights as one plain state dict
     distrain plot RUN_DIR [RUN_DIR ...] [--out DIR]        loss and accuracy curves (PNG)
+    distrain shards CONFIG OUT [--samples-per-shard N] [--format F] [key=value ...]
+                                                           the config's data set written as shards
 
 Exit status: 0 success; 1 an unexpected error (with traceback); 2 a bad config, environment or file, or a
 file that cannot be written (a message naming it, no traceback); 3 training diverged (NaN or Inf, with
@@ -61,11 +63,33 @@ def _parser() -> argparse.ArgumentParser:
     plot = sub.add_parser("plot", help="loss and accuracy curves of one or more runs (PNG)")
     plot.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories (several: overlaid)")
     plot.add_argument("--out", help="output folder (default: RUN_DIR/plots for one run, ./plots for several)")
+    shards = sub.add_parser(
+        "shards",
+        help="write the config's data set as shards (OUT/train, OUT/test) for data.name=shards or webdataset",
+    )
+    shards.add_argument("config", help="a YAML config whose data section names the data set")
+    shards.add_argument("out", help="a new (or empty) folder: OUT/train and OUT/test are written into it")
+    shards.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. data.args.root=data")
+    shards.add_argument("--samples-per-shard", type=int, default=8192, metavar="N", help="samples in each shard")
+    shards.add_argument(
+        "--format",
+        choices=("files", "webdataset"),
+        default="files",
+        help="files: distrain's .npy shards (data.name: shards); webdataset: .tar files of PNG images and "
+        ".cls labels (data.name: webdataset)",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    # Overrides may follow an option (`shards CONFIG OUT --samples-per-shard 100 key=value`): argparse
+    # leaves those over, and only they (key=value words) are taken back.
+    args, rest = parser.parse_known_args(argv)
+    if rest and (not hasattr(args, "overrides") or any(w.startswith("-") or "=" not in w for w in rest)):
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if rest:
+        args.overrides = [*args.overrides, *rest]
     from distrain.errors import UserError, report_user_error
 
     try:
@@ -79,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
             return _predict(args)
         if args.command == "export":
             return _export(args)
+        if args.command == "shards":
+            return _shards(args)
         return _inspect(args)
     except UserError as exc:
         report_user_error(exc)
@@ -164,6 +190,29 @@ def _plot(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else (runs[0] / "plots" if len(runs) == 1 else Path("plots"))
     for path in plot_runs(runs, out):
         print(path)
+    return 0
+
+
+def _shards(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from distrain.config.parse import load_config
+    from distrain.data.splits import build_splits
+    from distrain.errors import ConfigError
+
+    if args.samples_per_shard <= 0:
+        raise ConfigError("--samples-per-shard", f"must be > 0, got {args.samples_per_shard}")
+    cfg = load_config(args.config, args.overrides)
+    # The data set's own splits, whole: a validation hold-out (data.val_fraction) is the training run's.
+    data = build_splits(dataclasses.replace(cfg.data, val_fraction=0.0), cfg.seed)
+    if args.format == "webdataset":
+        from distrain.data.webdataset import write_tar_splits
+
+        print(write_tar_splits(data, args.out, args.samples_per_shard))
+    else:
+        from distrain.data.shard_files import write_splits
+
+        print(write_splits(data, args.out, args.samples_per_shard))
     return 0
 
 

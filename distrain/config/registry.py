@@ -36,6 +36,11 @@ _BUILTINS: dict[str, dict[str, Any]] = {
     | {
         name: f"distrain.data.images:{name}"
         for name in ("mnist", "fashion_mnist", "cifar10", "image_folder", "csv_images")
+    }
+    | {
+        "shards": "distrain.data.shard_files:shards",
+        "webdataset": "distrain.data.webdataset:webdataset",
+        "huggingface": "distrain.data.hf:huggingface",
     },
     "model": {
         name: f"distrain.models:{name}"

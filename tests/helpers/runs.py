@@ -245,3 +245,21 @@ def assert_checkpoints_verify(
         verified.append(path)
     assert verified and find_resumable(run_dir) == verified[0]
     return kept
+
+
+def write_fashion_mnist(root: str | Path, num_train: int, num_test: int, seed: int = 0) -> Path:
+    """A small FashionMNIST in its real idx files under `root`/FashionMNIST/raw (random uint8 images and
+    labels 0..9), as torchvision reads them; returns `root`."""
+    import struct
+
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    raw = Path(root) / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", num_train), ("t10k", num_test)):
+        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        labels = rng.integers(0, 10, n, dtype=np.uint8)
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, n, 28, 28) + images.tobytes())
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, n) + labels.tobytes())
+    return Path(root)
