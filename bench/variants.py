@@ -14,6 +14,8 @@ for the training loop only (setup, model building and data generation excluded, 
   built outside distrain, as a user's script passes them; timed like distrain.
 - distrain_step: distrain_api with the user's own training step (`fit(step=...)`: forward and loss in the
   user's function, returning the batch mean) instead of distrain's; timed like distrain.
+- distrain_stream: distrain_api with the training set streamed from file shards (uint8 memory maps)
+  instead of held in memory: the price of data that does not fit in memory; timed like distrain.
 - distrain_exact: distrain with trainer.exact (chunk = the per-rank batch, the workload's threads): the
   price of bitwise-equal results on any number of processes; timed like distrain.
 """
@@ -249,7 +251,7 @@ def run_distrain(w: Workload) -> tuple[int, float]:
     return sum(r["samples"] for r in train_records), sum(r["train_time_s"] for r in train_records)
 
 
-def run_distrain_api(w: Workload, step: Any = None) -> tuple[int, float]:
+def run_distrain_api(w: Workload, step: Any = None, train_data: Any = None) -> tuple[int, float]:
     """distrain.fit with the user's own nn.Module (the workload's model built outside distrain, as a user's
     script does), loss module and TensorDatasets: the API adds no per-step cost."""
     from torch import nn
@@ -264,10 +266,11 @@ def run_distrain_api(w: Workload, step: Any = None) -> tuple[int, float]:
             if hasattr(w.data, "subset")
             else TensorDataset(*(t[:256] for t in w.data.tensors))
         )
+        train = w.data if train_data is None else train_data
         if step is None:
-            distrain.fit(cfg, model=w.model(), train_data=w.data, test_data=test, loss=loss)
+            distrain.fit(cfg, model=w.model(), train_data=train, test_data=test, loss=loss)
         else:
-            distrain.fit(cfg, model=w.model(), train_data=w.data, test_data=test, step=step)
+            distrain.fit(cfg, model=w.model(), train_data=train, test_data=test, step=step)
         records = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
     train_records = [r for r in records if r["split"] == "train"]
     return sum(r["samples"] for r in train_records), sum(r["train_time_s"] for r in train_records)
@@ -296,6 +299,22 @@ def run_distrain_exact(w: Workload) -> tuple[int, float]:
     return run_distrain(replace(w, cfg=replace(w.cfg, trainer=trainer)))
 
 
+_SHARDS: dict[str, Any] = {}
+
+
+def run_distrain_stream(w: Workload) -> tuple[int, float]:
+    """distrain_api with the training set streamed from distrain's file shards (data/shard_files.py: uint8
+    memory maps, 8,192 samples a shard, the same transform on read) instead of held in memory: read by
+    lanes, a shard range per step (data/streams.py). The shards are written once per process, untimed."""
+    from distrain.data.shard_files import FileShards, write_shards
+
+    if w.name not in _SHARDS:
+        folder = tempfile.mkdtemp(prefix=f"distrain-bench-{w.name}-")
+        write_shards(w.data, Path(folder) / "train", samples_per_shard=8192)
+        _SHARDS[w.name] = FileShards(Path(folder) / "train")
+    return run_distrain_api(w, train_data=_SHARDS[w.name])
+
+
 VARIANTS = {
     "floor": run_floor,
     "tutorial": run_tutorial,
@@ -305,4 +324,5 @@ VARIANTS = {
     "distrain_api": run_distrain_api,
     "distrain_step": run_distrain_step,
     "distrain_exact": run_distrain_exact,
+    "distrain_stream": run_distrain_stream,
 }

@@ -121,7 +121,6 @@ def test_chunk_seeds_differ_by_step_and_chunk():
         (["strategy=fsdp"], "trainer.exact"),
         (["engine=accelerate"], "trainer.exact"),
         (["trainer.precision=fp16"], "trainer.exact"),
-        (["trainer.exact_chunk=7"], "trainer.exact_chunk"),
     ],
 )
 def test_what_exact_mode_refuses_is_named(overrides, key):
@@ -131,14 +130,16 @@ def test_what_exact_mode_refuses_is_named(overrides, key):
 
 
 def test_a_chunk_count_that_does_not_divide_over_the_processes_is_refused():
-    from distrain.launch.env import detect
-    from distrain.loop.trainer import check_against_env
+    from distrain.loop.exact import check_exact
 
     cfg = load_config(XOR, ["trainer.exact=true", "data.global_batch_size=96", "trainer.exact_chunk=24"])
-    env = detect({"RANK": "0", "WORLD_SIZE": "3", "LOCAL_RANK": "0", "MASTER_ADDR": "x", "MASTER_PORT": "1"})
     with pytest.raises(ConfigError) as err:
-        check_against_env(cfg, env)
+        check_exact(cfg, 3, stream=None)
     assert err.value.key == "trainer.exact_chunk" and "1, 2, 4 processes" in str(err.value)
+    cfg = load_config(XOR, ["trainer.exact=true", "trainer.exact_chunk=7"])
+    with pytest.raises(ConfigError, match="7 does not divide data.global_batch_size 128") as err:
+        check_exact(cfg, 1, stream=None)
+    assert err.value.key == "trainer.exact_chunk"
 
 
 def test_batchnorm_running_statistics_are_named():

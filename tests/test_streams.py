@@ -141,17 +141,19 @@ def test_too_few_lanes_for_the_readers_still_gives_every_sample_once():
 
 
 def _records(ids_dir: Path) -> dict[int, list[int]]:
-    """The ids each global step trained on, over all ranks; a step trained again after a restart replaces
-    the killed attempt's (a rank's later lines win)."""
-    per_rank = {}
+    """The ids each global step trained on, over all ranks (sorted). A rank's forwards of one step (one a
+    step, or one per chunk in exact mode) add up; when a rank's steps go back (a restart resumed from an
+    earlier checkpoint), what it had recorded from there on is dropped: the resumed run trains it again."""
+    merged: dict[int, list[int]] = defaultdict(list)
     for path in ids_dir.glob("ids-*.jsonl"):
-        steps = {}
+        steps: dict[int, list[int]] = defaultdict(list)
+        last = -1
         for line in path.read_text().splitlines():
             record = json.loads(line)
-            steps[record["step"]] = record["ids"]
-        per_rank[path.name] = steps
-    merged: dict[int, list[int]] = defaultdict(list)
-    for steps in per_rank.values():
+            if record["step"] < last:
+                steps = defaultdict(list, {k: v for k, v in steps.items() if k < record["step"]})
+            steps[record["step"]] += record["ids"]
+            last = record["step"]
         for step, ids in steps.items():
             merged[step] += ids
     return {step: sorted(ids) for step, ids in sorted(merged.items())}
@@ -251,13 +253,37 @@ def test_a_sigkill_mid_epoch_under_max_restarts_resumes_to_the_same_weights(unin
 
 
 @pytest.mark.slow
-def test_a_run_killed_on_2_processes_continues_the_same_global_order_on_3(uninterrupted, tmp_path):
+def test_a_run_killed_on_2_processes_continues_the_same_global_order_on_3_and_exact_mode_is_bitwise(
+    uninterrupted, tmp_path
+):
+    # trainer.exact: each lane's samples of a step are one chunk, so the weights are those of one process.
+    one = run_cli("train", CONFIG, f"run.dir={tmp_path / 'one'}", "trainer.exact=true", env=_env(tmp_path / "ids1"))
+    assert one.returncode == 0, one.stderr[-3000:]
     env = {**_env(tmp_path / "ids"), "KILL_STEP": "25", "KILL_RANK": "1"}
-    run = f"run.dir={tmp_path / 'run'}"
-    killed = run_torchrun(2, "train", CONFIG, run, script="tests/helpers/kill_at_step.py", env=env)
+    run = [f"run.dir={tmp_path / 'run'}", "trainer.exact=true"]
+    killed = run_torchrun(2, "train", CONFIG, *run, script="tests/helpers/kill_at_step.py", env=env)
     assert killed.returncode != 0
-    resumed = run_torchrun(3, "train", CONFIG, run, "data.num_workers=1", env=_env(tmp_path / "ids"))
+    resumed = run_torchrun(3, "train", CONFIG, *run, "data.num_workers=1", env=_env(tmp_path / "ids"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming a 2-process checkpoint on 3 processes" in resumed.stderr
     # Every step, the killed part and the resumed part alike, trained on the uninterrupted run's samples.
-    assert _records(tmp_path / "ids") == _records(uninterrupted / "ids")
+    assert _records(tmp_path / "ids") == _records(uninterrupted / "ids") == _records(tmp_path / "ids1")
+    assert_bitwise(newest_weights(tmp_path / "one"), newest_weights(tmp_path / "run"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["map", "iterable"])
+def test_hugging_face_datasets_under_torchrun_x2_read_each_row_once(kind, tmp_path):
+    pytest.importorskip("datasets")
+    ids = tmp_path / "ids"
+    args = ["train", CONFIG, f"run.dir={tmp_path / 'run'}", "data.name=helpers.id_shards:hf_data"]
+    args += [f"data.args={{kind: {kind}}}", "checkpoint.every_steps=0"]
+    result = run_torchrun(2, *args, env=_env(ids))
+    assert result.returncode == 0, result.stderr[-3000:]
+    if kind == "iterable":
+        assert "230 samples in 4 shards" in result.stdout + result.stderr
+    steps = _records(ids)
+    per_epoch = -(-230 // BATCH)
+    for epoch in range(2):
+        seen = sorted(i for k in range(epoch * per_epoch, (epoch + 1) * per_epoch) for i in steps[k])
+        assert seen == list(range(230)), f"epoch {epoch}"

@@ -75,6 +75,7 @@ def build_splits(
         if not allow_download and args.get("download"):
             args["download"] = False
         data = as_datasets(call(builder, args, "data.args", known={"seed": seed}), cfg.name)
+    data = with_streams(data)
     if data.val is None and cfg.val_fraction > 0 and is_stream(data.train) and not hasattr(data.train, "__getitem__"):
         raise ConfigError(
             "data.val_fraction",
@@ -88,6 +89,23 @@ def build_splits(
         if dataset is not None and has_length(dataset) and len(dataset) == 0:  # type: ignore[arg-type]
             raise UserError(f"the {split} split is empty", "check the data set (or data.val_fraction)")
     return data
+
+
+def with_streams(data: DataSets) -> DataSets:
+    """Hugging Face IterableDatasets as sharded streams (data/hf.py; `datasets` is imported only when one
+    is there), and the class count of a Hugging Face ClassLabel target."""
+    from distrain.data.hf import as_sharded, is_hf_dataset, is_hf_stream, num_classes_of
+
+    num_classes = data.num_classes
+    if num_classes is None and (is_hf_dataset(data.train) or is_hf_stream(data.train)):
+        num_classes = num_classes_of(data.train)
+    return dataclasses.replace(
+        data,
+        train=as_sharded(data.train),
+        val=as_sharded(data.val) if data.val is not None else None,
+        test=as_sharded(data.test) if data.test is not None else None,
+        num_classes=num_classes,
+    )
 
 
 def as_datasets(result: Any, name: str) -> DataSets:

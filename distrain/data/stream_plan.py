@@ -34,6 +34,7 @@ class StreamPlan:
         self.lanes, self.global_batch_size, self.seed, self.shuffle = lanes, global_batch_size, seed, shuffle
         self.total = int(self.sizes.sum())
         self.num_steps = math.ceil(self.total / global_batch_size)
+        self._order: tuple[int, np.ndarray] = (-1, np.arange(0))
 
     def global_size(self, step: int) -> int:
         return min(self.global_batch_size, self.total - step * self.global_batch_size)
@@ -41,7 +42,9 @@ class StreamPlan:
     def shard_order(self, epoch: int) -> np.ndarray:
         if not self.shuffle:
             return np.arange(len(self.sizes))
-        return np.random.default_rng([self.seed, epoch]).permutation(len(self.sizes))
+        if self._order[0] != epoch:  # asked for at every step: drawn once an epoch
+            self._order = (epoch, np.random.default_rng([self.seed, epoch]).permutation(len(self.sizes)))
+        return self._order[1]
 
     def lane_shards(self, epoch: int, lane: int) -> np.ndarray:
         """The shards lane `lane` reads this epoch, in order (indices into the shard list)."""
@@ -64,15 +67,17 @@ class StreamPlan:
 
     def lane_pieces(self, epoch: int, lane: int, start: int, stop: int) -> list[tuple[int, int, int]]:
         """(shard index, start, stop) runs that hold the lane's samples [start, stop), in order."""
-        pieces, offset = [], 0
-        for shard in self.lane_shards(epoch, lane).tolist():
-            size = int(self.sizes[shard])
-            a, b = max(start - offset, 0), min(stop - offset, size)
-            if a < b:
-                pieces.append((shard, a, b))
-            offset += size
+        shards = self.lane_shards(epoch, lane)
+        ends = np.cumsum(self.sizes[shards])
+        first = int(np.searchsorted(ends, start, side="right"))  # the shard holding sample `start`
+        pieces = []
+        for i in range(first, len(shards)):
+            offset = int(ends[i] - self.sizes[shards[i]])
             if offset >= stop:
                 break
+            a, b = max(start - offset, 0), min(stop, int(ends[i])) - offset
+            if a < b:
+                pieces.append((int(shards[i]), a, b))
         return pieces
 
 

@@ -42,6 +42,9 @@ def _split_rows(obj: Any, sizes: list[int]) -> list[Any]:
     return out
 
 
+READ_AHEAD = 1024  # samples a columnar lane reads at once (a step takes about global batch / lanes of them)
+
+
 class _LaneReader:
     """One lane's samples of one epoch, from sample `offset` of the lane on."""
 
@@ -49,20 +52,43 @@ class _LaneReader:
         self.dataset, self.shards, self.plan, self.epoch, self.lane = dataset, shards, plan, epoch, lane
         self.offset = offset
         self.columnar = callable(getattr(dataset, "read_range", None))
+        self.length = int(plan.lane_lengths(epoch)[lane])
         self._samples: Iterator[Any] | None = None  # the open shards, read sample by sample
+        self._block, self._block_start, self._block_rows = None, 0, 0  # read ahead (columnar)
 
     def take(self, count: int) -> Any:
         """The lane's next `count` samples: collated (columnar) or a list of samples."""
         start, self.offset = self.offset, self.offset + count
         if self.columnar:
-            pieces = [
-                read_range(self.dataset, self.shards[shard], a, b)
-                for shard, a, b in self.plan.lane_pieces(self.epoch, self.lane, start, self.offset)
-            ]
-            return pieces[0] if len(pieces) == 1 else cat(pieces)
+            return self._rows(start, self.offset)
         if self._samples is None:
             self._samples = self._open(start)
         return list(itertools.islice(self._samples, count))
+
+    def _rows(self, start: int, stop: int) -> Any:
+        # A step takes a few samples of each lane: read blocks of READ_AHEAD (one read_range of a memory map
+        # or a file per block, not per step), and slice each step's rows out of the block.
+        end = self._block_start + self._block_rows
+        if self._block is None or start < self._block_start or stop > end:
+            if self._block is not None and start < end:  # keep the block's tail, then read on
+                tail = tree_map(lambda t: t[start - self._block_start :], self._block)
+                more = self._read(end, max(stop, min(end + READ_AHEAD, self.length)))
+                self._block, self._block_start = cat([tail, more]), start
+            else:
+                self._block, self._block_start = (
+                    self._read(start, max(stop, min(start + READ_AHEAD, self.length))),
+                    start,
+                )
+            self._block_rows = _rows(self._block)
+        a, b = start - self._block_start, stop - self._block_start
+        return tree_map(lambda t: t[a:b], self._block)
+
+    def _read(self, start: int, stop: int) -> Any:
+        pieces = [
+            read_range(self.dataset, self.shards[shard], a, b)
+            for shard, a, b in self.plan.lane_pieces(self.epoch, self.lane, start, stop)
+        ]
+        return pieces[0] if len(pieces) == 1 else cat(pieces)
 
     def _open(self, start: int) -> Iterator[Any]:
         # Seek into the first shard (open_shard(shard, start)) on a resume; the later shards from 0.
@@ -410,7 +436,8 @@ def describe_stream(
         )
     if readers > 1:
         log.info(
-            "data: the stream has no shards: each of the %d readers reads all of it and keeps one sample in %d (data.split_by=samples)",
+            "data: the stream has no shards: each of the %d readers reads all of it and keeps one sample in %d "
+            "(data.split_by=samples)",
             readers,
             readers,
         )
@@ -418,7 +445,8 @@ def describe_stream(
         raise ConfigError(
             "trainer.steps_per_epoch",
             "is not set and the training set is a stream without a length, so an epoch has no end",
-            "set trainer.steps_per_epoch (optimizer steps per epoch; the stream goes on across epochs), or give the data set a __len__",
+            "set trainer.steps_per_epoch (optimizer steps per epoch; the stream goes on across epochs), or give "
+            "the data set a __len__",
         )
     return StreamSetup(None, None, 1, pass_length, steps_per_epoch)
 

@@ -138,6 +138,9 @@ def build_parts(cfg: Config, ctx: DistContext, given: Given | None = None) -> Pa
         num_workers=cfg.data.num_workers,
         steps_per_epoch=cfg.trainer.steps_per_epoch,
     )
+    from distrain.loop.exact import check_exact
+
+    check_exact(cfg, ctx.world_size, stream)
     info = describe_data(data, cfg.data.target_key)
     if isinstance(given.model, dict):
         from distrain.loop.several import ModelSet, check_several

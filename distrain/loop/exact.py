@@ -26,6 +26,7 @@ from torch import nn
 from distrain.config.schema import OptimConfig
 from distrain.data import Batch
 from distrain.data.structures import num_samples, tree_map
+from distrain.errors import ConfigError
 from distrain.loop.nonfinite import NonFiniteGuard
 from distrain.loop.objective import Objective
 from distrain.loop.optim import zero_grad
@@ -48,6 +49,28 @@ def seed_generators(seed: int, device: torch.device) -> None:
         torch.cuda.default_generators[device.index or 0].manual_seed(seed)
 
 
+def check_exact(cfg: Any, world_size: int, stream: Any) -> None:
+    """trainer.exact: the chunks must divide over the ranks (a sharded stream's chunks are its lanes, dealt
+    to ranks by lane: any world size). Raised before anything is written."""
+    if not cfg.trainer.exact or (stream is not None and stream.shards is not None):
+        return
+    if cfg.data.global_batch_size % cfg.trainer.exact_chunk:
+        raise ConfigError(
+            "trainer.exact_chunk",
+            f"{cfg.trainer.exact_chunk} does not divide data.global_batch_size {cfg.data.global_batch_size}",
+            "use a chunk size that divides the global batch (e.g. the per-rank batch of the largest world size)",
+        )
+    chunks = cfg.data.global_batch_size // cfg.trainer.exact_chunk
+    if chunks % world_size:
+        sizes = [n for n in range(1, chunks + 1) if chunks % n == 0]
+        raise ConfigError(
+            "trainer.exact_chunk",
+            f"cuts each global batch into {chunks} chunks, which do not divide over {world_size} processes",
+            f"run on {', '.join(map(str, sizes))} processes, or choose a chunk size that makes the chunk count "
+            f"a multiple of {world_size}",
+        )
+
+
 def running_statistics(model: nn.Module) -> list[str]:
     """Names of the layers whose buffers a training forward updates from its batch (BatchNorm's running
     mean and variance): each rank would update them from its own chunks only."""
@@ -63,16 +86,38 @@ def running_statistics(model: nn.Module) -> list[str]:
 class ExactStep:
     """This rank's chunks of each global batch, run one by one, and the exact step after them."""
 
-    def __init__(self, *, seed: int, chunk: int, global_batch_size: int, rank: int, world_size: int, progress: Any):
+    def __init__(
+        self,
+        *,
+        seed: int,
+        chunk: int,
+        global_batch_size: int,
+        rank: int,
+        world_size: int,
+        progress: Any,
+        lanes: int | None = None,
+    ):
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.progress = progress  # the run's Progress: its global step names the step being taken
-        self.chunks = global_batch_size // chunk  # K, the same on every world size
-        self.per_rank = self.chunks // world_size  # checked to divide before the run (train.check_against_env)
+        # K, the same on every world size. A sharded stream's chunks are its lanes (a lane's samples of a
+        # step are read by one rank, whatever the world size: data/stream_plan.py).
+        self.chunks = lanes or global_batch_size // chunk
+        self.per_rank = self.chunks // world_size  # checked to divide before the run (check_exact)
         self.reduce: ExactSum | None = None
 
     def local_chunks(self, batch: Batch) -> list[tuple[int, Any, Any]]:
         """(global chunk index, inputs, targets) of this rank's chunks; empty chunks (uneven last batch)
         left out. Each is a contiguous copy: the same memory layout as in a 1-process run."""
+        if batch.chunks is not None:  # a stream's share: each lane's rows, contiguous, in lane order
+            out, start = [], 0
+            for lane, rows in batch.chunks:
+
+                def part(t: torch.Tensor, a: int = start, b: int = start + rows) -> torch.Tensor:
+                    return t[a:b]
+
+                out.append((lane, tree_map(part, batch.inputs), tree_map(part, batch.targets)))
+                start += rows
+            return out
         if self.per_rank == 1:  # the chunk is this rank's whole share: no copy
             return [(self.rank, batch.inputs, batch.targets)] if num_samples(batch.targets) else []
         out = []

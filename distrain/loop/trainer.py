@@ -135,16 +135,6 @@ def check_against_env(cfg: Config, env: DistEnv) -> None:
             f"{cfg.data.global_batch_size} does not divide evenly over {env.world_size} processes",
             f"use a multiple of {env.world_size}, so every rank gets the same per-rank batch",
         )
-    if cfg.trainer.exact:
-        chunks = cfg.data.global_batch_size // cfg.trainer.exact_chunk
-        if chunks % env.world_size:
-            sizes = [n for n in range(1, chunks + 1) if chunks % n == 0]
-            raise ConfigError(
-                "trainer.exact_chunk",
-                f"cuts each global batch into {chunks} chunks, which do not divide over {env.world_size} processes",
-                f"run on {', '.join(map(str, sizes))} processes, or choose a chunk size that makes the chunk count "
-                f"a multiple of {env.world_size}",
-            )
 
 
 class Trainer:
@@ -243,6 +233,7 @@ class Trainer:
             rank=self.ctx.rank,
             world_size=self.ctx.world_size,
             progress=self.progress,
+            lanes=self.parts.stream.lanes if self.parts.stream is not None and self.parts.stream.shards else None,
         )
 
     # ------------------------------------------------------------------------------------------- the story

@@ -122,9 +122,5 @@ def _check_exact(cfg: Any) -> None:
         "the exact sum)",
         f"use trainer.precision=bf16 or 32, or {way_out}",
     )
-    check(
-        cfg.data.global_batch_size % cfg.trainer.exact_chunk == 0,
-        "trainer.exact_chunk",
-        f"{cfg.trainer.exact_chunk} does not divide data.global_batch_size {cfg.data.global_batch_size}",
-        "use a chunk size that divides the global batch (e.g. the per-rank batch of the largest world size)",
-    )
+    # (That exact_chunk divides the global batch is checked with the data, in loop/exact.py's check_exact:
+    # a sharded stream's chunks are its lanes, and its exact_chunk is not used.)

@@ -1,8 +1,8 @@
 """A sharded stream for the tests: `num_shards` shards of `per_shard` samples (the last `last` long when
 given), each a dict {"x": 4 features, "id": its global id, "y": class 0..2}, values derived from the id.
 IdShards has read_range (whole slices: the fast path); Sequential reads sample by sample (seeking);
-Unseekable's open_shard takes no start. Also an `IdModel` that writes each training forward's ids (the `id` input) with the global
-step, and the callback that tells it the step."""
+Unseekable's open_shard takes no start. Also an `IdModel` that writes each training forward's ids (the `id`
+input) with the global step, and the callback that tells it the step."""
 
 from __future__ import annotations
 
@@ -104,3 +104,15 @@ class StepCounter:
 
     def on_step_end(self, run):
         STEP["global"] = run.global_step
+
+
+def hf_data(kind: str = "map", num_rows: int = 230, num_shards: int = 4):
+    """The same samples as a Hugging Face Dataset (kind map) or IterableDataset of `num_shards` shards."""
+    import datasets
+
+    rows = [sample(i) for i in range(num_rows)]
+    table = datasets.Dataset.from_dict(
+        {"x": [r["x"].tolist() for r in rows], "id": list(range(num_rows)), "y": [i % 3 for i in range(num_rows)]}
+    ).with_format("torch")
+    train = table if kind == "map" else table.to_iterable_dataset(num_shards=num_shards).with_format("torch")
+    return train, IdShards(3, 10)
