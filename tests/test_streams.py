@@ -287,3 +287,30 @@ def test_hugging_face_datasets_under_torchrun_x2_read_each_row_once(kind, tmp_pa
     for epoch in range(2):
         seen = sorted(i for k in range(epoch * per_epoch, (epoch + 1) * per_epoch) for i in steps[k])
         assert seen == list(range(230)), f"epoch {epoch}"
+
+
+def test_a_resume_over_other_shards_or_lanes_is_refused_naming_what_changed(tmp_path):
+    run = f"run.dir={tmp_path / 'run'}"
+    first = run_cli("train", CONFIG, run, "trainer.epochs=1", "data.num_workers=0", env=_env(tmp_path / "ids"))
+    assert first.returncode == 0, first.stderr[-2000:]
+    more = ["trainer.epochs=2", "data.num_workers=0"]
+    lanes = run_cli("train", CONFIG, run, *more, "data.lanes=4", env=_env(tmp_path / "ids"))
+    assert lanes.returncode == 2 and "data.lanes" in lanes.stderr and "Traceback" not in lanes.stderr
+    shards = run_cli("train", CONFIG, run, *more, "data.args.last=9", env=_env(tmp_path / "ids"))
+    assert shards.returncode == 2 and "Traceback" not in shards.stderr
+    assert "data.args" in shards.stderr  # (the config names it; a fit() given other shards: `shards`)
+
+
+def test_fit_resumed_with_other_shards_is_refused(tmp_path):
+    import distrain
+    from helpers.id_shards import IdModel
+
+    cfg = distrain.load_config(
+        CONFIG, [f"run.dir={tmp_path}", "data.num_workers=0", "trainer.epochs=1", "callbacks=[]"]
+    )
+    distrain.fit(cfg, model=IdModel(), train_data=IdShards(12, 20, last=7), test_data=IdShards(3, 10))
+    cfg = distrain.load_config(
+        CONFIG, [f"run.dir={tmp_path}", "data.num_workers=0", "trainer.epochs=2", "callbacks=[]"]
+    )
+    with pytest.raises(distrain.ConfigError, match="shards"):
+        distrain.fit(cfg, model=IdModel(), train_data=IdShards(12, 20, last=9), test_data=IdShards(3, 10))

@@ -37,13 +37,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("distrain")
 
 # The parts whose change makes the saved state meaningless or the continuation silently different.
-REFUSED = ("model", "optimizer", "loss", "data", "step", "scheduler")
+REFUSED = ("model", "optimizer", "loss", "data", "shards", "step", "scheduler")
 # Config keys that build each part when fit is not given it (what an error names then).
 _CONFIG_KEY = {
     "model": "model",
     "optimizer": "optim",
     "loss": "loss.name",
     "data": "data",
+    "shards": "data",
     "step": "step",
     "scheduler": "schedule",
 }
@@ -80,6 +81,13 @@ class RunDefinition:
                 for split, dataset in (("train", data.train), ("val", data.val), ("test", data.test))
                 if dataset is not None
             },
+            # A sharded stream's order follows from its shards' sizes: a resume over other shards would
+            # continue another order.
+            **(
+                {"shards": list(parts.stream.sizes)}
+                if parts.stream is not None and parts.stream.sizes is not None
+                else {}
+            ),
             "step": _function_name(given.step) if given.step is not None else "distrain",
             "scheduler": _qualified(type(scheduler)),
             "callbacks": list(callbacks),
@@ -90,6 +98,7 @@ class RunDefinition:
             "optimizer": given.optimizer,
             "loss": given.loss,
             "data": given.train_data,
+            "shards": given.train_data,
             "scheduler": given.scheduler,
             "step": given.step,
         }

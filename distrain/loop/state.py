@@ -229,6 +229,9 @@ UNSAFE = (
     "data.val_fraction",
     "data.target_key",
     "data.shuffle",
+    "data.lanes",  # a sharded stream's global order
+    "data.split_by",
+    "trainer.steps_per_epoch",  # where epochs end, so what a resumed step of an epoch is
     "model",
     "loss",
     "optim",
