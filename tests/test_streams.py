@@ -302,8 +302,9 @@ def test_a_resume_over_other_shards_or_lanes_is_refused_naming_what_changed(tmp_
 
 
 def test_fit_resumed_with_other_shards_is_refused(tmp_path):
-    import distrain
     from helpers.id_shards import IdModel
+
+    import distrain
 
     cfg = distrain.load_config(
         CONFIG, [f"run.dir={tmp_path}", "data.num_workers=0", "trainer.epochs=1", "callbacks=[]"]
