@@ -297,26 +297,8 @@ def build_train_batches(
     prepare_targets: PrepareTargets = _same,
     channels_last: bool = False,
     target_key: str | None = None,
-    stream: Any = None,
     steps_per_epoch: int | None = None,
 ) -> TrainBatches:
-    if stream is not None:  # a stream (data/streams.py; imported here: it builds on this module)
-        from distrain.data.streams import build_stream_batches
-
-        return build_stream_batches(
-            dataset,
-            stream,
-            global_batch_size=global_batch_size,
-            rank=rank,
-            world_size=world_size,
-            device=device,
-            shuffle=shuffle,
-            seed=seed,
-            options=LoaderOptions(num_workers, False, prefetch_factor),
-            prepare_targets=prepare_targets,
-            channels_last=channels_last,
-            target_key=target_key,
-        )
     sampler = GlobalBatchSampler(
         dataset, num_replicas=world_size, rank=rank, global_batch_size=global_batch_size, shuffle=shuffle, seed=seed
     )
@@ -351,30 +333,6 @@ def build_eval_batches(
     channels_last: bool = False,
     target_key: str | None = None,
 ) -> EvalBatches:
-    from distrain.data.shards import has_length, is_sharded, is_stream
-
-    if is_stream(dataset) and not (has_length(dataset) and hasattr(dataset, "__getitem__")):
-        from distrain.data.shards import shard_sizes
-        from distrain.data.streams import StreamEvalBatches
-
-        if not is_sharded(dataset) and not has_length(dataset):
-            raise ConfigError(
-                "data",
-                "an evaluation split is a stream without shards and without a length: its batches cannot "
-                "be dealt over the ranks",
-                "give it shards (distrain.ShardedDataset) or a __len__, or evaluate a map-style Dataset",
-            )
-        return StreamEvalBatches(  # type: ignore[return-value]
-            dataset,
-            eval_batch_size,
-            rank,
-            world_size,
-            device,
-            sizes=shard_sizes(dataset) if is_sharded(dataset) else None,
-            prepare_targets=prepare_targets,
-            channels_last=channels_last,
-            target_key=target_key,
-        )
     return EvalBatches(
         dataset,
         eval_batch_size,
