@@ -97,33 +97,36 @@ class _LaneReader:
 
 
 class _ShardReaders(IterableDataset):
-    """What one reader yields for each step: (step, [(lane, count)], its samples of the step or None)."""
+    """What one reader yields for each step, from (epoch, start_step) on, epoch after epoch:
+    (epoch, step, [(lane, count)], its samples of the step or None)."""
 
-    def __init__(
-        self, dataset: Any, shards: list[Any], plan: StreamPlan, epoch: int, start_step: int, rank: int, world_size: int
-    ):
+    def __init__(self, dataset: Any, shards: list[Any], plan: StreamPlan, source: _Source):
         self.dataset, self.shards, self.plan = dataset, shards, plan
-        self.epoch, self.start_step, self.rank, self.world_size = epoch, start_step, rank, world_size
+        self.epoch, self.start_step, self.num_steps = source.epoch, source.start_step, source.num_steps
+        self.rank, self.world_size = source.rank, source.world_size
 
-    def __iter__(self) -> Iterator[tuple[int, list[tuple[int, int]], Any]]:
+    def __iter__(self) -> Iterator[tuple[int, int, list[tuple[int, int]], Any]]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         plan, world = self.plan, self.world_size
         lanes = [c for c in range(self.rank, plan.lanes, world) if (c // world) % workers == worker]
-        counts = {c: plan.lane_counts(self.epoch, c) for c in lanes}
-        readers = [
-            _LaneReader(self.dataset, self.shards, plan, self.epoch, c, int(counts[c][: self.start_step].sum()))
-            for c in lanes
-        ]
-        for step in range(self.start_step, plan.num_steps):
-            taken = [(r.lane, int(counts[r.lane][step])) for r in readers if counts[r.lane][step]]
-            pieces = [reader.take(n) for reader, (_, n) in zip((r for r in readers if counts[r.lane][step]), taken)]
-            if not pieces:
-                yield step, [], None
-            elif isinstance(pieces[0], list):  # samples: collated once for the whole part
-                yield step, taken, default_collate(list(itertools.chain.from_iterable(pieces)))
-            else:
-                yield step, taken, pieces[0] if len(pieces) == 1 else cat(pieces)
+        start = self.start_step
+        for epoch in itertools.count(self.epoch):
+            counts = {c: plan.lane_counts(epoch, c) for c in lanes}
+            readers = [
+                _LaneReader(self.dataset, self.shards, plan, epoch, c, int(counts[c][:start].sum())) for c in lanes
+            ]
+            for step in range(start, self.num_steps):
+                active = [r for r in readers if counts[r.lane][step]]
+                taken = [(r.lane, int(counts[r.lane][step])) for r in active]
+                pieces = [reader.take(n) for reader, (_, n) in zip(active, taken)]
+                if not pieces:
+                    yield epoch, step, [], None
+                elif isinstance(pieces[0], list):  # samples: collated once for the whole part
+                    yield epoch, step, taken, default_collate(list(itertools.chain.from_iterable(pieces)))
+                else:
+                    yield epoch, step, taken, pieces[0] if len(pieces) == 1 else cat(pieces)
+            start = 0
 
 
 class _Source:
@@ -147,6 +150,8 @@ class _Source:
         self.rank, self.world_size, self.options, self.seed = rank, world_size, options, seed
         self.prepare_targets, self.channels_last, self.target_key = prepare_targets, channels_last, target_key
         self.epoch = self.start_step = 0
+        self._live: Iterator[Any] | None = None  # the readers' items, epoch after epoch
+        self._live_key: tuple[int, int] | None = None  # the (epoch, step) it yields next
         # A rank that gets nothing in a step (short lanes at the epoch's end) trains on an empty share
         # shaped like a sample.
         self._empty = tree_map(lambda t: t[:0], default_collate(first_samples(dataset, 1)))
@@ -177,13 +182,25 @@ class _Source:
             )
         )
 
-    def _steps(self, readers: IterableDataset) -> Iterator[tuple[int, list[Any]]]:
-        parts = self._parts(readers)
+    def _steps(self, make_readers: Any) -> Iterator[tuple[int, list[Any]]]:
+        """(step, [(lanes taken, part)] of each reader) for the steps of this epoch from start_step.
+
+        The readers (and their worker processes) live from the run's first epoch to its end, reading the
+        next epoch on while this one is evaluated; they are made again only when the loop asks for another
+        place than the one they are at. Why not new workers each epoch, as a DataLoader does: forking a
+        rank while one of its other threads (a finished epoch's queue feeder thread exiting, a gloo thread)
+        holds Python's runtime lock leaves the worker hung before its first line on Python 3.8-3.11
+        (cpython#112275); it happened here about once in twenty epochs of torchrun x2 with 2 workers."""
+        if self._live is None or self._live_key != (self.epoch, self.start_step):
+            self._live = None  # the old readers' workers stop before new ones start
+            self._live = self._parts(make_readers())
+        readers = max(self.options.num_workers, 1)
         for step in range(self.start_step, self.num_steps):
-            got = [next(parts) for _ in range(max(self.options.num_workers, 1))]
-            if any(s != step for s, _, _ in got):
-                raise RuntimeError(f"stream readers out of step at step {step}: {[s for s, _, _ in got]}")
-            yield step, got
+            got = [next(self._live) for _ in range(readers)]
+            if any((e, s) != (self.epoch, step) for e, s, _, _ in got):
+                raise RuntimeError(f"stream readers out of step at {self.epoch, step}: {[g[:2] for g in got]}")
+            self._live_key = (self.epoch, step + 1) if step + 1 < self.num_steps else (self.epoch + 1, 0)
+            yield step, [(taken, part) for _, _, taken, part in got]
 
     def _batch(self, step: int, batch: Any, global_size: int, chunks: list[tuple[int, int]] | None = None) -> Batch:
         inputs, targets = split_sample(self._empty if batch is None else batch, self.target_key)
@@ -208,12 +225,9 @@ class StreamBatches(_Source):
             )
 
     def __iter__(self) -> Iterator[Batch]:
-        readers = _ShardReaders(
-            self.dataset, self.shards, self.plan, self.epoch, self.start_step, self.rank, self.world_size
-        )
-        for step, got in self._steps(readers):
+        for step, got in self._steps(lambda: _ShardReaders(self.dataset, self.shards, self.plan, self)):
             pieces = []  # (lane, its rows) from every reader of this rank, put back in lane order
-            for _, taken, part in got:
+            for taken, part in got:
                 if part is not None:
                     rows = _split_rows(part, [n for _, n in taken]) if len(taken) > 1 else [part]
                     pieces.extend(zip((lane for lane, _ in taken), rows))
@@ -230,49 +244,45 @@ def _rows(obj: Any) -> int:
 
 
 class _PlainReaders(IterableDataset):
-    """Readers of a stream without shards: each reads it all and keeps its own positions (see module doc)."""
+    """Readers of a stream without shards: each reads it all and keeps its own samples (see the module
+    docstring), epoch after epoch from (epoch, start_step): (epoch, step, [(0, count)], part or None)."""
 
-    def __init__(
-        self,
-        dataset: Any,
-        steps: list[int],
-        first_position: int,
-        pass_length: int | None,
-        global_batch_size: int,
-        rank: int,
-        world_size: int,
-        epoch: int,
-    ):
-        self.dataset, self.steps, self.first_position, self.pass_length = dataset, steps, first_position, pass_length
-        self.global_batch_size, self.rank, self.world_size, self.epoch = global_batch_size, rank, world_size, epoch
+    def __init__(self, dataset: Any, pass_length: int | None, global_batch_size: int, source: _Source):
+        self.dataset, self.pass_length, self.global_batch_size = dataset, pass_length, global_batch_size
+        self.epoch, self.start_step, self.num_steps = source.epoch, source.start_step, source.num_steps
+        self.rank, self.world_size = source.rank, source.world_size
 
-    def _stream(self) -> Iterator[Any]:
-        """The samples from position `first_position` on; a stream without length restarts when it ends."""
-        position, passes = 0, 0
-        while True:
+    def _samples(self, first: int, epoch: int | None) -> Iterator[Any]:
+        """The stream from position `first`: one pass (epoch given), or pass after pass (set_epoch(n) before
+        pass n, if it has one) when it has no length."""
+        position = 0
+        for passes in itertools.count():
             if hasattr(self.dataset, "set_epoch"):
-                self.dataset.set_epoch(self.epoch if self.pass_length is not None else passes)
+                self.dataset.set_epoch(epoch if epoch is not None else passes)
             empty = True
             for sample in self.dataset:
                 empty = False
-                if position >= self.first_position:
+                if position >= first:
                     yield sample
                 position += 1
-            if empty or self.pass_length is not None:
+            if empty or epoch is not None:
                 return
-            passes += 1
 
-    def __iter__(self) -> Iterator[tuple[int, list[tuple[int, int]], Any]]:
+    def __iter__(self) -> Iterator[tuple[int, int, list[tuple[int, int]], Any]]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        stream = self._stream()
-        size, world = self.global_batch_size, self.world_size
-        for step in self.steps:
-            batch = list(itertools.islice(stream, size))  # the global batch, read by every reader
-            share = batch[self.rank :: world]
-            # Worker w keeps a contiguous block of the rank's share: the blocks in worker order are the share.
-            mine = share[worker * len(share) // workers : (worker + 1) * len(share) // workers]
-            yield step, [(0, len(mine))] if mine else [], default_collate(mine) if mine else None
+        size, world, start = self.global_batch_size, self.world_size, self.start_step
+        if self.pass_length is None:  # one stream for the whole run
+            stream = self._samples((self.epoch * self.num_steps + start) * size, None)
+        for epoch in itertools.count(self.epoch):
+            if self.pass_length is not None:  # a pass an epoch
+                stream = self._samples(start * size, epoch)
+            for step in range(start, self.num_steps):
+                share = list(itertools.islice(stream, size))[self.rank :: world]  # read by every reader
+                # Worker w keeps a contiguous block of the rank's share: the blocks in worker order are the share.
+                mine = share[worker * len(share) // workers : (worker + 1) * len(share) // workers]
+                yield epoch, step, [(0, len(mine))] if mine else [], default_collate(mine) if mine else None
+            start = 0
 
 
 class PlainStreamBatches(_Source):
@@ -286,16 +296,8 @@ class PlainStreamBatches(_Source):
 
     def __iter__(self) -> Iterator[Batch]:
         size = self.global_batch_size
-        if self.pass_length is not None:  # one pass per epoch
-            first = self.start_step * size
-        else:  # the stream goes on across epochs
-            first = (self.epoch * self.num_steps + self.start_step) * size
-        steps = list(range(self.start_step, self.num_steps))
-        readers = _PlainReaders(
-            self.dataset, steps, first, self.pass_length, size, self.rank, self.world_size, self.epoch
-        )
-        for step, got in self._steps(readers):
-            parts = [part for _, _, part in got if part is not None]
+        for step, got in self._steps(lambda: _PlainReaders(self.dataset, self.pass_length, size, self)):
+            parts = [part for _, part in got if part is not None]
             batch = None if not parts else parts[0] if len(parts) == 1 else cat(parts)
             global_size = size if self.pass_length is None else min(size, self.pass_length - step * size)
             yield self._batch(step, batch, global_size)
