@@ -315,3 +315,19 @@ def test_fit_resumed_with_other_shards_is_refused(tmp_path):
     )
     with pytest.raises(distrain.ConfigError, match="shards"):
         distrain.fit(cfg, model=IdModel(), train_data=IdShards(12, 20, last=9), test_data=IdShards(3, 10))
+
+
+def test_steps_per_epoch_shortens_the_epochs_of_a_map_style_set_too(tmp_path):
+    result = run_cli(
+        "train",
+        str(REPO / "configs" / "xor.yaml"),
+        f"run.dir={tmp_path}",
+        "trainer.epochs=2",
+        "trainer.steps_per_epoch=3",
+        "log.plots=false",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    from helpers.runs import records
+
+    train = records(tmp_path, "train")
+    assert [r["global_step"] for r in train] == [3, 6] and all(r["samples"] == 3 * 128 for r in train)
