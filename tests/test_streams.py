@@ -64,10 +64,9 @@ def test_the_shard_order_is_seeded_per_epoch_and_each_shard_is_in_one_lane():
     )
 
 
-def _batches(dataset, rank: int, world: int, *, workers: int = 0, lanes: int = 12) -> StreamBatches:
-    plan = StreamPlan(
-        [dataset.shard_size(s) for s in dataset.shards()], lanes=lanes, global_batch_size=BATCH, seed=5, shuffle=True
-    )
+def _batches(dataset, rank: int, world: int, *, workers: int = 0, lanes: int = 12, window: int = 0) -> StreamBatches:
+    sizes = [dataset.shard_size(s) for s in dataset.shards()]
+    plan = StreamPlan(sizes, lanes=lanes, global_batch_size=BATCH, seed=5, shuffle=True, shuffle_window=window)
     return StreamBatches(
         dataset,
         dataset.shards(),
@@ -127,6 +126,24 @@ def test_a_mid_epoch_start_seeks_each_lane_and_continues_the_same_batches():
     assert sum(first_opens.values()) + sum(len(v) for v in got.values()) == sum(
         dataset.shard_size(s) for s in first_opens
     )
+
+
+@pytest.mark.parametrize("reader", [IdShards, Sequential, Unseekable])
+def test_a_shuffle_window_mixes_each_lane_and_resumes_in_the_same_order_with_any_reader(reader):
+    # Windows of 7 in lanes of 20 (the short shard: 7): the seeded order of each window follows from its
+    # place, so every reader gives the same batches, and a start mid-window continues them.
+    plain = {b.step: _ids(b) for b in _batches(IdShards(12, 20, last=7), 0, 1)}
+    whole = {b.step: _ids(b) for b in _batches(IdShards(12, 20, last=7), 0, 1, window=7)}
+    assert whole != plain and {k: sorted(v) for k, v in whole.items()} != {k: sorted(v) for k, v in plain.items()}
+    assert sorted(i for v in whole.values() for i in v) == list(range(TOTAL))
+    batches = _batches(reader(12, 20, last=7), 1, 2, workers=0, window=7)
+    mine = {b.step: _ids(b) for b in batches}
+    assert {k: sorted(v) for k, v in mine.items()} == {
+        k: sorted(i for i in v if i in set().union(*mine.values())) for k, v in whole.items()
+    }
+    batches.set_epoch(0)
+    batches.set_start_step(5)  # lanes are 5 x 1 sample in: mid-window
+    assert {b.step: _ids(b) for b in batches} == {k: v for k, v in mine.items() if k >= 5}
 
 
 def test_too_few_lanes_for_the_readers_still_gives_every_sample_once():

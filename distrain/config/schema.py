@@ -74,6 +74,9 @@ class DataConfig:
     """Sharded streams: the lanes the shards are dealt to, the unit of reading (rank r reads lanes r, r+W,
     ...). Part of the data order: keep it when resuming on another world size (null: one per shard, at most
     64). A multiple of every world size you will use keeps the ranks' shares even."""
+    shuffle_window: int = 0
+    """Sharded streams: shuffle each lane's samples within windows of this many (a seeded, resumable
+    shuffle buffer; its memory: lanes x window samples per rank). 0: each shard in its own order."""
     split_by: Literal["shards", "samples"] = "shards"
     """Streams: shards (each reader reads only its own shards); samples (opt-in for a stream without shards:
     every reader reads all of it and keeps one sample in N)."""
@@ -92,6 +95,7 @@ class DataConfig:
             "must be > 0 and needs data.num_workers > 0",
         )
         check(self.lanes is None or self.lanes > 0, "data.lanes", f"must be > 0, got {self.lanes}")
+        check(self.shuffle_window >= 0, "data.shuffle_window", f"must be >= 0, got {self.shuffle_window}")
         if self.name is not None:
             check_name("data", self.name, "data.name")
 

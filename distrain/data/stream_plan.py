@@ -29,8 +29,11 @@ import numpy as np
 
 
 class StreamPlan:
-    def __init__(self, sizes: list[int], *, lanes: int, global_batch_size: int, seed: int, shuffle: bool):
+    def __init__(
+        self, sizes: list[int], *, lanes: int, global_batch_size: int, seed: int, shuffle: bool, shuffle_window: int = 0
+    ):
         self.sizes = np.asarray(sizes, dtype=np.int64)
+        self.shuffle_window = shuffle_window  # read by the lanes' readers (data/streams.py)
         self.lanes, self.global_batch_size, self.seed, self.shuffle = lanes, global_batch_size, seed, shuffle
         self.total = int(self.sizes.sum())
         self.num_steps = math.ceil(self.total / global_batch_size)

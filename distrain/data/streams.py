@@ -19,6 +19,7 @@ import itertools
 import logging
 from typing import Any, Iterator
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torch.utils.data._utils.collate import default_collate
@@ -46,15 +47,22 @@ READ_AHEAD = 1024  # samples a columnar lane reads at once (a step takes about g
 
 
 class _LaneReader:
-    """One lane's samples of one epoch, from sample `offset` of the lane on."""
+    """One lane's samples of one epoch, from sample `offset` of the lane on.
+
+    data.shuffle_window W > 0: the lane is cut into windows of W samples (at fixed places: 0, W, 2W, ...)
+    and each window is read whole and put in a seeded order (seed, epoch, lane, window): a shuffle buffer
+    whose state at any sample follows from its position, so a resume (on any world size) reads the window
+    it stopped in again and continues the same order; nothing of the buffer is saved."""
 
     def __init__(self, dataset: Any, shards: list[Any], plan: StreamPlan, epoch: int, lane: int, offset: int):
         self.dataset, self.shards, self.plan, self.epoch, self.lane = dataset, shards, plan, epoch, lane
         self.offset = offset
         self.columnar = callable(getattr(dataset, "read_range", None))
         self.length = int(plan.lane_lengths(epoch)[lane])
+        self.window = plan.shuffle_window
         self._samples: Iterator[Any] | None = None  # the open shards, read sample by sample
-        self._block, self._block_start, self._block_rows = None, 0, 0  # read ahead (columnar)
+        self._buffer: list[Any] = []  # shuffle_window, sample by sample: the window's rest, in order
+        self._block, self._block_index = None, -1  # columnar: one block (a window, or READ_AHEAD samples)
 
     def take(self, count: int) -> Any:
         """The lane's next `count` samples: collated (columnar) or a list of samples."""
@@ -62,26 +70,44 @@ class _LaneReader:
         if self.columnar:
             return self._rows(start, self.offset)
         if self._samples is None:
-            self._samples = self._open(start)
-        return list(itertools.islice(self._samples, count))
+            first = start - start % self.window if self.window else start  # the window's start
+            self._samples = self._open(first)
+            if self.window:
+                self._buffer = self._next_window(first)[start - first :]
+        if not self.window:
+            return list(itertools.islice(self._samples, count))
+        out = []
+        while len(out) < count:
+            if not self._buffer:
+                self._buffer = self._next_window(start + len(out))
+            take = min(count - len(out), len(self._buffer))
+            out += self._buffer[:take]
+            del self._buffer[:take]
+        return out
+
+    def _order(self, window: int, size: int) -> np.ndarray:
+        return np.random.default_rng([self.plan.seed, self.epoch, self.lane, window]).permutation(size)
+
+    def _next_window(self, first: int) -> list[Any]:
+        samples = list(itertools.islice(self._samples, min(self.window, self.length - first)))
+        return [samples[i] for i in self._order(first // self.window, len(samples))]
 
     def _rows(self, start: int, stop: int) -> Any:
-        # A step takes a few samples of each lane: read blocks of READ_AHEAD (one read_range of a memory map
-        # or a file per block, not per step), and slice each step's rows out of the block.
-        end = self._block_start + self._block_rows
-        if self._block is None or start < self._block_start or stop > end:
-            if self._block is not None and start < end:  # keep the block's tail, then read on
-                tail = tree_map(lambda t: t[start - self._block_start :], self._block)
-                more = self._read(end, max(stop, min(end + READ_AHEAD, self.length)))
-                self._block, self._block_start = cat([tail, more]), start
-            else:
-                self._block, self._block_start = (
-                    self._read(start, max(stop, min(start + READ_AHEAD, self.length))),
-                    start,
-                )
-            self._block_rows = _rows(self._block)
-        a, b = start - self._block_start, stop - self._block_start
-        return tree_map(lambda t: t[a:b], self._block)
+        # A step takes a few samples of each lane: read blocks (one read_range of a memory map or a file per
+        # block, not per step), at fixed places, and slice each step's rows out of them.
+        size = self.window or READ_AHEAD
+        pieces = []
+        for index in range(start // size, (stop - 1) // size + 1):
+            if index != self._block_index:
+                first = index * size
+                block = self._read(first, min(first + size, self.length))
+                if self.window:
+                    order = torch.from_numpy(self._order(index, _rows(block)))
+                    block = tree_map(lambda t, order=order: t[order], block)
+                self._block, self._block_index = block, index
+            a, b = max(start - index * size, 0), min(stop - index * size, size)
+            pieces.append(tree_map(lambda t, a=a, b=b: t[a:b], self._block))
+        return pieces[0] if len(pieces) == 1 else cat(pieces)
 
     def _read(self, start: int, stop: int) -> Any:
         pieces = [
@@ -92,7 +118,7 @@ class _LaneReader:
 
     def _open(self, start: int) -> Iterator[Any]:
         # Seek into the first shard (open_shard(shard, start)) on a resume; the later shards from 0.
-        pieces = self.plan.lane_pieces(self.epoch, self.lane, start, self.plan.lane_lengths(self.epoch)[self.lane])
+        pieces = self.plan.lane_pieces(self.epoch, self.lane, start, self.length)
         return itertools.chain.from_iterable(open_at(self.dataset, self.shards[s], a) for s, a, _ in pieces)
 
 
@@ -386,8 +412,9 @@ class StreamSetup:
         lanes: int,
         pass_length: int | None,
         steps_per_epoch: int | None,
+        shuffle_window: int = 0,
     ):
-        self.shards, self.sizes, self.lanes = shards, sizes, lanes
+        self.shards, self.sizes, self.lanes, self.shuffle_window = shards, sizes, lanes, shuffle_window
         self.pass_length, self.steps_per_epoch = pass_length, steps_per_epoch
 
 
@@ -399,6 +426,7 @@ def describe_stream(
     world_size: int,
     num_workers: int,
     steps_per_epoch: int | None,
+    shuffle_window: int = 0,
 ) -> StreamSetup | None:
     """The training split's StreamSetup, or None for a map-style set (read by index). Raises the user's
     error for a stream that cannot be dealt over the readers."""
@@ -425,7 +453,7 @@ def describe_stream(
             world_size,
             max(num_workers, 1),
         )
-        return StreamSetup(shards, sizes, count, None, steps_per_epoch)
+        return StreamSetup(shards, sizes, count, None, steps_per_epoch, shuffle_window)
     pass_length = len(dataset) if has_length(dataset) else None
     if readers > 1 and split_by != "samples":
         raise ConfigError(
@@ -465,7 +493,12 @@ def build_stream_batches(
 ) -> _Source:
     if setup.shards is not None:
         plan = StreamPlan(
-            setup.sizes, lanes=setup.lanes, global_batch_size=global_batch_size, seed=seed, shuffle=shuffle
+            setup.sizes,
+            lanes=setup.lanes,
+            global_batch_size=global_batch_size,
+            seed=seed,
+            shuffle=shuffle,
+            shuffle_window=setup.shuffle_window if shuffle else 0,
         )
         source: _Source = StreamBatches(dataset, setup.shards, plan, device, seed=seed, **kwargs)
     else:

@@ -137,6 +137,7 @@ def build_parts(cfg: Config, ctx: DistContext, given: Given | None = None) -> Pa
         world_size=ctx.world_size,
         num_workers=cfg.data.num_workers,
         steps_per_epoch=cfg.trainer.steps_per_epoch,
+        shuffle_window=cfg.data.shuffle_window,
     )
     from distrain.loop.exact import check_exact
 

@@ -230,6 +230,7 @@ UNSAFE = (
     "data.target_key",
     "data.shuffle",
     "data.lanes",  # a sharded stream's global order
+    "data.shuffle_window",
     "data.split_by",
     "trainer.steps_per_epoch",  # where epochs end, so what a resumed step of an epoch is
     "model",
