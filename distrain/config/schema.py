@@ -66,8 +66,10 @@ class DataConfig:
     """auto: index whole in-memory tensors when the set allows it, else a DataLoader; or force one."""
     num_workers: int = 0
     """DataLoader worker processes per rank (dataloader path only)."""
-    persistent_workers: bool = False
-    """Keep DataLoader workers alive between epochs (needs num_workers > 0)."""
+    persistent_workers: bool | None = None
+    """Keep DataLoader workers alive between epochs (null: yes when num_workers > 0). New workers every
+    epoch are forked from a process whose other threads may hold Python's runtime lock: on Python 3.8-3.11
+    such a worker can hang before its first line (cpython#112275)."""
     prefetch_factor: int | None = None
     """Batches each worker loads ahead (null: torch's default)."""
     lanes: int | None = None
@@ -87,7 +89,9 @@ class DataConfig:
         check(0 <= self.val_fraction < 1, "data.val_fraction", f"must lie in [0, 1), got {self.val_fraction}")
         check(self.num_workers >= 0, "data.num_workers", f"must be >= 0, got {self.num_workers}")
         check(
-            not self.persistent_workers or self.num_workers > 0, "data.persistent_workers", "needs data.num_workers > 0"
+            self.persistent_workers is not True or self.num_workers > 0,
+            "data.persistent_workers",
+            "needs data.num_workers > 0",
         )
         check(
             self.prefetch_factor is None or (self.prefetch_factor > 0 and self.num_workers > 0),

@@ -95,7 +95,7 @@ class _RankBatchSampler:
 @dataclass(frozen=True)
 class LoaderOptions:
     num_workers: int = 0
-    persistent_workers: bool = False
+    persistent_workers: bool | None = None  # null: yes when there are workers
     prefetch_factor: int | None = None
 
 
@@ -107,7 +107,8 @@ def _loader(
         dataset,
         batch_sampler=batch_sampler,
         num_workers=options.num_workers,
-        persistent_workers=options.persistent_workers,
+        # Workers forked once, not every epoch: see data.persistent_workers (cpython#112275).
+        persistent_workers=options.num_workers > 0 and options.persistent_workers is not False,
         prefetch_factor=options.prefetch_factor,
         collate_fn=_CollateOrEmpty(dataset),
         pin_memory=device.type == "cuda",
@@ -292,7 +293,7 @@ def build_train_batches(
     seed: int,
     loader: str,
     num_workers: int,
-    persistent_workers: bool = False,
+    persistent_workers: bool | None = None,
     prefetch_factor: int | None = None,
     prepare_targets: PrepareTargets = _same,
     channels_last: bool = False,
@@ -327,7 +328,7 @@ def build_eval_batches(
     seed: int,
     loader: str,
     num_workers: int,
-    persistent_workers: bool = False,
+    persistent_workers: bool | None = None,
     prefetch_factor: int | None = None,
     prepare_targets: PrepareTargets = _same,
     channels_last: bool = False,
