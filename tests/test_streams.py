@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from helpers.id_shards import IdShards, Sequential, Unseekable
-from helpers.runs import REPO, assert_bitwise, clean_env, newest_weights, run_cli, run_torchrun
+from helpers.runs import REPO, assert_bitwise, clean_env, newest_payload, newest_weights, run_cli, run_torchrun
 
 from distrain.data.batches import LoaderOptions
 from distrain.data.stream_plan import StreamPlan
@@ -232,6 +232,10 @@ def test_a_stream_without_a_length_needs_steps_per_epoch_and_goes_on_across_epoc
     steps = _records(tmp_path / "ids")
     # 6 steps of 12 from a stream of 50: positions 0..71, the stream restarted after 50.
     assert steps == {k: sorted(p % 50 for p in range(12 * k, 12 * k + 12)) for k in range(6)}
+    # Or the run's steps: one epoch of trainer.max_steps.
+    cfg = distrain.load_config(CONFIG, [f"run.dir={tmp_path / 'run3'}", "data.num_workers=0", "trainer.max_steps=5"])
+    result = distrain.fit(cfg, model=IdModel(), train_data=Plain(50), test_data=IdShards(3, 10))
+    assert result.global_step == 5 and result.epochs_done == 1
 
 
 # ---------------------------------------------------------------------------------------- torchrun
@@ -348,3 +352,17 @@ def test_steps_per_epoch_shortens_the_epochs_of_a_map_style_set_too(tmp_path):
 
     train = records(tmp_path, "train")
     assert [r["global_step"] for r in train] == [3, 6] and all(r["samples"] == 3 * 128 for r in train)
+
+
+def test_max_steps_ends_the_run_mid_epoch_and_a_later_one_continues_it(tmp_path):
+    from helpers.runs import records
+
+    xor = str(REPO / "configs" / "xor.yaml")  # 20 steps an epoch
+    args = ["train", xor, f"run.dir={tmp_path}", "trainer.epochs=3", "log.plots=false"]
+    first = run_cli(*args, "trainer.max_steps=25")
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert [r["global_step"] for r in records(tmp_path, "train")] == [20, 25]
+    assert newest_payload(tmp_path)["global_step"] == 25
+    more = run_cli(*args, "trainer.max_steps=45")
+    assert more.returncode == 0, more.stderr[-2000:]
+    assert [r["global_step"] for r in records(tmp_path, "train")] == [20, 25, 45]

@@ -213,6 +213,10 @@ class TrainerConfig:
     """Optimizer steps per epoch: required for a stream without a length (the stream goes on across
     epochs); with a length, an epoch ends after this many steps when it is shorter than the data (null: the
     whole training set)."""
+    max_steps: int | None = None
+    """End the run after this many optimizer steps (null: trainer.epochs decides): the epoch in progress
+    ends there, is evaluated and saved as the last. A stream without a length and without
+    trainer.steps_per_epoch then has one epoch of max_steps steps."""
     exact_chunk: int = 8
     """trainer.exact: samples per chunk, cut from each global batch by global position. Bounds the world
     sizes (they must divide global_batch_size / exact_chunk) and the memory of one forward."""
@@ -228,6 +232,7 @@ class TrainerConfig:
             "trainer.steps_per_epoch",
             f"must be > 0, got {self.steps_per_epoch}",
         )
+        check(self.max_steps is None or self.max_steps > 0, "trainer.max_steps", f"must be > 0, got {self.max_steps}")
         check(self.exact_chunk > 0, "trainer.exact_chunk", f"must be > 0, got {self.exact_chunk}")
         check(self.exact_threads > 0, "trainer.exact_threads", f"must be > 0, got {self.exact_threads}")
         import signal

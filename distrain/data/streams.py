@@ -427,6 +427,7 @@ def describe_stream(
     num_workers: int,
     steps_per_epoch: int | None,
     shuffle_window: int = 0,
+    max_steps: int | None = None,
 ) -> StreamSetup | None:
     """The training split's StreamSetup, or None for a map-style set (read by index). Raises the user's
     error for a stream that cannot be dealt over the readers."""
@@ -471,12 +472,14 @@ def describe_stream(
             readers,
             readers,
         )
+    if pass_length is None and steps_per_epoch is None and max_steps is not None:
+        steps_per_epoch = max_steps  # the run is one epoch of trainer.max_steps steps
     if pass_length is None and steps_per_epoch is None:
         raise ConfigError(
             "trainer.steps_per_epoch",
             "is not set and the training set is a stream without a length, so an epoch has no end",
-            "set trainer.steps_per_epoch (optimizer steps per epoch; the stream goes on across epochs), or give "
-            "the data set a __len__",
+            "set trainer.steps_per_epoch (optimizer steps per epoch; the stream goes on across epochs) or "
+            "trainer.max_steps (the run's steps), or give the data set a __len__",
         )
     return StreamSetup(None, None, 1, pass_length, steps_per_epoch)
 

@@ -138,6 +138,7 @@ def build_parts(cfg: Config, ctx: DistContext, given: Given | None = None) -> Pa
         num_workers=cfg.data.num_workers,
         steps_per_epoch=cfg.trainer.steps_per_epoch,
         shuffle_window=cfg.data.shuffle_window,
+        max_steps=cfg.trainer.max_steps,
     )
     from distrain.loop.exact import check_exact
 

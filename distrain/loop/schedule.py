@@ -44,10 +44,16 @@ def lr_factor(step: int, cfg: ScheduleConfig, *, base_lr: float, steps_per_epoch
 
 
 def build_scheduler(
-    cfg: ScheduleConfig, optimizer: torch.optim.Optimizer, *, base_lr: float, steps_per_epoch: int, epochs: int
+    cfg: ScheduleConfig,
+    optimizer: torch.optim.Optimizer,
+    *,
+    base_lr: float,
+    steps_per_epoch: int,
+    epochs: int,
+    max_steps: int | None = None,
 ) -> LambdaLR:
     """The built-in schedule `cfg.name` (constant, step or cosine, with its warm-up) as a LambdaLR."""
-    total = steps_per_epoch * epochs
+    total = min(steps_per_epoch * epochs, max_steps or steps_per_epoch * epochs)  # trainer.max_steps
 
     def factor(step: int) -> float:
         return lr_factor(step, cfg, base_lr=base_lr, steps_per_epoch=steps_per_epoch, total_steps=total)
@@ -98,6 +104,7 @@ def build_schedule(
     base_lr: float,
     steps_per_epoch: int,
     epochs: int,
+    max_steps: int | None = None,
 ) -> Schedule:
     """The run's schedule: fit's scheduler= function, a scheduler named by import path (schedule.name
     with schedule.args), or a built-in one."""
@@ -119,7 +126,9 @@ def build_schedule(
             raise ConfigError("schedule.interval", f"is {cfg.interval!r}, but {built_in} steps every optimizer step")
         if cfg.monitor is not None:
             raise ConfigError("schedule.monitor", f"is {cfg.monitor!r}, but {built_in} watches no metric")
-        scheduler = build_scheduler(cfg, optimizer, base_lr=base_lr, steps_per_epoch=steps_per_epoch, epochs=epochs)
+        scheduler = build_scheduler(
+            cfg, optimizer, base_lr=base_lr, steps_per_epoch=steps_per_epoch, epochs=epochs, max_steps=max_steps
+        )
         return Schedule(scheduler, "step", None, stepped=not is_constant(cfg))
     builder = resolve("scheduler", cfg.name, "schedule.name")
     # What the run knows, passed to parameters that ask for it by name (OneCycleLR's epochs and

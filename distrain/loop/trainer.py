@@ -162,6 +162,7 @@ class Trainer:
             base_lr=base_lr,
             steps_per_epoch=steps_per_epoch,
             epochs=cfg.trainer.epochs,
+            max_steps=cfg.trainer.max_steps,
         )
         scheduler = self.schedule.scheduler
         self.callbacks = build_callbacks(cfg.callbacks, given.callbacks)
@@ -257,6 +258,8 @@ class Trainer:
                     self.maybe_log_step()
                     saved = self.maybe_save_step()
                     self.stop_on_signal(saved)
+                    if self.reached_max_steps():
+                        break
                 splits = self.end_epoch(epoch, started, lr)
                 self.maybe_stop(splits)
                 self.maybe_save_epoch(splits)
@@ -288,6 +291,9 @@ class Trainer:
         # Only now: a resume refused for a changed config leaves the run's config.yaml as it was.
         write_config(self.cfg, self.ctx, self.run_dir, self.definition)
         p = self.progress
+        limit, stopped = self.cfg.trainer.max_steps, self.state.stopper.stopped
+        if stopped and stopped.startswith("trainer.max_steps") and (limit is None or p.global_step < limit):
+            self.state.stopper.stopped = None  # a later max_steps (or none) continues the run
         if p.epoch >= self.cfg.trainer.epochs or self.state.stopper.stopped:
             log.info(
                 "this run already finished (epoch %d of %d%s): nothing to train, and the figures returned are "
@@ -323,7 +329,7 @@ class Trainer:
             self.run_dir,
             self.parts.model,
             start_step=p.global_step,
-            total_steps=steps_per_epoch * self.cfg.trainer.epochs,
+            total_steps=min(steps_per_epoch * self.cfg.trainer.epochs, self.cfg.trainer.max_steps or 1 << 62),
             directions=self.parts.metric_objects,
         )
         self.reporter.drop_from_epoch(p.epoch)
@@ -417,6 +423,14 @@ class Trainer:
         self.meter.reset()
         self.schedule.after_epoch(splits)  # interval epoch; ReduceLROnPlateau reads its monitor here
         return splits
+
+    def reached_max_steps(self) -> bool:
+        """trainer.max_steps: the run's last step is taken (the same verdict on every rank: steps are global)."""
+        limit = self.cfg.trainer.max_steps
+        if limit is None or self.progress.global_step < limit:
+            return False
+        self.state.stopper.stopped = f"trainer.max_steps ({limit}) reached"
+        return True
 
     def maybe_stop(self, splits: dict[str, EpochMetrics]) -> None:
         reason = self.state.stopper.update(splits)
