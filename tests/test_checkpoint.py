@@ -380,30 +380,78 @@ def test_the_background_writer_yields_to_training_until_training_waits_for_it():
     assert seen == [19, 0 if may_raise else 19, 19] and nice() == mine == 0
 
 
+@pytest.mark.parametrize("background", [True, False], ids=["background", "sync"])
 @pytest.mark.parametrize("kind", ["pt", "shards"])
-def test_a_background_save_is_hashed_as_written_and_verifies(tmp_path, kind, monkeypatch):
-    # One pass: the checksums come from the write itself (no read of the written files to hash them; the
-    # .pt's verifying read is the one allowed); the checkpoint verifies against the disk and loads.
-    from distrain.checkpoint import sharded
+def test_a_save_is_hashed_as_written_and_verifies(tmp_path, kind, background, monkeypatch):
+    # One pass: the checksums come from the write itself (no read of the written files to hash them, the
+    # .pt's included); the checkpoint verifies against the disk and loads. torch's own zip CRC setting
+    # (turned off while DCP writes shards) is as it was.
+    from distrain.checkpoint import files, sharded
     from distrain.checkpoint.background import BackgroundSaves
 
     def no_second_read(path):
         raise AssertionError(f"{path} was read back to hash it")
 
     monkeypatch.setattr(sharded, "sha256_of", no_second_read)
+    monkeypatch.setattr(files, "sha256_of", no_second_read)
     model = torch.nn.Linear(3, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     payload = {"epoch": 0, "step_in_epoch": 4, "global_step": 4, "metrics": {}}
     if kind == "pt":
         payload["model"] = model.state_dict()
-    saves = BackgroundSaves(sharded=kind == "shards")
+    saves = BackgroundSaves(sharded=kind == "shards") if background else None
     shards = (model, optimizer) if kind == "shards" else None
     path = save_checkpoint(tmp_path, payload, keep_last=0, is_main=True, shards=shards, background=saves)
     saved = model.weight.detach().clone()
     with torch.no_grad():
         model.weight.add_(1.0)  # training goes on: the checkpoint holds the state it was given
-    saves.close(agree=True)
+    if saves is not None:
+        saves.close(agree=True)
     monkeypatch.undo()
+    assert torch.serialization.get_crc32_options() is True
     manifest = Manifest.read(path)
     assert manifest is not None and manifest.problem() is None and find_resumable(tmp_path) == path
     assert torch.equal(load_payload(path)["model"]["weight"], saved)
+
+
+@pytest.mark.parametrize("direct", ["as_the_system_has_it", "refused", "einval_on_a_write"])
+def test_a_hashing_file_holds_every_byte_written_in_order_and_their_checksum(tmp_path, direct, monkeypatch):
+    # The aligned buffer (direct writes of whole chunks, the unaligned tail buffered) keeps the bytes'
+    # order across writes of every size, flushes that must not write a partial block, and the fallbacks:
+    # a file system without O_DIRECT, and one that refuses a direct write's alignment (EINVAL).
+    import errno
+    import hashlib
+
+    from distrain.checkpoint import files
+
+    rng = random.Random(0)
+    chunks = [rng.randbytes(n) for n in (1, 4095, 4097, files._CHUNK + 5, 3, 1 << 20, 0, files._CHUNK, 7)]
+    refused = []
+    if direct == "refused":
+        monkeypatch.setattr(files, "_set_direct", lambda fd, on: False)
+    elif direct == "einval_on_a_write":
+        monkeypatch.setattr(files, "_set_direct", lambda fd, on: on)  # "direct" here, but the write refuses
+        write = os.write
+
+        def einval_once(fd, data):
+            if not refused:
+                refused.append(len(data))
+                raise OSError(errno.EINVAL, "Invalid argument")
+            return write(fd, data)
+
+        monkeypatch.setattr(files.os, "write", einval_once)
+    path = tmp_path / "file"
+    hashed = files.HashingFile()
+    with open(path, "wb") as f:
+        hashed.into(f)
+        for i, chunk in enumerate(chunks):
+            assert hashed.write(chunk) == len(chunk)
+            hashed.flush()
+            assert hashed.tell() == sum(len(c) for c in chunks[: i + 1])
+        hashed.close()
+        hashed.close()  # once closed, again is nothing
+    monkeypatch.undo()
+    data = b"".join(chunks)
+    assert path.read_bytes() == data and hashed.size == len(data)
+    assert hashed.hexdigest() == hashlib.sha256(data).hexdigest() == files.sha256_of(path)
+    assert refused == ([files._CHUNK] if direct == "einval_on_a_write" else [])

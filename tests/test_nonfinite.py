@@ -171,3 +171,21 @@ def test_under_torchrun_errors_are_printed_once(tmp_path):
     # The first rank to exit did so with status 3 (the agent then stops the other one, which may show -15).
     assert "exitcode  : 3" in r.stderr.split(" FAILED")[-1], r.stderr
     # A config error met by every rank is printed once too: test_config.test_global_batch_must_divide_over_ranks.
+
+
+def test_all_finite_sees_every_nan_and_inf_in_every_floating_dtype():
+    # Each tensor's min and max (no bool written per element): a NaN anywhere, +Inf or -Inf, in any
+    # floating dtype and position; empty, integer and 0-dim tensors; complex ones the plain way.
+    from distrain.loop.nonfinite import all_finite
+
+    assert all_finite([]) and all_finite([torch.zeros(0), torch.arange(5), torch.tensor(1.5)])
+    for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        for bad in (float("nan"), float("inf"), float("-inf")):
+            for where in (0, 4097, -1):
+                x = torch.randn(10_000).to(dtype)
+                assert all_finite([torch.ones(3), x])
+                x[where] = bad
+                assert not all_finite([torch.ones(3), x]), (dtype, bad, where)
+    assert not all_finite([torch.tensor(float("nan"))])
+    assert all_finite([torch.randn(4, dtype=torch.complex64)])
+    assert not all_finite([torch.tensor([1 + 1j, complex(float("inf"), 0)])])

@@ -90,13 +90,37 @@ class ShardStaging:
         self._layout: Any = None
 
     def stage(self, state_dict: dict[str, Any]) -> dict[str, Any]:
-        from torch.distributed._state_dict_utils import _copy_state_dict, _create_cpu_state_dict
+        from torch.distributed._state_dict_utils import _copy_state_dict
 
         layout = _layout(state_dict)
         if layout != self._layout:
-            self._cache = _create_cpu_state_dict(state_dict, pin_memory=torch.cuda.is_available())
+            self._cache = _empty_like(state_dict)
             self._layout = layout
         return _copy_state_dict(state_dict, self._cache)
+
+
+@torch.no_grad()
+def _empty_like(tree: Any) -> Any:
+    """Empty CPU tensors shaped as `tree`'s, DTensors as DTensors of the same spec (torch's
+    _create_cpu_state_dict, without its copy of every CPU DTensor that it then drops: copy.deepcopy
+    before swapping in an empty local tensor, which doubled the first save's staging, 0.33 s of 0.6 s
+    for 400 MB here). Pinned when the tensor is on a GPU (the copy from the device is then a DMA)."""
+    from torch.distributed.tensor import DTensor
+
+    def empty(t: torch.Tensor) -> torch.Tensor:
+        if t.numel() == 0 or t.dim() == 0:  # as torch's own: nothing to pin
+            return torch.zeros(t.shape, dtype=t.dtype)
+        return torch.empty(t.shape, dtype=t.dtype, pin_memory=t.is_cuda)
+
+    if isinstance(tree, DTensor):
+        return DTensor(empty(tree._local_tensor), tree._spec, requires_grad=False)
+    if isinstance(tree, torch.Tensor):
+        return empty(tree)
+    if isinstance(tree, dict):
+        return {key: _empty_like(value) for key, value in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_empty_like(value) for value in tree)
+    return tree
 
 
 def _layout(tree: Any) -> Any:

@@ -233,16 +233,22 @@ def _write_verified(path: Path, payload: dict[str, Any]) -> Manifest:
         hashed.into(f)
         try:
             torch.save(payload, hashed)
+            hashed.finish()  # the buffered rest into the file, before atomic_write's fsync
         except Exception:  # noqa: BLE001 (torch.save may hand the file's OSError on as a RuntimeError)
             if hashed.error is None:
                 raise
             raise hashed.error from None
 
     def switch(tmp: Path) -> None:
-        # Verify what reached the disk before it replaces anything (a bad file never takes a good one's
-        # place); then a copy of this step, if there is one (saved again; or a sharded one, the strategy
-        # changed), is parked, not removed: it stays resumable until the new one is published.
-        problem = _file_problem(tmp, hashed.digest.hexdigest(), hashed.size)
+        # Check what reached the disk before it replaces anything (a bad file never takes a good one's
+        # place): written whole and fsynced, its size is the bytes hashed. Not read back to hash it again:
+        # the checksum is of the very bytes written (HashingFile), and a read right after the write came
+        # from the page cache, not the disk, so it proved nothing more; it cost a second pass over every
+        # byte (and, after a direct write, a read from the disk into fresh pages). A resume still hashes
+        # every file against its manifest. Then a copy of this step, if there is one (saved again; or a
+        # sharded one, the strategy changed), is parked, not removed: it stays resumable until the new one
+        # is published.
+        problem = _file_problem(tmp, hashed.digest.hexdigest(), hashed.size, hashes=False)
         if problem:
             raise WriteError(path, OSError(f"it {problem} right after writing it (a failing disk?)"))
         park(path)

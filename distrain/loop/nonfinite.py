@@ -34,6 +34,23 @@ log = logging.getLogger("distrain")
 _NONE = 2**62  # "no non-finite step seen" in the MIN all-reduce
 
 
+def all_finite(tensors: list[torch.Tensor]) -> bool:
+    """Whether no element of `tensors` is NaN or Inf. Each floating tensor's minimum and maximum: a NaN
+    anywhere makes both NaN (torch's min and max propagate it), an Inf is one of them; then one look at
+    those few values (one host sync). Why not isfinite(t).all(): it writes a bool for every element first;
+    timed on one CPU thread, 36M float32 weights: 178 ms against 18 ms, and the weights are checked before
+    every save (the save's cost, synchronous or in the background)."""
+    ends = []
+    for t in tensors:
+        if t.numel() == 0 or not (t.is_floating_point() or t.is_complex()):
+            continue  # nothing to check; integers are always finite (and aminmax refuses an empty tensor)
+        if t.is_complex():  # aminmax has no order for complex numbers
+            ends.append(torch.isfinite(t).all().reshape(1))
+        else:
+            ends.append(torch.isfinite(torch.stack(torch.aminmax(t))))
+    return not ends or bool(torch.cat(ends).all())
+
+
 class NonFiniteGuard:
     """Watches the step losses (stop) or decides each step (skip_step). `check` is collective."""
 
@@ -69,10 +86,9 @@ class NonFiniteGuard:
         if self.scaler is not None:
             return True  # fp16: GradScaler skips overflowing steps itself
         grads = [local(p.grad) for p in self.model.parameters() if p.grad is not None]
-        finite = torch.stack([torch.isfinite(loss.detach()).all()] + [torch.isfinite(g).all() for g in grads])
         # The gradients are averaged over the ranks already (the same everywhere), the loss is this rank's:
         # agree, so that no rank steps while another skips.
-        bad = dist.any_true(not bool(finite.all()), self.device)
+        bad = dist.any_true(not all_finite([loss.detach(), *grads]), self.device)
         if bad:
             log.warning(
                 "global step %d: NaN or Inf in the loss or the gradients: optimizer step skipped", self._base + 1
@@ -102,9 +118,7 @@ class NonFiniteGuard:
         if self.mode == "stop":
             self._scan()
         params = [local(p) for p in self.model.parameters()]  # sharded: this rank's shards (then agreed)
-        weights_bad = (
-            weights and bool(params) and not bool(torch.stack([torch.isfinite(p).all() for p in params]).all())
-        )
+        weights_bad = weights and not all_finite(params)
         first = self._first_bad if self._first_bad is not None else _NONE
         # One reduction: MIN of the first bad step, and MIN of -1 (weights bad) / 0.
         agreed = dist.all_reduce_min(
