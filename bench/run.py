@@ -90,6 +90,9 @@ def print_table(
     if "distrain_step" in medians and "distrain_api" in medians and has_floor:
         own = ratio("distrain_step", "distrain_api")
         print(f"  distrain_step (fit(step=...), the user's own step) = {own:.2f}x distrain_api")
+    if "distrain_stream" in medians and "distrain_api" in medians and has_floor:
+        stream = ratio("distrain_stream", "distrain_api")
+        print(f"  distrain_stream (the training set streamed from file shards) = {stream:.2f}x distrain_api")
     if "distrain_exact" in medians and "distrain" in medians and has_floor:
         exact = ratio("distrain_exact", "distrain")
         print(f"  distrain_exact (trainer.exact, chunk = the batch) = {exact:.2f}x distrain")
