@@ -366,3 +366,22 @@ def test_max_steps_ends_the_run_mid_epoch_and_a_later_one_continues_it(tmp_path)
     more = run_cli(*args, "trainer.max_steps=45")
     assert more.returncode == 0, more.stderr[-2000:]
     assert [r["global_step"] for r in records(tmp_path, "train")] == [20, 25, 45]
+
+
+def test_the_shipped_stream_config_trains_from_shards_written_by_distrain_shards(tmp_path):
+    from helpers.runs import records, write_fashion_mnist
+
+    write_fashion_mnist(tmp_path / "data", 300, 50)
+    shards = tmp_path / "shards"
+    source = [f"data.args.root={tmp_path / 'data'}", "data.args.download=false"]
+    written = run_cli(
+        "shards", str(REPO / "configs" / "fashion_mnist.yaml"), str(shards), "--samples-per-shard", "64", *source
+    )
+    assert written.returncode == 0, written.stderr[-2000:]
+    assert len(list((shards / "train").glob("shard-*.0.npy"))) == 5  # 300 samples: 4 x 64 + 44
+    stream = [f"data.args.root={shards}", f"run.dir={tmp_path / 'run'}", "trainer.epochs=1", "log.plots=false"]
+    result = run_cli("train", str(REPO / "configs" / "fashion_mnist_stream.yaml"), *stream)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "300 samples in 5 shards, dealt to 5 lanes" in result.stdout + result.stderr
+    (record,) = records(tmp_path / "run", "train")
+    assert record["samples"] == 300 and records(tmp_path / "run", "test")[0]["samples"] == 50
