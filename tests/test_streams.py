@@ -385,3 +385,28 @@ def test_the_shipped_stream_config_trains_from_shards_written_by_distrain_shards
     assert "300 samples in 5 shards, dealt to 5 lanes" in result.stdout + result.stderr
     (record,) = records(tmp_path / "run", "train")
     assert record["samples"] == 300 and records(tmp_path / "run", "test")[0]["samples"] == 50
+
+
+def test_a_stream_without_a_length_refuses_a_resume_with_another_epoch_length(tmp_path):
+    from helpers.id_shards import IdModel, Plain
+
+    import distrain
+
+    def fit(steps: str):
+        cfg = distrain.load_config(CONFIG, [f"run.dir={tmp_path}", "data.num_workers=0", "callbacks=[]", steps])
+        return distrain.fit(cfg, model=IdModel(), train_data=Plain(50), test_data=IdShards(3, 10))
+
+    assert fit("trainer.max_steps=4").global_step == 4
+    with pytest.raises(distrain.ConfigError, match="epoch_steps: 4 in the checkpoint, 6 now"):
+        fit("trainer.max_steps=6")
+
+
+def test_a_shard_that_gives_fewer_samples_than_its_size_stops_the_run_naming_it():
+    class Overstated(Sequential):
+        def shard_size(self, shard):
+            return self.sizes[shard] + (shard == 3)
+
+    dataset = Overstated(12, 20, last=7)
+    with pytest.raises(Exception, match="shard 3 gave 20 samples from sample 0, where its shard_size says 21"):
+        for _ in _batches(dataset, 0, 1, window=7):
+            pass

@@ -5,7 +5,7 @@ the skipped part again.
     class MyShards(distrain.ShardedDataset):
         def __init__(self, files): self.files = sorted(files)
         def shards(self): return self.files                        # picklable, the same on every rank
-        def shard_size(self, shard): return count_samples(shard)   # optional: else distrain counts once
+        def shard_size(self, shard): return count_samples(shard)   # optional: else counted at start
         def open_shard(self, shard, start=0):                      # the samples of one shard, from `start`
             yield from read_samples(shard, skip=start)
 
@@ -57,6 +57,12 @@ def is_stream(dataset: Any) -> bool:
     return isinstance(dataset, IterableDataset) or is_sharded(dataset)
 
 
+def is_indexable(dataset: Any) -> bool:
+    """Read by index (a map-style set: len and [i]). Not an IterableDataset: it inherits a __getitem__
+    that only raises. A sharded set that is also indexable (distrain's file shards) is evaluated so."""
+    return not isinstance(dataset, IterableDataset) and hasattr(dataset, "__getitem__") and has_length(dataset)
+
+
 def has_length(dataset: Any) -> bool:
     try:
         len(dataset)
@@ -66,8 +72,8 @@ def has_length(dataset: Any) -> bool:
 
 
 def shard_sizes(dataset: Any) -> list[int]:
-    """Samples per shard, in `shards()` order: from `shard_size`, else counted by reading each shard once
-    (logged with its cost: define shard_size to skip it)."""
+    """Samples per shard, in `shards()` order: from `shard_size`, else counted by reading each shard (on
+    every rank, at every start and resume; logged with its cost: define shard_size to skip it)."""
     shards = list(dataset.shards())
     sizer = getattr(dataset, "shard_size", None)
     if callable(sizer):

@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 
 from distrain.data import batches
 from distrain.data.batches import LoaderOptions
-from distrain.data.shards import has_length, is_sharded, is_stream, shard_sizes
+from distrain.data.shards import has_length, is_indexable, is_sharded, is_stream, shard_sizes
 from distrain.data.streams import StreamEvalBatches, StreamSetup, build_stream_batches
 from distrain.errors import ConfigError
 
@@ -26,15 +26,15 @@ def build_train_batches(
 ) -> Any:
     if stream is None:
         return batches.build_train_batches(dataset, steps_per_epoch=steps_per_epoch, **kwargs)
-    kwargs.pop("loader"), kwargs.pop("persistent_workers", None)  # a stream has no tensor path; workers
-    # are made anew each epoch (persistent ones would keep the epoch they were made in)
+    # A stream has no tensor path, and its readers' workers live for the whole run already (streams.py).
+    kwargs.pop("loader"), kwargs.pop("persistent_workers", None)
     options = LoaderOptions(kwargs.pop("num_workers"), False, kwargs.pop("prefetch_factor", None))
     # (trainer.steps_per_epoch is in the StreamSetup)
     return build_stream_batches(dataset, stream, options=options, **kwargs)
 
 
 def build_eval_batches(dataset: Dataset, **kwargs: Any) -> Any:
-    if not is_stream(dataset) or (has_length(dataset) and hasattr(dataset, "__getitem__")):
+    if not is_stream(dataset) or is_indexable(dataset):
         return batches.build_eval_batches(dataset, **kwargs)
     if not is_sharded(dataset) and not has_length(dataset):
         raise ConfigError(

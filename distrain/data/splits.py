@@ -21,7 +21,7 @@ from torch.utils.data._utils.collate import default_collate
 from distrain.config.registry import call, resolve
 from distrain.config.schema import DataConfig
 from distrain.data.datasets import DataSets
-from distrain.data.shards import first_samples, has_length, is_stream
+from distrain.data.shards import first_samples, has_length, is_indexable, is_stream
 from distrain.data.structures import leaves, split_sample
 from distrain.errors import ConfigError, UserError
 
@@ -76,7 +76,7 @@ def build_splits(
             args["download"] = False
         data = as_datasets(call(builder, args, "data.args", known={"seed": seed}), cfg.name)
     data = with_streams(data)
-    if data.val is None and cfg.val_fraction > 0 and is_stream(data.train) and not hasattr(data.train, "__getitem__"):
+    if data.val is None and cfg.val_fraction > 0 and is_stream(data.train) and not is_indexable(data.train):
         raise ConfigError(
             "data.val_fraction",
             "cannot hold a validation split out of a stream (its samples are not indexed)",

@@ -23,7 +23,6 @@ is normalised by the global batch size, as for the uneven last batch of the map-
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 
 import numpy as np
 
@@ -38,6 +37,7 @@ class StreamPlan:
         self.total = int(self.sizes.sum())
         self.num_steps = math.ceil(self.total / global_batch_size)
         self._order: tuple[int, np.ndarray] = (-1, np.arange(0))
+        self._counts: dict[tuple[int, int], np.ndarray] = {}
 
     def global_size(self, step: int) -> int:
         return min(self.global_batch_size, self.total - step * self.global_batch_size)
@@ -64,9 +64,14 @@ class StreamPlan:
         return _positions(tuple(self.lane_lengths(epoch).tolist()), lane)
 
     def lane_counts(self, epoch: int, lane: int) -> np.ndarray:
-        """How many of lane `lane`'s samples each step of the epoch takes (length num_steps)."""
-        bounds = np.arange(self.num_steps + 1, dtype=np.int64) * self.global_batch_size
-        return np.diff(np.searchsorted(self.lane_positions(epoch, lane), bounds))
+        """How many of lane `lane`'s samples each step of the epoch takes (length num_steps). Kept for the
+        epoch in progress only: the positions behind it are as long as the lane (not kept at all)."""
+        if (epoch, lane) not in self._counts:
+            if self._counts and next(iter(self._counts))[0] != epoch:
+                self._counts.clear()
+            bounds = np.arange(self.num_steps + 1, dtype=np.int64) * self.global_batch_size
+            self._counts[epoch, lane] = np.diff(np.searchsorted(self.lane_positions(epoch, lane), bounds))
+        return self._counts[epoch, lane]
 
     def lane_pieces(self, epoch: int, lane: int, start: int, stop: int) -> list[tuple[int, int, int]]:
         """(shard index, start, stop) runs that hold the lane's samples [start, stop), in order."""
@@ -84,7 +89,6 @@ class StreamPlan:
         return pieces
 
 
-@lru_cache(maxsize=64)
 def _positions(lengths: tuple[int, ...], lane: int) -> np.ndarray:
     m = np.asarray(lengths, dtype=np.int64)
     t = np.arange(m[lane], dtype=np.int64)

@@ -117,9 +117,15 @@ class _LaneReader:
         return pieces[0] if len(pieces) == 1 else cat(pieces)
 
     def _open(self, start: int) -> Iterator[Any]:
-        # Seek into the first shard (open_shard(shard, start)) on a resume; the later shards from 0.
-        pieces = self.plan.lane_pieces(self.epoch, self.lane, start, self.length)
-        return itertools.chain.from_iterable(open_at(self.dataset, self.shards[s], a) for s, a, _ in pieces)
+        # Seek into the first shard (open_shard(shard, start)) on a resume; the later shards from 0. Each
+        # shard gives exactly its shard_size samples, or the run stops naming it (never another shard's).
+        for shard, a, b in self.plan.lane_pieces(self.epoch, self.lane, start, self.length):
+            count = 0
+            for sample in itertools.islice(open_at(self.dataset, self.shards[shard], a), b - a):
+                count += 1
+                yield sample
+            if count != b - a:
+                raise _short(self.shards[shard], a, b, count)
 
 
 class _ShardReaders(IterableDataset):
@@ -217,6 +223,9 @@ class _Source:
         rank while one of its other threads (a finished epoch's queue feeder thread exiting, a gloo thread)
         holds Python's runtime lock leaves the worker hung before its first line on Python 3.8-3.11
         (cpython#112275); it happened here about once in twenty epochs of torchrun x2 with 2 workers."""
+        if self.start_step >= self.num_steps:  # resumed at the epoch's end: nothing to read (and no fork)
+            self._live_key = (self.epoch + 1, 0) if self._live is not None else None
+            return
         if self._live is None or self._live_key != (self.epoch, self.start_step):
             self._live = None  # the old readers' workers stop before new ones start
             self._live = self._parts(make_readers())
@@ -241,11 +250,12 @@ class StreamBatches(_Source):
         super().__init__(dataset, device, num_steps=plan.num_steps, **kwargs)
         self.shards, self.plan = shards, plan
         workers = max(self.options.num_workers, 1)
-        if plan.lanes < self.world_size * workers:
+        lanes = min(plan.lanes, len(shards))  # (lanes beyond the shard count stay empty)
+        if lanes < self.world_size * workers:
             log.warning(
-                "data: %d lanes for %d ranks x %d readers: some read nothing (raise data.lanes, or lower "
-                "data.num_workers)",
-                plan.lanes,
+                "data: %d lanes with shards for %d ranks x %d readers: some read nothing (more shards, or "
+                "fewer data.num_workers)",
+                lanes,
                 self.world_size,
                 workers,
             )
@@ -291,6 +301,16 @@ def _cat(parts: list[Any]) -> Any:
     return cat(parts)
 
 
+def _short(shard: Any, start: int, stop: int, got: int) -> Exception:
+    from distrain.errors import UserError
+
+    return UserError(
+        f"shard {shard!r} gave {got} samples from sample {start}, where its shard_size says {stop - start}",
+        "make shard_size(shard) the number of samples open_shard(shard) yields (or drop shard_size: distrain "
+        "then counts them)",
+    )
+
+
 def _rows(obj: Any) -> int:
     found: list[int] = []
     tree_map(lambda t: found.append(len(t)), obj)
@@ -319,7 +339,9 @@ class _PlainReaders(IterableDataset):
                 if position >= first:
                     yield sample
                 position += 1
-            if empty or epoch is not None:
+            if empty:
+                raise _plain_error(f"gave no samples on its pass {passes}", "is its __iter__ re-iterable?")
+            if epoch is not None:
                 return
 
     def __iter__(self) -> Iterator[tuple[int, int, list[tuple[int, int]], Any]]:
@@ -332,11 +354,25 @@ class _PlainReaders(IterableDataset):
             if self.pass_length is not None:  # a pass an epoch
                 stream = self._samples(start * size, epoch)
             for step in range(start, self.num_steps):
-                share = list(itertools.islice(stream, size))[self.rank :: world]  # read by every reader
+                batch = list(itertools.islice(stream, size))  # read by every reader
+                expected = size if self.pass_length is None else min(size, self.pass_length - step * size)
+                if len(batch) != expected:
+                    raise _plain_error(
+                        f"gave {len(batch)} samples for step {step} of epoch {epoch}, where its length "
+                        f"({self.pass_length}) says {expected}",
+                        "make __len__ the number of samples one pass yields",
+                    )
+                share = batch[self.rank :: world]
                 # Worker w keeps a contiguous block of the rank's share: the blocks in worker order are the share.
                 mine = share[worker * len(share) // workers : (worker + 1) * len(share) // workers]
                 yield epoch, step, [(0, len(mine))] if mine else [], default_collate(mine) if mine else None
             start = 0
+
+
+def _plain_error(problem: str, hint: str) -> Exception:
+    from distrain.errors import UserError
+
+    return UserError(f"the training stream {problem}", hint)
 
 
 class PlainStreamBatches(_Source):
@@ -411,7 +447,15 @@ class StreamEvalBatches:
         for index, start, end in self.ranges:
             if start > position:
                 next(itertools.islice(stream, start - position - 1, None), None)  # skip to `start`
-            yield index, list(itertools.islice(stream, end - start))
+            samples = list(itertools.islice(stream, end - start))
+            if len(samples) != end - start:
+                from distrain.errors import UserError
+
+                raise UserError(
+                    f"an evaluation stream ended before sample {end} of the {len(self.dataset)} its length says",
+                    "make __len__ the number of samples it yields",
+                )
+            yield index, samples
             position = end
 
     def __iter__(self) -> Iterator[Batch]:
@@ -456,6 +500,7 @@ def describe_stream(
     steps_per_epoch: int | None,
     shuffle_window: int = 0,
     max_steps: int | None = None,
+    global_batch_size: int = 1,
 ) -> StreamSetup | None:
     """The training split's StreamSetup, or None for a map-style set (read by index). Raises the user's
     error for a stream that cannot be dealt over the readers."""
@@ -492,6 +537,14 @@ def describe_stream(
             "give it shards: subclass distrain.ShardedDataset with shards() and open_shard(shard, start) "
             "(each reader then reads only its own); or set data.split_by=samples (every reader reads the "
             "whole stream and keeps one sample in N); or train in one process with data.num_workers=0",
+        )
+    if shuffle_window:
+        log.info("data: data.shuffle_window does nothing for a stream without shards: it is read in its order")
+    passes_steps = -(-pass_length // global_batch_size) if pass_length is not None else None
+    if passes_steps is not None and steps_per_epoch is not None and steps_per_epoch < passes_steps:
+        log.warning(
+            "data: trainer.steps_per_epoch ends each pass of the stream early, and each epoch starts a new pass: "
+            "the same first samples every epoch unless its set_epoch(epoch) reorders them"
         )
     if readers > 1:
         log.info(

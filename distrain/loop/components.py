@@ -139,6 +139,7 @@ def build_parts(cfg: Config, ctx: DistContext, given: Given | None = None) -> Pa
         steps_per_epoch=cfg.trainer.steps_per_epoch,
         shuffle_window=cfg.data.shuffle_window,
         max_steps=cfg.trainer.max_steps,
+        global_batch_size=cfg.data.global_batch_size,
     )
     from distrain.loop.exact import check_exact
 

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("distrain")
 
 # The parts whose change makes the saved state meaningless or the continuation silently different.
-REFUSED = ("model", "optimizer", "loss", "data", "shards", "step", "scheduler")
+REFUSED = ("model", "optimizer", "loss", "data", "shards", "epoch_steps", "step", "scheduler")
 # Config keys that build each part when fit is not given it (what an error names then).
 _CONFIG_KEY = {
     "model": "model",
@@ -45,6 +45,7 @@ _CONFIG_KEY = {
     "loss": "loss.name",
     "data": "data",
     "shards": "data",
+    "epoch_steps": "trainer.steps_per_epoch",
     "step": "step",
     "scheduler": "schedule",
 }
@@ -86,6 +87,13 @@ class RunDefinition:
             **(
                 {"shards": list(parts.stream.sizes)}
                 if parts.stream is not None and parts.stream.sizes is not None
+                else {}
+            ),
+            # A stream without a length: its position is counted in steps of this many per epoch
+            # (trainer.steps_per_epoch, or trainer.max_steps when that makes the run one epoch).
+            **(
+                {"epoch_steps": parts.stream.steps_per_epoch}
+                if parts.stream is not None and parts.stream.shards is None and parts.stream.pass_length is None
                 else {}
             ),
             "step": _function_name(given.step) if given.step is not None else "distrain",
