@@ -410,3 +410,15 @@ def test_a_shard_that_gives_fewer_samples_than_its_size_stops_the_run_naming_it(
     with pytest.raises(Exception, match="shard 3 gave 20 samples from sample 0, where its shard_size says 21"):
         for _ in _batches(dataset, 0, 1, window=7):
             pass
+
+
+@pytest.mark.slow
+def test_accelerate_launch_x2_with_the_accelerate_engine_reads_each_sample_once_per_epoch(tmp_path):
+    from helpers.runs import PYTHON, free_port, run_group
+
+    accelerate = str(Path(PYTHON).parent / "accelerate")
+    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes=2", f"--main_process_port={free_port()}"]
+    cmd += ["-m", "distrain", "train", CONFIG, f"run.dir={tmp_path / 'run'}", "engine=accelerate"]
+    result = run_group(cmd, env=_env(tmp_path / "ids"), timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    _assert_each_sample_once_per_epoch(_records(tmp_path / "ids"))
