@@ -11,7 +11,8 @@ from typing import Any, BinaryIO, Callable
 from distrain.errors import WriteError
 
 
-def fsync_dir(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """fsync a directory (its entries: a rename into it) or a file (one a library wrote without fsync)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -38,7 +39,7 @@ def atomic_write(
         if before_replace is not None:
             before_replace(tmp)
         os.replace(tmp, path)
-        fsync_dir(path.parent)
+        fsync_path(path.parent)
     except OSError as exc:  # disk full, no permission: the old file stays, the partial one goes
         tmp.unlink(missing_ok=True)
         raise WriteError(path, exc) from None
@@ -68,7 +69,7 @@ def atomic_write_dir(path: Path, fill: Callable[[Path], Any]) -> Path:
         fill(tmp)
         # rename(2) replaces an empty folder and fails on any other: one that appeared meanwhile is kept.
         os.rename(tmp, path)
-        fsync_dir(path.parent)
+        fsync_path(path.parent)
     except OSError as exc:
         _remove_tree(tmp)
         raise WriteError(path, exc) from None
@@ -82,12 +83,3 @@ def _remove_tree(path: Path) -> None:
     import shutil
 
     shutil.rmtree(path, ignore_errors=True)
-
-
-def fsync_file(path: Path) -> None:
-    """Flush a file just written (by a library that does not fsync) to the disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -26,7 +26,7 @@ import dataclasses
 import os
 from pathlib import Path
 
-from distrain.atomic import atomic_write_bytes, fsync_dir
+from distrain.atomic import atomic_write_bytes, fsync_path
 from distrain.checkpoint.files import Manifest, remove_checkpoint, remove_data
 
 PREV = "-prev"
@@ -73,7 +73,7 @@ def park(path: Path) -> None:
         remove_checkpoint(form)
     atomic_write_bytes(aside.with_suffix(".json"), dataclasses.replace(old, path=aside).to_json().encode())
     os.rename(old.path, aside)
-    fsync_dir(path.parent)
+    fsync_path(path.parent)
     path.with_suffix(".json").unlink(missing_ok=True)  # never a stale manifest beside the new data
 
 

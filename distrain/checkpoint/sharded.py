@@ -34,7 +34,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from distrain.atomic import atomic_write_bytes, fsync_dir
+from distrain.atomic import atomic_write_bytes, fsync_path
 from distrain.checkpoint.files import CheckpointError, HashingFile, Manifest, publish, sha256_of, torch_load
 from distrain.checkpoint.parking import park, unpark
 from distrain.errors import UserError, WriteError
@@ -190,12 +190,12 @@ def _complete(tmp: Path, path: Path, payload: dict[str, Any], every: list[dict[s
         unlisted = sorted(set(os.listdir(tmp)) - set(files))
         if unlisted:  # every file of the folder is covered by the manifest, or the save fails
             raise OSError(f"unexpected files {unlisted} in the checkpoint folder")
-        fsync_dir(tmp)
+        fsync_path(tmp)
         # Saved again (a resumed run, a requeued epoch's save, a changed strategy): the step's complete copy
         # is parked, not removed, and stays resumable until the new one is published.
         park(path)
         os.rename(tmp, path)
-        fsync_dir(folder)
+        fsync_path(folder)
         digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
         manifest = Manifest(
             path,

@@ -42,7 +42,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
-from distrain.atomic import atomic_write, atomic_write_bytes, fsync_dir
+from distrain.atomic import atomic_write, atomic_write_bytes, fsync_path
 from distrain.checkpoint.files import (
     CheckpointError,
     HashingFile,
@@ -215,7 +215,7 @@ def _move_aside(folder: Path) -> Path | None:
         n += 1
         target = folder.with_name(f"{folder.name}.old-{stamp}-{n}")
     os.rename(folder, target)
-    fsync_dir(folder.parent)
+    fsync_path(folder.parent)
     return target
 
 

@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator, Literal
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from distrain.atomic import atomic_write_dir, fsync_file
+from distrain.atomic import atomic_write_dir, fsync_path
 from distrain.data.datasets import DataSets
 from distrain.data.images import ImageTransform, build_transform
 from distrain.data.shards import ShardedDataset
@@ -209,7 +209,7 @@ def _write_tars(dataset: Dataset, folder: Path, samples_per_shard: int) -> None:
                     )
                 _add(tar, f"{index:08d}.png", encode_png(image.contiguous()).numpy().tobytes())
                 _add(tar, f"{index:08d}.cls", str(int(label)).encode())
-        fsync_file(path)
+        fsync_path(path)
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
