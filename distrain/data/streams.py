@@ -27,7 +27,7 @@ from torch.utils.data._utils.collate import default_collate
 from distrain.data.batches import Batch, LoaderOptions, PrepareTargets, _placed, _same
 from distrain.data.shards import first_samples, has_length, open_at, read_range
 from distrain.data.stream_plan import StreamPlan
-from distrain.data.structures import cat, split_sample, to_device, tree_map
+from distrain.data.structures import cat, num_samples, split_sample, to_device, tree_map
 from distrain.loop.seeding import loader_generator, seed_worker
 
 log = logging.getLogger("distrain")
@@ -102,7 +102,7 @@ class _LaneReader:
                 first = index * size
                 block = self._read(first, min(first + size, self.length))
                 if self.window:
-                    order = torch.from_numpy(self._order(index, _rows(block)))
+                    order = torch.from_numpy(self._order(index, num_samples(block)))
                     block = tree_map(lambda t, order=order: t[order], block)
                 self._block, self._block_index = block, index
             a, b = max(start - index * size, 0), min(stop - index * size, size)
@@ -110,11 +110,13 @@ class _LaneReader:
         return pieces[0] if len(pieces) == 1 else _cat(pieces)
 
     def _read(self, start: int, stop: int) -> Any:
-        pieces = [
-            read_range(self.dataset, self.shards[shard], a, b)
-            for shard, a, b in self.plan.lane_pieces(self.epoch, self.lane, start, stop)
-        ]
-        return pieces[0] if len(pieces) == 1 else cat(pieces)
+        pieces = []
+        for shard, a, b in self.plan.lane_pieces(self.epoch, self.lane, start, stop):
+            piece = read_range(self.dataset, self.shards[shard], a, b)
+            if num_samples(piece) != b - a:  # a shard_size that disagrees with the shard: stop, naming it
+                raise _short(self.shards[shard], a, b, num_samples(piece))
+            pieces.append(piece)
+        return pieces[0] if len(pieces) == 1 else _cat(pieces)
 
     def _open(self, start: int) -> Iterator[Any]:
         # Seek into the first shard (open_shard(shard, start)) on a resume; the later shards from 0. Each
@@ -128,7 +130,30 @@ class _LaneReader:
                 raise _short(self.shards[shard], a, b, count)
 
 
-class _ShardReaders(IterableDataset):
+class _Readers(IterableDataset):
+    """What the readers share: a user's error in a DataLoader worker (a shard that disagrees with its size)
+    reaches the rank as that error, one message, not as the worker's traceback that torch re-raises."""
+
+    def __iter__(self) -> Iterator[tuple[int, int, list[tuple[int, int]], Any]]:
+        from distrain.errors import UserError
+
+        try:
+            yield from self._items()
+        except UserError as exc:
+            if get_worker_info() is None:
+                raise
+            yield -1, -1, [], _WorkerError(exc.message, exc.hint)
+
+    def _items(self) -> Iterator[tuple[int, int, list[tuple[int, int]], Any]]:
+        raise NotImplementedError
+
+
+class _WorkerError:
+    def __init__(self, message: str, hint: str | None):
+        self.message, self.hint = message, hint
+
+
+class _ShardReaders(_Readers):
     """What one reader yields for each step, from (epoch, start_step) on, epoch after epoch:
     (epoch, step, [(lane, count)], its samples of the step or None)."""
 
@@ -137,7 +162,7 @@ class _ShardReaders(IterableDataset):
         self.epoch, self.start_step, self.num_steps = source.epoch, source.start_step, source.num_steps
         self.rank, self.world_size = source.rank, source.world_size
 
-    def __iter__(self) -> Iterator[tuple[int, int, list[tuple[int, int]], Any]]:
+    def _items(self) -> Iterator[tuple[int, int, list[tuple[int, int]], Any]]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         plan, world = self.plan, self.world_size
@@ -232,6 +257,11 @@ class _Source:
         readers = max(self.options.num_workers, 1)
         for step in range(self.start_step, self.num_steps):
             got = [next(self._live) for _ in range(readers)]
+            failed = next((part for _, _, _, part in got if isinstance(part, _WorkerError)), None)
+            if failed is not None:
+                from distrain.errors import UserError
+
+                raise UserError(failed.message, failed.hint)
             if any((e, s) != (self.epoch, step) for e, s, _, _ in got):
                 raise RuntimeError(f"stream readers out of step at {self.epoch, step}: {[g[:2] for g in got]}")
             self._live_key = (self.epoch, step + 1) if step + 1 < self.num_steps else (self.epoch + 1, 0)
@@ -273,7 +303,7 @@ class StreamBatches(_Source):
                     pieces.extend(zip((lane for lane, _ in taken), rows))
             pieces.sort(key=lambda p: p[0])
             batch = None if not pieces else pieces[0][1] if len(pieces) == 1 else _cat([p for _, p in pieces])
-            chunks = [(lane, _rows(p)) for lane, p in pieces]
+            chunks = [(lane, num_samples(p)) for lane, p in pieces]
             yield self._batch(step, batch, self.plan.global_size(step), chunks)
 
 
@@ -311,13 +341,7 @@ def _short(shard: Any, start: int, stop: int, got: int) -> Exception:
     )
 
 
-def _rows(obj: Any) -> int:
-    found: list[int] = []
-    tree_map(lambda t: found.append(len(t)), obj)
-    return found[0] if found else 0
-
-
-class _PlainReaders(IterableDataset):
+class _PlainReaders(_Readers):
     """Readers of a stream without shards: each reads it all and keeps its own samples (see the module
     docstring), epoch after epoch from (epoch, start_step): (epoch, step, [(0, count)], part or None)."""
 
@@ -344,7 +368,7 @@ class _PlainReaders(IterableDataset):
             if epoch is not None:
                 return
 
-    def __iter__(self) -> Iterator[tuple[int, int, list[tuple[int, int]], Any]]:
+    def _items(self) -> Iterator[tuple[int, int, list[tuple[int, int]], Any]]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         size, world, start = self.global_batch_size, self.world_size, self.start_step
