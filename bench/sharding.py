@@ -17,15 +17,16 @@ glibc return freed blocks above 64 KiB at once, so the peak follows the live ten
 The table shows the rank with the highest peak and the ratios fsdp / ddp.
 
 Checkpoint stall: 1 process of ddp (a .pt), 1 and 2 ranks of fsdp (sharded checkpoints), each trained for
---stall-steps steps with no saves, with a save every --stall-every steps, and with the same saves in the
-background; the lost time per save is (time to the last optimizer step and its save - the same without
-saves) / saves, median of --stall-repeats alternating rounds; "x sync" is the background save's lost time
-over the synchronous one's; "in save()" is the training thread's time in the save call per save, split into
-"staging" (its own share: the state dicts, the copy into the staging buffers, the hand-over to the writer)
-and "wait" (for the previous write, when saves come faster than a write); the rest of a background save's
-lost time is the writer's CPU taken from training.
-The wait for the last background write when fit ends ("last wait", once per run, not per save) is shown
-apart, and "fit x sync" is the same ratio over whole fits, that wait included.
+--stall-steps steps with a save every --stall-every steps, synchronous and in the background
+(checkpoint.async_save), in alternating rounds (--stall-repeats). What a save costs is read from each
+run's own step times (lost_per_save): the steps from a save to one past its write's end, against the run's
+other steps. Why not the difference of two runs' totals, one without saves: the VM's speed drifts from one
+run to the next by more than a save costs (16 steps of fsdp x2 took 41 to 48 s here with no save at all).
+"x sync" is the background save's lost time over the synchronous one's. "staging" is the training
+thread's own share of a background save (the state dicts, the copy into the staging buffers, the
+hand-over), "wait" its wait for the previous write (when saves come faster than a write); the rest of a
+background save's cost is its writer's CPU taken from training ("writer cpu"). "last wait" is the wait
+for the last write when fit ends (once per run).
 """
 
 from __future__ import annotations
@@ -95,47 +96,69 @@ def memory(ranks: list[int], steps: int, config: str) -> None:
             )
 
 
+def lost_per_save(rank0: dict, every: int) -> tuple[float, float]:
+    """(the run's step time, the training time a save cost): from one run's own step times, so a VM that
+    runs slower or faster from one run to the next moves neither. A save's window is its step through the
+    step after the one in which its write ended (the write's CPU, and what it leaves behind: caches, the
+    disk); the step time is the median of the steps outside every window (the first, with its warm-up,
+    left out); a save's cost is its window's time over that many steps' time. Saves whose window reaches the
+    last step are left out (the run's end cuts it short)."""
+    ends = rank0["step_ends"]
+    steps = [b - a for a, b in zip([0.0, *ends], ends)]  # steps[i]: optimizer step i + 1, its save included
+    write_ends = sorted(end for _, end, _ in rank0["writes"])
+    windows = []
+    for k, save_step in enumerate(range(every, len(ends) + 1, every)):
+        done = write_ends[k] if k < len(write_ends) else ends[save_step - 1]  # sync: the save's own step
+        last = next((i + 1 for i, end in enumerate(ends) if end >= done), len(ends))
+        if last + 1 < len(ends):
+            windows.append(range(save_step, last + 2))  # steps, numbered from 1
+    inside = {i for w in windows for i in w}
+    step = statistics.median(steps[i - 1] for i in range(2, len(ends) + 1) if i not in inside)
+    return step, statistics.mean(sum(steps[i - 1] - step for i in w) for w in windows)
+
+
 def stall(steps: int, every: int, repeats: int, config: str, setups: list[str]) -> None:
-    saves = steps // every
-    print(f"\ncheckpoint stall: {config}, {steps} steps, a save every {every} ({saves} saves); seconds")
-    print("  loop: start of fit to the last optimizer step and its save; fit: the whole fit, with its")
-    print("  wait for the last background write; in save(): the training thread inside save() per save, of which")
-    print("  staging (its own share) and wait (for the previous write)")
+    print(f"\ncheckpoint stall: {config}, {steps} steps, a save every {every}; seconds, median of {repeats} rounds")
+    print("  lost/save: a save's training time lost, from each run's own step times (see lost_per_save);")
+    print("  staging: the training thread's own share of a background save (in save(), less wait: for the")
+    print("  previous write); write: a background write's wall time, and its writer thread's CPU")
     print(
-        f"{'setup':>14} {'loop none':>9} {'sync':>6} {'bg':>6} {'lost/save sync':>14} {'lost/save bg':>12} "
-        f"{'x sync':>6} {'in save() bg':>12} {'staging':>7} {'wait':>5} {'last wait':>9} {'fit x sync':>10}"
+        f"{'setup':>10} {'step':>5} {'lost/save sync':>14} {'lost/save bg':>12} {'x sync':>6} {'staging':>7} "
+        f"{'wait':>5} {'write':>5} {'writer cpu':>10} {'last wait':>9}"
     )
     # fsdp x1: the sharded checkpoint's writer with a core free beside the compute, as ddp x1's .pt writer;
     # fsdp x2 computes on both cores of a 2-core machine, so there its writers take their CPU from training.
     for strategy, nproc in ((name, int(ranks)) for name, ranks in (setup.split("x") for setup in setups)):
-        rounds: dict[str, list[dict]] = {"none": [], "sync": [], "async": []}
-        for _ in range(repeats):
+        rounds: dict[str, list[dict]] = {"sync": [], "async": []}
+        for _ in range(repeats):  # alternating, so a slow phase of the machine falls on both
             for variant, extra in (
-                ("none", ()),
                 ("sync", (f"checkpoint.every_steps={every}",)),
                 ("async", (f"checkpoint.every_steps={every}", "checkpoint.async_save=true")),
             ):
                 ranks = run(strategy, nproc, steps, config, *extra)
+                saves = steps // every
+                step, lost = lost_per_save(ranks[0], every)
+                writes = [w for r in ranks for w in r["writes"]]
                 rounds[variant].append(
                     {
-                        key: max(r[key] for r in ranks)
-                        for key in ("loop_seconds", "fit_seconds", "save_call_seconds", "wait_seconds", "drain_seconds")
+                        "step": step,
+                        "lost": lost,
+                        "in_save": max(r["save_call_seconds"] for r in ranks) / saves,
+                        "wait": max(r["wait_seconds"] for r in ranks) / saves,
+                        "write": statistics.mean(end - begun for begun, end, _ in writes) if writes else 0.0,
+                        "cpu": statistics.mean(cpu for _, _, cpu in writes) if writes else 0.0,
+                        "drain": max(r["drain_seconds"] for r in ranks),
                     }
                 )
 
         def med(variant: str, key: str, rounds: dict = rounds) -> float:
             return statistics.median(r[key] for r in rounds[variant])
 
-        loop = {v: med(v, "loop_seconds") for v in rounds}
-        fit = {v: med(v, "fit_seconds") for v in rounds}
-        lost_sync, lost_bg = (loop["sync"] - loop["none"]) / saves, (loop["async"] - loop["none"]) / saves
-        fit_ratio = (fit["async"] - fit["none"]) / (fit["sync"] - fit["none"])
-        in_save, waited = med("async", "save_call_seconds") / saves, med("async", "wait_seconds") / saves
+        sync, bg = med("sync", "lost"), med("async", "lost")
         print(
-            f"{f'{strategy} x{nproc}':>14} {loop['none']:>9.1f} {loop['sync']:>6.1f} {loop['async']:>6.1f} "
-            f"{lost_sync:>14.2f} {lost_bg:>12.2f} {lost_bg / lost_sync:>6.2f} "
-            f"{in_save:>12.2f} {in_save - waited:>7.2f} {waited:>5.2f} {med('async', 'drain_seconds'):>9.2f} "
-            f"{fit_ratio:>10.2f}"
+            f"{f'{strategy} x{nproc}':>10} {med('sync', 'step'):>5.2f} {sync:>14.2f} {bg:>12.2f} {bg / sync:>6.2f} "
+            f"{med('async', 'in_save') - med('async', 'wait'):>7.2f} {med('async', 'wait'):>5.2f} "
+            f"{med('async', 'write'):>5.2f} {med('async', 'cpu'):>10.2f} {med('async', 'drain'):>9.2f}"
         )
 
 
@@ -143,8 +166,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ranks", default="2,3", help="numbers of ranks for the memory table, e.g. 2,3")
     parser.add_argument("--steps", type=int, default=8, help="optimizer steps per memory run")
-    parser.add_argument("--stall-steps", type=int, default=16)
-    parser.add_argument("--stall-every", type=int, default=5, help="steps between saves")
+    parser.add_argument("--stall-steps", type=int, default=20)
+    parser.add_argument("--stall-every", type=int, default=5, help="steps between saves (at least 4)")
     parser.add_argument("--stall-setups", default="ddpx1,fsdpx1,fsdpx2", help="STRATEGYxRANKS, comma-separated")
     parser.add_argument("--stall-repeats", type=int, default=2)
     parser.add_argument("--config", default="configs/wide_mlp_fsdp.yaml")
@@ -158,6 +181,11 @@ def main() -> None:
         "threshold grows to 32 MiB and freed blocks below it stay resident)",
     )
     args = parser.parse_args()
+    if args.stall_every < 4 or args.stall_steps < 2 * args.stall_every:
+        parser.error(
+            "--stall-every must be at least 4 (steps between the saves' windows give the step time), "
+            "and --stall-steps at least twice it"
+        )
     if args.mmap_threshold:
         EXTRA_ENV["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)
     if args.skip != "memory":

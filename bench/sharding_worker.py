@@ -1,5 +1,6 @@
 """One rank of bench/sharding.py: train CONFIG with STRATEGY for STEPS steps; write this rank's figures
-(memory, and the wall time of the whole fit, saves included) to OUT_DIR/rank<R>.json.
+(memory; the end of every optimizer step, its save included; the training thread's time in save(); each
+background write's start, end and CPU) to OUT_DIR/rank<R>.json.
 
     torchrun ... bench/sharding_worker.py CONFIG STRATEGY STEPS RUN_DIR OUT_DIR [key=value ...]
 """
@@ -71,6 +72,7 @@ def main() -> None:
     original, original_save, original_close = trainer.maybe_save_step, trainer.save, saver.close
     clock = {"started": 0.0}
     figures["save_call_seconds"] = figures["drain_seconds"] = 0.0
+    figures["step_ends"], figures["writes"] = [], []
 
     def measure_then_save(self):  # runs after every optimizer step, before the next zero_grad
         if self.progress.global_step == steps:
@@ -82,8 +84,7 @@ def main() -> None:
                 (sum(p.numel() * p.element_size() for p in u.parameters()) for u in units), default=0
             )
         saved = original(self)
-        if self.progress.global_step == steps:  # every save of the loop made (a background one staged)
-            figures["loop_seconds"] = time.perf_counter() - clock["started"]
+        figures["step_ends"].append(time.perf_counter() - clock["started"])  # the step and its save (or staging)
         return saved
 
     def timed(name, method):
@@ -122,6 +123,17 @@ def main() -> None:
                 figures["wait_seconds"] += time.perf_counter() - begun
 
     saves.wait = wait
+    original_write = saves._write
+
+    def write(self, *args):  # in the writer thread: when each background write ran, and its CPU
+        begun, cpu = time.perf_counter(), time.thread_time()
+        try:
+            return original_write(self, *args)
+        finally:
+            ended = time.perf_counter()
+            figures["writes"].append([begun - clock["started"], ended - clock["started"], time.thread_time() - cpu])
+
+    saves._write = write
     saver.close = timed("drain_seconds", original_close)  # the wait for the last write
     clock["started"] = time.perf_counter()
     distrain.fit(cfg)

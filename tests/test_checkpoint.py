@@ -392,8 +392,8 @@ def test_a_save_is_hashed_as_written_and_verifies(tmp_path, kind, background, mo
     def no_second_read(path):
         raise AssertionError(f"{path} was read back to hash it")
 
-    monkeypatch.setattr(sharded, "sha256_of", no_second_read)
-    monkeypatch.setattr(files, "sha256_of", no_second_read)
+    monkeypatch.setattr(sharded, "checksum_of", no_second_read)
+    monkeypatch.setattr(files, "checksum_of", no_second_read)
     model = torch.nn.Linear(3, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     payload = {"epoch": 0, "step_in_epoch": 4, "global_step": 4, "metrics": {}}
@@ -420,7 +420,8 @@ def test_a_hashing_file_holds_every_byte_written_in_order_and_their_checksum(tmp
     # order across writes of every size, flushes that must not write a partial block, and the fallbacks:
     # a file system without O_DIRECT, and one that refuses a direct write's alignment (EINVAL).
     import errno
-    import hashlib
+
+    import xxhash
 
     from distrain.checkpoint import files
 
@@ -453,5 +454,121 @@ def test_a_hashing_file_holds_every_byte_written_in_order_and_their_checksum(tmp
     monkeypatch.undo()
     data = b"".join(chunks)
     assert path.read_bytes() == data and hashed.size == len(data)
-    assert hashed.hexdigest() == hashlib.sha256(data).hexdigest() == files.sha256_of(path)
+    assert hashed.hexdigest() == xxhash.xxh3_128(data).hexdigest() == files.checksum_of(path)
     assert refused == ([files._CHUNK] if direct == "einval_on_a_write" else [])
+
+
+@pytest.mark.parametrize("kind", ["pt", "shards"])
+def test_manifests_of_either_checksum_verify_and_damage_is_found(tmp_path, kind):
+    # New manifests name their checksum (xxh3-128); those written before it was named (sha256) still verify,
+    # each checksum computed here another way (hashlib over the files); a flipped byte is found under both;
+    # a checksum this install does not know is named, not taken for damage.
+    import hashlib
+    import json
+
+    import xxhash
+
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    payload = {"epoch": 0, "step_in_epoch": 4, "global_step": 4, "metrics": {}, "model": model.state_dict()}
+    path = save_checkpoint(
+        tmp_path, payload, keep_last=0, is_main=True, shards=(model, optimizer) if kind == "shards" else None
+    )
+    meta_path = path.with_suffix(".json")
+    meta = json.loads(meta_path.read_text())
+    assert meta["checksum"] == "xxh3_128" and "sha256" not in meta
+    names = sorted(meta["files"]) if kind == "shards" else [None]
+    for name in names:
+        data = (path / name if name else path).read_bytes()
+        listed = meta["files"][name][0] if name else meta["digest"]
+        assert listed == xxhash.xxh3_128(data).hexdigest()
+
+    # The same checkpoint as a manifest of before: sha256, under the old key.
+    old = {k: v for k, v in meta.items() if k not in ("checksum", "digest")}
+    if kind == "shards":
+        old["files"] = {
+            n: [hashlib.sha256((path / n).read_bytes()).hexdigest(), s] for n, (_, s) in meta["files"].items()
+        }
+        old["sha256"] = hashlib.sha256(json.dumps(old["files"], sort_keys=True).encode()).hexdigest()
+    else:
+        old["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    meta_path.write_text(json.dumps(old))
+    manifest = Manifest.read(path)
+    assert manifest.algorithm == "sha256" and manifest.problem() is None and find_resumable(tmp_path) == path
+
+    victim = path / names[0] if kind == "shards" else path
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 1
+    victim.write_bytes(bytes(data))
+    assert "damaged" in Manifest.read(path).problem()
+    meta_path.write_text(json.dumps(meta))  # the new manifest over the same damage
+    assert "damaged" in Manifest.read(path).problem()
+
+    meta_path.write_text(json.dumps(dict(meta, checksum="blake9")))
+    assert "'blake9'" in Manifest.read(path).problem() and find_resumable(tmp_path) is None
+
+
+@pytest.mark.parametrize("kind", ["pt", "shards"])
+def test_a_background_save_leaves_the_weights_copy_to_the_writer_and_the_next_step_waits_for_it(
+    tmp_path, kind, monkeypatch
+):
+    # The copy of parameters and optimizer state (only an optimizer step changes them) is made by the writer
+    # thread; the next optimizer step waits for it (the writer's copy is slowed here so the step comes
+    # first). BatchNorm's running statistics change in a forward: they are copied at once. The checkpoint
+    # holds the state as it was at the save.
+    from distrain.checkpoint import background as bg
+    from distrain.checkpoint.background import BackgroundSaves, step_owned
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    x = torch.randn(8, 3)
+    model(x).sum().backward()
+    optimizer.step()  # optimizer state exists
+    expected = {k: v.clone() for k, v in model.state_dict().items()}
+    expected_avg = optimizer.state[model[0].weight]["exp_avg"].clone()
+    copied, original = [], bg._Deferred.copy
+
+    def slow_copy(self):
+        time.sleep(0.3)
+        original(self)
+        copied.append(len(self.pairs))
+
+    monkeypatch.setattr(bg._Deferred, "copy", slow_copy)
+    saves = BackgroundSaves(sharded=kind == "shards")
+    payload = {"epoch": 0, "step_in_epoch": 1, "global_step": 1, "metrics": {}}
+    if kind == "pt":
+        payload.update(model=model.state_dict(), optimizer=optimizer.state_dict())
+    shards = (model, optimizer) if kind == "shards" else None
+    path = save_checkpoint(
+        tmp_path,
+        payload,
+        keep_last=0,
+        is_main=True,
+        shards=shards,
+        background=saves,
+        owned=step_owned(model, optimizer),
+    )
+    seen_at_step = []
+    hook = optimizer.register_step_pre_hook(lambda opt, args, kwargs: seen_at_step.append(list(copied)))
+    model(x).sum().backward()  # changes BatchNorm's running statistics: copied before save_checkpoint returned
+    optimizer.step()
+    hook.remove()
+    saves.close(agree=True)
+    # weight, bias (Linear, BatchNorm), and each one's exp_avg, exp_avg_sq and step: 4 + 12
+    assert seen_at_step == [[16]] and copied == [16]
+    assert not torch.equal(model[1].running_mean, expected["1.running_mean"])  # the forward did change it
+    if kind == "pt":
+        saved = load_payload(path)
+        saved_model, saved_avg = saved["model"], saved["optimizer"]["state"][0]["exp_avg"]
+    else:
+        fresh = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+        fresh_opt = torch.optim.Adam(fresh.parameters(), lr=0.1)
+        fresh(x).sum().backward()
+        fresh_opt.step()
+        from distrain.checkpoint.sharded import load_sharded_into
+
+        load_sharded_into(path, fresh, fresh_opt)
+        saved_model, saved_avg = fresh.state_dict(), fresh_opt.state[fresh[0].weight]["exp_avg"]
+    assert all(torch.equal(saved_model[k], v) for k, v in expected.items())
+    assert torch.equal(saved_avg, expected_avg)
+    assert Manifest.read(path).problem() is None

@@ -29,6 +29,7 @@ import logging
 import os
 import sys
 import threading
+import weakref
 from typing import Any, Callable
 
 import torch
@@ -52,51 +53,111 @@ def staged(tree: Any) -> Any:
     return tree
 
 
+def step_owned(model: torch.nn.Module, optimizer: Any) -> set[int]:
+    """The storages (their data pointers) that only an optimizer step changes: the parameters' (a sharded
+    parameter's local shard) and every optimizer's state tensors. Buffers are not among them (a forward in
+    train mode changes BatchNorm's running statistics)."""
+
+    def ptr(t: torch.Tensor) -> int:
+        return getattr(t, "_local_tensor", t).untyped_storage().data_ptr()
+
+    owned = {ptr(p) for p in model.parameters()}
+    for opt in getattr(optimizer, "optimizers", {"": optimizer}).values():  # loop/several.py's OptimizerSet
+        owned.update(ptr(t) for state in opt.state.values() for t in state.values() if isinstance(t, torch.Tensor))
+    return owned
+
+
+class _Deferred:
+    """What a staging left to the writer thread: (buffer, live tensor) pairs whose storage only an optimizer
+    step changes (step_owned), on the CPU. Why: with a core free, the writer copies them while training runs
+    the next forward and backward, and the training thread pays only for the rest (timed here, fsdp in one
+    process, 805 MB: 0.25 s of the training thread's time a save, 0.16 s of it the copy); the next optimizer
+    step waits for the copy first (BackgroundSaves.until_staged), as torchtitan waits for its staging
+    before the optimizer step. On a GPU the copy to pinned memory is a DMA, made at once."""
+
+    def __init__(self, owned: set[int]) -> None:
+        self.owned = owned
+        self.pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def take(self, buffer: torch.Tensor, live: torch.Tensor) -> bool:
+        """Leave buffer.copy_(live) to the writer when it may wait; whether it was left."""
+        if live.is_cuda or live.untyped_storage().data_ptr() not in self.owned:
+            return False
+        self.pairs.append((buffer, live.detach()))
+        return True
+
+    def copy(self) -> None:
+        with torch.no_grad():
+            for buffer, live in self.pairs:
+                buffer.copy_(live)
+
+
 class Staging:
     """`staged`, but into CPU buffers kept from one save to the next. Why: a fresh copy of a large state
     pays for the first touch of every page (timed by hand here, 70M parameters with AdamW, 805 MB: 0.70 s
     on the training thread, against 0.15 s into kept buffers). The buffers stay allocated between saves (one CPU
     copy of what is saved); reusing them is safe because a save first waits for the previous write. Pinned
-    when the tensor is on a GPU, so the copy from the device is a DMA."""
+    when the tensor is on a GPU, so the copy from the device is a DMA. `owned` (step_owned): those tensors'
+    copies are left to the writer (`deferred`, see _Deferred)."""
 
     def __init__(self) -> None:
         self._buffers: dict[tuple, torch.Tensor] = {}
+        self.deferred = _Deferred(set())
 
-    def stage(self, tree: Any, where: tuple = ()) -> Any:
+    def stage(self, tree: Any, owned: set[int] | None = None) -> Any:
+        self.deferred = _Deferred(owned or set())
+        return self._stage(tree, ())
+
+    def _stage(self, tree: Any, where: tuple) -> Any:
         if type(tree) is torch.Tensor:
             buffer = self._buffers.get(where)
             if buffer is None or buffer.shape != tree.shape or buffer.dtype != tree.dtype:
                 buffer = torch.empty(tree.shape, dtype=tree.dtype, pin_memory=tree.is_cuda)
                 self._buffers[where] = buffer
-            return buffer.copy_(tree.detach())
+            return buffer if self.deferred.take(buffer, tree) else buffer.copy_(tree.detach())
         if isinstance(tree, torch.Tensor):  # a tensor subclass: a copy of its own kind
             return staged(tree)
         if isinstance(tree, dict):
-            return {key: self.stage(value, (*where, key)) for key, value in tree.items()}
+            return {key: self._stage(value, (*where, key)) for key, value in tree.items()}
         if isinstance(tree, (list, tuple)):
-            return type(tree)([self.stage(value, (*where, i)) for i, value in enumerate(tree)])
+            return type(tree)([self._stage(value, (*where, i)) for i, value in enumerate(tree)])
         return tree
 
 
 class ShardStaging:
     """Staging for a sharded state (what dcp.save then writes from the writer thread): the shards' CPU
-    copies (DTensors included, by torch's own state-dict copy functions) are kept from one save to the next,
-    and made again only when the state's layout changed (e.g. the optimizer's state appears after its first
-    step). torch's BlockingAsyncStager(cache_staged_state_dict=True) does the same but pins memory always,
-    which fails on a machine without a GPU."""
+    copies (DTensors' local tensors) are kept from one save to the next, and made again only when the
+    state's layout changed (e.g. the optimizer's state appears after its first step). torch's
+    BlockingAsyncStager(cache_staged_state_dict=True) does the same but pins memory always, which fails on
+    a machine without a GPU. `owned`: as Staging's."""
 
     def __init__(self) -> None:
         self._cache: Any = None
         self._layout: Any = None
+        self.deferred = _Deferred(set())
 
-    def stage(self, state_dict: dict[str, Any]) -> dict[str, Any]:
-        from torch.distributed._state_dict_utils import _copy_state_dict
-
+    def stage(self, state_dict: dict[str, Any], owned: set[int] | None = None) -> dict[str, Any]:
         layout = _layout(state_dict)
         if layout != self._layout:
             self._cache = _empty_like(state_dict)
             self._layout = layout
-        return _copy_state_dict(state_dict, self._cache)
+        self.deferred = _Deferred(owned or set())
+        return self._fill(self._cache, state_dict)
+
+    def _fill(self, cache: Any, live: Any) -> Any:
+        """The staged tree: `cache`'s tensors holding (or, deferred, about to hold) `live`'s values; the
+        values that are not tensors are live's (the state dicts' own fresh ones)."""
+        if isinstance(live, torch.Tensor):
+            buffer, source = getattr(cache, "_local_tensor", cache), getattr(live, "_local_tensor", live)
+            if not self.deferred.take(buffer, source):
+                with torch.no_grad():
+                    buffer.copy_(source)
+            return cache
+        if isinstance(live, dict):
+            return {key: self._fill(cache[key], value) for key, value in live.items()}
+        if isinstance(live, (list, tuple)):
+            return type(live)(self._fill(c, value) for c, value in zip(cache, live))
+        return live
 
 
 @torch.no_grad()
@@ -143,12 +204,14 @@ class WriterPriority:
     thread is a task of its own; the training thread keeps its priority). `restore()`, from the training
     thread when it waits for the write: nice 0 again where the process may raise a priority (root,
     RLIMIT_NICE); elsewhere the write goes on at 19, and the waiting training thread leaves it its core.
-    Why not SCHED_IDLE, which an unprivileged process may undo: measured on 2 ranks of 2 cores (one run
-    each, a shared VM) it made a background save cost 1.96x a synchronous one (nice 19: 0.24x); a waking
-    thread preempts an idle-policy one at once, also while it holds the GIL the training thread waits for.
-    Why not a writer process: it would need its own copy of the staged state (or shared memory) and its
-    own process group for the shards' collectives, and the CPU it takes would come out of training just
-    the same; the priority is what keeps it out of training's way."""
+    Why not SCHED_IDLE, which an unprivileged process may undo: it was no better. On 2 ranks of 2 cores
+    (bench/sharding.py, each save's cost from the run's own step times, 2 rounds) a background save cost
+    0.57x a synchronous one with it, 0.46x to 0.51x with nice 19; a shorter GIL switch interval (0.5 ms)
+    changed nothing either (0.63x). Where every core computes, the writer's cost is its CPU, whatever its
+    priority: what made background saves cheap there was a cheaper writer (direct writes, no second pass
+    over the bytes, xxh3 checksums: distrain.checkpoint.files). Why not a writer process: it would need
+    its own copy of the staged state (or shared memory) and its own process group for the shards'
+    collectives, and the CPU it takes would come out of training just the same."""
 
     def __init__(self) -> None:
         self._tid: int | None = None
@@ -187,15 +250,44 @@ class BackgroundSaves:
         self.group = tdist.new_group(backend="gloo") if sharded and tdist.is_initialized() else None
         self.staging = Staging()  # rank 0's .pt payload
         self.shard_staging = ShardStaging() if sharded else None
+        self._staged = threading.Event()  # the write's deferred copies are made (set: nothing to wait for)
+        self._staged.set()
+        self._hook: Any = None
 
     def submit(self, write: Callable[[], None]) -> None:
+        """Run `write` in the writer thread, after the copies the stagings left to it (_Deferred); until
+        they are made, any optimizer step waits (torch's global step pre-hook, so a user's step that steps
+        its optimizers itself waits too; the trainer also calls until_staged before a step of several
+        models, whose step may change weights by other means)."""
         assert self._pending is None, "wait() before submitting the next write"
-        self.priority.submitted()
-        self._pending = self._pool.submit(self._write, write)
+        deferred = [s.deferred for s in (self.staging, self.shard_staging) if s is not None and s.deferred.pairs]
+        for staging in (self.staging, self.shard_staging):
+            if staging is not None:
+                staging.deferred = _Deferred(set())  # handed over: not handed again by the next submit
+        if deferred:
+            self._staged.clear()
+            if self._hook is None:
+                from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-    def _write(self, write: Callable[[], None]) -> None:
+                self._hook = register_optimizer_step_pre_hook(_until_staged(self))
+        self.priority.submitted()
+        self._pending = self._pool.submit(self._write, write, deferred)
+
+    def _write(self, write: Callable[[], None], deferred: list[_Deferred]) -> None:
         self.priority.lower()  # training goes on: the write takes only what training leaves
+        try:
+            for copies in deferred:
+                copies.copy()
+        finally:
+            self._staged.set()  # also when a copy failed: the failure is the write's, reported by wait()
         write()
+
+    def until_staged(self) -> None:
+        """Return once the writer has copied what the staging left to it (at once when nothing is left):
+        called before anything changes the weights or the optimizer's state."""
+        if not self._staged.is_set():
+            self.priority.restore()  # training waits for the copy: nothing to yield to
+            self._staged.wait()
 
     def all_gather(self, obj: Any) -> list[Any]:
         """all_gather_object on the writers' own group (from the writer threads); [obj] in one process."""
@@ -242,3 +334,18 @@ class BackgroundSaves:
                     log.error("the last background checkpoint write failed: %s", problem[0])
         finally:
             self._pool.shutdown(wait=True)
+            if self._hook is not None:
+                self._hook.remove()
+                self._hook = None
+
+
+def _until_staged(saves: BackgroundSaves) -> Callable[..., None]:
+    """The optimizer step pre-hook of `saves` (holding it weakly: a run's hook never keeps it alive)."""
+    ref = weakref.ref(saves)
+
+    def hook(optimizer: Any, args: Any, kwargs: Any) -> None:
+        target = ref()
+        if target is not None:
+            target.until_staged()
+
+    return hook

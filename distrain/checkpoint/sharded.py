@@ -4,7 +4,7 @@
         __0_0.distcp, __1_0.distcp  each rank's shards of model and optimizer (torch.distributed.checkpoint)
         .metadata                   DCP's index of the shards (written by rank 0 after all shards)
         state.pt                    the rest: progress, scheduler, stopper, every rank's RNG, config
-    checkpoints/step-00000060.json  manifest: sha256 and size of every file above, written last
+    checkpoints/step-00000060.json  manifest: checksum and size of every file above, written last
 
 The same contract as a .pt checkpoint (distrain.checkpoint): atomic (written into a fresh temporary
 folder, renamed whole; DCP itself writes in place and its .metadata last, so reusing a folder could leave
@@ -19,7 +19,6 @@ processes resumes on 3, on 1, under DDP (whole tensors), and a DDP .pt checkpoin
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import math
@@ -35,7 +34,15 @@ import torch
 from torch import nn
 
 from distrain.atomic import atomic_write_bytes, fsync_path
-from distrain.checkpoint.files import CheckpointError, HashingFile, Manifest, publish, sha256_of, torch_load
+from distrain.checkpoint.files import (
+    CheckpointError,
+    HashingFile,
+    Manifest,
+    checksum_bytes,
+    checksum_of,
+    publish,
+    torch_load,
+)
 from distrain.checkpoint.parking import park, unpark
 from distrain.errors import UserError, WriteError
 from distrain.launch import dist
@@ -94,7 +101,7 @@ class _HashingFiles:
         from torch.distributed.checkpoint.filesystem import FileSystem
 
         self._fs = FileSystem()
-        self.written: dict[str, list] = {}  # file name -> [sha256, size], this process's files
+        self.written: dict[str, list] = {}  # file name -> [checksum, size], this process's files
 
     def __getattr__(self, name: str) -> Any:  # concat_path, mkdir, exists, rm_file, ...: DCP's own
         return getattr(self._fs, name)
@@ -125,7 +132,7 @@ _crc_users = [0, True]  # writes inside _no_zip_crc now, and torch's setting bef
 @contextlib.contextmanager
 def _no_zip_crc():
     """torch.save without the CRC-32 of every record of its zip (torch.serialization.set_crc32_options),
-    while DCP writes a shard. Why: the shard's sha256, hashed as it is written, already covers every byte,
+    while DCP writes a shard. Why: the shard's checksum, hashed as it is written, already covers every byte,
     and the CRC was a second pass over them (timed: 0.155 s of CPU per 256 MB, about 0.25 s of a 400 MB
     shard's 0.66 s, where every core trains). torch.load does not check it; the shards' zip records are
     DCP's inner format, read by nothing else. The setting is torch's, for the whole process: it is set
@@ -184,9 +191,9 @@ def _complete(tmp: Path, path: Path, payload: dict[str, Any], every: list[dict[s
         torch.save(payload, buffer)
         data = buffer.getvalue()
         atomic_write_bytes(tmp / STATE_FILE, data)
-        files[STATE_FILE] = [hashlib.sha256(data).hexdigest(), len(data)]
+        files[STATE_FILE] = [checksum_bytes(data), len(data)]
         if ".metadata" not in files:  # not hashed by a writer (DCP's coordinator was another rank): hashed here
-            files[".metadata"] = [sha256_of(tmp / ".metadata"), (tmp / ".metadata").stat().st_size]
+            files[".metadata"] = [checksum_of(tmp / ".metadata"), (tmp / ".metadata").stat().st_size]
         unlisted = sorted(set(os.listdir(tmp)) - set(files))
         if unlisted:  # every file of the folder is covered by the manifest, or the save fails
             raise OSError(f"unexpected files {unlisted} in the checkpoint folder")
@@ -196,7 +203,7 @@ def _complete(tmp: Path, path: Path, payload: dict[str, Any], every: list[dict[s
         park(path)
         os.rename(tmp, path)
         fsync_path(folder)
-        digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+        digest = checksum_bytes(json.dumps(files, sort_keys=True).encode())
         manifest = Manifest(
             path,
             digest,
@@ -256,6 +263,7 @@ def write_sharded_in_background(
     is_main: bool,
     background: Any,
     then: Callable[[Manifest], None],
+    owned: set[int] | None = None,
 ) -> None:
     """write_sharded, but returning once the shards are staged in CPU memory; DCP's planning and writing,
     the checksums and the rename run in the writer threads (dcp.save from the staged copy: what DCP's
@@ -266,7 +274,8 @@ def write_sharded_in_background(
     import torch.distributed.checkpoint as dcp
 
     tmp = _fresh_folder(path, is_main)
-    staged = background.shard_staging.stage(_state(model, optimizer))  # training goes on changing the live ones
+    # Training goes on changing the live tensors; the copy of those in `owned` is left to the writer thread.
+    staged = background.shard_staging.stage(_state(model, optimizer), owned)
     payload = background.staging.stage(payload) if is_main else None
 
     def finish() -> None:

@@ -5,7 +5,7 @@ Layout of <run.dir>/checkpoints/:
     step-00000060.pt          torch.save of the full training state (see `TrainState.to_payload`)
     step-00000060/            or, with strategy: fsdp, a sharded checkpoint: every rank's shards and state.pt
                               (distrain.sharded_checkpoint)
-    step-00000060.json        manifest: sha256 and size of the .pt (of every file of the folder), epoch, step,
+    step-00000060.json        manifest: checksum and size of the .pt (of every file of the folder), epoch, step,
                               metrics; written *after* the checkpoint is complete, so one without a manifest
                               is an unfinished save
     best-step-....pt / .json  hard links to the best M checkpoints by checkpoint.monitor (best.json names it)
@@ -118,14 +118,16 @@ def save_checkpoint(
     higher_is_better: bool = False,
     shards: tuple[torch.nn.Module, torch.optim.Optimizer] | None = None,
     background: Any = None,
+    owned: set[int] | None = None,
 ) -> Path:
     """Write `payload` as the checkpoint of payload['global_step']. Collective: call on every rank.
 
     `payload` must already hold everything but the RNG states; they are gathered here from every rank.
     `shards`: the (sharded) model and optimizer, written by every rank as a sharded checkpoint
     (distrain.sharded_checkpoint); the payload then holds the rest. `background` (distrain.background):
-    return once the state is staged; the same steps then run in the writer thread. Returns the checkpoint
-    path (on every rank).
+    return once the state is staged; the same steps then run in the writer thread, and the copy of the
+    tensors in `owned` (background.step_owned: those only an optimizer step changes) is left to it too.
+    Returns the checkpoint path (on every rank).
     """
     payload = dict(payload, rng=dist.all_gather_object(capture_rng()))
     folder = checkpoint_dir(run_dir)
@@ -142,9 +144,11 @@ def save_checkpoint(
         if shards is not None:
             from distrain.checkpoint.sharded import write_sharded_in_background
 
-            write_sharded_in_background(path, payload, *shards, is_main=is_main, background=background, then=keep)
+            write_sharded_in_background(
+                path, payload, *shards, is_main=is_main, background=background, then=keep, owned=owned
+            )
         elif is_main:
-            copy = background.staging.stage(payload)  # training goes on changing the live tensors
+            copy = background.staging.stage(payload, owned)  # training goes on changing the live tensors
 
             def write() -> None:
                 _make(folder)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from distrain.checkpoint.background import BackgroundSaves
+from distrain.checkpoint.background import BackgroundSaves, step_owned
 from distrain.checkpoint.files import CheckpointError
 from distrain.checkpoint.sharded import load_sharded_into, load_whole_into_sharded
 from distrain.checkpoint.store import (
@@ -191,8 +191,12 @@ class Saver:
         every = self.cfg.every_epochs
         return bool(every) and (progress.epoch % every == 0 or last)
 
-    def save(self, payload: dict[str, Any], shards: tuple[nn.Module, Any] | None) -> Path:
-        """Write `payload` (and, sharded, every rank's `shards` of model and optimizer). Collective."""
+    def save(
+        self, payload: dict[str, Any], shards: tuple[nn.Module, Any] | None, live: tuple[nn.Module, Any] | None = None
+    ) -> Path:
+        """Write `payload` (and, sharded, every rank's `shards` of model and optimizer). Collective. `live`:
+        the run's model and optimizer; in the background, the copy of their parameters and optimizer state
+        is left to the writer thread (the next optimizer step waits for it: checkpoint/background.py)."""
         ckpt = self.cfg
         path = save_checkpoint(
             self.run_dir,
@@ -204,6 +208,7 @@ class Saver:
             is_main=self.ctx.is_main,
             shards=shards,
             background=self.background,
+            owned=step_owned(*live) if self.background is not None and live is not None else None,
         )
         log.info(
             "%s %s (epoch %d, step %d of the epoch)",
@@ -213,6 +218,11 @@ class Saver:
             payload["step_in_epoch"],
         )
         return path
+
+    def until_staged(self) -> None:
+        """Before anything but an optimizer step may change the weights: the writer's copy of them is made."""
+        if self.background is not None:
+            self.background.until_staged()
 
     def close(self, *, agree: bool) -> None:
         """Let a background write finish (see BackgroundSaves.close); nothing to do for synchronous saves."""

@@ -280,6 +280,8 @@ class Trainer:
     def callback(self, hook: str, *args: Any) -> None:
         """The callbacks' `hook` (those that have it), with the run as it stands."""
         if self.callbacks.has(hook):
+            if hook != "on_save":  # a callback may change the weights: a background save's copy is made first
+                self.saver.until_staged()
             self.run.epoch, self.run.global_step = self.progress.epoch, self.progress.global_step
             self.callbacks.call(hook, self.run, *args)
 
@@ -354,6 +356,8 @@ class Trainer:
 
     def train_step(self, batch: Any) -> bool:
         """One optimizer step on this rank's share of the global batch; False when it was skipped."""
+        if self.several:  # the user's step may change weights without an optimizer step (the hook's fence)
+            self.saver.until_staged()
         stepped = self.step_fn(
             self.strategy,
             self.train_model,
@@ -465,7 +469,8 @@ class Trainer:
             weights=not sharded,
             definition=self.definition.values,
         )
-        path = self.saver.save(payload, (self.state.model, self.state.optimizer) if sharded else None)
+        live = (self.state.model, self.state.optimizer)
+        path = self.saver.save(payload, live if sharded else None, live)
         self.callback("on_save", path)
         return path
 
