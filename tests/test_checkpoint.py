@@ -572,3 +572,30 @@ def test_a_background_save_leaves_the_weights_copy_to_the_writer_and_the_next_st
     assert all(torch.equal(saved_model[k], v) for k, v in expected.items())
     assert torch.equal(saved_avg, expected_avg)
     assert Manifest.read(path).problem() is None
+
+
+def test_what_only_an_optimizer_step_changes():
+    # Parameters and optimizer state (of each optimizer of a set); never buffers; nothing at all for an
+    # optimizer of its own kind (its step has no hooks to wait on).
+    from distrain.checkpoint.background import step_owned
+    from distrain.loop.several import OptimizerSet
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    first = torch.optim.SGD(model[0].parameters(), lr=0.1, momentum=0.9)
+    second = torch.optim.Adam(model[1].parameters(), lr=0.1)
+    model(torch.randn(8, 3)).sum().backward()
+    first.step()
+    second.step()
+    owned = step_owned(model, OptimizerSet({"a": first, "b": second}))
+    ptrs = [t.untyped_storage().data_ptr() for t in model.parameters()]
+    ptrs += [t.untyped_storage().data_ptr() for o in (first, second) for s in o.state.values() for t in s.values()]
+    assert owned == set(ptrs) and len(owned) == 4 + 2 + 6
+    assert not owned & {b.untyped_storage().data_ptr() for b in model.buffers()}
+
+    class OwnKind:
+        state: dict = {}
+
+        def step(self):
+            pass
+
+    assert step_owned(model, OwnKind()) == set()

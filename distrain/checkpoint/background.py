@@ -56,13 +56,17 @@ def staged(tree: Any) -> Any:
 def step_owned(model: torch.nn.Module, optimizer: Any) -> set[int]:
     """The storages (their data pointers) that only an optimizer step changes: the parameters' (a sharded
     parameter's local shard) and every optimizer's state tensors. Buffers are not among them (a forward in
-    train mode changes BatchNorm's running statistics)."""
+    train mode changes BatchNorm's running statistics). Empty when an optimizer is not a torch.optim.Optimizer.
+    """
 
     def ptr(t: torch.Tensor) -> int:
         return getattr(t, "_local_tensor", t).untyped_storage().data_ptr()
 
+    optimizers = list(getattr(optimizer, "optimizers", {"": optimizer}).values())  # loop/several.py's set
+    if not all(isinstance(opt, torch.optim.Optimizer) for opt in optimizers):
+        return set()  # a step of its own kind would not wait (no step hooks): everything is copied at once
     owned = {ptr(p) for p in model.parameters()}
-    for opt in getattr(optimizer, "optimizers", {"": optimizer}).values():  # loop/several.py's OptimizerSet
+    for opt in optimizers:
         owned.update(ptr(t) for state in opt.state.values() for t in state.values() if isinstance(t, torch.Tensor))
     return owned
 
@@ -271,7 +275,11 @@ class BackgroundSaves:
 
                 self._hook = register_optimizer_step_pre_hook(_until_staged(self))
         self.priority.submitted()
-        self._pending = self._pool.submit(self._write, write, deferred)
+        try:
+            self._pending = self._pool.submit(self._write, write, deferred)
+        except BaseException:
+            self._staged.set()  # never started: no step may wait for it
+            raise
 
     def _write(self, write: Callable[[], None], deferred: list[_Deferred]) -> None:
         self.priority.lower()  # training goes on: the write takes only what training leaves
