@@ -33,8 +33,8 @@ class CheckpointError(UserError):
 # copy), not against an attacker (loading never unpickles code: torch_load below), and its CPU is the bulk
 # of a background write's, which where every core trains comes out of training's time. Timed here on one
 # core: sha256 about 900 MiB/s (OpenSSL 3.0), xxh3-128 about 8 GiB/s; a 400 MiB shard's writer CPU went
-# from 0.57 s to 0.15 s, and on 2 ranks of 2 cores a background save from 0.7x a synchronous one's cost to
-# 0.35x (bench/sharding.py). Each manifest names its algorithm, so checkpoints of either kind verify.
+# from 0.57 s to 0.15 s, and on 2 ranks of 2 cores a background save from about 0.7x a synchronous one's
+# cost to 0.46x-0.51x (bench/sharding.py). Each manifest names its algorithm: checkpoints of either verify.
 try:
     import xxhash
 except ImportError:  # a trimmed environment: sha256 still verifies everything, only slower
