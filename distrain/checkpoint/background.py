@@ -264,10 +264,8 @@ class BackgroundSaves:
         its optimizers itself waits too; the trainer also calls until_staged before a step of several
         models, whose step may change weights by other means)."""
         assert self._pending is None, "wait() before submitting the next write"
+        # What this save's stagings left (each staging starts a fresh _Deferred: a save stages, then submits).
         deferred = [s.deferred for s in (self.staging, self.shard_staging) if s is not None and s.deferred.pairs]
-        for staging in (self.staging, self.shard_staging):
-            if staging is not None:
-                staging.deferred = _Deferred(set())  # handed over: not handed again by the next submit
         if deferred:
             self._staged.clear()
             if self._hook is None:
