@@ -26,9 +26,9 @@ import torch.nn.functional as F  # noqa: E402
 
 from bench.variants import load_workload  # noqa: E402
 from distrain.data import build_train_batches  # noqa: E402
+from distrain.loop.meters import TrainMeter  # noqa: E402
 from distrain.loop.objective import build_objective  # noqa: E402
 from distrain.loop.optim import zero_grad  # noqa: E402
-from distrain.loop.steps import TrainMeter  # noqa: E402
 
 STEPS = 200  # steps per timed chunk; chunks of the two sides alternate
 

@@ -28,8 +28,7 @@ from distrain.config.parse import load_config
 from distrain.data import Batch
 from distrain.data.sampling import GlobalBatchSampler
 from distrain.errors import ConfigError
-from distrain.loop.exact import ExactStep, chunk_seed, running_statistics
-from distrain.strategies.exact import ExactSum, exact_sum
+from distrain.strategies.exact import ExactChunks, ExactSum, chunk_seed, count_chunks, running_statistics
 
 # ------------------------------------------------------------------------------------ the exact sum
 
@@ -76,7 +75,7 @@ def test_exact_sum_in_one_process_keeps_nan_and_zero_gradients():
         [torch.tensor([1.0, 2.0, 3.0]), None, torch.tensor([float("nan"), 0.0])],
         [torch.tensor([0.5, 0.25, -3.0]), None, torch.tensor([1.0, 1.0])],
     ]
-    summed = exact_sum(chunk_grads, params, chunks=2)
+    summed = ExactSum(params, chunks=2)(chunk_grads)
     assert torch.equal(summed[0], torch.tensor([1.5, 2.25, 0.0]))
     assert torch.equal(summed[1], torch.zeros(2))
     assert summed[2].isnan().any()  # the non-finite guard sees it
@@ -94,7 +93,7 @@ def test_every_chunk_holds_the_same_samples_on_every_world_size(size):
             sampler = GlobalBatchSampler(
                 range(size), num_replicas=world, rank=rank, global_batch_size=96, shuffle=True, seed=3
             )
-            step_fn = ExactStep(seed=0, chunk=8, global_batch_size=96, rank=rank, world_size=world, progress=None)
+            step_fn = ExactChunks(count_chunks(96, 8, world, None), rank=rank, world_size=world)
             for step, indices in sampler.rank_batches():
                 ids = torch.tensor(indices)
                 batch = Batch(step, ids.float().unsqueeze(1), ids, sampler.global_size(step))
@@ -130,16 +129,13 @@ def test_what_exact_mode_refuses_is_named(overrides, key):
 
 
 def test_a_chunk_count_that_does_not_divide_over_the_processes_is_refused():
-    from distrain.loop.exact import check_exact
-
-    cfg = load_config(XOR, ["trainer.exact=true", "data.global_batch_size=96", "trainer.exact_chunk=24"])
     with pytest.raises(ConfigError) as err:
-        check_exact(cfg, 3, stream=None)
+        count_chunks(96, 24, 3, lanes=None)
     assert err.value.key == "trainer.exact_chunk" and "1, 2, 4 processes" in str(err.value)
-    cfg = load_config(XOR, ["trainer.exact=true", "trainer.exact_chunk=7"])
     with pytest.raises(ConfigError, match="7 does not divide data.global_batch_size 128") as err:
-        check_exact(cfg, 1, stream=None)
+        count_chunks(128, 7, 1, lanes=None)
     assert err.value.key == "trainer.exact_chunk"
+    assert count_chunks(96, 24, 3, lanes=6) == 6  # a sharded stream's chunks are its lanes: any world size
 
 
 def test_batchnorm_running_statistics_are_named():

@@ -1,4 +1,5 @@
-"""distrain/loop/steps.py's TrainMeter and EpochMetrics: the epoch's train sums [loss, hits, samples] are
+"""distrain/loop/meters.py's TrainMeter and reporting/figures.py's EpochMetrics: the epoch's train sums
+[loss, hits, samples] are
 the per-sample figures of every batch added, however often the kept outputs are flushed; load and reset.
 The expected figures are computed by hand, sample by sample, in float64."""
 
@@ -9,8 +10,9 @@ import torch
 
 from distrain.config.schema import LossConfig
 from distrain.data.splits import DataInfo
+from distrain.loop.meters import TrainMeter
 from distrain.loop.objective import build_objective
-from distrain.loop.steps import EpochMetrics, TrainMeter
+from distrain.reporting.figures import EpochMetrics
 
 BINARY = DataInfo(num_classes=2, default_loss=None, target_shape=(), target_is_integer=True, input_shape=(3,))
 CPU = torch.device("cpu")

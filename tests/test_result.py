@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 
 from distrain.loop.result import FitResult
-from distrain.loop.steps import EpochMetrics
+from distrain.reporting.figures import EpochMetrics
 
 SPLITS = {
     "train": EpochMetrics({"loss": 0.25, "accuracy": 0.875}, 2500),

@@ -8,9 +8,9 @@ from helpers.runs import XOR, newest_payload, records, run_torchrun
 from distrain.checkpoint.store import list_checkpoints, load_payload
 from distrain.config.parse import load_config
 from distrain.config.schema import StopConfig
-from distrain.loop.steps import EpochMetrics
 from distrain.loop.stopping import Stopper
 from distrain.loop.trainer import train
+from distrain.reporting.figures import EpochMetrics
 
 
 def m(loss, acc=0.5):

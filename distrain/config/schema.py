@@ -349,9 +349,10 @@ class Config:
     and overrides reach them like any key (user.width=64)."""
     engine: Literal["native", "accelerate"] = "native"
     """Who wraps the model and steps: native (torch DDP) or accelerate (HF Accelerate's Accelerator)."""
-    strategy: Literal["ddp", "fsdp"] = "ddp"
+    strategy: Literal["ddp", "fsdp", "exact"] = "ddp"
     """ddp: every rank holds the whole model (DistributedDataParallel); fsdp: parameters, gradients and
-    optimizer state sharded over the ranks (FSDP2), with sharded checkpoints (see the fsdp section)."""
+    optimizer state sharded over the ranks (FSDP2), with sharded checkpoints (see the fsdp section); exact:
+    bitwise the same training on every world size (trainer.exact: true says the same; see trainer.exact)."""
     seed: int = 0
     """Seeds Python, NumPy and torch; also the data generation, the splits and the shuffling."""
     run: RunConfig = field(default_factory=RunConfig)

@@ -33,8 +33,9 @@ class Batch:
     inputs: Any  # a tensor, or several (MultipleInputs), or a dict of keyword inputs
     targets: Any  # as the loss takes them (see `prepare_targets` below)
     global_size: int  # samples in this step over all ranks (training) or in this batch (evaluation)
-    # Sharded streams: (lane, rows) of the share, in order; trainer.exact takes each lane as one chunk.
-    chunks: list[tuple[int, int]] | None = None
+    # Sharded streams: (lane, rows) of the share, in lane order (a lane is read by one rank on any world
+    # size, so a strategy that needs world-size-free units of the batch can take each lane as one).
+    lanes: list[tuple[int, int]] | None = None
 
 
 PrepareTargets = Callable[[Any], Any]

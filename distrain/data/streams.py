@@ -267,10 +267,10 @@ class _Source:
             self._live_key = (self.epoch, step + 1) if step + 1 < self.num_steps else (self.epoch + 1, 0)
             yield step, [(taken, part) for _, _, taken, part in got]
 
-    def _batch(self, step: int, batch: Any, global_size: int, chunks: list[tuple[int, int]] | None = None) -> Batch:
+    def _batch(self, step: int, batch: Any, global_size: int, lanes: list[tuple[int, int]] | None = None) -> Batch:
         inputs, targets = split_sample(self._empty if batch is None else batch, self.target_key)
         targets = self.prepare_targets(to_device(targets, self.device))
-        return Batch(step, _placed(inputs, self.device, self.channels_last), targets, global_size, chunks)
+        return Batch(step, _placed(inputs, self.device, self.channels_last), targets, global_size, lanes)
 
 
 class StreamBatches(_Source):
@@ -303,8 +303,8 @@ class StreamBatches(_Source):
                     pieces.extend(zip((lane for lane, _ in taken), rows))
             pieces.sort(key=lambda p: p[0])
             batch = None if not pieces else pieces[0][1] if len(pieces) == 1 else _cat([p for _, p in pieces])
-            chunks = [(lane, num_samples(p)) for lane, p in pieces]
-            yield self._batch(step, batch, self.plan.global_size(step), chunks)
+            lanes = [(lane, num_samples(p)) for lane, p in pieces]
+            yield self._batch(step, batch, self.plan.global_size(step), lanes)
 
 
 # The per-step work of a columnar stream is a few slices and one concatenation per step; for the usual

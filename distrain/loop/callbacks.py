@@ -62,8 +62,8 @@ class Run:
     epoch: int = 0
     global_step: int = 0
     logged: dict[str, float] = field(default_factory=dict)  # this epoch's run.log values, last per name
-    _reporter: Any = None
-    _evaluate: Any = None
+    reporter: Any = field(default=None, repr=False)  # where run.log's values go (the run's Reporter)
+    evaluator: Any = field(default=None, repr=False)  # () -> {split: EpochMetrics}: what run.evaluate runs
 
     def log(self, **values: Any) -> None:
         """Scalars at the current global step: every logger, the console, and the epoch's train record."""
@@ -75,14 +75,14 @@ class Run:
                 problem = f"run.log({name}=...) got a {type(value).__name__}, not a number"
                 raise ArgumentError("callbacks", problem) from None
         self.logged.update(scalars)
-        if self._reporter is not None:
-            self._reporter.log_scalars(self.global_step, scalars)
+        if self.reporter is not None:
+            self.reporter.log_scalars(self.global_step, scalars)
         if self.rank == 0:
             log.info("step %d | %s", self.global_step, " | ".join(f"{k} {v:.4g}" for k, v in scalars.items()))
 
     def evaluate(self) -> dict[str, dict[str, Any]]:
         """The val and test splits' figures with the model's current weights. Collective."""
-        return {split: dict(m.values) for split, m in self._evaluate().items()}
+        return {split: dict(m.values) for split, m in self.evaluator().items()}
 
     def take_logged(self) -> dict[str, float]:
         taken, self.logged = self.logged, {}

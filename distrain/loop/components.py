@@ -141,12 +141,10 @@ def build_parts(cfg: Config, ctx: DistContext, given: Given | None = None) -> Pa
         max_steps=cfg.trainer.max_steps,
         global_batch_size=cfg.data.global_batch_size,
     )
-    from distrain.loop.exact import check_exact
-
-    check_exact(cfg, ctx.world_size, stream)
     info = describe_data(data, cfg.data.target_key)
     if isinstance(given.model, dict):
-        from distrain.loop.several import ModelSet, check_several
+        from distrain.loop.several import check_several
+        from distrain.strategies.base import ModelSet
 
         check_several(cfg, given)
         model: nn.Module = ModelSet(given.model)

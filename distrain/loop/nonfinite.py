@@ -52,7 +52,8 @@ def all_finite(tensors: list[torch.Tensor]) -> bool:
 
 
 class NonFiniteGuard:
-    """Watches the step losses (stop) or decides each step (skip_step). `check` is collective."""
+    """Watches the step losses (stop) or decides each step (skip_step). `agree_finite` is collective (an
+    all-reduce; a broadcast when it raises)."""
 
     def __init__(
         self,
@@ -107,7 +108,7 @@ class NonFiniteGuard:
 
     # ---------------------------------------------------------------------------------------- the checks
 
-    def check(self, *, weights: bool = True) -> None:
+    def agree_finite(self, *, weights: bool = True) -> None:
         """Raise Diverged on every rank alike if any rank saw a non-finite loss (stop) or the weights hold a
         NaN or Inf. Collective: every rank calls it at the same points (before saves, at log steps and
         epoch ends). `weights=False` skips the pass over the parameters (log steps). A second check at

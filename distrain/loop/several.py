@@ -11,11 +11,11 @@ step that receives them and steps them itself.
 The models are held as one `ModelSet` (an nn.ModuleDict: a checkpoint's weights are "g.<name>",
 "d.<name>") and the optimizers as one `OptimizerSet` (its state_dict: one per name), so every checkpoint,
 resume (bitwise: each rank's random stream is checkpointed too) and run definition covers them all.
-Each model is wrapped for data parallelism on its own: its gradients are averaged over the ranks in its
-backward, whichever loss it comes from. The step does backward and the optimizer steps itself, so
-gradient clipping, fp16 loss scaling, the non-finite step guard and trainer.exact are not applied
-(refused where they are asked for); the reported figures are what the step returns, read as a user's
-step's (loop/user_step.py).
+The strategy prepares each model on its own (ddp: each wrapped for data parallelism, its gradients
+averaged over the ranks in its backward, whichever loss it comes from; the others refuse by name). The
+step does backward and the optimizer steps itself, so gradient clipping, fp16 loss scaling and the
+non-finite step guard are not applied (refused where they are asked for); the reported figures are what
+the step returns, read as a user's step's (loop/user_step.py).
 """
 
 from __future__ import annotations
@@ -26,13 +26,7 @@ import torch
 from torch import nn
 
 from distrain.errors import ArgumentError, ConfigError
-
-
-class ModelSet(nn.ModuleDict):
-    """The run's models by name, one module for checkpoints; never called itself."""
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        raise ArgumentError("model", "a dict of models is not called as one: the step calls each by name")
+from distrain.strategies.base import ModelSet
 
 
 class OptimizerSet(torch.optim.Optimizer):
@@ -84,11 +78,7 @@ def check_several(cfg: Any, given: Any) -> None:
             "with a dict of models, give a dict of optimizers with the same names "
             f"({', '.join(given.model)}): each an optimizer or a function params -> optimizer",
         )
-    for name, value in (("strategy", cfg.strategy), ("engine", cfg.engine)):
-        if value not in ("ddp", "native"):
-            raise ConfigError(name, f"is {value!r}: several models train with strategy ddp and engine native")
-    if cfg.trainer.exact:
-        raise ConfigError("trainer.exact", "cannot be used with several models: their step steps itself")
+    # The strategy refuses several models itself where it cannot train them (its setup()).
     if cfg.trainer.accumulate_steps != 1:
         raise ConfigError("trainer.accumulate_steps", "cannot be used with several models: the step steps itself")
     for name in ("val_data", "test_data"):
@@ -116,17 +106,19 @@ def several_optimizers(model: ModelSet, chosen: dict[str, Any]) -> OptimizerSet:
 
 
 class SelfSteppingStep:
-    """The train step for several models: the user's step does backward and the optimizer steps; this
-    records what it returns. Same signature as loop.steps.train_step."""
+    """The train step for several models (loop/steps.py's TrainStep): the user's step does backward and
+    the optimizer steps itself, with the models as the strategy prepared them (each averages its
+    gradients over the ranks in its own backward); this records what it returns."""
 
-    def __init__(self, models: dict[str, nn.Module]):
-        self.models = models  # each wrapped for data parallelism
+    def __init__(self, models: nn.ModuleDict, optimizer: OptimizerSet, objective: Any, meter: Any):
+        self.models, self.optimizers = dict(models.items()), optimizer.optimizers
+        self.objective, self.meter = objective, meter
 
-    def __call__(self, strategy, model, optimizer, batch, objective, clip, *, meter, guard) -> bool:
+    def __call__(self, batch: Any) -> bool:
         from distrain.data.structures import num_samples
 
         count = num_samples(batch.targets)
-        out = objective.fn(self.models, objective.user_batch(batch.inputs, batch.targets), optimizer.optimizers)
-        values = objective._read(out, count)
-        meter.add({name: (v.detach(), w) for name, (v, w) in values.items()}, count)
+        out = self.objective.fn(self.models, self.objective.user_batch(batch.inputs, batch.targets), self.optimizers)
+        values = self.objective.read(out, count)
+        self.meter.add({name: (v.detach(), w) for name, (v, w) in values.items()}, count)
         return True

@@ -32,9 +32,8 @@ from distrain.config.schema import CheckpointConfig, Config
 from distrain.launch import dist
 from distrain.launch.dist import DistContext
 from distrain.loop.seeding import rank_seed, seed_everything
-from distrain.loop.steps import TrainMeter
 from distrain.loop.stopping import Stopper
-from distrain.strategies.fsdp import is_sharded
+from distrain.reporting.figures import Meter
 from distrain.version import __version__
 
 if TYPE_CHECKING:
@@ -80,9 +79,10 @@ class TrainState:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     stopper: Stopper
-    meter: TrainMeter  # this rank's running [loss sum, hits, samples] of the epoch in progress
+    meter: Meter  # this rank's running [loss sum, hits, samples] of the epoch in progress
     scaler: Any = None  # the engine's gradient scaler when training in fp16
     engine: str = "native"  # recorded in checkpoints; either engine loads the other's (same state dicts)
+    strategy: Any = None  # the Strategy: its own state (per rank), and whether it loads into shards
     progress: Progress = field(default_factory=Progress)
     unstepped_schedule: bool = False  # the constant built-in schedule: never stepped in the loop
     # Each group's lr at the start of the epoch in progress (its record's `lr`, also after a mid-epoch resume).
@@ -98,6 +98,7 @@ class TrainState:
         *,
         weights: bool = True,
         definition: dict[str, Any] | None = None,
+        strategy_states: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         """The checkpoint contents (no collective: `epoch_totals` are the epoch's train sums, already summed
         over the ranks by the caller). `weights=False`: without the model and optimizer (a sharded
@@ -120,6 +121,7 @@ class TrainState:
             "stopper": self.stopper.state_dict(),
             "epoch_lrs": self.epoch_lrs,
             "callbacks": self.callbacks.state_dict() if self.callbacks else {},
+            "strategy": strategy_states or [],  # each rank's Strategy.state_dict(), by rank
             # The epoch's train sums over all ranks, so a mid-epoch resume still reports the whole epoch.
             "epoch_totals": epoch_totals.cpu(),
             "config": config,
@@ -130,8 +132,9 @@ class TrainState:
             del payload["model"], payload["optimizer"]
         return payload
 
-    def load_payload(self, payload: dict[str, Any], *, is_main: bool, weights: bool = True) -> None:
+    def load_payload(self, payload: dict[str, Any], *, rank: int, world_size: int, weights: bool = True) -> None:
         """Everything into the live objects; `weights=False`: all but model and optimizer (loaded already)."""
+        is_main = rank == 0
         if weights:
             self.model.load_state_dict(payload["model"])
             self.optimizer.load_state_dict(payload["optimizer"])
@@ -142,6 +145,12 @@ class TrainState:
         self.epoch_lrs = payload.get("epoch_lrs")
         if self.callbacks:
             self.callbacks.load_state_dict(payload.get("callbacks"))
+        if self.strategy is not None:
+            # Per-rank state means something on the same ranks only; on another world size the strategy
+            # gets None and re-derives its state, or refuses the resume by name.
+            states = payload.get("strategy") or []
+            same = payload["world_size"] == world_size and len(states) == world_size
+            self.strategy.load_state_dict(states[rank] if same else None)
         # The saved sums already cover every rank: give them to one rank, zeros to the rest.
         totals = payload["epoch_totals"]
         self.meter.load(totals if is_main else torch.zeros_like(totals))
@@ -308,7 +317,7 @@ def maybe_resume(
         return
     # A sharded checkpoint is read shard by shard into the live (sharded or whole) objects; a .pt is
     # loaded whole, then handed out shard by shard if this run's model is sharded.
-    from_shards, into_shards = Path(chosen).is_dir(), is_sharded(state.model)
+    from_shards, into_shards = Path(chosen).is_dir(), state.strategy.loads_into_shards
     payload = load_payload(chosen, map_location=ctx.device, model_weights=not from_shards)
     if cfg.checkpoint.load == "weights":
         if from_shards:
@@ -333,7 +342,7 @@ def maybe_resume(
             load_sharded_into(Path(chosen), state.model, state.optimizer)
         elif into_shards:
             load_whole_into_sharded(state.model, state.optimizer, payload)
-        state.load_payload(payload, is_main=ctx.is_main, weights=not (from_shards or into_shards))
+        state.load_payload(payload, rank=ctx.rank, world_size=ctx.world_size, weights=not (from_shards or into_shards))
     except (RuntimeError, KeyError, ValueError) as exc:  # a model or optimizer given to fit that differs
         raise CheckpointError(
             f"checkpoint {chosen} does not fit this run's model or optimizer: {str(exc).splitlines()[0]}", _WAYS_OUT

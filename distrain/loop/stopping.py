@@ -9,10 +9,39 @@ losses, and whether the run already stopped) is saved in each checkpoint and res
 
 from __future__ import annotations
 
+import enum
 from typing import Any, Mapping
 
 from distrain.config.schema import StopConfig
-from distrain.loop.steps import EpochMetrics
+from distrain.reporting.figures import EpochMetrics
+
+
+class StopKind(enum.Enum):
+    EARLY = "early"  # stop.patience: the monitored metric stopped improving
+    CONVERGED = "converged"  # stop.window: the train losses settled
+    MAX_STEPS = "max_steps"  # trainer.max_steps reached (a later, larger max_steps continues the run)
+    OTHER_RANK = "other_rank"  # another rank's verdict (the ranks always agree)
+
+
+class StopReason(str):
+    """Why the run stopped: the message users read (a str: FitResult.stopped, the logs) and its `kind`."""
+
+    kind: StopKind
+
+    def __new__(cls, kind: StopKind, message: str) -> StopReason:
+        reason = super().__new__(cls, message)
+        reason.kind = kind
+        return reason
+
+    @staticmethod
+    def of_state(message: str | None, kind: str | None) -> StopReason | None:
+        """From a checkpoint's stopper state (a checkpoint from before the kind was saved: by its words)."""
+        if message is None:
+            return None
+        if kind is None:
+            starts = {"trainer.max_steps": StopKind.MAX_STEPS, "converged": StopKind.CONVERGED, "early": StopKind.EARLY}
+            kind = next((k.value for prefix, k in starts.items() if message.startswith(prefix)), "other_rank")
+        return StopReason(StopKind(kind), message)
 
 
 def lookup(splits: Mapping[str, EpochMetrics], monitor: str) -> float:
@@ -28,18 +57,19 @@ class Stopper:
         self.best: float | None = None
         self.bad_epochs = 0
         self.train_losses: list[float] = []
-        self.stopped: str | None = None  # the reason, once the run has stopped early
+        self.stopped: StopReason | None = None  # the reason, once the run has stopped early
 
-    def update(self, splits: Mapping[str, EpochMetrics]) -> str | None:
+    def update(self, splits: Mapping[str, EpochMetrics]) -> StopReason | None:
         """Record one epoch (its metrics by split); return why training should stop now, or None."""
         cfg = self.cfg
         if cfg.window:
             self.train_losses = (self.train_losses + [splits["train"].loss])[-cfg.window :]
             spread = max(self.train_losses) - min(self.train_losses)
             if len(self.train_losses) == cfg.window and spread <= cfg.threshold:
-                return (
+                return StopReason(
+                    StopKind.CONVERGED,
                     f"converged: the last {cfg.window} train losses lie within {spread:.3g} "
-                    f"<= stop.threshold={cfg.threshold}"
+                    f"<= stop.threshold={cfg.threshold}",
                 )
         if cfg.patience:
             value = lookup(splits, cfg.monitor)
@@ -49,9 +79,10 @@ class Stopper:
             else:
                 self.bad_epochs += 1
                 if self.bad_epochs >= cfg.patience:
-                    return (
+                    return StopReason(
+                        StopKind.EARLY,
                         f"early stop: {cfg.monitor} did not improve by more than {cfg.min_delta} "
-                        f"for {cfg.patience} epochs"
+                        f"for {cfg.patience} epochs",
                     )
         return None
 
@@ -60,9 +91,11 @@ class Stopper:
             "best": self.best,
             "bad_epochs": self.bad_epochs,
             "train_losses": list(self.train_losses),
-            "stopped": self.stopped,
+            "stopped": str(self.stopped) if self.stopped is not None else None,
+            "stop_kind": self.stopped.kind.value if self.stopped is not None else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best, self.bad_epochs = state["best"], state["bad_epochs"]
-        self.train_losses, self.stopped = list(state["train_losses"]), state["stopped"]
+        self.train_losses = list(state["train_losses"])
+        self.stopped = StopReason.of_state(state["stopped"], state.get("stop_kind"))

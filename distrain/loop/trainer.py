@@ -29,12 +29,10 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from torch import nn
-
 from distrain.atomic import atomic_write_bytes
 from distrain.checkpoint.ownership import own_run_dir
 from distrain.config.parse import dump_config
-from distrain.config.schema import Config, OptimConfig, default_run_dir
+from distrain.config.schema import Config, default_run_dir
 from distrain.data import build_train_batches
 from distrain.errors import ConfigError, LostPeer
 from distrain.launch import dist
@@ -45,19 +43,20 @@ from distrain.launch.slurm import maybe_requeue, resolve_run_dir
 from distrain.loop.callbacks import Run, build_callbacks
 from distrain.loop.components import Given, Parts, build_optimizer_for, build_parts, log_parts, monitor_direction
 from distrain.loop.definition import RunDefinition
-from distrain.loop.exact import ExactStep, running_statistics
+from distrain.loop.meters import build_meter
 from distrain.loop.nonfinite import NonFiniteGuard
 from distrain.loop.result import FitResult
 from distrain.loop.schedule import build_schedule
 from distrain.loop.seeding import rank_seed, seed_everything
-from distrain.loop.several import ModelSet, SelfSteppingStep
+from distrain.loop.several import SelfSteppingStep
 from distrain.loop.state import Saver, TrainState, maybe_resume
-from distrain.loop.steps import EpochMetrics, TrainMeter, evaluate_splits, train_step
-from distrain.loop.stopping import Stopper
+from distrain.loop.steps import StrategyStep, TrainStep, evaluate_splits
+from distrain.loop.stopping import StopKind, Stopper, StopReason
 from distrain.reporting.console import setup_logging
+from distrain.reporting.figures import EpochMetrics, scalar_figures
 from distrain.reporting.report import Reporter
 from distrain.strategies import build_strategy
-from distrain.strategies.base import Strategy
+from distrain.strategies.base import ModelSet, Strategy
 from distrain.version import __version__
 
 log = logging.getLogger("distrain")
@@ -93,8 +92,10 @@ def train(cfg: Config, given: Given | None = None, environ: Mapping[str, str] = 
                 joined = True
                 given = given or Given()
                 parts = build_parts(cfg, ctx, given)  # first: a bad model, loss or data leaves no run directory
-                strategy = build_strategy(cfg, ctx)
-                # Before the optimizer: fsdp replaces the parameters (by DTensors) that the optimizer will hold.
+                lanes = parts.stream.lanes if parts.stream is not None and parts.stream.shards else None
+                strategy = build_strategy(cfg, ctx, lanes)
+                # Before the optimizer: fsdp replaces the parameters (by DTensors) that the optimizer will hold;
+                # a strategy refuses here what it cannot train (before anything is written).
                 strategy.setup(parts.model)
                 # The model is built, the same on every rank: from here each rank draws its own random stream.
                 seed_everything(rank_seed(cfg.seed, ctx.rank))
@@ -138,7 +139,8 @@ def check_against_env(cfg: Config, env: DistEnv) -> None:
 
 
 class Trainer:
-    """One run on one rank: what `fit` trains with, built in the order each part needs the others."""
+    """One run on one rank, built whole: the state a checkpoint holds, loaded from the newest checkpoint
+    where there is one, then what trains and reports from there. Every rank builds it (collective)."""
 
     def __init__(
         self, cfg: Config, ctx: DistContext, parts: Parts, strategy: Strategy, given: Given, signals: StopSignals
@@ -154,6 +156,7 @@ class Trainer:
             **parts.loader_args,
         )
         steps_per_epoch = self.batches.num_steps
+        # 1. What a checkpoint holds, each piece with one owner (TrainState).
         optimizer, base_lr = build_optimizer_for(cfg.optim, parts.model, given, strategy.replaces_parameters)
         self.schedule = build_schedule(
             cfg.schedule,
@@ -164,96 +167,127 @@ class Trainer:
             epochs=cfg.trainer.epochs,
             max_steps=cfg.trainer.max_steps,
         )
-        scheduler = self.schedule.scheduler
-        self.callbacks = build_callbacks(cfg.callbacks, given.callbacks)
-        self.run = Run(parts.model, optimizer, ctx.rank, ctx.world_size, self.run_dir)
+        callbacks = build_callbacks(cfg.callbacks, given.callbacks)
         # What fit was given, read before a resume loads saved state into these objects.
-        self.definition = RunDefinition.of(parts, optimizer, scheduler, given, self.callbacks.names())
-        self.clip = cfg.optim or OptimConfig(lr=base_lr)
-        self.meter = train_meter(parts.objective, ctx.device, exact=cfg.trainer.exact)
-        stop_upwards = (
-            monitor_direction(cfg.stop.mode, cfg.stop.monitor, parts, "stop.monitor", self.meter.names)
-            if cfg.stop.patience
-            else False
+        self.definition = RunDefinition.of(parts, optimizer, self.schedule.scheduler, given, callbacks.names())
+        meter = build_meter(parts.objective, ctx.device, strategy.figure_units)
+        stop_upwards = cfg.stop.patience and monitor_direction(
+            cfg.stop.mode, cfg.stop.monitor, parts, "stop.monitor", meter.names
         )
-        if self.schedule.monitor is not None:
-            monitor_direction("min", self.schedule.monitor, parts, "schedule.monitor", self.meter.names)
-        best_upwards = (
-            monitor_direction(
-                cfg.checkpoint.mode, cfg.checkpoint.monitor, parts, "checkpoint.monitor", self.meter.names
-            )
-            if cfg.checkpoint.keep_best
-            else False
+        best_upwards = cfg.checkpoint.keep_best and monitor_direction(
+            cfg.checkpoint.mode, cfg.checkpoint.monitor, parts, "checkpoint.monitor", meter.names
         )
         self.state = TrainState(
             parts.model,
             optimizer,
-            scheduler,
-            Stopper(cfg.stop, stop_upwards),
-            self.meter,
+            self.schedule.scheduler,
+            Stopper(cfg.stop, bool(stop_upwards)),
+            meter,
             scaler=strategy.scaler,
             engine=strategy.engine,
+            strategy=strategy,
             unstepped_schedule=not self.schedule.stepped,
-            callbacks=self.callbacks,
+            callbacks=callbacks,
         )
-        self.progress = self.state.progress  # one owner: only fit() moves it; a resume loads it in place
-        # trainer.exact: the chunked step with its fixed-point gradient sum (loop/exact.py). Several
-        # models: the user's step steps them itself (loop/several.py; set when they are wrapped).
-        self.step_fn = (
-            self._exact_step()
-            if cfg.trainer.exact
-            else functools.partial(train_step, world_size=ctx.world_size, micro_batches=cfg.trainer.accumulate_steps)
-        )
-        self.several = isinstance(parts.model, ModelSet)
+        if self.schedule.monitor is not None:
+            monitor_direction("min", self.schedule.monitor, parts, "schedule.monitor", meter.names)
         self.saver = Saver(
             cfg.checkpoint,
             self.run_dir,
             ctx,
             epochs=cfg.trainer.epochs,
             steps_per_epoch=steps_per_epoch,
-            sharded=strategy.sharded,
-            best_higher_is_better=best_upwards,
+            sharded=strategy.checkpoint_format == "sharded",
+            best_higher_is_better=bool(best_upwards),
         )
-        self.train_model = self.train_optimizer = self.reporter = self.guard = None
+        # 2. The model and optimizer the step trains (wrapped or not: the strategy's call).
+        self.train_model, self.train_optimizer = strategy.prepare(parts.model, optimizer)
+        # 3. The checkpoint loaded into those objects (in place), then the config written (only now: a
+        # resume refused for a changed config leaves the run's config.yaml as it was).
+        self.resume()
+        write_config(cfg, ctx, self.run_dir, self.definition)
+        # 4. What trains and reports from where the run stands.
+        start = self.state.progress.global_step
+        self.guard = NonFiniteGuard(
+            cfg.trainer.on_nonfinite,
+            parts.model,
+            ctx.device,
+            start_step=start,
+            steps_per_epoch=steps_per_epoch,
+            scaler=strategy.scaler,
+            last_good=self._newest_good,
+        )
+        self.reporter = Reporter(
+            cfg,
+            ctx,
+            self.run_dir,
+            parts.model,
+            start_step=start,
+            total_steps=min(steps_per_epoch * cfg.trainer.epochs, cfg.trainer.max_steps or 1 << 62),
+            directions=parts.metric_objects,
+        )
+        self.reporter.drop_from_epoch(self.state.progress.epoch)
+        self.step_fn = self._build_step(optimizer)
+        self.run = Run(
+            parts.model,
+            optimizer,
+            ctx.rank,
+            ctx.world_size,
+            self.run_dir,
+            reporter=self.reporter,
+            evaluator=functools.partial(evaluate_splits, parts, ctx, strategy),
+        )
+        log_parts(parts, ctx, steps_per_epoch, strategy.engine, __version__, cfg.strategy)
 
-    def _exact_step(self) -> ExactStep:
-        layers = running_statistics(self.parts.model)
-        if layers:
-            raise ConfigError(
-                "trainer.exact",
-                f"cannot make running statistics exact: {', '.join(layers)} would update them from each "
-                "rank's chunks only",
-                "use a normalisation without running statistics (GroupNorm, LayerNorm, "
-                "track_running_stats=False), or trainer.exact=false",
-            )
-        cfg = self.cfg
-        return ExactStep(
-            seed=cfg.seed,
-            chunk=cfg.trainer.exact_chunk,
-            global_batch_size=cfg.data.global_batch_size,
-            rank=self.ctx.rank,
-            world_size=self.ctx.world_size,
-            progress=self.progress,
-            lanes=self.parts.stream.lanes if self.parts.stream is not None and self.parts.stream.shards else None,
+    def _build_step(self, optimizer: Any) -> TrainStep:
+        """Several models: the user's step steps them itself. One model: the strategy's gradient path."""
+        if isinstance(self.parts.model, ModelSet):
+            return SelfSteppingStep(self.train_model, optimizer, self.parts.objective, self.state.meter)
+        return StrategyStep(
+            self.strategy,
+            self.train_model,
+            self.train_optimizer,
+            self.parts.objective,
+            self.cfg.optim,  # its clipping (None: fit was given the optimizer, and there is none)
+            meter=self.state.meter,
+            guard=self.guard,
+            progress=self.state.progress,
         )
+
+    def resume(self) -> None:
+        """The checkpoint checkpoint.resume names loaded into the state, in place. Collective."""
+        maybe_resume(self.cfg, self.ctx, self.run_dir, self.state, self.definition)
+        p, stopper, limit = self.state.progress, self.state.stopper, self.cfg.trainer.max_steps
+        if stopper.stopped is not None and stopper.stopped.kind is StopKind.MAX_STEPS:
+            if limit is None or p.global_step < limit:
+                stopper.stopped = None  # a later max_steps (or none) continues the run
+        if p.epoch >= self.cfg.trainer.epochs or stopper.stopped:
+            log.info(
+                "this run already finished (epoch %d of %d%s): nothing to train, and the figures returned are "
+                "that run's (result.trained is False). To train again: a new run.dir, checkpoint.resume=never, "
+                "or more trainer.epochs",
+                p.epoch,
+                self.cfg.trainer.epochs,
+                f", {stopper.stopped}" if stopper.stopped else "",
+            )
 
     # ------------------------------------------------------------------------------------------- the story
 
     def fit(self) -> FitResult:
         """resume; for each epoch: for each step: train_step, advance, log, save, check signals; then
         evaluate, log, stop, save. Every rank runs it."""
-        self.resume()
+        p = self.state.progress  # one owner (TrainState): only fit() moves it; a resume loaded it in place
         trained, splits, finished = False, {}, False
         try:
             self.signals.start_agreement()
             self.callback("on_train_start")
-            for epoch in range(self.progress.epoch, self.cfg.trainer.epochs):
+            for epoch in range(p.epoch, self.cfg.trainer.epochs):
                 if self.state.stopper.stopped:
                     break
                 started, lr = self.start_epoch(epoch)
                 for batch in self.batches:
                     stepped = self.train_step(batch)
-                    self.progress.advance(step_in_epoch=batch.step + 1, skipped=not stepped)
+                    p.advance(step_in_epoch=batch.step + 1, skipped=not stepped)
                     self.callback("on_step_end")
                     self.maybe_log_step()
                     saved = self.maybe_save_step()
@@ -279,73 +313,23 @@ class Trainer:
 
     def callback(self, hook: str, *args: Any) -> None:
         """The callbacks' `hook` (those that have it), with the run as it stands."""
-        if self.callbacks.has(hook):
+        callbacks, p = self.state.callbacks, self.state.progress
+        if callbacks.has(hook):
             if hook != "on_save":  # a callback may change the weights: a background save's copy is made first
                 self.saver.until_staged()
-            self.run.epoch, self.run.global_step = self.progress.epoch, self.progress.global_step
-            self.callbacks.call(hook, self.run, *args)
+            self.run.epoch, self.run.global_step = p.epoch, p.global_step
+            callbacks.call(hook, self.run, *args)
 
     # ----------------------------------------------------------------------------------------- the chapters
-
-    def resume(self) -> None:
-        # Into the unwrapped model and the raw optimizer.
-        maybe_resume(self.cfg, self.ctx, self.run_dir, self.state, self.definition)
-        # Only now: a resume refused for a changed config leaves the run's config.yaml as it was.
-        write_config(self.cfg, self.ctx, self.run_dir, self.definition)
-        p = self.progress
-        limit, stopped = self.cfg.trainer.max_steps, self.state.stopper.stopped
-        if stopped and stopped.startswith("trainer.max_steps") and (limit is None or p.global_step < limit):
-            self.state.stopper.stopped = None  # a later max_steps (or none) continues the run
-        if p.epoch >= self.cfg.trainer.epochs or self.state.stopper.stopped:
-            log.info(
-                "this run already finished (epoch %d of %d%s): nothing to train, and the figures returned are "
-                "that run's (result.trained is False). To train again: a new run.dir, checkpoint.resume=never, "
-                "or more trainer.epochs",
-                p.epoch,
-                self.cfg.trainer.epochs,
-                f", {self.state.stopper.stopped}" if self.state.stopper.stopped else "",
-            )
-        if self.several:
-            # Each model wrapped for data parallelism on its own: the step calls them by name, and each
-            # averages its gradients over the ranks in its own backward.
-            from distrain.strategies.ddp import wrap_model
-
-            wrapped = {name: wrap_model(m, self.ctx, self.cfg.ddp) for name, m in self.parts.model.items()}
-            self.step_fn = SelfSteppingStep(wrapped)
-            self.train_model, self.train_optimizer = nn.ModuleDict(wrapped), self.state.optimizer
-        else:
-            self.train_model, self.train_optimizer = self.strategy.prepare(self.parts.model, self.state.optimizer)
-        steps_per_epoch = self.batches.num_steps
-        self.guard = NonFiniteGuard(
-            self.cfg.trainer.on_nonfinite,
-            self.parts.model,
-            self.ctx.device,
-            start_step=p.global_step,
-            steps_per_epoch=steps_per_epoch,
-            scaler=self.strategy.scaler,
-            last_good=self._newest_good,
-        )
-        self.reporter = Reporter(
-            self.cfg,
-            self.ctx,
-            self.run_dir,
-            self.parts.model,
-            start_step=p.global_step,
-            total_steps=min(steps_per_epoch * self.cfg.trainer.epochs, self.cfg.trainer.max_steps or 1 << 62),
-            directions=self.parts.metric_objects,
-        )
-        self.reporter.drop_from_epoch(p.epoch)
-        self.run._reporter = self.reporter
-        self.run._evaluate = functools.partial(evaluate_splits, self.parts, self.ctx, self.strategy.sum_over_ranks)
-        log_parts(self.parts, self.ctx, steps_per_epoch, self.strategy.engine, __version__, self.cfg.strategy)
 
     def start_epoch(self, epoch: int) -> tuple[float, list[float]]:
         self.train_model.train()  # evaluation left it in eval mode
         self.batches.set_epoch(epoch)
-        self.batches.set_start_step(self.progress.step_in_epoch)
-        self.reporter.start_epoch(self.meter, self.progress.global_step)
+        p = self.state.progress
+        self.batches.set_start_step(p.step_in_epoch)
+        self.reporter.start_epoch(self.state.meter, p.global_step)
         self.callback("on_epoch_start")
-        if self.progress.step_in_epoch == 0 or self.state.epoch_lrs is None:
+        if p.step_in_epoch == 0 or self.state.epoch_lrs is None:
             self.state.epoch_lrs = self.learning_rates()
         # A mid-epoch resume keeps the lr the epoch started with (saved): the epoch's record is the same.
         return time.perf_counter(), self.state.epoch_lrs
@@ -355,33 +339,24 @@ class Trainer:
         return [float(group["lr"]) for group in self.state.optimizer.param_groups]
 
     def train_step(self, batch: Any) -> bool:
-        """One optimizer step on this rank's share of the global batch; False when it was skipped."""
-        if self.several:  # the user's step may change weights without an optimizer step (the hook's fence)
-            self.saver.until_staged()
-        stepped = self.step_fn(
-            self.strategy,
-            self.train_model,
-            self.train_optimizer,
-            batch,
-            self.parts.objective,
-            self.clip,
-            meter=self.meter,
-            guard=self.guard,
-        )
+        """One optimizer step on this rank's share of the global batch; False when it was skipped. Collective."""
+        if isinstance(self.step_fn, SelfSteppingStep):
+            self.saver.until_staged()  # the user's step may change weights without an optimizer step (no fence)
+        stepped = self.step_fn(batch)
         self.schedule.after_step()
         return stepped
 
     def maybe_log_step(self) -> None:
-        step = self.progress.global_step
+        step, meter = self.state.progress.global_step, self.state.meter
         if not self.reporter.wants_step(step):
             return
-        self.guard.check(weights=False)  # a diverged run stops before it logs losses of 1e30
+        self.guard.agree_finite(weights=False)  # a diverged run stops before it logs losses of 1e30
         # The window's train sums over all ranks: one all-reduce, at log steps only.
-        window = dist.all_reduce_sum(self.reporter.window(self.meter)) if self.reporter.is_log_step(step) else None
-        self.reporter.after_step(step, self.meter, self.learning_rates(), window)
+        window = self.strategy.sum_over_ranks(self.reporter.window(meter)) if self.reporter.is_log_step(step) else None
+        self.reporter.after_step(step, meter, self.learning_rates(), window)
 
     def maybe_save_step(self) -> bool:
-        if not self.saver.should_save_step(self.progress):
+        if not self.saver.should_save_step(self.state.progress):
             return False
         self.save()
         return True
@@ -397,25 +372,19 @@ class Trainer:
             raise Interrupted(signum)
 
     def end_epoch(self, epoch: int, started: float, lr: list[float]) -> dict[str, EpochMetrics]:
-        """The epoch's train figures (summed over the ranks) and evaluation; logged."""
-        self.guard.check()  # before the epoch's figures and its checkpoint
-        totals = self.strategy.sum_over_ranks(self.meter.totals().clone())
-        splits = {"train": EpochMetrics.from_totals(self.meter.sums(totals), self.meter.names)}
+        """The epoch's train figures (summed over the ranks) and evaluation; logged. Collective."""
+        self.guard.agree_finite()  # before the epoch's figures and its checkpoint
+        meter, p = self.state.meter, self.state.progress
+        splits = {"train": EpochMetrics.from_totals(self.train_sums(), meter.names)}
         train_time = time.perf_counter() - started
-        splits.update(evaluate_splits(self.parts, self.ctx, self.strategy.sum_over_ranks))
-        if self.callbacks.has("on_epoch_end"):
+        splits.update(evaluate_splits(self.parts, self.ctx, self.strategy))
+        if self.state.callbacks.has("on_epoch_end"):
             # Before the epoch's record is written: what the callbacks log goes into it.
-            figures = {
-                f"{split}_{name}": value
-                for split, m in splits.items()
-                for name, value in m.values.items()
-                if isinstance(value, (int, float))
-            }
-            self.callback("on_epoch_end", figures)
-        skipped = self.progress.skipped_steps if self.cfg.trainer.on_nonfinite == "skip_step" else None
+            self.callback("on_epoch_end", scalar_figures(splits))
+        skipped = p.skipped_steps if self.cfg.trainer.on_nonfinite == "skip_step" else None
         self.reporter.log_epoch(
             epoch,
-            self.progress.global_step,
+            p.global_step,
             splits,
             time.perf_counter() - started,
             lr,
@@ -423,54 +392,54 @@ class Trainer:
             skipped_steps=skipped,
             logged=self.run.take_logged(),
         )
-        self.progress.end_epoch()
-        self.meter.reset()
+        p.end_epoch()
+        meter.reset()
         self.schedule.after_epoch(splits)  # interval epoch; ReduceLROnPlateau reads its monitor here
         return splits
+
+    def train_sums(self) -> Any:
+        """The epoch's train sums so far over all ranks (plain sums [per name..., samples]). Collective."""
+        meter = self.state.meter
+        return meter.sums(self.strategy.sum_over_ranks(meter.totals().clone()))
 
     def reached_max_steps(self) -> bool:
         """trainer.max_steps: the run's last step is taken (the same verdict on every rank: steps are global)."""
         limit = self.cfg.trainer.max_steps
-        if limit is None or self.progress.global_step < limit:
+        if limit is None or self.state.progress.global_step < limit:
             return False
-        self.state.stopper.stopped = f"trainer.max_steps ({limit}) reached"
+        self.state.stopper.stopped = StopReason(StopKind.MAX_STEPS, f"trainer.max_steps ({limit}) reached")
         return True
 
     def maybe_stop(self, splits: dict[str, EpochMetrics]) -> None:
+        """Collective: the ranks agree on the verdict."""
         reason = self.state.stopper.update(splits)
         # Identical metrics give identical verdicts, but agree anyway: no rank may ever stop alone.
         if dist.any_true(reason is not None, self.ctx.device):
-            self.state.stopper.stopped = reason or "another rank stopped"
-            log.info("stopping after epoch %d: %s", self.progress.epoch - 1, self.state.stopper.stopped)
+            self.state.stopper.stopped = reason or StopReason(StopKind.OTHER_RANK, "another rank stopped")
+            log.info("stopping after epoch %d: %s", self.state.progress.epoch - 1, self.state.stopper.stopped)
 
     def maybe_save_epoch(self, splits: dict[str, EpochMetrics]) -> None:
-        last = self.progress.epoch == self.cfg.trainer.epochs or bool(self.state.stopper.stopped)
-        if self.saver.should_save_epoch(self.progress, last=last):
-            self.save(
-                {
-                    f"{split}_{name}": value
-                    for split, m in splits.items()
-                    for name, value in m.values.items()
-                    if isinstance(value, (int, float))
-                }
-            )
+        p = self.state.progress
+        last = p.epoch == self.cfg.trainer.epochs or bool(self.state.stopper.stopped)
+        if self.saver.should_save_epoch(p, last=last):
+            self.save(scalar_figures(splits))
 
     def save(self, metrics: dict[str, float] | None = None) -> Path:
         """A checkpoint of the run as it stands. Collective."""
-        self.guard.check()  # non-finite weights never replace good ones
+        self.guard.agree_finite()  # non-finite weights never replace good ones
         # The epoch's train sums over all ranks, so that a mid-epoch resume still reports the whole epoch.
-        totals = self.meter.sums(dist.all_reduce_sum(self.meter.totals().clone()))
-        sharded = self.strategy.sharded
+        whole = self.strategy.checkpoint_format == "whole"
         payload = self.state.to_payload(
             self.cfg.to_dict(),
             self.ctx.world_size,
             metrics or {},
-            totals,
-            weights=not sharded,
+            self.train_sums(),
+            weights=whole,
             definition=self.definition.values,
+            strategy_states=dist.all_gather_object(self.strategy.state_dict()),  # per rank
         )
         live = (self.state.model, self.state.optimizer)
-        path = self.saver.save(payload, live if sharded else None, live)
+        path = self.saver.save(payload, None if whole else live, live)
         self.callback("on_save", path)
         return path
 
@@ -481,20 +450,16 @@ class Trainer:
             self.saver.close(agree=finished)
         finally:
             # Drop DDP (its reducer holds the group's last work objects) before the group is destroyed.
-            self.train_model = self.train_optimizer = None
+            self.train_model = self.train_optimizer = self.step_fn = None
             self.strategy.release()
-            if self.reporter is not None:
-                self.reporter.close(plots=self.cfg.log.plots and finished)
+            self.reporter.close(plots=self.cfg.log.plots and finished)
 
     def result(self, splits: dict[str, EpochMetrics], trained: bool) -> FitResult:
-        p = self.progress
+        p = self.state.progress
         if not splits:  # resumed a run that had already finished or stopped: report where it ended
             splits = evaluate_splits(self.parts, self.ctx)
             figures = ", ".join(
-                f"{split} {name} {value:.4g}"
-                for split, m in splits.items()
-                for name, value in m.values.items()
-                if isinstance(value, (int, float))
+                f"{name.replace('_', ' ', 1)} {value:.4g}" for name, value in scalar_figures(splits).items()
             )
             log.info(
                 "not trained by this call: the finished run's figures (epoch %d, global step %d): %s",
@@ -517,15 +482,6 @@ class Trainer:
         from distrain.checkpoint.store import find_resumable
 
         return str(find_resumable(self.run_dir)) if self.ctx.is_main else None
-
-
-def train_meter(objective: Any, device: Any, exact: bool) -> Any:
-    """The meter of the train figures: from the outputs (distrain's step), or the values a user's step returned."""
-    from distrain.loop.user_step import StepMeter, StepObjective
-
-    if isinstance(objective, StepObjective):
-        return StepMeter(objective, device, exact=exact)
-    return TrainMeter(objective, device, exact=exact)
 
 
 def write_config(cfg: Config, ctx: DistContext, run_dir: Path, definition: RunDefinition | None = None) -> None:

@@ -63,7 +63,7 @@ class StepObjective:
         model.eval()
         try:
             with torch.no_grad():
-                values = self._read(self.fn(model, self.user_batch(inputs, targets)), num_samples(targets))
+                values = self.read(self.fn(model, self.user_batch(inputs, targets)), num_samples(targets))
         finally:
             model.train(was_training)
         self.names = list(values)  # loss first, then the named scalars
@@ -85,7 +85,7 @@ class StepObjective:
         models.eval()
         try:
             out = self.fn(dict(models.items()), self.user_batch(inputs, targets), {k: Still() for k in models})
-            values = self._read(out, num_samples(targets))
+            values = self.read(out, num_samples(targets))
         finally:
             models.train(was_training)
             restore_rng(rng)
@@ -101,7 +101,7 @@ class StepObjective:
         ranks is the global mean also when the last batch splits unevenly (then a batch mean is reweighted
         by its share). A batch mean on an even share is used as it is: no extra kernel per step."""
         count = num_samples(targets)
-        values = self._read(self.fn(model, self.user_batch(inputs, targets)), count)
+        values = self.read(self.fn(model, self.user_batch(inputs, targets)), count)
         value, weight = values["loss"]
         if weight == count:  # a batch mean
             even = average and count * world_size == global_size
@@ -112,10 +112,10 @@ class StepObjective:
 
     def batch_sums(self, model: nn.Module, inputs: Any, targets: Any) -> torch.Tensor:
         """Evaluation: [sum over the batch's samples per name] in float64."""
-        values = self._read(self.fn(model, self.user_batch(inputs, targets)), num_samples(targets))
+        values = self.read(self.fn(model, self.user_batch(inputs, targets)), num_samples(targets))
         return torch.stack([v.detach().double() * w for v, w in values.values()])
 
-    def _read(self, out: Any, count: int) -> dict[str, tuple[torch.Tensor, int]]:
+    def read(self, out: Any, count: int) -> dict[str, tuple[torch.Tensor, int]]:
         """{name: (a 0-d value, its weight)} from what the step returned: a batch mean weighs `count`
         samples, a sum (per-sample values summed here) weighs 1; `loss` first."""
         scalars: dict[str, Any] = {}
@@ -158,51 +158,6 @@ _WHAT = (
     "return the batch's mean loss (a scalar), per-sample losses [N], or a dict with 'loss' (either) or "
     "'loss_sum' (a sum over the batch) and named scalars"
 )
-
-
-class StepMeter:
-    """This rank's running sums of a user's step's figures over the epoch in progress: [per name..., samples]
-    (float64), as TrainMeter's. `add` keeps the step's detached values (list appends, no kernel); they are
-    summed when `totals()` is asked. trainer.exact: each kept value (a per-sample value, or a chunk's sum)
-    is rounded to a multiple of 2^-24 first, so the sums are the same in any order and on any world size."""
-
-    def __init__(self, objective: StepObjective, device: torch.device, exact: bool = False):
-        from distrain.loop.steps import EXACT_UNITS
-
-        self.names = list(objective.names)
-        self.exact, self.units = exact, EXACT_UNITS
-        self._totals = torch.zeros(len(self.names) + 1, dtype=torch.float64, device=device)
-        self._pending: list[tuple[dict[str, tuple[torch.Tensor, int]], int]] = []
-
-    def add(self, values: dict[str, tuple[torch.Tensor, int]], count: int) -> None:
-        self._pending.append((values, count))
-
-    @torch.no_grad()
-    def totals(self) -> torch.Tensor:
-        """The running sums (pending values added first); see TrainMeter.totals."""
-        if self._pending:
-            for i, name in enumerate(self.names):
-                value = torch.stack([v[name][0].double() * v[name][1] for v, _ in self._pending])
-                self._totals[i] += (torch.round(value * self.units) if self.exact else value).sum()
-            self._totals[-1] += sum(count for _, count in self._pending)
-            self._pending = []
-        return self._totals
-
-    def sums(self, totals: torch.Tensor) -> torch.Tensor:
-        if not self.exact:
-            return totals
-        out = totals.clone()
-        out[:-1] /= self.units
-        return out
-
-    def load(self, sums: torch.Tensor) -> None:
-        self._pending = []
-        self._totals.copy_(sums)
-        if self.exact:
-            self._totals[:-1] *= self.units
-
-    def reset(self) -> None:
-        self.load(torch.zeros_like(self._totals))
 
 
 class StepMetrics:

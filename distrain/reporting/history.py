@@ -22,7 +22,7 @@ from distrain.atomic import atomic_write_bytes
 from distrain.errors import WriteError
 
 if TYPE_CHECKING:
-    from distrain.loop.steps import EpochMetrics
+    from distrain.reporting.figures import EpochMetrics
 
 log = logging.getLogger("distrain")
 

@@ -28,7 +28,7 @@ from torch import nn
 
 from distrain.config.schema import Config
 from distrain.launch.dist import DistContext
-from distrain.loop.steps import EpochMetrics, TrainMeter
+from distrain.reporting.figures import EpochMetrics, Meter
 from distrain.reporting.history import RECORD_KEYS, MetricsLog
 from distrain.reporting.loggers import build_loggers, check_loggers
 
@@ -111,7 +111,7 @@ class Reporter:
         for logger in self.loggers:
             logger.log_scalars(step, values)
 
-    def start_epoch(self, meter: TrainMeter, global_step: int) -> None:
+    def start_epoch(self, meter: Meter, global_step: int) -> None:
         self.window_start = meter.totals().clone()
         self.window_time, self.window_step = time.perf_counter(), global_step
 
@@ -123,11 +123,11 @@ class Reporter:
     def is_log_step(self, global_step: int) -> bool:
         return global_step % self.every == 0
 
-    def window(self, meter: TrainMeter) -> torch.Tensor:
+    def window(self, meter: Meter) -> torch.Tensor:
         """This rank's train sums since the last log step (the caller sums them over the ranks)."""
         return meter.totals() - self.window_start
 
-    def after_step(self, global_step: int, meter: TrainMeter, lr: list[float], window: torch.Tensor | None) -> None:
+    def after_step(self, global_step: int, meter: Meter, lr: list[float], window: torch.Tensor | None) -> None:
         """Every rank calls it when `wants_step`; at log steps with `window`, the window's sums over all ranks."""
         if not self.is_log_step(global_step):
             if self.hooks:

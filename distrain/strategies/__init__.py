@@ -1,31 +1,34 @@
-"""How is the model spread over the ranks? A strategy owns everything that changes with that answer:
-wrapping or sharding, gradient-sync control, precision, the checkpoint format and its config rules.
+"""How is the model spread over the ranks, and how do its gradients become one? A strategy owns
+everything that changes with that answer: wrapping or sharding, how a step's micro-batches (or chunks)
+become gradients and how they are exchanged, precision, the checkpoint format and its config rules.
 
-    strategy = build_strategy(cfg, ctx)          # ddp, fsdp, or DDP run by HF Accelerate (engine=accelerate)
+    strategy = build_strategy(cfg, ctx, lanes)   # ddp, fsdp, exact, or DDP run by HF Accelerate
     model = strategy.setup(model)                # before the optimizer: fsdp shards the parameters in place
     train_model, optimizer = strategy.prepare(model, optimizer)
-    with strategy.sync_gradients(train_model, is_last):   # around each micro-batch's forward and backward
-        with strategy.autocast():
-            loss = ...
-        strategy.backward(loss)
+    grads = strategy.gradients(train_model, batch, objective, global_step)   # forward, backward, exchange
     strategy.step(optimizer, train_model, clip)  # unscale, clip, step
+    strategy.after_step(train_model, global_step + 1)
     totals = strategy.sum_over_ranks(totals)
     strategy.release()                           # before the process group goes
 
-- ddp.py         DDPStrategy: torch's DistributedDataParallel, torch.autocast and GradScaler (native engine)
+- base.py        the Strategy protocol (the seam), Gradients, ModelSet (several models)
+- native.py      the native engine's micro-batch loop and optimizer step, shared by ddp, fsdp and exact
+- ddp.py         DDPStrategy: torch's DistributedDataParallel, torch.autocast and GradScaler
 - fsdp.py        FSDPStrategy: FSDP2's fully_shard, sharded checkpoints
+- exact.py       ExactStrategy: strategy exact (trainer.exact), chunked steps and a fixed-point gradient sum
 - accelerate.py  AccelerateStrategy: DDP through HF Accelerate's Accelerator (engine=accelerate)
-- exact.py       ExactStrategy: trainer.exact, DDP's data parallelism with a fixed-point gradient sum
 - options.py     the ddp and fsdp config sections and the rules a strategy sets for the others (no torch)
 - precision.py   bf16/fp16 autocast and the gradient scaler
 
-The trainer never asks which strategy it runs. This package's __init__ imports nothing, so the config
-(which reads options.py) stays torch-free.
+The trainer never asks which strategy it runs. This package's __init__ imports options.py alone (no torch),
+so the config (which reads options.py) stays torch-free.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
+
+from distrain.strategies.options import is_exact
 
 if TYPE_CHECKING:
     from distrain.config.schema import Config
@@ -33,8 +36,9 @@ if TYPE_CHECKING:
     from distrain.strategies.base import Strategy
 
 
-def build_strategy(cfg: Config, ctx: DistContext) -> Strategy:
-    """The strategy the config asks for: engine=accelerate runs DDP through Accelerate; else strategy ddp|fsdp."""
+def build_strategy(cfg: Config, ctx: DistContext, lanes: int | None = None) -> Strategy:
+    """The strategy the config asks for: engine=accelerate runs DDP through Accelerate; else strategy
+    ddp|fsdp|exact (trainer.exact: true is exact). `lanes`: a sharded stream's lanes (exact mode's chunks)."""
     if cfg.engine == "accelerate":
         from distrain.strategies.accelerate import AccelerateStrategy  # imported only when asked for
 
@@ -43,10 +47,10 @@ def build_strategy(cfg: Config, ctx: DistContext) -> Strategy:
         from distrain.strategies.fsdp import FSDPStrategy
 
         return FSDPStrategy(cfg, ctx)
-    if cfg.trainer.exact:
+    if is_exact(cfg):
         from distrain.strategies.exact import ExactStrategy
 
-        return ExactStrategy(cfg, ctx)
+        return ExactStrategy(cfg, ctx, lanes)
     from distrain.strategies.ddp import DDPStrategy
 
     return DDPStrategy(cfg, ctx)

@@ -27,9 +27,10 @@ import torch
 from torch import nn
 
 from distrain.checkpoint.options import CheckpointConfig
-from distrain.config.schema import Config, OptimConfig
 from distrain.errors import ConfigError
 from distrain.launch.dist import DistContext
+from distrain.strategies.base import Gradients, refuse_several
+from distrain.strategies.native import micro_batch_gradients
 from distrain.strategies.precision import NO_CONTEXT, check_precision
 
 log = logging.getLogger("distrain")
@@ -69,10 +70,13 @@ def check_plugin(distributed_type: str, cfg: CheckpointConfig) -> None:
 
 class AccelerateStrategy:
     engine = "accelerate"
-    sharded = False  # DDP only: every rank holds the whole state (sharded plugins are refused: check_plugin)
+    checkpoint_format = "whole"  # DDP only: every rank holds the whole state (sharded plugins: check_plugin)
+    pads_evaluation = False
+    loads_into_shards = False
     replaces_parameters = False
+    figure_units = None
 
-    def __init__(self, cfg: Config, ctx: DistContext):
+    def __init__(self, cfg: Any, ctx: DistContext):
         try:
             from accelerate import Accelerator
             from accelerate.utils import DistributedDataParallelKwargs
@@ -121,13 +125,26 @@ class AccelerateStrategy:
             acc.device,
         )
 
-    def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[nn.Module, Any]:
-        return self.accelerator.prepare(model, optimizer)
-
     def setup(self, model: nn.Module) -> nn.Module:
+        refuse_several(model, "engine", "accelerate")
         return model
 
-    def sync_gradients(self, model: nn.Module, is_last: bool) -> ContextManager:
+    def prepare(self, model: nn.Module, optimizer: Any) -> tuple[nn.Module, Any]:
+        return self.accelerator.prepare(model, optimizer)
+
+    def gradients(self, model: nn.Module, batch: Any, objective: Any, global_step: int) -> Gradients:
+        return micro_batch_gradients(
+            model,
+            batch,
+            objective,
+            world_size=self.accelerator.num_processes,
+            micro_batches=self.accumulate_steps,
+            sync=self._sync,
+            autocast=self._autocast,
+            backward=self._backward,
+        )
+
+    def _sync(self, model: nn.Module, is_last: bool) -> ContextManager:
         # Accelerate counts micro-batches itself and syncs every gradient_accumulation_steps-th one; the
         # step runs exactly that many per optimizer step, so its count and `is_last` always agree. Without
         # accumulation its context would only add work per step.
@@ -135,12 +152,12 @@ class AccelerateStrategy:
             return NO_CONTEXT
         return self.accelerator.accumulate(model)
 
-    def autocast(self) -> ContextManager:
+    def _autocast(self) -> ContextManager:
         if self.accelerator.mixed_precision == "no":
             return NO_CONTEXT
         return self.accelerator.autocast()
 
-    def backward(self, loss: torch.Tensor) -> None:
+    def _backward(self, loss: torch.Tensor) -> None:
         # Accelerate divides each micro-batch loss by gradient_accumulation_steps, assuming per-micro-batch
         # means. distrain's loss is already weighted so that the micro-batch gradients add up to the global
         # batch's mean gradient (Objective.step_loss); multiplying first cancels Accelerate's division.
@@ -148,13 +165,22 @@ class AccelerateStrategy:
             loss = loss * self.accumulate_steps
         self.accelerator.backward(loss)
 
-    def step(self, optimizer: Any, model: nn.Module, clip: OptimConfig) -> None:
+    def step(self, optimizer: Any, model: nn.Module, clip: Any) -> None:
         # Accelerate's clipping unscales fp16 gradients first; its optimizer steps through the scaler.
-        if clip.clip_grad_value is not None:
+        if clip is not None and clip.clip_grad_value is not None:
             self.accelerator.clip_grad_value_(model.parameters(), clip.clip_grad_value)
-        if clip.clip_grad_norm is not None:
+        if clip is not None and clip.clip_grad_norm is not None:
             self.accelerator.clip_grad_norm_(model.parameters(), clip.clip_grad_norm)
         optimizer.step()
+
+    def after_step(self, model: nn.Module, global_step: int) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        pass
 
     def sum_over_ranks(self, tensor: torch.Tensor) -> torch.Tensor:
         if self.accelerator.num_processes == 1:

@@ -2,7 +2,8 @@
 the gradients inside backward. torch.autocast and GradScaler for precision, nothing in between.
 
 The step trains the wrapped model; checkpoints and evaluation use the unwrapped one, so a checkpoint loads
-into a plain nn.Module with no "module." prefixes. In one process there is no wrapper at all.
+into a plain nn.Module with no "module." prefixes. In one process there is no wrapper at all. Several
+models (a GAN) are each wrapped on their own: each averages its gradients in its own backward.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from distrain.config.schema import Config, OptimConfig
 from distrain.launch import dist
 from distrain.launch.dist import DistContext
+from distrain.strategies.base import Gradients, ModelSet
+from distrain.strategies.native import micro_batch_gradients, native_step
 from distrain.strategies.options import DDPConfig
 from distrain.strategies.precision import NO_CONTEXT, build_precision
 
@@ -37,40 +39,48 @@ def wrap_model(model: nn.Module, ctx: DistContext, cfg: DDPConfig) -> nn.Module:
     )
 
 
-def clip_gradients(model: nn.Module, clip: OptimConfig) -> None:
-    """Clip after backward, when the gradients are already averaged: every rank clips the same values."""
-    if clip.clip_grad_value is not None:
-        nn.utils.clip_grad_value_(model.parameters(), clip.clip_grad_value)
-    if clip.clip_grad_norm is not None:
-        nn.utils.clip_grad_norm_(model.parameters(), clip.clip_grad_norm)
-
-
 class DDPStrategy:
     engine = "native"
-    sharded = False  # rank 0 writes one .pt: every rank holds the same whole state
+    checkpoint_format = "whole"  # rank 0 writes one .pt: every rank holds the same whole state
+    pads_evaluation = False
+    loads_into_shards = False
     replaces_parameters = False
+    figure_units = None
 
-    def __init__(self, cfg: Config, ctx: DistContext):
+    def __init__(self, cfg: Any, ctx: DistContext):
         self.ctx, self.ddp_cfg, self.compile = ctx, cfg.ddp, cfg.trainer.compile
+        self.micro_batches = cfg.trainer.accumulate_steps
         self.precision = build_precision(cfg.trainer.precision, ctx.device)
         self.scaler = self.precision.scaler
-        self._wrapped: nn.Module | None = None
+        self._wrapped: Any = None
 
     def setup(self, model: nn.Module) -> nn.Module:
         return model
 
-    def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[nn.Module, Any]:
-        self._wrapped = self._wrap(model)
+    def prepare(self, model: nn.Module, optimizer: Any) -> tuple[nn.Module, Any]:
+        if isinstance(model, ModelSet):  # several models: each its own DDP, called by name by the user's step
+            self._wrapped = nn.ModuleDict({name: wrap_model(m, self.ctx, self.ddp_cfg) for name, m in model.items()})
+            return self._wrapped, optimizer
+        self._wrapped = wrap_model(model, self.ctx, self.ddp_cfg)
         if self.compile:
             # Compile the DDP wrapper, not the inner module: torch then splits the graph at DDP's buckets
             # so that gradient all-reduces still overlap the backward pass.
             self._wrapped = torch.compile(self._wrapped)
         return self._wrapped, optimizer
 
-    def _wrap(self, model: nn.Module) -> nn.Module:
-        return wrap_model(model, self.ctx, self.ddp_cfg)
+    def gradients(self, model: nn.Module, batch: Any, objective: Any, global_step: int) -> Gradients:
+        return micro_batch_gradients(
+            model,
+            batch,
+            objective,
+            world_size=self.ctx.world_size,
+            micro_batches=self.micro_batches,
+            sync=self._sync,
+            autocast=self.precision.autocast,
+            backward=self._backward,
+        )
 
-    def sync_gradients(self, model: nn.Module, is_last: bool) -> ContextManager:
+    def _sync(self, model: nn.Module, is_last: bool) -> ContextManager:
         # DDP all-reduces gradients inside backward. Under no_sync it only accumulates them locally, so
         # the micro-batches before the last add up without communication and the last one sends the sum
         # once (rather than one all-reduce per micro-batch). nanoGPT sets require_backward_grad_sync
@@ -79,27 +89,23 @@ class DDPStrategy:
             return NO_CONTEXT
         return model.no_sync()
 
-    def autocast(self) -> ContextManager:
-        return self.precision.autocast()
-
-    def backward(self, loss: torch.Tensor) -> None:
+    def _backward(self, loss: torch.Tensor) -> None:
         (loss if self.scaler is None else self.scaler.scale(loss)).backward()
 
-    def step(self, optimizer: Any, model: nn.Module, clip: OptimConfig) -> None:
-        # Written out rather than delegated: this runs every step, and on small models each Python call
-        # is a measurable share of the step (bench/).
-        if self.scaler is not None:
-            self.scaler.unscale_(optimizer)  # clipping needs the true gradients
-        if clip.clip_grad_value is not None or clip.clip_grad_norm is not None:
-            clip_gradients(model, clip)
-        if self.scaler is not None:
-            self.scaler.step(optimizer)  # skips the step if the scaled gradients overflowed
-            self.scaler.update()
-        else:
-            optimizer.step()
+    def step(self, optimizer: Any, model: nn.Module, clip: Any) -> None:
+        native_step(optimizer, model, clip, self.scaler)
+
+    def after_step(self, model: nn.Module, global_step: int) -> None:
+        pass
 
     def sum_over_ranks(self, tensor: torch.Tensor) -> torch.Tensor:
         return dist.all_reduce_sum(tensor)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        pass
 
     def release(self) -> None:
         self._wrapped = None

@@ -1,4 +1,5 @@
-"""trainer.exact: DDP without DistributedDataParallel, whose gradient sum no world size changes.
+"""strategy: exact (spelt trainer.exact: true too): data parallelism without DistributedDataParallel, whose
+gradient sum no world size changes.
 
 Float addition is not associative: DDP's all-reduce adds per-rank partial sums in an order set by the
 world size (and by the ring), so 1 and N processes end with weights a few ulps apart that training
@@ -19,20 +20,39 @@ chunk, so every world size gets the same bits.
 
 The model is not wrapped (DDP would all-reduce in float32 inside backward): rank 0's weights are
 broadcast once, and from then on every rank takes the same optimizer step on the same gradients.
+
+One optimizer step as fixed chunks of the global batch (ExactStrategy.gradients). Which samples form a
+chunk, and what randomness it sees, must not depend on the world size:
+- the global batch's positions are dealt to chunks round-robin: chunk j holds positions j, j+K, j+2K, ...
+  (K = global_batch_size / exact_chunk chunks). The sampler deals positions to ranks the same way (rank r
+  holds r, r+W, ...), so when W divides K, chunk j lies whole on rank j mod W, and rank r's local rows
+  l, l+K/W, l+2K/W, ... are chunk r + l*W, in the chunk's own order;
+- before each chunk's forward, torch's generator is seeded from (seed, global step, chunk): dropout and any
+  other draw inside the model gives the same mask to the same sample on any world size;
+- each chunk runs forward and backward alone, with the same shapes wherever it runs, and its loss is its
+  per-sample losses summed and divided by the global batch's size (not the rank's): the chunks' gradients
+  add up to the gradient of the global mean;
+- the gradients are summed by `strategies.exact.ExactSum` (rounded onto a shared grid, then float64 sums
+  that are exact in any order).
+The uneven last batch is cut the same way (some chunks one sample shorter, or empty). Accumulation
+changes nothing here: a chunk already is the unit of memory (trainer.accumulate_steps is ignored).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, ContextManager
+from typing import Any
 
 import torch
 from torch import nn
 
+from distrain.data.structures import num_samples, tree_map
+from distrain.errors import ConfigError
 from distrain.launch import dist
 from distrain.launch.dist import DistContext
-from distrain.strategies.ddp import DDPStrategy
-from distrain.strategies.precision import NO_CONTEXT
+from distrain.strategies.base import Gradients, refuse_several
+from distrain.strategies.native import native_step
+from distrain.strategies.precision import build_precision
 
 
 class ExactSum:
@@ -97,32 +117,171 @@ class ExactSum:
         return self.finish(dist.all_reduce_sum(self.partial(chunk_grads, offsets)))
 
 
-def exact_sum(
-    chunk_grads: list[list[torch.Tensor | None]], params: list[nn.Parameter], chunks: int
-) -> list[torch.Tensor]:
-    """The sum of the chunks' gradients (`chunk_grads[c][i]`: chunk c's gradient of params[i], or None)
-    over this rank's chunks and all ranks: see ExactSum. Collective."""
-    return ExactSum(params, chunks)(chunk_grads)
+_SEED_MOD = 2**63 - 1
 
 
-class ExactStrategy(DDPStrategy):
-    """strategy ddp with trainer.exact: the bare model (weights broadcast from rank 0 once), no gradient
-    sync in backward; loop/exact.py runs the chunks and calls `exact_sum`."""
+def chunk_seed(seed: int, global_step: int, chunk: int) -> int:
+    """The generator seed of chunk `chunk` of global step `global_step` (0-based, the step being taken)."""
+    return ((seed * 1_000_003 + global_step) * 65_537 + chunk) % _SEED_MOD
 
-    exact = True
 
-    def __init__(self, cfg: Any, ctx: DistContext):
-        super().__init__(cfg, ctx)
+def seed_generators(seed: int, device: torch.device) -> None:
+    """Seed the generators a model draws from on `device`: torch's CPU generator, and the device's own.
+    (Not torch.manual_seed: it also seeds every CUDA, XPU and MTIA device, ~10 ms a call here.)"""
+    torch.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        torch.cuda.default_generators[device.index or 0].manual_seed(seed)
+
+
+def count_chunks(global_batch_size: int, chunk: int, world_size: int, lanes: int | None) -> int:
+    """K, the chunks of every global batch (the same on every world size), checked to divide over the
+    ranks. A sharded stream's chunks are its lanes (a lane's samples of a step are read by one rank,
+    whatever the world size: data/stream_plan.py), dealt to ranks by lane: any world size."""
+    if lanes:
+        return lanes
+    if global_batch_size % chunk:
+        raise ConfigError(
+            "trainer.exact_chunk",
+            f"{chunk} does not divide data.global_batch_size {global_batch_size}",
+            "use a chunk size that divides the global batch (e.g. the per-rank batch of the largest world size)",
+        )
+    chunks = global_batch_size // chunk
+    if chunks % world_size:
+        sizes = [n for n in range(1, chunks + 1) if chunks % n == 0]
+        raise ConfigError(
+            "trainer.exact_chunk",
+            f"cuts each global batch into {chunks} chunks, which do not divide over {world_size} processes",
+            f"run on {', '.join(map(str, sizes))} processes, or choose a chunk size that makes the chunk count "
+            f"a multiple of {world_size}",
+        )
+    return chunks
+
+
+def running_statistics(model: nn.Module) -> list[str]:
+    """Names of the layers whose buffers a training forward updates from its batch (BatchNorm's running
+    mean and variance): each rank would update them from its own chunks only."""
+    from torch.nn.modules.batchnorm import _NormBase
+
+    return [
+        f"{name or 'the model'} ({type(m).__name__})"
+        for name, m in model.named_modules()
+        if isinstance(m, _NormBase) and m.track_running_stats
+    ]
+
+
+class ExactChunks:
+    """Which of a global batch's K chunks this rank holds, cut from its share of the batch."""
+
+    def __init__(self, chunks: int, rank: int, world_size: int):
+        self.chunks, self.rank, self.world_size = chunks, rank, world_size
+        self.per_rank = chunks // world_size  # checked to divide (count_chunks)
+
+    def local_chunks(self, batch: Any) -> list[tuple[int, Any, Any]]:
+        """(global chunk index, inputs, targets) of this rank's chunks; empty chunks (uneven last batch)
+        left out. Each is a contiguous copy: the same memory layout as in a 1-process run."""
+        if batch.lanes is not None:  # a stream's share: each lane's rows, contiguous, in lane order
+            out, start = [], 0
+            for lane, rows in batch.lanes:
+
+                def part(t: torch.Tensor, a: int = start, b: int = start + rows) -> torch.Tensor:
+                    return t[a:b]
+
+                out.append((lane, tree_map(part, batch.inputs), tree_map(part, batch.targets)))
+                start += rows
+            return out
+        if self.per_rank == 1:  # the chunk is this rank's whole share: no copy
+            return [(self.rank, batch.inputs, batch.targets)] if num_samples(batch.targets) else []
+        out = []
+        for local in range(self.per_rank):
+
+            def rows(t: torch.Tensor, start: int = local) -> torch.Tensor:
+                return t[start :: self.per_rank].contiguous()
+
+            targets = tree_map(rows, batch.targets)
+            if num_samples(targets):
+                out.append((self.rank + local * self.world_size, tree_map(rows, batch.inputs), targets))
+        return out
+
+
+class ExactStrategy:
+    """strategy: exact (or trainer.exact: true): the bare model (weights broadcast from rank 0 once), each
+    chunk's forward and backward alone, and the chunks' gradients summed by ExactSum; DDP's step after.
+    Per-sample train figures are kept in multiples of 2^-24, so their sums are order-free too."""
+
+    engine = "native"
+    checkpoint_format = "whole"
+    pads_evaluation = False
+    loads_into_shards = False
+    replaces_parameters = False
+    figure_units = float(2**24)
+
+    def __init__(self, cfg: Any, ctx: DistContext, lanes: int | None = None):
+        self.ctx, self.seed = ctx, cfg.seed
+        self.precision = build_precision(cfg.trainer.precision, ctx.device)
+        self.scaler = None  # fp16 is refused in exact mode (options.py): no loss scale to agree on
+        chunks = count_chunks(cfg.data.global_batch_size, cfg.trainer.exact_chunk, ctx.world_size, lanes)
+        self.chunking = ExactChunks(chunks, ctx.rank, ctx.world_size)
+        self.reduce: ExactSum | None = None
         # Reductions inside a CPU kernel may be split by the intra-op thread count: the same count in every
         # process of every world size (not torchrun's OMP_NUM_THREADS=1 against a lone process's all
         # cores), so a chunk computed in a 1-process run and by rank 3 of 4 runs the same instructions.
         torch.set_num_threads(cfg.trainer.exact_threads)
 
-    def _wrap(self, model: nn.Module) -> nn.Module:
-        # What DDP's constructor does for us otherwise: every rank starts from rank 0's weights and buffers.
-        for tensor in [*model.parameters(), *model.buffers()]:
-            dist.broadcast_tensor(tensor.data)
+    def setup(self, model: nn.Module) -> nn.Module:
+        refuse_several(model, "trainer.exact", "true")
+        layers = running_statistics(model)
+        if layers:
+            raise ConfigError(
+                "trainer.exact",
+                f"cannot make running statistics exact: {', '.join(layers)} would update them from each "
+                "rank's chunks only",
+                "use a normalisation without running statistics (GroupNorm, LayerNorm, "
+                "track_running_stats=False), or trainer.exact=false",
+            )
         return model
 
-    def sync_gradients(self, model: nn.Module, is_last: bool) -> ContextManager:
-        return NO_CONTEXT  # nothing to sync: exact_sum reduces after the last chunk
+    def prepare(self, model: nn.Module, optimizer: Any) -> tuple[nn.Module, Any]:
+        # Not DistributedDataParallel (it would all-reduce in float32 inside backward). What its
+        # constructor does for us otherwise: every rank starts from rank 0's weights and buffers.
+        for tensor in [*model.parameters(), *model.buffers()]:
+            dist.broadcast_tensor(tensor.data)
+        self.reduce = ExactSum([p for p in model.parameters() if p.requires_grad], self.chunking.chunks)
+        return model, optimizer
+
+    def gradients(self, model: nn.Module, batch: Any, objective: Any, global_step: int) -> Gradients:
+        """Each of this rank's chunks alone: its generators seeded from (seed, step, chunk), its loss the
+        plain sum over the chunk / the global batch size (on any world size); then the exact sum. Collective."""
+        reduce = self.reduce
+        params = reduce.params
+        chunk_grads, records, step_loss = [], [], torch.zeros((), device=reduce.device)
+        for index, inputs, targets in self.chunking.local_chunks(batch):
+            seed_generators(chunk_seed(self.seed, global_step, index), reduce.device)
+            with self.precision.autocast():
+                loss, record = objective.forward_loss(model, inputs, targets, 1, batch.global_size, average=False)
+            loss.backward()
+            chunk_grads.append([p.grad for p in params])
+            for p in params:
+                p.grad = None
+            records.append(record)
+            step_loss = step_loss + loss.detach()
+        for p, grad in zip(params, reduce(chunk_grads)):
+            p.grad = grad
+        return Gradients(step_loss, records)
+
+    def step(self, optimizer: Any, model: nn.Module, clip: Any) -> None:
+        native_step(optimizer, model, clip, None)
+
+    def after_step(self, model: nn.Module, global_step: int) -> None:
+        pass
+
+    def sum_over_ranks(self, tensor: torch.Tensor) -> torch.Tensor:
+        return dist.all_reduce_sum(tensor)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        pass
+
+    def release(self) -> None:
+        pass

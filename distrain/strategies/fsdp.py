@@ -16,17 +16,18 @@ launcher with one process (torchrun --nproc_per_node=1) the model is sharded ove
 from __future__ import annotations
 
 import logging
-from typing import ContextManager
+from typing import Any, ContextManager
 
 import torch
 from torch import nn
 
-from distrain.config.schema import Config
 from distrain.errors import ConfigError
+from distrain.launch import dist
 from distrain.launch.dist import DistContext
-from distrain.strategies.ddp import DDPStrategy
+from distrain.strategies.base import Gradients, refuse_several
+from distrain.strategies.native import micro_batch_gradients, native_step
 from distrain.strategies.options import FSDPConfig
-from distrain.strategies.precision import NO_CONTEXT
+from distrain.strategies.precision import NO_CONTEXT, build_precision
 
 log = logging.getLogger("distrain")
 
@@ -145,34 +146,73 @@ def _checkpoint_activations(model: nn.Module, units: list[nn.Module]) -> None:
         unit.forward = functools.partial(checkpoint, forward, use_reentrant=False)  # type: ignore[method-assign]
 
 
-class FSDPStrategy(DDPStrategy):
-    """The native step (autocast, backward, clipping, stepping) over a model sharded in place.
+class FSDPStrategy:
+    """The native step (autocast, backward, clipping, stepping) over a model sharded in place: FSDP2 hooks
+    the sharded module itself, so there is no wrapper and no DDP on top of it."""
 
-    Shares DDPStrategy's step, not its wrapping: FSDP2 hooks the sharded module itself, so there is no
-    wrapper and no DDP on top of it.
-    """
-
+    engine = "native"
     # Every rank writes its shards of model and optimizer, also in one process, so that a run can move
     # between 1 and N processes with one checkpoint format.
-    sharded = True
+    checkpoint_format = "sharded"
+    # Each forward all-gathers the weights with every rank: a rank with fewer evaluation batches must
+    # run discarded forwards, or the others hang.
+    pads_evaluation = True
     # fully_shard replaces the parameters by DTensors: the optimizer must be built over them, afterwards.
     replaces_parameters = True
+    figure_units = None
 
-    def __init__(self, cfg: Config, ctx: DistContext):
-        super().__init__(cfg, ctx)
-        self.fsdp_cfg = cfg.fsdp
+    def __init__(self, cfg: Any, ctx: DistContext):
+        self.ctx, self.fsdp_cfg = ctx, cfg.fsdp
+        self.micro_batches = cfg.trainer.accumulate_steps
+        self.precision = build_precision(cfg.trainer.precision, ctx.device)
+        self.scaler = self.precision.scaler  # None: fp16 is refused with fsdp (options.py)
         self._syncing = True  # FSDP2's own default
+        self.loads_into_shards = False  # until setup() has sharded the model
 
     def setup(self, model: nn.Module) -> nn.Module:
-        return shard_model(model, self.ctx, self.fsdp_cfg)
-
-    def _wrap(self, model: nn.Module) -> nn.Module:
+        refuse_several(model, "strategy", "fsdp")
+        model = shard_model(model, self.ctx, self.fsdp_cfg)
+        # One process without a group keeps a plain module (nothing to shard over): a .pt loads into it whole.
+        self.loads_into_shards = is_sharded(model)
         return model
 
-    def sync_gradients(self, model: nn.Module, is_last: bool) -> ContextManager:
+    def prepare(self, model: nn.Module, optimizer: Any) -> tuple[nn.Module, Any]:
+        return model, optimizer
+
+    def gradients(self, model: nn.Module, batch: Any, objective: Any, global_step: int) -> Gradients:
+        return micro_batch_gradients(
+            model,
+            batch,
+            objective,
+            world_size=self.ctx.world_size,
+            micro_batches=self.micro_batches,
+            sync=self._sync,
+            autocast=self.precision.autocast,
+            backward=torch.Tensor.backward,
+        )
+
+    def _sync(self, model: nn.Module, is_last: bool) -> ContextManager:
         # FSDP2 skips the reduce-scatter of micro-batches until the last, like DDP's no_sync.
         # Set only on a change: the call walks every unit, and without accumulation it would repeat True.
         if is_last != self._syncing and hasattr(model, "set_requires_gradient_sync"):
             model.set_requires_gradient_sync(is_last)
             self._syncing = is_last
         return NO_CONTEXT
+
+    def step(self, optimizer: Any, model: nn.Module, clip: Any) -> None:
+        native_step(optimizer, model, clip, None)
+
+    def after_step(self, model: nn.Module, global_step: int) -> None:
+        pass
+
+    def sum_over_ranks(self, tensor: torch.Tensor) -> torch.Tensor:
+        return dist.all_reduce_sum(tensor)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        pass
+
+    def release(self) -> None:
+        pass

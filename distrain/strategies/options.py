@@ -58,6 +58,11 @@ class FSDPConfig:
         )
 
 
+def is_exact(cfg: Any) -> bool:
+    """Exact mode: strategy exact, or its older spelling trainer.exact: true."""
+    return cfg.strategy == "exact" or cfg.trainer.exact
+
+
 def check_strategy(cfg: Any) -> None:  # a distrain.config.schema.Config (which imports this module)
     """What each strategy refuses in the rest of the config, before anything is built (exit 2, the key named)."""
     # Refused loudly: torch's reducer asserts when no_sync (used for accumulation) meets a static graph.
@@ -67,7 +72,7 @@ def check_strategy(cfg: Any) -> None:  # a distrain.config.schema.Config (which 
         "cannot be combined with trainer.accumulate_steps > 1 (DDP's no_sync does not support it)",
         "set ddp.static_graph=false, or trainer.accumulate_steps=1",
     )
-    if cfg.trainer.exact:
+    if is_exact(cfg):
         _check_exact(cfg)
     if cfg.strategy == "fsdp":
         check(
@@ -109,7 +114,7 @@ def _check_exact(cfg: Any) -> None:
         f"set engine=native, or {way_out}",
     )
     check(
-        cfg.strategy == "ddp",
+        cfg.strategy in ("ddp", "exact"),
         "trainer.exact",
         "is not available with strategy=fsdp yet (its reduce-scatter sums in float, in an order that "
         "depends on the world size)",

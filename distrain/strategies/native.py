@@ -1,0 +1,78 @@
+"""The native engine's step, shared by the strategies that run it (ddp, fsdp, exact): the micro-batch
+loop of one step's gradients, and the optimizer step (unscale, clip, step). Functions, not a base class:
+each strategy says what it changes (how gradients sync, how they are summed) and calls these for the rest.
+
+    grads = micro_batch_gradients(model, batch, objective, world_size=W, micro_batches=M,
+                                  sync=..., autocast=..., backward=...)
+    native_step(optimizer, model, clip, scaler)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, ContextManager
+
+import torch
+from torch import nn
+
+from distrain.data.structures import split
+from distrain.strategies.base import Gradients
+
+
+def micro_batch_gradients(
+    model: nn.Module,
+    batch: Any,
+    objective: Any,
+    *,
+    world_size: int,
+    micro_batches: int,
+    sync: Callable[[nn.Module, bool], ContextManager],
+    autocast: Callable[[], ContextManager],
+    backward: Callable[[torch.Tensor], None],
+) -> Gradients:
+    """This rank's share of one global batch as `micro_batches` micro-batches whose gradients add up to
+    the same total (one micro-batch: no accumulation, the same path). `sync(model, is_last)`: the context
+    in which a micro-batch's backward runs (the strategy's gradient exchange happens on the last only).
+    Collective where backward exchanges gradients."""
+    pieces = (
+        ((batch.inputs, batch.targets),)
+        if micro_batches == 1
+        else tuple(zip(split(batch.inputs, micro_batches), split(batch.targets, micro_batches)))
+    )
+    records, step_loss = [], None
+    for index, (inputs, targets) in enumerate(pieces):
+        with sync(model, index == micro_batches - 1):
+            with autocast():
+                # One micro-batch: its weighted mean (one kernel). Several: weighted sums, whose gradients
+                # add up to the step's. (A user's step= answers here: loop/user_step.py.)
+                loss, record = objective.forward_loss(
+                    model, inputs, targets, world_size, batch.global_size, average=micro_batches == 1
+                )
+            backward(loss)
+        records.append(record)
+        step_loss = loss.detach() if step_loss is None else step_loss + loss.detach()
+    return Gradients(step_loss, records)
+
+
+def clip_gradients(model: nn.Module, clip: Any) -> None:
+    """Clip after the exchange, when the gradients are the same on every rank: every rank clips alike."""
+    if clip.clip_grad_value is not None:
+        nn.utils.clip_grad_value_(model.parameters(), clip.clip_grad_value)
+    if clip.clip_grad_norm is not None:
+        nn.utils.clip_grad_norm_(model.parameters(), clip.clip_grad_norm)
+
+
+def native_step(optimizer: Any, model: nn.Module, clip: Any, scaler: Any) -> None:
+    """Unscale (fp16), clip as optim.clip_grad_norm / clip_grad_value say (`clip`: the optim section, None
+    when fit was given the optimizer), step the optimizer.
+
+    Written out rather than delegated: this runs every step, and on small models each Python call is a
+    measurable share of the step (bench/)."""
+    if scaler is not None:
+        scaler.unscale_(optimizer)  # clipping needs the true gradients
+    if clip is not None and (clip.clip_grad_value is not None or clip.clip_grad_norm is not None):
+        clip_gradients(model, clip)
+    if scaler is not None:
+        scaler.step(optimizer)  # skips the step if the scaled gradients overflowed
+        scaler.update()
+    else:
+        optimizer.step()
