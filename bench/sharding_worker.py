@@ -75,7 +75,7 @@ def main() -> None:
     figures["step_ends"], figures["writes"] = [], []
 
     def measure_then_save(self):  # runs after every optimizer step, before the next zero_grad
-        if self.progress.global_step == steps:
+        if self.state.progress.global_step == steps:
             figures["state"] = held_bytes(self.state.model, self.state.optimizer)
             figures["resident_at_step"] = resident()
             figures["peak_by_step"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -75,7 +75,7 @@ def worker(samples: Path, every: int, argv: list[str]) -> int:
 
     def sampled(self):
         saved = original(self)
-        step = self.progress.global_step
+        step = self.state.progress.global_step
         if step % every == 0:
             with open(out, "a") as f:
                 f.write(json.dumps({"step": step, **_sample()}) + "\n")

@@ -139,7 +139,7 @@ def _train_cycles(rank, world, port, out, ports):
 
     def maybe_save_then_signal(self):
         saved = original(self)
-        if rank == 0 and self.progress.global_step == signal_at[0]:
+        if rank == 0 and self.state.progress.global_step == signal_at[0]:
             signal.raise_signal(signal.SIGTERM)
         return saved
 

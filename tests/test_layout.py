@@ -1,5 +1,5 @@
-"""The package's shape: no import cycle between distrain's modules (counting the imports inside functions,
-which are cycles all the same, only deferred)."""
+"""The package's shape: its layers in order, every import pointing down them, and no import cycle
+(counting the imports inside functions, which are cycles and dependencies all the same, only deferred)."""
 
 from __future__ import annotations
 
@@ -66,6 +66,53 @@ def test_distrain_has_no_import_cycle():
     assert len(graph) > 40 and "distrain.loop.trainer" in graph
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+# The package's layers, lowest first. A module may import from its own layer and the ones below; its
+# layer is the longest prefix that names it. The config's sections (each component's options.py, torch-
+# free) sit below the assembled Config, which sits below everything that reads it.
+LAYERS = [
+    ["distrain.version", "distrain.errors", "distrain.atomic", "distrain.seeding"],
+    ["distrain.config.coerce", "distrain.config.registry"],
+    [
+        "distrain.launch.options",
+        "distrain.strategies.options",
+        "distrain.checkpoint.options",
+        "distrain.reporting.options",
+    ],
+    ["distrain.config"],
+    ["distrain.launch"],
+    ["distrain.data"],
+    ["distrain.models"],
+    ["distrain.strategies"],
+    ["distrain.checkpoint"],
+    ["distrain.reporting"],
+    ["distrain.loop"],
+    ["distrain.api", "distrain.cli", "distrain.__main__", "distrain"],
+]
+
+
+def layer_of(module: str) -> int:
+    found = [
+        (len(p), i) for i, prefixes in enumerate(LAYERS) for p in prefixes if module == p or module.startswith(p + ".")
+    ]
+    assert found, f"{module} is in no layer of tests/test_layout.py's LAYERS: add it"
+    return max(found)[1]
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
+    return sorted((a, b) for a, targets in graph.items() for b in targets if layer_of(b) > layer_of(a))
+
+
+def test_every_import_points_down_the_layers():
+    ups = upward_imports(import_graph())
+    assert ups == [], "imports that run up the package's layers: " + ", ".join(f"{a} -> {b}" for a, b in ups)
+
+
+def test_the_layer_check_finds_an_upward_import():
+    assert upward_imports({"distrain.data.batches": {"distrain.loop.trainer", "distrain.errors"}}) == [
+        ("distrain.data.batches", "distrain.loop.trainer")
+    ]
 
 
 def test_the_cycle_finder_finds_a_cycle():

@@ -24,7 +24,7 @@ from torch.utils.data._utils.collate import default_collate
 from distrain.data.sampling import GlobalBatchSampler, eval_batch_ranges
 from distrain.data.structures import MultipleInputs, split_sample, to_device, tree_map
 from distrain.errors import ConfigError
-from distrain.loop.seeding import loader_generator, seed_worker
+from distrain.seeding import loader_generator, seed_worker
 
 
 @dataclass(slots=True)

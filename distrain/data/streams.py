@@ -28,7 +28,7 @@ from distrain.data.batches import Batch, LoaderOptions, PrepareTargets, _placed,
 from distrain.data.shards import first_samples, has_length, open_at, read_range
 from distrain.data.stream_plan import StreamPlan
 from distrain.data.structures import cat, num_samples, split_sample, to_device, tree_map
-from distrain.loop.seeding import loader_generator, seed_worker
+from distrain.seeding import loader_generator, seed_worker
 
 log = logging.getLogger("distrain")
 

@@ -34,7 +34,7 @@ from distrain.launch import dist
 from distrain.launch.dist import DistContext
 from distrain.loop.metrics import MetricSet, build_metric
 from distrain.loop.objective import Objective, build_objective, output_width, probe_outputs
-from distrain.loop.seeding import configure_determinism, seed_everything
+from distrain.seeding import configure_determinism, seed_everything
 
 log = logging.getLogger("distrain")
 
@@ -336,7 +336,7 @@ def monitor_direction(cfg_mode: str, monitor: str, parts: Parts, key: str, train
         )
     if cfg_mode != "auto":
         return cfg_mode == "max"
-    from distrain.loop.metrics import higher_is_better
+    from distrain.reporting.figures import higher_is_better
 
     return higher_is_better(name, parts.metric_objects.get(name))
 

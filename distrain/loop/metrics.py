@@ -29,8 +29,7 @@ from distrain.config.registry import call, resolve
 from distrain.config.schema import MetricConfig
 from distrain.errors import ConfigError
 from distrain.loop.objective import Objective
-
-_LOWER_IS_BETTER = ("loss", "error", "mae", "mse", "rmse", "mape", "perplexity")
+from distrain.reporting.figures import higher_is_better
 
 
 def accuracy(preds: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -64,14 +63,6 @@ def build_metric(name: str, cfg: MetricConfig) -> Any:
     if not callable(obj):
         raise ConfigError(f"{key}.name", f"{cfg.name!r} is not a metric class or function")
     return functools.partial(obj, **cfg.args) if cfg.args else obj
-
-
-def higher_is_better(name: str, metric: Any = None) -> bool:
-    """A metric's direction: torchmetrics' own flag when it has one, else by name (losses, errors: lower)."""
-    flag = getattr(metric, "higher_is_better", None)
-    if isinstance(flag, bool):
-        return flag
-    return not any(part in name.lower() for part in _LOWER_IS_BETTER)
 
 
 class MetricSet:

@@ -31,9 +31,9 @@ from distrain.checkpoint.store import (
 from distrain.config.schema import CheckpointConfig, Config
 from distrain.launch import dist
 from distrain.launch.dist import DistContext
-from distrain.loop.seeding import rank_seed, seed_everything
 from distrain.loop.stopping import Stopper
 from distrain.reporting.figures import Meter
+from distrain.seeding import rank_seed, seed_everything
 from distrain.version import __version__
 
 if TYPE_CHECKING:

@@ -47,7 +47,6 @@ from distrain.loop.meters import build_meter
 from distrain.loop.nonfinite import NonFiniteGuard
 from distrain.loop.result import FitResult
 from distrain.loop.schedule import build_schedule
-from distrain.loop.seeding import rank_seed, seed_everything
 from distrain.loop.several import SelfSteppingStep
 from distrain.loop.state import Saver, TrainState, maybe_resume
 from distrain.loop.steps import StrategyStep, TrainStep, evaluate_splits
@@ -55,6 +54,7 @@ from distrain.loop.stopping import StopKind, Stopper, StopReason
 from distrain.reporting.console import setup_logging
 from distrain.reporting.figures import EpochMetrics, scalar_figures
 from distrain.reporting.report import Reporter
+from distrain.seeding import rank_seed, seed_everything
 from distrain.strategies import build_strategy
 from distrain.strategies.base import ModelSet, Strategy
 from distrain.version import __version__

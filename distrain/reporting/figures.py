@@ -42,6 +42,17 @@ def scalar_figures(splits: dict[str, EpochMetrics]) -> dict[str, float]:
     }
 
 
+_LOWER_IS_BETTER = ("loss", "error", "mae", "mse", "rmse", "mape", "perplexity")
+
+
+def higher_is_better(name: str, metric: Any = None) -> bool:
+    """A metric's direction: torchmetrics' own flag when it has one, else by name (losses, errors: lower)."""
+    flag = getattr(metric, "higher_is_better", None)
+    if isinstance(flag, bool):
+        return flag
+    return not any(part in name.lower() for part in _LOWER_IS_BETTER)
+
+
 class Meter(Protocol):
     """This rank's running train sums of the epoch in progress: [per name..., samples] in float64."""
 

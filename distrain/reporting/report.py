@@ -228,7 +228,7 @@ class Reporter:
         """best/<split>_<metric> over the epochs so far (val and test; losses and errors: the lowest)."""
         if split == "train":
             return
-        from distrain.loop.metrics import higher_is_better
+        from distrain.reporting.figures import higher_is_better
 
         for name, value in values.items():
             if not isinstance(value, (int, float)):

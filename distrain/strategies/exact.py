@@ -50,6 +50,7 @@ from distrain.data.structures import num_samples, tree_map
 from distrain.errors import ConfigError
 from distrain.launch import dist
 from distrain.launch.dist import DistContext
+from distrain.seeding import mix_seed
 from distrain.strategies.base import Gradients, refuse_several
 from distrain.strategies.native import native_step
 from distrain.strategies.precision import build_precision
@@ -117,12 +118,9 @@ class ExactSum:
         return self.finish(dist.all_reduce_sum(self.partial(chunk_grads, offsets)))
 
 
-_SEED_MOD = 2**63 - 1
-
-
 def chunk_seed(seed: int, global_step: int, chunk: int) -> int:
     """The generator seed of chunk `chunk` of global step `global_step` (0-based, the step being taken)."""
-    return ((seed * 1_000_003 + global_step) * 65_537 + chunk) % _SEED_MOD
+    return mix_seed(seed, global_step, chunk, salt=65_537)
 
 
 def seed_generators(seed: int, device: torch.device) -> None:

@@ -25,7 +25,7 @@ _original = distrain.loop.trainer.Trainer.maybe_save_step  # after each step's a
 
 def _maybe_save_then_die(self):
     saved = _original(self)
-    if os.environ.get("HOLD_STEP") and self.progress.global_step == int(os.environ["HOLD_STEP"]):
+    if os.environ.get("HOLD_STEP") and self.state.progress.global_step == int(os.environ["HOLD_STEP"]):
         release = Path(os.environ["HOLD_FILE"])
         if os.environ.get("RANK", "0") == "0":
             Path(f"{release}.held").touch()
@@ -33,7 +33,7 @@ def _maybe_save_then_die(self):
             time.sleep(0.05)
         return saved
     first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
-    if first_attempt and self.progress.global_step == int(os.environ.get("KILL_STEP", "-1")):
+    if first_attempt and self.state.progress.global_step == int(os.environ.get("KILL_STEP", "-1")):
         if os.environ.get("KILL_AGENT") == "1":
             os.kill(os.getppid(), signal.SIGKILL)
             os.kill(os.getpid(), signal.SIGKILL)

@@ -1,4 +1,9 @@
-"""Seeding and determinism: Python, NumPy and torch (CPU and CUDA), and DataLoader workers."""
+"""Seeding and determinism: Python, NumPy and torch (CPU and CUDA), and DataLoader workers.
+
+Every derived seed comes from `mix_seed` (one recipe): a rank's generator stream (`rank_seed`), a rank's
+DataLoader worker seeds (`loader_generator`), an exact-mode chunk's generators (strategies/exact.py).
+Low in the package: data, strategies and the loop all draw from it.
+"""
 
 from __future__ import annotations
 
@@ -18,11 +23,20 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # also seeds every CUDA device
 
 
+_SEED_MOD = 2**63 - 1
+
+
+def mix_seed(seed: int, step: int, index: int, salt: int) -> int:
+    """The one recipe for a derived seed: ((seed * 1_000_003 + step) * salt + index) mod 2^63 - 1. Each use
+    has its own `salt`, so that its streams differ from the others' for the same (seed, step, index)."""
+    return ((seed * 1_000_003 + step) * salt + index) % _SEED_MOD
+
+
 def rank_seed(seed: int, rank: int, global_step: int = 0) -> int:
     """The seed of rank `rank`'s own generator stream from global step `global_step` on. Each rank draws
     its own dropout masks (and any randomness of a model or a step): the same stream on every rank would
     give rank 1's samples rank 0's masks, neither a 1-process run's nor independent ones."""
-    return (seed * 1_000_003 + global_step) * 65_599 + rank
+    return mix_seed(seed, global_step, rank, salt=65_599)
 
 
 def configure_determinism(cudnn_deterministic: bool, deterministic_algorithms: bool) -> None:
@@ -38,7 +52,7 @@ def configure_determinism(cudnn_deterministic: bool, deterministic_algorithms: b
 def loader_generator(seed: int, rank: int) -> torch.Generator:
     """The generator a rank's DataLoader draws its worker base seed from: distinct per rank, and a new
     draw every epoch (workers are re-created each epoch), so worker seeds differ by rank, worker and epoch."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + rank)
+    return torch.Generator().manual_seed(mix_seed(seed, rank, 0, salt=1))
 
 
 def seed_worker(worker_id: int) -> None:
