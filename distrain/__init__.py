@@ -5,7 +5,12 @@ under SLURM's srun and under `accelerate launch`, with exact metrics and exact r
     result = distrain.fit(cfg, model=my_model, train_data=my_train, test_data=my_test, loss=nn.MSELoss())
     preds = distrain.predict(cfg, model=my_model, data=my_test)
     distrain.register("model", "my_net", MyNet)        # a short name for configs
-    distrain.run(main)                                  # user errors: a message and exit 2, no traceback
+    distrain.run_main(main)                             # user errors: a message and exit 2, no traceback
+
+Also here: `Config` (what load_config returns), `Run` and the `Callback` hooks (for fit's callbacks=), and
+the errors to catch: `UserError` (any the user can fix), `ConfigError` (a config key), `ArgumentError`
+(an argument of fit), `Diverged` (NaN or Inf with trainer.on_nonfinite: stop), `LostPeer` (another rank
+is gone). `distrain.run` is the old name of run_main and still works, without a warning.
 
 Nothing happens at import: no environment reads or writes, no torch import (the names below are loaded
 when first used).
@@ -15,9 +20,15 @@ from distrain.version import __version__ as __version__
 
 __all__ = [
     "EMA",
+    "ArgumentError",
+    "Callback",
+    "Config",
     "ConfigError",
     "DataSets",
+    "Diverged",
     "FitResult",
+    "LostPeer",
+    "Run",
     "ShardedDataset",
     "UserError",
     "fit",
@@ -25,12 +36,12 @@ __all__ = [
     "load_config",
     "predict",
     "register",
-    "run",
+    "run_main",
 ]
 
 
 def __getattr__(name: str):
-    if name in ("fit", "predict", "run", "is_main_process"):
+    if name in ("fit", "predict", "run_main", "run", "is_main_process"):
         from distrain import api
 
         return getattr(api, name)
@@ -58,7 +69,15 @@ def __getattr__(name: str):
         from distrain.data.shards import ShardedDataset
 
         return ShardedDataset
-    if name in ("ConfigError", "UserError"):
+    if name in ("Callback", "Run"):
+        from distrain.loop import callbacks
+
+        return getattr(callbacks, name)
+    if name == "Config":
+        from distrain.config.schema import Config
+
+        return Config
+    if name in ("ArgumentError", "ConfigError", "Diverged", "LostPeer", "UserError"):
         from distrain import errors
 
         return getattr(errors, name)

@@ -102,14 +102,16 @@ def is_main_process() -> bool:
     return detect(os.environ).rank == 0
 
 
-def run(main: Callable[..., Any], *args: Any) -> None:
-    """Run a script's `main(*args)` the way the distrain command runs: a user error (bad config key,
-    file or launcher variable) prints one message and exits 2 without a traceback; a lost peer prints
+def run_main(main: Callable[..., Any], *args: Any) -> None:
+    """Call a script's `main(*args)` with the distrain command's error reporting: a user error (bad config
+    key, file or launcher variable) prints one message and exits 2 without a traceback; a lost peer prints
     one line per surviving rank and exits 4; a stop on SIGTERM, SIGINT or the requeue signal exits 128+N
-    (or 75: resubmit) after the checkpoint is saved.
+    (or 75: resubmit) after the checkpoint is saved. Anything else (a bug) keeps its traceback.
 
         if __name__ == "__main__":
-            distrain.run(main)
+            distrain.run_main(main)
+
+    `distrain.run`, its old name, still works: the same function, without a warning.
     """
     import sys
 
@@ -126,3 +128,6 @@ def run(main: Callable[..., Any], *args: Any) -> None:
     except Interrupted as exc:
         print(f"distrain: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+
+
+run = run_main  # the old name (distrain.run), kept working without a warning

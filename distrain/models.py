@@ -3,9 +3,9 @@
     model: {name: mlp, args: {hidden_sizes: [64, 64], activation: relu}}
     model: {name: mypkg.models:Net, args: {width: 128}}        # a user's, resolved the same way
 
-They are registered as import paths in distrain.registry exactly like a user's model. Parameters named
+They are registered as import paths in distrain.config.registry exactly like a user's model. Parameters named
 num_inputs, num_outputs, num_classes, input_shape and in_channels that the config does not set are
-filled in from the data and the loss (see distrain.registry.call), for a user's model as for these.
+filled in from the data and the loss (see distrain.config.registry.call), for a user's model as for these.
 """
 
 from __future__ import annotations

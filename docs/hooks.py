@@ -201,7 +201,7 @@ def _signature(obj: Any, *, annotations: bool = True, skip: tuple[str, ...] = ()
         return ""
     parts, star = [], False
     for p in sig.parameters.values():
-        if p.name in skip:
+        if p.name in skip or p.name.startswith("_"):  # private: filled in by distrain (Run's _reporter)
             continue
         if p.kind is p.KEYWORD_ONLY and not star:
             parts.append("*")
@@ -224,7 +224,9 @@ def api_markdown() -> str:
     for name in distrain.__all__:
         obj = getattr(distrain, name)
         kind = "class" if inspect.isclass(obj) else "function"
-        out += [f"## `distrain.{name}`", "", f"```python\n{kind} {name}{_signature(obj)}\n```", ""]
+        # A Protocol (distrain.Callback) is not constructed: its methods, in the docstring, are the point.
+        signature = "(Protocol)" if getattr(obj, "_is_protocol", False) else _signature(obj)
+        out += [f"## `distrain.{name}`", "", f"```python\n{kind} {name}{signature}\n```", ""]
         out += [inspect.getdoc(obj) or "", ""]
     return "\n".join(out)
 

@@ -48,4 +48,4 @@ def main():
 
 
 if __name__ == "__main__":
-    distrain.run(main)
+    distrain.run_main(main)

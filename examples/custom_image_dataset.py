@@ -102,4 +102,4 @@ def main():
 
 
 if __name__ == "__main__":
-    distrain.run(main)
+    distrain.run_main(main)

@@ -91,4 +91,4 @@ def main(config, root, *overrides):
 
 
 if __name__ == "__main__":
-    distrain.run(main, *sys.argv[1:])
+    distrain.run_main(main, *sys.argv[1:])

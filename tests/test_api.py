@@ -406,7 +406,7 @@ def test_outputs_that_would_broadcast_are_refused(tmp_path):
 def test_a_bad_argument_of_fit_is_named_as_written(tmp_path, arguments, argument, words):
     x, y = xor_tensors(64, 5)
     given = dict(model=nn.Linear(2, 1), train_data=TensorDataset(x, y), test_data=TensorDataset(x, y)) | arguments
-    with pytest.raises(ConfigError) as info:  # exit status 2 under distrain.run, like a config error
+    with pytest.raises(ConfigError) as info:  # exit status 2 under distrain.run_main, like a config error
         distrain.fit(base_cfg(tmp_path), **given)
     assert info.value.key == argument and str(info.value).startswith(f"fit({argument}=...): ")
     assert words in str(info.value) and "config key" not in str(info.value)
@@ -469,6 +469,62 @@ def test_register_gives_a_short_name(tmp_path):
 def test_import_of_distrain_loads_nothing():
     code = "import sys, distrain; assert 'torch' not in sys.modules; print(distrain.__all__)"
     assert run_group([PYTHON, "-c", code], env=clean_env(), timeout=60).returncode == 0
+
+
+def test_every_public_name_resolves_to_distrains_own():
+    import distrain.errors
+    from distrain.config.schema import Config
+    from distrain.loop.callbacks import Callback, Run
+
+    assert len(set(distrain.__all__)) == len(distrain.__all__)
+    for name in distrain.__all__:
+        obj = getattr(distrain, name)
+        assert obj.__module__.startswith("distrain.") and obj.__name__ == name, name
+    assert (distrain.Config, distrain.Run, distrain.Callback) == (Config, Run, Callback)
+    errors = ("ArgumentError", "ConfigError", "Diverged", "LostPeer", "UserError")
+    assert all(getattr(distrain, e) is getattr(distrain.errors, e) and e in distrain.__all__ for e in errors)
+    assert distrain.run is distrain.run_main and "run" not in distrain.__all__  # the old name, not listed
+    with pytest.raises(AttributeError, match="no attribute 'fitt'"):
+        _ = distrain.fitt
+
+
+@pytest.mark.parametrize("name", ["run_main", "run"])
+def test_run_main_and_its_old_name_report_a_user_error_in_one_line(name):
+    # A script's `distrain.run_main(main)` (or distrain.run, its old name): exit 2, the message alone.
+    code = (
+        "import distrain\n"
+        "def main():\n"
+        f"    distrain.load_config({XOR!r}, ['trainer.epochs=many'])\n"
+        f"distrain.{name}(main)\n"
+    )
+    result = run_group([PYTHON, "-c", code], env=clean_env(), timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [
+        "distrain: error: config key 'trainer.epochs': expected an integer, got 'many'"
+    ]
+    bug = run_group([PYTHON, "-c", f"import distrain\ndistrain.{name}(lambda: 1 / 0)"], env=clean_env(), timeout=60)
+    assert bug.returncode == 1 and "Traceback" in bug.stderr and "ZeroDivisionError" in bug.stderr  # a bug keeps it
+
+
+def test_the_callback_protocol_lists_the_hooks_and_its_empty_ones_are_not_called():
+    from distrain.loop.callbacks import HOOKS, Callback, build_callbacks
+
+    assert [h for h in vars(Callback) if h.startswith("on_")] == list(HOOKS)
+    assert all(hook in Callback.__doc__ for hook in HOOKS)
+
+    class EpochEnd(distrain.Callback):
+        def on_epoch_end(self, run, metrics):
+            pass
+
+    made = build_callbacks([], [EpochEnd()])
+    assert [hook for hook in HOOKS if made.has(hook)] == ["on_epoch_end"]  # no wait at every step for the rest
+
+    class Nothing(distrain.Callback):
+        pass
+
+    with pytest.raises(ConfigError, match="a Nothing has none of the hooks") as info:
+        build_callbacks([], [Nothing()])
+    assert info.value.key == "callbacks"
 
 
 def test_launch_script_runs_a_user_script(tmp_path):

@@ -1,6 +1,7 @@
 """distrain/loop/result.py: what distrain.fit returns, per split and in the flat form."""
 
 import dataclasses
+from collections.abc import Mapping
 
 import pytest
 
@@ -74,3 +75,17 @@ def test_a_result_is_read_only():
     result = FitResult.of(SPLITS, **PROGRESS)
     with pytest.raises(dataclasses.FrozenInstanceError):
         result.global_step = 1
+
+
+def test_a_result_is_a_mapping_of_the_flat_names():
+    # What a script written against the plain dict of earlier versions does with it.
+    result = FitResult.of(SPLITS, **PROGRESS)
+    assert isinstance(result, Mapping)
+    assert dict(result) == result.as_dict() and result == result.as_dict() and result.as_dict() == result
+    assert len(result) == len(result.as_dict()) == 13
+    assert list(result.items()) == list(result.as_dict().items())
+    assert list(result.values()) == list(result.as_dict().values())
+    assert result.get("test_f1") == 0.7 and result.get("nope", 3) == 3 and result.get("val_loss") is None
+    assert result != dict(result.as_dict(), test_loss=0.25) and result != FitResult.of(SPLITS)
+    assert result == FitResult.of(SPLITS, **PROGRESS)  # the same figures
+    assert {**result, "extra": 1}["test_samples"] == 500  # ** unpacks it

@@ -4,7 +4,7 @@ Layout of <run.dir>/checkpoints/:
 
     step-00000060.pt          torch.save of the full training state (see `TrainState.to_payload`)
     step-00000060/            or, with strategy: fsdp, a sharded checkpoint: every rank's shards and state.pt
-                              (distrain.sharded_checkpoint)
+                              (distrain.checkpoint.sharded)
     step-00000060.json        manifest: checksum and size of the .pt (of every file of the folder), epoch, step,
                               metrics; written *after* the checkpoint is complete, so one without a manifest
                               is an unfinished save
@@ -124,7 +124,7 @@ def save_checkpoint(
 
     `payload` must already hold everything but the RNG states; they are gathered here from every rank.
     `shards`: the (sharded) model and optimizer, written by every rank as a sharded checkpoint
-    (distrain.sharded_checkpoint); the payload then holds the rest. `background` (distrain.background):
+    (distrain.checkpoint.sharded); the payload then holds the rest. `background` (distrain.checkpoint.background):
     return once the state is staged; the same steps then run in the writer thread, and the copy of the
     tensors in `owned` (background.step_owned: those only an optimizer step changes) is left to it too.
     Returns the checkpoint path (on every rank).

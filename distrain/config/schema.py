@@ -198,7 +198,7 @@ class TrainerConfig:
     """Convolutional models: keep parameters and image batches in channels_last memory format."""
     on_nonfinite: Literal["stop", "skip_step"] = "stop"
     """A NaN or Inf loss or gradient: stop (every rank, exit status 3, nothing non-finite saved) or
-    skip_step (skip that optimizer step on every rank, count and log it). See distrain/nonfinite.py."""
+    skip_step (skip that optimizer step on every rank, count and log it). See distrain/loop/nonfinite.py."""
     accumulate_steps: int = 1
     """Split each rank's share of a global batch into this many micro-batches, summing their gradients
     (DDP syncs only on the last); the optimizer still steps once per global batch."""

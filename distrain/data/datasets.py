@@ -4,7 +4,7 @@
 
 A user's data set is named the same way (`data: {name: mypkg.data:build, args: {...}}`, a function
 returning (train, test) or (train, val, test)) or handed to distrain.fit. These functions are registered
-as import paths in distrain.registry exactly like a user's; `seed` is passed in by the run. Every rank
+as import paths in distrain.config.registry exactly like a user's; `seed` is passed in by the run. Every rank
 builds the same data from the seed, so no rank has to send it.
 
 Tabular sets are `TensorDataset`s of float32 features and int64 class labels (float32 targets for

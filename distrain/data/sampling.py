@@ -13,7 +13,8 @@ of processes:
   same or on a different number of processes, at the next global batch.
 
 The last global batch may not split evenly over the ranks; the loss is therefore normalised by the
-*global* batch size (see distrain.loops), so the averaged DDP gradient is the gradient of the global mean.
+*global* batch size (see distrain.loop.objective.Objective.step_loss), so the averaged DDP gradient is the
+gradient of the global mean.
 
 Evaluation: `eval_batch_ranges` cuts the test set into fixed batches of eval_batch_size, the same on any
 number of ranks, and gives each rank a contiguous run of whole batches (detectron2's InferenceSampler

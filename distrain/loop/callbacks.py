@@ -3,7 +3,9 @@
     distrain.fit(cfg, ..., callbacks=[MyCallback(), EMA(decay=0.999)])
     callbacks: [{name: ema, args: {decay: 0.999}}, {name: "mypkg.cb:Probe", args: {every: 10}}]   # YAML
 
-A callback is any object with some of these methods (each optional), called on every rank:
+A callback is any object with some of these methods (each optional), called on every rank (the
+`Callback` Protocol below spells them out for type checkers; subclassing it is optional, and a hook it
+leaves alone counts as absent):
 
     on_train_start(run)           after a resume, before the first step
     on_epoch_start(run)           before the epoch's first step (also a resumed, half-done epoch)
@@ -31,11 +33,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from torch import nn
 
 from distrain.errors import ArgumentError, ConfigError
+
+if TYPE_CHECKING:
+    from distrain.loop.result import FitResult
 
 log = logging.getLogger("distrain")
 
@@ -50,9 +55,51 @@ HOOKS = (
 )
 
 
+class Callback(Protocol):
+    """The hooks a callback may have (`distrain.fit(..., callbacks=[...])`), each optional and called on
+    every rank with the `Run`:
+
+        on_train_start(run)           after a resume, before the first step
+        on_epoch_start(run)           before the epoch's first step (also a resumed, half-done epoch)
+        on_step_end(run)              after each optimizer step (also one the non-finite guard skipped)
+        on_epoch_end(run, metrics)    after the epoch's evaluation, before its record is written;
+                                      metrics: {"train_loss": ..., "val_loss": ..., "test_accuracy": ...}
+        on_save(run, path)            after a checkpoint is written (the .pt file or sharded folder)
+        on_train_end(run, result)     after training ended normally (result: the FitResult)
+        on_exception(run, exc)        training raised (a signal's stop included); the exception propagates
+
+    With `state_dict()` and `load_state_dict(state)` too, a callback is checkpointed and resumed.
+    Documentation and a typing aid: any object with some of the hooks is a callback; a class may also
+    subclass this one and write only the hooks it needs (those it does not write are not called).
+    """
+
+    def on_train_start(self, run: Run) -> None: ...
+
+    def on_epoch_start(self, run: Run) -> None: ...
+
+    def on_step_end(self, run: Run) -> None: ...
+
+    def on_epoch_end(self, run: Run, metrics: dict[str, float]) -> None: ...
+
+    def on_save(self, run: Run, path: Path) -> None: ...
+
+    def on_train_end(self, run: Run, result: FitResult) -> None: ...
+
+    def on_exception(self, run: Run, exc: BaseException) -> None: ...
+
+
+def has_hook(obj: Any, hook: str) -> bool:
+    """Whether `obj` has the hook, one of its own: the `Callback` Protocol's empty ones (inherited by a
+    subclass that does not write them) do not count, so the loop pays nothing for them."""
+    method = getattr(obj, hook, None)
+    return callable(method) and getattr(method, "__func__", None) is not getattr(Callback, hook)
+
+
 @dataclass
 class Run:
-    """What a callback sees of the run (the loop keeps epoch and global_step current)."""
+    """What a callback sees of the run, its hooks' first argument (made by the loop, which keeps epoch and
+    global_step current): epoch (in progress, 0-based), global_step, model (unwrapped), optimizer, rank,
+    world_size, run_dir; `run.log(name=value, ...)` logs scalars, `run.evaluate()` evaluates now."""
 
     model: nn.Module
     optimizer: Any
@@ -95,9 +142,7 @@ class Callbacks:
     def __init__(self, callbacks: list[Any]):
         self.items = list(callbacks)
         # Per hook, the bound methods that exist: the loop pays nothing for a hook nobody has.
-        self.bound = {
-            hook: [getattr(c, hook) for c in self.items if callable(getattr(c, hook, None))] for hook in HOOKS
-        }
+        self.bound = {hook: [getattr(c, hook) for c in self.items if has_hook(c, hook)] for hook in HOOKS}
 
     def __bool__(self) -> bool:
         return bool(self.items)
@@ -141,10 +186,10 @@ def build_callbacks(configs: list[Any], given: list[Any] | None) -> Callbacks:
     for obj in given or []:
         if isinstance(obj, type):
             raise ArgumentError("callbacks", f"holds the class {obj.__name__}, not an object", f"give {obj.__name__}()")
-        if not any(callable(getattr(obj, hook, None)) for hook in HOOKS):
+        if not any(has_hook(obj, hook) for hook in HOOKS):
             raise ArgumentError("callbacks", f"a {type(obj).__name__} has none of the hooks {', '.join(HOOKS)}")
         made.append(obj)
     for obj in made[: len(configs)]:
-        if not any(callable(getattr(obj, hook, None)) for hook in HOOKS):
+        if not any(has_hook(obj, hook) for hook in HOOKS):
             raise ConfigError("callbacks", f"a {type(obj).__name__} has none of the hooks {', '.join(HOOKS)}")
     return Callbacks(made)

@@ -4,16 +4,26 @@ result = distrain.fit(cfg, model=model, train_data=train, test_data=test)
 result.test["loss"], result.test["accuracy"], result.val, result.train   # per split, metric -> value
 result.global_step, result.epochs_done, result.stopped, result.trained, result.run_dir
 result["test_loss"]                                                       # the flat names work too
+dict(result), result.items(), result.get("val_loss"), len(result)          # a read-only Mapping of them
+
+A `collections.abc.Mapping` of the flat names (`as_dict()`): what a script written against the plain
+dict of earlier versions does with it (items, values, get, ==) still works. Frozen, like the figures.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 
-@dataclass(frozen=True)
-class FitResult:
+# eq=False: Mapping's ==, by the flat names, so a FitResult equals the dict of them (a dataclass's == would
+# compare FitResults only). Unhashable, as a Mapping is.
+@dataclass(frozen=True, eq=False)
+class FitResult(Mapping[str, Any]):
+    """The run's final figures: per split (`result.test["loss"]`) and the run's progress (`result.global_step`),
+    and a read-only Mapping of the flat names (`result["test_loss"]`, `dict(result)`, `result.items()`)."""
+
     test: dict[str, Any] = field(default_factory=dict)
     """The test split's loss and metrics after the last epoch (empty without a test split)."""
     val: dict[str, Any] = field(default_factory=dict)
@@ -64,11 +74,11 @@ class FitResult:
     def __getitem__(self, key: str) -> Any:
         return self.as_dict()[key]
 
-    def __contains__(self, key: str) -> bool:
+    def __contains__(self, key: object) -> bool:
         return key in self.as_dict()
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[str]:
         return iter(self.as_dict())
 
-    def keys(self):
-        return self.as_dict().keys()
+    def __len__(self) -> int:
+        return len(self.as_dict())

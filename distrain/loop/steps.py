@@ -5,7 +5,7 @@ Metrics count every sample exactly once. Training: the step hands its outputs to
 list appends: no host sync and no extra kernels in the step), which turns them into per-sample loss and
 accuracy sums in bulk and is summed over the ranks once per epoch. Evaluation: per-batch sums in a table
 summed over the ranks, so the figures are bitwise those of one process; torchmetrics metrics are updated
-per batch and computed once (distrain.metrics).
+per batch and computed once (distrain.loop.metrics).
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def evaluate(
     Exact, not just close: each rank writes the sums of the fixed eval batches it owns into its row of a
     [num_batches, columns + 1] table and zeros elsewhere, the table is summed over ranks (x + 0 is exact),
     and the rows are added in batch order on every rank. The figures are bitwise those of one process.
-    torchmetrics metrics are updated per batch and computed once at the end (see distrain.metrics).
+    torchmetrics metrics are updated per batch and computed once at the end (see distrain.loop.metrics).
     Must run on every rank (one all-reduce; `sum_over_ranks` is the strategy's, default distrain.launch.dist's).
     `pads`: the model's forwards are collectives (strategy.pads_evaluation).
     """

@@ -4,7 +4,7 @@ For users who keep Accelerate's launcher (`accelerate launch -m distrain train C
 its mixed-precision flag and its plugins, with distrain's configs, sharding, exact metrics, checkpoints
 and logging. What distrain keeps for itself, and why:
 
-- The process group. distrain.dist creates it (restart-safe rendezvous, dist.timeout_s) before the
+- The process group. distrain.launch.dist creates it (restart-safe rendezvous, dist.timeout_s) before the
   Accelerator exists; Accelerate sees an initialised group and uses it.
 - The data. Batches come from distrain's GlobalBatchSampler, already sharded per global batch; preparing a
   DataLoader with Accelerate would shard it a second time and pad the last batch with repeated samples.
@@ -192,6 +192,6 @@ class AccelerateStrategy:
 
         self.accelerator.free_memory()  # drops its references to the wrapped model and optimizer
         # Accelerate's state is a process-wide singleton; reset it so a later run in this process (tests,
-        # notebooks) can choose other settings. The process group itself stays with distrain.dist.
+        # notebooks) can choose other settings. The process group itself stays with distrain.launch.dist.
         AcceleratorState._reset_state(reset_partial_state=True)
         GradientState._reset_state()

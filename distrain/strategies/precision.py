@@ -3,11 +3,11 @@
     amp = build_precision("bf16", device)
     with amp.autocast():
         loss = ...
-    # amp.scaler (fp16 only) scales the loss, unscales before clipping and steps: distrain.engines.native
+    # amp.scaler (fp16 only) scales the loss, unscales before clipping and steps: distrain.strategies.ddp.DDPStrategy
 
 The parameters, optimizer state and checkpoints stay in float32; only the forward pass runs in the lower
 precision. fp16 needs the scaler (its range underflows small gradients); bf16 has float32's range and
-needs none. The scaler's state is part of every checkpoint (see distrain.state).
+needs none. The scaler's state is part of every checkpoint (see distrain.loop.state).
 """
 
 from __future__ import annotations

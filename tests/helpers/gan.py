@@ -82,4 +82,4 @@ def main(config, *overrides):
 
 
 if __name__ == "__main__":
-    distrain.run(main, *sys.argv[1:])
+    distrain.run_main(main, *sys.argv[1:])
