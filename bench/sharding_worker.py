@@ -43,7 +43,7 @@ def main() -> None:
     dist.init_process_group("gloo")  # distrain reuses a group that exists
     import distrain
     import distrain.checkpoint.background
-    import distrain.loop.state
+    import distrain.checkpoint.saver
     import distrain.loop.trainer
     from distrain.strategies.fsdp import choose_units
 
@@ -68,7 +68,7 @@ def main() -> None:
     )
     baseline = resident()
     figures: dict[str, float] = {}
-    trainer, saver = distrain.loop.trainer.Trainer, distrain.loop.state.Saver
+    trainer, saver = distrain.loop.trainer.Trainer, distrain.checkpoint.saver.Saver
     original, original_save, original_close = trainer.maybe_save_step, trainer.save, saver.close
     clock = {"started": 0.0}
     figures["save_call_seconds"] = figures["drain_seconds"] = 0.0

@@ -54,7 +54,7 @@ def __getattr__(name: str):
 
         return register
     if name == "EMA":
-        from distrain.loop.ema import EMA
+        from distrain.callbacks.ema import EMA
 
         return EMA
     if name == "FitResult":

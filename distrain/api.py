@@ -56,7 +56,7 @@ def fit(
     named scalars to log (see loop/user_step.py); replaces loss= and metrics=. callbacks: a list of
     objects with any of on_train_start(run), on_epoch_start(run), on_step_end(run), on_epoch_end(run,
     metrics), on_save(run, path), on_train_end(run, result), on_exception(run, exc) (see
-    loop/callbacks.py; distrain.EMA is one); checkpointed when they have state_dict/load_state_dict.
+    callbacks/base.py; distrain.EMA is one); checkpointed when they have state_dict/load_state_dict.
     Several models (a GAN): model={"g": G, "d": D}, optimizer={"g": ..., "d": ...} and a step
     fn(models, batch, optimizers) that does backward and steps them itself (see loop/several.py).
     """
@@ -89,7 +89,7 @@ def predict(
 ) -> Any:
     """The model's outputs for every sample of `data` (default: the config's `split`), in data set order,
     on every rank; `checkpoint`: a .pt file or a run directory. Must run on every rank."""
-    from distrain.loop.prediction import predict as run_predict
+    from distrain.prediction import predict as run_predict
 
     return run_predict(cfg, model=model, data=data, checkpoint=checkpoint, split=split)
 

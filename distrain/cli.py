@@ -142,7 +142,7 @@ def _eval(args: argparse.Namespace) -> int:
 
     checkpoint, rest = _take(args.overrides, "checkpoint", required=True)
     cfg = load_config(args.config, rest)
-    from distrain.loop.evaluate import evaluate_checkpoint
+    from distrain.evaluate import evaluate_checkpoint
 
     evaluate_checkpoint(cfg, checkpoint)
     return 0
@@ -167,7 +167,7 @@ def _predict(args: argparse.Namespace) -> int:
 
     from distrain.config.parse import load_config
     from distrain.launch.env import detect
-    from distrain.loop.prediction import predict, write_predictions
+    from distrain.prediction import predict, write_predictions
 
     checkpoint, rest = _take(args.overrides, "checkpoint", required=True)
     split, rest = _take(rest, "split", required=False, default="test")

@@ -473,8 +473,8 @@ def test_import_of_distrain_loads_nothing():
 
 def test_every_public_name_resolves_to_distrains_own():
     import distrain.errors
+    from distrain.callbacks.base import Callback, Run
     from distrain.config.schema import Config
-    from distrain.loop.callbacks import Callback, Run
 
     assert len(set(distrain.__all__)) == len(distrain.__all__)
     for name in distrain.__all__:
@@ -507,7 +507,7 @@ def test_run_main_and_its_old_name_report_a_user_error_in_one_line(name):
 
 
 def test_the_callback_protocol_lists_the_hooks_and_its_empty_ones_are_not_called():
-    from distrain.loop.callbacks import HOOKS, Callback, build_callbacks
+    from distrain.callbacks.base import HOOKS, Callback, build_callbacks
 
     assert [h for h in vars(Callback) if h.startswith("on_")] == list(HOOKS)
     assert all(hook in Callback.__doc__ for hook in HOOKS)

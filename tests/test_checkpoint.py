@@ -16,6 +16,7 @@ import torch
 from helpers.runs import XOR, assert_checkpoints_verify, run_cli, weights_at
 
 from distrain.checkpoint.files import CheckpointError, Manifest
+from distrain.checkpoint.resume import maybe_resume
 from distrain.checkpoint.store import (
     capture_rng,
     find_resumable,
@@ -30,7 +31,6 @@ from distrain.config.parse import load_config
 from distrain.errors import UserError
 from distrain.launch.dist import DistContext
 from distrain.launch.env import detect
-from distrain.loop.state import maybe_resume
 from distrain.loop.trainer import train
 
 SHORT = [

@@ -92,8 +92,8 @@ LAYERS = [
     ["distrain.strategies"],
     ["distrain.checkpoint"],
     ["distrain.reporting"],
-    ["distrain.loop"],
-    ["distrain.api", "distrain.cli", "distrain.__main__", "distrain"],
+    ["distrain.loop", "distrain.callbacks"],
+    ["distrain.api", "distrain.cli", "distrain.evaluate", "distrain.prediction", "distrain.__main__", "distrain"],
 ]
 
 

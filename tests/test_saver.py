@@ -6,8 +6,9 @@ from types import SimpleNamespace
 
 import pytest
 
+from distrain.checkpoint.saver import Saver
 from distrain.config.schema import CheckpointConfig
-from distrain.loop.state import Progress, Saver
+from distrain.loop.state import Progress
 
 CTX = SimpleNamespace(is_main=True, world_size=1, rank=0)
 

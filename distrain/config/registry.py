@@ -86,8 +86,8 @@ _BUILTINS: dict[str, dict[str, Any]] = {
         "cosine_annealing": "torch.optim.lr_scheduler:CosineAnnealingLR",
         "exponential": "torch.optim.lr_scheduler:ExponentialLR",
     },
-    # Built-in callbacks, made like a user's (loop/callbacks.py).
-    "callback": {"ema": "distrain.loop.ema:EMA"},
+    # Built-in callbacks, made like a user's (callbacks/base.py).
+    "callback": {"ema": "distrain.callbacks.ema:EMA"},
     "logger": {
         "wandb": "distrain.reporting.wandb_run:wandb_logger",
         "tensorboard": "distrain.reporting.tensorboard:TensorBoardLogger",

@@ -52,7 +52,7 @@ class Given:
     optimizer: Any = None  # an Optimizer over the model's parameters, or a function params -> Optimizer
     scheduler: Any = None  # a function optimizer -> torch LR scheduler
     step: Any = None  # the user's training step: a function (model, batch) -> loss (loop/user_step.py)
-    callbacks: list[Any] | None = None  # objects with hooks (loop/callbacks.py)
+    callbacks: list[Any] | None = None  # objects with hooks (callbacks/base.py)
 
     def check(self) -> None:
         """Refuse what cannot be what fit's docstring asks for, naming the argument (`fit(model=...)`)."""

@@ -30,7 +30,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from distrain.atomic import atomic_write_bytes
+from distrain.callbacks.base import Run, build_callbacks
 from distrain.checkpoint.ownership import own_run_dir
+from distrain.checkpoint.resume import maybe_resume
+from distrain.checkpoint.saver import Saver
 from distrain.config.parse import dump_config
 from distrain.config.schema import Config, default_run_dir
 from distrain.data import build_train_batches
@@ -40,7 +43,6 @@ from distrain.launch.dist import DistContext, distributed
 from distrain.launch.env import DistEnv, detect
 from distrain.launch.signals import Interrupted, StopSignals
 from distrain.launch.slurm import maybe_requeue, resolve_run_dir
-from distrain.loop.callbacks import Run, build_callbacks
 from distrain.loop.components import Given, Parts, build_optimizer_for, build_parts, log_parts, monitor_direction
 from distrain.loop.definition import RunDefinition
 from distrain.loop.meters import build_meter
@@ -48,7 +50,7 @@ from distrain.loop.nonfinite import NonFiniteGuard
 from distrain.loop.result import FitResult
 from distrain.loop.schedule import build_schedule
 from distrain.loop.several import SelfSteppingStep
-from distrain.loop.state import Saver, TrainState, maybe_resume
+from distrain.loop.state import TrainState
 from distrain.loop.steps import StrategyStep, TrainStep, evaluate_splits
 from distrain.loop.stopping import StopKind, Stopper, StopReason
 from distrain.reporting.console import setup_logging

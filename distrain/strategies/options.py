@@ -127,5 +127,5 @@ def _check_exact(cfg: Any) -> None:
         "the exact sum)",
         f"use trainer.precision=bf16 or 32, or {way_out}",
     )
-    # (That exact_chunk divides the global batch is checked with the data, in loop/exact.py's check_exact:
-    # a sharded stream's chunks are its lanes, and its exact_chunk is not used.)
+    # (That exact_chunk divides the global batch is checked with the world size, by strategies/exact.py's
+    # count_chunks: a sharded stream's chunks are its lanes, and its exact_chunk is not used.)
