@@ -70,9 +70,9 @@ def __getattr__(name: str):
 
         return ShardedDataset
     if name in ("Callback", "Run"):
-        from distrain.loop import callbacks
+        from distrain.callbacks import base
 
-        return getattr(callbacks, name)
+        return getattr(base, name)
     if name == "Config":
         from distrain.config.schema import Config
 

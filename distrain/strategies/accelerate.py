@@ -29,7 +29,7 @@ from torch import nn
 from distrain.checkpoint.options import CheckpointConfig
 from distrain.errors import ConfigError
 from distrain.launch.dist import DistContext
-from distrain.strategies.base import Gradients, refuse_several
+from distrain.strategies.base import Gradients, StrategyDefaults, refuse_several
 from distrain.strategies.native import micro_batch_gradients
 from distrain.strategies.precision import NO_CONTEXT, check_precision
 
@@ -68,13 +68,9 @@ def check_plugin(distributed_type: str, cfg: CheckpointConfig) -> None:
         )
 
 
-class AccelerateStrategy:
+class AccelerateStrategy(StrategyDefaults):
     engine = "accelerate"
     checkpoint_format = "whole"  # DDP only: every rank holds the whole state (sharded plugins: check_plugin)
-    pads_evaluation = False
-    loads_into_shards = False
-    replaces_parameters = False
-    figure_units = None
 
     def __init__(self, cfg: Any, ctx: DistContext):
         try:
@@ -172,15 +168,6 @@ class AccelerateStrategy:
         if clip is not None and clip.clip_grad_norm is not None:
             self.accelerator.clip_grad_norm_(model.parameters(), clip.clip_grad_norm)
         optimizer.step()
-
-    def after_step(self, model: nn.Module, global_step: int) -> None:
-        pass
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any] | None) -> None:
-        pass
 
     def sum_over_ranks(self, tensor: torch.Tensor) -> torch.Tensor:
         if self.accelerator.num_processes == 1:

@@ -103,3 +103,30 @@ class Strategy(Protocol):
 
     def release(self) -> None:
         """Drop the wrapped model before the process group is destroyed."""
+
+
+class StrategyDefaults:
+    """What most strategies keep as it is: no weight averaging after a step, no state of their own, the
+    sum over ranks by distrain.launch.dist, nothing to release. A strategy overrides what it changes."""
+
+    loads_into_shards = False
+    pads_evaluation = False
+    replaces_parameters = False
+    figure_units: float | None = None
+
+    def after_step(self, model: nn.Module, global_step: int) -> None:
+        pass
+
+    def sum_over_ranks(self, tensor: torch.Tensor) -> torch.Tensor:
+        from distrain.launch import dist
+
+        return dist.all_reduce_sum(tensor)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        pass
+
+    def release(self) -> None:
+        pass

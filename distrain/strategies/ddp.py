@@ -14,12 +14,11 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from distrain.launch import dist
 from distrain.launch.dist import DistContext
-from distrain.strategies.base import Gradients, ModelSet
-from distrain.strategies.native import micro_batch_gradients, native_step
+from distrain.strategies.base import ModelSet
+from distrain.strategies.native import NativeStrategy
 from distrain.strategies.options import DDPConfig
-from distrain.strategies.precision import NO_CONTEXT, build_precision
+from distrain.strategies.precision import NO_CONTEXT
 
 
 def wrap_model(model: nn.Module, ctx: DistContext, cfg: DDPConfig) -> nn.Module:
@@ -39,19 +38,12 @@ def wrap_model(model: nn.Module, ctx: DistContext, cfg: DDPConfig) -> nn.Module:
     )
 
 
-class DDPStrategy:
-    engine = "native"
+class DDPStrategy(NativeStrategy):
     checkpoint_format = "whole"  # rank 0 writes one .pt: every rank holds the same whole state
-    pads_evaluation = False
-    loads_into_shards = False
-    replaces_parameters = False
-    figure_units = None
 
     def __init__(self, cfg: Any, ctx: DistContext):
-        self.ctx, self.ddp_cfg, self.compile = ctx, cfg.ddp, cfg.trainer.compile
-        self.micro_batches = cfg.trainer.accumulate_steps
-        self.precision = build_precision(cfg.trainer.precision, ctx.device)
-        self.scaler = self.precision.scaler
+        super().__init__(cfg, ctx)
+        self.ddp_cfg, self.compile = cfg.ddp, cfg.trainer.compile
         self._wrapped: Any = None
 
     def setup(self, model: nn.Module) -> nn.Module:
@@ -68,18 +60,6 @@ class DDPStrategy:
             self._wrapped = torch.compile(self._wrapped)
         return self._wrapped, optimizer
 
-    def gradients(self, model: nn.Module, batch: Any, objective: Any, global_step: int) -> Gradients:
-        return micro_batch_gradients(
-            model,
-            batch,
-            objective,
-            world_size=self.ctx.world_size,
-            micro_batches=self.micro_batches,
-            sync=self._sync,
-            autocast=self.precision.autocast,
-            backward=self._backward,
-        )
-
     def _sync(self, model: nn.Module, is_last: bool) -> ContextManager:
         # DDP all-reduces gradients inside backward. Under no_sync it only accumulates them locally, so
         # the micro-batches before the last add up without communication and the last one sends the sum
@@ -88,24 +68,6 @@ class DDPStrategy:
         if is_last or not hasattr(model, "no_sync"):
             return NO_CONTEXT
         return model.no_sync()
-
-    def _backward(self, loss: torch.Tensor) -> None:
-        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
-
-    def step(self, optimizer: Any, model: nn.Module, clip: Any) -> None:
-        native_step(optimizer, model, clip, self.scaler)
-
-    def after_step(self, model: nn.Module, global_step: int) -> None:
-        pass
-
-    def sum_over_ranks(self, tensor: torch.Tensor) -> torch.Tensor:
-        return dist.all_reduce_sum(tensor)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any] | None) -> None:
-        pass
 
     def release(self) -> None:
         self._wrapped = None

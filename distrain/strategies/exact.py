@@ -52,8 +52,7 @@ from distrain.launch import dist
 from distrain.launch.dist import DistContext
 from distrain.seeding import mix_seed
 from distrain.strategies.base import Gradients, refuse_several
-from distrain.strategies.native import native_step
-from distrain.strategies.precision import build_precision
+from distrain.strategies.native import NativeStrategy
 
 
 class ExactSum:
@@ -201,22 +200,17 @@ class ExactChunks:
         return out
 
 
-class ExactStrategy:
+class ExactStrategy(NativeStrategy):
     """strategy: exact (or trainer.exact: true): the bare model (weights broadcast from rank 0 once), each
     chunk's forward and backward alone, and the chunks' gradients summed by ExactSum; DDP's step after.
     Per-sample train figures are kept in multiples of 2^-24, so their sums are order-free too."""
 
-    engine = "native"
     checkpoint_format = "whole"
-    pads_evaluation = False
-    loads_into_shards = False
-    replaces_parameters = False
     figure_units = float(2**24)
 
     def __init__(self, cfg: Any, ctx: DistContext, lanes: int | None = None):
-        self.ctx, self.seed = ctx, cfg.seed
-        self.precision = build_precision(cfg.trainer.precision, ctx.device)
-        self.scaler = None  # fp16 is refused in exact mode (options.py): no loss scale to agree on
+        super().__init__(cfg, ctx)  # fp16 is refused in exact mode (options.py): no loss scale to agree on
+        self.seed = cfg.seed
         chunks = count_chunks(cfg.data.global_batch_size, cfg.trainer.exact_chunk, ctx.world_size, lanes)
         self.chunking = ExactChunks(chunks, ctx.rank, ctx.world_size)
         self.reduce: ExactSum | None = None
@@ -265,21 +259,3 @@ class ExactStrategy:
         for p, grad in zip(params, reduce(chunk_grads)):
             p.grad = grad
         return Gradients(step_loss, records)
-
-    def step(self, optimizer: Any, model: nn.Module, clip: Any) -> None:
-        native_step(optimizer, model, clip, None)
-
-    def after_step(self, model: nn.Module, global_step: int) -> None:
-        pass
-
-    def sum_over_ranks(self, tensor: torch.Tensor) -> torch.Tensor:
-        return dist.all_reduce_sum(tensor)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any] | None) -> None:
-        pass
-
-    def release(self) -> None:
-        pass

@@ -22,12 +22,11 @@ import torch
 from torch import nn
 
 from distrain.errors import ConfigError
-from distrain.launch import dist
 from distrain.launch.dist import DistContext
-from distrain.strategies.base import Gradients, refuse_several
-from distrain.strategies.native import micro_batch_gradients, native_step
+from distrain.strategies.base import refuse_several
+from distrain.strategies.native import NativeStrategy
 from distrain.strategies.options import FSDPConfig
-from distrain.strategies.precision import NO_CONTEXT, build_precision
+from distrain.strategies.precision import NO_CONTEXT
 
 log = logging.getLogger("distrain")
 
@@ -146,11 +145,10 @@ def _checkpoint_activations(model: nn.Module, units: list[nn.Module]) -> None:
         unit.forward = functools.partial(checkpoint, forward, use_reentrant=False)  # type: ignore[method-assign]
 
 
-class FSDPStrategy:
+class FSDPStrategy(NativeStrategy):
     """The native step (autocast, backward, clipping, stepping) over a model sharded in place: FSDP2 hooks
     the sharded module itself, so there is no wrapper and no DDP on top of it."""
 
-    engine = "native"
     # Every rank writes its shards of model and optimizer, also in one process, so that a run can move
     # between 1 and N processes with one checkpoint format.
     checkpoint_format = "sharded"
@@ -159,15 +157,11 @@ class FSDPStrategy:
     pads_evaluation = True
     # fully_shard replaces the parameters by DTensors: the optimizer must be built over them, afterwards.
     replaces_parameters = True
-    figure_units = None
 
     def __init__(self, cfg: Any, ctx: DistContext):
-        self.ctx, self.fsdp_cfg = ctx, cfg.fsdp
-        self.micro_batches = cfg.trainer.accumulate_steps
-        self.precision = build_precision(cfg.trainer.precision, ctx.device)
-        self.scaler = self.precision.scaler  # None: fp16 is refused with fsdp (options.py)
+        super().__init__(cfg, ctx)  # fp16 (a scaler) is refused with fsdp: options.py
+        self.fsdp_cfg = cfg.fsdp
         self._syncing = True  # FSDP2's own default
-        self.loads_into_shards = False  # until setup() has sharded the model
 
     def setup(self, model: nn.Module) -> nn.Module:
         refuse_several(model, "strategy", "fsdp")
@@ -179,18 +173,6 @@ class FSDPStrategy:
     def prepare(self, model: nn.Module, optimizer: Any) -> tuple[nn.Module, Any]:
         return model, optimizer
 
-    def gradients(self, model: nn.Module, batch: Any, objective: Any, global_step: int) -> Gradients:
-        return micro_batch_gradients(
-            model,
-            batch,
-            objective,
-            world_size=self.ctx.world_size,
-            micro_batches=self.micro_batches,
-            sync=self._sync,
-            autocast=self.precision.autocast,
-            backward=torch.Tensor.backward,
-        )
-
     def _sync(self, model: nn.Module, is_last: bool) -> ContextManager:
         # FSDP2 skips the reduce-scatter of micro-batches until the last, like DDP's no_sync.
         # Set only on a change: the call walks every unit, and without accumulation it would repeat True.
@@ -198,21 +180,3 @@ class FSDPStrategy:
             model.set_requires_gradient_sync(is_last)
             self._syncing = is_last
         return NO_CONTEXT
-
-    def step(self, optimizer: Any, model: nn.Module, clip: Any) -> None:
-        native_step(optimizer, model, clip, None)
-
-    def after_step(self, model: nn.Module, global_step: int) -> None:
-        pass
-
-    def sum_over_ranks(self, tensor: torch.Tensor) -> torch.Tensor:
-        return dist.all_reduce_sum(tensor)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any] | None) -> None:
-        pass
-
-    def release(self) -> None:
-        pass

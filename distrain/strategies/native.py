@@ -1,6 +1,6 @@
 """The native engine's step, shared by the strategies that run it (ddp, fsdp, exact): the micro-batch
-loop of one step's gradients, and the optimizer step (unscale, clip, step). Functions, not a base class:
-each strategy says what it changes (how gradients sync, how they are summed) and calls these for the rest.
+loop of one step's gradients, and the optimizer step (unscale, clip, step). `NativeStrategy` runs both;
+each strategy overrides only what it changes (how a micro-batch's gradients sync, how they are summed).
 
     grads = micro_batch_gradients(model, batch, objective, world_size=W, micro_batches=M,
                                   sync=..., autocast=..., backward=...)
@@ -15,7 +15,9 @@ import torch
 from torch import nn
 
 from distrain.data.structures import split
-from distrain.strategies.base import Gradients
+from distrain.launch.dist import DistContext
+from distrain.strategies.base import Gradients, StrategyDefaults
+from distrain.strategies.precision import NO_CONTEXT, build_precision
 
 
 def micro_batch_gradients(
@@ -76,3 +78,36 @@ def native_step(optimizer: Any, model: nn.Module, clip: Any, scaler: Any) -> Non
         scaler.update()
     else:
         optimizer.step()
+
+
+class NativeStrategy(StrategyDefaults):
+    """torch's own step: micro-batches under torch.autocast, backward (fp16: through the GradScaler),
+    then native_step. Subclasses say how a micro-batch's backward syncs (`_sync`), or replace `gradients`."""
+
+    engine = "native"
+
+    def __init__(self, cfg: Any, ctx: DistContext):
+        self.ctx, self.micro_batches = ctx, cfg.trainer.accumulate_steps
+        self.precision = build_precision(cfg.trainer.precision, ctx.device)
+        self.scaler = self.precision.scaler
+
+    def gradients(self, model: nn.Module, batch: Any, objective: Any, global_step: int) -> Gradients:
+        return micro_batch_gradients(
+            model,
+            batch,
+            objective,
+            world_size=self.ctx.world_size,
+            micro_batches=self.micro_batches,
+            sync=self._sync,
+            autocast=self.precision.autocast,
+            backward=self._backward,
+        )
+
+    def _sync(self, model: nn.Module, is_last: bool) -> ContextManager:
+        return NO_CONTEXT
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
+
+    def step(self, optimizer: Any, model: nn.Module, clip: Any) -> None:
+        native_step(optimizer, model, clip, self.scaler)
