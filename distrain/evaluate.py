@@ -15,11 +15,9 @@ from typing import Any, Mapping
 
 from distrain.checkpoint.store import load_model_weights, load_payload, resolve_checkpoint
 from distrain.config.schema import Config
-from distrain.launch.dist import distributed
 from distrain.launch.env import detect
-from distrain.loop.components import Given, build_parts
+from distrain.loop.components import Given, build_parts, joined
 from distrain.loop.steps import evaluate_splits
-from distrain.reporting.console import setup_logging
 
 
 def evaluate_checkpoint(
@@ -27,9 +25,8 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     # No global-batch check here: evaluation uses fixed eval batches, whatever the number of ranks.
     env = detect(environ)
-    setup_logging(env.rank)
     checkpoint = resolve_checkpoint(path)
-    with distributed(env, backend=cfg.dist.backend, timeout_s=cfg.dist.timeout_s, device=cfg.trainer.device) as ctx:
+    with joined(cfg, env) as ctx:
         parts = build_parts(cfg, ctx, given)
         payload = load_payload(checkpoint, map_location=ctx.device)
         load_model_weights(parts.model, payload, checkpoint)

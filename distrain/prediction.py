@@ -27,9 +27,8 @@ from distrain.data import build_eval_batches
 from distrain.data.structures import cat
 from distrain.errors import ConfigError
 from distrain.launch import dist
-from distrain.launch.dist import distributed
 from distrain.launch.env import detect
-from distrain.loop.components import Given, build_parts
+from distrain.loop.components import Given, build_parts, joined
 from distrain.loop.steps import predict_outputs
 
 
@@ -45,12 +44,9 @@ def predict(
     """The model's outputs for every sample of `data` (default: the config's `split`), in order, on every
     rank. `checkpoint`: a .pt file or a run directory (its newest complete checkpoint); without one, the
     model's current weights. Must run on every rank."""
-    from distrain.reporting.console import setup_logging
-
     env = detect(environ)
-    setup_logging(env.rank)
     path = resolve_checkpoint(checkpoint) if checkpoint is not None else None
-    with distributed(env, backend=cfg.dist.backend, timeout_s=cfg.dist.timeout_s, device=cfg.trainer.device) as ctx:
+    with joined(cfg, env) as ctx:
         given = Given(model=model, train_data=data, test_data=data) if data is not None else Given(model=model)
         parts = build_parts(cfg, ctx, given)
         if path is not None:

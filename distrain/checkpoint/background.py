@@ -322,11 +322,7 @@ class BackgroundSaves:
         """Collective: the previous write has finished on every rank; if it failed anywhere, every rank
         raises the first failure (the checkpoints before it are intact)."""
         problems = dist.all_gather_object(self._finish())
-        first = next((p for p in problems if p is not None), None)
-        if first is not None:
-            error = UserError(*first)
-            error.agreed = True
-            raise error
+        dist.raise_agreed(next((p for p in problems if p is not None), None))
 
     def close(self, *, agree: bool) -> None:
         """Let the last write finish. `agree` (a normal end): collectively, raising its failure on every

@@ -85,20 +85,13 @@ def maybe_resume(cfg: Config, ctx: DistContext, run_dir: Path, state: Any, defin
     if resume == "never":
         set_aside(run_dir, ctx.is_main)
         return
-    # Rank 0 chooses (and verifies checksums) once; every rank then loads the same file.
-    chosen, problem = None, None
-    if ctx.is_main:
-        try:
-            found = find_resumable(run_dir) if resume == "auto" else resolve_checkpoint(resume)
-            chosen = str(found) if found is not None else None
-        except CheckpointError as exc:
-            problem = (exc.message, exc.hint)
-    # Every rank learns rank 0's choice, or its error: a rank that stopped alone would leave the others waiting.
-    chosen, problem = dist.broadcast_object((chosen, problem))
-    if problem is not None:
-        error = CheckpointError(*problem)
-        error.agreed = True  # rank 0's verdict, broadcast
-        raise error
+    # Rank 0 chooses (and verifies checksums) once; every rank then loads the same file, or raises its error.
+
+    def choose() -> str | None:
+        found = find_resumable(run_dir) if resume == "auto" else resolve_checkpoint(resume)
+        return str(found) if found is not None else None
+
+    chosen = dist.rank0_decides(choose, ctx.is_main, CheckpointError)
     if chosen is None:
         return
     # A sharded checkpoint is read shard by shard into the live (sharded or whole) objects; a .pt is

@@ -44,16 +44,10 @@ from distrain.checkpoint.files import (
     torch_load,
 )
 from distrain.checkpoint.parking import park, unpark
-from distrain.errors import UserError, WriteError
+from distrain.errors import WriteError
 from distrain.launch import dist
 
 STATE_FILE = "state.pt"
-
-
-def _agreed(message: str, hint: str | None) -> UserError:
-    error = UserError(message, hint)
-    error.agreed = True
-    return error
 
 
 def _first_os_error(exc: BaseException) -> OSError:
@@ -71,19 +65,17 @@ def _first_os_error(exc: BaseException) -> OSError:
 def _fresh_folder(path: Path, is_main: bool) -> Path:
     """The temporary folder every rank writes into, made by rank 0 (a fresh one: see the module docstring).
     Collective; a failure raises alike on every rank."""
-    tmp, problem = None, None
-    if is_main:
+
+    def make() -> str:
         tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{time.time_ns()}"
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp.mkdir()
         except OSError as exc:
-            error = WriteError(tmp, exc)
-            problem = (error.message, error.hint)
-    tmp, problem = dist.broadcast_object((str(tmp) if tmp else None, problem))
-    if problem is not None:
-        raise _agreed(*problem)
-    return Path(tmp)
+            raise WriteError(tmp, exc) from None
+        return str(tmp)
+
+    return Path(dist.rank0_decides(make, is_main))
 
 
 def _state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
@@ -242,7 +234,7 @@ def write_sharded(
     except CheckpointException as exc:  # a BaseException (not caught by `except Exception`); on every rank
         if is_main:
             shutil.rmtree(tmp, ignore_errors=True)
-        raise _agreed(*_failed_write(tmp, exc)) from None
+        dist.raise_agreed(_failed_write(tmp, exc))
     except OSError as exc:  # this rank's shard did not check out: every rank learns it below
         problem = _failed_write(tmp, exc)
     every = dist.all_gather_object((mine, problem))
@@ -250,7 +242,7 @@ def write_sharded(
     if failed is not None:
         if is_main:
             shutil.rmtree(tmp, ignore_errors=True)
-        raise _agreed(*failed)
+        dist.raise_agreed(failed)
     return _complete(tmp, path, payload, [files for files, _ in every]) if is_main else None
 
 
@@ -290,7 +282,7 @@ def write_sharded_in_background(
         if failed is not None:
             if is_main:
                 shutil.rmtree(tmp, ignore_errors=True)
-            raise _agreed(*failed)
+            dist.raise_agreed(failed)
         if is_main:
             then(_complete(tmp, path, payload, [files for files, _ in every]))
 

@@ -171,11 +171,7 @@ def save_checkpoint(
         problem = (exc.message, exc.hint)
     # Nobody reads the new checkpoint, or runs ahead to the next save, before it is complete; and a failed
     # write stops every rank with rank 0's message (a bare barrier would leave them training alone).
-    problem = dist.broadcast_object(problem)
-    if problem is not None:
-        error = UserError(*problem)
-        error.agreed = True
-        raise error
+    dist.raise_agreed(dist.broadcast_object(problem))
     return path
 
 
@@ -185,21 +181,20 @@ def set_aside(run_dir: str | Path, is_main: bool) -> Path | None:
     a later automatic resume (a requeue, a rerun) would pick the older run's newest checkpoint; why not
     delete them: a fresh start must not cost the user the previous run. Collective (every rank calls it,
     none goes on before the rename, a failure raises alike on every rank); returns the new name, or None."""
-    moved, problem, folder = None, None, checkpoint_dir(run_dir)
-    if is_main:
+    folder = checkpoint_dir(run_dir)
+
+    def move() -> str | None:
         try:
             moved = _move_aside(folder)
         except OSError as exc:  # no permission, a read-only file system: this run must not mix with them
             hint = WriteError(folder, exc).hint or "move them away yourself, or choose another run.dir"
-            problem = (
+            raise UserError(
                 f"checkpoint.resume=never: cannot move the checkpoints in {folder} aside: {exc.strerror or exc}",
                 hint,
-            )
-    moved, problem = dist.broadcast_object((str(moved) if moved else None, problem))
-    if problem is not None:
-        error = UserError(*problem)
-        error.agreed = True
-        raise error
+            ) from None
+        return str(moved) if moved else None
+
+    moved = dist.rank0_decides(move, is_main)
     if moved is not None:
         log.info(
             "checkpoint.resume=never: the checkpoints already in %s were moved to %s (a later resume "

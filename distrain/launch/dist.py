@@ -18,7 +18,7 @@ import logging
 import re
 import traceback
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import torch
 import torch.distributed as tdist
@@ -279,3 +279,29 @@ def all_gather_object(obj: Any) -> list[Any]:
     out: list[Any] = [None] * tdist.get_world_size()
     tdist.all_gather_object(out, obj)
     return out
+
+
+T = TypeVar("T")
+
+
+def raise_agreed(problem: tuple[str, str | None] | None, error: type[UserError] = UserError) -> None:
+    """Raise `error(message, hint)` marked agreed (every rank raises it; rank 0 alone prints it), if
+    `problem`: a (message, hint) that every rank holds alike (broadcast or gathered first)."""
+    if problem is not None:
+        exc = error(*problem)
+        exc.agreed = True
+        raise exc from None  # the user's message alone, not the exception being handled behind it
+
+
+def rank0_decides(decide: Callable[[], T], is_main: bool, error: type[UserError] = UserError) -> T:
+    """Rank 0 runs `decide()`; every rank returns what it returned, or raises the user error it raised (as
+    `error`, agreed): a rank that stopped alone would leave the others waiting. Collective."""
+    result, problem = None, None
+    if is_main:
+        try:
+            result = decide()
+        except UserError as exc:
+            problem = (exc.message, exc.hint)
+    result, problem = broadcast_object((result, problem))
+    raise_agreed(problem, error)
+    return result

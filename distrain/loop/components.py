@@ -31,9 +31,10 @@ from distrain.data.streams import describe_stream
 from distrain.data.structures import to_device
 from distrain.errors import ArgumentError, ConfigError
 from distrain.launch import dist
-from distrain.launch.dist import DistContext
+from distrain.launch.dist import DistContext, distributed
 from distrain.loop.metrics import MetricSet, build_metric
 from distrain.loop.objective import Objective, build_objective, output_width, probe_outputs
+from distrain.reporting.console import setup_logging
 from distrain.seeding import configure_determinism, seed_everything
 
 log = logging.getLogger("distrain")
@@ -122,6 +123,15 @@ class Parts:
     metric_objects: dict[str, Any] = field(default_factory=dict)  # name -> metric (its direction)
     loader_args: dict[str, Any] = field(default_factory=dict)
     stream: Any = None  # the training split's StreamSetup (data/streams.py) when it is a stream
+
+
+@contextlib.contextmanager
+def joined(cfg: Config, env: Any) -> Iterator[DistContext]:
+    """Every command's start (train, eval, predict): logging for this rank, then the process group the
+    launcher's environment (`env`, launch.env.detect's) describes, torn down on the way out."""
+    setup_logging(env.rank)
+    with distributed(env, backend=cfg.dist.backend, timeout_s=cfg.dist.timeout_s, device=cfg.trainer.device) as ctx:
+        yield ctx
 
 
 def build_parts(cfg: Config, ctx: DistContext, given: Given | None = None) -> Parts:

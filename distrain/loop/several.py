@@ -30,24 +30,21 @@ from distrain.strategies.base import ModelSet
 
 
 class OptimizerSet(torch.optim.Optimizer):
-    """The run's optimizers by name, one object for checkpoints and the run definition. Its param_groups
-    are all of theirs (a constant schedule sees them); step() and zero_grad() act on every one."""
+    """The run's optimizers by name, one object for checkpoints, schedules and the run definition. Its
+    param_groups are theirs (the same dicts: a schedule that sets the lr sets theirs); step() and
+    zero_grad() act on every one; its state_dict holds one per name."""
 
     def __init__(self, optimizers: dict[str, torch.optim.Optimizer]):
-        # Not Optimizer.__init__: the groups belong to the optimizers held (shared, not copied).
         self.optimizers = dict(optimizers)
-        self.defaults = {}
-        self.state = {}
-        self._optimizer_step_pre_hooks = {}
-        self._optimizer_step_post_hooks = {}
-        self._optimizer_state_dict_pre_hooks = {}
-        self._optimizer_state_dict_post_hooks = {}
-        self._optimizer_load_state_dict_pre_hooks = {}
-        self._optimizer_load_state_dict_post_hooks = {}
+        groups = [group for opt in self.optimizers.values() for group in opt.param_groups]
+        # torch's own constructor (its hooks and step patching), over all the parameters in one group;
+        # then the groups are the optimizers' own, shared, not copies.
+        super().__init__([p for group in groups for p in group["params"]], defaults={})
+        self.param_groups = groups
 
-    @property
-    def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
-        return [group for opt in self.optimizers.values() for group in opt.param_groups]
+    def _share_groups(self) -> None:
+        # torch's load_state_dict gives an optimizer new group dicts: hold those (in the same list).
+        self.param_groups[:] = [group for opt in self.optimizers.values() for group in opt.param_groups]
 
     def step(self, closure: Any = None) -> None:  # type: ignore[override]
         for opt in self.optimizers.values():
@@ -63,6 +60,7 @@ class OptimizerSet(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
         for name, opt in self.optimizers.items():
             opt.load_state_dict(state_dict[name])
+        self._share_groups()
 
     def __repr__(self) -> str:
         return f"OptimizerSet({', '.join(self.optimizers)})"

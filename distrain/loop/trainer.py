@@ -39,11 +39,19 @@ from distrain.config.schema import Config, default_run_dir
 from distrain.data import build_train_batches
 from distrain.errors import ConfigError, LostPeer
 from distrain.launch import dist
-from distrain.launch.dist import DistContext, distributed
+from distrain.launch.dist import DistContext
 from distrain.launch.env import DistEnv, detect
 from distrain.launch.signals import Interrupted, StopSignals
 from distrain.launch.slurm import maybe_requeue, resolve_run_dir
-from distrain.loop.components import Given, Parts, build_optimizer_for, build_parts, log_parts, monitor_direction
+from distrain.loop.components import (
+    Given,
+    Parts,
+    build_optimizer_for,
+    build_parts,
+    joined,
+    log_parts,
+    monitor_direction,
+)
 from distrain.loop.definition import RunDefinition
 from distrain.loop.meters import build_meter
 from distrain.loop.nonfinite import NonFiniteGuard
@@ -53,7 +61,6 @@ from distrain.loop.several import SelfSteppingStep
 from distrain.loop.state import TrainState
 from distrain.loop.steps import StrategyStep, TrainStep, evaluate_splits
 from distrain.loop.stopping import StopKind, Stopper, StopReason
-from distrain.reporting.console import setup_logging
 from distrain.reporting.figures import EpochMetrics, scalar_figures
 from distrain.reporting.report import Reporter
 from distrain.seeding import rank_seed, seed_everything
@@ -69,29 +76,14 @@ def train(cfg: Config, given: Given | None = None, environ: Mapping[str, str] = 
     distrain.fit. Must run on every rank."""
     env = detect(environ)
     check_against_env(cfg, env)
-    setup_logging(env.rank)
-    run_dir = cfg.run.dir
-    if run_dir is None:
-        import sys
-
-        run_dir = default_run_dir(sys.argv[0])
-        log.info("run.dir is not set: this run's directory is %s", run_dir)
-    cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, dir=resolve_run_dir(run_dir, environ)))
-    if "SLURM_RESTART_COUNT" in environ:
-        log.info(
-            "SLURM job %s, restart %s: resuming from the newest checkpoint",
-            environ.get("SLURM_JOB_ID"),
-            environ["SLURM_RESTART_COUNT"],
-        )
-    joined = False
+    in_group = False
     # The stop signals are caught from the loop's start to the end of the teardown (see StopSignals): when
     # torchrun's agent sends SIGTERM to the survivors of a lost worker, each still ends with its message.
     with StopSignals(["SIGTERM", "SIGINT", cfg.trainer.requeue_signal]) as signals:
         try:
-            with distributed(
-                env, backend=cfg.dist.backend, timeout_s=cfg.dist.timeout_s, device=cfg.trainer.device
-            ) as ctx:
-                joined = True
+            with joined(cfg, env) as ctx:
+                in_group = True
+                cfg = with_run_dir(cfg, environ)
                 given = given or Given()
                 parts = build_parts(cfg, ctx, given)  # first: a bad model, loss or data leaves no run directory
                 lanes = parts.stream.lanes if parts.stream is not None and parts.stream.shards else None
@@ -111,10 +103,27 @@ def train(cfg: Config, given: Given | None = None, environ: Mapping[str, str] = 
         except Exception as exc:
             # A peer lost mid-run is no bug: after the teardown (the last background write has finished),
             # one line on each survivor instead of gloo's traceback. Failures to join the group keep theirs.
-            lost = dist.peer_gone(exc, rank=env.rank, world_size=env.world_size) if joined else None
+            lost = dist.peer_gone(exc, rank=env.rank, world_size=env.world_size) if in_group else None
             if lost is None:
                 raise
             raise LostPeer(lost_peer_message(lost, Path(cfg.run.dir))) from None
+
+
+def with_run_dir(cfg: Config, environ: Mapping[str, str]) -> Config:
+    """The config with run.dir resolved: the default for the script when unset, SLURM's job id filled in."""
+    run_dir = cfg.run.dir
+    if run_dir is None:
+        import sys
+
+        run_dir = default_run_dir(sys.argv[0])
+        log.info("run.dir is not set: this run's directory is %s", run_dir)
+    if "SLURM_RESTART_COUNT" in environ:
+        log.info(
+            "SLURM job %s, restart %s: resuming from the newest checkpoint",
+            environ.get("SLURM_JOB_ID"),
+            environ["SLURM_RESTART_COUNT"],
+        )
+    return dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, dir=resolve_run_dir(run_dir, environ)))
 
 
 def lost_peer_message(lost: str, run_dir: Path) -> str:
