@@ -26,6 +26,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from bench.variants import load_workload  # noqa: E402
 from distrain.data import build_train_batches  # noqa: E402
+from distrain.data.batches import BatchSetup  # noqa: E402
 from distrain.loop.meters import TrainMeter  # noqa: E402
 from distrain.loop.objective import build_objective  # noqa: E402
 from distrain.loop.optim import zero_grad  # noqa: E402
@@ -83,17 +84,8 @@ def main() -> None:
         a, b = statistics.median(times[0]), statistics.median(times[1])
         print(f"  {name:<10} {a:7.1f} -> {b:7.1f} us per step ({b - a:+.1f} us, {b / a - 1:+.1%})")
 
-    batches = build_train_batches(
-        w.data,
-        global_batch_size=w.batch,
-        rank=0,
-        world_size=1,
-        device=torch.device("cpu"),
-        shuffle=True,
-        seed=0,
-        loader="tensor",
-        num_workers=0,
-    )
+    setup = BatchSetup(rank=0, world_size=1, device=torch.device("cpu"), seed=0, loader="tensor")
+    batches = build_train_batches(w.data, setup, global_batch_size=w.batch, shuffle=True)
     gathers = []
     for epoch in range(args.rounds):
         batches.set_epoch(epoch)

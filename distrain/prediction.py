@@ -58,7 +58,7 @@ def predict(
         )
         if dataset is None:
             raise ConfigError("split", f"this config has no {split!r} split", "use split=test, val or train")
-        batches = build_eval_batches(dataset, eval_batch_size=cfg.data.eval_batch_size, **parts.loader_args)
+        batches = build_eval_batches(dataset, parts.batch_setup, eval_batch_size=cfg.data.eval_batch_size)
         mine = predict_outputs(parts.model, batches)
         # Rank order is data set order: each rank holds a contiguous run of whole batches.
         pieces = [piece for rank_pieces in dist.all_gather_object(mine) for piece in rank_pieces]

@@ -83,6 +83,7 @@ def test_dataloader_batches_are_pinned_and_copied_without_blocking():
     from torch.utils.data import Dataset
 
     from distrain.data import build_train_batches
+    from distrain.data.batches import BatchSetup
 
     class Plain(Dataset):
         def __len__(self):
@@ -91,17 +92,8 @@ def test_dataloader_batches_are_pinned_and_copied_without_blocking():
         def __getitem__(self, i):
             return torch.full((3,), float(i)), i % 2
 
-    batches = build_train_batches(
-        Plain(),
-        global_batch_size=16,
-        rank=0,
-        world_size=1,
-        device=torch.device("cuda", 0),
-        shuffle=True,
-        seed=0,
-        loader="dataloader",
-        num_workers=0,
-    )
+    setup = BatchSetup(rank=0, world_size=1, device=torch.device("cuda", 0), seed=0, loader="dataloader")
+    batches = build_train_batches(Plain(), setup, global_batch_size=16, shuffle=True)
     assert batches._loader.pin_memory
     batches.set_epoch(0)
     first = next(iter(batches))

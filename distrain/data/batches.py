@@ -100,6 +100,31 @@ class LoaderOptions:
     prefetch_factor: int | None = None
 
 
+@dataclass(frozen=True)
+class BatchSetup:
+    """How every batch source of a run places its batches: this rank's place, the device, the loader's
+    options and how targets are prepared. Built once per run (loop/components.py), handed to each source."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+    seed: int
+    loader: str = "auto"  # data.loader: auto | tensor | dataloader
+    options: LoaderOptions = LoaderOptions()
+    prepare_targets: PrepareTargets = _same
+    channels_last: bool = False
+    target_key: str | None = None
+
+    def placed(self) -> dict[str, Any]:
+        """The keyword arguments every source class takes alike."""
+        return dict(
+            seed=self.seed,
+            prepare_targets=self.prepare_targets,
+            channels_last=self.channels_last,
+            target_key=self.target_key,
+        )
+
+
 def _loader(
     dataset: Dataset, batch_sampler: Any, device: torch.device, options: LoaderOptions, seed: int, rank: int
 ) -> DataLoader:
@@ -284,67 +309,36 @@ class EvalBatches:
 
 
 def build_train_batches(
-    dataset: Dataset,
-    *,
-    global_batch_size: int,
-    rank: int,
-    world_size: int,
-    device: torch.device,
-    shuffle: bool,
-    seed: int,
-    loader: str,
-    num_workers: int,
-    persistent_workers: bool | None = None,
-    prefetch_factor: int | None = None,
-    prepare_targets: PrepareTargets = _same,
-    channels_last: bool = False,
-    target_key: str | None = None,
-    steps_per_epoch: int | None = None,
+    dataset: Dataset, setup: BatchSetup, *, global_batch_size: int, shuffle: bool, steps_per_epoch: int | None = None
 ) -> TrainBatches:
     sampler = GlobalBatchSampler(
-        dataset, num_replicas=world_size, rank=rank, global_batch_size=global_batch_size, shuffle=shuffle, seed=seed
+        dataset,
+        num_replicas=setup.world_size,
+        rank=setup.rank,
+        global_batch_size=global_batch_size,
+        shuffle=shuffle,
+        seed=setup.seed,
     )
     batches = TrainBatches(
         dataset,
         sampler,
-        device,
-        tensor_path=use_tensor_path(dataset, loader),
-        options=LoaderOptions(num_workers, persistent_workers, prefetch_factor),
-        seed=seed,
-        prepare_targets=prepare_targets,
-        channels_last=channels_last,
-        target_key=target_key,
+        setup.device,
+        tensor_path=use_tensor_path(dataset, setup.loader),
+        options=setup.options,
+        **setup.placed(),
     )
     batches.steps_limit = steps_per_epoch
     return batches
 
 
-def build_eval_batches(
-    dataset: Dataset,
-    *,
-    eval_batch_size: int,
-    rank: int,
-    world_size: int,
-    device: torch.device,
-    seed: int,
-    loader: str,
-    num_workers: int,
-    persistent_workers: bool | None = None,
-    prefetch_factor: int | None = None,
-    prepare_targets: PrepareTargets = _same,
-    channels_last: bool = False,
-    target_key: str | None = None,
-) -> EvalBatches:
+def build_eval_batches(dataset: Dataset, setup: BatchSetup, *, eval_batch_size: int) -> EvalBatches:
     return EvalBatches(
         dataset,
         eval_batch_size,
-        rank,
-        world_size,
-        device,
-        tensor_path=use_tensor_path(dataset, loader),
-        options=LoaderOptions(num_workers, persistent_workers, prefetch_factor),
-        seed=seed,
-        prepare_targets=prepare_targets,
-        channels_last=channels_last,
-        target_key=target_key,
+        setup.rank,
+        setup.world_size,
+        setup.device,
+        tensor_path=use_tensor_path(dataset, setup.loader),
+        options=setup.options,
+        **setup.placed(),
     )

@@ -26,6 +26,7 @@ from torch import nn
 from distrain.config.registry import call, describe, resolve
 from distrain.config.schema import Config, MetricConfig, OptimConfig
 from distrain.data import DataInfo, DataSets, EvalBatches, build_eval_batches, build_splits, describe_data, probe_batch
+from distrain.data.batches import BatchSetup, LoaderOptions
 from distrain.data.shards import has_length, is_stream
 from distrain.data.streams import describe_stream
 from distrain.data.structures import to_device
@@ -120,8 +121,8 @@ class Parts:
     model: nn.Module  # the user's object when given: trained in place
     objective: Objective
     evals: dict[str, tuple[EvalBatches, MetricSet]]  # "val" and "test", those that exist
+    batch_setup: BatchSetup  # how every batch source of the run places its batches
     metric_objects: dict[str, Any] = field(default_factory=dict)  # name -> metric (its direction)
-    loader_args: dict[str, Any] = field(default_factory=dict)
     stream: Any = None  # the training split's StreamSetup (data/streams.py) when it is a stream
 
 
@@ -183,15 +184,13 @@ def build_parts(cfg: Config, ctx: DistContext, given: Given | None = None) -> Pa
             objective = build_objective(cfg.loss, info, given.loss, model_outputs=output_width(probe))
             objective.check(model, probe, probe_targets)
     metric_objects = _build_metrics(cfg.metrics, given)
-    loader_args = dict(
+    batch_setup = BatchSetup(
         rank=ctx.rank,
         world_size=ctx.world_size,
         device=ctx.device,
         seed=cfg.seed,
         loader=cfg.data.loader,
-        num_workers=cfg.data.num_workers,
-        persistent_workers=cfg.data.persistent_workers,
-        prefetch_factor=cfg.data.prefetch_factor,
+        options=LoaderOptions(cfg.data.num_workers, cfg.data.persistent_workers, cfg.data.prefetch_factor),
         prepare_targets=objective.prepare_targets,
         channels_last=cfg.trainer.channels_last,
         target_key=cfg.data.target_key,
@@ -199,9 +198,9 @@ def build_parts(cfg: Config, ctx: DistContext, given: Given | None = None) -> Pa
     evals = {}
     for split, dataset in (("val", data.val), ("test", data.test)):
         if dataset is not None:
-            batches = build_eval_batches(dataset, eval_batch_size=cfg.data.eval_batch_size, **loader_args)
+            batches = build_eval_batches(dataset, batch_setup, eval_batch_size=cfg.data.eval_batch_size)
             evals[split] = (batches, _metric_set(objective, metric_objects, ctx.device))
-    return Parts(data, info, model, objective, evals, metric_objects, loader_args, stream)
+    return Parts(data, info, model, objective, evals, batch_setup, metric_objects, stream)
 
 
 def _metric_set(objective: Any, metric_objects: dict[str, Any], device: torch.device) -> Any:

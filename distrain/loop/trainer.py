@@ -160,11 +160,11 @@ class Trainer:
         self.run_dir = Path(cfg.run.dir)
         self.batches = build_train_batches(
             parts.data.train,
+            parts.batch_setup,
             global_batch_size=cfg.data.global_batch_size,
             shuffle=cfg.data.shuffle,
             stream=parts.stream,
             steps_per_epoch=cfg.trainer.steps_per_epoch,
-            **parts.loader_args,
         )
         steps_per_epoch = self.batches.num_steps
         # 1. What a checkpoint holds, each piece with one owner (TrainState).
