@@ -7,9 +7,9 @@
     srun --ntasks=4 distrain train configs/xor.yaml                              # inside a SLURM allocation
     distrain train configs/xor.yaml optim.lr=0.05 trainer.epochs=10              # dotted overrides
 
-`train` joins the process group and builds the run (`Trainer`); `Trainer.fit` is the story:
+`train` joins the process group and builds the run (`Trainer`: the state a checkpoint holds, the resume
+loaded into it, then the step and the reporter); `Trainer.fit` is the story:
 
-    resume
     for each epoch:
         for each step: train_step, advance, log, save, check signals
         evaluate, log, stop?, save
@@ -94,7 +94,12 @@ def train(cfg: Config, given: Given | None = None, environ: Mapping[str, str] = 
                 # The model is built, the same on every rank: from here each rank draws its own random stream.
                 seed_everything(rank_seed(cfg.seed, ctx.rank))
                 with own_run_dir(Path(cfg.run.dir), ctx.is_main):  # one run at a time per directory
-                    return Trainer(cfg, ctx, parts, strategy, given, signals).fit()
+                    try:
+                        trainer = Trainer(cfg, ctx, parts, strategy, given, signals)
+                    except BaseException:
+                        strategy.release()  # e.g. a refused resume: the wrapper goes before the group does
+                        raise
+                    return trainer.fit()
         except Interrupted as exc:
             # After the group is gone: every rank has saved and stopped, so requeueing cannot cut a save short.
             if env.is_main:
@@ -285,8 +290,8 @@ class Trainer:
     # ------------------------------------------------------------------------------------------- the story
 
     def fit(self) -> FitResult:
-        """resume; for each epoch: for each step: train_step, advance, log, save, check signals; then
-        evaluate, log, stop, save. Every rank runs it."""
+        """For each epoch (from where the run stands): for each step: train_step, advance, log, save, check
+        signals; then evaluate, log, stop, save. Every rank runs it."""
         p = self.state.progress  # one owner (TrainState): only fit() moves it; a resume loaded it in place
         trained, splits, finished = False, {}, False
         try:
