@@ -18,7 +18,7 @@ from distrain.config.coerce import check, check_monitor
 from distrain.config.registry import check_name
 from distrain.launch.options import DistConfig
 from distrain.reporting.options import LogConfig, WandbConfig
-from distrain.strategies.options import DDPConfig, FSDPConfig, check_strategy
+from distrain.strategies.options import DDPConfig, DiLoCoConfig, FSDPConfig, check_strategy
 
 
 @dataclass(kw_only=True)
@@ -349,10 +349,11 @@ class Config:
     and overrides reach them like any key (user.width=64)."""
     engine: Literal["native", "accelerate"] = "native"
     """Who wraps the model and steps: native (torch DDP) or accelerate (HF Accelerate's Accelerator)."""
-    strategy: Literal["ddp", "fsdp", "exact"] = "ddp"
+    strategy: Literal["ddp", "fsdp", "exact", "diloco"] = "ddp"
     """ddp: every rank holds the whole model (DistributedDataParallel); fsdp: parameters, gradients and
     optimizer state sharded over the ranks (FSDP2), with sharded checkpoints (see the fsdp section); exact:
-    bitwise the same training on every world size (trainer.exact: true says the same; see trainer.exact)."""
+    bitwise the same training on every world size (trainer.exact: true says the same; see trainer.exact);
+    diloco: replicas that train apart and average every diloco.sync_every steps (for slow links)."""
     seed: int = 0
     """Seeds Python, NumPy and torch; also the data generation, the splits and the shuffling."""
     run: RunConfig = field(default_factory=RunConfig)
@@ -363,6 +364,8 @@ class Config:
     """DistributedDataParallel settings."""
     fsdp: FSDPConfig = field(default_factory=FSDPConfig)
     """Sharding settings (strategy: fsdp)."""
+    diloco: DiLoCoConfig = field(default_factory=DiLoCoConfig)
+    """Replicas that sync every H steps (strategy: diloco; local SGD with outer_lr 1, outer_momentum 0)."""
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     """How the learning rate changes over training."""
     stop: StopConfig = field(default_factory=StopConfig)

@@ -368,8 +368,11 @@ class Trainer:
             return
         self.guard.agree_finite(weights=False)  # a diverged run stops before it logs losses of 1e30
         # The window's train sums over all ranks: one all-reduce, at log steps only.
-        window = self.strategy.sum_over_ranks(self.reporter.window(meter)) if self.reporter.is_log_step(step) else None
-        self.reporter.after_step(step, meter, self.learning_rates(), window)
+        if not self.reporter.is_log_step(step):
+            self.reporter.after_step(step, meter, self.learning_rates(), None)
+            return
+        window = self.strategy.sum_over_ranks(self.reporter.window(meter))
+        self.reporter.after_step(step, meter, self.learning_rates(), window, self.strategy.comm_figures())
 
     def maybe_save_step(self) -> bool:
         if not self.saver.should_save_step(self.state.progress):
@@ -393,6 +396,7 @@ class Trainer:
         meter, p = self.state.meter, self.state.progress
         splits = {"train": EpochMetrics.from_totals(self.train_sums(), meter.names)}
         train_time = time.perf_counter() - started
+        self.strategy.sync(self.train_model)  # replicas that train apart (diloco) become one model first
         splits.update(evaluate_splits(self.parts, self.ctx, self.strategy))
         if self.state.callbacks.has("on_epoch_end"):
             # Before the epoch's record is written: what the callbacks log goes into it.

@@ -102,6 +102,7 @@ class Reporter:
 
                 self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
         self.best: dict[str, float] = {}
+        self.comm_start: dict[str, float] = {}  # the strategy's comm figures at the last log step
 
     def log_scalars(self, step: int, values: dict[str, float]) -> None:
         """Named scalars at a global step, to every logger (W&B, TensorBoard, CSV, yours). Any rank may
@@ -127,8 +128,16 @@ class Reporter:
         """This rank's train sums since the last log step (the caller sums them over the ranks)."""
         return meter.totals() - self.window_start
 
-    def after_step(self, global_step: int, meter: Meter, lr: list[float], window: torch.Tensor | None) -> None:
-        """Every rank calls it when `wants_step`; at log steps with `window`, the window's sums over all ranks."""
+    def after_step(
+        self,
+        global_step: int,
+        meter: Meter,
+        lr: list[float],
+        window: torch.Tensor | None,
+        comm: dict[str, float] | None = None,
+    ) -> None:
+        """Every rank calls it when `wants_step`; at log steps with `window`, the window's sums over all ranks,
+        and `comm`: the strategy's cumulative exchange figures on this rank (Strategy.comm_figures)."""
         if not self.is_log_step(global_step):
             if self.hooks:
                 self.hooks.armed = (global_step + 1) % self.every == 0
@@ -150,6 +159,7 @@ class Reporter:
         if self.hooks:
             values.update(self.hooks.take())
             self.hooks.armed = False
+        values.update(self._comm_window(comm or {}, count, global_step - self.window_step))
         if self.ctx.is_main:
             if self.bar is not None:
                 self.bar.set_postfix(
@@ -157,17 +167,32 @@ class Reporter:
                 )
             else:
                 log.info(
-                    "step %d | loss %.4f | lr %.3g | %.0f samples/s | %.2f ms/step | grad norm %.3g",
+                    "step %d | loss %.4f | lr %.3g | %.0f samples/s | %.2f ms/step | grad norm %.3g%s",
                     global_step,
                     values["train/step_loss"],
                     lr[0],
                     values["samples_per_s"],
                     1000 * values["step_time_s"],
                     values["grad_norm"],
+                    _comm_text(values),
                 )
         self.log_scalars(global_step, values)
         self.window_start = totals.clone()
         self.window_time, self.window_step = time.perf_counter(), global_step
+
+    def _comm_window(self, comm: dict[str, float], samples: float, steps: int) -> dict[str, float]:
+        """The window's share of the exchange: all ranks' payload bytes per sample (this rank's times the
+        world size: every rank sends alike) and this rank's wait per step."""
+        if not comm:
+            return {}
+        start, self.comm_start = self.comm_start, dict(comm)
+        out = {}
+        if "comm_bytes" in comm:
+            sent = comm["comm_bytes"] - start.get("comm_bytes", 0.0)
+            out["comm_bytes_per_sample"] = sent * self.ctx.world_size / max(samples, 1)
+        if "comm_wait_s" in comm:
+            out["comm_wait_s_per_step"] = (comm["comm_wait_s"] - start.get("comm_wait_s", 0.0)) / max(steps, 1)
+        return out
 
     def log_epoch(
         self,
@@ -269,3 +294,20 @@ class Reporter:
 def group_rates(lrs: list[float]) -> dict[str, float]:
     """Each parameter group's learning rate by its logged name: lr (the first group), lr/group1, ..."""
     return {"lr" if i == 0 else f"lr/group{i}": value for i, value in enumerate(lrs)}
+
+
+def _comm_text(values: dict[str, float]) -> str:
+    """ " | comm 94.1 KB/sample, wait 12.3 ms/step" when the strategy measures its exchange, else ""."""
+    if "comm_bytes_per_sample" not in values:
+        return ""
+    text = f" | comm {_bytes(values['comm_bytes_per_sample'])}/sample"
+    if "comm_wait_s_per_step" in values:
+        text += f", wait {1000 * values['comm_wait_s_per_step']:.3g} ms/step"
+    return text
+
+
+def _bytes(n: float) -> str:
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n:.3g} B"

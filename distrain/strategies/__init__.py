@@ -16,6 +16,8 @@ become gradients and how they are exchanged, precision, the checkpoint format an
 - ddp.py         DDPStrategy: torch's DistributedDataParallel, torch.autocast and GradScaler
 - fsdp.py        FSDPStrategy: FSDP2's fully_shard, sharded checkpoints
 - exact.py       ExactStrategy: strategy exact (trainer.exact), chunked steps and a fixed-point gradient sum
+- diloco.py      DiLoCoStrategy: replicas that train apart and average every H steps (DiLoCo, local SGD)
+- comm.py        DDP's communication hooks (ddp.comm_hook: fp16, bf16, powersgd) and the comm figures
 - accelerate.py  AccelerateStrategy: DDP through HF Accelerate's Accelerator (engine=accelerate)
 - options.py     the ddp and fsdp config sections and the rules a strategy sets for the others (no torch)
 - precision.py   bf16/fp16 autocast and the gradient scaler
@@ -38,7 +40,7 @@ if TYPE_CHECKING:
 
 def build_strategy(cfg: Config, ctx: DistContext, lanes: int | None = None) -> Strategy:
     """The strategy the config asks for: engine=accelerate runs DDP through Accelerate; else strategy
-    ddp|fsdp|exact (trainer.exact: true is exact). `lanes`: a sharded stream's lanes (exact mode's chunks)."""
+    ddp|fsdp|exact|diloco (trainer.exact: true is exact). `lanes`: a sharded stream's lanes (exact mode's chunks)."""
     if cfg.engine == "accelerate":
         from distrain.strategies.accelerate import AccelerateStrategy  # imported only when asked for
 
@@ -51,6 +53,10 @@ def build_strategy(cfg: Config, ctx: DistContext, lanes: int | None = None) -> S
         from distrain.strategies.exact import ExactStrategy
 
         return ExactStrategy(cfg, ctx, lanes)
+    if cfg.strategy == "diloco":
+        from distrain.strategies.diloco import DiLoCoStrategy
+
+        return DiLoCoStrategy(cfg, ctx)
     from distrain.strategies.ddp import DDPStrategy
 
     return DDPStrategy(cfg, ctx)

@@ -7,6 +7,7 @@ state a strategy keeps. The trainer never asks which strategy it runs; it calls 
         grads = strategy.gradients(train_model, batch, objective, global_step)   # forward, backward, exchange
         strategy.step(train_optimizer, train_model, clip)                        # unscale, clip, step
         strategy.after_step(train_model, global_step + 1)                        # weight averaging, if any
+    strategy.sync(train_model)                                 # before evaluation: one model on every rank
     strategy.sum_over_ranks(totals)                            # metrics: a sum over the ranks (collective)
     strategy.state_dict() / load_state_dict(state)             # in every checkpoint (per rank)
     strategy.release()                                         # before the process group goes
@@ -91,6 +92,14 @@ class Strategy(Protocol):
     def after_step(self, model: nn.Module, global_step: int) -> None:
         """After the optimizer step (`global_step` steps taken): strategies that average weights do it here."""
 
+    def sync(self, model: nn.Module) -> None:
+        """Make every rank's weights the run's (strategies whose replicas train apart average them here):
+        before each evaluation, so that the figures and the epoch's checkpoint are of one model. Collective."""
+
+    def comm_figures(self) -> dict[str, float]:
+        """Cumulative figures of this rank's gradient exchange: comm_bytes (payload handed to collectives)
+        and, where measured, comm_wait_s (time the step waited for it). The step log shows their change."""
+
     def sum_over_ranks(self, tensor: torch.Tensor) -> torch.Tensor:
         """The sum of `tensor` over all ranks (in place where possible). Collective."""
 
@@ -116,6 +125,12 @@ class StrategyDefaults:
 
     def after_step(self, model: nn.Module, global_step: int) -> None:
         pass
+
+    def sync(self, model: nn.Module) -> None:
+        pass
+
+    def comm_figures(self) -> dict[str, float]:
+        return {}
 
     def sum_over_ranks(self, tensor: torch.Tensor) -> torch.Tensor:
         from distrain.launch import dist

@@ -8,6 +8,7 @@ models (a GAN) are each wrapped on their own: each averages its gradients in its
 
 from __future__ import annotations
 
+import logging
 from typing import Any, ContextManager
 
 import torch
@@ -15,10 +16,13 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from distrain.launch.dist import DistContext
-from distrain.strategies.base import ModelSet
+from distrain.strategies.base import Gradients, ModelSet
+from distrain.strategies.comm import CommHook, CommMeter, build_comm_hook
 from distrain.strategies.native import NativeStrategy
 from distrain.strategies.options import DDPConfig
 from distrain.strategies.precision import NO_CONTEXT
+
+log = logging.getLogger("distrain")
 
 
 def wrap_model(model: nn.Module, ctx: DistContext, cfg: DDPConfig) -> nn.Module:
@@ -45,6 +49,10 @@ class DDPStrategy(NativeStrategy):
         super().__init__(cfg, ctx)
         self.ddp_cfg, self.compile = cfg.ddp, cfg.trainer.compile
         self._wrapped: Any = None
+        self.comm = CommMeter()
+        self.hook: CommHook | None = None  # ddp.comm_hook, registered on the DDP wrapper
+        self._gradient_bytes = 0  # what DDP's own all-reduce sends a step (float32 gradients)
+        self._settled = False  # powersgd: the buckets' layout settled before the hook is registered
 
     def setup(self, model: nn.Module) -> nn.Module:
         return model
@@ -54,6 +62,14 @@ class DDPStrategy(NativeStrategy):
             self._wrapped = nn.ModuleDict({name: wrap_model(m, self.ctx, self.ddp_cfg) for name, m in model.items()})
             return self._wrapped, optimizer
         self._wrapped = wrap_model(model, self.ctx, self.ddp_cfg)
+        if self._wrapped is not model:
+            self.hook = build_comm_hook(self.ddp_cfg, self.comm)
+            if self.hook is not None and not self.hook.needs_settled_buckets:
+                self._wrapped.register_comm_hook(self.hook.state, self.hook.registered(model))
+            elif self.hook is None:
+                self._gradient_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+        elif self.ddp_cfg.comm_hook != "none":
+            log.info("ddp.comm_hook=%s: one process has no all-reduce to compress", self.ddp_cfg.comm_hook)
         if self.compile:
             # Compile the DDP wrapper, not the inner module: torch then splits the graph at DDP's buckets
             # so that gradient all-reduces still overlap the backward pass.
@@ -69,5 +85,48 @@ class DDPStrategy(NativeStrategy):
             return NO_CONTEXT
         return model.no_sync()
 
+    def _settle_buckets(self, model: nn.Module, batch: Any, objective: Any) -> None:
+        """PowerSGD multiplies each gradient matrix in place inside DDP's bucket, and a CPU matmul's rounding
+        depends on where in memory the matrix starts. DDP lays its buckets out anew after the first backward
+        of every process (in the order gradients became ready): a resumed process would take its first step
+        with the matrices elsewhere than the uninterrupted run does. So each process first runs one
+        discarded backward (eval mode: no dropout draw, no BatchNorm update; DDP's own all-reduce), which
+        settles the layout, and registers the hook after it: every real step then has the same layout."""
+        was_training = model.training
+        model.eval()
+        loss, _ = objective.forward_loss(model, batch.inputs, batch.targets, self.ctx.world_size, batch.global_size)
+        loss.backward()
+        model.train(was_training)
+        for p in model.parameters():
+            p.grad = None
+        self._wrapped.register_comm_hook(self.hook.state, self.hook.registered(model.module))
+        self._settled = True
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        super()._backward(loss)
+        if self.hook is not None:
+            self.hook.backward_done()
+
+    def gradients(self, model: nn.Module, batch: Any, objective: Any, global_step: int) -> Gradients:
+        if self.hook is not None and self.hook.needs_settled_buckets and not self._settled:
+            self._settle_buckets(model, batch, objective)
+        grads = super().gradients(model, batch, objective, global_step)
+        self.comm.bytes += self._gradient_bytes  # DDP's own all-reduce (a hook counts its own)
+        return grads
+
+    def comm_figures(self) -> dict[str, float]:
+        return self.comm.figures() if self._wrapped is not None else {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.hook.state_dict() if self.hook is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        if self.hook is not None and not self.hook.load_state_dict(state):
+            log.warning(
+                "ddp.comm_hook=%s starts afresh: the checkpoint holds no state of it for this rank (another "
+                "world size, or another hook): error feedback restarts from zero",
+                self.hook.name,
+            )
+
     def release(self) -> None:
-        self._wrapped = None
+        self._wrapped = self.hook = None

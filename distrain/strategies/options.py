@@ -21,9 +21,44 @@ class DDPConfig:
     """Promise DDP the same graph every step (lets it skip per-step bookkeeping)."""
     find_unused_parameters: bool = False
     """Search each step for parameters that got no gradient; needed only by models that skip parameters."""
+    comm_hook: Literal["none", "fp16", "bf16", "powersgd"] = "none"
+    """How gradients travel in the all-reduce: none (float32, exact to rounding), fp16 or bf16 (half the
+    bytes; averaged in that precision), powersgd (low-rank factors with error feedback: far fewer bytes).
+    For slow links; see the docs page "Training over slow links"."""
+    powersgd_rank: int = 1
+    """ddp.comm_hook powersgd: the rank of the factors (more: closer to the full gradient, more bytes)."""
+    powersgd_start_step: int = 10
+    """ddp.comm_hook powersgd: steps of plain all-reduce before compressing (the early, fast-moving steps)."""
+    powersgd_error_feedback: bool = True
+    """ddp.comm_hook powersgd: add what the factors missed to the next step's gradient (keeps accuracy)."""
+    powersgd_warm_start: bool = True
+    """ddp.comm_hook powersgd: start each step's factors from the last step's (one power iteration suffices)."""
 
     def __post_init__(self) -> None:
         check(self.bucket_cap_mb > 0, "ddp.bucket_cap_mb", f"must be > 0, got {self.bucket_cap_mb}")
+        check(self.powersgd_rank > 0, "ddp.powersgd_rank", f"must be > 0, got {self.powersgd_rank}")
+        check(self.powersgd_start_step >= 1, "ddp.powersgd_start_step", f"must be >= 1, got {self.powersgd_start_step}")
+
+
+@dataclass(kw_only=True)
+class DiLoCoConfig:
+    """strategy: diloco. Each process trains its own replica with the optimizer (the inner one) for
+    diloco.sync_every steps; then the replicas average how far they moved (the pseudo-gradient) and an
+    outer optimizer moves the shared weights by it. Local SGD: outer_lr 1.0, outer_momentum 0."""
+
+    sync_every: int = 50
+    """H: inner steps between syncs (also at the end of every epoch, before evaluation)."""
+    outer_lr: float = 0.7
+    """The outer optimizer's learning rate (DiLoCo's 0.7; local SGD: 1.0)."""
+    outer_momentum: float = 0.9
+    """The outer optimizer's momentum, Nesterov (DiLoCo's 0.9; local SGD: 0)."""
+    wire_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """The pseudo-gradient's dtype on the wire (bfloat16/float16: half the bytes; summed in float32)."""
+
+    def __post_init__(self) -> None:
+        check(self.sync_every > 0, "diloco.sync_every", f"must be > 0, got {self.sync_every}")
+        check(self.outer_lr > 0, "diloco.outer_lr", f"must be > 0, got {self.outer_lr}")
+        check(0 <= self.outer_momentum < 1, "diloco.outer_momentum", f"must be in [0, 1), got {self.outer_momentum}")
 
 
 @dataclass(kw_only=True)
@@ -74,6 +109,33 @@ def check_strategy(cfg: Any) -> None:  # a distrain.config.schema.Config (which 
     )
     if is_exact(cfg):
         _check_exact(cfg)
+    if cfg.ddp.comm_hook != "none":
+        check(
+            cfg.strategy == "ddp" and not cfg.trainer.exact and cfg.engine == "native",
+            "ddp.comm_hook",
+            f"is {cfg.ddp.comm_hook!r}: a DDP communication hook applies to strategy ddp on the native engine "
+            f"(this is strategy {cfg.strategy}{', trainer.exact' if cfg.trainer.exact else ''}, engine {cfg.engine})",
+            "set ddp.comm_hook=none, or strategy=ddp engine=native",
+        )
+        check(
+            not cfg.trainer.compile,
+            "ddp.comm_hook",
+            "cannot be combined with trainer.compile here (a compiled DDP model runs its own all-reduce)",
+            "set trainer.compile=false, or ddp.comm_hook=none",
+        )
+    if cfg.strategy == "diloco":
+        check(
+            cfg.engine == "native",
+            "strategy",
+            "diloco runs on the native engine (Accelerate reduces every step's gradients itself)",
+            "set engine=native",
+        )
+        check(
+            cfg.trainer.precision != "fp16",
+            "trainer.precision",
+            "fp16 is not supported with strategy=diloco (each replica's gradient scaler would drift apart)",
+            "use trainer.precision=bf16 or 32",
+        )
     if cfg.strategy == "fsdp":
         check(
             cfg.engine == "native",
