@@ -2,10 +2,11 @@
 `torchrun --nnodes=2`) joined by a veth link shaped with tc to each rate, training the links workload
 (bench/configs/links.yaml: the FashionMNIST MLP 784-2048-2048-10, 5.8M parameters, global batch 256).
 
-    sudo .venv/bin/python bench/links.py                       # every link and variant (about 15 minutes)
-    .venv/bin/python bench/links.py --links 100mbit --variants ddp,diloco50
+    .venv/bin/python bench/links.py                            # every link and variant (about 15 minutes)
+    .venv/bin/python bench/links.py --links 100mbit --variants bare,ddp --repeats 3
 
-For each link and variant: samples/s over a steady window of steps (after warm-up; a whole number of
+For each link and variant (median of --repeats runs, the variants taking turns): samples/s over a steady
+window of steps (after warm-up; a whole number of
 syncs for the replicas' strategies), scaling efficiency (two nodes' samples/s over twice one process's,
 the one process training at batch 128 alone), bytes on the wire per sample (both ends' interface
 counters over the same window: not estimated), and, once per variant on the unshaped link (the algorithm
@@ -32,7 +33,8 @@ sys.path.insert(0, str(REPO))
 from bench.shaped import ADDRESSES, ShapedLink  # noqa: E402
 
 CONFIG = str(HERE / "configs" / "links.yaml")
-# name -> (overrides, H: steps between syncs, or 0 for a strategy that syncs every step)
+# name -> (overrides, H: steps between syncs, or 0 for a strategy that syncs every step). PowerSGD starts
+# compressing after ddp.powersgd_start_step (10) steps of plain all-reduce: its window starts after them.
 VARIANTS = {
     "bare": (None, 0),  # bench/links_bare.py: torch's DDP by hand
     "ddp": ([], 0),
@@ -41,17 +43,25 @@ VARIANTS = {
     "powersgd": (["ddp.comm_hook=powersgd", "ddp.powersgd_rank=4"], 0),
     "local_sgd10": (["strategy=diloco", "diloco.sync_every=10", "diloco.outer_lr=1.0", "diloco.outer_momentum=0"], 10),
     "local_sgd50": (["strategy=diloco", "diloco.sync_every=50", "diloco.outer_lr=1.0", "diloco.outer_momentum=0"], 50),
-    "diloco10": (["strategy=diloco", "diloco.sync_every=10"], 10),
-    "diloco50": (["strategy=diloco", "diloco.sync_every=50"], 50),
+    # DiLoCo as OpenDiLoCo runs it: the pseudo-gradient in low precision on the wire (here bfloat16).
+    "diloco10": (["strategy=diloco", "diloco.sync_every=10", "diloco.wire_dtype=bfloat16"], 10),
+    "diloco50": (["strategy=diloco", "diloco.sync_every=50", "diloco.wire_dtype=bfloat16"], 50),
+    # ... and its sync's all-reduce hidden behind the next 10 inner steps.
+    "diloco50o": (
+        ["strategy=diloco", "diloco.sync_every=50", "diloco.wire_dtype=bfloat16", "diloco.overlap_steps=10"],
+        50,
+    ),
 }
 LINKS = {"unshaped": None, "1gbit": "1gbit", "100mbit": "100mbit"}
 
 
-def window(h: int) -> tuple[int, int]:
-    """Steps (first, last] timed: after warm-up, whole rounds of H steps for the replicas' strategies."""
+def window(variant: str) -> tuple[int, int]:
+    """Steps (first, last] timed: after warm-up (PowerSGD: after its plain steps), whole rounds of H steps
+    for the replicas' strategies."""
+    h = VARIANTS[variant][1]
     if h:
         return 2 * h, 2 * h + max(2 * h, 20)
-    return 6, 26
+    return (12, 32) if variant == "powersgd" else (6, 26)
 
 
 def environment(data: str) -> dict[str, str]:
@@ -70,8 +80,8 @@ def command(variant: str, nodes: int, node: int, data: str, overrides: list[str]
 
 
 def run_pair(link: ShapedLink, variant: str, data: str, out: Path, *, accuracy: bool, port: int) -> dict:
-    overrides, h = VARIANTS[variant]
-    first, last = window(h)
+    overrides, _ = VARIANTS[variant]
+    first, last = window(variant)
     results = []
     procs = []
     for node in (0, 1):
@@ -96,9 +106,14 @@ def run_pair(link: ShapedLink, variant: str, data: str, out: Path, *, accuracy: 
     }
 
 
-def one_process(data: str, out: Path) -> float:
-    """samples/s of one process alone at batch 128 (the scaling baseline), over the ddp window."""
-    first, last = window(0)
+def one_process(data: str, out: Path, repeats: int = 3) -> float:
+    """samples/s of one process alone at batch 128 (the scaling baseline) over the ddp window: the median
+    of `repeats` runs (a lone run's figure moves with the machine's phases)."""
+    return statistics.median(_one_process(data, out) for _ in range(repeats))
+
+
+def _one_process(data: str, out: Path) -> float:
+    first, last = window("ddp")
     env = environment(data)
     env.update(LINKS_OUT=str(out / "one.json"), LINKS_FIRST=str(first), LINKS_LAST=str(last))
     overrides = ["data.global_batch_size=128", f"trainer.max_steps={last}", "data.args.num_test=1000"]
@@ -113,6 +128,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--links", default=",".join(LINKS))
     parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each variant on each link (median)")
     parser.add_argument("--no-accuracy", action="store_true", help="skip the one-epoch accuracy runs")
     parser.add_argument("--data", default=os.environ.get("DISTRAIN_DATA", str(Path.home() / ".cache/distrain/data")))
     args = parser.parse_args()
@@ -127,19 +143,23 @@ def main() -> None:
     table: dict[str, dict[str, dict]] = {}
     port = 29600
     for link_name in args.links.split(","):
+        runs: dict[str, list[dict]] = {}
         with ShapedLink(LINKS[link_name]) as link:
-            for variant in variants:
-                port += 1
-                started = time.time()
-                r = run_pair(link, variant, args.data, out, accuracy=False, port=port)
-                r["efficiency"] = r["samples_per_s"] / (2 * alone)
-                table.setdefault(link_name, {})[variant] = r
-                print(
-                    f"{link_name:>9} {variant:<12} {r['samples_per_s']:8,.0f} samples/s  efficiency "
-                    f"{r['efficiency']:.2f}  {r['bytes_per_sample'] / 1000:8.2f} KB/sample  "
-                    f"({time.time() - started:.0f} s)",
-                    flush=True,
-                )
+            for _ in range(args.repeats):  # the variants take turns: a slow phase hits them alike
+                for variant in variants:
+                    port += 1
+                    started = time.time()
+                    r = run_pair(link, variant, args.data, out, accuracy=False, port=port)
+                    runs.setdefault(variant, []).append(r)
+                    print(
+                        f"{link_name:>9} {variant:<12} {r['samples_per_s']:8,.0f} samples/s  "
+                        f"{r['bytes_per_sample'] / 1000:8.2f} KB/sample  ({time.time() - started:.0f} s)",
+                        flush=True,
+                    )
+        for variant, rs in runs.items():
+            r = {key: statistics.median(x[key] for x in rs) for key in ("samples_per_s", "bytes_per_sample")}
+            r["efficiency"] = r["samples_per_s"] / (2 * alone)
+            table.setdefault(link_name, {})[variant] = r
     accuracy = {}
     if not args.no_accuracy:
         with ShapedLink(None) as link:

@@ -99,6 +99,27 @@ def test_local_sgd_ends_a_round_on_the_replicas_average_and_sync_flushes_a_parti
     assert strategy.local_steps == 0
 
 
+def test_with_overlap_the_outer_step_lands_late_and_keeps_the_steps_taken_meanwhile():
+    strategy, model, _ = _diloco("diloco.sync_every=4", "diloco.overlap_steps=2", "diloco.outer_lr=0.7")
+    start = model.weight.detach().clone()
+    reference = nn.Parameter(start.clone())
+    outer = torch.optim.SGD([reference], lr=0.7, momentum=0.9, nesterov=True)
+    for step in range(1, 7):
+        with torch.no_grad():
+            model.weight.add_(0.01 * step)
+        if step == 4:
+            at_sync = model.weight.detach().clone()
+        strategy.after_step(model, step)
+        if step == 4:
+            assert strategy.pending is not None and torch.equal(model.weight, at_sync)  # not landed yet
+    reference.grad = start - at_sync
+    outer.step()
+    assert strategy.pending is None
+    torch.testing.assert_close(strategy.anchor[0], reference.detach(), rtol=0, atol=0)
+    # The replica moved by as much as the anchor did, on top of steps 5 and 6.
+    torch.testing.assert_close(model.weight, at_sync + 0.05 + 0.06 + (reference - at_sync), rtol=0, atol=1e-6)
+
+
 def test_diloco_refuses_a_resume_on_another_number_of_processes_and_continues_on_the_same():
     strategy, model, optimizer = _diloco()
     with pytest.raises(ConfigError) as err:
@@ -124,6 +145,7 @@ def test_diloco_refuses_a_resume_on_another_number_of_processes_and_continues_on
         (["strategy=diloco", "engine=accelerate"], "strategy"),
         (["strategy=diloco", "trainer.precision=fp16"], "trainer.precision"),
         (["strategy=diloco", "diloco.sync_every=0"], "diloco.sync_every"),
+        (["strategy=diloco", "diloco.sync_every=5", "diloco.overlap_steps=5"], "diloco.overlap_steps"),
         (["strategy=diloco", "trainer.exact=true"], "trainer.exact"),
     ],
 )
@@ -176,6 +198,8 @@ def test_each_hook_and_local_sgd_every_step_train_as_ddp_does_on_two_processes(t
         ("powersgd", ["ddp.comm_hook=powersgd", "ddp.powersgd_start_step=3"]),
         ("diloco_mid_round", ["strategy=diloco", "diloco.sync_every=4"]),  # saved at 10: 2 steps into a round
         ("diloco_at_sync", ["strategy=diloco", "diloco.sync_every=5"]),  # saved at 10: right after a sync
+        # synced at 8, its sum still travelling when saved at 10 (it lands at 11)
+        ("diloco_in_flight", ["strategy=diloco", "diloco.sync_every=4", "diloco.overlap_steps=3"]),
     ],
 )
 def test_a_sigkill_resumes_bitwise_with_compressed_gradients_and_with_replicas(tmp_path, name, overrides):

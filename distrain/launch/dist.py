@@ -228,6 +228,14 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def start_all_reduce_sum(tensor: torch.Tensor) -> Any:
+    """Start summing `tensor` over all ranks in place, without waiting: returns a handle whose `wait()`
+    finishes it (None in one process: nothing to wait for). Collective, in the same order on every rank."""
+    if is_distributed():
+        return tdist.all_reduce(tensor, op=tdist.ReduceOp.SUM, async_op=True)
+    return None
+
+
 def all_reduce_min(tensor: torch.Tensor) -> torch.Tensor:
     """The elementwise minimum over all ranks, in place, and return it. Collective."""
     if is_distributed():

@@ -52,12 +52,21 @@ class DiLoCoConfig:
     """The outer optimizer's learning rate (DiLoCo's 0.7; local SGD: 1.0)."""
     outer_momentum: float = 0.9
     """The outer optimizer's momentum, Nesterov (DiLoCo's 0.9; local SGD: 0)."""
+    overlap_steps: int = 0
+    """Inner steps the sync's all-reduce travels behind: 0, the replicas wait for it at the sync (DiLoCo as
+    published); d > 0, they train on for d steps while it travels, and the outer step lands d steps late,
+    keeping what they learned meanwhile (as streaming DiLoCo overlaps its fragments). Less than sync_every."""
     wire_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    """The pseudo-gradient's dtype on the wire (bfloat16/float16: half the bytes; summed in float32)."""
+    """The pseudo-gradient's dtype on the wire (bfloat16/float16: half the bytes, summed in that dtype)."""
 
     def __post_init__(self) -> None:
         check(self.sync_every > 0, "diloco.sync_every", f"must be > 0, got {self.sync_every}")
         check(self.outer_lr > 0, "diloco.outer_lr", f"must be > 0, got {self.outer_lr}")
+        check(
+            0 <= self.overlap_steps < self.sync_every,
+            "diloco.overlap_steps",
+            f"must be >= 0 and less than diloco.sync_every ({self.sync_every}), got {self.overlap_steps}",
+        )
         check(0 <= self.outer_momentum < 1, "diloco.outer_momentum", f"must be in [0, 1), got {self.outer_momentum}")
 
 
