@@ -142,6 +142,7 @@ def test_diloco_refuses_a_resume_on_another_number_of_processes_and_continues_on
         (["ddp.comm_hook=powersgd", "engine=accelerate"], "ddp.comm_hook"),
         (["ddp.comm_hook=powersgd", "trainer.compile=true"], "ddp.comm_hook"),
         (["ddp.powersgd_rank=0"], "ddp.powersgd_rank"),
+        (["ddp.powersgd_start_step=1"], "ddp.powersgd_start_step"),  # torch's own rule, named here
         (["strategy=diloco", "engine=accelerate"], "strategy"),
         (["strategy=diloco", "trainer.precision=fp16"], "trainer.precision"),
         (["strategy=diloco", "diloco.sync_every=0"], "diloco.sync_every"),

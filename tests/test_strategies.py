@@ -58,16 +58,19 @@ def test_the_config_chooses_the_strategy(overrides, kind):
 
 
 def test_exact_mode_refuses_what_it_cannot_make_exact_by_name():
+    threads = torch.get_num_threads()
     with pytest.raises(ConfigError) as err:
         load_config(XOR, ["strategy=exact", "trainer.precision=fp16"])
     assert err.value.key == "trainer.exact"
-    strategy = build_strategy(load_config(XOR, ["strategy=exact"]), ONE)
-    with pytest.raises(ConfigError, match=r"1 \(BatchNorm1d\)") as err:
-        strategy.setup(nn.Sequential(nn.Linear(2, 4), nn.BatchNorm1d(4)))
-    assert err.value.key == "trainer.exact"
-    with pytest.raises(ConfigError) as err:
-        strategy.setup(ModelSet({"g": nn.Linear(2, 2), "d": nn.Linear(2, 1)}))
-    assert err.value.key == "trainer.exact"
+    for spelling, key in (("strategy=exact", "strategy"), ("trainer.exact=true", "trainer.exact")):
+        strategy = build_strategy(load_config(XOR, [spelling]), ONE)  # the key named as the config spelt it
+        with pytest.raises(ConfigError, match=r"1 \(BatchNorm1d\)") as err:
+            strategy.setup(nn.Sequential(nn.Linear(2, 4), nn.BatchNorm1d(4)))
+        assert err.value.key == key
+        with pytest.raises(ConfigError) as err:
+            strategy.setup(ModelSet({"g": nn.Linear(2, 2), "d": nn.Linear(2, 1)}))
+        assert err.value.key == key
+    torch.set_num_threads(threads)
 
 
 # Reads of exact mode's switches and names: allowed only where the strategy is (and where the config
@@ -178,14 +181,22 @@ class Totals:
         self.sums = sums
 
 
-@pytest.mark.parametrize("world_size, expected", [(2, {"rank": 1}), (3, None)])
-def test_each_rank_gets_its_own_strategy_state_back_and_none_on_another_world_size(world_size, expected):
+@pytest.mark.parametrize(
+    "world_size, saved, expected",
+    [
+        (2, [{"rank": 0}, {"rank": 1}], {"rank": 1}),  # its own
+        (3, [{"rank": 0}, {"rank": 1}], None),  # per-rank state of another world size: None
+        (3, [{}, {}], {}),  # a strategy that keeps none: nothing to continue, on any world size
+        (2, [], {}),  # a checkpoint from before strategies kept state
+    ],
+)
+def test_each_rank_gets_its_own_strategy_state_back_and_none_on_another_world_size(world_size, saved, expected):
     model = nn.Linear(2, 1)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
-    saved = TrainState(model, optimizer, scheduler, Stopper(load_config(XOR, []).stop), Totals())
-    payload = saved.to_payload({}, 2, {}, torch.zeros(3), strategy_states=[{"rank": 0}, {"rank": 1}])
-    assert payload["strategy"] == [{"rank": 0}, {"rank": 1}]
+    before = TrainState(model, optimizer, scheduler, Stopper(load_config(XOR, []).stop), Totals())
+    payload = before.to_payload({}, 2, {}, torch.zeros(3), strategy_states=saved)
+    assert payload["strategy"] == saved
     strategy = Stateful({})
     state = TrainState(model, optimizer, scheduler, Stopper(load_config(XOR, []).stop), Totals(), strategy=strategy)
     state.load_payload(payload, rank=1, world_size=world_size)
@@ -208,6 +219,11 @@ def test_stop_reasons_are_typed_and_read_back_from_old_checkpoints():
     again.load_state_dict(old)
     assert again.stopped.kind is StopKind.MAX_STEPS
     assert StopReason.of_state("another rank stopped", None).kind is StopKind.OTHER_RANK
+    import copy
+    import pickle
+
+    for copied in (pickle.loads(pickle.dumps(reason)), copy.deepcopy(reason)):  # FitResult.stopped holds one
+        assert copied == reason and copied.kind is StopKind.CONVERGED
 
 
 # ------------------------------------------------------------------------------------ several models

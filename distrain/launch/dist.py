@@ -289,6 +289,17 @@ def all_gather_object(obj: Any) -> list[Any]:
     return out
 
 
+def gather_object(obj: Any, dst: int = 0) -> list[Any] | None:
+    """Every rank's `obj`, in rank order, at rank `dst` alone (None elsewhere): for what one rank writes.
+    On the CPU group (with NCCL the default group would stage each object on a GPU). Collective."""
+    if not is_distributed():
+        return [obj]
+    out: list[Any] | None = [None] * tdist.get_world_size() if tdist.get_rank() == dst else None
+    group = cpu_group()
+    tdist.gather_object(obj, out, dst=dst if group is None else tdist.get_global_rank(group, dst), group=group)
+    return out
+
+
 T = TypeVar("T")
 
 

@@ -127,11 +127,16 @@ class TrainState:
         if self.callbacks:
             self.callbacks.load_state_dict(payload.get("callbacks"))
         if self.strategy is not None:
-            # Per-rank state means something on the same ranks only; on another world size the strategy
-            # gets None and re-derives its state, or refuses the resume by name.
+            # Per-rank state means something on the same ranks only: on another world size the strategy
+            # gets None (it re-derives its state, or refuses the resume by name); {} when the checkpoint
+            # holds none (an older checkpoint, or a strategy that keeps none).
             states = payload.get("strategy") or []
-            same = payload["world_size"] == world_size and len(states) == world_size
-            self.strategy.load_state_dict(states[rank] if same else None)
+            if not any(states):
+                self.strategy.load_state_dict({})
+            elif payload["world_size"] == world_size and len(states) == world_size:
+                self.strategy.load_state_dict(states[rank])
+            else:
+                self.strategy.load_state_dict(None)
         # The saved sums already cover every rank: give them to one rank, zeros to the rest.
         totals = payload["epoch_totals"]
         self.meter.load(totals if is_main else torch.zeros_like(totals))

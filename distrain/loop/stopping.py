@@ -33,6 +33,9 @@ class StopReason(str):
         reason.kind = kind
         return reason
 
+    def __reduce__(self) -> tuple:  # pickle, copy and deepcopy (FitResult.stopped holds one)
+        return (StopReason, (self.kind, str(self)))
+
     @staticmethod
     def of_state(message: str | None, kind: str | None) -> StopReason | None:
         """From a checkpoint's stopper state (a checkpoint from before the kind was saved: by its words)."""

@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
+import torch
+
 from distrain.atomic import atomic_write_bytes
 from distrain.callbacks.base import Run, build_callbacks
 from distrain.checkpoint.ownership import own_run_dir
@@ -37,6 +39,7 @@ from distrain.checkpoint.saver import Saver
 from distrain.config.parse import dump_config
 from distrain.config.schema import Config, default_run_dir
 from distrain.data import build_train_batches
+from distrain.data.structures import tree_map
 from distrain.errors import ConfigError, LostPeer
 from distrain.launch import dist
 from distrain.launch.dist import DistContext
@@ -218,42 +221,51 @@ class Trainer:
         )
         # 2. The model and optimizer the step trains (wrapped or not: the strategy's call).
         self.train_model, self.train_optimizer = strategy.prepare(parts.model, optimizer)
-        # 3. The checkpoint loaded into those objects (in place), then the config written (only now: a
-        # resume refused for a changed config leaves the run's config.yaml as it was).
-        self.resume()
-        write_config(cfg, ctx, self.run_dir, self.definition)
-        # 4. What trains and reports from where the run stands.
-        start = self.state.progress.global_step
-        self.guard = NonFiniteGuard(
-            cfg.trainer.on_nonfinite,
-            parts.model,
-            ctx.device,
-            start_step=start,
-            steps_per_epoch=steps_per_epoch,
-            scaler=strategy.scaler,
-            last_good=self._newest_good,
-        )
-        self.reporter = Reporter(
-            cfg,
-            ctx,
-            self.run_dir,
-            parts.model,
-            start_step=start,
-            total_steps=min(steps_per_epoch * cfg.trainer.epochs, cfg.trainer.max_steps or 1 << 62),
-            directions=parts.metric_objects,
-        )
-        self.reporter.drop_from_epoch(self.state.progress.epoch)
-        self.step_fn = self._build_step(optimizer)
-        self.run = Run(
-            parts.model,
-            optimizer,
-            ctx.rank,
-            ctx.world_size,
-            self.run_dir,
-            reporter=self.reporter,
-            evaluator=functools.partial(evaluate_splits, parts, ctx, strategy),
-        )
-        log_parts(parts, ctx, steps_per_epoch, strategy.engine, __version__, cfg.strategy)
+        try:
+            # 3. The checkpoint loaded into those objects (in place), then the config written (only now: a
+            # resume refused for a changed config leaves the run's config.yaml as it was).
+            self.resume()
+            write_config(cfg, ctx, self.run_dir, self.definition)
+            # 4. What trains and reports from where the run stands.
+            start = self.state.progress.global_step
+            self.guard = NonFiniteGuard(
+                cfg.trainer.on_nonfinite,
+                parts.model,
+                ctx.device,
+                start_step=start,
+                steps_per_epoch=steps_per_epoch,
+                scaler=strategy.scaler,
+                last_good=self._newest_good,
+            )
+            self.reporter = Reporter(
+                cfg,
+                ctx,
+                self.run_dir,
+                parts.model,
+                start_step=start,
+                total_steps=min(steps_per_epoch * cfg.trainer.epochs, cfg.trainer.max_steps or 1 << 62),
+                directions=parts.metric_objects,
+            )
+            self.reporter.drop_from_epoch(self.state.progress.epoch)
+            self.step_fn = self._build_step(optimizer)
+            self.run = Run(
+                parts.model,
+                optimizer,
+                ctx.rank,
+                ctx.world_size,
+                self.run_dir,
+                reporter=self.reporter,
+                evaluator=functools.partial(evaluate_splits, parts, ctx, strategy),
+            )
+            log_parts(parts, ctx, steps_per_epoch, strategy.engine, __version__, cfg.strategy)
+        except BaseException:
+            # A refused resume (or any failure from here on): nothing of this run may hold the wrapper or
+            # the writer's group when the process group is destroyed (this object lives on in the traceback).
+            self.train_model = self.train_optimizer = None
+            self.saver.close(agree=False)
+            if getattr(self, "reporter", None) is not None:
+                self.reporter.close(plots=False)
+            raise
 
     def _build_step(self, optimizer: Any) -> TrainStep:
         """Several models: the user's step steps them itself. One model: the strategy's gradient path."""
@@ -343,7 +355,7 @@ class Trainer:
         self.batches.set_epoch(epoch)
         p = self.state.progress
         self.batches.set_start_step(p.step_in_epoch)
-        self.reporter.start_epoch(self.state.meter, p.global_step)
+        self.reporter.start_epoch(self.state.meter, p.global_step, self.strategy.comm_figures())
         self.callback("on_epoch_start")
         if p.step_in_epoch == 0 or self.state.epoch_lrs is None:
             self.state.epoch_lrs = self.learning_rates()
@@ -456,7 +468,9 @@ class Trainer:
             self.train_sums(),
             weights=whole,
             definition=self.definition.values,
-            strategy_states=dist.all_gather_object(self.strategy.state_dict()),  # per rank
+            # Each rank's own strategy state, to rank 0 (who writes the payload), on the CPU: a GPU tensor
+            # sent as an object would be unpickled onto its own device on the receiving rank.
+            strategy_states=dist.gather_object(tree_map(_on_cpu, self.strategy.state_dict())),
         )
         live = (self.state.model, self.state.optimizer)
         path = self.saver.save(payload, None if whole else live, live)
@@ -477,7 +491,7 @@ class Trainer:
     def result(self, splits: dict[str, EpochMetrics], trained: bool) -> FitResult:
         p = self.state.progress
         if not splits:  # resumed a run that had already finished or stopped: report where it ended
-            splits = evaluate_splits(self.parts, self.ctx)
+            splits = evaluate_splits(self.parts, self.ctx, self.strategy)  # fsdp: padded, as every evaluation
             figures = ", ".join(
                 f"{name.replace('_', ' ', 1)} {value:.4g}" for name, value in scalar_figures(splits).items()
             )
@@ -502,6 +516,10 @@ class Trainer:
         from distrain.checkpoint.store import find_resumable
 
         return str(find_resumable(self.run_dir)) if self.ctx.is_main else None
+
+
+def _on_cpu(value: Any) -> Any:
+    return value.detach().cpu() if isinstance(value, torch.Tensor) else value
 
 
 def write_config(cfg: Config, ctx: DistContext, run_dir: Path, definition: RunDefinition | None = None) -> None:

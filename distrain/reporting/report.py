@@ -112,9 +112,11 @@ class Reporter:
         for logger in self.loggers:
             logger.log_scalars(step, values)
 
-    def start_epoch(self, meter: Meter, global_step: int) -> None:
+    def start_epoch(self, meter: Meter, global_step: int, comm: dict[str, float] | None = None) -> None:
+        """A new window at the epoch's start (`comm`: the strategy's exchange figures now, its baseline)."""
         self.window_start = meter.totals().clone()
         self.window_time, self.window_step = time.perf_counter(), global_step
+        self.comm_start = dict(comm or {})
 
     def wants_step(self, global_step: int) -> bool:
         """Whether `after_step` has work after this step: a log step, or arming the gradient-norm hooks

@@ -19,10 +19,26 @@ after the backward's compute ends (the part of the exchange that backward does n
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
 import torch
+
+log = logging.getLogger("distrain")
+# PowerSGDState's slots: what it accumulates while training (in every checkpoint), and its settings (the
+# config's ddp.powersgd_*: this run's, never a checkpoint's).
+_RUNNING = (
+    "iter",
+    "error_dict",
+    "p_memory_dict",
+    "q_memory_dict",
+    "rng",
+    "total_numel_before_compression",
+    "total_numel_after_compression",
+    "next_stats_report",
+)
+_SETTINGS = ("matrix_approximation_rank", "start_powerSGD_iter", "use_error_feedback", "warm_start")
 
 
 class CommMeter:
@@ -114,10 +130,14 @@ class CommHook:
         nothing for the stateless hooks. Plain tensors and numbers: a checkpoint loads without pickle."""
         if self.name != "powersgd":
             return {}
-        state = {slot: getattr(self.state, slot) for slot in self.state.__slots__ if slot != "process_group"}
+        state = {slot: getattr(self.state, slot) for slot in _RUNNING}
         name, keys, pos, has_gauss, cached = state.pop("rng").get_state()
         state["rng"] = [name, torch.from_numpy(keys.astype("int64")), int(pos), int(has_gauss), float(cached)]
-        return {"powersgd": state, "layouts": {i: list(layout) for i, layout in self.layouts.items()}}
+        return {
+            "powersgd": state,
+            "settings": {slot: getattr(self.state, slot) for slot in _SETTINGS},
+            "layouts": {i: list(layout) for i, layout in self.layouts.items()},
+        }
 
     def load_state_dict(self, saved: dict[str, Any] | None) -> bool:
         """Continue from a checkpoint's state; False when it holds none to continue from."""
@@ -128,9 +148,21 @@ class CommHook:
         state = dict(saved["powersgd"])
         self.layouts = {int(i): tuple(layout) for i, layout in saved.get("layouts", {}).items()}
         name, keys, pos, has_gauss, cached = state.pop("rng")
-        self.state.rng.set_state((name, keys.numpy().astype("uint32"), pos, has_gauss, cached))
+        self.state.rng.set_state((name, keys.cpu().numpy().astype("uint32"), pos, has_gauss, cached))
         for slot, value in state.items():  # in place: the registered hook holds this object
-            setattr(self.state, slot, value)
+            if slot in _RUNNING:
+                setattr(self.state, slot, value)
+        settings = {slot: getattr(self.state, slot) for slot in _SETTINGS}
+        if saved.get("settings", settings) != settings:
+            # The settings are this run's (ddp.powersgd_*); factors of another rank do not fit: they start
+            # afresh (warm start from random), the error feedback goes on.
+            self.state.p_memory_dict, self.state.q_memory_dict = {}, {}
+            log.warning(
+                "ddp.powersgd_* changed since the checkpoint (%s -> %s): PowerSGD's factors start afresh, "
+                "its error feedback goes on",
+                saved["settings"],
+                settings,
+            )
         return True
 
 

@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from distrain.data.structures import split
+from distrain.errors import ConfigError
 from distrain.launch.dist import DistContext
 from distrain.strategies.base import Gradients, ModelSet
 from distrain.strategies.comm import CommHook, CommMeter, build_comm_hook
@@ -47,7 +49,7 @@ class DDPStrategy(NativeStrategy):
 
     def __init__(self, cfg: Any, ctx: DistContext):
         super().__init__(cfg, ctx)
-        self.ddp_cfg, self.compile = cfg.ddp, cfg.trainer.compile
+        self.ddp_cfg = cfg.ddp
         self._wrapped: Any = None
         self.comm = CommMeter()
         self.hook: CommHook | None = None  # ddp.comm_hook, registered on the DDP wrapper
@@ -59,6 +61,12 @@ class DDPStrategy(NativeStrategy):
 
     def prepare(self, model: nn.Module, optimizer: Any) -> tuple[nn.Module, Any]:
         if isinstance(model, ModelSet):  # several models: each its own DDP, called by name by the user's step
+            if self.ddp_cfg.comm_hook != "none":
+                raise ConfigError(
+                    "ddp.comm_hook",
+                    "is not applied to several models (their step does backward itself)",
+                    "set ddp.comm_hook=none",
+                )
             self._wrapped = nn.ModuleDict({name: wrap_model(m, self.ctx, self.ddp_cfg) for name, m in model.items()})
             return self._wrapped, optimizer
         self._wrapped = wrap_model(model, self.ctx, self.ddp_cfg)
@@ -70,10 +78,9 @@ class DDPStrategy(NativeStrategy):
                 self._gradient_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
         elif self.ddp_cfg.comm_hook != "none":
             log.info("ddp.comm_hook=%s: one process has no all-reduce to compress", self.ddp_cfg.comm_hook)
-        if self.compile:
-            # Compile the DDP wrapper, not the inner module: torch then splits the graph at DDP's buckets
-            # so that gradient all-reduces still overlap the backward pass.
-            self._wrapped = torch.compile(self._wrapped)
+        # Compile the DDP wrapper, not the inner module: torch then splits the graph at DDP's buckets so
+        # that gradient all-reduces still overlap the backward pass.
+        self._wrapped = self._compiled(self._wrapped)
         return self._wrapped, optimizer
 
     def _sync(self, model: nn.Module, is_last: bool) -> ContextManager:
@@ -92,10 +99,16 @@ class DDPStrategy(NativeStrategy):
         with the matrices elsewhere than the uninterrupted run does. So each process first runs one
         discarded backward (eval mode: no dropout draw, no BatchNorm update; DDP's own all-reduce), which
         settles the layout, and registers the hook after it: every real step then has the same layout."""
+        inputs, targets = batch.inputs, batch.targets
+        if self.micro_batches > 1:  # no more memory than a step's micro-batch
+            inputs, targets = split(inputs, self.micro_batches)[0], split(targets, self.micro_batches)[0]
         was_training = model.training
         model.eval()
-        loss, _ = objective.forward_loss(model, batch.inputs, batch.targets, self.ctx.world_size, batch.global_size)
-        loss.backward()
+        devices = [self.ctx.device.index or 0] if self.ctx.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):  # a forward that draws (a VAE's noise) leaves no trace
+            with self.precision.autocast():
+                loss, _ = objective.forward_loss(model, inputs, targets, self.ctx.world_size, batch.global_size)
+            loss.backward()
         model.train(was_training)
         for p in model.parameters():
             p.grad = None
@@ -115,7 +128,9 @@ class DDPStrategy(NativeStrategy):
         return grads
 
     def comm_figures(self) -> dict[str, float]:
-        return self.comm.figures() if self._wrapped is not None else {}
+        # One process exchanges nothing; several models' own DDPs are not measured.
+        single = self._wrapped is not None and self.ctx.world_size > 1 and not isinstance(self._wrapped, nn.ModuleDict)
+        return self.comm.figures() if single else {}
 
     def state_dict(self) -> dict[str, Any]:
         return self.hook.state_dict() if self.hook is not None else {}

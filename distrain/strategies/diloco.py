@@ -19,8 +19,9 @@ What a replica computes between syncs is its own: its gradient is its share's me
 batch's), the loss of each step is its own, and its weights differ from the others' until the next sync.
 Every checkpoint keeps, per rank, the replica's weights and inner optimizer state, the anchor and the
 outer optimizer's momentum, so a kill at any step resumes bitwise on the same number of processes; a
-checkpoint taken mid-round cannot be resumed on another number (refused by name). Each sample is still
-read once per epoch: the data order is the run's, as with ddp.
+checkpoint cannot be resumed on another number (refused by name: checkpoint.load=weights starts a new
+run from its weights); a checkpoint of another strategy starts a new round from its weights. Each sample
+is still read once per epoch: the data order is the run's, as with ddp.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ class DiLoCoStrategy(NativeStrategy):
         for tensor in [*model.parameters(), *model.buffers()]:
             dist.broadcast_tensor(tensor.data)
         self.model, self.optimizer = model, optimizer
-        return model, optimizer
+        return self._compiled(model), optimizer
 
     def _params(self) -> list[nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
@@ -174,16 +175,16 @@ class DiLoCoStrategy(NativeStrategy):
         }
 
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
-        if state == {}:  # written by another strategy (ddp, exact): its weights are every rank's, a new round
+        if state == {}:  # no per-rank state saved (another strategy's checkpoint): its weights, a new round
             return
         if state is None:
-            # Another world size (or no state): the checkpoint's weights are rank 0's replica. At a sync
-            # they are every replica's and the run can go on; mid-round the others' progress is not there.
+            # Another world size: the checkpoint holds a replica (and inner optimizer state) per process
+            # that wrote it, which does not map onto this number of processes.
             raise ConfigError(
                 "strategy",
-                "is 'diloco', whose replicas train apart between syncs: this checkpoint holds each process's "
-                "replica for the number of processes that wrote it",
-                "resume on that number of processes (a new run from its weights: checkpoint.load=weights)",
+                "is 'diloco', whose checkpoints hold one replica per process: this one was written by another "
+                "number of processes",
+                "resume on that number of processes (or start a new run from its weights: checkpoint.load=weights)",
             )
         self.model.load_state_dict(state["replica"])
         self.optimizer.load_state_dict(state["inner"])

@@ -211,6 +211,7 @@ class ExactStrategy(NativeStrategy):
     def __init__(self, cfg: Any, ctx: DistContext, lanes: int | None = None):
         super().__init__(cfg, ctx)  # fp16 is refused in exact mode (options.py): no loss scale to agree on
         self.seed = cfg.seed
+        self.key = "strategy" if cfg.strategy == "exact" else "trainer.exact"  # as the config spelt it
         chunks = count_chunks(cfg.data.global_batch_size, cfg.trainer.exact_chunk, ctx.world_size, lanes)
         self.chunking = ExactChunks(chunks, ctx.rank, ctx.world_size)
         self.reduce: ExactSum | None = None
@@ -220,11 +221,11 @@ class ExactStrategy(NativeStrategy):
         torch.set_num_threads(cfg.trainer.exact_threads)
 
     def setup(self, model: nn.Module) -> nn.Module:
-        refuse_several(model, "trainer.exact", "true")
+        refuse_several(model, self.key, "exact" if self.key == "strategy" else "true")
         layers = running_statistics(model)
         if layers:
             raise ConfigError(
-                "trainer.exact",
+                self.key,
                 f"cannot make running statistics exact: {', '.join(layers)} would update them from each "
                 "rank's chunks only",
                 "use a normalisation without running statistics (GroupNorm, LayerNorm, "
@@ -238,7 +239,7 @@ class ExactStrategy(NativeStrategy):
         for tensor in [*model.parameters(), *model.buffers()]:
             dist.broadcast_tensor(tensor.data)
         self.reduce = ExactSum([p for p in model.parameters() if p.requires_grad], self.chunking.chunks)
-        return model, optimizer
+        return self._compiled(model), optimizer
 
     def gradients(self, model: nn.Module, batch: Any, objective: Any, global_step: int) -> Gradients:
         """Each of this rank's chunks alone: its generators seeded from (seed, step, chunk), its loss the

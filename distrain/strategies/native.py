@@ -87,9 +87,13 @@ class NativeStrategy(StrategyDefaults):
     engine = "native"
 
     def __init__(self, cfg: Any, ctx: DistContext):
-        self.ctx, self.micro_batches = ctx, cfg.trainer.accumulate_steps
+        self.ctx, self.micro_batches, self.compile = ctx, cfg.trainer.accumulate_steps, cfg.trainer.compile
         self.precision = build_precision(cfg.trainer.precision, ctx.device)
         self.scaler = self.precision.scaler
+
+    def _compiled(self, model: nn.Module) -> nn.Module:
+        """trainer.compile: the module the step calls, compiled (the first steps pay the compilation)."""
+        return torch.compile(model) if self.compile else model
 
     def gradients(self, model: nn.Module, batch: Any, objective: Any, global_step: int) -> Gradients:
         return micro_batch_gradients(

@@ -37,7 +37,13 @@ class DDPConfig:
     def __post_init__(self) -> None:
         check(self.bucket_cap_mb > 0, "ddp.bucket_cap_mb", f"must be > 0, got {self.bucket_cap_mb}")
         check(self.powersgd_rank > 0, "ddp.powersgd_rank", f"must be > 0, got {self.powersgd_rank}")
-        check(self.powersgd_start_step >= 1, "ddp.powersgd_start_step", f"must be >= 1, got {self.powersgd_start_step}")
+        stateful = self.powersgd_error_feedback or self.powersgd_warm_start
+        check(
+            self.powersgd_start_step >= (2 if stateful else 1),
+            "ddp.powersgd_start_step",
+            f"must be >= {2 if stateful else 1}, got {self.powersgd_start_step} (PowerSGD's error feedback and warm "
+            "start need one plain all-reduce first: DDP lays its buckets out after the first step)",
+        )
 
 
 @dataclass(kw_only=True)
@@ -187,8 +193,12 @@ def _check_exact(cfg: Any) -> None:
     check(
         cfg.strategy in ("ddp", "exact"),
         "trainer.exact",
-        "is not available with strategy=fsdp yet (its reduce-scatter sums in float, in an order that "
-        "depends on the world size)",
+        f"is not available with strategy={cfg.strategy}"
+        + (
+            " yet (its reduce-scatter sums in float, in an order that depends on the world size)"
+            if cfg.strategy == "fsdp"
+            else " (its replicas train apart: exact mode is one exact sum every step)"
+        ),
         f"use strategy=ddp, or {way_out}",
     )
     check(
