@@ -29,8 +29,8 @@ from torch import nn
 from distrain.checkpoint.options import CheckpointConfig
 from distrain.errors import ConfigError
 from distrain.launch.dist import DistContext
-from distrain.strategies.base import Gradients, StrategyDefaults, refuse_several
-from distrain.strategies.native import micro_batch_gradients
+from distrain.strategies.base import refuse_several
+from distrain.strategies.native import MicroBatched
 from distrain.strategies.precision import NO_CONTEXT, check_precision
 
 log = logging.getLogger("distrain")
@@ -68,7 +68,7 @@ def check_plugin(distributed_type: str, cfg: CheckpointConfig) -> None:
         )
 
 
-class AccelerateStrategy(StrategyDefaults):
+class AccelerateStrategy(MicroBatched):
     engine = "accelerate"
     checkpoint_format = "whole"  # DDP only: every rank holds the whole state (sharded plugins: check_plugin)
 
@@ -112,7 +112,8 @@ class AccelerateStrategy(StrategyDefaults):
                 "--num_processes N` (`--cpu` alone starts one process)",
             )
         check_plugin(acc.distributed_type.value, cfg.checkpoint)
-        self.accumulate_steps = cfg.trainer.accumulate_steps
+        self.accumulate_steps = self.micro_batches = cfg.trainer.accumulate_steps
+        self.world_size = acc.num_processes
         self.scaler = acc.scaler
         log.info(
             "engine accelerate: %s, mixed precision %s, device %s",
@@ -127,18 +128,6 @@ class AccelerateStrategy(StrategyDefaults):
 
     def prepare(self, model: nn.Module, optimizer: Any) -> tuple[nn.Module, Any]:
         return self.accelerator.prepare(model, optimizer)
-
-    def gradients(self, model: nn.Module, batch: Any, objective: Any, global_step: int) -> Gradients:
-        return micro_batch_gradients(
-            model,
-            batch,
-            objective,
-            world_size=self.accelerator.num_processes,
-            micro_batches=self.accumulate_steps,
-            sync=self._sync,
-            autocast=self._autocast,
-            backward=self._backward,
-        )
 
     def _sync(self, model: nn.Module, is_last: bool) -> ContextManager:
         # Accelerate counts micro-batches itself and syncs every gradient_accumulation_steps-th one; the

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, ContextManager
+from typing import Any
 
 import torch
 from torch import nn
@@ -39,7 +39,6 @@ from distrain.launch.dist import DistContext
 from distrain.strategies.base import Gradients, refuse_several
 from distrain.strategies.comm import CommMeter
 from distrain.strategies.native import NativeStrategy
-from distrain.strategies.precision import NO_CONTEXT
 
 log = logging.getLogger("distrain")
 
@@ -93,9 +92,6 @@ class DiLoCoStrategy(NativeStrategy):
     def gradients(self, model: nn.Module, batch: Any, objective: Any, global_step: int) -> Gradients:
         self._anchor_here()  # the weights every replica starts from (a checkpoint's, when one was loaded)
         return super().gradients(model, batch, objective, global_step)
-
-    def _sync(self, model: nn.Module, is_last: bool) -> ContextManager:
-        return NO_CONTEXT  # each replica's gradients stay its own
 
     def after_step(self, model: nn.Module, global_step: int) -> None:
         self.local_steps += 1

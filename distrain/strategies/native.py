@@ -80,7 +80,30 @@ def native_step(optimizer: Any, model: nn.Module, clip: Any, scaler: Any) -> Non
         optimizer.step()
 
 
-class NativeStrategy(StrategyDefaults):
+class MicroBatched(StrategyDefaults):
+    """`gradients` as micro_batch_gradients, from what a subclass sets: `world_size`, `micro_batches`,
+    `_sync` (the context of a micro-batch's backward), `_autocast` and `_backward`."""
+
+    world_size: int
+    micro_batches: int
+
+    def gradients(self, model: nn.Module, batch: Any, objective: Any, global_step: int) -> Gradients:
+        return micro_batch_gradients(
+            model,
+            batch,
+            objective,
+            world_size=self.world_size,
+            micro_batches=self.micro_batches,
+            sync=self._sync,
+            autocast=self._autocast,
+            backward=self._backward,
+        )
+
+    def _sync(self, model: nn.Module, is_last: bool) -> ContextManager:
+        return NO_CONTEXT
+
+
+class NativeStrategy(MicroBatched):
     """torch's own step: micro-batches under torch.autocast, backward (fp16: through the GradScaler),
     then native_step. Subclasses say how a micro-batch's backward syncs (`_sync`), or replace `gradients`."""
 
@@ -88,27 +111,14 @@ class NativeStrategy(StrategyDefaults):
 
     def __init__(self, cfg: Any, ctx: DistContext):
         self.ctx, self.micro_batches, self.compile = ctx, cfg.trainer.accumulate_steps, cfg.trainer.compile
+        self.world_size = ctx.world_size
         self.precision = build_precision(cfg.trainer.precision, ctx.device)
         self.scaler = self.precision.scaler
+        self._autocast = self.precision.autocast
 
     def _compiled(self, model: nn.Module) -> nn.Module:
         """trainer.compile: the module the step calls, compiled (the first steps pay the compilation)."""
         return torch.compile(model) if self.compile else model
-
-    def gradients(self, model: nn.Module, batch: Any, objective: Any, global_step: int) -> Gradients:
-        return micro_batch_gradients(
-            model,
-            batch,
-            objective,
-            world_size=self.ctx.world_size,
-            micro_batches=self.micro_batches,
-            sync=self._sync,
-            autocast=self.precision.autocast,
-            backward=self._backward,
-        )
-
-    def _sync(self, model: nn.Module, is_last: bool) -> ContextManager:
-        return NO_CONTEXT
 
     def _backward(self, loss: torch.Tensor) -> None:
         (loss if self.scaler is None else self.scaler.scale(loss)).backward()
