@@ -61,14 +61,22 @@ class TrainState:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     stopper: Stopper
     meter: Meter  # this rank's running [loss sum, hits, samples] of the epoch in progress
-    scaler: Any = None  # the engine's gradient scaler when training in fp16
-    engine: str = "native"  # recorded in checkpoints; either engine loads the other's (same state dicts)
-    strategy: Any = None  # the Strategy: its own state (per rank), and whether it loads into shards
+    strategy: Any = None  # the Strategy: its own state (per rank), its scaler, whether it loads into shards
     progress: Progress = field(default_factory=Progress)
     unstepped_schedule: bool = False  # the constant built-in schedule: never stepped in the loop
     # Each group's lr at the start of the epoch in progress (its record's `lr`, also after a mid-epoch resume).
     epoch_lrs: list[float] | None = None
     callbacks: Any = None  # the run's Callbacks: those with state_dict are checkpointed
+
+    @property
+    def scaler(self) -> Any:
+        """The strategy's gradient scaler when training in fp16, else None."""
+        return getattr(self.strategy, "scaler", None)
+
+    @property
+    def engine(self) -> str:
+        """Recorded in checkpoints; either engine loads the other's (the same state dicts)."""
+        return getattr(self.strategy, "engine", "native")
 
     def to_payload(
         self,

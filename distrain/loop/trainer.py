@@ -202,8 +202,6 @@ class Trainer:
             self.schedule.scheduler,
             Stopper(cfg.stop, bool(stop_upwards)),
             meter,
-            scaler=strategy.scaler,
-            engine=strategy.engine,
             strategy=strategy,
             unstepped_schedule=not self.schedule.stepped,
             callbacks=callbacks,
