@@ -54,6 +54,40 @@ def test_powersgd_state_goes_through_a_checkpoint_as_plain_tensors_and_comes_bac
     assert build_comm_hook(load_config(XOR, ["ddp.comm_hook=fp16"]).ddp, CommMeter()).state_dict() == {}
 
 
+class FakeBucket:
+    """What CommHook._follow_layout reads of DDP's GradBucket: its index and its parameters, in order."""
+
+    def __init__(self, params):
+        self.params = params
+
+    def index(self):
+        return 0
+
+    def parameters(self):
+        return self.params
+
+
+def test_powersgd_state_follows_its_parameters_when_a_bucket_is_laid_out_anew():
+    # Two matrices PowerSGD compresses at rank 1 (8x8: P 8 + Q 8 numbers; 8x16: P 8 + Q 16) and a bias it
+    # does not: the error feedback is per element of the bucket, P and Q per compressed matrix.
+    hook = build_comm_hook(load_config(XOR, ["ddp.comm_hook=powersgd"]).ddp, CommMeter())
+    square, wide, bias = torch.zeros(8, 8), torch.zeros(8, 16), torch.zeros(3)
+    hook.param_index = {id(square): 0, id(wide): 1, id(bias): 2}
+    error = [torch.arange(64.0), 100 + torch.arange(128.0), 300 + torch.arange(3.0)]
+    p, q = [torch.arange(8.0), 10 + torch.arange(8.0)], [20 + torch.arange(8.0), 30 + torch.arange(16.0)]
+    state = hook.state
+    state.error_dict = {0: torch.cat(error)}  # written in the layout (0, 1, 2)
+    state.p_memory_dict, state.q_memory_dict = {0: torch.cat(p)}, {0: torch.cat(q)}
+    hook.layouts = {0: (0, 1, 2)}
+    hook._follow_layout(FakeBucket([bias, wide, square]))  # DDP's new order
+    assert hook.layouts[0] == (2, 1, 0)
+    assert torch.equal(state.error_dict[0], torch.cat([error[2], error[1], error[0]]))
+    assert torch.equal(state.p_memory_dict[0], torch.cat([p[1], p[0]]))  # grouped by shape, in bucket order
+    assert torch.equal(state.q_memory_dict[0], torch.cat([q[1], q[0]]))
+    hook._follow_layout(FakeBucket([bias, wide, square]))  # the same order again: left as it is
+    assert torch.equal(state.error_dict[0], torch.cat([error[2], error[1], error[0]]))
+
+
 def _diloco(*overrides: str) -> tuple[DiLoCoStrategy, nn.Module, torch.optim.Optimizer]:
     cfg = load_config(XOR, ["strategy=diloco", *overrides])
     strategy = DiLoCoStrategy(cfg, ONE)
