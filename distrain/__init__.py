@@ -35,6 +35,7 @@ __all__ = [
     "is_main_process",
     "load_config",
     "predict",
+    "probing",
     "register",
     "run_main",
 ]
@@ -73,6 +74,10 @@ def __getattr__(name: str):
         from distrain.callbacks import base
 
         return getattr(base, name)
+    if name == "probing":
+        from distrain.loop.user_step import probing
+
+        return probing
     if name == "Config":
         from distrain.config.schema import Config
 

@@ -52,9 +52,27 @@ def test_epochs_shuffle_differently_and_resume_skips_steps():
     assert list(s.rank_batches()) == e0[4:]
 
 
-def test_global_batch_must_divide():
-    with pytest.raises(ValueError):
-        GlobalBatchSampler(data(10), num_replicas=3, rank=0, global_batch_size=8)
+def test_a_global_batch_the_world_does_not_divide_is_dealt_whole():
+    """97 samples in one global batch of 97 on 2 and 3 ranks: every sample once per epoch, the first ranks
+    one more, and rank_epoch (the tensor path) agrees with rank_batches (the DataLoader path)."""
+    for world in (2, 3):
+        seen = []
+        for rank in range(world):
+            s = GlobalBatchSampler(data(97 * 3), num_replicas=world, rank=rank, global_batch_size=97, seed=1)
+            s.set_epoch(0)
+            batches = list(s.rank_batches())
+            steps, index, sizes = s.rank_epoch()
+            assert index.tolist() == [i for _, b in batches for i in b] and sizes == [len(b) for _, b in batches]
+            assert sizes == [len(range(rank, 97, world))] * 3
+            seen += index.tolist()
+        assert sorted(seen) == list(range(97 * 3))
+
+
+def test_eval_streams_give_each_rank_the_same_positions_of_every_batch():
+    ranges = {rank: eval_batch_ranges(10, 4, rank, 2, streams=True) for rank in range(2)}
+    assert ranges[0] == [(0, slice(0, 4, 2)), (1, slice(4, 8, 2)), (2, slice(8, 10, 2))]
+    assert ranges[1] == [(0, slice(1, 4, 2)), (1, slice(5, 8, 2)), (2, slice(9, 10, 2))]
+    assert eval_batch_ranges(5, 4, 2, 3, streams=True) == [(0, slice(2, 4, 3))]  # batch 1 has no third position
 
 
 @pytest.mark.parametrize("n,bs,world", [(501, 64, 2), (501, 64, 3), (7, 64, 4), (1000, 10, 7)])
@@ -62,7 +80,7 @@ def test_eval_ranges_cover_each_sample_once_in_fixed_batches(n, bs, world):
     ranges = [r for rank in range(world) for r in eval_batch_ranges(n, bs, rank, world)]
     assert [r[0] for r in ranges] == list(range(len(ranges)))
     assert ranges == eval_batch_ranges(n, bs, 0, 1)  # the same batches as one process
-    assert sum(end - start for _, start, end in ranges) == n
+    assert sum(part.stop - part.start for _, part in ranges) == n
 
 
 @pytest.mark.parametrize(

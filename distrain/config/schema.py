@@ -45,7 +45,9 @@ def default_run_dir(program: str) -> str:
 @dataclass(kw_only=True)
 class DataConfig:
     global_batch_size: int
-    """Samples per optimizer step summed over all ranks; each rank gets global_batch_size / world_size."""
+    """Samples per optimizer step summed over all ranks; each rank gets global_batch_size / world_size
+    (when the world size does not divide it, the first ranks take one sample more: the loss is still the
+    global batch's mean)."""
     name: str | None = None
     """The data set: a built-in name (xor, mnist, ...: see the docs, Built-in components) or an import path
     module:attribute of a function returning (train, test) or (train, val, test); null when distrain.fit is
@@ -62,6 +64,11 @@ class DataConfig:
     the other keys are passed to the model as keyword arguments."""
     shuffle: bool = True
     """Shuffle the training set every epoch (from seed + epoch, identically on every rank)."""
+    streams: bool = False
+    """Samples are positions of parallel streams carried from batch to batch (a recurrent model trained
+    with truncated backpropagation through time): sample i is position i % B of batch i // B, and each
+    rank takes the same positions (rank::world_size) of every batch, in training and in evaluation, so
+    its part of batch b+1 continues its part of batch b. Needs data.shuffle: false and a map-style set."""
     loader: Literal["auto", "tensor", "dataloader"] = "auto"
     """auto: index whole in-memory tensors when the set allows it, else a DataLoader; or force one."""
     num_workers: int = 0
@@ -100,6 +107,12 @@ class DataConfig:
         )
         check(self.lanes is None or self.lanes > 0, "data.lanes", f"must be > 0, got {self.lanes}")
         check(self.shuffle_window >= 0, "data.shuffle_window", f"must be >= 0, got {self.shuffle_window}")
+        check(
+            not (self.streams and self.shuffle),
+            "data.streams",
+            "needs data.shuffle: false (shuffling would break each stream's order)",
+            "set data.shuffle=false",
+        )
         if self.name is not None:
             check_name("data", self.name, "data.name")
 
@@ -157,8 +170,9 @@ class CallbackConfig:
 
 @dataclass(kw_only=True)
 class OptimConfig:
-    lr: float
-    """Learning rate (the schedule's base)."""
+    lr: float | None = None
+    """Learning rate (the schedule's base). Required unless fit(optimizer=...) gives the optimizer (then
+    optim.lr, optim.name and optim.args are refused: the optimizer you pass holds its own)."""
     name: str = "sgd"
     """Optimizer: sgd, adam, adamw, rmsprop, adagrad (torch.optim's), any torch.optim class by import path
     (torch.optim:NAdam) or a user's optimizer class taking (params, lr=..., **args)."""
@@ -170,7 +184,7 @@ class OptimConfig:
     """Clip each gradient element to [-value, value] before each step (off when null)."""
 
     def __post_init__(self) -> None:
-        check(self.lr > 0, "optim.lr", f"must be > 0, got {self.lr}")
+        check(self.lr is None or self.lr > 0, "optim.lr", f"must be > 0, got {self.lr}")
         check_name("optim", self.name, "optim.name")
         for key in ("clip_grad_norm", "clip_grad_value"):
             value = getattr(self, key)

@@ -114,6 +114,7 @@ class BatchSetup:
     prepare_targets: PrepareTargets = _same
     channels_last: bool = False
     target_key: str | None = None
+    streams: bool = False  # data.streams: each rank evaluates the same positions of every batch
 
     def placed(self) -> dict[str, Any]:
         """The keyword arguments every source class takes alike."""
@@ -263,6 +264,7 @@ class EvalBatches:
         prepare_targets: PrepareTargets = _same,
         channels_last: bool = False,
         target_key: str | None = None,
+        streams: bool = False,
     ):
         self.channels_last = channels_last
         self.target_key = target_key
@@ -270,34 +272,35 @@ class EvalBatches:
         num_samples = len(dataset)  # type: ignore[arg-type]
         self.dataset = dataset
         self.num_batches = -(-num_samples // eval_batch_size)
-        # The most batches any rank owns (ranks own contiguous runs of floor(b*r/w)..floor(b*(r+1)/w)).
-        self.most_per_rank = -(-self.num_batches // world_size)
-        self.ranges = eval_batch_ranges(num_samples, eval_batch_size, rank, world_size)
+        # The most batches any rank owns (ranks own contiguous runs of floor(b*r/w)..floor(b*(r+1)/w);
+        # with streams, every rank a part of every batch).
+        self.most_per_rank = self.num_batches if streams else -(-self.num_batches // world_size)
+        self.ranges = eval_batch_ranges(num_samples, eval_batch_size, rank, world_size, streams)
         self.device = device
         self._transform = getattr(dataset, "batch_transform", None) if tensor_path else None
         if tensor_path:
             self._tensors = _on_device(dataset, device, prepare_targets)
         else:
             self._tensors = None
-            batch_sampler = [list(range(start, end)) for _, start, end in self.ranges]
+            batch_sampler = [list(range(part.start, part.stop, part.step or 1)) for _, part in self.ranges]
             self._loader = _loader(dataset, batch_sampler, device, options, seed, rank)
 
     def __iter__(self) -> Iterator[Batch]:
         if self._tensors is not None:
             inputs, targets = self._tensors
-            for index, start, end in self.ranges:
-                x = _inputs([_placed(t[start:end], self.device, self.channels_last) for t in inputs])
+            for index, part in self.ranges:
+                x = _inputs([_placed(t[part], self.device, self.channels_last) for t in inputs])
                 if self._transform is not None:
                     x = self._transform(x)
-                yield Batch(index, x, targets[start:end], end - start)
+                yield Batch(index, x, targets[part], len(targets[part]))
             return
-        for (index, start, end), batch in zip(self.ranges, self._loader):
+        for (index, part), batch in zip(self.ranges, self._loader):
             inputs, targets = split_sample(batch, self.target_key)
             yield Batch(
                 index,
                 _placed(inputs, self.device, self.channels_last),
                 self.prepare_targets(to_device(targets, self.device)),
-                end - start,
+                len(range(part.start, part.stop, part.step or 1)),
             )
 
     def filler_inputs(self) -> Any:
@@ -340,5 +343,6 @@ def build_eval_batches(dataset: Dataset, setup: BatchSetup, *, eval_batch_size: 
         setup.device,
         tensor_path=use_tensor_path(dataset, setup.loader),
         options=setup.options,
+        streams=setup.streams,
         **setup.placed(),
     )

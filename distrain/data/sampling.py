@@ -12,13 +12,17 @@ of processes:
   inside the epoch are the same on any number of ranks. That is what lets a run resume mid-epoch, on the
   same or on a different number of processes, at the next global batch.
 
-The last global batch may not split evenly over the ranks; the loss is therefore normalised by the
-*global* batch size (see distrain.loop.objective.Objective.step_loss), so the averaged DDP gradient is the
-gradient of the global mean.
+A global batch may not split evenly over the ranks (the last one, or every one when the world size does
+not divide data.global_batch_size: the first ranks then take one sample more); the loss is therefore
+normalised by the *global* batch size (see distrain.loop.objective.Objective.step_loss), so the averaged
+DDP gradient is the gradient of the global mean.
 
 Evaluation: `eval_batch_ranges` cuts the test set into fixed batches of eval_batch_size, the same on any
 number of ranks, and gives each rank a contiguous run of whole batches (detectron2's InferenceSampler
 idea, without padding). Every sample is evaluated exactly once and in the same batch as in one process.
+With data.streams (a recurrent model's streams, carried from batch to batch) each rank instead takes the
+same positions of every batch, rank::world_size, as in training without shuffling: rank r's part of
+batch b+1 continues its part of batch b.
 """
 
 from __future__ import annotations
@@ -44,8 +48,6 @@ class GlobalBatchSampler(DistributedSampler):
         seed: int = 0,
     ):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
-        if global_batch_size % num_replicas:
-            raise ValueError(f"global_batch_size {global_batch_size} is not divisible by {num_replicas} ranks")
         self.global_batch_size = global_batch_size
         self.dataset_size = len(dataset)  # type: ignore[arg-type]
         self.start_step = 0
@@ -91,9 +93,10 @@ class GlobalBatchSampler(DistributedSampler):
         size, world = self.global_batch_size, self.num_replicas
         full = self.dataset_size // size  # steps whose global batch is complete
         first = min(self.start_step, full)
-        # Full global batches as rows: this rank's share of each is every world-th column from `rank`.
+        # Full global batches as rows: this rank's share of each is every world-th column from `rank` (one
+        # sample more on the first size % world ranks when the world size does not divide the batch).
         shares = [order[first * size : full * size].view(-1, size)[:, self.rank :: world].reshape(-1)]
-        sizes = [size // world] * (full - first)
+        sizes = [len(range(self.rank, size, world))] * (full - first)
         if full < self.num_steps and self.start_step <= full:
             last = order[full * size :][self.rank :: world]
             shares.append(last)
@@ -109,9 +112,16 @@ class GlobalBatchSampler(DistributedSampler):
         return sum(len(indices) for _, indices in self.rank_batches())
 
 
-def eval_batch_ranges(num_samples: int, eval_batch_size: int, rank: int, world_size: int) -> list[tuple[int, int, int]]:
-    """(batch index, start, end) of the evaluation batches this rank owns: a contiguous run of whole batches."""
+def eval_batch_ranges(
+    num_samples: int, eval_batch_size: int, rank: int, world_size: int, streams: bool = False
+) -> list[tuple[int, slice]]:
+    """(batch index, the slice of the data set) of the evaluation batches this rank evaluates: a contiguous
+    run of whole batches; with `streams`, positions rank::world_size of every batch (empty parts left out)."""
     num_batches = math.ceil(num_samples / eval_batch_size)
+    bounds = [(b, b * eval_batch_size, min(num_samples, (b + 1) * eval_batch_size)) for b in range(num_batches)]
+    if streams:
+        parts = [(b, slice(start + rank, end, world_size)) for b, start, end in bounds]
+        return [(b, part) for b, part in parts if part.start < part.stop]
     first = rank * num_batches // world_size
     last = (rank + 1) * num_batches // world_size
-    return [(b, b * eval_batch_size, min(num_samples, (b + 1) * eval_batch_size)) for b in range(first, last)]
+    return [(b, slice(start, end)) for b, start, end in bounds[first:last]]

@@ -147,14 +147,16 @@ def hold_out(train: Dataset, fraction: float, seed: int) -> tuple[Dataset, Datas
 
 def probe_batch(dataset: Dataset, target_key: str | None, size: int = 2) -> tuple[Any, Any]:
     """(inputs, targets) of the first `size` samples, collated as a batch (for describe_data and the probe)."""
+    return split_sample(first_batch(dataset, size), target_key)
+
+
+def first_batch(dataset: Dataset, size: int = 2) -> Any:
+    """The first `size` samples collated as a batch, as the data set yields them ((x, y), a dict, ...)."""
     if isinstance(dataset, TensorDataset) and len(dataset.tensors) >= 2:
-        *inputs, targets = (t[:size] for t in dataset.tensors)
-        from distrain.data.structures import MultipleInputs
-
+        columns = [t[:size] for t in dataset.tensors]
         if hasattr(dataset, "batch_transform"):
-            inputs = [dataset.batch_transform(inputs[0])]
-
-        return (inputs[0] if len(inputs) == 1 else MultipleInputs(inputs)), targets
+            columns[0] = dataset.batch_transform(columns[0])
+        return columns
     try:
         if is_stream(dataset):  # read in order: its first samples (of its first shard)
             samples = first_samples(dataset, size)
@@ -165,7 +167,7 @@ def probe_batch(dataset: Dataset, target_key: str | None, size: int = 2) -> tupl
         raise UserError(f"cannot read the first samples of the training set: {type(exc).__name__}: {exc}") from None
     if batch is None:
         raise UserError("the training set gave no samples", "check the data set")
-    return split_sample(batch, target_key)
+    return batch
 
 
 def describe_data(data: DataSets, target_key: str | None) -> DataInfo:

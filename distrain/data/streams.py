@@ -468,7 +468,8 @@ class StreamEvalBatches:
             return
         stream = iter(self.dataset)
         position = 0
-        for index, start, end in self.ranges:
+        for index, part in self.ranges:
+            start, end = part.start, part.stop
             if start > position:
                 next(itertools.islice(stream, start - position - 1, None), None)  # skip to `start`
             samples = list(itertools.islice(stream, end - start))

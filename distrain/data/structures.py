@@ -80,22 +80,7 @@ def split_sample(batch: Any, target_key: str | None = None) -> tuple[Any, Any]:
       the other entries are the model's keyword arguments.
     """
     if isinstance(batch, dict):
-        key = target_key
-        if key is None:
-            present = [k for k in TARGET_KEYS if k in batch]
-            if len(present) != 1:
-                from distrain.errors import ConfigError
-
-                raise ConfigError(
-                    "data.target_key",
-                    f"samples are dicts with keys {sorted(batch)}; cannot tell which one is the target",
-                    "set data.target_key to the key of the target",
-                )
-            key = present[0]
-        if key not in batch:
-            from distrain.errors import ConfigError
-
-            raise ConfigError("data.target_key", f"{key!r} is not a key of the samples ({sorted(batch)})")
+        key = target_key_of(batch, target_key)
         return {k: v for k, v in batch.items() if k != key}, batch[key]
     if isinstance(batch, (list, tuple)) and len(batch) >= 2:
         *inputs, targets = batch
@@ -107,6 +92,25 @@ def split_sample(batch: Any, target_key: str | None = None) -> tuple[Any, Any]:
         f"got {type(batch).__name__}",
         "make the data set's __getitem__ return (x, y) as in the tutorials",
     )
+
+
+def target_key_of(batch: dict[str, Any], target_key: str | None = None) -> str:
+    """The key of a dict sample's target: data.target_key, or the one of TARGET_KEYS present."""
+    from distrain.errors import ConfigError
+
+    key = target_key
+    if key is None:
+        present = [k for k in TARGET_KEYS if k in batch]
+        if len(present) != 1:
+            raise ConfigError(
+                "data.target_key",
+                f"samples are dicts with keys {sorted(batch)}; cannot tell which one is the target",
+                "set data.target_key to the key of the target",
+            )
+        key = present[0]
+    if key not in batch:
+        raise ConfigError("data.target_key", f"{key!r} is not a key of the samples ({sorted(batch)})")
+    return key
 
 
 def call_model(model: Any, inputs: Any) -> Any:

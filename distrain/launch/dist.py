@@ -147,15 +147,22 @@ def _rendezvous_store(env: DistEnv, timeout: datetime.timedelta) -> tdist.Store:
     peer's stale gloo address and fail with "connection refused" (seen here, about one restart in
     three). Prefixing every key with the attempt number makes each attempt meet only its own peers. The
     world size is in the prefix too: an elastic agent that restarts its workers because a node joined
-    (`--nnodes=MIN:MAX`) keeps its restart count, but the new round has more processes.
+    (`--nnodes=MIN:MAX`) keeps its restart count, but the new round has more processes. And so is the
+    number of groups this process made before: a script that calls distrain.fit several times (a sweep)
+    makes a group per call, and the second would otherwise meet the first one's keys and hang.
     """
+    global _GROUPS_MADE
+    _GROUPS_MADE += 1
     # With the agent's store, every worker is a client; otherwise rank 0 hosts the store (SLURM, or a
     # torchrun that does not share its store).
     is_host = env.rank == 0 and not env.uses_agent_store
     store = tdist.TCPStore(
         env.master_addr, env.master_port, env.world_size, is_master=is_host, timeout=timeout, wait_for_workers=False
     )
-    return tdist.PrefixStore(f"distrain/attempt_{env.restart_count}/world_{env.world_size}", store)
+    return tdist.PrefixStore(f"distrain/attempt_{env.restart_count}/world_{env.world_size}/{_GROUPS_MADE}", store)
+
+
+_GROUPS_MADE = 0  # process groups made by this process (every rank makes as many: one per fit)
 
 
 # ------------------------------------------------------------------------------------- a lost peer
@@ -197,6 +204,11 @@ def is_distributed() -> bool:
 
 
 _CPU_GROUP: Any = None
+
+
+def world_size() -> int:
+    """The number of ranks in the process group (1 in one process)."""
+    return tdist.get_world_size() if is_distributed() else 1
 
 
 def cpu_group() -> Any:

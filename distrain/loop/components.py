@@ -25,11 +25,12 @@ from torch import nn
 
 from distrain.config.registry import call, describe, resolve
 from distrain.config.schema import Config, MetricConfig, OptimConfig
-from distrain.data import DataInfo, DataSets, EvalBatches, build_eval_batches, build_splits, describe_data, probe_batch
+from distrain.data import DataInfo, DataSets, EvalBatches, build_eval_batches, build_splits, describe_data
 from distrain.data.batches import BatchSetup, LoaderOptions
 from distrain.data.shards import has_length, is_stream
+from distrain.data.splits import first_batch
 from distrain.data.streams import describe_stream
-from distrain.data.structures import to_device
+from distrain.data.structures import split_sample, target_key_of, to_device
 from distrain.errors import ArgumentError, ConfigError
 from distrain.launch import dist
 from distrain.launch.dist import DistContext, distributed
@@ -37,6 +38,7 @@ from distrain.loop.metrics import MetricSet, build_metric
 from distrain.loop.objective import Objective, build_objective, output_width, probe_outputs
 from distrain.reporting.console import setup_logging
 from distrain.seeding import configure_determinism, seed_everything
+from distrain.strategies.options import is_exact
 
 log = logging.getLogger("distrain")
 
@@ -164,13 +166,19 @@ def build_parts(cfg: Config, ctx: DistContext, given: Given | None = None) -> Pa
     model = model.to(ctx.device)
     if cfg.trainer.channels_last:
         model = model.to(memory_format=torch.channels_last)  # 4-d weights only; others are unchanged
-    probe_inputs, probe_targets = (to_device(t, ctx.device) for t in probe_batch(data.train, cfg.data.target_key))
+    first = first_batch(data.train)
+    probe_inputs, probe_targets = (to_device(t, ctx.device) for t in split_sample(first, cfg.data.target_key))
+    if cfg.data.streams:
+        _check_streams(cfg, data)
     if given.step is not None:
         # The user's step is the objective: run once on two training samples (eval mode, no gradient),
         # so that what it returns is checked and its named scalars are known before training.
         from distrain.loop.user_step import StepObjective
 
-        objective: Any = StepObjective(given.step, cfg.data.target_key)
+        if isinstance(first, dict):  # the step gets dict samples with their own keys, in their order
+            objective: Any = StepObjective(given.step, target_key_of(first, cfg.data.target_key), list(first))
+        else:
+            objective = StepObjective(given.step, cfg.data.target_key)
         if isinstance(given.model, dict):
             objective.probe_several(model, probe_inputs, probe_targets)
         else:
@@ -194,6 +202,7 @@ def build_parts(cfg: Config, ctx: DistContext, given: Given | None = None) -> Pa
         prepare_targets=objective.prepare_targets,
         channels_last=cfg.trainer.channels_last,
         target_key=cfg.data.target_key,
+        streams=cfg.data.streams,
     )
     evals = {}
     for split, dataset in (("val", data.val), ("test", data.test)):
@@ -201,6 +210,17 @@ def build_parts(cfg: Config, ctx: DistContext, given: Given | None = None) -> Pa
             batches = build_eval_batches(dataset, batch_setup, eval_batch_size=cfg.data.eval_batch_size)
             evals[split] = (batches, _metric_set(objective, metric_objects, ctx.device))
     return Parts(data, info, model, objective, evals, batch_setup, metric_objects, stream)
+
+
+def _check_streams(cfg: Config, data: DataSets) -> None:
+    """data.streams deals positions of map-style batches: a stream, or exact mode's chunks, would not keep them."""
+    for split, dataset in (("train", data.train), ("val", data.val), ("test", data.test)):
+        if dataset is not None and is_stream(dataset):
+            raise ConfigError("data.streams", f"needs map-style data sets; the {split} split is a stream")
+    if is_exact(cfg):
+        raise ConfigError(
+            "data.streams", "cannot be used in exact mode: it deals each global batch in fixed chunks, not by rank"
+        )
 
 
 def _metric_set(objective: Any, metric_objects: dict[str, Any], device: torch.device) -> Any:
@@ -300,6 +320,7 @@ def build_optimizer_for(
                 "set optim.lr (and optim.name) in the config, or pass optimizer= to distrain.fit",
             )
         return build_optimizer(cfg, model.parameters()), cfg.lr
+    _refuse_replaced_optim(cfg)
     if isinstance(chosen, torch.optim.Optimizer) and replaces_parameters:
         raise ArgumentError(
             "optimizer",
@@ -324,6 +345,20 @@ def build_optimizer_for(
             "build it on model.parameters() of the model passed as model=",
         )
     return chosen, chosen.param_groups[0]["lr"]
+
+
+def _refuse_replaced_optim(cfg: OptimConfig | None) -> None:
+    """fit(optimizer=...) replaces what optim.lr, optim.name and optim.args would build: one of them set
+    would be silently ignored, so it is refused naming both (optim.clip_grad_* still apply)."""
+    if cfg is None:
+        return
+    for key, value, unset in (("lr", cfg.lr, None), ("name", cfg.name, "sgd"), ("args", cfg.args, {})):
+        if value != unset:
+            raise ConfigError(
+                f"optim.{key}",
+                f"is set ({value!r}), but fit(optimizer=...) gives the optimizer, so it would be ignored",
+                f"remove optim.{key} (the optimizer you pass holds its own settings), or drop optimizer=",
+            )
 
 
 def monitor_direction(cfg_mode: str, monitor: str, parts: Parts, key: str, train_names: list[str]) -> bool:

@@ -22,6 +22,12 @@ def build_optimizer(cfg: OptimConfig, params: Iterable[nn.Parameter]) -> torch.o
     """cfg.name's class called as cls(trainable params, lr=cfg.lr, **cfg.args); bad arguments are config
     errors naming optim.args.<name> (torch's own value checks too: "Invalid momentum value")."""
     params = [p for p in params if p.requires_grad]
+    if cfg.lr is None:
+        raise ConfigError(
+            "optim.lr",
+            "required key is missing (no optimizer was given)",
+            "set optim.lr (and optim.name) in the config, or pass optimizer= to distrain.fit",
+        )
     cls = resolve("optim", cfg.name, "optim.name")
     if "lr" in cfg.args:
         raise ConfigError("optim.args.lr", "the learning rate is optim.lr", "move it to optim.lr")

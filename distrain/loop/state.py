@@ -67,6 +67,7 @@ class TrainState:
     # Each group's lr at the start of the epoch in progress (its record's `lr`, also after a mid-epoch resume).
     epoch_lrs: list[float] | None = None
     callbacks: Any = None  # the run's Callbacks: those with state_dict are checkpointed
+    step_state: Any = None  # a stateful step (loop/user_step.py's StepObjective): its state per rank
 
     @property
     def scaler(self) -> Any:
@@ -88,6 +89,7 @@ class TrainState:
         weights: bool = True,
         definition: dict[str, Any] | None = None,
         strategy_states: list[dict[str, Any]] | None = None,
+        step_states: list[Any] | None = None,
     ) -> dict[str, Any]:
         """The checkpoint contents (no collective: `epoch_totals` are the epoch's train sums, already summed
         over the ranks by the caller). `weights=False`: without the model and optimizer (a sharded
@@ -111,6 +113,7 @@ class TrainState:
             "epoch_lrs": self.epoch_lrs,
             "callbacks": self.callbacks.state_dict() if self.callbacks else {},
             "strategy": strategy_states or [],  # each rank's Strategy.state_dict(), by rank
+            "step": step_states or [],  # each rank's stateful step's state_dict(), by rank
             # The epoch's train sums over all ranks, so a mid-epoch resume still reports the whole epoch.
             "epoch_totals": epoch_totals.cpu(),
             "config": config,
@@ -145,6 +148,8 @@ class TrainState:
                 self.strategy.load_state_dict(states[rank])
             else:
                 self.strategy.load_state_dict(None)
+        if self.step_state is not None:
+            self.step_state.load_state_dict(payload.get("step") or [], payload["world_size"], rank, world_size)
         # The saved sums already cover every rank: give them to one rank, zeros to the rest.
         totals = payload["epoch_totals"]
         self.meter.load(totals if is_main else torch.zeros_like(totals))

@@ -10,6 +10,7 @@ per batch and computed once (distrain.loop.metrics).
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable, Protocol
 
 import torch
@@ -23,6 +24,7 @@ from distrain.loop.nonfinite import NonFiniteGuard
 from distrain.loop.optim import zero_grad
 from distrain.reporting.figures import EpochMetrics, Meter
 from distrain.strategies.base import Strategy
+from distrain.strategies.native import clip_gradients
 
 
 class TrainStep(Protocol):
@@ -63,8 +65,39 @@ class StrategyStep:
             clip,
         )
         self.meter, self.guard, self.progress = meter, guard, progress
+        self.closure = needs_closure(optimizer)
+
+    def closure_step(self, batch: Batch) -> bool:
+        """An optimizer whose step takes a closure (LBFGS) calls it as often as it needs: each call makes the
+        gradients (forward, backward, exchange; clipped as optim.clip_grad_* say) and returns the global
+        batch's loss, summed over the ranks, so that every rank sees the same loss and gradients and takes
+        the same path (a rank's own loss would let its line search stop at another iteration: a hang).
+        The first call's loss and records are the step's (the loss before the step, as in any step)."""
+        step, first = self.progress.global_step, []
+
+        def closure() -> torch.Tensor:
+            zero_grad(self.optimizer)
+            grads = self.strategy.gradients(self.model, batch, self.objective, step)
+            if self.clip is not None and (
+                self.clip.clip_grad_value is not None or self.clip.clip_grad_norm is not None
+            ):
+                clip_gradients(self.model, self.clip)
+            if not first:
+                first.append(grads)
+            loss = dist.all_reduce_sum(grads.loss.detach().clone())
+            return loss / dist.world_size() if grads.ranks_average else loss
+
+        self.optimizer.step(closure)
+        grads = first[0]
+        self.guard.allows_step(grads.loss)  # on_nonfinite: stop (skip_step is refused with a closure)
+        for record in grads.records:
+            self.meter.add(*record)
+        self.strategy.after_step(self.model, step + 1)
+        return True
 
     def __call__(self, batch: Batch) -> bool:
+        if self.closure:
+            return self.closure_step(batch)
         zero_grad(self.optimizer)
         step = self.progress.global_step  # the step being taken (0-based)
         grads = self.strategy.gradients(self.model, batch, self.objective, step)
@@ -75,6 +108,16 @@ class StrategyStep:
             self.meter.add(*record)
         self.strategy.after_step(self.model, step + 1)
         return True
+
+
+def needs_closure(optimizer: Any) -> bool:
+    """Whether the optimizer's step requires a closure (LBFGS: step(closure)), from its signature."""
+    step = getattr(optimizer, "step", None)
+    try:
+        param = inspect.signature(step).parameters.get("closure") if step is not None else None
+    except (TypeError, ValueError):
+        return False
+    return param is not None and param.default is inspect.Parameter.empty
 
 
 @torch.no_grad()
@@ -129,7 +172,10 @@ def evaluate_splits(parts: Any, ctx: Any, strategy: Any = None) -> dict[str, Epo
     summed over the ranks by `strategy` (default: distrain.launch.dist's sum, no padding). Collective."""
     reduce = strategy.sum_over_ranks if strategy is not None else None
     pads = strategy is not None and strategy.pads_evaluation
-    return {
-        split: evaluate(parts.model, batches, metrics, ctx.device, reduce, pads)
-        for split, (batches, metrics) in parts.evals.items()
-    }
+    start_split = getattr(parts.objective, "start_split", None)  # a stateful step's hook
+    splits = {}
+    for split, (batches, metrics) in parts.evals.items():
+        if start_split is not None:
+            start_split(split)
+        splits[split] = evaluate(parts.model, batches, metrics, ctx.device, reduce, pads)
+    return splits

@@ -62,8 +62,9 @@ from distrain.loop.result import FitResult
 from distrain.loop.schedule import build_schedule
 from distrain.loop.several import SelfSteppingStep
 from distrain.loop.state import TrainState
-from distrain.loop.steps import StrategyStep, TrainStep, evaluate_splits
+from distrain.loop.steps import StrategyStep, TrainStep, evaluate_splits, needs_closure
 from distrain.loop.stopping import StopKind, Stopper, StopReason
+from distrain.loop.user_step import keeps_state
 from distrain.reporting.figures import EpochMetrics, scalar_figures
 from distrain.reporting.report import Reporter
 from distrain.seeding import rank_seed, seed_everything
@@ -149,11 +150,31 @@ def lost_peer_message(lost: str, run_dir: Path) -> str:
 
 def check_against_env(cfg: Config, env: DistEnv) -> None:
     """Config checks that need the world size; raised before any process group or data exists."""
-    if cfg.data.global_batch_size % env.world_size:
+    if cfg.data.global_batch_size < env.world_size:
         raise ConfigError(
             "data.global_batch_size",
-            f"{cfg.data.global_batch_size} does not divide evenly over {env.world_size} processes",
-            f"use a multiple of {env.world_size}, so every rank gets the same per-rank batch",
+            f"{cfg.data.global_batch_size} is smaller than the {env.world_size} processes: some would get no samples",
+            f"use at least {env.world_size}",
+        )
+
+
+def check_closure_optimizer(cfg: Config, optimizer: Any) -> None:
+    """An optimizer whose step takes a closure (LBFGS) runs the whole step inside it (StrategyStep's
+    closure_step): where that cannot hold, refuse naming the key."""
+    name = type(optimizer).__name__
+    if cfg.engine != "native":
+        raise ConfigError("engine", f"is {cfg.engine!r}; {name} steps with a closure, which engine native runs")
+    if cfg.strategy not in ("ddp", "exact"):
+        raise ConfigError("strategy", f"is {cfg.strategy!r}; {name} steps with a closure: use strategy ddp or exact")
+    if cfg.trainer.precision == "fp16":
+        raise ConfigError(
+            "trainer.precision", f"fp16's gradient scaler cannot step {name} (a closure)", "use 32 or bf16"
+        )
+    if cfg.trainer.on_nonfinite == "skip_step":
+        raise ConfigError(
+            "trainer.on_nonfinite",
+            f"skip_step decides before a step, and {name}'s step evaluates inside it",
+            "use stop",
         )
 
 
@@ -205,6 +226,7 @@ class Trainer:
             strategy=strategy,
             unstepped_schedule=not self.schedule.stepped,
             callbacks=callbacks,
+            step_state=parts.objective if keeps_state(getattr(parts.objective, "fn", None)) else None,
         )
         if self.schedule.monitor is not None:
             monitor_direction("min", self.schedule.monitor, parts, "schedule.monitor", meter.names)
@@ -217,6 +239,8 @@ class Trainer:
             sharded=strategy.checkpoint_format == "sharded",
             best_higher_is_better=bool(best_upwards),
         )
+        if needs_closure(optimizer):
+            check_closure_optimizer(cfg, optimizer)
         # 2. The model and optimizer the step trains (wrapped or not: the strategy's call).
         self.train_model, self.train_optimizer = strategy.prepare(parts.model, optimizer)
         try:
@@ -355,6 +379,8 @@ class Trainer:
         self.batches.set_start_step(p.step_in_epoch)
         self.reporter.start_epoch(self.state.meter, p.global_step, self.strategy.comm_figures())
         self.callback("on_epoch_start")
+        if p.step_in_epoch == 0 and self.state.step_state is not None:
+            self.state.step_state.start_split("train")  # a mid-epoch resume continues the saved state
         if p.step_in_epoch == 0 or self.state.epoch_lrs is None:
             self.state.epoch_lrs = self.learning_rates()
         # A mid-epoch resume keeps the lr the epoch started with (saved): the epoch's record is the same.
@@ -469,6 +495,10 @@ class Trainer:
             # Each rank's own strategy state, to rank 0 (who writes the payload), on the CPU: a GPU tensor
             # sent as an object would be unpickled onto its own device on the receiving rank.
             strategy_states=dist.gather_object(tree_map(_on_cpu, self.strategy.state_dict())),
+            # A stateful step's state (a recurrent hidden state) is per rank too.
+            step_states=None
+            if self.state.step_state is None
+            else dist.gather_object(tree_map(_on_cpu, self.state.step_state.state_dict())),
         )
         live = (self.state.model, self.state.optimizer)
         path = self.saver.save(payload, None if whole else live, live)

@@ -17,17 +17,60 @@ processes, and the reported train loss):
 The step's output decides the objective; distrain's own loss, its model probe and its metrics are not
 used (fit(loss=...) and fit(metrics=...) are refused with it). Evaluation runs the same fn in eval mode
 without gradients and reports the same figures for val and test.
+
+Before training the step runs once on two training samples (the probe: eval mode, no gradients; several
+models: optimizers that do not step, whose step(closure) calls the closure): what it returns is checked
+and its named scalars become the reported names. `distrain.probing()` is True during that call, for a step
+that counts or logs what it does; a stateful step's state is put back afterwards.
+
+A stateful step (a recurrent hidden state carried from batch to batch, a memory bank) is an object with
+`__call__(model, batch)` and any of:
+- `state_dict()` / `load_state_dict(state)`: this rank's state, saved per rank in every checkpoint and
+  loaded on resume on the same world size (another world size is refused by name);
+- `on_split_start(split)`: called with "train" at the start of each epoch (not on a mid-epoch resume:
+  the checkpoint's state continues) and with "val" / "test" before each evaluation split.
+With data.streams each rank sees the same positions of every batch, in training and evaluation.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import contextlib
+import copy
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
 
 from distrain.data.structures import MultipleInputs, num_samples
 from distrain.errors import ArgumentError
+
+_probing = False
+
+
+def probing() -> bool:
+    """True while distrain runs your step once before training to read what it returns (the probe): a
+    step that counts, logs or keeps state of its own can leave that call out. Public as distrain.probing."""
+    return _probing
+
+
+def keeps_state(fn: Any) -> bool:
+    """A stateful step: its per-rank state goes into every checkpoint."""
+    return callable(getattr(fn, "state_dict", None)) and callable(getattr(fn, "load_state_dict", None))
+
+
+@contextlib.contextmanager
+def _probe(fn: Any) -> Iterator[None]:
+    """distrain.probing() is True inside; a stateful step's state is what it was before."""
+    global _probing
+    saved = copy.deepcopy(fn.state_dict()) if keeps_state(fn) else None
+    _probing = True
+    try:
+        yield
+    finally:
+        _probing = False
+        if saved is not None:
+            fn.load_state_dict(saved)
+
 
 # The keys of a step's dict that hold the loss: a batch mean or per-sample losses; a sum over the batch.
 _LOSS_KEYS = ("loss", "loss_sum")
@@ -41,20 +84,47 @@ class StepObjective:
     has_accuracy = False
     name = "step"
 
-    def __init__(self, fn: Callable[[nn.Module, Any], Any], target_key: str | None):
-        self.fn, self.target_key = fn, target_key
+    def __init__(self, fn: Callable[[nn.Module, Any], Any], target_key: str | None, keys: list[str] | None = None):
+        """`target_key`: the key of a dict sample's target (found, or data.target_key); `keys`: a dict
+        sample's keys in the data set's order (the step gets the batch with the same keys, in that order)."""
+        self.fn, self.target_key, self.keys = fn, target_key, keys
         self.names = ["loss"]  # and the step's named scalars, once probed
 
     def prepare_targets(self, targets: Any) -> Any:
         return targets  # the step sees the targets as the data set holds them
 
     def user_batch(self, inputs: Any, targets: Any) -> Any:
-        """The collated batch as the data set's samples are: (x, y), (x1, x2, y), or the dict."""
+        """The collated batch as the data set's samples are: (x, y), (x1, x2, y), or the dict (its keys)."""
         if isinstance(inputs, MultipleInputs):
             return (*inputs, targets)
         if isinstance(inputs, dict):
-            return {**inputs, self.target_key or "target": targets}
+            batch = {**inputs, self.target_key or "target": targets}
+            return {k: batch[k] for k in self.keys} if self.keys and set(self.keys) == set(batch) else batch
         return (inputs, targets)
+
+    def start_split(self, split: str) -> None:
+        """A stateful step's hook at the start of each epoch ("train") and evaluation split ("val", "test")."""
+        hook = getattr(self.fn, "on_split_start", None)
+        if hook is not None:
+            hook(split)
+
+    def state_dict(self) -> dict[str, Any] | None:
+        """This rank's state of a stateful step (None: the step keeps none)."""
+        return self.fn.state_dict() if keeps_state(self.fn) else None
+
+    def load_state_dict(self, states: list[Any], saved_world: int, rank: int, world_size: int) -> None:
+        """This rank's state from a checkpoint's per-rank states (`saved_world` ranks wrote them)."""
+        if not keeps_state(self.fn) or not states:
+            return
+        if saved_world != world_size or len(states) != world_size:
+            from distrain.checkpoint.files import CheckpointError
+
+            raise CheckpointError(
+                f"the checkpoint holds the step's state of each of {saved_world} processes (step.state_dict), "
+                f"which has no meaning on {world_size}",
+                f"resume with {saved_world} processes, or start afresh (checkpoint.resume=never)",
+            )
+        self.fn.load_state_dict(states[rank])
 
     def probe(self, model: nn.Module, inputs: Any, targets: Any) -> None:
         """Run the step once (eval mode, no gradient) on a few training samples: what it returns is checked
@@ -62,7 +132,7 @@ class StepObjective:
         was_training = model.training
         model.eval()
         try:
-            with torch.no_grad():
+            with torch.no_grad(), _probe(self.fn):
                 values = self.read(self.fn(model, self.user_batch(inputs, targets)), num_samples(targets))
         finally:
             model.train(was_training)
@@ -70,13 +140,16 @@ class StepObjective:
 
     def probe_several(self, models: nn.ModuleDict, inputs: Any, targets: Any) -> None:
         """`probe` for a step of several models (which does backward and steps itself): run once with
-        optimizers that do nothing, in eval mode; the gradients it left and the random draws it made are
-        undone."""
+        optimizers that do not step (a closure given to step() is called, as a real one would), in eval
+        mode; the gradients it left and the random draws it made are undone."""
         from distrain.checkpoint.store import capture_rng, restore_rng
 
         class Still:  # an optimizer that does not step
-            def step(self, closure: Any = None) -> None:
-                pass
+            def step(self, closure: Any = None) -> Any:
+                if closure is not None:
+                    with torch.enable_grad():
+                        return closure()
+                return None
 
             def zero_grad(self, set_to_none: bool = True) -> None:
                 pass
@@ -84,7 +157,8 @@ class StepObjective:
         rng, was_training = capture_rng(), models.training
         models.eval()
         try:
-            out = self.fn(dict(models.items()), self.user_batch(inputs, targets), {k: Still() for k in models})
+            with _probe(self.fn):
+                out = self.fn(dict(models.items()), self.user_batch(inputs, targets), {k: Still() for k in models})
             values = self.read(out, num_samples(targets))
         finally:
             models.train(was_training)

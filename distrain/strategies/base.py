@@ -51,6 +51,9 @@ class Gradients:
     """This rank's part of the step's loss (detached): the non-finite guard reads it."""
     records: list[tuple[Any, ...]]
     """What the train meter records, one entry per forward (micro-batch or chunk): `meter.add(*record)`."""
+    ranks_average: bool = True
+    """The global batch's loss is the mean of the ranks' `loss` (DDP's convention: each rank's part is
+    scaled as if it were the whole); False: their sum (exact mode). A closure optimizer is given it."""
 
 
 class Strategy(Protocol):

@@ -259,4 +259,4 @@ class ExactStrategy(NativeStrategy):
             step_loss = step_loss + loss.detach()
         for p, grad in zip(params, reduce(chunk_grads)):
             p.grad = grad
-        return Gradients(step_loss, records)
+        return Gradients(step_loss, records, ranks_average=False)
