@@ -268,7 +268,7 @@ def components_markdown() -> str:
             "| name | import path | keyword arguments (`args`) | what it is |",
             "|---|---|---|---|",
         ]
-        for name, path in sorted(registry._BUILTINS[kind].items()):
+        for name, path in sorted(registry.builtins(kind).items()):
             obj = registry.resolve(kind, name, titles[kind])
             # The parameters the run itself passes (the parameters to optimize, the reduction) are left out.
             args = _signature(obj, annotations=False, skip=_FILLED_BY_RUN).strip("()").lstrip("*, ")
