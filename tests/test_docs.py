@@ -187,3 +187,18 @@ def test_the_configuration_page_lists_every_key_in_its_section():
         if f"`{key.dotted.rpartition('.')[2]}`" not in bullets.get(section.name, "")
     ]
     assert not missing, f"docs/pages/configuration.md's list of sections and keys lacks: {missing}"
+
+
+def test_the_committed_reference_pages_are_what_the_code_makes_now():
+    hooks = _hooks()
+    pages = sorted(hooks.REFERENCE.glob("*.md"))
+    assert [p.name for p in pages] == ["api.md", "cli.md", "components.md", "config.md"]
+    stale = [str(p.relative_to(REPO)) for p in pages if hooks.fill(p.read_text()) != p.read_text()]
+    assert not stale, f"{stale}: not what docs/hooks.py makes from the code now; run `python docs/hooks.py --write`"
+    for page in pages:  # each holds its generated region, written out: a reader of the repository sees it
+        text = page.read_text()
+        assert text.count("<!-- end of generated:") == 1 and len(text.splitlines()) > 40, page.name
+    # The check can fail: a page whose region lags behind the code is seen, and --check says so.
+    config = (hooks.REFERENCE / "config.md").read_text()
+    lagging = config.replace("<code>trainer.max_steps</code>", "<code>trainer.old_key</code>")
+    assert hooks.fill(lagging) == config != lagging
