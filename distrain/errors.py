@@ -149,45 +149,57 @@ def _print_flushed(text: str) -> None:
 
 
 def _report_marker(environ: Mapping[str, str]) -> Path | None:
-    """A file the ranks of this node (and launch attempt) share, whose creation elects the one that prints an
-    agreed error; None when the launcher gives no such place (one process, or an unknown launcher).
+    """A file the ranks of this node (and launch) share, whose creation elects the one that prints an agreed
+    error; None when the launcher gives no such place, or runs one process (then it prints alone).
 
     torchrun: its per-attempt folder, the parent of every local rank's error-file folder
     (`.../attempt_0/<local rank>/error.json`), made fresh by each agent and each restart and removed with
-    it. srun: the node's temporary folder, named after the job and its step."""
+    it. srun with several tasks: the node's temporary folder, named after the job and its step (a step's
+    tasks are one launch; a marker left by an earlier process of the same step is told by its age and text:
+    see `_print_once`)."""
     error_file = environ.get("TORCHELASTIC_ERROR_FILE")
     if error_file:
         attempt = Path(error_file).parent.parent
         return attempt / "distrain-error-reported" if attempt.name.startswith("attempt_") else None
     job, step = environ.get("SLURM_JOB_ID"), environ.get("SLURM_STEP_ID")
-    if job and step:
+    tasks = environ.get("SLURM_STEP_NUM_TASKS") or environ.get("SLURM_NTASKS") or "1"
+    if job and step and "SLURM_PROCID" in environ and tasks.isdigit() and int(tasks) > 1:
         return Path(tempfile.gettempdir()) / f"distrain-error-reported-{job}.{step}"
     return None
 
 
-def _print_once(text: str, marker: Path, wait_s: float = 5.0) -> None:
+def _print_once(text: str, marker: Path, wait_s: float = 5.0, fresh_s: float = 30.0) -> None:
     """Print `text` if this rank is the first of those sharing `marker` to get here; the others wait (up to
     `wait_s`) until it has printed before they exit: their exit would have the launcher kill it while it
-    prints. A marker that cannot be made (a read-only or missing folder): print anyway, since twice is better
-    than never."""
+    prints. The first writes `text` into the marker once printed; a rank that finds another text there, or
+    the same one older than `fresh_s` (an earlier process of the same srun step), prints too. So does one
+    whose marker cannot be made (a read-only or missing folder): twice is better than never."""
+    line = (text + "\n").encode()
     try:
         fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
             try:
-                if marker.stat().st_size > 0:  # the first rank has printed
-                    return
+                found, age = marker.read_bytes(), time.time() - marker.stat().st_mtime
             except OSError:
-                return  # removed with the attempt's folder: the agent is done with this attempt
+                return  # removed with torchrun's attempt folder: the agent is done with this attempt
+            if found == line and age < fresh_s:
+                return  # the first rank printed it
+            if found == line or (found and not line.startswith(found)):
+                break  # an earlier process's message (another one, or this one long ago): not this one's
             time.sleep(0.02)
         _print_flushed(text)  # the first rank never said it printed (killed meanwhile): say it here too
+        try:
+            marker.write_bytes(line)
+        except OSError:
+            pass
         return
     except OSError:
         _print_flushed(text)
         return
     try:
         _print_flushed(text)
-        os.write(fd, b"printed\n")
+        os.write(fd, line)
     finally:
         os.close(fd)

@@ -4,6 +4,7 @@ torchrun too, whichever rank meets the error first (distrain/errors.py: report_u
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import time
 from pathlib import Path
 
@@ -22,8 +23,12 @@ def test_the_marker_is_the_torchrun_attempt_folder_or_the_slurm_step():
         attempt, "distrain-error-reported"
     )
     assert _report_marker({"TORCHELASTIC_ERROR_FILE": "/elsewhere/error.json"}) is None  # unknown layout
-    slurm = _report_marker({"SLURM_JOB_ID": "7", "SLURM_STEP_ID": "0"})
+    srun = {"SLURM_JOB_ID": "7", "SLURM_STEP_ID": "0", "SLURM_PROCID": "1", "SLURM_STEP_NUM_TASKS": "2"}
+    slurm = _report_marker(srun)
     assert slurm is not None and slurm.name == "distrain-error-reported-7.0"
+    # One process (a batch script, an salloc shell, srun -n1): nothing to share, it prints alone.
+    assert _report_marker({**srun, "SLURM_STEP_NUM_TASKS": "1"}) is None
+    assert _report_marker({"SLURM_JOB_ID": "7", "SLURM_STEP_ID": "batch"}) is None
     assert _report_marker({}) is None and _report_marker({"SLURM_JOB_ID": "7"}) is None
 
 
@@ -44,6 +49,18 @@ def test_a_rank_that_never_hears_the_first_one_printed_prints_too(tmp_path, caps
     start = time.monotonic()
     _print_once("distrain: error: x", marker, wait_s=0.2)
     assert capsys.readouterr().err == "distrain: error: x\n" and time.monotonic() - start < 2
+
+
+def test_a_marker_left_by_an_earlier_process_of_the_step_silences_nothing(tmp_path, capsys):
+    marker = tmp_path / "marker"
+    marker.write_text("distrain: error: another\n")  # an earlier command's error in the same srun step
+    _print_once("distrain: error: x", marker, wait_s=5)
+    marker.write_text("distrain: error: x\n")
+    os.utime(marker, (time.time() - 60, time.time() - 60))  # the same error, a minute ago
+    _print_once("distrain: error: x", marker, wait_s=5)
+    assert capsys.readouterr().err == "distrain: error: x\n" * 2
+    _print_once("distrain: error: x", marker, wait_s=5)  # rewritten just now: a peer of this launch printed it
+    assert capsys.readouterr().err == ""
 
 
 def test_without_a_launcher_marker_rank_0_alone_prints_an_agreed_error(capsys, monkeypatch):
