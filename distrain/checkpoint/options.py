@@ -32,7 +32,7 @@ class CheckpointConfig:
     from the checkpoint's model weights only (fine-tuning; needs checkpoint.resume=PATH)."""
     keep_best: int | bool = field(default=0, metadata={"means": KEEP_BEST})
     """How many of the best epoch-end checkpoints to keep by `monitor` (as best-*.pt), whatever keep_last
-    does: M; true means 1, false or 0 none."""
+    does (true: 1; false or 0: none)."""
     monitor: str = "val_loss"
     """The metric keep_best ranks by, <split>_<metric> like stop.monitor (val_loss, val_accuracy, ...)."""
     mode: Literal["auto", "min", "max"] = "auto"
