@@ -123,7 +123,7 @@ def run_main(main: Callable[..., Any], *args: Any) -> None:
     except UserError as exc:
         from distrain.errors import report_user_error
 
-        report_user_error(exc)  # once for the job, not once per rank
+        report_user_error(exc)  # once (per node), by whichever rank meets it first
         sys.exit(exc.exit_code)
     except Interrupted as exc:
         print(f"distrain: {exc}", file=sys.stderr)

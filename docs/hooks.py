@@ -1,14 +1,26 @@
-"""The docs' generated references, filled in from the code at build time (an MkDocs hook).
+"""The docs' generated references, made from the code, committed in the repository and kept true by a test.
 
-A reference page holds a marker line such as `<!-- generated: config -->`; `on_page_markdown` replaces it
-with the markdown made here, from the objects users meet:
+A reference page (docs/pages/reference/*.md) holds a region between marker lines
+
+    <!-- generated: config (python docs/hooks.py --write) -->
+    ...
+    <!-- end of generated: config -->
+
+filled with the markdown made here, from the objects users meet:
 - config: every section and key of `distrain.config.Config`, with its type, default and the one-line
   docstring written under the field (read from the class's source);
 - cli: the `distrain` command's argument parser, command by command;
 - api: the public names of the `distrain` package (`distrain.__all__`), signature and docstring;
 - components: the built-in names a config can use (the registry), with their keyword arguments.
 
-tests/test_docs.py imports this file too (`config_keys` for "every key has a doc line").
+The pages are written into the repository, so a reader of it can look a key up:
+
+    python docs/hooks.py --write     # rewrite the regions of docs/pages/reference/*.md from the code
+    python docs/hooks.py --check     # exit 1 naming each page that is not what the code makes now
+
+tests/test_docs.py fails when a committed page is not what `--write` writes now. MkDocs runs this file as
+a hook too (`on_page_markdown`): the site is made from the code as it is at build time, with the markers
+left out. tests/test_docs.py imports this file (`config_keys` for "every key has a doc line").
 """
 
 from __future__ import annotations
@@ -24,9 +36,14 @@ import re
 import textwrap
 import types
 import typing
+from pathlib import Path
 from typing import Any, Iterator
 
-MARKER = re.compile(r"^<!-- generated: (\w+) -->$", re.MULTILINE)
+# A generated region, or a bare start marker (a page whose region was never written).
+MARKER = re.compile(
+    r"^<!-- generated: (\w+)[^>]*-->\n(?:.*?^<!-- end of generated: \1 -->$)?", re.MULTILINE | re.DOTALL
+)
+REFERENCE = Path(__file__).resolve().parent / "pages" / "reference"
 
 
 @dataclasses.dataclass
@@ -244,6 +261,7 @@ _FILLED_BY_RUN = (
     "run_dir",  # a logger's: filled in by the run (reporting/loggers.py)
     "cfg",
     "start_step",
+    "optimizer",  # a scheduler's: the run's optimizer
 )
 
 
@@ -268,7 +286,7 @@ def components_markdown() -> str:
             "| name | import path | keyword arguments (`args`) | what it is |",
             "|---|---|---|---|",
         ]
-        for name, path in sorted(registry._BUILTINS[kind].items()):
+        for name, path in sorted(registry.builtins(kind).items()):
             obj = registry.resolve(kind, name, titles[kind])
             # The parameters the run itself passes (the parameters to optimize, the reduction) are left out.
             args = _signature(obj, annotations=False, skip=_FILLED_BY_RUN).strip("()").lstrip("*, ")
@@ -282,9 +300,48 @@ def components_markdown() -> str:
 GENERATORS = {"config": config_markdown, "cli": cli_markdown, "api": api_markdown, "components": components_markdown}
 
 
+def fill(markdown: str) -> str:
+    """The page with each generated region (or bare start marker) made anew from the code."""
+
+    def region(m: re.Match) -> str:
+        name = m.group(1)
+        return (
+            f"<!-- generated: {name} (python docs/hooks.py --write) -->\n\n"
+            f"{GENERATORS[name]().strip()}\n\n<!-- end of generated: {name} -->"
+        )
+
+    return MARKER.sub(region, markdown)
+
+
 def on_page_markdown(markdown: str, **_: Any) -> str:
-    """MkDocs' hook: replace each marker with its generated reference."""
-    return MARKER.sub(lambda m: GENERATORS[m.group(1)](), markdown)
+    """MkDocs' hook: each generated region made from the code as it is now, without its marker lines."""
+    return MARKER.sub(lambda m: GENERATORS[m.group(1)]().strip(), markdown)
+
+
+def stale_pages(*, write: bool) -> list[Path]:
+    """The reference pages whose generated regions differ from what the code makes now; `write`: rewrite them."""
+    stale = []
+    for page in sorted(REFERENCE.glob("*.md")):
+        text = page.read_text()
+        made = fill(text)
+        if made != text:
+            stale.append(page)
+            if write:
+                page.write_text(made)
+    return stale
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Write or check docs/pages/reference/*.md, made from the code.")
+    parser.add_argument("--write", action="store_true", help="rewrite the pages that are not what the code makes")
+    parser.add_argument("--check", action="store_true", help="exit 1 when a page is not what the code makes")
+    args = parser.parse_args(argv)
+    if not args.write and not args.check:
+        parser.error("give --write or --check")
+    stale = stale_pages(write=args.write)
+    for page in stale:
+        print(f"{'rewrote' if args.write else 'stale'}: {page}")
+    return 1 if stale and not args.write else 0
 
 
 def _first_sentence(doc: str) -> str:
@@ -293,3 +350,10 @@ def _first_sentence(doc: str) -> str:
     match = re.search(r"(?<=[a-z)\]`])\.(\s|$)", text)
     text = text[: match.start() + 1] if match else text
     return re.sub(r":math:`([^`]*)`", r"`\1`", text).replace("`_", "`")  # reST roles read as markdown
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.path.insert(0, str(REFERENCE.parents[2]))  # this checkout's distrain, whatever is installed
+    sys.exit(main())

@@ -95,6 +95,8 @@ BAD_OVERRIDES = [
         "measures only loss, accuracy",
     ),
     (["checkpoint.keep_last=-1"], "checkpoint.keep_last", ">= 0"),
+    (["checkpoint.keep_best=all"], "checkpoint.keep_best", "how many of the best checkpoints to keep"),
+    (["checkpoint.keep_best=-1"], "checkpoint.keep_best", "how many of the best checkpoints to keep"),
     (["data.loader=fast"], "data.loader", "tensor"),
 ]
 
@@ -150,3 +152,10 @@ def test_global_batch_smaller_than_the_world_is_refused(tmp_path):
     ), result.stderr
     # torchrun's agent prints its own ChildFailedError traceback; none may come from distrain's code.
     assert "distrain/" not in "".join(l for l in result.stderr.splitlines(True) if l.lstrip().startswith("File "))
+
+
+@pytest.mark.parametrize("value,kept", [("true", 1), ("false", 0), ("3", 3)])
+def test_keep_best_true_means_one(value, kept):
+    cfg = load_config(XOR, [f"checkpoint.keep_best={value}"])
+    assert cfg.checkpoint.keep_best == kept and type(cfg.checkpoint.keep_best) is int
+    assert load_config(XOR, [f"checkpoint.keep_best={value}"]) == from_dict(yaml.safe_load(dump_config(cfg)))

@@ -168,3 +168,37 @@ def test_the_readme_fits_on_two_screens_and_keeps_the_quick_start():
     assert len(readme.splitlines()) < 150
     assert "bash tests/run.sh\n" in readme and (REPO / ".ci" / "run").read_text().strip().endswith("bash tests/run.sh")
     assert "-m distrain train configs/xor.yaml" in readme
+
+
+def test_the_configuration_page_lists_every_key_in_its_section():
+    # configuration.md's list "The sections and their keys": one bullet per section (`trainer.*`: ...), each
+    # naming every key of its section, so a reader of the page (or the repository) finds every key.
+    text = (DOCS / "pages" / "configuration.md").read_text()
+    block = text.split("The sections and their keys:\n\n", 1)[1].split("\n\n", 1)[0]
+    bullets = {}
+    for bullet in ("\n" + block).split("\n- ")[1:]:
+        head, _, body = bullet.partition(":")
+        for section in re.findall(r"`([\w.<>]+)\.\*`", head) or ([""] if head == "top level" else []):
+            bullets[section] = body
+    missing = [
+        key.dotted
+        for section in _hooks().config_sections()
+        for key in section.keys
+        if f"`{key.dotted.rpartition('.')[2]}`" not in bullets.get(section.name, "")
+    ]
+    assert not missing, f"docs/pages/configuration.md's list of sections and keys lacks: {missing}"
+
+
+def test_the_committed_reference_pages_are_what_the_code_makes_now():
+    hooks = _hooks()
+    pages = sorted(hooks.REFERENCE.glob("*.md"))
+    assert [p.name for p in pages] == ["api.md", "cli.md", "components.md", "config.md"]
+    stale = [str(p.relative_to(REPO)) for p in pages if hooks.fill(p.read_text()) != p.read_text()]
+    assert not stale, f"{stale}: not what docs/hooks.py makes from the code now; run `python docs/hooks.py --write`"
+    for page in pages:  # each holds its generated region, written out: a reader of the repository sees it
+        text = page.read_text()
+        assert text.count("<!-- end of generated:") == 1 and len(text.splitlines()) > 40, page.name
+    # The check can fail: a page whose region lags behind the code is seen, and --check says so.
+    config = (hooks.REFERENCE / "config.md").read_text()
+    lagging = config.replace("<code>trainer.max_steps</code>", "<code>trainer.old_key</code>")
+    assert hooks.fill(lagging) == config != lagging

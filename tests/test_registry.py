@@ -3,6 +3,7 @@ path) and how a component is called with its `args` (checked like config keys)."
 
 import pytest
 import torch
+from helpers.runs import XOR as XOR_PATH
 
 from distrain.config import registry
 from distrain.config.registry import call, check_name, import_path, names, register, resolve
@@ -44,7 +45,7 @@ def test_a_typo_is_refused_with_the_nearest_name(kind, typo, meant, key):
 def test_a_name_like_nothing_lists_the_built_ins():
     with pytest.raises(ConfigError) as info:
         check_name("optim", "zzzzzz", "optim.name")
-    assert "did you mean" not in info.value.hint and "adam, adamw" in info.value.hint
+    assert "did you mean" not in info.value.hint and "adam, adamax, adamw" in info.value.hint
 
 
 def test_an_import_path_passes_the_check_without_being_imported():
@@ -176,3 +177,47 @@ def test_an_exponent_without_a_dot_reaches_a_torch_optimizer_as_a_number():
     assert cfg.optim.args == {"weight_decay": "1e-4", "eps": "1e-8"}  # as YAML reads them
     optimizer = build_optimizer(cfg.optim, torch.nn.Linear(2, 1).parameters())
     assert optimizer.defaults["weight_decay"] == 1e-4 and optimizer.defaults["eps"] == 1e-8
+
+
+def _torch_exports(module, base) -> set[str]:
+    return {n for n in module.__all__ if isinstance(getattr(module, n), type) and issubclass(getattr(module, n), base)}
+
+
+def test_every_torch_optimizer_and_scheduler_by_its_lowercase_class_name():
+    import torch.optim.lr_scheduler as schedulers
+
+    optimizers = _torch_exports(torch.optim, torch.optim.Optimizer) - {"Optimizer"}
+    assert {"Adadelta", "NAdam", "LBFGS", "SparseAdam", "SGD"} <= optimizers  # pytorch/examples' MNIST: adadelta
+    for cls in optimizers:
+        check_name("optim", cls.lower(), "optim.name")
+        assert resolve("optim", cls.lower(), "optim.name") is getattr(torch.optim, cls)
+    found = _torch_exports(schedulers, schedulers.LRScheduler) - {"LRScheduler"}
+    assert {"StepLR", "CosineAnnealingLR", "OneCycleLR", "ReduceLROnPlateau"} <= found
+    for cls in found:
+        assert resolve("scheduler", cls.lower(), "schedule.name") is getattr(schedulers, cls)
+    assert set(names("optim")) == {c.lower() for c in optimizers}
+    # The friendly names stay, and no base class or private alias is a name.
+    for alias, cls in [("one_cycle", "OneCycleLR"), ("reduce_on_plateau", "ReduceLROnPlateau")]:
+        assert resolve("scheduler", alias, "schedule.name") is getattr(schedulers, cls)
+    assert not {"optimizer", "lrscheduler", "_lrscheduler"} & set(names("optim") + names("scheduler"))
+
+
+def test_adadelta_is_no_longer_taken_for_adagrad():
+    from distrain.config.parse import load_config
+
+    cfg = load_config(
+        XOR_PATH, ["optim.name=adadelta", "optim.lr=1.0", "schedule.name=steplr", "schedule.args.step_size=1"]
+    )
+    assert (cfg.optim.name, cfg.schedule.name) == ("adadelta", "steplr")
+    with pytest.raises(ConfigError) as info:
+        check_name("optim", "adadeltaa", "optim.name")
+    assert "did you mean 'adadelta'?" in info.value.hint
+
+
+def test_a_run_with_a_lowercase_torch_optimizer_and_scheduler_trains(tmp_path):
+    from helpers.runs import last_record, run_cli
+
+    overrides = ["optim.name=adadelta", "optim.lr=1.0", "schedule.name=steplr", "schedule.args.step_size=10"]
+    result = run_cli("train", XOR_PATH, f"run.dir={tmp_path}", "trainer.epochs=2", "log.plots=false", *overrides)
+    assert result.returncode == 0, result.stderr
+    assert last_record(tmp_path, "test")["loss"] > 0

@@ -131,3 +131,29 @@ def test_a_state_without_a_position_is_refused(missing):
     del state[missing]
     with pytest.raises(KeyError):
         Progress().load_state_dict(state)
+
+
+def test_the_position_of_the_weights_is_the_epoch_and_its_steps_trained():
+    p = Progress()
+    for step in range(5):
+        p.advance(step_in_epoch=step + 1, skipped=False)
+    assert p.position() == (0, 5)  # mid-epoch: a step save's
+    p.end_epoch()  # trainer.max_steps=5 ended the epoch after 5 of its steps
+    assert (p.epoch, p.step_in_epoch) == (1, 0)  # the resume point
+    assert p.position() == (0, 5)  # what was trained: not "epoch 1, step 0"
+    assert "ended_epoch_steps" not in p.state_dict()
+    p.advance(step_in_epoch=1, skipped=False)
+    assert p.position() == (1, 1)
+
+
+def test_a_checkpoint_after_max_steps_mid_epoch_is_labelled_with_its_step(tmp_path):
+    from helpers.runs import XOR, run_cli
+
+    # configs/xor.yaml: 2500 samples in global batches of 128, 20 steps an epoch.
+    result = run_cli("train", XOR, f"run.dir={tmp_path}", "trainer.max_steps=5", "log.plots=false")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout + result.stderr
+    assert "step-00000005.pt (epoch 0, step 5 of 20)" in out, out
+    result = run_cli("train", XOR, f"run.dir={tmp_path / 'two'}", "trainer.epochs=2", "checkpoint.every_steps=15")
+    out = result.stdout + result.stderr
+    assert "step-00000015.pt (epoch 0, step 15 of 20)" in out and "step-00000040.pt (epoch 1, step 20 of 20)" in out

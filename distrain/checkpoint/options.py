@@ -3,10 +3,12 @@ reads it)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from distrain.config.coerce import check, check_monitor
+
+KEEP_BEST = "a count >= 0: how many of the best checkpoints to keep by checkpoint.monitor (true: 1; false or 0: none)"
 
 
 @dataclass(kw_only=True)
@@ -28,8 +30,9 @@ class CheckpointConfig:
     load: Literal["full", "weights"] = "full"
     """full: continue the run exactly (model, optimizer, schedule, progress, RNG); weights: start a new run
     from the checkpoint's model weights only (fine-tuning; needs checkpoint.resume=PATH)."""
-    keep_best: int = 0
-    """Also keep the best M epoch-end checkpoints by `monitor` (as best-*.pt), whatever keep_last does."""
+    keep_best: int | bool = field(default=0, metadata={"means": KEEP_BEST})
+    """How many of the best epoch-end checkpoints to keep by `monitor` (as best-*.pt), whatever keep_last
+    does (true: 1; false or 0: none)."""
     monitor: str = "val_loss"
     """The metric keep_best ranks by, <split>_<metric> like stop.monitor (val_loss, val_accuracy, ...)."""
     mode: Literal["auto", "min", "max"] = "auto"
@@ -37,7 +40,8 @@ class CheckpointConfig:
 
     def __post_init__(self) -> None:
         check_monitor(self.monitor, "checkpoint.monitor")
-        check(self.keep_best >= 0, "checkpoint.keep_best", f"must be >= 0, got {self.keep_best}")
+        self.keep_best = int(self.keep_best)  # true: keep the best one; false: none
+        check(self.keep_best >= 0, "checkpoint.keep_best", f"expected {KEEP_BEST}, got {self.keep_best}")
         check(self.every_epochs >= 0, "checkpoint.every_epochs", f"must be >= 0, got {self.every_epochs}")
         check(self.every_steps >= 0, "checkpoint.every_steps", f"must be >= 0, got {self.every_steps}")
         check(self.keep_last >= 0, "checkpoint.keep_last", f"must be >= 0, got {self.keep_last}")

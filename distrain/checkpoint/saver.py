@@ -62,11 +62,18 @@ class Saver:
         return bool(every) and (progress.epoch % every == 0 or last)
 
     def save(
-        self, payload: dict[str, Any], shards: tuple[nn.Module, Any] | None, live: tuple[nn.Module, Any] | None = None
+        self,
+        payload: dict[str, Any],
+        shards: tuple[nn.Module, Any] | None,
+        live: tuple[nn.Module, Any] | None = None,
+        *,
+        position: tuple[int, int] | None = None,
     ) -> Path:
         """Write `payload` (and, sharded, every rank's `shards` of model and optimizer). Collective. `live`:
         the run's model and optimizer; in the background, the copy of their parameters and optimizer state
-        is left to the writer thread (the next optimizer step waits for it: checkpoint/background.py)."""
+        is left to the writer thread (the next optimizer step waits for it: checkpoint/background.py).
+        `position`: (epoch, its steps trained) of the saved weights, for the log line (Progress.position);
+        by default the payload's resume point."""
         ckpt = self.cfg
         path = save_checkpoint(
             self.run_dir,
@@ -80,12 +87,16 @@ class Saver:
             background=self.background,
             owned=step_owned(*live) if self.background is not None and live is not None else None,
         )
+        epoch, step = position or (payload["epoch"], payload["step_in_epoch"])
+        # Numbered as the console's epoch lines (from 0); the step within that epoch, out of an epoch's
+        # steps: a stop by trainer.max_steps after 5 steps of 301 says "step 5 of 301", not "epoch 1, step 0".
         log.info(
-            "%s %s (epoch %d, step %d of the epoch)",
+            "%s %s (epoch %d, step %d of %d)",
             "saving in the background" if self.background else "saved",
             path,
-            payload["epoch"],
-            payload["step_in_epoch"],
+            epoch,
+            step,
+            self.steps_per_epoch,
         )
         return path
 

@@ -51,7 +51,13 @@ def build(cls: type, raw: Any, prefix: str) -> Any:
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise ConfigError(dotted, "required key is missing", f"set it in the YAML file or pass {dotted}=...")
             continue
-        kwargs[name] = coerce(raw[name], hints[name], dotted)
+        try:
+            kwargs[name] = coerce(raw[name], hints[name], dotted)
+        except ConfigError as exc:
+            # A field may say what its value means (metadata "means"), for a message better than the type's.
+            if "means" not in f.metadata or exc.key != dotted:
+                raise
+            raise ConfigError(dotted, f"expected {f.metadata['means']}, got {raw[name]!r}", exc.hint) from None
     return cls(**kwargs)
 
 

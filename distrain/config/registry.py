@@ -12,12 +12,14 @@ A component's options are its keyword arguments: typed ones are checked and conv
 values the run already knows (the data's sizes, the seed) are passed to parameters that ask for them by
 name (see `call`), so a built-in model and a user's model get `num_inputs` the same way.
 
-This module does not import torch; built-ins are imported only when resolved.
+This module does not import torch; built-ins are imported only when resolved (and torch.optim when an
+optimizer or scheduler is named by a lowercase torch class name not written out here: see `builtins`).
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
 import inspect
 import re
@@ -71,6 +73,8 @@ _BUILTINS: dict[str, dict[str, Any]] = {
         "mse": "distrain.loop.metrics:mean_squared_error",
         "r2": "torchmetrics.regression:R2Score",
     },
+    # Every torch.optim optimizer is also known by its lowercase class name (adadelta, nadam, ...: see
+    # `builtins`); these common ones are written out so that a config naming them loads without torch.
     "optim": {
         "sgd": "torch.optim:SGD",
         "adam": "torch.optim:Adam",
@@ -78,8 +82,9 @@ _BUILTINS: dict[str, dict[str, Any]] = {
         "rmsprop": "torch.optim:RMSprop",
         "adagrad": "torch.optim:Adagrad",
     },
-    # Any torch scheduler by import path; these by a short name too (constant, step and cosine are the
-    # built-in schedules of schedule.*, not callables).
+    # Every torch scheduler by its lowercase class name (steplr, onecyclelr, ...: see `builtins`) or import
+    # path; these friendly names too (constant, step and cosine are the built-in schedules of schedule.*,
+    # not callables).
     "scheduler": {
         "one_cycle": "torch.optim.lr_scheduler:OneCycleLR",
         "reduce_on_plateau": "torch.optim.lr_scheduler:ReduceLROnPlateau",
@@ -107,7 +112,35 @@ def register(kind: str, name: str, target: Any) -> None:
 
 
 def names(kind: str) -> list[str]:
-    return sorted(_BUILTINS[kind] | _USER[kind])
+    return sorted(builtins(kind) | _USER[kind])
+
+
+def builtins(kind: str) -> dict[str, Any]:
+    """The built-in names of a kind and what they stand for: the table above, and for optimizers and
+    schedulers every class torch exports, by its lowercase class name (`adadelta` is torch.optim:Adadelta,
+    `steplr` is torch.optim.lr_scheduler:StepLR). Read from torch itself, so a torch release's new ones come
+    with it; imports torch for those two kinds only."""
+    return _torch_classes(kind) | _BUILTINS[kind]  # a written-out name wins
+
+
+@functools.cache
+def _torch_classes(kind: str) -> dict[str, str]:
+    if kind == "optim":
+        import torch.optim as module
+
+        bases: tuple[type, ...] = (module.Optimizer,)
+    elif kind == "scheduler":
+        import torch.optim.lr_scheduler as module
+
+        bases = (module.LRScheduler, module.ReduceLROnPlateau)
+    else:
+        return {}
+    found = {}
+    for attr in module.__all__:  # the public ones: not the bases' private aliases (_LRScheduler)
+        obj = getattr(module, attr, None)
+        if inspect.isclass(obj) and issubclass(obj, bases) and obj not in bases[:1]:
+            found[attr.lower()] = f"{module.__name__}:{attr}"
+    return found
 
 
 def is_import_path(name: str) -> bool:
@@ -117,6 +150,8 @@ def is_import_path(name: str) -> bool:
 def check_name(kind: str, name: str, key: str) -> None:
     """Refuse an unknown short name before anything is imported (with the nearest valid one)."""
     if is_import_path(name) or name in _BUILTINS[kind] or name in _USER[kind]:
+        return  # torch not imported: the config loads without it
+    if name in _torch_classes(kind):
         return
     close = difflib.get_close_matches(name, names(kind), n=1, cutoff=0.5)
     hint = (
@@ -128,7 +163,7 @@ def check_name(kind: str, name: str, key: str) -> None:
 def resolve(kind: str, name: str, key: str) -> Any:
     """The object a config name stands for. Import failures are ConfigErrors naming `key`."""
     check_name(kind, name, key)
-    target = _USER[kind].get(name, _BUILTINS[kind].get(name, name))
+    target = _USER[kind][name] if name in _USER[kind] else builtins(kind).get(name, name)
     return import_path(target, key) if isinstance(target, str) else target
 
 

@@ -174,8 +174,9 @@ class OptimConfig:
     """Learning rate (the schedule's base). Required unless fit(optimizer=...) gives the optimizer (then
     optim.lr, optim.name and optim.args are refused: the optimizer you pass holds its own)."""
     name: str = "sgd"
-    """Optimizer: sgd, adam, adamw, rmsprop, adagrad (torch.optim's), any torch.optim class by import path
-    (torch.optim:NAdam) or a user's optimizer class taking (params, lr=..., **args)."""
+    """Optimizer: any torch.optim optimizer by its lowercase class name (sgd, adam, adamw, adadelta, nadam,
+    rmsprop, ...), any class by import path (torch.optim:NAdam) or a user's optimizer class taking (params,
+    lr=..., **args)."""
     args: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments of the optimizer (momentum, nesterov, weight_decay, betas, ...)."""
     clip_grad_norm: float | None = None
@@ -263,8 +264,9 @@ class TrainerConfig:
 class ScheduleConfig:
     name: str = "constant"
     """LR schedule: a built-in one after the warm-up (constant; step: times gamma every step_epochs; cosine:
-    down to min_lr), or any torch scheduler by a short name (one_cycle, reduce_on_plateau, ...) or import
-    path (torch.optim.lr_scheduler:OneCycleLR) with its args. distrain.fit(scheduler=fn) replaces it."""
+    down to min_lr), or any torch scheduler by its lowercase class name (steplr, onecyclelr, ...), a short
+    name (one_cycle, reduce_on_plateau, ...) or import path (torch.optim.lr_scheduler:OneCycleLR) with its
+    args. distrain.fit(scheduler=fn) replaces it."""
     args: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments of a scheduler named by import path (e.g. max_lr for OneCycleLR); its optimizer,
     and epochs and steps_per_epoch (1 with interval epoch) when it takes them and args does not set them,

@@ -316,7 +316,7 @@ T = TypeVar("T")
 
 
 def raise_agreed(problem: tuple[str, str | None] | None, error: type[UserError] = UserError) -> None:
-    """Raise `error(message, hint)` marked agreed (every rank raises it; rank 0 alone prints it), if
+    """Raise `error(message, hint)` marked agreed (every rank raises it; the first to report it prints it), if
     `problem`: a (message, hint) that every rank holds alike (broadcast or gathered first)."""
     if problem is not None:
         exc = error(*problem)

@@ -32,6 +32,14 @@ class Progress:
     step_in_epoch: int = 0  # global batches of that epoch already trained
     global_step: int = 0  # optimizer steps since the start of the run
     skipped_steps: int = 0  # of those, steps skipped for non-finite values (trainer.on_nonfinite: skip_step)
+    ended_epoch_steps: int = 0  # steps the epoch ended last took (fewer after trainer.max_steps); not saved
+
+    def position(self) -> tuple[int, int]:
+        """(epoch, its steps trained) of the weights as they stand: after an epoch ended, that epoch and its
+        steps (which were fewer than an epoch's when trainer.max_steps stopped it), not the next epoch's 0."""
+        if self.step_in_epoch == 0 and self.epoch > 0:
+            return self.epoch - 1, self.ended_epoch_steps
+        return self.epoch, self.step_in_epoch
 
     def advance(self, *, step_in_epoch: int, skipped: bool) -> None:
         """One optimizer step taken (or skipped, its batch used up all the same)."""
@@ -39,6 +47,7 @@ class Progress:
         self.skipped_steps += skipped
 
     def end_epoch(self) -> None:
+        self.ended_epoch_steps = self.step_in_epoch
         self.epoch, self.step_in_epoch = self.epoch + 1, 0
 
     def state_dict(self) -> dict[str, int]:

@@ -501,7 +501,7 @@ class Trainer:
             else dist.gather_object(tree_map(_on_cpu, self.state.step_state.state_dict())),
         )
         live = (self.state.model, self.state.optimizer)
-        path = self.saver.save(payload, None if whole else live, live)
+        path = self.saver.save(payload, None if whole else live, live, position=self.state.progress.position())
         self.callback("on_save", path)
         return path
 
