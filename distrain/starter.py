@@ -1,10 +1,11 @@
 """`distrain init`: a script and a config of the user's own to edit, from the shipped XOR tutorial.
 
     distrain init [DIR] [--slurm] [--launch]
-        DIR/train.py      examples/xor_tutorial.py: its own nn.Module, Dataset, loss and metric, given to fit
-        DIR/config.yaml   examples/xor.yaml: only how to train (batch, optimizer, epochs, checkpoints)
-        DIR/slurm/        with --slurm: the sbatch scripts (slurm/train.sbatch DIR/train.py DIR/config.yaml)
-        DIR/launch/       with --launch: the torchrun and Accelerate launchers
+    writes into DIR (default: the current folder):
+        train.py      from examples/xor_tutorial.py: its own nn.Module, Dataset, loss and metric, given to fit
+        config.yaml   from examples/xor.yaml: only how to train (batch, optimizer, epochs, checkpoints)
+        slurm/        with --slurm: the sbatch scripts (sbatch slurm/train.sbatch train.py config.yaml)
+        launch/       with --launch: the torchrun and Accelerate launchers
 
     python train.py config.yaml
     torchrun --standalone --nproc_per_node=2 train.py config.yaml
