@@ -164,6 +164,11 @@ def test_the_wheel_installs_and_trains_a_shipped_example_from_an_empty_folder(tm
     assert not missing, f"not in the sdist: {missing[:10]}"
     with zipfile.ZipFile(wheel) as whl:
         names = whl.namelist()
+        metadata = whl.read(f"distrain-{__version__}.dist-info/METADATA").decode()
+    for line in (f"Version: {__version__}", "Requires-Python: >=3.10", "License-Expression: Apache-2.0"):
+        assert line in metadata.splitlines(), line
+    assert {"hf", "docs", "test"} <= set(re.findall(r"^Provides-Extra: (\S+)$", metadata, re.MULTILINE))
+    assert "Classifier: Topic :: System :: Distributed Computing" in metadata and "Summary: Plain data" in metadata
     shipped = sorted(n.removeprefix("distrain/_shipped/") for n in names if n.startswith("distrain/_shipped/"))
     assert shipped == repo_files()  # the wheel holds the repository's folders, exactly
     assert all(n.startswith(("distrain/", f"distrain-{__version__}.dist-info/")) for n in names)
