@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import re
+import shutil
 import subprocess
 import sysconfig
 import tarfile
@@ -114,7 +115,7 @@ def test_one_version_everywhere():
 
 
 def build(tmp_path: Path) -> tuple[Path, Path]:
-    """The sdist built from the repository, and the wheel built from the unpacked sdist (as `python -m build`
+    """The sdist built from the repository's files, and the wheel built from the unpacked sdist (as `python -m build`
     does), by setuptools' own build backend: offline, with no build package needed."""
     dist = tmp_path / "dist"
     dist.mkdir()
@@ -125,11 +126,28 @@ def build(tmp_path: Path) -> tuple[Path, Path]:
         assert result.returncode == 0, result.stderr
         return dist / result.stdout.strip().splitlines()[-1]
 
-    sdist = backend("build_sdist", REPO)
+    # From a copy of the tracked files: in the repository, setuptools would also pack whatever an earlier
+    # build's distrain.egg-info/SOURCES.txt lists (and leave one there), hiding a file MANIFEST.in misses.
+    clean = tmp_path / "clean"
+    for name in tracked_files():
+        (clean / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, clean / name)
+    sdist = backend("build_sdist", clean)
     with tarfile.open(sdist) as tar:
         tar.extractall(tmp_path / "src", filter="data")
     wheel = backend("build_wheel", tmp_path / "src" / f"distrain-{__version__}")
     return sdist, wheel
+
+
+def tracked_files() -> list[str]:
+    """The repository's files as git tracks them (what a clone has, whatever the tests write meanwhile), or
+    without git (a test run from an unpacked sdist) every file but what the build and the runs leave."""
+    result = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True)
+    if result.returncode == 0 and result.stdout.strip():
+        return [p for p in result.stdout.splitlines() if (REPO / p).is_file()]
+    left = {".venv", ".git", "build", "dist", "runs", "data", "wandb", "plots", "site", "__pycache__"}
+    found = [p.relative_to(REPO) for p in REPO.rglob("*") if p.is_file()]
+    return [p.as_posix() for p in found if not left & set(p.parts) and not p.parts[0].endswith(".egg-info")]
 
 
 def fresh_venv(path: Path) -> Path:
@@ -154,13 +172,7 @@ def test_the_wheel_installs_and_trains_a_shipped_example_from_an_empty_folder(tm
     sdist, wheel = build(tmp_path)
     with tarfile.open(sdist) as tar:
         in_sdist = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
-    needed = [
-        p.relative_to(REPO).as_posix()
-        for d in ("tests", "configs", "examples", "slurm", "launch", "docs", "bench")
-        for p in (REPO / d).rglob("*")
-        if p.is_file() and "__pycache__" not in p.parts and "site" not in p.relative_to(REPO).parts[:2]
-    ]
-    missing = [p for p in needed + ["setup.py", "pyproject.toml", "README.md", ".ci/run"] if p not in in_sdist]
+    missing = [p for p in tracked_files() if p not in in_sdist and not p.startswith(".git")]
     assert not missing, f"not in the sdist: {missing[:10]}"
     with zipfile.ZipFile(wheel) as whl:
         names = whl.namelist()
