@@ -258,12 +258,13 @@ def _inspect(args: argparse.Namespace) -> int:
 
 def _examples(args: argparse.Namespace) -> int:
     from distrain import examples
+    from distrain.version import __version__
 
     if args.action == "copy":
         for path in examples.copy(args.what, args.dest):
             print(path)
         return 0
-    print(f"shipped with distrain {_version()} (in {examples.root()}):")
+    print(f"shipped with distrain {__version__} (in {examples.root()}):")
     for name in examples.files():
         print(f"  {name}")
     print("train one by name: distrain train xor; copy one out: distrain examples copy xor .")
@@ -281,9 +282,3 @@ def _init(args: argparse.Namespace) -> int:
     script, config = where / SCRIPT, where / CONFIG
     print(f"next: python {script} {config}   (or torchrun --standalone --nproc_per_node=2 {script} {config})")
     return 0
-
-
-def _version() -> str:
-    from distrain.version import __version__
-
-    return __version__

@@ -56,10 +56,12 @@ def resolve_config(arg: str) -> str:
     name = arg.removesuffix(".yaml")
     if name in config_names():
         return str(root() / "configs" / f"{name}.yaml")
-    raise UserError(
+    error = UserError(
         f"'{arg}' is neither a file nor a shipped config: give a YAML file's path, or one of "
         f"{', '.join(config_names())} (distrain examples lists every shipped file)"
     )
+    error.agreed = True  # every rank resolves the same name alike: global rank 0 alone prints it
+    raise error
 
 
 def copy(what: str, dest: str | Path) -> list[Path]:
