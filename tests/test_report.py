@@ -159,8 +159,11 @@ def run_in_terminal(*args: str, columns: int = 120) -> str:
     import fcntl
     import os
     import pty
+    import select
+    import signal
     import subprocess
     import termios
+    import time
 
     from helpers.runs import PYTHON, REPO
 
@@ -170,8 +173,10 @@ def run_in_terminal(*args: str, columns: int = 120) -> str:
         [PYTHON, "-m", "distrain", *args], stdout=slave, stderr=slave, env=clean_env(), cwd=REPO, start_new_session=True
     )
     os.close(slave)
-    out = bytearray()
-    while True:
+    out, deadline = bytearray(), time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if not select.select([master], [], [], 1.0)[0]:
+            continue
         try:
             chunk = os.read(master, 65536)
         except OSError:  # EIO: the last writer closed the terminal
@@ -180,7 +185,9 @@ def run_in_terminal(*args: str, columns: int = 120) -> str:
             break
         out += chunk
     os.close(master)
-    assert proc.wait(timeout=120) == 0, out.decode(errors="replace")
+    if proc.poll() is None and time.monotonic() >= deadline:
+        os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.wait(timeout=30) == 0, out.decode(errors="replace")
     return out.decode()
 
 
