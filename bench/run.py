@@ -83,7 +83,8 @@ def print_table(
         print(f"  {v:<11} {value:>11,.0f} {x:>8.2f} {spread:>7.0%}")
     if "distrain" in medians and has_floor:
         ratios = ", ".join(f"{ratio('distrain', p):.2f}x {p}" for p in PEERS if p in medians)
-        print(f"  distrain = {ratios}")
+        if ratios:  # no peer (Lightning, Accelerate) ran in this workload: nothing to compare with
+            print(f"  distrain = {ratios}")
     if "distrain_api" in medians and "distrain" in medians and has_floor:
         api = ratio("distrain_api", "distrain")
         print(f"  distrain_api (distrain.fit with a user nn.Module) = {api:.2f}x distrain")

@@ -1,6 +1,7 @@
 """The `distrain` command.
 
-    distrain train CONFIG [key=value ...]                  train (one process, torchrun or srun)
+    distrain train CONFIG [key=value ...]                  train (one process, torchrun or srun); CONFIG is a
+                                                           YAML file or a shipped config's name (xor)
     distrain eval CONFIG checkpoint=PATH [key=value ...]   evaluate a checkpoint (or a run directory's newest)
     distrain predict CONFIG checkpoint=PATH [split=test] [out=FILE] [key=value ...]
                                                            the model's outputs for every sample, in order
@@ -9,6 +10,8 @@
     distrain plot RUN_DIR [RUN_DIR ...] [--out DIR]        loss and accuracy curves (PNG)
     distrain shards CONFIG OUT [--samples-per-shard N] [--format F] [key=value ...]
                                                            the config's data set written as shards
+    distrain examples [copy WHAT [DEST]]                   list the shipped examples, or copy one out
+    distrain init [DIR] [--slurm] [--launch]               a script and a config of your own to edit
 
 Exit status: 0 success; 1 an unexpected error (with traceback); 2 a bad config, environment or file, or a
 file that cannot be written (a message naming it, no traceback); 3 training diverged (NaN or Inf, with
@@ -33,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"distrain {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     train = sub.add_parser("train", help="train from a YAML config")
-    train.add_argument("config", help="path of a YAML config, e.g. configs/xor.yaml")
+    train.add_argument("config", help="a YAML config's path, or a shipped config's name (xor: configs/xor.yaml)")
     train.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. optim.lr=0.05")
     evaluate = sub.add_parser("eval", help="evaluate a checkpoint on the test set (any number of ranks)")
     evaluate.add_argument("config", help="the run's YAML config")
@@ -78,6 +81,16 @@ def _parser() -> argparse.ArgumentParser:
         help="files: distrain's .npy shards (data.name: shards); webdataset: .tar files of PNG images and "
         ".cls labels (data.name: webdataset)",
     )
+    examples = sub.add_parser("examples", help="list the shipped configs, scripts, SLURM and launch files, or copy")
+    actions = examples.add_subparsers(dest="action", metavar="ACTION")
+    actions.add_parser("list", help="every shipped file (the default)")
+    copy = actions.add_parser("copy", help="copy a shipped config, file or folder out, at the same relative path")
+    copy.add_argument("what", help="a config's name (xor), a folder (configs, examples, slurm, launch) or a file")
+    copy.add_argument("dest", nargs="?", default=".", help="where to copy to (default: the current folder)")
+    init = sub.add_parser("init", help="write train.py and config.yaml of your own to edit (the XOR tutorial)")
+    init.add_argument("dir", nargs="?", default=".", help="the folder to write into (default: the current one)")
+    init.add_argument("--slurm", action="store_true", help="also the SLURM batch scripts, in DIR/slurm")
+    init.add_argument("--launch", action="store_true", help="also the torchrun and Accelerate launchers, in DIR/launch")
     return parser
 
 
@@ -105,16 +118,28 @@ def main(argv: list[str] | None = None) -> int:
             return _export(args)
         if args.command == "shards":
             return _shards(args)
+        if args.command == "examples":
+            return _examples(args)
+        if args.command == "init":
+            return _init(args)
         return _inspect(args)
     except UserError as exc:
         report_user_error(exc)
         return exc.exit_code
 
 
+def _config(args: argparse.Namespace) -> str:
+    """The config argument's file: a path as given, or a shipped config's name (distrain.examples)."""
+    from distrain.examples import resolve_config
+
+    return resolve_config(args.config)
+
+
 def _train(args: argparse.Namespace) -> int:
     from distrain.config.parse import load_config
 
-    cfg = _default_run_dir(load_config(args.config, args.overrides), args.config)
+    config = _config(args)
+    cfg = _default_run_dir(load_config(config, args.overrides), config)
     from distrain.launch.signals import Interrupted
     from distrain.loop.trainer import train
 
@@ -141,7 +166,7 @@ def _eval(args: argparse.Namespace) -> int:
     from distrain.config.parse import load_config
 
     checkpoint, rest = _take(args.overrides, "checkpoint", required=True)
-    cfg = load_config(args.config, rest)
+    cfg = load_config(_config(args), rest)
     from distrain.evaluate import evaluate_checkpoint
 
     evaluate_checkpoint(cfg, checkpoint)
@@ -172,7 +197,8 @@ def _predict(args: argparse.Namespace) -> int:
     checkpoint, rest = _take(args.overrides, "checkpoint", required=True)
     split, rest = _take(rest, "split", required=False, default="test")
     out, rest = _take(rest, "out", required=False)
-    cfg = _default_run_dir(load_config(args.config, rest), args.config)
+    config = _config(args)
+    cfg = _default_run_dir(load_config(config, rest), config)
     outputs = predict(cfg, checkpoint=checkpoint, split=split)
     if detect(os.environ).is_main:
         path = Path(out) if out else Path(cfg.run.dir) / f"predictions-{split}.pt"
@@ -202,7 +228,7 @@ def _shards(args: argparse.Namespace) -> int:
 
     if args.samples_per_shard <= 0:
         raise ConfigError("--samples-per-shard", f"must be > 0, got {args.samples_per_shard}")
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(_config(args), args.overrides)
     # The data set's own splits, whole: a validation hold-out (data.val_fraction) is the training run's.
     data = build_splits(dataclasses.replace(cfg.data, val_fraction=0.0), cfg.seed)
     if args.format == "webdataset":
@@ -227,4 +253,32 @@ def _inspect(args: argparse.Namespace) -> int:
     from distrain.checkpoint.inspection import inspect_checkpoint
 
     print(inspect_checkpoint(args.path))
+    return 0
+
+
+def _examples(args: argparse.Namespace) -> int:
+    from distrain import examples
+    from distrain.version import __version__
+
+    if args.action == "copy":
+        for path in examples.copy(args.what, args.dest):
+            print(path)
+        return 0
+    print(f"shipped with distrain {__version__} (in {examples.root()}):")
+    for name in examples.files():
+        print(f"  {name}")
+    print("train one by name: distrain train xor; copy one out: distrain examples copy xor .")
+    return 0
+
+
+def _init(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from distrain.starter import CONFIG, SCRIPT, write_starter
+
+    for path in write_starter(args.dir, slurm=args.slurm, launch=args.launch):
+        print(path)
+    where = Path(args.dir)
+    script, config = where / SCRIPT, where / CONFIG
+    print(f"next: python {script} {config}   (or torchrun --standalone --nproc_per_node=2 {script} {config})")
     return 0

@@ -162,9 +162,10 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def _code(text: str) -> str:
+def _code(text: str, cls: str | None = None) -> str:
     # Raw HTML: a backtick span would show the backslash that a `|` needs inside a markdown table.
-    return f"<code>{html.escape(text).replace('|', '&#124;')}</code>"
+    attr = f' class="{cls}"' if cls else ""
+    return f"<code{attr}>{html.escape(text).replace('|', '&#124;')}</code>"
 
 
 def config_markdown() -> str:
@@ -177,7 +178,10 @@ def config_markdown() -> str:
         out.append("| key | type | default | what it does |")
         out.append("|---|---|---|---|")
         for key in section.keys:
-            out.append(f"| {_code(key.dotted)} | {_code(key.type)} | {_code(key.default)} | {_cell(key.doc)} |")
+            # config-key: never wrapped mid-word (data.global / _batch_siz / e); stylesheets/extra.css
+            out.append(
+                f"| {_code(key.dotted, 'config-key')} | {_code(key.type)} | {_code(key.default)} | {_cell(key.doc)} |"
+            )
         out.append("")
     return "\n".join(out)
 

@@ -4,9 +4,9 @@ image), for the CSV table, the annotations CSV and image folders."""
 import pytest
 import torch
 from helpers.runs import run_cli
-from torchvision.io import write_png
 
 from distrain.data.datasets import csv
+from distrain.data.image_files import encode_png
 from distrain.data.images import csv_images, image_folder
 from distrain.errors import UserError
 
@@ -45,7 +45,7 @@ def test_a_label_outside_the_classes_is_named(tmp_path):
 
 def _png(path, value=0):
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_png(torch.full((3, 8, 8), value, dtype=torch.uint8), str(path))
+    path.write_bytes(encode_png(torch.full((3, 8, 8), value, dtype=torch.uint8)))
 
 
 def test_image_folder_with_a_corrupt_image_or_an_empty_class(tmp_path):

@@ -67,9 +67,14 @@ def test_the_site_builds_strict_with_every_config_key_on_its_reference_page(tmp_
     assert "WARNING" not in result.stderr, result.stderr
     page = (tmp_path / "site" / "reference" / "config" / "index.html").read_text()
     for key in _hooks().config_keys():
-        assert f"<code>{key.dotted}</code>" in page.replace("&lt;", "<").replace("&gt;", ">"), key.dotted
+        assert f'<code class="config-key">{key.dotted}</code>' in page.replace("&lt;", "<").replace("&gt;", ">"), (
+            key.dotted
+        )
+    assert "white-space: nowrap" in (tmp_path / "site" / "stylesheets" / "extra.css").read_text()
     cli = (tmp_path / "site" / "reference" / "cli" / "index.html").read_text()
-    assert all(f"distrain {c}" in cli for c in ("train", "eval", "predict", "inspect", "export", "plot"))
+    assert all(
+        f"distrain {c}" in cli for c in ("train", "eval", "predict", "inspect", "export", "plot", "examples", "init")
+    )
     api = (tmp_path / "site" / "reference" / "api" / "index.html").read_text()
     import distrain
 

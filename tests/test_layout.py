@@ -93,7 +93,16 @@ LAYERS = [
     ["distrain.checkpoint"],
     ["distrain.reporting"],
     ["distrain.loop", "distrain.callbacks"],
-    ["distrain.api", "distrain.cli", "distrain.evaluate", "distrain.prediction", "distrain.__main__", "distrain"],
+    [
+        "distrain.api",
+        "distrain.cli",
+        "distrain.evaluate",
+        "distrain.prediction",
+        "distrain.examples",
+        "distrain.starter",
+        "distrain.__main__",
+        "distrain",
+    ],
 ]
 
 

@@ -1,6 +1,7 @@
 """Metric logging: W&B offline files, TensorBoard event files and the CSV file read back and compared with
 metrics.jsonl, one W&B run per job, W&B off by default without an account, plots, console output."""
 
+import re
 import struct
 from pathlib import Path
 
@@ -150,6 +151,59 @@ def test_progress_bar_when_asked(tmp_path):
     )
     assert result.returncode == 0 and "40/40" in result.stderr and "samples_s" in result.stderr
     assert not (tmp_path / "wandb").exists() and not (tmp_path / "wandb.json").exists()
+
+
+def run_in_terminal(*args: str, columns: int = 120) -> str:
+    """`python -m distrain ARGS` with stdout and stderr on a pseudo-terminal `columns` wide (the bar shows as
+    in a user's terminal: log.progress_bar auto), and all it wrote there."""
+    import fcntl
+    import os
+    import pty
+    import select
+    import signal
+    import subprocess
+    import termios
+    import time
+
+    from helpers.runs import PYTHON, REPO
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
+    proc = subprocess.Popen(
+        [PYTHON, "-m", "distrain", *args], stdout=slave, stderr=slave, env=clean_env(), cwd=REPO, start_new_session=True
+    )
+    os.close(slave)
+    out, deadline = bytearray(), time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if not select.select([master], [], [], 1.0)[0]:
+            continue
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the last writer closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    if proc.poll() is None and time.monotonic() >= deadline:
+        os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.wait(timeout=30) == 0, out.decode(errors="replace")
+    return out.decode()
+
+
+def test_the_bar_stays_whole_while_epoch_and_save_lines_print_above_it(tmp_path):
+    out = run_in_terminal(
+        "train", XOR, f"run.dir={tmp_path}", "trainer.epochs=3", "checkpoint.every_epochs=1", "log.every_steps=5"
+    )
+    # What the terminal shows between carriage returns and newlines: a bar's frame, a log line, a clearing.
+    pieces = [p.strip() for p in out.replace("\r\n", "\n").replace("\r", "\n").split("\n") if p.strip()]
+    bars = [p for p in pieces if re.search(r"\d+%\|.*\| \d+/60 \[", p)]  # tqdm's frame: 33%|███ | 20/60 [...]
+    logs = [p for p in pieces if p.startswith(("epoch ", "saved "))]
+    assert bars and [p.split()[1] for p in logs if p.startswith("epoch ")] == ["0", "1", "2"]
+    spliced = [p for p in bars if "saved" in p or "epoch" in p or "loss" in p.split("]")[-1]]
+    assert not spliced, f"log text inside a bar line: {spliced[:3]}"
+    assert sum(p.startswith("saved ") for p in logs) >= 3
+    assert all(p.startswith(("epoch ", "saved ")) for p in pieces if "saved runs" in p or "train loss" in p)
 
 
 @pytest.mark.slow

@@ -112,3 +112,19 @@ def test_bench_parts_prints_each_part():
     assert set(rows) == {"zero_grad", "targets", "meter", "shuffle"}, result.stdout
     assert all("us per step" in rows[name] for name in ("zero_grad", "targets", "meter"))
     assert "ms per epoch of 1563 steps" in rows["shuffle"]
+
+
+def test_the_bench_summary_has_no_empty_ratio_line(capsys):
+    # A workload that no peer ran (Lightning, Accelerate, the tutorial loop) has nothing to compare distrain
+    # with: no `distrain = ` line, rather than an empty one.
+    import types
+
+    from bench.run import print_table
+
+    w = types.SimpleNamespace(samples=100, batch=8, threads=1)
+    alone = {"floor": [1.0], "distrain": [0.9]}
+    print_table("alone", w, {"floor": 1.0, "distrain": 0.9}, alone, alone)
+    assert "distrain =" not in capsys.readouterr().out
+    peer = {**alone, "tutorial": [0.8]}
+    print_table("peer", w, {"floor": 1.0, "distrain": 0.9, "tutorial": 0.8}, peer, peer)
+    assert "  distrain = 1.12x tutorial\n" in capsys.readouterr().out

@@ -11,11 +11,11 @@ import tarfile
 import pytest
 import torch
 from helpers.runs import write_fashion_mnist
-from torchvision.io import encode_png
 
 import distrain.data.webdataset as wds
 from distrain.cli import main
 from distrain.config.registry import call, resolve
+from distrain.data.image_files import encode_png
 from distrain.data.images import ImageTransform, fashion_mnist
 from distrain.data.in_memory import BatchTransform, ImageTensors
 from distrain.data.shards import is_sharded, shard_sizes, takes_start
@@ -87,7 +87,7 @@ def test_hand_written_tars_by_name_with_the_in_memory_values(tmp_path):
         with tarfile.open(tmp_path / "set" / f"part-{part}.tar", "w") as tar:
             for i in range(3 * part, 3 * part + 3):
                 add(tar, f"imgs/{i:04d}.meta.json", b"{}")
-                add(tar, f"imgs/{i:04d}.img.png", encode_png(x[i]).numpy().tobytes())
+                add(tar, f"imgs/{i:04d}.img.png", encode_png(x[i]))
                 add(tar, f"imgs/{i:04d}.txt", f" {int(y[i])}\n".encode())
     assert sample_key("imgs/0001.img.png") == ("imgs/0001", "img.png")
     streamed = by_name(
@@ -109,9 +109,9 @@ def test_bad_tars_are_named(tmp_path):
         by_name(train=str(tmp_path))
     assert info.value.key == "data.args.train" and "names no .tar file" in str(info.value)
     with tarfile.open(tmp_path / "a.tar", "w") as tar:
-        add(tar, "0001.png", encode_png(images(1).tensors[0][0]).numpy().tobytes())
+        add(tar, "0001.png", encode_png(images(1).tensors[0][0]))
         add(tar, "0001.json", b"{}")
-        add(tar, "0002.png", encode_png(images(1).tensors[0][0]).numpy().tobytes())
+        add(tar, "0002.png", encode_png(images(1).tensors[0][0]))
         add(tar, "0002.cls", b"cat")
     shards = TarShards([str(tmp_path / "a.tar")])
     with pytest.raises(UserError, match=r"sample '0001' of .*a.tar has no .cls file \(it has: json, png\)"):

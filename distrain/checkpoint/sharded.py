@@ -78,6 +78,21 @@ def _fresh_folder(path: Path, is_main: bool) -> Path:
     return Path(dist.rank0_decides(make, is_main))
 
 
+def _dcp_save(state: dict[str, Any], writer: Any, *, process_group: Any = None) -> None:
+    """dcp.save of a state of plain dicts (collective in a group). In one process, DCP's own one-process path
+    (no_dist): dcp.save takes it too, but warns on every call that it is "assuming the intent is to save in
+    a single process", even when told so; a warnings filter around the call would not be thread-safe (the
+    background saves run it in a writer thread)."""
+    import torch.distributed as tdist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict_saver import _save_state_dict
+
+    if tdist.is_available() and tdist.is_initialized():
+        dcp.save(state, storage_writer=writer, process_group=process_group)
+    else:
+        _save_state_dict(state, storage_writer=writer, no_dist=True)
+
+
 def _state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
@@ -223,13 +238,12 @@ def write_sharded(
     """Write the sharded checkpoint `path` (a folder). Collective: every rank writes its shards. Returns the
     manifest on rank 0 (None elsewhere). Raises UserError alike on every rank for a failure met by all
     (no folder, a full disk during the shards), or on rank 0 alone after the last collective."""
-    import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.api import CheckpointException
 
     tmp = _fresh_folder(path, is_main)
     writer, mine, problem = _writer(tmp), None, None
     try:
-        dcp.save(_state(model, optimizer), storage_writer=writer)
+        _dcp_save(_state(model, optimizer), writer)
         mine = _own_files(tmp, writer)
     except CheckpointException as exc:  # a BaseException (not caught by `except Exception`); on every rank
         if is_main:
@@ -262,8 +276,6 @@ def write_sharded_in_background(
     async_save does, but in the low-priority writer thread rather than one async_save starts at the
     training thread's priority), their collectives on the writers' own group. `then(manifest)` runs on
     rank 0 after the checkpoint is complete (pruning, best links)."""
-    import torch.distributed as tdist
-    import torch.distributed.checkpoint as dcp
 
     tmp = _fresh_folder(path, is_main)
     # Training goes on changing the live tensors; the copy of those in `owned` is left to the writer thread.
@@ -273,7 +285,7 @@ def write_sharded_in_background(
     def finish() -> None:
         writer, mine, problem = _writer(tmp), None, None
         try:
-            dcp.save(staged, storage_writer=writer, process_group=background.group, no_dist=not tdist.is_initialized())
+            _dcp_save(staged, writer, process_group=background.group)
             mine = _own_files(tmp, writer)
         except BaseException as exc:  # noqa: BLE001 (DCP's CheckpointException is a BaseException)
             problem = _failed_write(tmp, exc)
@@ -344,6 +356,7 @@ def _safe_reader(path: Path):
 def _dcp_load(path: Path, state: dict[str, Any], *, rebuild: str | None = None) -> None:
     """dcp.load into `state` (collective); `rebuild`: fill the empty `state` with that top-level key's
     entries as saved, whole, in this process alone (no collective; what DCP's own dcp_to_torch_save does)."""
+    import torch.distributed as tdist
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.api import CheckpointException
     from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
@@ -351,7 +364,10 @@ def _dcp_load(path: Path, state: dict[str, Any], *, rebuild: str | None = None) 
 
     try:
         if rebuild is None:
-            dcp.load(state, storage_reader=_safe_reader(path))
+            if tdist.is_available() and tdist.is_initialized():
+                dcp.load(state, storage_reader=_safe_reader(path))
+            else:  # DCP's one-process path, as in _dcp_save
+                _load_state_dict(state, storage_reader=_safe_reader(path), no_dist=True)
         else:
             _load_state_dict(
                 state,

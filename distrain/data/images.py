@@ -332,12 +332,10 @@ class CsvImages(Dataset):
         return len(self.rows)
 
     def __getitem__(self, index: int):
-        from torchvision.io import ImageReadMode, decode_image
+        from distrain.data.image_files import decode
 
         name, label = self.rows[index]
-        mode = ImageReadMode.RGB if self.mode == "rgb" else ImageReadMode.GRAY
-        image = decode_image(str(self.folder / name), mode=mode)
-        return self.transform(image), label
+        return self.transform(decode(self.folder / name, "rgb" if self.mode == "rgb" else "gray")), label
 
 
 def csv_images(

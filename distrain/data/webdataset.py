@@ -6,8 +6,8 @@ to the first dot of the file name: `000123.png` + `000123.cls`), for image sets 
 
 Each tar file is one shard (sorted by name). `shard_size` counts a shard's samples from the tar headers
 alone (no image is read); `open_shard(shard, start)` passes over the first `start` samples' members
-without reading or decoding them. Images are decoded by torchvision.io.decode_image (PNG, JPEG, ...:
-uint8 [C, H, W]) and go through the data set's transform (data.args.transform, torchvision transforms
+without reading or decoding them. Images are decoded through PIL (distrain.data.image_files: PNG, JPEG,
+...: uint8 [C, H, W]) and go through the data set's transform (data.args.transform, torchvision transforms
 v2, per sample); labels are read from `.cls` or `.txt` files as integers. A sample's files must be
 adjacent in the tar (the WebDataset convention: written one sample after another).
 """
@@ -116,12 +116,11 @@ def _open(shard: str) -> tarfile.TarFile:
 
 
 def decode(data: bytes, mode: Mode, where: str) -> torch.Tensor:
-    from torchvision.io import ImageReadMode, decode_image
+    from distrain.data.image_files import decode as decode_file
 
-    read_mode = {"unchanged": ImageReadMode.UNCHANGED, "rgb": ImageReadMode.RGB, "gray": ImageReadMode.GRAY}[mode]
     try:
-        return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=read_mode)
-    except RuntimeError as exc:
+        return decode_file(data, mode)
+    except Exception as exc:  # noqa: BLE001 - PIL raises many types (UnidentifiedImageError, SyntaxError, OSError)
         raise UserError(f"{where} is not a readable image ({exc})", "replace or remove the sample") from None
 
 
@@ -190,7 +189,7 @@ def write_tar_splits(data: DataSets, out_dir: str | os.PathLike, samples_per_sha
 
 
 def _write_tars(dataset: Dataset, folder: Path, samples_per_shard: int) -> None:
-    from torchvision.io import encode_png
+    from distrain.data.image_files import encode_png
 
     if samples_per_shard <= 0:
         raise ConfigError("--samples-per-shard", f"must be > 0, got {samples_per_shard}")
@@ -207,7 +206,7 @@ def _write_tars(dataset: Dataset, folder: Path, samples_per_shard: int) -> None:
                         f"{getattr(image, 'dtype', type(image).__name__)} {list(getattr(image, 'shape', []))}",
                         "tar shards hold images as PNG: write a data set of uint8 images (or use --format files)",
                     )
-                _add(tar, f"{index:08d}.png", encode_png(image.contiguous()).numpy().tobytes())
+                _add(tar, f"{index:08d}.png", encode_png(image))
                 _add(tar, f"{index:08d}.cls", str(int(label)).encode())
         fsync_path(path)
 

@@ -17,6 +17,7 @@ errors only.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
@@ -93,14 +94,19 @@ class Reporter:
         self.window_step = start_step
         self.loggers: list[Any] = []
         self.bar = None
+        self._console = contextlib.ExitStack()  # the log lines' redirection through the bar, undone at close
         check_loggers(cfg.loggers)  # every rank: a logger that cannot be imported stops them all alike
         if ctx.is_main:
             self.loggers = build_loggers(run_cfg, run_dir, start_step)
             show_bar = cfg.progress_bar == "always" or (cfg.progress_bar == "auto" and sys.stdout.isatty())
             if show_bar:
                 from tqdm import tqdm
+                from tqdm.contrib.logging import logging_redirect_tqdm
 
                 self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
+                # distrain's log lines (epochs, saves, warnings) go through the bar's writer while it shows:
+                # printed past it, a line would split the bar in two (`...samples_s=289015]s` `aved ...`).
+                self._console.enter_context(logging_redirect_tqdm(loggers=[log], tqdm_class=tqdm))
         self.best: dict[str, float] = {}
         self.comm_start: dict[str, float] = {}  # the strategy's comm figures at the last log step
 
@@ -281,6 +287,7 @@ class Reporter:
             return
         if self.bar is not None:
             self.bar.close()
+            self._console.close()
         try:
             if plots and self.metrics.path.exists():
                 from distrain.reporting.plots import plot_runs
