@@ -118,3 +118,20 @@ def test_the_hooks_come_at_each_epoch_and_split_and_the_probe_leaves_the_state(t
     # Step 3 (mid-epoch 1) saved this rank's count since the epoch began: 1 batch of epoch 1.
     assert newest_payload(tmp_path)["step"] == [{"count": 2}]
     assert torch.load(tmp_path / "checkpoints" / "step-00000003.pt", weights_only=False)["step"] == [{"count": 1}]
+
+
+@pytest.mark.parametrize(
+    "overrides,problem",
+    [
+        (["data.streams=true"], "needs data.shuffle: false"),
+        (["data.streams=true", "data.shuffle=false", "trainer.exact=true"], "cannot be used in exact mode"),
+    ],
+)
+def test_data_streams_refuses_what_would_break_the_streams(overrides, problem):
+    from helpers.runs import XOR
+
+    from distrain.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        distrain.load_config(XOR, overrides)
+    assert info.value.key == "data.streams" and problem in str(info.value)

@@ -38,7 +38,6 @@ from distrain.loop.metrics import MetricSet, build_metric
 from distrain.loop.objective import Objective, build_objective, output_width, probe_outputs
 from distrain.reporting.console import setup_logging
 from distrain.seeding import configure_determinism, seed_everything
-from distrain.strategies.options import is_exact
 
 log = logging.getLogger("distrain")
 
@@ -213,14 +212,11 @@ def build_parts(cfg: Config, ctx: DistContext, given: Given | None = None) -> Pa
 
 
 def _check_streams(cfg: Config, data: DataSets) -> None:
-    """data.streams deals positions of map-style batches: a stream, or exact mode's chunks, would not keep them."""
+    """data.streams deals positions of map-style batches: a stream would not keep them (exact mode's chunks
+    are refused with the strategy's options)."""
     for split, dataset in (("train", data.train), ("val", data.val), ("test", data.test)):
         if dataset is not None and is_stream(dataset):
             raise ConfigError("data.streams", f"needs map-style data sets; the {split} split is a stream")
-    if is_exact(cfg):
-        raise ConfigError(
-            "data.streams", "cannot be used in exact mode: it deals each global batch in fixed chunks, not by rank"
-        )
 
 
 def _metric_set(objective: Any, metric_objects: dict[str, Any], device: torch.device) -> Any:
@@ -311,6 +307,7 @@ def build_optimizer_for(
         from distrain.loop.several import several_optimizers
 
         optimizer = several_optimizers(model, chosen)  # type: ignore[arg-type]
+        _refuse_replaced_optim(cfg)
         return optimizer, optimizer.param_groups[0]["lr"]
     if chosen is None:
         if cfg is None:
@@ -320,7 +317,6 @@ def build_optimizer_for(
                 "set optim.lr (and optim.name) in the config, or pass optimizer= to distrain.fit",
             )
         return build_optimizer(cfg, model.parameters()), cfg.lr
-    _refuse_replaced_optim(cfg)
     if isinstance(chosen, torch.optim.Optimizer) and replaces_parameters:
         raise ArgumentError(
             "optimizer",
@@ -344,6 +340,7 @@ def build_optimizer_for(
             "the optimizer holds parameters that are not the model's",
             "build it on model.parameters() of the model passed as model=",
         )
+    _refuse_replaced_optim(cfg)
     return chosen, chosen.param_groups[0]["lr"]
 
 

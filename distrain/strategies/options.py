@@ -124,6 +124,11 @@ def check_strategy(cfg: Any) -> None:  # a distrain.config.schema.Config (which 
     )
     if is_exact(cfg):
         _check_exact(cfg)
+        check(
+            not cfg.data.streams,
+            "data.streams",
+            "cannot be used in exact mode: it deals each global batch in fixed chunks, not by rank",
+        )
     if cfg.ddp.comm_hook != "none":
         check(
             cfg.strategy == "ddp" and not cfg.trainer.exact and cfg.engine == "native",
