@@ -13,6 +13,7 @@ no padding); the pieces are gathered to every rank in rank order, which is data 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import os
 from pathlib import Path
@@ -58,7 +59,9 @@ def predict(
         )
         if dataset is None:
             raise ConfigError("split", f"this config has no {split!r} split", "use split=test, val or train")
-        batches = build_eval_batches(dataset, parts.batch_setup, eval_batch_size=cfg.data.eval_batch_size)
+        # Whole batches per rank (also with data.streams: outputs are joined in data set order below).
+        setup = dataclasses.replace(parts.batch_setup, streams=False)
+        batches = build_eval_batches(dataset, setup, eval_batch_size=cfg.data.eval_batch_size)
         mine = predict_outputs(parts.model, batches)
         # Rank order is data set order: each rank holds a contiguous run of whole batches.
         pieces = [piece for rank_pieces in dist.all_gather_object(mine) for piece in rank_pieces]

@@ -13,6 +13,7 @@ import random
 import pytest
 import torch
 from helpers.runs import (
+    PYTHON,
     REPO,
     XOR,
     assert_bitwise,
@@ -20,6 +21,7 @@ from helpers.runs import (
     newest_weights,
     records,
     run_cli,
+    run_group,
     run_torchrun,
 )
 from torch import nn
@@ -138,20 +140,38 @@ def test_a_chunk_count_that_does_not_divide_over_the_processes_is_refused():
     assert count_chunks(96, 24, 3, lanes=6) == 6  # a sharded stream's chunks are its lanes: any world size
 
 
-def test_batchnorm_running_statistics_are_named():
-    model = nn.Sequential(nn.Linear(2, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
-    assert running_statistics(model) == ["1 (BatchNorm1d)"]
+def test_running_statistics_are_replayed_as_the_layer_would_update_them_chunk_by_chunk():
+    """RunningStatistics against BatchNorm's own updates: three chunks through a layer in training mode one
+    after the other (what one process without exact mode does) move the running mean and variance as the
+    replay does (to float rounding), the batches counted, both with a momentum and with None."""
+    from distrain.strategies.exact import RunningStatistics
+
+    torch.manual_seed(0)
+    chunks = [torch.randn(4, 3) * (i + 1) + i for i in range(3)]
+    for momentum in (0.1, None):
+        ours, theirs = nn.BatchNorm1d(3, momentum=momentum), nn.BatchNorm1d(3, momentum=momentum)
+        for chunk in chunks:
+            theirs(chunk)
+        stats = RunningStatistics(running_statistics(ours), len(chunks))
+        stats.start()
+        for j in (2, 0, 1):  # recorded in any order: replayed in chunk order
+            ours(chunks[j])
+            stats.record(j)
+        stats.finish()
+        assert ours.momentum == momentum and int(ours.num_batches_tracked) == 3
+        assert torch.allclose(ours.running_mean, theirs.running_mean, atol=1e-6)
+        assert torch.allclose(ours.running_var, theirs.running_var, atol=1e-5)
     assert running_statistics(nn.Sequential(nn.Linear(2, 4), nn.BatchNorm1d(4, track_running_stats=False))) == []
 
 
-def test_a_batchnorm_model_is_refused_naming_the_layer(tmp_path):
+def test_syncbatchnorm_is_refused_naming_the_layer(tmp_path):
     import distrain
 
     cfg = load_config(XOR, ["trainer.exact=true", f"run.dir={tmp_path}", "trainer.epochs=1", "wandb.mode=disabled"])
-    model = nn.Sequential(nn.Linear(2, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Linear(4, 1))
+    model = nn.Sequential(nn.Linear(2, 4), nn.SyncBatchNorm(4), nn.Tanh(), nn.Linear(4, 1))
     with pytest.raises(ConfigError) as err:
         distrain.fit(cfg, model=model)
-    assert err.value.key == "trainer.exact" and "1 (BatchNorm1d)" in str(err.value)
+    assert err.value.key == "trainer.exact" and "SyncBatchNorm exact (1)" in str(err.value)
 
 
 # ------------------------------------------------------------------------------------ real runs
@@ -262,3 +282,57 @@ def test_default_mode_draws_different_dropout_masks_on_each_rank(tmp_path):
     assert rank0.shape == rank1.shape == (64, 16)  # each rank's half of the first global batch of 128
     assert not torch.equal(rank0, rank1)  # before: the same generator state on every rank, the same mask
     assert 0.3 < (rank0 == 0).float().mean() < 0.7 and 0.3 < (rank1 == 0).float().mean() < 0.7
+
+
+# ------------------------------------------------------------- BatchNorm and augmentation in workers
+
+RESNET = [str(EXAMPLES / "exact_resnet.py"), str(EXAMPLES / "exact_resnet.yaml")]
+RESNET_ARGS = ("trainer.epochs=2", "log.plots=false", "checkpoint.keep_last=0")
+
+
+def _resnet(nproc, run_dir, **kw):
+    """examples/exact_resnet.py: a torchvision ResNet-18, RandomResizedCrop and RandomHorizontalFlip in 2
+    DataLoader workers per process, 8 chunks of 4 per step, 8 steps an epoch, a checkpoint every 4."""
+    if nproc == 1 and "script" not in kw:
+        return run_group([PYTHON, *RESNET, f"run.dir={run_dir}", *RESNET_ARGS], env=clean_env(), timeout=600)
+    script = kw.pop("script", "examples/exact_resnet.py")
+    args = RESNET if script != "examples/exact_resnet.py" else RESNET[1:]
+    return run_torchrun(nproc, *args, f"run.dir={run_dir}", *RESNET_ARGS, script=script, timeout=600, **kw)
+
+
+@pytest.fixture(scope="module")
+def resnet_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("exact-resnet")
+    for nproc in (1, 4):
+        result = _resnet(nproc, root / str(nproc))
+        assert result.returncode == 0, result.stderr[-3000:]
+    # On 2 processes, rank 1 SIGKILLed after step 14 (epoch 1, mid-epoch); then resumed on 4.
+    killed = _resnet(
+        2, root / "2-4", script="tests/helpers/kill_at_step.py", env=clean_env(KILL_STEP="14", KILL_RANK="1")
+    )
+    assert killed.returncode != 0 and "(exitcode: -9)" in killed.stderr
+    two = {p.name: torch.load(p, weights_only=False) for p in (root / "2-4" / "checkpoints").glob("step-*.pt")}
+    resumed = _resnet(4, root / "2-4")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming a 2-process checkpoint on 4 processes" in resumed.stderr
+    return root, two
+
+
+@pytest.mark.slow
+def test_resnet18_with_batchnorm_and_augmentation_in_workers_is_bitwise_on_1_2_and_4_processes(resnet_runs):
+    root, two = resnet_runs
+    one = torch.load(root / "1" / "model.pt")
+    assert any("running_mean" in k for k in one) and int(one["bn1.num_batches_tracked"]) == 16 * 8  # 8 chunks a step
+    assert_bitwise(one, torch.load(root / "4" / "model.pt"))  # weights and BatchNorm buffers
+    assert _figures(root / "4") == _figures(root / "1") and len(records(root / "1")) == 4  # train, test x 2 epochs
+    # The 2-process run's checkpoints (steps 4, 8, 12) are the 1-process run's, bitwise.
+    assert sorted(two) == ["step-00000004.pt", "step-00000008.pt", "step-00000012.pt"]
+    for name, payload in two.items():
+        assert_bitwise(torch.load(root / "1" / "checkpoints" / name, weights_only=False)["model"], payload["model"])
+
+
+@pytest.mark.slow
+def test_resnet18_killed_on_2_processes_and_resumed_on_4_ends_as_the_1_process_run(resnet_runs):
+    root, _ = resnet_runs
+    assert_bitwise(torch.load(root / "1" / "model.pt"), torch.load(root / "2-4" / "model.pt"))
+    assert _figures(root / "2-4") == _figures(root / "1")

@@ -57,3 +57,16 @@ def test_a_palette_image_is_expanded_to_rgb():
 def test_a_broken_file_raises():
     with pytest.raises(Exception):  # noqa: B017 - PIL's own type; callers name the file in their error
         decode(encode_png(pixels(3))[:20])
+
+
+def test_a_16_bit_png_keeps_every_value():
+    import numpy as np
+
+    values = (np.arange(6 * 5, dtype=np.uint16) * 2000).reshape(6, 5)
+    buffer = io.BytesIO()
+    Image.fromarray(values).save(buffer, format="PNG")  # mode I;16
+    expected = torch.from_numpy(values.astype(np.int32))
+    for mode, channels in (("unchanged", 1), ("gray", 1), ("rgb", 3)):
+        decoded = decode(buffer.getvalue(), mode)
+        assert decoded.shape == (channels, 6, 5) and decoded.to(torch.int32).max() > 255
+        assert all(torch.equal(decoded[c].to(torch.int32), expected) for c in range(channels))

@@ -125,6 +125,7 @@ def test_the_hooks_come_at_each_epoch_and_split_and_the_probe_leaves_the_state(t
     [
         (["data.streams=true"], "needs data.shuffle: false"),
         (["data.streams=true", "data.shuffle=false", "trainer.exact=true"], "cannot be used in exact mode"),
+        (["data.streams=true", "data.shuffle=false", "data.val_fraction=0.1"], "cannot be used with data.val_fraction"),
     ],
 )
 def test_data_streams_refuses_what_would_break_the_streams(overrides, problem):
@@ -135,3 +136,65 @@ def test_data_streams_refuses_what_would_break_the_streams(overrides, problem):
     with pytest.raises(ConfigError) as info:
         distrain.load_config(XOR, overrides)
     assert info.value.key == "data.streams" and problem in str(info.value)
+
+
+def _fit(tmp_path, step, optimizer=None, **more):
+    raw = {
+        "seed": 0,
+        "run": {"dir": str(tmp_path)},
+        "data": {"global_batch_size": 4, "eval_batch_size": 4},
+        "trainer": {"epochs": 2},
+        "log": {"plots": False},
+        "wandb": {"mode": "disabled"},
+    }
+    if optimizer is None:
+        raw["optim"] = {"lr": 0.1}
+    data = TensorDataset(torch.randn(8, 2), torch.randn(8, 1))
+    model = nn.Linear(2, 1)
+    opt = optimizer(model) if optimizer else None
+    return distrain.fit(
+        distrain.load_config(raw), model=model, train_data=data, val_data=data, step=step, optimizer=opt
+    )
+
+
+def test_a_step_with_only_the_hook_gets_every_split_start(tmp_path):
+    events = []
+
+    class Resetting:
+        def on_split_start(self, split):
+            events.append(split)
+
+        def __call__(self, model, batch):
+            x, y = batch
+            return ((model(x) - y) ** 2).mean(dim=1)
+
+    _fit(tmp_path, Resetting())
+    assert events == ["train", "val"] * 2
+
+
+def test_a_state_a_checkpoint_cannot_hold_is_refused_at_the_first_save(tmp_path):
+    from collections import namedtuple
+
+    from distrain.errors import ArgumentError
+
+    Pair = namedtuple("Pair", "h c")
+
+    class Holding(Recorder):
+        def state_dict(self):
+            return {"state": Pair(torch.zeros(1), torch.zeros(1))}
+
+        def load_state_dict(self, state):
+            pass
+
+    with pytest.raises(ArgumentError) as info:
+        _fit(tmp_path, Holding())
+    assert info.value.key == "step" and "namedtuple" in str(info.value)
+    assert not list((tmp_path / "checkpoints").glob("*.pt"))  # nothing written
+
+
+def test_a_stateful_step_with_a_closure_optimizer_is_refused(tmp_path):
+    from distrain.errors import ArgumentError
+
+    with pytest.raises(ArgumentError) as info:
+        _fit(tmp_path, Recorder(), optimizer=lambda model: torch.optim.LBFGS(model.parameters()))
+    assert info.value.key == "step" and "LBFGS calls the step many times per batch" in str(info.value)

@@ -79,6 +79,10 @@ class DataConfig:
     such a worker can hang before its first line (cpython#112275)."""
     prefetch_factor: int | None = None
     """Batches each worker loads ahead (null: torch's default)."""
+    seed_samples: bool = True
+    """DataLoader path: seed torch's, Python's and NumPy's generators from (seed, epoch, sample index) before
+    each sample is read, so random augmentation in the data set gives a sample the same draws on any rank,
+    worker or world size (and exact mode stays exact with it). false: each worker's own streams."""
     lanes: int | None = None
     """Sharded streams: the lanes the shards are dealt to, the unit of reading (rank r reads lanes r, r+W,
     ...). Part of the data order: keep it when resuming on another world size (null: one per shard, at most
@@ -112,6 +116,13 @@ class DataConfig:
             "data.streams",
             "needs data.shuffle: false (shuffling would break each stream's order)",
             "set data.shuffle=false",
+        )
+        check(
+            not (self.streams and self.val_fraction > 0),
+            "data.streams",
+            "cannot be used with data.val_fraction: holding samples out would move every later sample to "
+            "another stream",
+            "give a validation split of your own (val_data=), or data.val_fraction=0",
         )
         if self.name is not None:
             check_name("data", self.name, "data.name")
@@ -222,7 +233,8 @@ class TrainerConfig:
     number of chunks (data.global_batch_size / exact_chunk): each chunk's forward and backward runs alone,
     with randomness seeded by (seed, global step, chunk), and the chunks' gradients are summed
     on a grid (float64 sums that are exact), which no order or grouping changes. exact_threads intra-op threads.
-    strategy ddp, engine native; precision 32 or bf16; no BatchNorm running statistics. See the docs page
+    strategy ddp, engine native; precision 32 or bf16; BatchNorm running statistics replayed in chunk order,
+    augmentation in the data set seeded per sample (data.seed_samples). See the docs page
     "What is exact"."""
     steps_per_epoch: int | None = None
     """Optimizer steps per epoch: required for a stream without a length (the stream goes on across

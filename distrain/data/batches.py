@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from torch.utils.data._utils.collate import default_collate
 
 from distrain.data.sampling import GlobalBatchSampler, eval_batch_ranges
+from distrain.data.seeded import Keyed, SeededSamples
 from distrain.data.structures import MultipleInputs, split_sample, to_device, tree_map
 from distrain.errors import ConfigError
 from distrain.seeding import loader_generator, seed_worker
@@ -32,7 +33,8 @@ class Batch:
     step: int  # training: step within the epoch; evaluation: the global eval-batch index
     inputs: Any  # a tensor, or several (MultipleInputs), or a dict of keyword inputs
     targets: Any  # as the loss takes them (see `prepare_targets` below)
-    global_size: int  # samples in this step over all ranks (training) or in this batch (evaluation)
+    global_size: int  # samples in this step over all ranks (training); this rank's samples of the batch
+    # (evaluation: the whole batch, or this rank's positions of it with data.streams)
     # Sharded streams: (lane, rows) of the share, in lane order (a lane is read by one rank on any world
     # size, so a strategy that needs world-size-free units of the batch can take each lane as one).
     lanes: list[tuple[int, int]] | None = None
@@ -98,6 +100,7 @@ class LoaderOptions:
     num_workers: int = 0
     persistent_workers: bool | None = None  # null: yes when there are workers
     prefetch_factor: int | None = None
+    seed_samples: bool = False  # data.seed_samples: each sample read under its own seed (data/seeded.py)
 
 
 @dataclass(frozen=True)
@@ -127,8 +130,19 @@ class BatchSetup:
 
 
 def _loader(
-    dataset: Dataset, batch_sampler: Any, device: torch.device, options: LoaderOptions, seed: int, rank: int
+    dataset: Dataset,
+    batch_sampler: Any,
+    device: torch.device,
+    options: LoaderOptions,
+    seed: int,
+    rank: int,
+    epoch: Callable[[], int] | None = None,
 ) -> DataLoader:
+    """A DataLoader over this rank's batches. With data.seed_samples (`options.seed_samples`) each sample
+    is read under its own seed from (seed, `epoch()`, index): data/seeded.py."""
+    collate = _CollateOrEmpty(dataset)
+    if options.seed_samples:
+        dataset, batch_sampler = SeededSamples(dataset, seed), Keyed(batch_sampler, epoch or (lambda: -1))
     # Pinned host memory lets the copies to the GPU run asynchronously (non_blocking=True below).
     return DataLoader(
         dataset,
@@ -137,7 +151,7 @@ def _loader(
         # Workers forked once, not every epoch: see data.persistent_workers (cpython#112275).
         persistent_workers=options.num_workers > 0 and options.persistent_workers is not False,
         prefetch_factor=options.prefetch_factor,
-        collate_fn=_CollateOrEmpty(dataset),
+        collate_fn=collate,
         pin_memory=device.type == "cuda",
         worker_init_fn=seed_worker if options.num_workers else None,
         generator=loader_generator(seed, rank),
@@ -180,7 +194,9 @@ class TrainBatches:
             self._tensors = _on_device(dataset, device, prepare_targets)
         else:
             self._tensors = None
-            self._loader = _loader(dataset, _RankBatchSampler(sampler), device, options, seed, sampler.rank)
+            self._loader = _loader(
+                dataset, _RankBatchSampler(sampler), device, options, seed, sampler.rank, lambda: sampler.epoch
+            )
 
     steps_limit: int | None = None  # trainer.steps_per_epoch: an epoch ends after this many steps
 

@@ -24,11 +24,16 @@ _KEPT = ("L", "LA", "RGB", "RGBA")  # PIL modes "unchanged" returns as they are 
 
 
 def decode(source: bytes | str | Path, mode: Mode = "unchanged") -> torch.Tensor:
-    """An image file's pixels as uint8 [C, H, W]. Raises what PIL raises for an unreadable file (callers
+    """An image file's pixels as uint8 [C, H, W] (uint16 for a 16-bit gray file, as torchvision's decoder gave
+    them: its values are kept, never clipped to 255). Raises what PIL raises for an unreadable file (callers
     name the file or sample in their own error)."""
     from PIL import Image
 
     with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+        if image.mode.startswith("I;16") or image.mode == "I":  # 16-bit gray: keep every value
+            deep = np.asarray(image).astype(np.uint16 if image.mode != "I" else np.int32)
+            deep = np.repeat(deep[:, :, None], 3, axis=2) if mode == "rgb" else deep[:, :, None]
+            return torch.from_numpy(deep.copy()).permute(2, 0, 1).contiguous()
         if mode == "rgb":
             image = image.convert("RGB")
         elif mode == "gray":

@@ -197,7 +197,9 @@ def build_parts(cfg: Config, ctx: DistContext, given: Given | None = None) -> Pa
         device=ctx.device,
         seed=cfg.seed,
         loader=cfg.data.loader,
-        options=LoaderOptions(cfg.data.num_workers, cfg.data.persistent_workers, cfg.data.prefetch_factor),
+        options=LoaderOptions(
+            cfg.data.num_workers, cfg.data.persistent_workers, cfg.data.prefetch_factor, cfg.data.seed_samples
+        ),
         prepare_targets=objective.prepare_targets,
         channels_last=cfg.trainer.channels_last,
         target_key=cfg.data.target_key,

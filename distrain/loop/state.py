@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -16,9 +16,6 @@ from torch import nn
 from distrain.loop.stopping import Stopper
 from distrain.reporting.figures import Meter
 from distrain.version import __version__
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger("distrain")
 
@@ -32,7 +29,7 @@ class Progress:
     step_in_epoch: int = 0  # global batches of that epoch already trained
     global_step: int = 0  # optimizer steps since the start of the run
     skipped_steps: int = 0  # of those, steps skipped for non-finite values (trainer.on_nonfinite: skip_step)
-    ended_epoch_steps: int = 0  # steps the epoch ended last took (fewer after trainer.max_steps); not saved
+    ended_epoch_steps: int = 0  # steps the epoch ended last took (fewer after trainer.max_steps)
 
     def position(self) -> tuple[int, int]:
         """(epoch, its steps trained) of the weights as they stand: after an epoch ended, that epoch and its
@@ -56,11 +53,13 @@ class Progress:
             "step_in_epoch": self.step_in_epoch,
             "global_step": self.global_step,
             "skipped_steps": self.skipped_steps,
+            "ended_epoch_steps": self.ended_epoch_steps,  # for the label of a save right after a resume
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
         self.global_step, self.skipped_steps = state["global_step"], state.get("skipped_steps", 0)
+        self.ended_epoch_steps = state.get("ended_epoch_steps", 0)
 
 
 @dataclass

@@ -133,7 +133,8 @@ def evaluate(
 
     Exact, not just close: each rank writes the sums of the fixed eval batches it owns into its row of a
     [num_batches, columns + 1] table and zeros elsewhere, the table is summed over ranks (x + 0 is exact),
-    and the rows are added in batch order on every rank. The figures are bitwise those of one process.
+    and the rows are added in batch order on every rank. The figures are bitwise those of one process
+    (with data.streams each rank sums its positions of every batch: then they agree to rounding).
     torchmetrics metrics are updated per batch and computed once at the end (see distrain.loop.metrics).
     Must run on every rank (one all-reduce; `sum_over_ranks` is the strategy's, default distrain.launch.dist's).
     `pads`: the model's forwards are collectives (strategy.pads_evaluation).

@@ -40,7 +40,7 @@ from distrain.config.parse import dump_config
 from distrain.config.schema import Config, default_run_dir
 from distrain.data import build_train_batches
 from distrain.data.structures import tree_map
-from distrain.errors import ConfigError, LostPeer
+from distrain.errors import ArgumentError, ConfigError, LostPeer
 from distrain.launch import dist
 from distrain.launch.dist import DistContext
 from distrain.launch.env import DistEnv, detect
@@ -158,10 +158,17 @@ def check_against_env(cfg: Config, env: DistEnv) -> None:
         )
 
 
-def check_closure_optimizer(cfg: Config, optimizer: Any) -> None:
+def check_closure_optimizer(cfg: Config, optimizer: Any, step: Any = None) -> None:
     """An optimizer whose step takes a closure (LBFGS) runs the whole step inside it (StrategyStep's
     closure_step): where that cannot hold, refuse naming the key."""
     name = type(optimizer).__name__
+    if step is not None and (keeps_state(step) or hasattr(step, "on_split_start")):
+        raise ArgumentError(
+            "step",
+            f"keeps state from batch to batch, and {name} calls the step many times per batch (each closure "
+            "evaluation), which would move that state as often",
+            "use a closure optimizer with a stateless step, or another optimizer",
+        )
     if cfg.engine != "native":
         raise ConfigError("engine", f"is {cfg.engine!r}; {name} steps with a closure, which engine native runs")
     if cfg.strategy not in ("ddp", "exact"):
@@ -240,7 +247,7 @@ class Trainer:
             best_higher_is_better=bool(best_upwards),
         )
         if needs_closure(optimizer):
-            check_closure_optimizer(cfg, optimizer)
+            check_closure_optimizer(cfg, optimizer, getattr(parts.objective, "fn", None))
         # 2. The model and optimizer the step trains (wrapped or not: the strategy's call).
         self.train_model, self.train_optimizer = strategy.prepare(parts.model, optimizer)
         try:
@@ -379,8 +386,9 @@ class Trainer:
         self.batches.set_start_step(p.step_in_epoch)
         self.reporter.start_epoch(self.state.meter, p.global_step, self.strategy.comm_figures())
         self.callback("on_epoch_start")
-        if p.step_in_epoch == 0 and self.state.step_state is not None:
-            self.state.step_state.start_split("train")  # a mid-epoch resume continues the saved state
+        start_split = getattr(self.parts.objective, "start_split", None)  # a stateful step's hook
+        if start_split is not None and (p.step_in_epoch == 0 or self.state.step_state is None):
+            start_split("train")  # not on a mid-epoch resume that loaded the step's saved state
         if p.step_in_epoch == 0 or self.state.epoch_lrs is None:
             self.state.epoch_lrs = self.learning_rates()
         # A mid-epoch resume keeps the lr the epoch started with (saved): the epoch's record is the same.

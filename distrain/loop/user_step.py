@@ -109,8 +109,16 @@ class StepObjective:
             hook(split)
 
     def state_dict(self) -> dict[str, Any] | None:
-        """This rank's state of a stateful step (None: the step keeps none)."""
-        return self.fn.state_dict() if keeps_state(self.fn) else None
+        """This rank's state of a stateful step (None: the step keeps none). The first one is checked to load
+        back from a checkpoint (tensors, numbers, strings in dicts, lists and tuples), so that no save writes a
+        state that a resume would refuse."""
+        if not keeps_state(self.fn):
+            return None
+        state = self.fn.state_dict()
+        if not getattr(self, "_checked", False):
+            _check_loadable(state)
+            self._checked = True
+        return state
 
     def load_state_dict(self, states: list[Any], saved_world: int, rank: int, world_size: int) -> None:
         """This rank's state from a checkpoint's per-rank states (`saved_world` ranks wrote them)."""
@@ -119,12 +127,19 @@ class StepObjective:
         if saved_world != world_size or len(states) != world_size:
             from distrain.checkpoint.files import CheckpointError
 
-            raise CheckpointError(
+            error = CheckpointError(
                 f"the checkpoint holds the step's state of each of {saved_world} processes (step.state_dict), "
                 f"which has no meaning on {world_size}",
                 f"resume with {saved_world} processes, or start afresh (checkpoint.resume=never)",
             )
-        self.fn.load_state_dict(states[rank])
+            error.agreed = True  # every rank reads the same checkpoint: printed once
+            raise error
+        try:
+            self.fn.load_state_dict(states[rank])
+        except Exception as exc:
+            raise ArgumentError(
+                "step", f"load_state_dict raised {type(exc).__name__}: {exc}", "check what state_dict() returns"
+            ) from None
 
     def probe(self, model: nn.Module, inputs: Any, targets: Any) -> None:
         """Run the step once (eval mode, no gradient) on a few training samples: what it returns is checked
@@ -214,6 +229,24 @@ class StepObjective:
             scalar, weight = _weighted(value, count, False, name)
             values[name] = (scalar.detach(), weight)
         return values
+
+
+def _check_loadable(state: Any) -> None:
+    """A step's state must load back the way checkpoints load (torch.load(weights_only=True))."""
+    import io
+
+    buffer = io.BytesIO()
+    try:
+        torch.save(state, buffer)
+        buffer.seek(0)
+        torch.load(buffer, weights_only=True)
+    except Exception as exc:
+        raise ArgumentError(
+            "step",
+            f"state_dict() returned state that a checkpoint cannot hold ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:200]})",
+            "return dicts, lists and tuples of tensors, numbers and strings (not a namedtuple or a NumPy array)",
+        ) from None
 
 
 def _weighted(value: Any, count: int, summed: bool, name: str) -> tuple[torch.Tensor, int]:

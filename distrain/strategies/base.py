@@ -77,7 +77,7 @@ class Strategy(Protocol):
 
     def setup(self, model: nn.Module) -> nn.Module:
         """Before the optimizer exists: shard the model in place (fsdp), refuse what the strategy cannot
-        train (exact mode: running statistics; several models where not supported), or leave it."""
+        train (exact mode: SyncBatchNorm; several models where not supported), or leave it."""
 
     def prepare(self, model: nn.Module, optimizer: Any) -> tuple[nn.Module, Any]:
         """The model and optimizer the step trains (wrapped for data parallelism when world_size > 1; a

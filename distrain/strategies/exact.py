@@ -154,16 +154,67 @@ def count_chunks(global_batch_size: int, chunk: int, world_size: int, lanes: int
     return chunks
 
 
-def running_statistics(model: nn.Module) -> list[str]:
-    """Names of the layers whose buffers a training forward updates from its batch (BatchNorm's running
-    mean and variance): each rank would update them from its own chunks only."""
+def running_statistics(model: nn.Module) -> list[nn.Module]:
+    """The layers whose buffers a training forward updates from its batch (BatchNorm's running mean and
+    variance; InstanceNorm with track_running_stats): RunningStatistics replays their updates."""
     from torch.nn.modules.batchnorm import _NormBase
 
-    return [
-        f"{name or 'the model'} ({type(m).__name__})"
-        for name, m in model.named_modules()
-        if isinstance(m, _NormBase) and m.track_running_stats
-    ]
+    return [m for m in model.modules() if isinstance(m, _NormBase) and m.track_running_stats]
+
+
+class RunningStatistics:
+    """Running statistics (BatchNorm's) updated as one process would, on any world size.
+
+    Each chunk normalises with its own batch statistics (the same samples on any world size), but a rank
+    sees only its chunks, so the running mean and variance cannot be left to each layer. Instead, while
+    the chunks run, each layer's momentum is 1: after a chunk's forward its buffers hold exactly that
+    chunk's statistics (1 * s + 0 * r), which are copied out. Then every rank's chunk statistics are
+    summed into one [chunks, values] table (each row written by one rank, zeros elsewhere: exact), and
+    every rank replays the updates from the step's starting buffers in global chunk order,
+    r <- (1 - m) * r + m * s_j (m = 1 / batches seen when the layer's momentum is None), as one process
+    runs the same replay: bitwise the same buffers everywhere, so evaluation with them is too."""
+
+    def __init__(self, layers: list[nn.Module], chunks: int):
+        self.layers, self.chunks = layers, chunks
+        self.buffers = [t for m in layers for t in (m.running_mean, m.running_var) if t is not None]
+        self.sizes = [t.numel() for t in self.buffers]
+        self.momenta = [m.momentum for m in layers]
+
+    def start(self) -> None:
+        """Before the step's chunks: remember the buffers; each layer's momentum 1 (see the class)."""
+        self.start_buffers = [t.clone() for t in self.buffers]
+        self.start_counts = [m.num_batches_tracked.clone() for m in self.layers]
+        device = self.buffers[0].device if self.buffers else torch.device("cpu")
+        self.table = torch.zeros(self.chunks, sum(self.sizes) + 1, dtype=torch.float32, device=device)
+        for m in self.layers:
+            m.momentum = 1.0
+
+    def record(self, chunk: int) -> None:
+        """After chunk `chunk`'s forward: its statistics into its row (the last column: it ran)."""
+        row = self.table[chunk]
+        if self.buffers:
+            row[:-1] = torch.cat([t.reshape(-1).float() for t in self.buffers])
+        row[-1] = 1.0
+
+    def finish(self) -> None:
+        """Every rank's rows summed (collective), then the updates replayed in chunk order."""
+        for m, momentum in zip(self.layers, self.momenta):
+            m.momentum = momentum
+        table = dist.all_reduce_sum(self.table)
+        for t, start in zip(self.buffers, self.start_buffers):
+            t.copy_(start)
+        for m, count in zip(self.layers, self.start_counts):
+            m.num_batches_tracked.copy_(count)
+        for row in table:
+            if row[-1] == 0:
+                continue  # an empty chunk (the uneven last batch)
+            values = iter(row[:-1].split(self.sizes))
+            for m, momentum in zip(self.layers, self.momenta):
+                m.num_batches_tracked.add_(1)
+                factor = momentum if momentum is not None else 1.0 / float(m.num_batches_tracked)
+                for t in (m.running_mean, m.running_var):
+                    if t is not None:
+                        t.mul_(1.0 - factor).add_(next(values).view_as(t).to(t.dtype), alpha=factor)
 
 
 class ExactChunks:
@@ -215,6 +266,7 @@ class ExactStrategy(NativeStrategy):
         chunks = count_chunks(cfg.data.global_batch_size, cfg.trainer.exact_chunk, ctx.world_size, lanes)
         self.chunking = ExactChunks(chunks, ctx.rank, ctx.world_size)
         self.reduce: ExactSum | None = None
+        self.statistics: RunningStatistics | None = None  # BatchNorm's, replayed in chunk order (setup)
         # Reductions inside a CPU kernel may be split by the intra-op thread count: the same count in every
         # process of every world size (not torchrun's OMP_NUM_THREADS=1 against a lone process's all
         # cores), so a chunk computed in a 1-process run and by rank 3 of 4 runs the same instructions.
@@ -222,15 +274,17 @@ class ExactStrategy(NativeStrategy):
 
     def setup(self, model: nn.Module) -> nn.Module:
         refuse_several(model, self.key, "exact" if self.key == "strategy" else "true")
-        layers = running_statistics(model)
-        if layers:
+        synced = [name or "the model" for name, m in model.named_modules() if isinstance(m, nn.SyncBatchNorm)]
+        if synced:
             raise ConfigError(
                 self.key,
-                f"cannot make running statistics exact: {', '.join(layers)} would update them from each "
-                "rank's chunks only",
-                "use a normalisation without running statistics (GroupNorm, LayerNorm, "
-                "track_running_stats=False), or trainer.exact=false",
+                f"cannot make SyncBatchNorm exact ({', '.join(synced)}): it sums statistics over the ranks "
+                "inside each forward, and exact mode runs each chunk alone",
+                "use nn.BatchNorm (exact mode normalises each chunk with its own statistics, the same on any "
+                "world size, and replays the running statistics in chunk order), or trainer.exact=false",
             )
+        layers = running_statistics(model)
+        self.statistics = RunningStatistics(layers, self.chunking.chunks) if layers else None
         return model
 
     def prepare(self, model: nn.Module, optimizer: Any) -> tuple[nn.Module, Any]:
@@ -247,16 +301,23 @@ class ExactStrategy(NativeStrategy):
         reduce = self.reduce
         params = reduce.params
         chunk_grads, records, step_loss = [], [], torch.zeros((), device=reduce.device)
+        statistics = self.statistics
+        if statistics is not None:
+            statistics.start()
         for index, inputs, targets in self.chunking.local_chunks(batch):
             seed_generators(chunk_seed(self.seed, global_step, index), reduce.device)
             with self.precision.autocast():
                 loss, record = objective.forward_loss(model, inputs, targets, 1, batch.global_size, average=False)
+            if statistics is not None:
+                statistics.record(index)
             loss.backward()
             chunk_grads.append([p.grad for p in params])
             for p in params:
                 p.grad = None
             records.append(record)
             step_loss = step_loss + loss.detach()
+        if statistics is not None:
+            statistics.finish()  # collective, like the sum below: every rank calls both every step
         for p, grad in zip(params, reduce(chunk_grads)):
             p.grad = grad
         return Gradients(step_loss, records, ranks_average=False)
