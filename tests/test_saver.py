@@ -112,7 +112,7 @@ def test_progress_advances_by_optimizer_steps_and_counts_skipped_ones():
 def test_progress_state_round_trips_and_loads_in_place():
     p = Progress(epoch=3, step_in_epoch=5, global_step=65, skipped_steps=2)
     state = p.state_dict()
-    assert state == {"epoch": 3, "step_in_epoch": 5, "global_step": 65, "skipped_steps": 2}
+    assert state == {"epoch": 3, "step_in_epoch": 5, "global_step": 65, "skipped_steps": 2, "ended_epoch_steps": 0}
     held = Progress()
     holder = SimpleNamespace(progress=held)  # as the trainer holds the state's Progress
     held.load_state_dict(dict(state, model={}, world_size=2))  # a whole checkpoint payload: the rest ignored
@@ -141,7 +141,9 @@ def test_the_position_of_the_weights_is_the_epoch_and_its_steps_trained():
     p.end_epoch()  # trainer.max_steps=5 ended the epoch after 5 of its steps
     assert (p.epoch, p.step_in_epoch) == (1, 0)  # the resume point
     assert p.position() == (0, 5)  # what was trained: not "epoch 1, step 0"
-    assert "ended_epoch_steps" not in p.state_dict()
+    resumed = Progress()
+    resumed.load_state_dict(p.state_dict())
+    assert resumed.position() == (0, 5)  # also right after a resume (a save before its first step)
     p.advance(step_in_epoch=1, skipped=False)
     assert p.position() == (1, 1)
 

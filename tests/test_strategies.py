@@ -64,8 +64,8 @@ def test_exact_mode_refuses_what_it_cannot_make_exact_by_name():
     assert err.value.key == "trainer.exact"
     for spelling, key in (("strategy=exact", "strategy"), ("trainer.exact=true", "trainer.exact")):
         strategy = build_strategy(load_config(XOR, [spelling]), ONE)  # the key named as the config spelt it
-        with pytest.raises(ConfigError, match=r"1 \(BatchNorm1d\)") as err:
-            strategy.setup(nn.Sequential(nn.Linear(2, 4), nn.BatchNorm1d(4)))
+        with pytest.raises(ConfigError, match=r"SyncBatchNorm exact \(1\)") as err:
+            strategy.setup(nn.Sequential(nn.Linear(2, 4), nn.SyncBatchNorm(4)))
         assert err.value.key == key
         with pytest.raises(ConfigError) as err:
             strategy.setup(ModelSet({"g": nn.Linear(2, 2), "d": nn.Linear(2, 1)}))
