@@ -46,6 +46,7 @@ from distrain.launch.dist import DistContext
 from distrain.launch.env import DistEnv, detect
 from distrain.launch.signals import Interrupted, StopSignals
 from distrain.launch.slurm import maybe_requeue, resolve_run_dir
+from distrain.launch.watchdog import Watchdog, progress, wait_for_the_watchdog
 from distrain.loop.components import (
     Given,
     Parts,
@@ -96,9 +97,17 @@ def train(cfg: Config, given: Given | None = None, environ: Mapping[str, str] = 
                 strategy.setup(parts.model)
                 # The model is built, the same on every rank: from here each rank draws its own random stream.
                 seed_everything(rank_seed(cfg.seed, ctx.rank))
-                with own_run_dir(Path(cfg.run.dir), ctx.is_main):  # one run at a time per directory
+                with (
+                    own_run_dir(Path(cfg.run.dir), ctx.is_main) as owner,  # one run at a time per directory
+                    Watchdog(
+                        env,
+                        hang_timeout=cfg.trainer.hang_timeout,
+                        resume_hint=functools.partial(resume_hint, Path(cfg.run.dir)),
+                        on_orphan=owner.stopping,
+                    ) as watchdog,
+                ):
                     try:
-                        trainer = Trainer(cfg, ctx, parts, strategy, given, signals)
+                        trainer = Trainer(cfg, ctx, parts, strategy, given, signals, watchdog)
                     except BaseException:
                         strategy.release()  # e.g. a refused resume: the wrapper goes before the group does
                         raise
@@ -109,6 +118,7 @@ def train(cfg: Config, given: Given | None = None, environ: Mapping[str, str] = 
                 exc.exit_code = maybe_requeue(exc.signum, cfg.trainer.requeue_signal, environ)
             raise
         except Exception as exc:
+            wait_for_the_watchdog()  # a hang being reported: a peer's exit is no news
             # A peer lost mid-run is no bug: after the teardown (the last background write has finished),
             # one line on each survivor instead of gloo's traceback. Failures to join the group keep theirs.
             lost = dist.peer_gone(exc, rank=env.rank, world_size=env.world_size) if in_group else None
@@ -137,14 +147,27 @@ def with_run_dir(cfg: Config, environ: Mapping[str, str]) -> Config:
 def lost_peer_message(lost: str, run_dir: Path) -> str:
     """What a survivor says: whom it lost, and the checkpoint a restart resumes from (the newest with a
     manifest: complete; not hashed again here, the resume verifies it)."""
+    newest = _newest_complete(run_dir)
+    if newest is None:
+        return f"lost {lost}; no checkpoint was complete yet: {_RESTART} starts the run from the beginning"
+    return f"lost {lost}; nothing is lost: {_RESTART} resumes from the newest complete checkpoint, {newest}"
+
+
+_RESTART = "torchrun --max-restarts, a SLURM requeue or the same command again"
+
+
+def _newest_complete(run_dir: Path) -> Path | None:
     from distrain.checkpoint.files import Manifest
     from distrain.checkpoint.store import checkpoint_dir, list_checkpoints
 
-    restart = "torchrun --max-restarts, a SLURM requeue or the same command again"
-    newest = next((p for p in list_checkpoints(checkpoint_dir(run_dir)) if Manifest.read(p) is not None), None)
-    if newest is None:
-        return f"lost {lost}; no checkpoint was complete yet: {restart} starts the run from the beginning"
-    return f"lost {lost}; nothing is lost: {restart} resumes from the newest complete checkpoint, {newest}"
+    return next((p for p in list_checkpoints(checkpoint_dir(run_dir)) if Manifest.read(p) is not None), None)
+
+
+def resume_hint(run_dir: Path) -> str:
+    """What a job stopped as hung can do next (the watchdog's hint)."""
+    newest = _newest_complete(run_dir)
+    where = f"the newest complete checkpoint, {newest}" if newest else "the beginning (no checkpoint was complete yet)"
+    return f"exit status 5 on every rank; once the cause is fixed, {_RESTART} resumes from {where}"
 
 
 def check_against_env(cfg: Config, env: DistEnv) -> None:
@@ -162,9 +185,17 @@ class Trainer:
     where there is one, then what trains and reports from there. Every rank builds it (collective)."""
 
     def __init__(
-        self, cfg: Config, ctx: DistContext, parts: Parts, strategy: Strategy, given: Given, signals: StopSignals
+        self,
+        cfg: Config,
+        ctx: DistContext,
+        parts: Parts,
+        strategy: Strategy,
+        given: Given,
+        signals: StopSignals,
+        watchdog: Watchdog | None = None,
     ):
         self.cfg, self.ctx, self.parts, self.strategy, self.signals = cfg, ctx, parts, strategy, signals
+        self.watchdog = watchdog
         self.run_dir = Path(cfg.run.dir)
         self.batches = build_train_batches(
             parts.data.train,
@@ -306,6 +337,8 @@ class Trainer:
         trained, splits, finished = False, {}, False
         try:
             self.signals.start_agreement()
+            if self.watchdog is not None:
+                self.watchdog.arm()
             self.callback("on_train_start")
             for epoch in range(p.epoch, self.cfg.trainer.epochs):
                 if self.state.stopper.stopped:
@@ -314,6 +347,7 @@ class Trainer:
                 for batch in self.batches:
                     stepped = self.train_step(batch)
                     p.advance(step_in_epoch=batch.step + 1, skipped=not stepped)
+                    progress(p.global_step)  # the hang watchdog's counter
                     self.callback("on_step_end")
                     self.maybe_log_step()
                     saved = self.maybe_save_step()
@@ -332,6 +366,8 @@ class Trainer:
             self.callback("on_exception", exc)
             raise
         finally:
+            if self.watchdog is not None:
+                self.watchdog.disarm()
             if not finished:
                 self.signals.finish_agreement(failed=True)
             self.close(finished)
@@ -472,6 +508,7 @@ class Trainer:
         )
         live = (self.state.model, self.state.optimizer)
         path = self.saver.save(payload, None if whole else live, live)
+        progress()
         self.callback("on_save", path)
         return path
 

@@ -1,0 +1,371 @@
+"""Hangs and orphans found and named: one thread per rank that watches the step loop and the launcher.
+
+    with Watchdog(env, hang_timeout=300, resume_hint=...) as watchdog:   # every rank of a distributed run
+        watchdog.arm()           # the loop starts; watchdog.disarm() when it ends
+        ... progress(step) ...   # the loop, after each step, evaluation batch and checkpoint
+
+**A hang.** When no step, evaluation batch or checkpoint has finished for `trainer.hang_timeout` seconds,
+each rank writes its report into the rendezvous store the group was created with (a side channel: the main
+thread may be blocked inside a collective of the process group, which the watchdog never touches): its
+Python stack, the distrain collective it is in with its sequence number (dist.IN_COLLECTIVE), and its last
+finished step. Rank 0 (or the first rank able to) waits briefly for every report and prints one message
+naming the rank(s) behind, where each one is and what that usually means, or the two different collectives
+the ranks met in; then every rank exits with status 5 (HANG_EXIT). Nothing is saved from here: checkpoints
+are written atomically, so the newest complete one is intact and a rerun or requeue resumes from it.
+
+**An orphan.** A worker whose launcher is gone (torchrun's agent or srun's step daemon: its parent process;
+the worker is re-parented when it dies) notices within a second, says so in one line and sends itself
+SIGTERM: the ranks agree to stop, save a checkpoint and exit (128+15), releasing the run directory. If the
+main thread cannot get there (a hang), the process exits with status 6 (ORPHAN_EXIT) after `orphan_grace_s`.
+
+The step loop's only cost is `progress()`: one counter increment.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import sysconfig
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+from distrain.launch import dist
+from distrain.launch.env import DistEnv
+
+log = logging.getLogger("distrain")
+
+HANG_EXIT = 5
+"""Exit status of every rank of a job stopped by the hang watchdog."""
+ORPHAN_EXIT = 6
+"""Exit status of a worker whose launcher is gone and whose loop could not stop in time to save."""
+
+STOPPING = threading.Event()
+"""Set once this rank's watchdog has found a hang: the main thread, woken by a peer's exit, leaves the exit
+to the watchdog (`wait_for_the_watchdog`) instead of reporting a lost peer."""
+
+_BEATS = [0, -1]  # [progress count, last finished global step]: written by the loop, read by the watchdog
+
+
+def progress(step: int | None = None) -> None:
+    """The loop made progress (a step with its global number, an evaluation batch, a checkpoint)."""
+    _BEATS[0] += 1
+    if step is not None:
+        _BEATS[1] = step
+
+
+# What a wait inside distrain's own code is for, by the function it is in (the innermost one that is named).
+_PURPOSES = {
+    "agreed_signal": "the signal check of each step",
+    "evaluate": "the evaluation totals",
+    "train_sums": "the epoch's train sums",
+    "maybe_log_step": "the logging window's sums",
+    "maybe_stop": "the stop verdict",
+    "agree_finite": "the non-finite check",
+    "allows_step": "the non-finite check of the step",
+    "exchange": "the gradient exchange",
+    "gradients": "the gradient exchange",
+    "save": "a checkpoint save",
+    "write_config": "the start of the run",
+    "own_run_dir": "the start of the run",
+    "maybe_resume": "the resume",
+    "close": "the end of the run",
+    "sync": "the replicas' averaging",
+}
+_PACKAGE = str(Path(__file__).resolve().parents[1])
+_LIBRARIES = tuple(
+    {str(Path(p).resolve()) for p in (sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["purelib"]) if p}
+)
+
+
+class Watchdog:
+    """The watch over one rank (see the module's docstring). A context manager: the thread runs inside."""
+
+    def __init__(
+        self,
+        env: DistEnv,
+        *,
+        hang_timeout: float | None,
+        resume_hint: Callable[[], str] | None = None,
+        on_orphan: Callable[[], None] | None = None,
+        poll_s: float = 1.0,
+        orphan_grace_s: float = 30.0,
+    ):
+        self.env, self.hang_timeout = env, hang_timeout or None
+        self.resume_hint, self.on_orphan = resume_hint, on_orphan
+        self.poll_s, self.orphan_grace_s = poll_s, orphan_grace_s
+        # The launcher is the parent: torchrun's agent, or slurmstepd under srun (a worker started by hand
+        # has a shell for parent, which is no launcher to watch).
+        self.launcher = os.getppid() if env.source in ("torchrun", "slurm") else None
+        self._main = threading.main_thread().ident
+        self._armed = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> Watchdog:
+        if self.launcher is not None or (self.hang_timeout and self.env.is_distributed):
+            self._thread = threading.Thread(target=self._watch, name="distrain-watchdog", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._armed = False
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)  # it wakes at once; the run leaves no thread of its own behind
+
+    def arm(self) -> None:
+        """The loop starts: from now on a hang_timeout without progress is a hang."""
+        progress()
+        self._armed = True
+
+    def disarm(self) -> None:
+        self._armed = False
+
+    # ------------------------------------------------------------------------------------ the thread
+
+    def _watch(self) -> None:
+        seen, since, orphaned_at = _BEATS[0], time.monotonic(), None
+        while not self._stop.wait(self.poll_s):
+            now = time.monotonic()
+            if self.launcher is not None and orphaned_at is None and os.getppid() != self.launcher:
+                orphaned_at = now
+                self._orphaned()
+            if orphaned_at is not None and now - orphaned_at > self.orphan_grace_s:
+                _exit(ORPHAN_EXIT)
+            if _BEATS[0] != seen or not self._armed:
+                seen, since = _BEATS[0], now
+            elif self.hang_timeout and self.env.is_distributed and now - since >= self.hang_timeout:
+                self._hung(now - since)
+                return
+
+    def _orphaned(self) -> None:
+        who = "torchrun's agent" if self.env.source == "torchrun" else "srun's step daemon"
+        print(
+            f"[rank {self.env.rank}] distrain: the launcher ({who}, PID {self.launcher}) is gone: this worker "
+            f"saves a checkpoint and stops (exit status {ORPHAN_EXIT} if it cannot within "
+            f"{self.orphan_grace_s:.0f} s)",
+            file=sys.stderr,
+            flush=True,
+        )
+        if self.on_orphan is not None:
+            try:
+                self.on_orphan()
+            except Exception:  # the stop matters more than the note
+                pass
+        os.kill(os.getpid(), signal.SIGTERM)  # the loop's signal handling: agreed, saved, stopped
+
+    def _hung(self, idle_s: float) -> None:
+        STOPPING.set()
+        report = self.report(idle_s)
+        try:
+            self._exchange(report)
+        except Exception as exc:  # the store is gone: its host exited after the verdict, or before it
+            if not getattr(exc, "after_verdict", False):
+                self._print(describe([report], self.env.world_size, self.hang_timeout or idle_s))
+        _exit(HANG_EXIT)
+
+    def _print(self, message: str) -> None:
+        from distrain.errors import Hung, report_user_error
+
+        hint = self.resume_hint() if self.resume_hint is not None else None
+        report_user_error(Hung(message, hint))
+
+    def report(self, idle_s: float) -> dict[str, Any]:
+        """This rank's account: where its main thread is, in which collective, after which step."""
+        frame = sys._current_frames().get(self._main)
+        frames = [[f.filename, f.lineno, f.name, f.line or ""] for f in traceback.extract_stack(frame)] if frame else []
+        return {
+            "rank": self.env.rank,
+            "host": os.uname().nodename,
+            "pid": os.getpid(),
+            "step": _BEATS[1],
+            "idle_s": round(idle_s, 1),
+            "collective": dist.IN_COLLECTIVE.name,
+            "seq": dist.IN_COLLECTIVE.seq,
+            "frames": frames,
+        }
+
+    def _exchange(self, report: dict[str, Any]) -> None:
+        """Every rank's report through the rendezvous store; the rank that claims the verdict prints the
+        message, then the others may exit."""
+        import torch.distributed as tdist
+
+        store = tdist.PrefixStore("distrain/watchdog", tdist.distributed_c10d._get_default_store())
+        store.set(f"report/{self.env.rank}", json.dumps(report))
+        keys = [f"report/{r}" for r in range(self.env.world_size)]
+        grace = min(10.0, max(2.0, self.hang_timeout or 0.0))
+        deadline = time.monotonic() + grace
+        while not store.check(keys) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if self.env.rank != 0:  # rank 0 prints when it can; another rank only if rank 0 stays silent
+            waited = time.monotonic() + 2.0
+            while not store.check(["claim"]) and time.monotonic() < waited:
+                time.sleep(0.1)
+        if store.add("claim", 1) != 1:
+            deadline = time.monotonic() + grace
+            try:
+                while not store.check(["verdict"]) and time.monotonic() < deadline:
+                    time.sleep(0.1)
+            except Exception as exc:
+                exc.after_verdict = True  # the printing rank hosted the store and is gone: it has printed
+                raise
+            return
+        reports = [json.loads(store.get(k)) for k in keys if store.check([k])]
+        self._print(describe(reports, self.env.world_size, self.hang_timeout or report["idle_s"]))
+        store.set("verdict", "1")
+        time.sleep(0.3)  # the others read the verdict before this rank (maybe the store's host) exits
+
+
+def wait_for_the_watchdog(seconds: float = 60.0) -> None:
+    """The main thread, after a collective failed while this rank's watchdog reports a hang: the watchdog
+    ends the process (with the job's one message and exit status 5); a lost-peer line would only repeat it."""
+    if STOPPING.is_set():
+        time.sleep(seconds)
+
+
+def _exit(code: int) -> None:
+    for handler in logging.getLogger("distrain").handlers:
+        try:
+            handler.flush()
+        except Exception:
+            pass
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+# ----------------------------------------------------------------------------------- the message
+
+
+def _is_user(filename: str) -> bool:
+    path = os.path.abspath(filename)
+    return not (
+        filename.startswith("<")
+        or path.startswith(_PACKAGE + os.sep)
+        or path.startswith(_LIBRARIES)
+        or f"{os.sep}site-packages{os.sep}" in path
+        or f"{os.sep}torch{os.sep}" in path
+    )
+
+
+def _short(filename: str) -> str:
+    try:
+        return os.path.relpath(filename) if not os.path.relpath(filename).startswith("..") else filename
+    except ValueError:
+        return filename
+
+
+def _innermost(frames: list[list[Any]], test: Callable[[list[Any]], bool]) -> int:
+    return next((i for i in range(len(frames) - 1, -1, -1) if test(frames[i])), -1)
+
+
+def where(report: dict[str, Any]) -> tuple[str, str, bool]:
+    """(where the rank is, what that usually means, whether it waits for the others)."""
+    frames = report["frames"]
+    user = _innermost(frames, lambda f: _is_user(f[0]))
+    backward = _innermost(frames, lambda f: f[2] in ("_engine_run_backward", "run_backward"))
+    loader_file = os.path.join("data", "dataloader.py")
+    loader = _innermost(frames, lambda f: f[0].endswith(loader_file) and f[2] in ("_get_data", "_try_get_data"))
+    step = report["step"] + 1
+    if report["collective"] is not None:
+        purpose = next(
+            (_PURPOSES[f[2]] for f in reversed(frames) if f[0].startswith(_PACKAGE) and f[2] in _PURPOSES), None
+        )
+        text = f"{report['collective']} #{report['seq']}" + (f" of {purpose}" if purpose else "")
+        return text, "", True
+    if backward > max(user, loader):
+        return f"the gradient all-reduce of step {step} (DDP, inside backward)", "", True
+    if loader > user:
+        return (
+            f"waiting for its DataLoader workers (step {step})",
+            "a DataLoader worker is stuck or deadlocked (a lock taken before the fork, a hang in the data set "
+            "inside the worker); data.num_workers=0 shows the data set's own stack",
+            False,
+        )
+    if user >= 0:
+        filename, line, name, _ = frames[user]
+        at = f"{_short(filename)}:{line}"
+        if name == "__getitem__":
+            return (
+                f"in your data set's `__getitem__` at {at}",
+                "reading one sample is slow or stuck on this rank (storage, a lock, a remote file)",
+                False,
+            )
+        if name in ("__iter__", "__next__"):
+            return (
+                f"in your data set's `{name}` at {at}",
+                "this rank's stream is slow or stuck",
+                False,
+            )
+        return (
+            f"in your code, `{name}` at {at}",
+            "your code is slow or stuck on this rank alone (a step that waits, a sleep, I/O)",
+            False,
+        )
+    if frames:
+        filename, line, name, _ = frames[-1]
+        return f"in `{name}` at {_short(filename)}:{line}", "this rank is still computing (a slow node?)", False
+    return "nowhere known (no stack)", "", False
+
+
+def _ranks(ranks: list[int]) -> str:
+    words = [str(r) for r in ranks]
+    listed = words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+    return ("rank " if len(ranks) == 1 else "ranks ") + listed
+
+
+def describe(reports: list[dict[str, Any]], world_size: int, hang_timeout: float) -> str:
+    """The one message: who is behind, where each rank is, and what that usually means."""
+    reports = sorted(reports, key=lambda r: r["rank"])
+    steps = sorted({r["step"] for r in reports})
+    lines = [
+        f"hang: no step finished for {hang_timeout:g} s (trainer.hang_timeout); last finished global step "
+        + (str(steps[0]) if len(steps) == 1 else ", ".join(f"rank {r['rank']} {r['step']}" for r in reports))
+    ]
+    behind, waiting = [], {}
+    for r in reports:
+        text, meaning, waits = where(r)
+        if waits:
+            waiting.setdefault(text, []).append(r["rank"])
+        else:
+            behind.append((r, text, meaning))
+    for r, text, meaning in behind:
+        lines.append(f"  {_ranks([r['rank']])} is behind: {text}" + (f": {meaning}" if meaning else ""))
+    if behind:
+        for text, ranks in waiting.items():
+            verb = "waits" if len(ranks) == 1 else "wait"
+            lines.append(f"  {_ranks(ranks)} {verb} in {text}, for the rank(s) behind")
+    elif len(waiting) > 1:
+        met = [f"{_ranks(ranks)} in {text}" for text, ranks in waiting.items()]
+        lines.append(
+            "  the ranks called different collectives: "
+            + "; ".join(met)
+            + ". They ran different numbers of steps, evaluation batches or exchanges (a data set of a different "
+            "length on some rank, a step that skips the gradient exchange on one rank, a collective under "
+            "`if rank == 0`)"
+        )
+    else:
+        for text, ranks in waiting.items():
+            lines.append(
+                f"  {_ranks(ranks)} wait in {text}: the same collective on every rank that reported; a rank or "
+                "the network between them is stuck inside it"
+            )
+    missing = sorted(set(range(world_size)) - {r["rank"] for r in reports})
+    if missing:
+        lines.append(
+            f"  {_ranks(missing)} sent no report: frozen (stopped, swapping, holding Python's lock in native code) "
+            "or making progress while the others wait"
+        )
+    for r, _, _ in behind:
+        frames = r["frames"]
+        user = [f for f in reversed(frames) if _is_user(f[0])][:4]
+        shown = user + [f for f in reversed(frames[-3:]) if f not in user]
+        lines.append(f"  rank {r['rank']}'s stack (PID {r['pid']} on {r['host']}), your frames first, innermost first:")
+        lines += [f"    {_short(f[0])}:{f[1]} in {f[2]}" + (f": {f[3]}" if f[3] else "") for f in shown]
+    return "\n".join(lines)
