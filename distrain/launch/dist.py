@@ -202,11 +202,12 @@ class _InCollective:
     so far): read by the hang watchdog (distrain.launch.watchdog) from its own thread when no step has
     finished for trainer.hang_timeout. Two attribute writes per collective; nothing else."""
 
-    __slots__ = ("name", "seq")
+    __slots__ = ("name", "seq", "failed")
 
     def __init__(self) -> None:
         self.name: str | None = None
         self.seq = 0
+        self.failed: tuple[str, int] | None = None  # the collective that raised, and its number
 
     def enter(self, name: str) -> None:
         self.seq += 1
@@ -224,6 +225,9 @@ def tracked(name: str, call: Callable[[], T]) -> T:
     IN_COLLECTIVE.enter(name)
     try:
         return call()
+    except BaseException:
+        IN_COLLECTIVE.failed = (name, IN_COLLECTIVE.seq)
+        raise
     finally:
         IN_COLLECTIVE.leave()
 

@@ -93,6 +93,7 @@ class Watchdog:
         hang_timeout: float | None,
         resume_hint: Callable[[], str] | None = None,
         on_orphan: Callable[[], None] | None = None,
+        stacks: Path | None = None,
         poll_s: float = 1.0,
         orphan_grace_s: float = 30.0,
     ):
@@ -103,11 +104,25 @@ class Watchdog:
         # has a shell for parent, which is no launcher to watch).
         self.launcher = os.getppid() if env.source in ("torchrun", "slurm") else None
         self._main = threading.main_thread().ident
+        # Where this rank's Python stacks go if the process aborts (gloo ends a process that receives a
+        # collective of another size: "Received data size doesn't match expected size"): the survivors read
+        # it to name the two collectives that met (`aborted_peer`).
+        self.stacks, self._stack_file, self._faulthandler_was = stacks, None, None
         self._armed = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> Watchdog:
+        if self.stacks is not None and self.env.is_distributed:
+            import faulthandler
+
+            try:
+                self.stacks.mkdir(parents=True, exist_ok=True)
+                self._stack_file = open(self.stacks / f"rank-{self.env.rank}.txt", "w")
+                self._faulthandler_was = faulthandler.is_enabled()
+                faulthandler.enable(self._stack_file, all_threads=True)
+            except OSError:
+                self._stack_file = None
         if self.launcher is not None or (self.hang_timeout and self.env.is_distributed):
             self._thread = threading.Thread(target=self._watch, name="distrain-watchdog", daemon=True)
             self._thread.start()
@@ -118,6 +133,14 @@ class Watchdog:
         self._armed = False
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)  # it wakes at once; the run leaves no thread of its own behind
+        if self._stack_file is not None:
+            import faulthandler
+
+            faulthandler.disable()
+            if self._faulthandler_was:
+                faulthandler.enable()
+            self._stack_file.close()
+            self._stack_file = None
 
     def arm(self) -> None:
         """The loop starts: from now on a hang_timeout without progress is a hang."""
@@ -222,6 +245,70 @@ class Watchdog:
         time.sleep(0.3)  # the others read the verdict before this rank (maybe the store's host) exits
 
 
+def aborted_peer(stacks: Path, rank: int, world_size: int, exc: BaseException) -> str | None:
+    """After a lost peer: when a peer's process aborted inside a collective (its stacks were dumped into
+    `stacks`), the two collectives that met, in one message; else None."""
+    for peer in range(world_size):
+        if peer == rank:
+            continue
+        try:
+            text = (stacks / f"rank-{peer}.txt").read_text()
+        except OSError:
+            continue
+        frames = _main_thread_frames(text)
+        if not frames:
+            continue
+        theirs = {"rank": peer, "step": None, "collective": _collective_of(frames), "seq": None, "frames": frames}
+        failed = dist.IN_COLLECTIVE.failed
+        outer = [[f.filename, f.lineno, f.name, f.line or ""] for f in traceback.extract_stack()[:-2]]
+        inner = [[f.filename, f.lineno, f.name, f.line or ""] for f in traceback.extract_tb(exc.__traceback__)]
+        mine = {
+            "rank": rank,
+            "step": _BEATS[1],
+            "collective": failed[0] if failed else None,
+            "seq": failed[1] if failed else None,
+            "frames": outer + inner,
+        }
+        their_text, mine_text = where(theirs)[0], where(mine)[0]
+        return (
+            f"the ranks called different collectives: rank {peer} aborted (SIGABRT: gloo received a message of "
+            f"another size than its collective expected) with its main thread in {their_text} and its signal "
+            f"check (started asynchronously each step) in flight, while rank {rank} was in {mine_text}. They ran "
+            "different numbers of steps, evaluation batches or exchanges" + _CAUSES
+        )
+    return None
+
+
+_HELPERS = {
+    "all_reduce_sum": "all_reduce",
+    "all_reduce_min": "all_reduce",
+    "all_reduce_max": "all_reduce",
+    "all_true": "all_reduce",
+    "agreed_signal": "all_reduce",
+    "barrier": "barrier",
+    "broadcast_tensor": "broadcast",
+    "broadcast_object": "broadcast",
+    "all_gather_object": "all_gather",
+    "gather_object": "gather",
+}
+
+
+def _collective_of(frames: list[list[Any]]) -> str | None:
+    return next((_HELPERS[f[2]] for f in reversed(frames) if f[0].startswith(_PACKAGE) and f[2] in _HELPERS), None)
+
+
+def _main_thread_frames(dump: str) -> list[list[Any]]:
+    """The main thread's frames (outermost first) in a faulthandler dump: the thread whose stack starts at
+    a module's top level."""
+    import re
+
+    for block in re.split(r"\n(?=(?:Current thread|Thread) 0x)", dump):
+        found = re.findall(r'File "([^"]+)", line (\d+) in (\S+)', block)
+        if found and found[-1][2] == "<module>":
+            return [[f, int(line), name, ""] for f, line, name in reversed(found)]
+    return []
+
+
 def wait_for_the_watchdog(seconds: float = 60.0) -> None:
     """The main thread, after a collective failed while this rank's watchdog reports a hang: the watchdog
     ends the process (with the job's one message and exit status 5); a lost-peer line would only repeat it."""
@@ -230,6 +317,15 @@ def wait_for_the_watchdog(seconds: float = 60.0) -> None:
 
 
 def _exit(code: int) -> None:
+    """Flush, end this rank's own child processes (a DataLoader worker stuck in a deadlock would outlive
+    it), and exit at once: the main thread may be blocked in a collective that never returns."""
+    import multiprocessing
+
+    for child in multiprocessing.active_children():
+        try:
+            os.kill(child.pid, signal.SIGKILL)
+        except (OSError, TypeError):
+            pass
     for handler in logging.getLogger("distrain").handlers:
         try:
             handler.flush()
@@ -272,18 +368,19 @@ def where(report: dict[str, Any]) -> tuple[str, str, bool]:
     backward = _innermost(frames, lambda f: f[2] in ("_engine_run_backward", "run_backward"))
     loader_file = os.path.join("data", "dataloader.py")
     loader = _innermost(frames, lambda f: f[0].endswith(loader_file) and f[2] in ("_get_data", "_try_get_data"))
-    step = report["step"] + 1
+    step = f" of step {report['step'] + 1}" if report.get("step") is not None else ""
     if report["collective"] is not None:
         purpose = next(
             (_PURPOSES[f[2]] for f in reversed(frames) if f[0].startswith(_PACKAGE) and f[2] in _PURPOSES), None
         )
-        text = f"{report['collective']} #{report['seq']}" + (f" of {purpose}" if purpose else "")
+        number = f" #{report['seq']}" if report.get("seq") is not None else ""
+        text = f"{report['collective']}{number}" + (f" of {purpose}" if purpose else "")
         return text, "", True
     if backward > max(user, loader):
-        return f"the gradient all-reduce of step {step} (DDP, inside backward)", "", True
+        return f"the gradient all-reduce{step} (DDP, inside backward)", "", True
     if loader > user:
         return (
-            f"waiting for its DataLoader workers (step {step})",
+            f"waiting for its DataLoader workers{step.replace(' of', ' for')}",
             "a DataLoader worker is stuck or deadlocked (a lock taken before the fork, a hang in the data set "
             "inside the worker); data.num_workers=0 shows the data set's own stack",
             False,
@@ -312,6 +409,12 @@ def where(report: dict[str, Any]) -> tuple[str, str, bool]:
         filename, line, name, _ = frames[-1]
         return f"in `{name}` at {_short(filename)}:{line}", "this rank is still computing (a slow node?)", False
     return "nowhere known (no stack)", "", False
+
+
+_CAUSES = (
+    " (a data set of a different length on some rank, a step that skips the gradient exchange on one rank, "
+    "a collective under `if rank == 0`)"
+)
 
 
 def _ranks(ranks: list[int]) -> str:
@@ -346,9 +449,8 @@ def describe(reports: list[dict[str, Any]], world_size: int, hang_timeout: float
         lines.append(
             "  the ranks called different collectives: "
             + "; ".join(met)
-            + ". They ran different numbers of steps, evaluation batches or exchanges (a data set of a different "
-            "length on some rank, a step that skips the gradient exchange on one rank, a collective under "
-            "`if rank == 0`)"
+            + ". They ran different numbers of steps, evaluation batches or exchanges"
+            + _CAUSES
         )
     else:
         for text, ranks in waiting.items():

@@ -40,13 +40,13 @@ from distrain.config.parse import dump_config
 from distrain.config.schema import Config, default_run_dir
 from distrain.data import build_train_batches
 from distrain.data.structures import tree_map
-from distrain.errors import ConfigError, LostPeer
+from distrain.errors import ConfigError, Hung, LostPeer
 from distrain.launch import dist
 from distrain.launch.dist import DistContext
 from distrain.launch.env import DistEnv, detect
 from distrain.launch.signals import Interrupted, StopSignals
 from distrain.launch.slurm import maybe_requeue, resolve_run_dir
-from distrain.launch.watchdog import Watchdog, progress, wait_for_the_watchdog
+from distrain.launch.watchdog import Watchdog, aborted_peer, progress, wait_for_the_watchdog
 from distrain.loop.components import (
     Given,
     Parts,
@@ -104,6 +104,7 @@ def train(cfg: Config, given: Given | None = None, environ: Mapping[str, str] = 
                         hang_timeout=cfg.trainer.hang_timeout,
                         resume_hint=functools.partial(resume_hint, Path(cfg.run.dir)),
                         on_orphan=owner.stopping,
+                        stacks=Path(cfg.run.dir) / ".stacks",
                     ) as watchdog,
                 ):
                     try:
@@ -124,6 +125,10 @@ def train(cfg: Config, given: Given | None = None, environ: Mapping[str, str] = 
             lost = dist.peer_gone(exc, rank=env.rank, world_size=env.world_size) if in_group else None
             if lost is None:
                 raise
+            stacks = Path(cfg.run.dir) / ".stacks"
+            mismatch = aborted_peer(stacks, env.rank, env.world_size, exc)
+            if mismatch is not None:  # the peer died of a collective mismatch: the two collectives named
+                raise Hung(mismatch, resume_hint(Path(cfg.run.dir))) from None
             raise LostPeer(lost_peer_message(lost, Path(cfg.run.dir))) from None
 
 

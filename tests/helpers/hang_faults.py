@@ -8,7 +8,8 @@ strikes in (default 6); without FAULT the script trains normally (the reference 
     skip_exchange  the rank takes step FAULT_STEP under DDP's no_sync(): its gradient exchange is skipped once
     extra_eval     the rank's test set holds one evaluation batch more than the other ranks'
     slow           a straggler: the rank's step sleeps twice its usual time on every step (3x slower)
-    kill_agent     at step FAULT_STEP, the last rank SIGKILLs torchrun's agent (the workers live on, orphaned)
+    kill_agent     at step FAULT_STEP, the last rank SIGKILLs torchrun's agent (the workers live on, orphaned,
+                   0.2 s a step)
 
     torchrun --nproc_per_node=2 tests/helpers/hang_faults.py CONFIG key=value ...   (env: FAULT=...)
 """
@@ -35,22 +36,33 @@ AT = int(os.environ.get("FAULT_STEP", "6"))
 PER_RANK = 32  # samples of one rank per step (global batch 64 on 2 ranks)
 
 
+def mark() -> None:
+    """When the fault struck (FAULT_MARK: a file the test reads; the first strike counts)."""
+    path = os.environ.get("FAULT_MARK")
+    if path and not os.path.exists(path):
+        Path(path).write_text(repr(time.time()))
+
+
 class Points(Dataset):
     """XOR points; label x1 XOR x2."""
 
-    def __init__(self, size, seed, sleepy=False):
+    def __init__(self, size, seed, sleepy=False, marks=False):
         generator = torch.Generator().manual_seed(seed)
         data = torch.randint(0, 2, (size, 2), generator=generator).to(torch.float32)
         self.label = (data.sum(dim=1) == 1).to(torch.float32).unsqueeze(1)
         self.data = data + 0.1 * torch.randn(data.shape, generator=generator)
-        self.sleepy, self.calls = sleepy, 0
+        self.sleepy, self.marks, self.calls = sleepy, marks, 0
 
     def __len__(self):
         return self.data.shape[0]
 
     def __getitem__(self, idx):
         self.calls += 1
+        if self.marks:
+            mark()
         if self.sleepy and self.calls > AT * PER_RANK:
+            if FAULT in ("getitem", "worker"):
+                mark()
             if FAULT == "getitem":
                 time.sleep(600)
             if FAULT == "worker":
@@ -78,13 +90,17 @@ def user_step(model, batch):
     if model.training:
         _taken[0] += 1
         if MINE and FAULT == "step" and _taken[0] == AT + 1:
+            mark()
             time.sleep(600)
         if MINE and FAULT == "slow":
             time.sleep(0.2)
         elif FAULT == "slow":
             time.sleep(0.1)
         if FAULT == "kill_agent" and _taken[0] == AT + 1 and RANK == int(os.environ["WORLD_SIZE"]) - 1:
+            mark()
             os.kill(os.getppid(), signal.SIGKILL)
+        if FAULT == "kill_agent" and _taken[0] > AT:
+            time.sleep(0.2)  # the orphans train on (slowly) until they notice
     return _loss(model(x), y)
 
 
@@ -97,6 +113,8 @@ def _skip_exchange_once():
 
     def call(self, batch):
         skip = MINE and self.progress.global_step == AT
+        if skip:
+            mark()
         with self.model.no_sync() if skip else contextlib.nullcontext():
             return original(self, batch)
 
@@ -113,7 +131,7 @@ def main():
         cfg,
         model=Net(),
         train_data=Points(1024, seed=1, sleepy=MINE),
-        test_data=Points(test_size, seed=2),
+        test_data=Points(test_size, seed=2, marks=MINE and FAULT == "extra_eval"),
         step=user_step,
     )
 
