@@ -169,3 +169,13 @@ def test_the_message_names_the_rank_behind_and_those_waiting():
     assert "rank 1 is behind: in your data set's `__getitem__` at mydata.py:42" in text
     assert "ranks 0 and 2 wait in the gradient all-reduce of step 12 (DDP, inside backward)" in text
     assert "mydata.py:42 in __getitem__: time.sleep(9)" in text
+
+
+@pytest.mark.slow
+def test_a_straggler_is_named_within_two_logging_windows(tmp_path):
+    result, _ = train(tmp_path / "slow", "trainer.max_steps=8", "trainer.epochs=1", fault="slow")
+    assert result.returncode == 0, result.stderr[-3000:]
+    named = [line for line in (result.stdout + result.stderr).splitlines() if "straggler: rank" in line]
+    assert named and all("straggler: rank 1 took" in line for line in named), named
+    assert "steps 1-4" in named[0] or "steps 5-8" in named[0]
+    assert "stragglers over the run: rank 1 in" in result.stdout + result.stderr

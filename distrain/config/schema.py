@@ -226,6 +226,9 @@ class TrainerConfig:
     hung: one message names the rank(s) behind and where each one is, every rank exits with status 5, and
     the newest complete checkpoint resumes. Must be shorter than dist.timeout_s; 0 or null: no watchdog.
     See the docs page "When a job hangs or crawls"."""
+    straggler_ratio: float = 1.5
+    """Every logging window, the slowest rank's step time against the median: logged (with its data wait
+    and compute apart) when it is at least this many times the median; 0: never."""
     exact_threads: int = 1
     """trainer.exact: intra-op threads per process (torch.set_num_threads). A CPU kernel may split its
     reductions by the thread count, so it is fixed here rather than left to the machine or the launcher."""
@@ -241,6 +244,11 @@ class TrainerConfig:
         check(self.max_steps is None or self.max_steps > 0, "trainer.max_steps", f"must be > 0, got {self.max_steps}")
         check(self.exact_chunk > 0, "trainer.exact_chunk", f"must be > 0, got {self.exact_chunk}")
         check(self.exact_threads > 0, "trainer.exact_threads", f"must be > 0, got {self.exact_threads}")
+        check(
+            self.straggler_ratio == 0 or self.straggler_ratio > 1,
+            "trainer.straggler_ratio",
+            f"must be > 1 (0: off), got {self.straggler_ratio}",
+        )
         check(
             self.hang_timeout is None or self.hang_timeout >= 0,
             "trainer.hang_timeout",

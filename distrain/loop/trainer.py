@@ -41,7 +41,7 @@ from distrain.config.schema import Config, default_run_dir
 from distrain.data import build_train_batches
 from distrain.data.structures import tree_map
 from distrain.errors import ConfigError, Hung, LostPeer
-from distrain.launch import dist
+from distrain.launch import dist, stragglers
 from distrain.launch.dist import DistContext
 from distrain.launch.env import DistEnv, detect
 from distrain.launch.signals import Interrupted, StopSignals
@@ -201,6 +201,7 @@ class Trainer:
     ):
         self.cfg, self.ctx, self.parts, self.strategy, self.signals = cfg, ctx, parts, strategy, signals
         self.watchdog = watchdog
+        self.stragglers = stragglers.Stragglers(cfg.trainer.straggler_ratio, ctx.rank, ctx.world_size)
         self.run_dir = Path(cfg.run.dir)
         self.batches = build_train_batches(
             parts.data.train,
@@ -349,7 +350,9 @@ class Trainer:
                 if self.state.stopper.stopped:
                     break
                 started, lr = self.start_epoch(epoch)
+                waited = time.perf_counter()
                 for batch in self.batches:
+                    stragglers.TIMES[0] += time.perf_counter() - waited  # the data wait (stragglers)
                     stepped = self.train_step(batch)
                     p.advance(step_in_epoch=batch.step + 1, skipped=not stepped)
                     progress(p.global_step)  # the hang watchdog's counter
@@ -359,6 +362,7 @@ class Trainer:
                     self.stop_on_signal(saved)
                     if self.reached_max_steps():
                         break
+                    waited = time.perf_counter()
                 splits = self.end_epoch(epoch, started, lr)
                 self.maybe_stop(splits)
                 self.maybe_save_epoch(splits)
@@ -395,6 +399,7 @@ class Trainer:
         p = self.state.progress
         self.batches.set_start_step(p.step_in_epoch)
         self.reporter.start_epoch(self.state.meter, p.global_step, self.strategy.comm_figures())
+        stragglers.TIMES[0] = stragglers.TIMES[1] = 0.0  # the epoch's first window starts here
         self.callback("on_epoch_start")
         if p.step_in_epoch == 0 or self.state.epoch_lrs is None:
             self.state.epoch_lrs = self.learning_rates()
@@ -422,8 +427,16 @@ class Trainer:
         if not self.reporter.is_log_step(step):
             self.reporter.after_step(step, meter, self.learning_rates(), None)
             return
-        window = self.strategy.sum_over_ranks(self.reporter.window(meter))
+        # Each rank's step times ride along in slots of their own (stragglers: no collective of their own).
+        window = self.reporter.window(meter)
+        summed = self.strategy.sum_over_ranks(torch.cat([window, self.stragglers.slots(like=window)]))
+        window, times = summed[: window.numel()], summed[window.numel() :]
+        steps = step - self.reporter.window_step
+        step_s = (time.perf_counter() - self.reporter.window_time) / max(steps, 1)
         self.reporter.after_step(step, meter, self.learning_rates(), window, self.strategy.comm_figures())
+        figures = self.stragglers.read(times, steps, step, step_s)
+        if figures:
+            self.reporter.log_scalars(step, figures)
 
     def maybe_save_step(self) -> bool:
         if not self.saver.should_save_step(self.state.progress):
@@ -518,6 +531,9 @@ class Trainer:
         return path
 
     def close(self, finished: bool) -> None:
+        summary = self.stragglers.summary()
+        if summary and self.ctx.is_main:
+            log.info("%s", summary)
         # A background checkpoint write completes before the run ends, also when it ends by a signal
         # (the requeued job resumes from it); on a normal end every rank learns whether it succeeded.
         try:

@@ -7,7 +7,7 @@ strikes in (default 6); without FAULT the script trains normally (the reference 
     worker         a DataLoader worker of the rank deadlocks (run with data.num_workers=1)
     skip_exchange  the rank takes step FAULT_STEP under DDP's no_sync(): its gradient exchange is skipped once
     extra_eval     the rank's test set holds one evaluation batch more than the other ranks'
-    slow           a straggler: the rank's step sleeps twice its usual time on every step (3x slower)
+    slow           a straggler: the rank's step sleeps 0.3 s every step, the others' 0.1 s (3x slower)
     kill_agent     at step FAULT_STEP, the last rank SIGKILLs torchrun's agent (the workers live on, orphaned,
                    0.2 s a step)
 
@@ -93,7 +93,7 @@ def user_step(model, batch):
             mark()
             time.sleep(600)
         if MINE and FAULT == "slow":
-            time.sleep(0.2)
+            time.sleep(0.3)
         elif FAULT == "slow":
             time.sleep(0.1)
         if FAULT == "kill_agent" and _taken[0] == AT + 1 and RANK == int(os.environ["WORLD_SIZE"]) - 1:
