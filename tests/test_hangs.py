@@ -87,6 +87,15 @@ def test_a_fault_on_one_rank_is_named_in_one_message_and_resumes_bitwise(fault, 
 
 
 @pytest.mark.slow
+def test_three_ranks_the_one_behind_named_and_the_two_waiting(tmp_path):
+    result, since = train(tmp_path / "three", "data.global_batch_size=96", fault="getitem", nproc=3, FAULT_RANK="2")
+    message = one_message(result)
+    assert "rank 2 is behind: in your data set's `__getitem__` at" in message, message
+    assert "ranks 0 and 1 wait in the gradient all-reduce" in message, message
+    assert since is not None and since < HANG_TIMEOUT + 15, since
+
+
+@pytest.mark.slow
 def test_orphans_of_a_killed_torchrun_agent_save_stop_and_the_rerun_resumes_bitwise(reference, tmp_path):
     run_dir = tmp_path / "orphans"
     # The last rank SIGKILLs torchrun's agent mid-run: the workers (each in a session of its own) live on.

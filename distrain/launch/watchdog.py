@@ -49,6 +49,7 @@ STOPPING = threading.Event()
 """Set once this rank's watchdog has found a hang: the main thread, woken by a peer's exit, leaves the exit
 to the watchdog (`wait_for_the_watchdog`) instead of reporting a lost peer."""
 
+_STARTED = [0.0]  # when this process's watchdog started: an older stacks dump is a previous attempt's
 _BEATS = [0, -1]  # [progress count, last finished global step]: written by the loop, read by the watchdog
 
 
@@ -113,6 +114,7 @@ class Watchdog:
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> Watchdog:
+        _STARTED[0] = time.time() - 1.0  # file times may be coarse
         if self.stacks is not None and self.env.is_distributed:
             import faulthandler
 
@@ -251,8 +253,11 @@ def aborted_peer(stacks: Path, rank: int, world_size: int, exc: BaseException) -
     for peer in range(world_size):
         if peer == rank:
             continue
+        path = stacks / f"rank-{peer}.txt"
         try:
-            text = (stacks / f"rank-{peer}.txt").read_text()
+            if path.stat().st_mtime < _STARTED[0]:
+                continue  # a dump left by an earlier attempt of the job, not this one's
+            text = path.read_text()
         except OSError:
             continue
         frames = _main_thread_frames(text)
