@@ -160,6 +160,12 @@ def test_hang_timeout_must_be_shorter_than_the_process_group_timeout():
         load_config(CONFIG, ["trainer.hang_timeout=900", "dist.timeout_s=600"])
     assert info.value.key == "trainer.hang_timeout" and "dist.timeout_s" in str(info.value)
     assert load_config(CONFIG, ["trainer.hang_timeout=0"]).trainer.hang_timeout == 0
+    from distrain.launch.watchdog import resolve_hang_timeout
+
+    # Unset: 300 s, or half of the process group's timeout when that is shorter (never refused); 0: off.
+    assert load_config(CONFIG, ["trainer.hang_timeout=null", "dist.timeout_s=120"]).trainer.hang_timeout is None
+    assert resolve_hang_timeout(None, 900) == 300 and resolve_hang_timeout(None, 120) == 60
+    assert resolve_hang_timeout(0, 900) is None and resolve_hang_timeout(5, 900) == 5
 
 
 def test_the_message_names_the_rank_behind_and_those_waiting():

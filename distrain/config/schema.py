@@ -221,11 +221,11 @@ class TrainerConfig:
     exact_chunk: int = 8
     """trainer.exact: samples per chunk, cut from each global batch by global position. Bounds the world
     sizes (they must divide global_batch_size / exact_chunk) and the memory of one forward."""
-    hang_timeout: float | None = 300.0
+    hang_timeout: float | None = None
     """Seconds without a finished step, evaluation batch or checkpoint after which the job is stopped as
     hung: one message names the rank(s) behind and where each one is, every rank exits with status 5, and
-    the newest complete checkpoint resumes. Must be shorter than dist.timeout_s; 0 or null: no watchdog.
-    See the docs page "When a job hangs or crawls"."""
+    the newest complete checkpoint resumes. null: 300, or half of dist.timeout_s when that is shorter; set,
+    it must be shorter than dist.timeout_s; 0: no watchdog. See the docs page "When a job hangs or crawls"."""
     straggler_ratio: float = 1.5
     """Every logging window, the slowest rank's step time against the median: logged (with its data wait
     and compute apart) when it is at least this many times the median; 0: never."""
@@ -252,7 +252,7 @@ class TrainerConfig:
         check(
             self.hang_timeout is None or self.hang_timeout >= 0,
             "trainer.hang_timeout",
-            f"must be >= 0 (0 or null: off), got {self.hang_timeout}",
+            f"must be >= 0 (0: off; null: the default), got {self.hang_timeout}",
         )
         import signal
 

@@ -53,6 +53,14 @@ _STARTED = [0.0]  # when this process's watchdog started: an older stacks dump i
 _BEATS = [0, -1]  # [progress count, last finished global step]: written by the loop, read by the watchdog
 
 
+def resolve_hang_timeout(hang_timeout: float | None, pg_timeout_s: float) -> float | None:
+    """trainer.hang_timeout as the watchdog uses it: null is 300 s, or half of dist.timeout_s when that is
+    shorter (the process group's timeout must never fire first); 0 is off (None)."""
+    if hang_timeout is None:
+        return min(300.0, pg_timeout_s / 2)
+    return hang_timeout or None
+
+
 def progress(step: int | None = None) -> None:
     """The loop made progress (a step with its global number, an evaluation batch, a checkpoint)."""
     _BEATS[0] += 1

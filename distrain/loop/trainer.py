@@ -46,7 +46,13 @@ from distrain.launch.dist import DistContext
 from distrain.launch.env import DistEnv, detect
 from distrain.launch.signals import Interrupted, StopSignals
 from distrain.launch.slurm import maybe_requeue, resolve_run_dir
-from distrain.launch.watchdog import Watchdog, aborted_peer, progress, wait_for_the_watchdog
+from distrain.launch.watchdog import (
+    Watchdog,
+    aborted_peer,
+    progress,
+    resolve_hang_timeout,
+    wait_for_the_watchdog,
+)
 from distrain.loop.components import (
     Given,
     Parts,
@@ -101,7 +107,7 @@ def train(cfg: Config, given: Given | None = None, environ: Mapping[str, str] = 
                     own_run_dir(Path(cfg.run.dir), ctx.is_main) as owner,  # one run at a time per directory
                     Watchdog(
                         env,
-                        hang_timeout=cfg.trainer.hang_timeout,
+                        hang_timeout=resolve_hang_timeout(cfg.trainer.hang_timeout, cfg.dist.timeout_s),
                         resume_hint=functools.partial(resume_hint, Path(cfg.run.dir)),
                         on_orphan=owner.stopping,
                         stacks=Path(cfg.run.dir) / ".stacks",
