@@ -112,7 +112,7 @@ class Watchdog:
         # The launcher is the parent: torchrun's agent, or slurmstepd under srun (a worker started by hand
         # has a shell for parent, which is no launcher to watch).
         self.launcher = os.getppid() if env.source in ("torchrun", "slurm") else None
-        self._main = threading.main_thread().ident
+        self._main = threading.get_ident()  # the thread that trains (the watchdog is built on it)
         # Where this rank's Python stacks go if the process aborts (gloo ends a process that receives a
         # collective of another size: "Received data size doesn't match expected size"): the survivors read
         # it to name the two collectives that met (`aborted_peer`).
@@ -307,7 +307,7 @@ _HELPERS = {
 
 
 def _collective_of(frames: list[list[Any]]) -> str | None:
-    return next((_HELPERS[f[2]] for f in reversed(frames) if f[0].startswith(_PACKAGE) and f[2] in _HELPERS), None)
+    return next((_HELPERS[f[2]] for f in reversed(frames) if _in_distrain(f[0]) and f[2] in _HELPERS), None)
 
 
 def _main_thread_frames(dump: str) -> list[list[Any]]:
@@ -352,6 +352,10 @@ def _exit(code: int) -> None:
 # ----------------------------------------------------------------------------------- the message
 
 
+def _in_distrain(filename: str) -> bool:
+    return os.path.abspath(filename).startswith(_PACKAGE + os.sep)
+
+
 def _is_user(filename: str) -> bool:
     path = os.path.abspath(filename)
     return not (
@@ -383,9 +387,7 @@ def where(report: dict[str, Any]) -> tuple[str, str, bool]:
     loader = _innermost(frames, lambda f: f[0].endswith(loader_file) and f[2] in ("_get_data", "_try_get_data"))
     step = f" of step {report['step'] + 1}" if report.get("step") is not None else ""
     if report["collective"] is not None:
-        purpose = next(
-            (_PURPOSES[f[2]] for f in reversed(frames) if f[0].startswith(_PACKAGE) and f[2] in _PURPOSES), None
-        )
+        purpose = next((_PURPOSES[f[2]] for f in reversed(frames) if _in_distrain(f[0]) and f[2] in _PURPOSES), None)
         number = f" #{report['seq']}" if report.get("seq") is not None else ""
         text = f"{report['collective']}{number}" + (f" of {purpose}" if purpose else "")
         return text, "", True
