@@ -59,7 +59,7 @@ FAULTS = {
     # fault: (overrides, words the message must hold)
     "getitem": ((), ["rank 1 is behind: in your data set's `__getitem__` at", "hang_faults.py", "rank 0 waits in"]),
     "step": ((), ["rank 1 is behind: in your code, `user_step` at", "hang_faults.py", "rank 0 waits in the gradient"]),
-    "worker": (("data.num_workers=1",), ["rank 1 is behind: waiting for its DataLoader workers", "deadlocked"]),
+    "worker": (("data.num_workers=1",), ["rank 1 is behind: waiting for its DataLoader worker", "in `__getitem__` at"]),
     "skip_exchange": ((), ["the ranks called different collectives: rank 1 aborted", "rank 0 was in the gradient"]),
     "extra_eval": ((), ["the ranks called different collectives", "rank 1 in all_reduce #", "the evaluation totals"]),
 }

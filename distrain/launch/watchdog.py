@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import sysconfig
@@ -49,6 +50,11 @@ STOPPING = threading.Event()
 """Set once this rank's watchdog has found a hang: the main thread, woken by a peer's exit, leaves the exit
 to the watchdog (`wait_for_the_watchdog`) instead of reporting a lost peer."""
 
+_DUMP_SIGNAL = getattr(signal, "SIGRTMIN", None)
+"""The signal that asks a DataLoader worker for its stack (a real-time signal nothing else uses)."""
+if _DUMP_SIGNAL is not None:
+    _DUMP_SIGNAL += 7
+_FRAME = re.compile(r'File "([^"]+)", line (\d+) in (\S+)')
 _STARTED = [0.0]  # when this process's watchdog started: an older stacks dump is a previous attempt's
 _BEATS = [0, -1]  # [progress count, last finished global step]: written by the loop, read by the watchdog
 
@@ -128,11 +134,16 @@ class Watchdog:
 
             try:
                 self.stacks.mkdir(parents=True, exist_ok=True)
+                self._drop_worker_dumps()
                 self._stack_file = open(self.stacks / f"rank-{self.env.rank}.txt", "w")
                 self._faulthandler_was = faulthandler.is_enabled()
                 faulthandler.enable(self._stack_file, all_threads=True)
             except OSError:
                 self._stack_file = None
+            if self._stack_file is not None and _DUMP_SIGNAL is not None:
+                from distrain import seeding
+
+                seeding.WORKER_HOOKS.append(self._worker_dump)
         if self.launcher is not None or (self.hang_timeout and self.env.is_distributed):
             self._thread = threading.Thread(target=self._watch, name="distrain-watchdog", daemon=True)
             self._thread.start()
@@ -146,11 +157,59 @@ class Watchdog:
         if self._stack_file is not None:
             import faulthandler
 
+            from distrain import seeding
+
+            if self._worker_dump in seeding.WORKER_HOOKS:
+                seeding.WORKER_HOOKS.remove(self._worker_dump)
+            self._drop_worker_dumps()
             faulthandler.disable()
             if self._faulthandler_was:
                 faulthandler.enable()
             self._stack_file.close()
             self._stack_file = None
+
+    def _drop_worker_dumps(self) -> None:
+        for path in self.stacks.glob(f"rank-{self.env.rank}-worker-*.txt"):
+            try:
+                path.unlink()
+            except OSError:
+                pass
+
+    def _worker_dump(self, worker_id: int) -> None:
+        """In a DataLoader worker: dump its stack into the stacks folder when the watchdog asks (a signal)."""
+        import faulthandler
+
+        try:
+            dump = open(self.stacks / f"rank-{self.env.rank}-worker-{os.getpid()}.txt", "w")
+            faulthandler.register(_DUMP_SIGNAL, dump, all_threads=True)
+        except (OSError, ValueError, RuntimeError):
+            pass
+
+    def _worker_stacks(self) -> list[dict[str, Any]]:
+        """The stacks of this rank's DataLoader workers (asked by signal; those that answer within 1 s)."""
+        import multiprocessing
+
+        children = [c.pid for c in multiprocessing.active_children() if c.pid]
+        if not children or self.stacks is None or _DUMP_SIGNAL is None:
+            return []
+        for pid in children:
+            try:
+                os.kill(pid, _DUMP_SIGNAL)
+            except OSError:
+                pass
+        time.sleep(1.0)
+        found = []
+        for pid in children:
+            try:
+                text = (self.stacks / f"rank-{self.env.rank}-worker-{pid}.txt").read_text()
+            except OSError:
+                continue
+            blocks = [_FRAME.findall(b) for b in re.split(r"\n(?=(?:Current thread|Thread) 0x)", text)]
+            loop = [b for b in blocks if any(name == "_worker_loop" for _, _, name in b)]
+            frames = [[f, int(line), name, ""] for f, line, name in reversed((loop or blocks or [[]])[0])]
+            if frames:
+                found.append({"pid": pid, "frames": frames})
+        return found
 
     def arm(self) -> None:
         """The loop starts: from now on a hang_timeout without progress is a hang."""
@@ -213,7 +272,9 @@ class Watchdog:
         """This rank's account: where its main thread is, in which collective, after which step."""
         frame = sys._current_frames().get(self._main)
         frames = [[f.filename, f.lineno, f.name, f.line or ""] for f in traceback.extract_stack(frame)] if frame else []
+        workers = self._worker_stacks() if any(f[2] in ("_get_data", "_try_get_data") for f in frames) else []
         return {
+            "workers": workers,
             "rank": self.env.rank,
             "host": os.uname().nodename,
             "pid": os.getpid(),
@@ -313,10 +374,8 @@ def _collective_of(frames: list[list[Any]]) -> str | None:
 def _main_thread_frames(dump: str) -> list[list[Any]]:
     """The main thread's frames (outermost first) in a faulthandler dump: the thread whose stack starts at
     a module's top level."""
-    import re
-
     for block in re.split(r"\n(?=(?:Current thread|Thread) 0x)", dump):
-        found = re.findall(r'File "([^"]+)", line (\d+) in (\S+)', block)
+        found = _FRAME.findall(block)
         if found and found[-1][2] == "<module>":
             return [[f, int(line), name, ""] for f, line, name in reversed(found)]
     return []
@@ -394,6 +453,18 @@ def where(report: dict[str, Any]) -> tuple[str, str, bool]:
     if backward > max(user, loader):
         return f"the gradient all-reduce{step} (DDP, inside backward)", "", True
     if loader > user:
+        for worker in report.get("workers") or []:
+            wframes = worker["frames"]
+            inner = _innermost(wframes, lambda f: _is_user(f[0]))
+            if inner >= 0 and not any(f[2] == "_worker_loop" for f in wframes[inner:]):
+                filename, line, name, _ = wframes[inner]
+                return (
+                    f"waiting for its DataLoader worker PID {worker['pid']}, which is in `{name}` at "
+                    f"{_short(filename)}:{line}",
+                    "a DataLoader worker is stuck or deadlocked there (a lock taken before the fork, a hang in "
+                    "the data set inside the worker)",
+                    False,
+                )
         return (
             f"waiting for its DataLoader workers{step.replace(' of', ' for')}",
             "a DataLoader worker is stuck or deadlocked (a lock taken before the fork, a hang in the data set "
@@ -485,4 +556,8 @@ def describe(reports: list[dict[str, Any]], world_size: int, hang_timeout: float
         shown = user + [f for f in reversed(frames[-3:]) if f not in user]
         lines.append(f"  rank {r['rank']}'s stack (PID {r['pid']} on {r['host']}), your frames first, innermost first:")
         lines += [f"    {_short(f[0])}:{f[1]} in {f[2]}" + (f": {f[3]}" if f[3] else "") for f in shown]
+        for worker in r.get("workers") or []:
+            inner = [f for f in reversed(worker["frames"]) if _is_user(f[0])][:2] + worker["frames"][-2:][::-1]
+            lines.append(f"  its DataLoader worker PID {worker['pid']}'s stack, innermost first:")
+            lines += [f"    {_short(f[0])}:{f[1]} in {f[2]}" for f in inner]
     return "\n".join(lines)
