@@ -105,7 +105,8 @@ def is_main_process() -> bool:
 def run_main(main: Callable[..., Any], *args: Any) -> None:
     """Call a script's `main(*args)` with the distrain command's error reporting: a user error (bad config
     key, file or launcher variable) prints one message and exits 2 without a traceback; a lost peer prints
-    one line per surviving rank and exits 4; a stop on SIGTERM, SIGINT or the requeue signal exits 128+N
+    one line per surviving rank and exits 4; a hang (trainer.hang_timeout) one message for the job and exits
+    5 on every rank; a stop on SIGTERM, SIGINT or the requeue signal exits 128+N
     (or 75: resubmit) after the checkpoint is saved. Anything else (a bug) keeps its traceback.
 
         if __name__ == "__main__":

@@ -16,7 +16,9 @@
 Exit status: 0 success; 1 an unexpected error (with traceback); 2 a bad config, environment or file, or a
 file that cannot be written (a message naming it, no traceback); 3 training diverged (NaN or Inf, with
 trainer.on_nonfinite: stop); 4 a peer was lost (one line per surviving rank: the lost rank and the checkpoint
-a restart resumes from); 128+N stopped by signal N after saving a checkpoint.
+a restart resumes from); 5 the job hung or its ranks called different collectives (one message naming the
+rank behind: distrain/launch/watchdog.py); 6 a worker whose launcher is gone could not save and stop in
+time; 128+N stopped by signal N after saving a checkpoint.
 torch is imported only by the commands that need it, so `distrain --help` is instant.
 """
 

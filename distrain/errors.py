@@ -100,6 +100,15 @@ class LostPeer(UserError):
     per_rank = True  # each survivor says what it saw (which peer, when known)
 
 
+class Hung(UserError):
+    """No step finished on any rank for trainer.hang_timeout seconds: a rank is stuck, or the ranks called
+    different collectives. The watchdog (distrain/launch/watchdog.py) prints one message for the job naming
+    the rank(s) behind and where each one is; every rank exits with status 5, the newest complete checkpoint
+    intact."""
+
+    exit_code = 5
+
+
 def report_user_error(exc: Exception) -> None:
     """One message for the whole job, not one per rank, printed by whichever rank meets the error first:
     errors every rank meets alike (config errors, verdicts the ranks agreed on) are printed once per node

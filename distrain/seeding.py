@@ -55,9 +55,16 @@ def loader_generator(seed: int, rank: int) -> torch.Generator:
     return torch.Generator().manual_seed(mix_seed(seed, rank, 0, salt=1))
 
 
+WORKER_HOOKS: list = []
+"""Functions called with the worker id in each DataLoader worker after its seeding: the hang watchdog's
+stack dump on request (distrain/launch/watchdog.py) while it watches."""
+
+
 def seed_worker(worker_id: int) -> None:
     """DataLoader worker_init_fn: torch already seeds each worker with base_seed + worker_id; give Python's
     and NumPy's generators (used by many transforms) that same per-worker seed."""
     worker_seed = torch.initial_seed() % 2**32
     random.seed(worker_seed)
     np.random.seed(worker_seed)
+    for hook in WORKER_HOOKS:
+        hook(worker_id)

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from distrain.checkpoint.options import CheckpointConfig
 from distrain.config.coerce import check, check_monitor
 from distrain.config.registry import check_name
+from distrain.errors import ConfigError
 from distrain.launch.options import DistConfig
 from distrain.reporting.options import LogConfig, WandbConfig
 from distrain.strategies.options import DDPConfig, DiLoCoConfig, FSDPConfig, check_strategy
@@ -247,6 +248,14 @@ class TrainerConfig:
     exact_chunk: int = 8
     """trainer.exact: samples per chunk, cut from each global batch by global position. Bounds the world
     sizes (they must divide global_batch_size / exact_chunk) and the memory of one forward."""
+    hang_timeout: float | None = None
+    """Seconds without a finished step, evaluation batch or checkpoint after which the job is stopped as
+    hung: one message names the rank(s) behind and where each one is, every rank exits with status 5, and
+    the newest complete checkpoint resumes. null: 300, or half of dist.timeout_s when that is shorter; set,
+    it must be shorter than dist.timeout_s; 0: no watchdog. See the docs page "When a job hangs or crawls"."""
+    straggler_ratio: float = 1.5
+    """Every logging window, the slowest rank's step time against the median: logged (with its data wait
+    and compute apart) when it is at least this many times the median; 0: never."""
     exact_threads: int = 1
     """trainer.exact: intra-op threads per process (torch.set_num_threads). A CPU kernel may split its
     reductions by the thread count, so it is fixed here rather than left to the machine or the launcher."""
@@ -262,6 +271,16 @@ class TrainerConfig:
         check(self.max_steps is None or self.max_steps > 0, "trainer.max_steps", f"must be > 0, got {self.max_steps}")
         check(self.exact_chunk > 0, "trainer.exact_chunk", f"must be > 0, got {self.exact_chunk}")
         check(self.exact_threads > 0, "trainer.exact_threads", f"must be > 0, got {self.exact_threads}")
+        check(
+            self.straggler_ratio == 0 or self.straggler_ratio > 1,
+            "trainer.straggler_ratio",
+            f"must be > 1 (0: off), got {self.straggler_ratio}",
+        )
+        check(
+            self.hang_timeout is None or self.hang_timeout >= 0,
+            "trainer.hang_timeout",
+            f"must be >= 0 (0: off; null: the default), got {self.hang_timeout}",
+        )
         import signal
 
         valid = {s.name for s in signal.Signals}
@@ -407,6 +426,14 @@ class Config:
 
     def __post_init__(self) -> None:
         check_strategy(self)  # the rules that tie the strategy to the other sections
+        hang, pg = self.trainer.hang_timeout, self.dist.timeout_s
+        if hang and hang >= pg:
+            raise ConfigError(
+                "trainer.hang_timeout",
+                f"{hang:g} s is not shorter than dist.timeout_s ({pg:g} s): the process group's timeout would "
+                "fail the collective first, with torch's traceback on every rank instead of one message",
+                f"set trainer.hang_timeout below {pg:g} (or raise dist.timeout_s)",
+            )
         for name in self.metrics:
             check(
                 name.isidentifier() and name != "loss",

@@ -27,6 +27,7 @@ from distrain.errors import UserError
 from distrain.launch.env import DistEnv
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -203,6 +204,41 @@ def is_distributed() -> bool:
     return tdist.is_available() and tdist.is_initialized() and tdist.get_world_size() > 1
 
 
+class _InCollective:
+    """Which of distrain's collectives this rank is in, and its sequence number (this rank's count of them
+    so far): read by the hang watchdog (distrain.launch.watchdog) from its own thread when no step has
+    finished for trainer.hang_timeout. Two attribute writes per collective; nothing else."""
+
+    __slots__ = ("name", "seq", "failed")
+
+    def __init__(self) -> None:
+        self.name: str | None = None
+        self.seq = 0
+        self.failed: tuple[str, int] | None = None  # the collective that raised, and its number
+
+    def enter(self, name: str) -> None:
+        self.seq += 1
+        self.name = name
+
+    def leave(self) -> None:
+        self.name = None
+
+
+IN_COLLECTIVE = _InCollective()
+
+
+def tracked(name: str, call: Callable[[], T]) -> T:
+    """`call()` (a collective named `name`), recorded in IN_COLLECTIVE while it runs."""
+    IN_COLLECTIVE.enter(name)
+    try:
+        return call()
+    except BaseException:
+        IN_COLLECTIVE.failed = (name, IN_COLLECTIVE.seq)
+        raise
+    finally:
+        IN_COLLECTIVE.leave()
+
+
 _CPU_GROUP: Any = None
 
 
@@ -228,15 +264,15 @@ def barrier() -> None:
     if not is_distributed():
         return
     if tdist.get_backend() == "nccl":
-        tdist.barrier(device_ids=[torch.cuda.current_device()])
+        tracked("barrier", lambda: tdist.barrier(device_ids=[torch.cuda.current_device()]))
     else:
-        tdist.barrier()
+        tracked("barrier", tdist.barrier)
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum `tensor` over all ranks, in place, and return it. Collective: every rank must call it."""
     if is_distributed():
-        tdist.all_reduce(tensor, op=tdist.ReduceOp.SUM)
+        tracked("all_reduce", lambda: tdist.all_reduce(tensor, op=tdist.ReduceOp.SUM))
     return tensor
 
 
@@ -251,21 +287,21 @@ def start_all_reduce_sum(tensor: torch.Tensor) -> Any:
 def all_reduce_min(tensor: torch.Tensor) -> torch.Tensor:
     """The elementwise minimum over all ranks, in place, and return it. Collective."""
     if is_distributed():
-        tdist.all_reduce(tensor, op=tdist.ReduceOp.MIN)
+        tracked("all_reduce", lambda: tdist.all_reduce(tensor, op=tdist.ReduceOp.MIN))
     return tensor
 
 
 def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
     """The elementwise maximum over all ranks, in place, and return it. Collective."""
     if is_distributed():
-        tdist.all_reduce(tensor, op=tdist.ReduceOp.MAX)
+        tracked("all_reduce", lambda: tdist.all_reduce(tensor, op=tdist.ReduceOp.MAX))
     return tensor
 
 
 def broadcast_tensor(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
     """Rank `src`'s values into `tensor` on every rank, in place. Collective."""
     if is_distributed():
-        tdist.broadcast(tensor, src=src)
+        tracked("broadcast", lambda: tdist.broadcast(tensor, src=src))
     return tensor
 
 
@@ -274,7 +310,7 @@ def all_true(flag: bool, device: torch.device) -> bool:
     if not is_distributed():
         return flag
     t = torch.tensor([0 if flag else 1], dtype=torch.int32, device=device)
-    tdist.all_reduce(t, op=tdist.ReduceOp.SUM)
+    tracked("all_reduce", lambda: tdist.all_reduce(t, op=tdist.ReduceOp.SUM))
     return int(t.item()) == 0
 
 
@@ -288,7 +324,7 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     if not is_distributed():
         return obj
     box = [obj]
-    tdist.broadcast_object_list(box, src=src)
+    tracked("broadcast", lambda: tdist.broadcast_object_list(box, src=src))
     return box[0]
 
 
@@ -297,7 +333,7 @@ def all_gather_object(obj: Any) -> list[Any]:
     if not is_distributed():
         return [obj]
     out: list[Any] = [None] * tdist.get_world_size()
-    tdist.all_gather_object(out, obj)
+    tracked("all_gather", lambda: tdist.all_gather_object(out, obj))
     return out
 
 
@@ -308,11 +344,9 @@ def gather_object(obj: Any, dst: int = 0) -> list[Any] | None:
         return [obj]
     out: list[Any] | None = [None] * tdist.get_world_size() if tdist.get_rank() == dst else None
     group = cpu_group()
-    tdist.gather_object(obj, out, dst=dst if group is None else tdist.get_global_rank(group, dst), group=group)
+    where = dst if group is None else tdist.get_global_rank(group, dst)
+    tracked("gather", lambda: tdist.gather_object(obj, out, dst=where, group=group))
     return out
-
-
-T = TypeVar("T")
 
 
 def raise_agreed(problem: tuple[str, str | None] | None, error: type[UserError] = UserError) -> None:

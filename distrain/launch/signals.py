@@ -116,7 +116,7 @@ class StopSignals:
             return self.received  # one process: no collective, no host sync
         agreed = None
         if self._pending is not None:
-            self._pending.wait()
+            dist.tracked("all_reduce", self._pending.wait)
             self._pending = None
             agreed = int(self._flag.item()) or None
         if agreed is None:

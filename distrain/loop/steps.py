@@ -19,6 +19,7 @@ from torch import nn
 from distrain.data import Batch
 from distrain.data.structures import call_model
 from distrain.launch import dist
+from distrain.launch.watchdog import progress
 from distrain.loop.metrics import MetricSet
 from distrain.loop.nonfinite import NonFiniteGuard
 from distrain.loop.optim import zero_grad
@@ -148,6 +149,7 @@ def evaluate(
         table[batch.step, :-1] = metrics.batch_sums_of(model, batch.inputs, batch.targets)
         table[batch.step, -1] = batch.global_size
         done += 1
+        progress()  # the hang watchdog's counter
     if pads:
         # Each forward of a sharded model all-gathers its weights with every rank: a rank that owns fewer
         # batches runs discarded forwards on one sample until all have run as many (else the others hang).

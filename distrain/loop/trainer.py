@@ -40,12 +40,19 @@ from distrain.config.parse import dump_config
 from distrain.config.schema import Config, default_run_dir
 from distrain.data import build_train_batches
 from distrain.data.structures import tree_map
-from distrain.errors import ArgumentError, ConfigError, LostPeer
-from distrain.launch import dist
+from distrain.errors import ArgumentError, ConfigError, Hung, LostPeer
+from distrain.launch import dist, stragglers
 from distrain.launch.dist import DistContext
 from distrain.launch.env import DistEnv, detect
 from distrain.launch.signals import Interrupted, StopSignals
 from distrain.launch.slurm import maybe_requeue, resolve_run_dir
+from distrain.launch.watchdog import (
+    Watchdog,
+    aborted_peer,
+    progress,
+    resolve_hang_timeout,
+    wait_for_the_watchdog,
+)
 from distrain.loop.components import (
     Given,
     Parts,
@@ -97,9 +104,18 @@ def train(cfg: Config, given: Given | None = None, environ: Mapping[str, str] = 
                 strategy.setup(parts.model)
                 # The model is built, the same on every rank: from here each rank draws its own random stream.
                 seed_everything(rank_seed(cfg.seed, ctx.rank))
-                with own_run_dir(Path(cfg.run.dir), ctx.is_main):  # one run at a time per directory
+                with (
+                    own_run_dir(Path(cfg.run.dir), ctx.is_main) as owner,  # one run at a time per directory
+                    Watchdog(
+                        env,
+                        hang_timeout=resolve_hang_timeout(cfg.trainer.hang_timeout, cfg.dist.timeout_s),
+                        resume_hint=functools.partial(resume_hint, Path(cfg.run.dir)),
+                        on_orphan=owner.stopping,
+                        stacks=Path(cfg.run.dir) / ".stacks",
+                    ) as watchdog,
+                ):
                     try:
-                        trainer = Trainer(cfg, ctx, parts, strategy, given, signals)
+                        trainer = Trainer(cfg, ctx, parts, strategy, given, signals, watchdog)
                     except BaseException:
                         strategy.release()  # e.g. a refused resume: the wrapper goes before the group does
                         raise
@@ -110,11 +126,16 @@ def train(cfg: Config, given: Given | None = None, environ: Mapping[str, str] = 
                 exc.exit_code = maybe_requeue(exc.signum, cfg.trainer.requeue_signal, environ)
             raise
         except Exception as exc:
+            wait_for_the_watchdog()  # a hang being reported: a peer's exit is no news
             # A peer lost mid-run is no bug: after the teardown (the last background write has finished),
             # one line on each survivor instead of gloo's traceback. Failures to join the group keep theirs.
             lost = dist.peer_gone(exc, rank=env.rank, world_size=env.world_size) if in_group else None
             if lost is None:
                 raise
+            stacks = Path(cfg.run.dir) / ".stacks"
+            mismatch = aborted_peer(stacks, env.rank, env.world_size, exc)
+            if mismatch is not None:  # the peer died of a collective mismatch: the two collectives named
+                raise Hung(mismatch, resume_hint(Path(cfg.run.dir))) from None
             raise LostPeer(lost_peer_message(lost, Path(cfg.run.dir))) from None
 
 
@@ -138,14 +159,27 @@ def with_run_dir(cfg: Config, environ: Mapping[str, str]) -> Config:
 def lost_peer_message(lost: str, run_dir: Path) -> str:
     """What a survivor says: whom it lost, and the checkpoint a restart resumes from (the newest with a
     manifest: complete; not hashed again here, the resume verifies it)."""
+    newest = _newest_complete(run_dir)
+    if newest is None:
+        return f"lost {lost}; no checkpoint was complete yet: {_RESTART} starts the run from the beginning"
+    return f"lost {lost}; nothing is lost: {_RESTART} resumes from the newest complete checkpoint, {newest}"
+
+
+_RESTART = "torchrun --max-restarts, a SLURM requeue or the same command again"
+
+
+def _newest_complete(run_dir: Path) -> Path | None:
     from distrain.checkpoint.files import Manifest
     from distrain.checkpoint.store import checkpoint_dir, list_checkpoints
 
-    restart = "torchrun --max-restarts, a SLURM requeue or the same command again"
-    newest = next((p for p in list_checkpoints(checkpoint_dir(run_dir)) if Manifest.read(p) is not None), None)
-    if newest is None:
-        return f"lost {lost}; no checkpoint was complete yet: {restart} starts the run from the beginning"
-    return f"lost {lost}; nothing is lost: {restart} resumes from the newest complete checkpoint, {newest}"
+    return next((p for p in list_checkpoints(checkpoint_dir(run_dir)) if Manifest.read(p) is not None), None)
+
+
+def resume_hint(run_dir: Path) -> str:
+    """What a job stopped as hung can do next (the watchdog's hint)."""
+    newest = _newest_complete(run_dir)
+    where = f"the newest complete checkpoint, {newest}" if newest else "the beginning (no checkpoint was complete yet)"
+    return f"exit status 5 on every rank; once the cause is fixed, {_RESTART} resumes from {where}"
 
 
 def check_against_env(cfg: Config, env: DistEnv) -> None:
@@ -190,9 +224,18 @@ class Trainer:
     where there is one, then what trains and reports from there. Every rank builds it (collective)."""
 
     def __init__(
-        self, cfg: Config, ctx: DistContext, parts: Parts, strategy: Strategy, given: Given, signals: StopSignals
+        self,
+        cfg: Config,
+        ctx: DistContext,
+        parts: Parts,
+        strategy: Strategy,
+        given: Given,
+        signals: StopSignals,
+        watchdog: Watchdog | None = None,
     ):
         self.cfg, self.ctx, self.parts, self.strategy, self.signals = cfg, ctx, parts, strategy, signals
+        self.watchdog = watchdog
+        self.stragglers = stragglers.Stragglers(cfg.trainer.straggler_ratio, ctx.rank, ctx.world_size)
         self.run_dir = Path(cfg.run.dir)
         self.batches = build_train_batches(
             parts.data.train,
@@ -337,20 +380,26 @@ class Trainer:
         trained, splits, finished = False, {}, False
         try:
             self.signals.start_agreement()
+            if self.watchdog is not None:
+                self.watchdog.arm()
             self.callback("on_train_start")
             for epoch in range(p.epoch, self.cfg.trainer.epochs):
                 if self.state.stopper.stopped:
                     break
                 started, lr = self.start_epoch(epoch)
+                waited = time.perf_counter()
                 for batch in self.batches:
+                    stragglers.TIMES[0] += time.perf_counter() - waited  # the data wait (stragglers)
                     stepped = self.train_step(batch)
                     p.advance(step_in_epoch=batch.step + 1, skipped=not stepped)
+                    progress(p.global_step)  # the hang watchdog's counter
                     self.callback("on_step_end")
                     self.maybe_log_step()
                     saved = self.maybe_save_step()
                     self.stop_on_signal(saved)
                     if self.reached_max_steps():
                         break
+                    waited = time.perf_counter()
                 splits = self.end_epoch(epoch, started, lr)
                 self.maybe_stop(splits)
                 self.maybe_save_epoch(splits)
@@ -363,6 +412,8 @@ class Trainer:
             self.callback("on_exception", exc)
             raise
         finally:
+            if self.watchdog is not None:
+                self.watchdog.disarm()
             if not finished:
                 self.signals.finish_agreement(failed=True)
             self.close(finished)
@@ -385,6 +436,7 @@ class Trainer:
         p = self.state.progress
         self.batches.set_start_step(p.step_in_epoch)
         self.reporter.start_epoch(self.state.meter, p.global_step, self.strategy.comm_figures())
+        stragglers.TIMES[0] = stragglers.TIMES[1] = 0.0  # the epoch's first window starts here
         self.callback("on_epoch_start")
         start_split = getattr(self.parts.objective, "start_split", None)  # a stateful step's hook
         if start_split is not None and (p.step_in_epoch == 0 or self.state.step_state is None):
@@ -415,8 +467,16 @@ class Trainer:
         if not self.reporter.is_log_step(step):
             self.reporter.after_step(step, meter, self.learning_rates(), None)
             return
-        window = self.strategy.sum_over_ranks(self.reporter.window(meter))
+        # Each rank's step times ride along in slots of their own (stragglers: no collective of their own).
+        window = self.reporter.window(meter)
+        summed = self.strategy.sum_over_ranks(torch.cat([window, self.stragglers.slots(like=window)]))
+        window, times = summed[: window.numel()], summed[window.numel() :]
+        steps = step - self.reporter.window_step
+        step_s = (time.perf_counter() - self.reporter.window_time) / max(steps, 1)
         self.reporter.after_step(step, meter, self.learning_rates(), window, self.strategy.comm_figures())
+        figures = self.stragglers.read(times, steps, step, step_s)
+        if figures:
+            self.reporter.log_scalars(step, figures)
 
     def maybe_save_step(self) -> bool:
         if not self.saver.should_save_step(self.state.progress):
@@ -510,10 +570,14 @@ class Trainer:
         )
         live = (self.state.model, self.state.optimizer)
         path = self.saver.save(payload, None if whole else live, live, position=self.state.progress.position())
+        progress()
         self.callback("on_save", path)
         return path
 
     def close(self, finished: bool) -> None:
+        summary = self.stragglers.summary()
+        if summary and self.ctx.is_main:
+            log.info("%s", summary)
         # A background checkpoint write completes before the run ends, also when it ends by a signal
         # (the requeued job resumes from it); on a normal end every rank learns whether it succeeded.
         try:

@@ -9,6 +9,7 @@ each strategy overrides only what it changes (how a micro-batch's gradients sync
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable, ContextManager
 
 import torch
@@ -16,6 +17,7 @@ from torch import nn
 
 from distrain.data.structures import split
 from distrain.launch.dist import DistContext
+from distrain.launch.stragglers import TIMES
 from distrain.strategies.base import Gradients, StrategyDefaults
 from distrain.strategies.precision import NO_CONTEXT, build_precision
 
@@ -43,12 +45,14 @@ def micro_batch_gradients(
     records, step_loss = [], None
     for index, (inputs, targets) in enumerate(pieces):
         with sync(model, index == micro_batches - 1):
+            started = time.perf_counter()  # the forward's time: a straggler shows here (launch/stragglers.py)
             with autocast():
                 # One micro-batch: its weighted mean (one kernel). Several: weighted sums, whose gradients
                 # add up to the step's. (A user's step= answers here: loop/user_step.py.)
                 loss, record = objective.forward_loss(
                     model, inputs, targets, world_size, batch.global_size, average=micro_batches == 1
                 )
+            TIMES[1] += time.perf_counter() - started
             backward(loss)
         records.append(record)
         step_loss = loss.detach() if step_loss is None else step_loss + loss.detach()
