@@ -153,15 +153,39 @@ def test_running_statistics_are_replayed_as_the_layer_would_update_them_chunk_by
         for chunk in chunks:
             theirs(chunk)
         stats = RunningStatistics(running_statistics(ours), len(chunks))
-        stats.start()
-        for j in (2, 0, 1):  # recorded in any order: replayed in chunk order
-            ours(chunks[j])
-            stats.record(j)
+        with stats.capturing():
+            for j in (2, 0, 1):  # recorded in any order: replayed in chunk order
+                stats.chunk(j)
+                ours(chunks[j])
         stats.finish()
         assert ours.momentum == momentum and int(ours.num_batches_tracked) == 3
         assert torch.allclose(ours.running_mean, theirs.running_mean, atol=1e-6)
         assert torch.allclose(ours.running_var, theirs.running_var, atol=1e-5)
     assert running_statistics(nn.Sequential(nn.Linear(2, 4), nn.BatchNorm1d(4, track_running_stats=False))) == []
+
+
+def test_a_layer_that_does_not_run_is_not_updated_and_one_that_runs_twice_is_refused():
+    from distrain.strategies.exact import RunningStatistics
+
+    skipped, frozen = nn.BatchNorm1d(3), nn.BatchNorm1d(3).eval()
+    stats = RunningStatistics(running_statistics(nn.ModuleDict({"skipped": skipped, "frozen": frozen})), 2)
+    with stats.capturing():
+        for j in range(2):
+            stats.chunk(j)
+            frozen(torch.randn(4, 3))  # eval mode: uses its statistics, updates nothing
+            if j == 1:
+                skipped(torch.randn(4, 3) + 5)  # runs in chunk 1 only (a block skipped at random)
+    stats.finish()
+    assert int(skipped.num_batches_tracked) == 1 and skipped.running_mean.mean() > 0.4  # one update of 0.1 * ~5
+    assert int(frozen.num_batches_tracked) == 0 and torch.equal(frozen.running_mean, torch.zeros(3))
+    twice = nn.BatchNorm1d(3)
+    stats = RunningStatistics(running_statistics(nn.ModuleDict({"shared": twice})), 1, "trainer.exact")
+    with pytest.raises(ConfigError) as err, stats.capturing():
+        stats.chunk(0)
+        twice(torch.randn(4, 3))
+        twice(torch.randn(4, 3))  # a siamese model's second view through the same layer
+    assert err.value.key == "trainer.exact" and "shared" in str(err.value) and "runs twice" in str(err.value)
+    assert twice.momentum == 0.1  # put back
 
 
 def test_syncbatchnorm_is_refused_naming_the_layer(tmp_path):

@@ -62,11 +62,12 @@ class Owner:
 
 
 @contextlib.contextmanager
-def own_run_dir(run_dir: Path, is_main: bool) -> Iterator[Owner]:
-    """Hold run_dir's lock for the block. Collective: every rank must call it."""
+def own_run_dir(run_dir: Path, is_main: bool, wait_s: float = STOPPING_WAIT_S) -> Iterator[Owner]:
+    """Hold run_dir's lock for the block. Collective: every rank must call it. `wait_s`: the longest wait for
+    a holder that is stopping (the other ranks wait in a collective meanwhile: keep it below its timeout)."""
     handle, verdict = None, None
     if is_main:
-        handle, verdict = _take(run_dir)
+        handle, verdict = _take(run_dir, wait_s)
     # Every rank learns rank 0's verdict: a rank that stopped alone would leave the others waiting.
     verdict = dist.broadcast_object(verdict)
     if verdict is not None:
@@ -81,7 +82,7 @@ def own_run_dir(run_dir: Path, is_main: bool) -> Iterator[Owner]:
             handle.close()  # releases the lock
 
 
-def _take(run_dir: Path) -> tuple[Any, tuple[str, str] | None]:
+def _take(run_dir: Path, wait_s: float = STOPPING_WAIT_S) -> tuple[Any, tuple[str, str] | None]:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         handle = open(run_dir / ".lock", "a+")
@@ -95,9 +96,9 @@ def _take(run_dir: Path) -> tuple[Any, tuple[str, str] | None]:
                 "run directory %s is held by a run that is stopping (%s): waiting for it to exit (up to %.0f s)",
                 run_dir,
                 _describe(text, run_dir).rpartition("(")[2].rstrip(")"),
-                STOPPING_WAIT_S,
+                wait_s,
             )
-            deadline = time.monotonic() + STOPPING_WAIT_S
+            deadline = time.monotonic() + wait_s
             while time.monotonic() < deadline and not _lock(handle):
                 time.sleep(0.2)
         if not _lock(handle):

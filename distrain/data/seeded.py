@@ -40,19 +40,24 @@ class SeededSamples(Dataset):
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, key: tuple[int, int]) -> Any:
-        epoch, index = key
-        s = sample_seed(self.seed, epoch, index)
+        return self.__getitems__([key])[0]
+
+    def __getitems__(self, keys: list[tuple[int, int]]) -> list[Any]:
+        """A batch's samples (the DataLoader asks for a batch at once): each under its own seed; in the main
+        process the generators are saved before the batch and put back after it."""
         if get_worker_info() is not None:  # a worker's generators are its own: just seed them
-            _seed_all(s)
-            return self.dataset[index]
+            return [self._read(epoch, index) for epoch, index in keys]
         saved = torch.get_rng_state(), random.getstate(), np.random.get_state()
         try:
-            _seed_all(s)
-            return self.dataset[index]
+            return [self._read(epoch, index) for epoch, index in keys]
         finally:
             torch.set_rng_state(saved[0])
             random.setstate(saved[1])
             np.random.set_state(saved[2])
+
+    def _read(self, epoch: int, index: int) -> Any:
+        _seed_all(sample_seed(self.seed, epoch, index))
+        return self.dataset[index]
 
 
 def _seed_all(s: int) -> None:

@@ -98,6 +98,18 @@ _LIBRARIES = tuple(
 )
 
 
+def _launcher_is_parent(source: str) -> bool:
+    """Whether this process's parent is the launcher that started it (watched for orphans)."""
+    if source == "torchrun":
+        return "TORCHELASTIC_RUN_ID" in os.environ
+    if source == "slurm":
+        try:
+            return Path(f"/proc/{os.getppid()}/comm").read_text().strip() == "slurmstepd"
+        except OSError:
+            return False
+    return False
+
+
 class Watchdog:
     """The watch over one rank (see the module's docstring). A context manager: the thread runs inside."""
 
@@ -115,15 +127,16 @@ class Watchdog:
         self.env, self.hang_timeout = env, hang_timeout or None
         self.resume_hint, self.on_orphan = resume_hint, on_orphan
         self.poll_s, self.orphan_grace_s = poll_s, orphan_grace_s
-        # The launcher is the parent: torchrun's agent, or slurmstepd under srun (a worker started by hand
-        # has a shell for parent, which is no launcher to watch).
-        self.launcher = os.getppid() if env.source in ("torchrun", "slurm") else None
+        # The launcher is the parent: torchrun's agent (TORCHELASTIC_RUN_ID set), or slurmstepd under srun. A
+        # worker started by hand, by a wrapper shell or by another launcher (Ray) has a parent that may exit
+        # legitimately: not watched.
+        self.launcher = os.getppid() if _launcher_is_parent(env.source) else None
         self._main = threading.get_ident()  # the thread that trains (the watchdog is built on it)
         # Where this rank's Python stacks go if the process aborts (gloo ends a process that receives a
         # collective of another size: "Received data size doesn't match expected size"): the survivors read
         # it to name the two collectives that met (`aborted_peer`).
         self.stacks, self._stack_file, self._faulthandler_was = stacks, None, None
-        self._armed = False
+        self._armed, self._armed_at = False, 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -136,6 +149,9 @@ class Watchdog:
                 self.stacks.mkdir(parents=True, exist_ok=True)
                 self._drop_worker_dumps()
                 self._stack_file = open(self.stacks / f"rank-{self.env.rank}.txt", "w")
+                # Which thread of a dump trains: a reader in another process finds its block by this id.
+                self._stack_file.write(f"main thread 0x{self._main:016x}\n")
+                self._stack_file.flush()
                 self._faulthandler_was = faulthandler.is_enabled()
                 faulthandler.enable(self._stack_file, all_threads=True)
             except OSError:
@@ -180,6 +196,7 @@ class Watchdog:
         import faulthandler
 
         try:
+            faulthandler.disable()  # a worker's own crash is not its rank's abort (the rank's dump file)
             dump = open(self.stacks / f"rank-{self.env.rank}-worker-{os.getpid()}.txt", "w")
             faulthandler.register(_DUMP_SIGNAL, dump, all_threads=True)
         except (OSError, ValueError, RuntimeError):
@@ -212,8 +229,11 @@ class Watchdog:
         return found
 
     def arm(self) -> None:
-        """The loop starts: from now on a hang_timeout without progress is a hang."""
+        """The loop starts: from now on a hang_timeout without progress is a hang, once the first step has
+        finished (its compilation, DataLoader workers' start-up and first batches may take longer: the
+        process group's own timeout covers that step)."""
         progress()
+        self._armed_at = _BEATS[0]
         self._armed = True
 
     def disarm(self) -> None:
@@ -228,11 +248,18 @@ class Watchdog:
             if self.launcher is not None and orphaned_at is None and os.getppid() != self.launcher:
                 orphaned_at = now
                 self._orphaned()
-            if orphaned_at is not None and now - orphaned_at > self.orphan_grace_s:
-                _exit(ORPHAN_EXIT)
             if _BEATS[0] != seen or not self._armed:
                 seen, since = _BEATS[0], now
-            elif self.hang_timeout and self.env.is_distributed and now - since >= self.hang_timeout:
+            # An orphan saving its checkpoint (a beat at the save's start) is not cut off mid-write: the
+            # grace counts from its last sign of progress.
+            if orphaned_at is not None and now - max(orphaned_at, since) > self.orphan_grace_s:
+                _exit(ORPHAN_EXIT)
+            elif (
+                self.hang_timeout
+                and self.env.is_distributed
+                and seen != self._armed_at  # the first step after arming is not judged (see arm)
+                and now - since >= self.hang_timeout
+            ):
                 self._hung(now - since)
                 return
 
@@ -254,13 +281,15 @@ class Watchdog:
 
     def _hung(self, idle_s: float) -> None:
         STOPPING.set()
-        report = self.report(idle_s)
         try:
-            self._exchange(report)
-        except Exception as exc:  # the store is gone: its host exited after the verdict, or before it
-            if not getattr(exc, "after_verdict", False):
-                self._print(describe([report], self.env.world_size, self.hang_timeout or idle_s))
-        _exit(HANG_EXIT)
+            report = self.report(idle_s)
+            try:
+                self._exchange(report)
+            except Exception as exc:  # the store is gone: its host exited after the verdict, or before it
+                if not getattr(exc, "after_verdict", False):
+                    self._print(describe([report], self.env.world_size, self.hang_timeout or idle_s))
+        finally:
+            _exit(HANG_EXIT)  # whatever failed in the report, the hung rank never stays
 
     def _print(self, message: str) -> None:
         from distrain.errors import Hung, report_user_error
@@ -329,6 +358,8 @@ def aborted_peer(stacks: Path, rank: int, world_size: int, exc: BaseException) -
             text = path.read_text()
         except OSError:
             continue
+        if "Fatal Python error: Aborted" not in text:
+            continue  # another death (a segfault, a kill): not gloo's abort on a mismatched collective
         frames = _main_thread_frames(text)
         if not frames:
             continue
@@ -372,11 +403,21 @@ def _collective_of(frames: list[list[Any]]) -> str | None:
 
 
 def _main_thread_frames(dump: str) -> list[list[Any]]:
-    """The main thread's frames (outermost first) in a faulthandler dump: the thread whose stack starts at
-    a module's top level."""
-    for block in re.split(r"\n(?=(?:Current thread|Thread) 0x)", dump):
+    """The training thread's frames (outermost first) in a faulthandler dump: the block of the thread the
+    dump's first line names (Watchdog writes it), else the thread whose stack starts at a module's top level
+    or at runpy's (python -m)."""
+    named = re.match(r"main thread (0x[0-9a-f]+)", dump)
+    blocks = re.split(r"\n(?=(?:Current thread|Thread) 0x)", dump)
+    for block in blocks:
         found = _FRAME.findall(block)
-        if found and found[-1][2] == "<module>":
+        if not found:
+            continue
+        header = block.lstrip().split("\n", 1)[0]
+        if named and named.group(1) in header:
+            return [[f, int(line), name, ""] for f, line, name in reversed(found)]
+    for block in blocks:
+        found = _FRAME.findall(block)
+        if found and found[-1][2] in ("<module>", "_run_module_as_main"):
             return [[f, int(line), name, ""] for f, line, name in reversed(found)]
     return []
 

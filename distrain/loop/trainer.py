@@ -33,7 +33,7 @@ import torch
 
 from distrain.atomic import atomic_write_bytes
 from distrain.callbacks.base import Run, build_callbacks
-from distrain.checkpoint.ownership import own_run_dir
+from distrain.checkpoint.ownership import STOPPING_WAIT_S, own_run_dir
 from distrain.checkpoint.resume import maybe_resume
 from distrain.checkpoint.saver import Saver
 from distrain.config.parse import dump_config
@@ -105,7 +105,11 @@ def train(cfg: Config, given: Given | None = None, environ: Mapping[str, str] = 
                 # The model is built, the same on every rank: from here each rank draws its own random stream.
                 seed_everything(rank_seed(cfg.seed, ctx.rank))
                 with (
-                    own_run_dir(Path(cfg.run.dir), ctx.is_main) as owner,  # one run at a time per directory
+                    # One run at a time per directory; a holder on its way out is waited for, but not past
+                    # the process group's timeout (the other ranks wait for rank 0's verdict in a collective).
+                    own_run_dir(
+                        Path(cfg.run.dir), ctx.is_main, min(STOPPING_WAIT_S, 0.8 * cfg.dist.timeout_s)
+                    ) as owner,
                     Watchdog(
                         env,
                         hang_timeout=resolve_hang_timeout(cfg.trainer.hang_timeout, cfg.dist.timeout_s),
@@ -550,6 +554,7 @@ class Trainer:
 
     def save(self, metrics: dict[str, float] | None = None) -> Path:
         """A checkpoint of the run as it stands. Collective."""
+        progress()  # a long save is progress for the hang watchdog (and an orphan's grace), from its start
         self.guard.agree_finite()  # non-finite weights never replace good ones
         # The epoch's train sums over all ranks, so that a mid-epoch resume still reports the whole epoch.
         whole = self.strategy.checkpoint_format == "whole"

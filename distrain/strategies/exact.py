@@ -40,8 +40,9 @@ changes nothing here: a chunk already is the unit of memory (trainer.accumulate_
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -154,12 +155,16 @@ def count_chunks(global_batch_size: int, chunk: int, world_size: int, lanes: int
     return chunks
 
 
-def running_statistics(model: nn.Module) -> list[nn.Module]:
-    """The layers whose buffers a training forward updates from its batch (BatchNorm's running mean and
-    variance; InstanceNorm with track_running_stats): RunningStatistics replays their updates."""
+def running_statistics(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(name, layer) of the layers whose buffers a training forward updates from its batch (BatchNorm's
+    running mean and variance; InstanceNorm with track_running_stats): RunningStatistics replays them."""
     from torch.nn.modules.batchnorm import _NormBase
 
-    return [m for m in model.modules() if isinstance(m, _NormBase) and m.track_running_stats]
+    return [
+        (name or "the model", m)
+        for name, m in model.named_modules()
+        if isinstance(m, _NormBase) and m.track_running_stats
+    ]
 
 
 class RunningStatistics:
@@ -167,54 +172,84 @@ class RunningStatistics:
 
     Each chunk normalises with its own batch statistics (the same samples on any world size), but a rank
     sees only its chunks, so the running mean and variance cannot be left to each layer. Instead, while
-    the chunks run, each layer's momentum is 1: after a chunk's forward its buffers hold exactly that
-    chunk's statistics (1 * s + 0 * r), which are copied out. Then every rank's chunk statistics are
-    summed into one [chunks, values] table (each row written by one rank, zeros elsewhere: exact), and
-    every rank replays the updates from the step's starting buffers in global chunk order,
-    r <- (1 - m) * r + m * s_j (m = 1 / batches seen when the layer's momentum is None), as one process
-    runs the same replay: bitwise the same buffers everywhere, so evaluation with them is too."""
+    the chunks run (`capturing`), each layer's momentum is 1, so after a training-mode call its buffers
+    hold exactly that call's statistics (1 * s + 0 * r), which a forward hook copies into the chunk's row
+    of a [chunks, values + ran flags] table. Every rank's rows are summed (each row written by one rank,
+    zeros elsewhere: exact), and every rank replays the updates from the step's starting buffers in global
+    chunk order, r <- (1 - m) * r + m * s_j (m = 1 / batches seen when the layer's momentum is None), for
+    the layers that ran in that chunk in training mode (a skipped block or a frozen layer: no update), as
+    one process runs the same replay: bitwise the same buffers everywhere, so evaluation with them is too.
+    A layer called twice in one chunk's forward is refused by name (one update per chunk is replayed)."""
 
-    def __init__(self, layers: list[nn.Module], chunks: int):
-        self.layers, self.chunks = layers, chunks
-        self.buffers = [t for m in layers for t in (m.running_mean, m.running_var) if t is not None]
-        self.sizes = [t.numel() for t in self.buffers]
-        self.momenta = [m.momentum for m in layers]
+    def __init__(self, layers: list[tuple[str, nn.Module]], chunks: int, key: str = "strategy"):
+        self.names, self.layers = [n for n, _ in layers], [m for _, m in layers]
+        self.chunks, self.key = chunks, key
+        self.buffers = [[t for t in (m.running_mean, m.running_var) if t is not None] for m in self.layers]
+        sizes = [sum(t.numel() for t in bufs) for bufs in self.buffers]
+        self.starts = [sum(sizes[:i]) for i in range(len(sizes))]
+        self.width = sum(sizes)  # then one "ran" flag per layer
+        self.current: int | None = None
 
-    def start(self) -> None:
-        """Before the step's chunks: remember the buffers; each layer's momentum 1 (see the class)."""
-        self.start_buffers = [t.clone() for t in self.buffers]
+    @contextlib.contextmanager
+    def capturing(self) -> Iterator[None]:
+        """The step's chunks run inside: starting buffers kept, momentum 1, hooks recording each call."""
+        self.start_buffers = [[t.clone() for t in bufs] for bufs in self.buffers]
         self.start_counts = [m.num_batches_tracked.clone() for m in self.layers]
-        device = self.buffers[0].device if self.buffers else torch.device("cpu")
-        self.table = torch.zeros(self.chunks, sum(self.sizes) + 1, dtype=torch.float32, device=device)
+        self.momenta = [m.momentum for m in self.layers]
+        device = self.layers[0].num_batches_tracked.device
+        self.table = torch.zeros(self.chunks, self.width + len(self.layers), dtype=torch.float32, device=device)
+        hooks = [m.register_forward_hook(self._hook(i)) for i, m in enumerate(self.layers)]
         for m in self.layers:
             m.momentum = 1.0
+        try:
+            yield
+        finally:
+            for hook in hooks:
+                hook.remove()
+            for m, momentum in zip(self.layers, self.momenta):
+                m.momentum = momentum
+            self.current = None
 
-    def record(self, chunk: int) -> None:
-        """After chunk `chunk`'s forward: its statistics into its row (the last column: it ran)."""
-        row = self.table[chunk]
-        if self.buffers:
-            row[:-1] = torch.cat([t.reshape(-1).float() for t in self.buffers])
-        row[-1] = 1.0
+    def chunk(self, index: int) -> None:
+        """The chunk whose forward runs next."""
+        self.current = index
+
+    def _hook(self, i: int) -> Any:
+        def record(module: nn.Module, args: Any, output: Any) -> None:
+            if not module.training or self.current is None:
+                return  # a frozen layer (eval mode) updates nothing
+            row = self.table[self.current]
+            if row[self.width + i] != 0:
+                raise ConfigError(
+                    self.key,
+                    f"cannot replay {self.names[i]}'s running statistics: it runs twice in one forward "
+                    "(exact mode replays one update per layer and chunk)",
+                    "give each call its own BatchNorm layer, or trainer.exact=false",
+                )
+            values = torch.cat([t.reshape(-1).float() for t in self.buffers[i]])
+            row[self.starts[i] : self.starts[i] + values.numel()] = values
+            row[self.width + i] = 1.0
+
+        return record
 
     def finish(self) -> None:
         """Every rank's rows summed (collective), then the updates replayed in chunk order."""
-        for m, momentum in zip(self.layers, self.momenta):
-            m.momentum = momentum
         table = dist.all_reduce_sum(self.table)
-        for t, start in zip(self.buffers, self.start_buffers):
-            t.copy_(start)
+        for bufs, starts in zip(self.buffers, self.start_buffers):
+            for t, start in zip(bufs, starts):
+                t.copy_(start)
         for m, count in zip(self.layers, self.start_counts):
             m.num_batches_tracked.copy_(count)
         for row in table:
-            if row[-1] == 0:
-                continue  # an empty chunk (the uneven last batch)
-            values = iter(row[:-1].split(self.sizes))
-            for m, momentum in zip(self.layers, self.momenta):
+            for i, (m, momentum) in enumerate(zip(self.layers, self.momenta)):
+                if row[self.width + i] == 0:
+                    continue  # not run in that chunk (an empty chunk, a skipped block, a frozen layer)
                 m.num_batches_tracked.add_(1)
                 factor = momentum if momentum is not None else 1.0 / float(m.num_batches_tracked)
-                for t in (m.running_mean, m.running_var):
-                    if t is not None:
-                        t.mul_(1.0 - factor).add_(next(values).view_as(t).to(t.dtype), alpha=factor)
+                at = self.starts[i]
+                for t in self.buffers[i]:
+                    t.mul_(1.0 - factor).add_(row[at : at + t.numel()].view_as(t).to(t.dtype), alpha=factor)
+                    at += t.numel()
 
 
 class ExactChunks:
@@ -284,7 +319,7 @@ class ExactStrategy(NativeStrategy):
                 "world size, and replays the running statistics in chunk order), or trainer.exact=false",
             )
         layers = running_statistics(model)
-        self.statistics = RunningStatistics(layers, self.chunking.chunks) if layers else None
+        self.statistics = RunningStatistics(layers, self.chunking.chunks, self.key) if layers else None
         return model
 
     def prepare(self, model: nn.Module, optimizer: Any) -> tuple[nn.Module, Any]:
@@ -302,20 +337,19 @@ class ExactStrategy(NativeStrategy):
         params = reduce.params
         chunk_grads, records, step_loss = [], [], torch.zeros((), device=reduce.device)
         statistics = self.statistics
-        if statistics is not None:
-            statistics.start()
-        for index, inputs, targets in self.chunking.local_chunks(batch):
-            seed_generators(chunk_seed(self.seed, global_step, index), reduce.device)
-            with self.precision.autocast():
-                loss, record = objective.forward_loss(model, inputs, targets, 1, batch.global_size, average=False)
-            if statistics is not None:
-                statistics.record(index)
-            loss.backward()
-            chunk_grads.append([p.grad for p in params])
-            for p in params:
-                p.grad = None
-            records.append(record)
-            step_loss = step_loss + loss.detach()
+        with statistics.capturing() if statistics is not None else contextlib.nullcontext():
+            for index, inputs, targets in self.chunking.local_chunks(batch):
+                seed_generators(chunk_seed(self.seed, global_step, index), reduce.device)
+                if statistics is not None:
+                    statistics.chunk(index)
+                with self.precision.autocast():
+                    loss, record = objective.forward_loss(model, inputs, targets, 1, batch.global_size, average=False)
+                loss.backward()
+                chunk_grads.append([p.grad for p in params])
+                for p in params:
+                    p.grad = None
+                records.append(record)
+                step_loss = step_loss + loss.detach()
         if statistics is not None:
             statistics.finish()  # collective, like the sum below: every rank calls both every step
         for p, grad in zip(params, reduce(chunk_grads)):
