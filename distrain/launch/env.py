@@ -2,15 +2,27 @@
 
     env = detect(os.environ)   # -> DistEnv(source, rank, local_rank, world_size, ..., master_addr, master_port)
 
-Detectors are tried in this order, and the first that claims the environment wins:
+One resolver for every launch contract. Detectors are tried in this order, and the first that claims the
+environment wins:
 
-1. torchrun (or any env:// launcher): RANK / WORLD_SIZE / LOCAL_RANK are set. Tried first because torchrun
-   can itself run inside a SLURM allocation (`srun torchrun ...`); there the SLURM variables describe the
-   torchrun *agent*, not the worker, so trusting them would give every worker the agent's rank.
-2. SLURM under srun: SLURM_PROCID together with SLURM_STEP_ID. The batch script itself also has
+1. torchrun (TORCHELASTIC_RUN_ID): RANK / WORLD_SIZE / LOCAL_RANK from torchrun's agent. Tried first because
+   torchrun runs inside every other launcher: a SLURM allocation (`srun torchrun ...`), a Kubernetes pod
+   (PyTorchJob's torchrun form, TrainJob, JobSet) or a TorchX job; there the outer launcher's variables
+   describe the *agent* (its pod, its node), not the worker. `platform` names the outer one when its
+   variables are left in the environment (PET_* : Kubeflow, JOBSET_NAME : JobSet, TORCHX_* : TorchX).
+2. Ray Train (RANK etc. with RAY_RAYLET_PID, and no torchrun): the worker actor's process group is already
+   initialised by Ray; dist.py uses it as is.
+3. Any env:// launcher that sets RANK / WORLD_SIZE / LOCAL_RANK itself.
+4. Kubeflow PyTorchJob v1, one process per pod: RANK and WORLD_SIZE without LOCAL_RANK, in a Kubernetes pod
+   (PET_NNODES or KUBERNETES_SERVICE_HOST). Its trap: a pod told to run several processes
+   (PET_NPROC_PER_NODE > 1) whose process was not started by torchrun: RANK counts pods, so the processes
+   would wait for peers that never come; refused, naming WORLD_SIZE and the torchrun command to use.
+5. TrainJob (Trainer v2) or PyTorchJob's elastic form without torchrun: PET_* alone mean nothing to torch;
+   refused, naming PET_NNODES and the torchrun command to use (one node of one process is one process).
+6. SLURM under srun: SLURM_PROCID together with SLURM_STEP_ID. The batch script itself also has
    SLURM_PROCID=0 (and SLURM_NTASKS when --ntasks is given) but no step id; treating the batch shell as
    rank 0 of N would wait forever for N-1 processes that nobody started, so without a step it is one process.
-3. Nothing: one process, no process group.
+7. Nothing: one process, no process group.
 
 Nothing here touches os.environ or torch: every launch mode is testable by passing a dict.
 """
@@ -30,7 +42,8 @@ _SLURM_PORT_SPAN = 20000
 
 @dataclass(frozen=True)
 class DistEnv:
-    """Where this process sits in the job. `source` is "single", "torchrun" or "slurm"."""
+    """Where this process sits in the job. `source` is "single", "torchrun", "ray", "pytorchjob" or "slurm";
+    `platform` the outer launcher torchrun runs in, when known ("kubeflow", "jobset", "torchx"), else ""."""
 
     source: str
     rank: int = 0
@@ -42,6 +55,12 @@ class DistEnv:
     master_port: int | None = None
     restart_count: int = 0  # torchrun: TORCHELASTIC_RESTART_COUNT (0 on the first attempt)
     uses_agent_store: bool = False  # torchrun: the agent hosts the TCPStore at MASTER_ADDR:MASTER_PORT
+    platform: str = ""
+
+    @property
+    def launcher(self) -> str:
+        """The launch as the run's header names it: `torchrun`, `torchrun on jobset`, `ray`, ..."""
+        return f"{self.source} on {self.platform}" if self.platform else self.source
 
     @property
     def is_distributed(self) -> bool:
@@ -54,8 +73,16 @@ class DistEnv:
 
 def detect(environ: Mapping[str, str]) -> DistEnv:
     """Read the launcher's variables from `environ`. Raises EnvError when they are inconsistent."""
+    if "TORCHELASTIC_RUN_ID" in environ:
+        return _from_torchrun(environ)
+    if "RAY_RAYLET_PID" in environ and "RANK" in environ:
+        return _from_ray(environ)
+    if _is_pod_without_torchrun(environ):
+        return _from_pytorchjob(environ)
     if _claims_torchrun(environ):
         return _from_torchrun(environ)
+    if any(v in environ for v in _PET_VARS):
+        return _from_pet_without_torchrun(environ)
     if "SLURM_PROCID" in environ and "SLURM_STEP_ID" in environ:
         return _from_slurm(environ)
     return DistEnv(source="single")
@@ -116,12 +143,137 @@ def _from_torchrun(environ: Mapping[str, str]) -> DistEnv:
             master_port,
             restart_count,
             uses_agent_store,
+            _platform(environ),
         ),
         rank_var="RANK",
         world_var="WORLD_SIZE",
         local_var="LOCAL_RANK",
         local_world_var="LOCAL_WORLD_SIZE",
     )
+
+
+def _platform(environ: Mapping[str, str]) -> str:
+    """The outer launcher torchrun runs in, from what it leaves in the environment."""
+    # dist.ddp's role environment has TORCHX_TRACKING_EXPERIMENT_NAME on every node; TORCHX_RANK0_HOST is
+    # node 0's alone on Kubernetes (the others get Volcano's VC_<ROLE>_0_HOSTS).
+    if any(v in environ for v in ("TORCHX_RANK0_HOST", "TORCHX_JOB_ID", "TORCHX_TRACKING_EXPERIMENT_NAME")):
+        return "torchx"
+    if any(v in environ for v in _PET_VARS):
+        return "kubeflow"  # TrainJob (which runs on a JobSet), PyTorchJob
+    if "JOBSET_NAME" in environ:
+        return "jobset"
+    return ""
+
+
+# ----------------------------------------------------------------------------------------- Ray Train
+
+
+def _from_ray(environ: Mapping[str, str]) -> DistEnv:
+    """Ray Train's worker: Ray sets RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, NODE_RANK (and
+    MASTER_ADDR/PORT) and has initialised the process group before the training function runs."""
+    for var in (*_TORCHRUN_VARS, "LOCAL_WORLD_SIZE"):
+        if var not in environ:
+            raise EnvError(var, "is not set in a Ray Train worker", "call distrain.fit in a TorchTrainer loop")
+    world_size = _int(environ, "WORLD_SIZE")
+    return _validated(
+        DistEnv(
+            "ray",
+            _int(environ, "RANK"),
+            _int(environ, "LOCAL_RANK"),
+            world_size,
+            _int(environ, "LOCAL_WORLD_SIZE"),
+            _int(environ, "NODE_RANK") if "NODE_RANK" in environ else 0,
+            environ.get("MASTER_ADDR"),
+            _int(environ, "MASTER_PORT") if "MASTER_PORT" in environ else None,
+        ),
+        rank_var="RANK",
+        world_var="WORLD_SIZE",
+        local_var="LOCAL_RANK",
+        local_world_var="LOCAL_WORLD_SIZE",
+    )
+
+
+# ------------------------------------------------------------------------------------------ Kubernetes
+
+# What Kubeflow's controllers (PyTorchJob, TrainJob) set for torchrun: each names one of its flags.
+_PET_VARS = ("PET_NNODES", "PET_NPROC_PER_NODE", "PET_NODE_RANK", "PET_MASTER_ADDR", "PET_RDZV_ENDPOINT")
+_TORCHRUN_IN_POD = (
+    "torchrun --nnodes=$PET_NNODES --nproc_per_node=$PET_NPROC_PER_NODE --node_rank=$PET_NODE_RANK "
+    "--master_addr={addr} --master_port={port} -m distrain train CONFIG"
+)
+
+
+def _is_pod_without_torchrun(environ: Mapping[str, str]) -> bool:
+    """PyTorchJob v1's own contract: RANK and WORLD_SIZE but no LOCAL_RANK, in a Kubernetes pod."""
+    in_pod = "PET_NNODES" in environ or "KUBERNETES_SERVICE_HOST" in environ
+    return in_pod and "RANK" in environ and "WORLD_SIZE" in environ and "LOCAL_RANK" not in environ
+
+
+def _from_pytorchjob(environ: Mapping[str, str]) -> DistEnv:
+    """One process per pod: RANK is the pod's index (master 0, workers 1..), WORLD_SIZE the pods times
+    PET_NPROC_PER_NODE (the operator's nprocPerNode; older operators: the pods alone)."""
+    rank, world_size = _int(environ, "RANK"), _int(environ, "WORLD_SIZE")
+    nproc = environ.get("PET_NPROC_PER_NODE", "1")
+    local = environ.get("LOCAL_WORLD_SIZE", "1")
+    several = (nproc.isdigit() and int(nproc) > 1) or (local.isdigit() and int(local) > 1)
+    if several:
+        told = f"PET_NPROC_PER_NODE={nproc}" if nproc.isdigit() and int(nproc) > 1 else f"LOCAL_WORLD_SIZE={local}"
+        nnodes = "$PET_NNODES" if "PET_NNODES" in environ else "$WORLD_SIZE"
+        command = _TORCHRUN_IN_POD.format(addr="$MASTER_ADDR", port="$MASTER_PORT").replace("$PET_NNODES", nnodes)
+        if "PET_NODE_RANK" not in environ:
+            command = command.replace("$PET_NODE_RANK", "$RANK")
+        raise _one_line(
+            "WORLD_SIZE",
+            f"is {world_size} while RANK={rank} counts pods (it is this pod's index), and this pod runs "
+            f"{told.split('=')[1]} processes ({told}) not started by torchrun: they would all claim rank {rank} "
+            f"and wait forever: use torchrun inside the pod: {command} (launch/pytorchjob_torchrun.yaml)",
+        )
+    if "PET_NNODES" in environ and environ["PET_NNODES"].isdigit() and int(environ["PET_NNODES"]) != world_size:
+        raise _one_line(
+            "PET_NNODES",
+            f"is {environ['PET_NNODES']} pods, but WORLD_SIZE={world_size} with one process per pod",
+            "set nprocPerNode to 1, or use torchrun inside the pod (launch/pytorchjob_torchrun.yaml)",
+        )
+    master_addr = environ.get("MASTER_ADDR")
+    master_port = _int(environ, "MASTER_PORT") if "MASTER_PORT" in environ else None
+    if world_size > 1 and (not master_addr or master_port is None):
+        missing = "MASTER_ADDR" if not master_addr else "MASTER_PORT"
+        raise EnvError(missing, f"is not set, but WORLD_SIZE={world_size}", "the PyTorchJob controller sets it")
+    return _validated(
+        DistEnv("pytorchjob", rank, 0, world_size, 1, rank, master_addr, master_port),
+        rank_var="RANK",
+        world_var="WORLD_SIZE",
+        local_var="LOCAL_RANK",
+        local_world_var="PET_NPROC_PER_NODE",
+    )
+
+
+def _from_pet_without_torchrun(environ: Mapping[str, str]) -> DistEnv:
+    """TrainJob (or PyTorchJob's elastic form) hands torchrun its flags as PET_<FLAG>; a process started
+    without torchrun would train alone on each pod. One node of one process is one process."""
+    nnodes, nproc = environ.get("PET_NNODES", "1"), environ.get("PET_NPROC_PER_NODE", "1")
+    if nnodes in ("1", "1:1") and nproc == "1":
+        return DistEnv(source="single")
+    addr = "$PET_MASTER_ADDR" if "PET_MASTER_ADDR" in environ else "$MASTER_ADDR"
+    port = "$PET_MASTER_PORT" if "PET_MASTER_PORT" in environ else "$MASTER_PORT"
+    command = (
+        "torchrun -m distrain train CONFIG (torchrun reads every PET_<FLAG> itself), or "
+        + _TORCHRUN_IN_POD.format(addr=addr, port=port)
+    )
+    if "PET_RDZV_ENDPOINT" in environ:
+        command = "torchrun -m distrain train CONFIG (torchrun reads PET_RDZV_ENDPOINT and every PET_<FLAG> itself)"
+    present = next(v for v in _PET_VARS if v in environ)
+    raise _one_line(
+        "PET_NNODES" if "PET_NNODES" in environ else present,
+        f"is {environ.get('PET_NNODES', environ[present])!r} (with PET_NPROC_PER_NODE={nproc}): these are "
+        f"torchrun's flags, and this process was not started by torchrun, so each pod would train alone: "
+        f"start it with {command}",
+    )
+
+
+def _one_line(variable: str, problem: str, hint: str | None = None) -> EnvError:
+    """A trap's refusal: one line (its hint after a colon), so a pod's log shows it whole."""
+    return EnvError(variable, problem if hint is None else f"{problem}: {hint}")
 
 
 # ---------------------------------------------------------------------------------------------- SLURM
