@@ -30,9 +30,35 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
-from distrain.errors import ConfigError
+from distrain.errors import ConfigError, EnvError
+from distrain.launch.contract import DistEnv, int_var, validated
+
+
+def from_ray(environ: Mapping[str, str]) -> DistEnv:
+    """Ray Train's worker: Ray sets RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, NODE_RANK (and
+    MASTER_ADDR/PORT) and has initialised the process group before the training function runs."""
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        if var not in environ:
+            raise EnvError(var, "is not set in a Ray Train worker", "call distrain.fit in a TorchTrainer loop")
+    world_size = int_var(environ, "WORLD_SIZE")
+    return validated(
+        DistEnv(
+            "ray",
+            int_var(environ, "RANK"),
+            int_var(environ, "LOCAL_RANK"),
+            world_size,
+            int_var(environ, "LOCAL_WORLD_SIZE"),
+            int_var(environ, "NODE_RANK") if "NODE_RANK" in environ else 0,
+            environ.get("MASTER_ADDR"),
+            int_var(environ, "MASTER_PORT") if "MASTER_PORT" in environ else None,
+        ),
+        rank_var="RANK",
+        world_var="WORLD_SIZE",
+        local_var="LOCAL_RANK",
+        local_world_var="LOCAL_WORLD_SIZE",
+    )
 
 
 def storage_run_dir() -> str:
