@@ -15,7 +15,6 @@ from helpers.runs import PYTHON, REPO, assert_bitwise, clean_env, last_record, n
 
 pytest.importorskip("ray.train.torch")  # a safety net: the test extra installs ray[train]
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("xor10")]
 
 ARGS = ["trainer.epochs=10", "log.plots=false"]  # xor10_torchrun's
 
@@ -48,6 +47,28 @@ def reported(output: str) -> list[dict]:
     ]
 
 
+@pytest.mark.parametrize(
+    "run_dir,expected",
+    [(None, "/storage/xor"), ("runs/xor", "/storage/xor/runs/xor"), ("/shared/runs/xor", "/shared/runs/xor")],
+)
+def test_the_run_directory_under_ray_is_in_rays_experiment_directory(monkeypatch, run_dir, expected):
+    """Unset or relative run.dir: in Ray's experiment directory (the workers' own folder is temporary)."""
+    import dataclasses
+
+    from distrain.config.parse import load_config
+    from distrain.launch import ray_train
+    from distrain.launch.env import detect
+    from distrain.loop.trainer import with_run_dir
+
+    monkeypatch.setattr(ray_train, "storage_run_dir", lambda: "/storage/xor")
+    cfg = load_config(str(REPO / "configs" / "xor.yaml"), [])
+    cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, dir=run_dir))
+    env = detect({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "RAY_RAYLET_PID": "1"})
+    assert with_run_dir(cfg, {}, env).run.dir == expected
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("xor10")
 def test_fit_inside_torch_trainer_equals_torchrun_and_reports_to_ray(tmp_path, xor10_torchrun):
     run_dir, output = run_ray_train(tmp_path)
     assert "| ray | 2 process(es)" in output  # the header names Ray's launch, not torchrun
@@ -60,6 +81,8 @@ def test_fit_inside_torch_trainer_equals_torchrun_and_reports_to_ray(tmp_path, x
     assert len(records(run_dir, "test")) == 10
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("xor10")
 def test_a_killed_worker_is_restarted_by_ray_and_resumes_bitwise(tmp_path, xor10_torchrun):
     marker = tmp_path / "killed"
     kill = f"callbacks=[{{name: 'helpers.kill_callback:KillOnce', args: {{step: 130, rank: 1, marker: '{marker}'}}}}]"
