@@ -303,6 +303,19 @@ def test_one_node_of_one_process_under_pet_is_one_process():
         ),
         # WORLD_SIZE that PET_NNODES contradicts, one process per pod.
         ({**PYTORCHJOB, "WORLD_SIZE": "4"}, "PET_NNODES", "nprocPerNode"),
+        # torchrun --standalone inside a pod of a 2-node job: a group of one node, each pod alone.
+        (
+            {
+                **TRAINJOB,
+                **WORKER_OF_TORCHRUN,
+                "RANK": "0",
+                "GROUP_RANK": "0",
+                "GROUP_WORLD_SIZE": "1",
+                "WORLD_SIZE": "1",
+            },
+            "PET_NNODES",
+            "drop them (torchrun reads PET_NNODES itself)",
+        ),
         # Ray without the variables Ray sets.
         ({k: v for k, v in RAY.items() if k != "LOCAL_WORLD_SIZE"}, "LOCAL_WORLD_SIZE", "TorchTrainer"),
     ],

@@ -37,6 +37,7 @@ from distrain.errors import EnvError
 from distrain.launch.contract import DistEnv, int_var, validated
 from distrain.launch.kubernetes import (
     PET_VARS,
+    check_pod_nodes,
     from_pet_without_torchrun,
     from_pytorchjob,
     is_pod_without_torchrun,
@@ -110,6 +111,7 @@ def _from_torchrun(environ: Mapping[str, str]) -> DistEnv:
                 "torchrun sets it; when launching by hand, export MASTER_ADDR and MASTER_PORT",
             )
     restart_count = int_var(environ, "TORCHELASTIC_RESTART_COUNT") if "TORCHELASTIC_RESTART_COUNT" in environ else 0
+    check_pod_nodes(environ)  # a pod's torchrun that formed a group of its own
     uses_agent_store = environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
     return validated(
         DistEnv(

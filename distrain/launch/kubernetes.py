@@ -8,7 +8,8 @@
 - TrainJob (Trainer v2) and PyTorchJob's elastic form: PET_<FLAG> for torchrun. Without torchrun they mean
   nothing to torch (each pod would train alone); refused naming PET_NNODES and the torchrun command.
 - Under torchrun (TrainJob, torchrun in a PyTorchJob pod, JobSet, TorchX): torchrun's variables rule;
-  `platform` names the outer launcher from what it leaves (shown in the run's header).
+  `platform` names the outer launcher from what it leaves (shown in the run's header). Its trap: a pod told
+  PET_NNODES > 1 whose torchrun formed a group of one node (--standalone, --nnodes=1): refused.
 """
 
 from __future__ import annotations
@@ -92,6 +93,20 @@ def from_pet_without_torchrun(environ: Mapping[str, str]) -> DistEnv:
         f"torchrun's flags, and this process was not started by torchrun, so each pod would train alone: "
         f"start it with {command}",
     )
+
+
+def check_pod_nodes(environ: Mapping[str, str]) -> None:
+    """Under torchrun in a pod: the controller said PET_NNODES=N nodes, but torchrun formed a group of one
+    node (`--standalone` or `--nnodes=1`, which win over PET_NNODES): every pod would train alone, on all
+    the data, and none would say so."""
+    nnodes, formed = environ.get("PET_NNODES", ""), environ.get("GROUP_WORLD_SIZE", "")
+    if nnodes.isdigit() and int(nnodes) > 1 and formed == "1":
+        raise one_line(
+            "PET_NNODES",
+            f"is {nnodes} pods, but torchrun formed a group of this pod alone (GROUP_WORLD_SIZE=1: --standalone "
+            "or --nnodes=1), so each pod would train alone: drop them (torchrun reads PET_NNODES itself) or "
+            "pass --nnodes=$PET_NNODES --node_rank=$PET_NODE_RANK",
+        )
 
 
 def platform(environ: Mapping[str, str]) -> str:
