@@ -92,7 +92,11 @@ def _parser() -> argparse.ArgumentParser:
     init = sub.add_parser("init", help="write train.py and config.yaml of your own to edit (the XOR tutorial)")
     init.add_argument("dir", nargs="?", default=".", help="the folder to write into (default: the current one)")
     init.add_argument("--slurm", action="store_true", help="also the SLURM batch scripts, in DIR/slurm")
-    init.add_argument("--launch", action="store_true", help="also the torchrun and Accelerate launchers, in DIR/launch")
+    init.add_argument(
+        "--launch",
+        action="store_true",
+        help="also the launchers (torchrun, Accelerate, Kubernetes, TorchX, Ray), in DIR/launch",
+    )
     return parser
 
 

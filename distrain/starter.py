@@ -5,7 +5,7 @@
         train.py      from examples/xor_tutorial.py: its own nn.Module, Dataset, loss and metric, given to fit
         config.yaml   from examples/xor.yaml: only how to train (batch, optimizer, epochs, checkpoints)
         slurm/        with --slurm: the sbatch scripts (sbatch slurm/train.sbatch train.py config.yaml)
-        launch/       with --launch: the torchrun and Accelerate launchers
+        launch/       with --launch: the launchers (torchrun, Accelerate, Kubernetes manifests, TorchX, Ray Train)
 
     python train.py config.yaml
     torchrun --standalone --nproc_per_node=2 train.py config.yaml

@@ -186,3 +186,24 @@ def test_repeated_runs_with_background_saves_leave_no_gloo_thread_behind(tmp_pat
         left = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert [ended for ended, _, _ in left] == ["normally", 15] * 10
         assert all(gloo == [] and python == ["MainThread"] for _, gloo, python in left), left
+
+
+def test_an_existing_group_is_used_as_is_and_must_match_the_launcher():
+    """Ray Train (or the user's script) initialised the group: distrain uses it, refuses a launcher that
+    describes another shape, and never destroys it."""
+    import pytest
+    import torch.distributed as tdist
+
+    from distrain.errors import EnvError
+
+    tdist.init_process_group("gloo", store=tdist.HashStore(), rank=0, world_size=1)
+    try:
+        assert dist.adopt_existing_group(DistEnv(source="single")) == DistEnv(source="single")
+        with pytest.raises(EnvError) as info:
+            dist.adopt_existing_group(DistEnv("ray", 0, 0, 2, 2, 0, "a", 1))
+        assert info.value.variable == "WORLD_SIZE" and "already initialised" in str(info.value)
+        with dist.distributed(DistEnv(source="single"), device="cpu"):
+            pass
+        assert tdist.is_initialized()  # left for its owner
+    finally:
+        tdist.destroy_process_group()

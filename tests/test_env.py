@@ -183,3 +183,154 @@ def test_node_lists_expand_as_scontrol_show_hostnames(tmp_path):
         assert expand_nodelist(hostlist) == r.stdout.split(), hostlist
         checked += 1
     assert checked >= 40
+
+
+# ------------------------------------------------------------------ Kubernetes, TorchX, Ray Train
+
+# What each controller sets in its pod (launch/*.yaml), as docs/pages/launching.md lists it.
+POD = {"KUBERNETES_SERVICE_HOST": "10.96.0.1", "PYTHONUNBUFFERED": "0"}
+PYTORCHJOB = {  # training-operator v1, the worker pod of a Master + 1 Worker job, nprocPerNode "1"
+    **POD,
+    "MASTER_ADDR": "distrain-xor-master-0",
+    "MASTER_PORT": "23456",
+    "WORLD_SIZE": "2",
+    "RANK": "1",
+    "PET_NNODES": "2",
+    "PET_NODE_RANK": "1",
+    "PET_NPROC_PER_NODE": "1",
+}
+TRAINJOB = {  # Trainer v2's torch plugin, node 1 of 2
+    **POD,
+    "PET_NNODES": "2",
+    "PET_NPROC_PER_NODE": "1",
+    "PET_NODE_RANK": "1",
+    "PET_MASTER_ADDR": "distrain-xor-node-0-0.distrain-xor",
+    "PET_MASTER_PORT": "29400",
+}
+RAY = {  # a Ray Train worker (ray 2.60), rank 1 of 2 on one node
+    "RANK": "1",
+    "LOCAL_RANK": "1",
+    "WORLD_SIZE": "2",
+    "LOCAL_WORLD_SIZE": "2",
+    "NODE_RANK": "0",
+    "MASTER_ADDR": "192.0.2.2",
+    "MASTER_PORT": "54359",
+    "RAY_RAYLET_PID": "8754",
+    "RAY_JOB_ID": "01000000",
+}
+WORKER_OF_TORCHRUN = {  # what torchrun adds for its worker (rank 1 of 2, one per node)
+    "RANK": "1",
+    "WORLD_SIZE": "2",
+    "LOCAL_RANK": "0",
+    "LOCAL_WORLD_SIZE": "1",
+    "GROUP_RANK": "1",
+    "MASTER_ADDR": "distrain-xor-node-0-0.distrain-xor",
+    "MASTER_PORT": "29400",
+    "TORCHELASTIC_RUN_ID": "none",
+}
+
+
+def test_pytorchjob_one_process_per_pod():
+    env = detect(PYTORCHJOB)
+    assert (env.source, env.rank, env.local_rank, env.world_size, env.local_world_size, env.node_rank) == (
+        "pytorchjob",
+        1,
+        0,
+        2,
+        1,
+        1,
+    )
+    assert (env.master_addr, env.master_port, env.launcher) == ("distrain-xor-master-0", 23456, "pytorchjob")
+    older = {k: v for k, v in PYTORCHJOB.items() if not k.startswith("PET_")}  # operators before nprocPerNode
+    assert detect(older).source == "pytorchjob"
+    auto = {**PYTORCHJOB, "PET_NPROC_PER_NODE": "auto"}  # the operator's default: WORLD_SIZE counts pods
+    assert detect(auto).world_size == 2
+
+
+@pytest.mark.parametrize(
+    "extra,platform",
+    [
+        (TRAINJOB, "kubeflow"),  # TrainJob's bare torchrun, and torchrun inside a PyTorchJob pod
+        ({**POD, "JOBSET_NAME": "distrain-xor", "JOB_COMPLETION_INDEX": "1"}, "jobset"),
+        ({"TORCHX_RANK0_HOST": "localhost", "TORCHX_JOB_ID": "local_cwd://torchx/x"}, "torchx"),
+        ({**PYTORCHJOB, "PET_NPROC_PER_NODE": "2", "WORLD_SIZE": "4"}, "kubeflow"),  # torchrun overrides the pod's
+    ],
+)
+def test_torchrun_inside_a_pod_or_torchx_is_torchrun(extra, platform):
+    env = detect({**extra, **WORKER_OF_TORCHRUN})
+    assert (env.source, env.rank, env.world_size, env.node_rank, env.platform) == ("torchrun", 1, 2, 1, platform)
+    assert env.launcher == f"torchrun on {platform}"
+
+
+def test_ray_train_worker():
+    env = detect(RAY)
+    assert (env.source, env.rank, env.local_rank, env.world_size, env.local_world_size, env.node_rank) == (
+        "ray",
+        1,
+        1,
+        2,
+        2,
+        0,
+    )
+
+
+def test_one_node_of_one_process_under_pet_is_one_process():
+    assert detect({**TRAINJOB, "PET_NNODES": "1", "PET_NODE_RANK": "0"}) == DistEnv(source="single")
+
+
+@pytest.mark.parametrize(
+    "environ,variable,says",
+    [
+        # PyTorchJob v1 with nprocPerNode 2, run without torchrun: RANK counts pods, WORLD_SIZE pods x 2.
+        (
+            {**PYTORCHJOB, "PET_NPROC_PER_NODE": "2", "WORLD_SIZE": "4"},
+            "WORLD_SIZE",
+            "use torchrun inside the pod: torchrun --nnodes=$PET_NNODES --nproc_per_node=$PET_NPROC_PER_NODE",
+        ),
+        # An older operator (WORLD_SIZE = pods), processes started by hand with LOCAL_WORLD_SIZE=2.
+        (
+            {**{k: v for k, v in PYTORCHJOB.items() if not k.startswith("PET_")}, "LOCAL_WORLD_SIZE": "2"},
+            "WORLD_SIZE",
+            "--nnodes=$WORLD_SIZE",
+        ),
+        # TrainJob's PET_* without torchrun: each pod would train alone.
+        (TRAINJOB, "PET_NNODES", "start it with torchrun -m distrain train CONFIG"),
+        # PyTorchJob's elastic form without torchrun.
+        (
+            {**POD, "PET_RDZV_ENDPOINT": "distrain-xor-master-0:23456", "PET_NNODES": "1:3"},
+            "PET_NNODES",
+            "torchrun reads PET_RDZV_ENDPOINT",
+        ),
+        # WORLD_SIZE that PET_NNODES contradicts, one process per pod.
+        ({**PYTORCHJOB, "WORLD_SIZE": "4"}, "PET_NNODES", "nprocPerNode"),
+        # torchrun --standalone inside a pod of a 2-node job: a group of one node, each pod alone.
+        (
+            {
+                **TRAINJOB,
+                **WORKER_OF_TORCHRUN,
+                "RANK": "0",
+                "GROUP_RANK": "0",
+                "GROUP_WORLD_SIZE": "1",
+                "WORLD_SIZE": "1",
+            },
+            "PET_NNODES",
+            "drop them (torchrun reads PET_NNODES itself)",
+        ),
+        # Ray without the variables Ray sets.
+        ({k: v for k, v in RAY.items() if k != "LOCAL_WORLD_SIZE"}, "LOCAL_WORLD_SIZE", "TorchTrainer"),
+    ],
+)
+def test_launch_traps_are_refused_in_one_line_naming_the_variable(environ, variable, says):
+    with pytest.raises(EnvError) as info:
+        detect(environ)
+    assert info.value.variable == variable
+    text = str(info.value)
+    assert text.startswith(f"environment variable {variable}:") and says in text
+    if variable != "LOCAL_WORLD_SIZE":  # the traps proper: one line, the fix in it
+        assert "\n" not in text, text
+
+
+def test_rank_and_world_size_without_local_rank_outside_a_pod_is_still_refused():
+    with pytest.raises(EnvError) as info:
+        detect({"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "a", "MASTER_PORT": "1"})
+    assert info.value.variable == "LOCAL_RANK"

@@ -26,3 +26,26 @@ def test_a_signal_stops_the_loop_and_in_the_teardown_only_the_second_acts():
         assert len(seen) == 3
     finally:
         signal.signal(signal.SIGUSR2, previous)
+
+
+def test_no_handlers_outside_the_main_thread():
+    """Ray Train runs the training function in a thread: installing a handler there would raise
+    "signal only works in main thread"; none is installed, the launcher's failure handling applies."""
+    import threading
+
+    before = signal.getsignal(signal.SIGTERM)
+    errors = []
+
+    def loop():
+        try:
+            with StopSignals(["SIGTERM"]) as stop:
+                stop.start_agreement()
+                assert signal.getsignal(signal.SIGTERM) is before
+                stop.finish_agreement(failed=False)
+        except Exception as exc:  # pragma: no cover - the failure this test is for
+            errors.append(exc)
+
+    thread = threading.Thread(target=loop)
+    thread.start()
+    thread.join()
+    assert not errors and signal.getsignal(signal.SIGTERM) is before

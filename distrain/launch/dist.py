@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator, TypeVar
 import torch
 import torch.distributed as tdist
 
-from distrain.errors import UserError
+from distrain.errors import EnvError, UserError
 from distrain.launch.env import DistEnv
 
 log = logging.getLogger(__name__)
@@ -86,16 +86,19 @@ def distributed(
 ) -> Iterator[DistContext]:
     """Join the process group for the duration of the block; one process joins nothing.
 
-    Idempotent: a group that already exists (set up by a caller) is reused and left for its owner to destroy.
+    Idempotent: a group that already exists (set up by a caller, or by Ray Train) is reused and left for its
+    owner to destroy (see `adopt_existing_group`).
     """
+    env = adopt_existing_group(env)
     dev = pick_device(env, device)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if not env.is_distributed:
         yield DistContext(env, dev, None)
         return
-    chosen = pick_backend(backend, dev)
     owns_group = not tdist.is_initialized()
+    # A group made by its owner (Ray Train, the user's own script) keeps the backend it was made with.
+    chosen = pick_backend(backend, dev) if owns_group else tdist.get_backend()
     if owns_group:
         # Before the group exists: torch.distributed.nn.functional (imported when DDP is first built) takes
         # `group.WORLD` as the default argument of its functions when it is imported. Imported after
@@ -138,6 +141,29 @@ def distributed(
             global _CPU_GROUP
             _CPU_GROUP = None  # destroyed with the default group
             tdist.destroy_process_group()
+
+
+def adopt_existing_group(env: DistEnv) -> DistEnv:
+    """The launch as an already-initialised process group has it: such a group (made by Ray Train before
+    the training function runs, or by the user's own script) is used as is, never a second one made, and
+    it is left for its owner to destroy. Its rank and size must be the launcher's: a group of another
+    shape means the variables describe another job. With no launcher variables (one process by the
+    environment), the group's own rank and size are taken."""
+    if not (tdist.is_available() and tdist.is_initialized()):
+        return env
+    rank, size = tdist.get_rank(), tdist.get_world_size()
+    if env.source == "single" and size > 1:
+        import os
+
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        return DistEnv("process group", rank, local, size, max(local + 1, 1), 0)
+    if (rank, size) != (env.rank, env.world_size):
+        raise EnvError(
+            "WORLD_SIZE",
+            f"says rank {env.rank} of {env.world_size} ({env.launcher}), but the process group already "
+            f"initialised in this process is rank {rank} of {size}: the variables describe another job",
+        )
+    return env
 
 
 def _rendezvous_store(env: DistEnv, timeout: datetime.timedelta) -> tdist.Store:

@@ -2,60 +2,68 @@
 
     env = detect(os.environ)   # -> DistEnv(source, rank, local_rank, world_size, ..., master_addr, master_port)
 
-Detectors are tried in this order, and the first that claims the environment wins:
+One resolver for every launch contract. Detectors are tried in this order, and the first that claims the
+environment wins:
 
-1. torchrun (or any env:// launcher): RANK / WORLD_SIZE / LOCAL_RANK are set. Tried first because torchrun
-   can itself run inside a SLURM allocation (`srun torchrun ...`); there the SLURM variables describe the
-   torchrun *agent*, not the worker, so trusting them would give every worker the agent's rank.
-2. SLURM under srun: SLURM_PROCID together with SLURM_STEP_ID. The batch script itself also has
+1. torchrun (TORCHELASTIC_RUN_ID): RANK / WORLD_SIZE / LOCAL_RANK from torchrun's agent. Tried first because
+   torchrun runs inside every other launcher: a SLURM allocation (`srun torchrun ...`), a Kubernetes pod
+   (PyTorchJob's torchrun form, TrainJob, JobSet) or a TorchX job; there the outer launcher's variables
+   describe the *agent* (its pod, its node), not the worker. `platform` names the outer one when its
+   variables are left in the environment (PET_* : Kubeflow, JOBSET_NAME : JobSet, TORCHX_* : TorchX).
+2. Ray Train (RANK etc. with RAY_RAYLET_PID, and no torchrun): the worker actor's process group is already
+   initialised by Ray; dist.py uses it as is.
+3. Any env:// launcher that sets RANK / WORLD_SIZE / LOCAL_RANK itself.
+4. Kubeflow PyTorchJob v1, one process per pod: RANK and WORLD_SIZE without LOCAL_RANK, in a Kubernetes pod
+   (PET_NNODES or KUBERNETES_SERVICE_HOST). Its trap: a pod told to run several processes
+   (PET_NPROC_PER_NODE > 1) whose process was not started by torchrun: RANK counts pods, so the processes
+   would wait for peers that never come; refused, naming WORLD_SIZE and the torchrun command to use.
+5. TrainJob (Trainer v2) or PyTorchJob's elastic form without torchrun: PET_* alone mean nothing to torch;
+   refused, naming PET_NNODES and the torchrun command to use (one node of one process is one process).
+6. SLURM under srun: SLURM_PROCID together with SLURM_STEP_ID. The batch script itself also has
    SLURM_PROCID=0 (and SLURM_NTASKS when --ntasks is given) but no step id; treating the batch shell as
    rank 0 of N would wait forever for N-1 processes that nobody started, so without a step it is one process.
-3. Nothing: one process, no process group.
+7. Nothing: one process, no process group.
 
-Nothing here touches os.environ or torch: every launch mode is testable by passing a dict.
+Nothing here touches os.environ or torch: every launch mode is testable by passing a dict. The Kubernetes
+contracts are read in kubernetes.py, Ray Train's in ray_train.py, DistEnv and the shared checks in contract.py.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Mapping
 
 from distrain.errors import EnvError
+from distrain.launch.contract import DistEnv, int_var, validated
+from distrain.launch.kubernetes import (
+    PET_VARS,
+    check_pod_nodes,
+    from_pet_without_torchrun,
+    from_pytorchjob,
+    is_pod_without_torchrun,
+    platform,
+)
+from distrain.launch.ray_train import from_ray
+
+__all__ = ["DistEnv", "detect", "expand_nodelist", "parse_tasks_per_node"]
 
 # Lightning's choice too: keeps derived ports clear of well-known ports and of the ephemeral range.
 _SLURM_PORT_BASE = 15000
 _SLURM_PORT_SPAN = 20000
 
 
-@dataclass(frozen=True)
-class DistEnv:
-    """Where this process sits in the job. `source` is "single", "torchrun" or "slurm"."""
-
-    source: str
-    rank: int = 0
-    local_rank: int = 0
-    world_size: int = 1
-    local_world_size: int = 1
-    node_rank: int = 0
-    master_addr: str | None = None
-    master_port: int | None = None
-    restart_count: int = 0  # torchrun: TORCHELASTIC_RESTART_COUNT (0 on the first attempt)
-    uses_agent_store: bool = False  # torchrun: the agent hosts the TCPStore at MASTER_ADDR:MASTER_PORT
-
-    @property
-    def is_distributed(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
 def detect(environ: Mapping[str, str]) -> DistEnv:
     """Read the launcher's variables from `environ`. Raises EnvError when they are inconsistent."""
+    if "TORCHELASTIC_RUN_ID" in environ:
+        return _from_torchrun(environ)
+    if "RAY_RAYLET_PID" in environ and "RANK" in environ:
+        return from_ray(environ)
+    if is_pod_without_torchrun(environ):
+        return from_pytorchjob(environ)
     if _claims_torchrun(environ):
         return _from_torchrun(environ)
+    if any(v in environ for v in PET_VARS):
+        return from_pet_without_torchrun(environ)
     if "SLURM_PROCID" in environ and "SLURM_STEP_ID" in environ:
         return _from_slurm(environ)
     return DistEnv(source="single")
@@ -82,13 +90,13 @@ def _from_torchrun(environ: Mapping[str, str]) -> DistEnv:
     for var in _TORCHRUN_VARS:
         if var not in environ:
             raise EnvError(var, "is not set although TORCHELASTIC_RUN_ID is", "start distrain with torchrun")
-    rank = _int(environ, "RANK")
-    world_size = _int(environ, "WORLD_SIZE")
-    local_rank = _int(environ, "LOCAL_RANK")
-    local_world_size = _int(environ, "LOCAL_WORLD_SIZE") if "LOCAL_WORLD_SIZE" in environ else world_size
-    node_rank = _int(environ, "GROUP_RANK") if "GROUP_RANK" in environ else 0
+    rank = int_var(environ, "RANK")
+    world_size = int_var(environ, "WORLD_SIZE")
+    local_rank = int_var(environ, "LOCAL_RANK")
+    local_world_size = int_var(environ, "LOCAL_WORLD_SIZE") if "LOCAL_WORLD_SIZE" in environ else world_size
+    node_rank = int_var(environ, "GROUP_RANK") if "GROUP_RANK" in environ else 0
     master_addr = environ.get("MASTER_ADDR")
-    master_port = _int(environ, "MASTER_PORT") if "MASTER_PORT" in environ else None
+    master_port = int_var(environ, "MASTER_PORT") if "MASTER_PORT" in environ else None
     if world_size > 1:
         if not master_addr:
             raise EnvError(
@@ -102,9 +110,10 @@ def _from_torchrun(environ: Mapping[str, str]) -> DistEnv:
                 f"is not set, but WORLD_SIZE={world_size}",
                 "torchrun sets it; when launching by hand, export MASTER_ADDR and MASTER_PORT",
             )
-    restart_count = _int(environ, "TORCHELASTIC_RESTART_COUNT") if "TORCHELASTIC_RESTART_COUNT" in environ else 0
+    restart_count = int_var(environ, "TORCHELASTIC_RESTART_COUNT") if "TORCHELASTIC_RESTART_COUNT" in environ else 0
+    check_pod_nodes(environ)  # a pod's torchrun that formed a group of its own
     uses_agent_store = environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
-    return _validated(
+    return validated(
         DistEnv(
             "torchrun",
             rank,
@@ -116,6 +125,7 @@ def _from_torchrun(environ: Mapping[str, str]) -> DistEnv:
             master_port,
             restart_count,
             uses_agent_store,
+            platform(environ),
         ),
         rank_var="RANK",
         world_var="WORLD_SIZE",
@@ -128,13 +138,13 @@ def _from_torchrun(environ: Mapping[str, str]) -> DistEnv:
 
 
 def _from_slurm(environ: Mapping[str, str]) -> DistEnv:
-    rank = _int(environ, "SLURM_PROCID")
-    local_rank = _int(environ, "SLURM_LOCALID") if "SLURM_LOCALID" in environ else 0
+    rank = int_var(environ, "SLURM_PROCID")
+    local_rank = int_var(environ, "SLURM_LOCALID") if "SLURM_LOCALID" in environ else 0
     world_var = "SLURM_NTASKS" if "SLURM_NTASKS" in environ else "SLURM_NPROCS"
     if world_var not in environ:
         raise EnvError("SLURM_NTASKS", "is not set inside an srun step", "run the job step with srun --ntasks=N")
-    world_size = _int(environ, world_var)
-    node_rank = _int(environ, "SLURM_NODEID") if "SLURM_NODEID" in environ else 0
+    world_size = int_var(environ, world_var)
+    node_rank = int_var(environ, "SLURM_NODEID") if "SLURM_NODEID" in environ else 0
     tasks_var = "SLURM_STEP_TASKS_PER_NODE" if "SLURM_STEP_TASKS_PER_NODE" in environ else "SLURM_TASKS_PER_NODE"
     if tasks_var in environ:
         per_node = parse_tasks_per_node(environ[tasks_var], tasks_var)
@@ -162,7 +172,7 @@ def _from_slurm(environ: Mapping[str, str]) -> DistEnv:
             )
         master_addr = expand_nodelist(environ[list_var], list_var)[0]
     if "MASTER_PORT" in environ:
-        master_port = _int(environ, "MASTER_PORT")
+        master_port = int_var(environ, "MASTER_PORT")
     elif world_size > 1:
         if "SLURM_JOB_ID" not in environ:
             raise EnvError(
@@ -171,10 +181,10 @@ def _from_slurm(environ: Mapping[str, str]) -> DistEnv:
                 "export MASTER_PORT to a free port on the first host",
             )
         # Derived from the job id so that two jobs sharing a node do not pick the same port.
-        master_port = _SLURM_PORT_BASE + _int(environ, "SLURM_JOB_ID") % _SLURM_PORT_SPAN
+        master_port = _SLURM_PORT_BASE + int_var(environ, "SLURM_JOB_ID") % _SLURM_PORT_SPAN
     else:
         master_port = None
-    return _validated(
+    return validated(
         DistEnv("slurm", rank, local_rank, world_size, local_world_size, node_rank, master_addr, master_port),
         rank_var="SLURM_PROCID",
         world_var=world_var,
@@ -257,31 +267,3 @@ def parse_tasks_per_node(text: str, variable: str = "SLURM_TASKS_PER_NODE") -> l
             raise EnvError(variable, f"{text!r} is not of the form N or N(xM), comma-separated")
         counts.extend([int(match.group(1))] * int(match.group(2) or 1))
     return counts
-
-
-# --------------------------------------------------------------------------------------------- common
-
-
-def _int(environ: Mapping[str, str], name: str) -> int:
-    text = environ[name]
-    try:
-        return int(text)
-    except ValueError:
-        raise EnvError(name, f"must be an integer, got {text!r}") from None
-
-
-def _validated(env: DistEnv, *, rank_var: str, world_var: str, local_var: str, local_world_var: str) -> DistEnv:
-    if env.world_size < 1:
-        raise EnvError(world_var, f"must be >= 1, got {env.world_size}")
-    if not 0 <= env.rank < env.world_size:
-        raise EnvError(rank_var, f"is {env.rank}, outside [0, {env.world_size}) given by {world_var}")
-    if not 1 <= env.local_world_size <= env.world_size:
-        raise EnvError(
-            local_world_var,
-            f"gives {env.local_world_size} processes on this node, outside [1, {env.world_size}] given by {world_var}",
-        )
-    if not 0 <= env.local_rank < env.local_world_size:
-        raise EnvError(local_var, f"is {env.local_rank}, outside [0, {env.local_world_size}) processes on this node")
-    if env.master_port is not None and not 0 < env.master_port < 65536:
-        raise EnvError("MASTER_PORT", f"must be a port number in 1..65535, got {env.master_port}")
-    return env

@@ -5,6 +5,11 @@ the ranks agree with an asynchronous all-reduce on CPU (any rank that got a sign
 step later, without a host or device sync in the step). Deciding inside the
 handler instead would let one rank leave while the others wait in the next all-reduce until the timeout.
 
+Only the main thread can install signal handlers: where the training runs in another thread (Ray Train runs
+the training function in a thread of its worker actor), none is installed and the launcher's own failure
+handling stops the run (Ray: a worker that dies or is killed fails the worker group, which restarts under
+`FailureConfig(max_failures)` and resumes from the newest checkpoint).
+
 Exit status after such a stop: 128 + the signal number (SIGTERM 143, SIGINT 130, SIGUSR2 140), the shell's
 convention for "ended by this signal", so schedulers and scripts see an interrupted run, not a success.
 """
@@ -12,6 +17,7 @@ convention for "ended by this signal", so schedulers and scripts see an interrup
 from __future__ import annotations
 
 import signal
+import threading
 from types import FrameType
 
 import torch
@@ -76,8 +82,9 @@ class StopSignals:
         """The loop starts: the handlers are installed, and from here on `agreed_signal` is collective
         when the run has several ranks. Every rank calls it."""
         self._looping = True
-        for signum in self.signums:
-            self._previous[signum] = signal.signal(signum, self._handle)
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.signums:
+                self._previous[signum] = signal.signal(signum, self._handle)
         self._collective = dist.is_distributed()  # asked once: agreed_signal runs every step
         if self._collective:
             # The agreement runs on CPU tensors in a gloo group (the default group when it is gloo, else a

@@ -405,7 +405,7 @@ def log_parts(
         "distrain %s | %s | %d process(es) | device %s | backend %s | engine %s | strategy %s | %s samples | "
         "%d steps per epoch | model %s | loss %s (%s)",
         version,
-        ctx.env.source,
+        ctx.env.launcher,
         ctx.world_size,
         ctx.device,
         ctx.backend or "none",

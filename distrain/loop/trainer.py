@@ -32,7 +32,7 @@ from typing import Any, Mapping
 import torch
 
 from distrain.atomic import atomic_write_bytes
-from distrain.callbacks.base import Run, build_callbacks
+from distrain.callbacks.base import Callbacks, Run, build_callbacks
 from distrain.checkpoint.ownership import STOPPING_WAIT_S, own_run_dir
 from distrain.checkpoint.resume import maybe_resume
 from distrain.checkpoint.saver import Saver
@@ -94,7 +94,7 @@ def train(cfg: Config, given: Given | None = None, environ: Mapping[str, str] = 
         try:
             with joined(cfg, env) as ctx:
                 in_group = True
-                cfg = with_run_dir(cfg, environ)
+                cfg = with_run_dir(cfg, environ, ctx.env)
                 given = given or Given()
                 parts = build_parts(cfg, ctx, given)  # first: a bad model, loss or data leaves no run directory
                 lanes = parts.stream.lanes if parts.stream is not None and parts.stream.shards else None
@@ -143,9 +143,17 @@ def train(cfg: Config, given: Given | None = None, environ: Mapping[str, str] = 
             raise LostPeer(lost_peer_message(lost, Path(cfg.run.dir))) from None
 
 
-def with_run_dir(cfg: Config, environ: Mapping[str, str]) -> Config:
-    """The config with run.dir resolved: the default for the script when unset, SLURM's job id filled in."""
+def with_run_dir(cfg: Config, environ: Mapping[str, str], env: DistEnv | None = None) -> Config:
+    """The config with run.dir resolved: under Ray Train, unset or relative, in Ray's experiment directory;
+    elsewhere unset, the default for the script; SLURM's job id filled in."""
     run_dir = cfg.run.dir
+    if env is not None and env.source == "ray" and (run_dir is None or not os.path.isabs(run_dir)):
+        # Ray runs the workers in a temporary folder of their own node: a relative run.dir is placed in
+        # Ray's experiment directory instead, where a restarted worker group finds its checkpoints.
+        from distrain.launch.ray_train import storage_run_dir
+
+        run_dir = storage_run_dir() if run_dir is None else os.path.join(storage_run_dir(), run_dir)
+        log.info("under Ray Train, in its experiment directory: this run's directory is %s", run_dir)
     if run_dir is None:
         import sys
 
@@ -264,6 +272,12 @@ class Trainer:
         callbacks = build_callbacks(cfg.callbacks, given.callbacks)
         # What fit was given, read before a resume loads saved state into these objects.
         self.definition = RunDefinition.of(parts, optimizer, self.schedule.scheduler, given, callbacks.names())
+        if ctx.env.source == "ray":
+            # The launcher's reporter, after the user's callbacks and outside the run's definition: the same
+            # run resumes under Ray or torchrun alike.
+            from distrain.launch.ray_train import RayReport
+
+            callbacks = Callbacks([*callbacks.items, RayReport()])
         meter = build_meter(parts.objective, ctx.device, strategy.figure_units)
         stop_upwards = cfg.stop.patience and monitor_direction(
             cfg.stop.mode, cfg.stop.monitor, parts, "stop.monitor", meter.names
