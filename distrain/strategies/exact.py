@@ -198,6 +198,7 @@ class RunningStatistics:
         self.momenta = [m.momentum for m in self.layers]
         device = self.layers[0].num_batches_tracked.device
         self.table = torch.zeros(self.chunks, self.width + len(self.layers), dtype=torch.float32, device=device)
+        self._ran: set[tuple[int, int]] = set()
         hooks = [m.register_forward_hook(self._hook(i)) for i, m in enumerate(self.layers)]
         for m in self.layers:
             m.momentum = 1.0
@@ -219,7 +220,7 @@ class RunningStatistics:
             if not module.training or self.current is None:
                 return  # a frozen layer (eval mode) updates nothing
             row = self.table[self.current]
-            if row[self.width + i] != 0:
+            if (self.current, i) in self._ran:  # kept on the host: no device read per call
                 raise ConfigError(
                     self.key,
                     f"cannot replay {self.names[i]}'s running statistics: it runs twice in one forward "
@@ -229,6 +230,7 @@ class RunningStatistics:
             values = torch.cat([t.reshape(-1).float() for t in self.buffers[i]])
             row[self.starts[i] : self.starts[i] + values.numel()] = values
             row[self.width + i] = 1.0
+            self._ran.add((self.current, i))
 
         return record
 
@@ -240,9 +242,10 @@ class RunningStatistics:
                 t.copy_(start)
         for m, count in zip(self.layers, self.start_counts):
             m.num_batches_tracked.copy_(count)
-        for row in table:
+        ran = table[:, self.width :].tolist()  # which layers ran in which chunk: one host read a step
+        for row, flags in zip(table, ran):
             for i, (m, momentum) in enumerate(zip(self.layers, self.momenta)):
-                if row[self.width + i] == 0:
+                if flags[i] == 0:
                     continue  # not run in that chunk (an empty chunk, a skipped block, a frozen layer)
                 m.num_batches_tracked.add_(1)
                 factor = momentum if momentum is not None else 1.0 / float(m.num_batches_tracked)
