@@ -105,6 +105,10 @@ def test_orphans_of_a_killed_torchrun_agent_save_stop_and_the_rerun_resumes_bitw
     assert "is gone: this worker saves a checkpoint and stops" in result.stderr, result.stderr[-3000:]
     assert "stopped on SIGTERM after saving a checkpoint" in result.stderr
     holder = json.loads((run_dir / ".lock").read_text())
+    # Its pipes close before the kernel marks it exited: give the exit a moment to finish.
+    deadline = time.monotonic() + 10
+    while alive(holder["pid"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert holder["stopping"] is True and not alive(holder["pid"])
     again, _ = train(run_dir)
     assert again.returncode == 0, again.stderr[-3000:]
