@@ -36,14 +36,16 @@ from distrain.strategies.exact import ExactChunks, ExactSum, chunk_seed, count_c
 
 
 def _sum_as_ranks(reduce: ExactSum, groups: list[list[torch.Tensor]]) -> torch.Tensor:
-    """ExactSum's phases with the two all-reduces done by hand: the chunks split into `groups` (ranks),
-    the maxima and the partial sums combined in the order of `groups` (the all-reduce's)."""
-    max_abs = torch.stack([reduce.local_max([[g] for g in group]) for group in groups]).amax(dim=0)
+    """ExactSum's phases with the two all-reduces done by hand: the chunks split into `groups` (ranks: each
+    its own ExactSum, like `reduce`), the maxima and the partial sums combined in the order of `groups`."""
+    ranks = [ExactSum(reduce.params, reduce.chunks) for _ in groups]
+    chunks = [[rank.chunk([g], slot) for slot, g in enumerate(group)] for rank, group in zip(ranks, groups)]
+    max_abs = torch.stack([rank.local_max(group) for rank, group in zip(ranks, chunks)]).amax(dim=0)
     offsets = reduce.offsets(max_abs)
     total = torch.zeros(sum(reduce.numels), dtype=torch.float64)
-    for group in groups:
-        total += reduce.partial([[g] for g in group], offsets)
-    return reduce.finish(total)[0]
+    for rank, group in zip(ranks, chunks):
+        total += rank.partial(group, offsets)
+    return reduce.finish(total)[0].clone()  # finish's buffer is reused by the next call
 
 
 def test_the_fixed_point_sum_is_the_same_in_50_orders_and_groupings():
@@ -77,7 +79,8 @@ def test_exact_sum_in_one_process_keeps_nan_and_zero_gradients():
         [torch.tensor([1.0, 2.0, 3.0]), None, torch.tensor([float("nan"), 0.0])],
         [torch.tensor([0.5, 0.25, -3.0]), None, torch.tensor([1.0, 1.0])],
     ]
-    summed = ExactSum(params, chunks=2)(chunk_grads)
+    reduce = ExactSum(params, chunks=2)
+    summed = reduce([reduce.chunk(grads, slot) for slot, grads in enumerate(chunk_grads)])
     assert torch.equal(summed[0], torch.tensor([1.5, 2.25, 0.0]))
     assert torch.equal(summed[1], torch.zeros(2))
     assert summed[2].isnan().any()  # the non-finite guard sees it

@@ -30,8 +30,8 @@ chunk, and what randomness it sees, must not depend on the world size:
 - before each chunk's forward, torch's generator is seeded from (seed, global step, chunk): dropout and any
   other draw inside the model gives the same mask to the same sample on any world size;
 - each chunk runs forward and backward alone, with the same shapes wherever it runs, and its loss is its
-  per-sample losses summed and divided by the global batch's size (not the rank's): the chunks' gradients
-  add up to the gradient of the global mean;
+  share of the global batch's mean (a full chunk's mean / K; a short chunk's sum / the global batch size,
+  as the uneven last batch has): the chunks' gradients add up to the gradient of the global mean;
 - the gradients are summed by `strategies.exact.ExactSum` (rounded onto a shared grid, then float64 sums
   that are exact in any order).
 The uneven last batch is cut the same way (some chunks one sample shorter, or empty). Accumulation
@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 import torch
 from torch import nn
@@ -56,66 +56,109 @@ from distrain.strategies.base import Gradients, refuse_several
 from distrain.strategies.native import NativeStrategy
 
 
+class Chunk(NamedTuple):
+    """One chunk's gradients as ExactSum holds them: one float64 vector, its per-tensor views, and per
+    tensor the largest magnitude."""
+
+    flat: torch.Tensor
+    views: list[torch.Tensor]
+    max_abs: torch.Tensor
+
+
 class ExactSum:
-    """The order-free sum of chunk gradients for one model's parameters (their layout computed once): one
-    flat float64 buffer per chunk, rounded to each tensor's grid by fused per-tensor adds (torch's
-    _foreach kernels, which clip_grad_norm_ and the optimizers use too): about three passes over the
-    gradients, one host read of one float per tensor."""
+    """The order-free sum of chunk gradients for one model's parameters (their layout computed once).
+
+    Per chunk, right after its backward (`chunk`): its gradients copied into a float64 vector and their
+    per-tensor maxima. Per step: one host read of one float per tensor (the grid constants), two fused
+    passes per chunk rounding the vector onto the grids, one conversion back to float32. The vectors and
+    the float32 gradients are buffers kept from step to step: a fresh buffer of a large model's size costs
+    more in page faults than the passes themselves (ResNet-18 here: ~25 ms against ~5 ms a pass)."""
+
+    SMALL = 1 << 20  # parameters up to which a temporary |g| (one fused kernel) beats a min/max per tensor
 
     def __init__(self, params: list[nn.Parameter], chunks: int):
-        self.params = params
+        self.params, self.chunks = params, chunks
         self.spare = math.ceil(math.log2(max(chunks, 1))) + 1  # bits of room for a sum of `chunks` terms
         self.numels = [p.numel() for p in params]
+        self.size = sum(self.numels)
         self.device = params[0].device if params else torch.device("cpu")
+        self._vectors: list[tuple[torch.Tensor, list[torch.Tensor]]] = []  # per chunk slot: (float64, views)
+        self._grads: tuple[torch.Tensor, list[torch.Tensor]] | None = None  # the sum's float32 buffer, views
 
-    def flat(self, grads: list[torch.Tensor | None]) -> torch.Tensor:
-        """One chunk's gradients as one float64 vector (a missing gradient counts as zeros)."""
-        return torch.cat(
-            [(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, self.params)]
-        ).double()
+    def _buffer(self, dtype: torch.dtype) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        flat = torch.empty(self.size, dtype=dtype, device=self.device)
+        return flat, [t.view(p.shape) for t, p in zip(flat.split(self.numels), self.params)]
 
-    def local_max(self, chunk_grads: list[list[torch.Tensor | None]]) -> torch.Tensor:
+    def chunk(self, grads: list[torch.Tensor | None], slot: int) -> Chunk:
+        """The `slot`-th chunk of this rank's step (a missing gradient counts as zeros): its gradients as one
+        float64 vector (slot's buffer, and its per-tensor views) and per tensor the largest |g| (NaN where a
+        value is NaN)."""
+        while len(self._vectors) <= slot:
+            self._vectors.append(self._buffer(torch.float64))
+        flat, views = self._vectors[slot]
+        present = [i for i, g in enumerate(grads) if g is not None and g.numel()]
+        whole = len(present) == len(grads)
+        if not whole:
+            flat.zero_()
+        if not present:
+            return Chunk(flat, views, torch.zeros(len(self.params), dtype=torch.float64, device=self.device))
+        given = grads if whole else [grads[i] for i in present]
+        torch._foreach_copy_(views if whole else [views[i] for i in present], given)  # widened to float64
+        if self.size <= self.SMALL:
+            maxima = torch.stack(torch._foreach_max(torch._foreach_abs(given))).double()
+        else:
+            low, high = zip(*(torch.aminmax(g) for g in given))
+            maxima = torch.maximum(torch.stack(high), torch.stack(low).neg()).double()  # NaN propagates
+        if whole:
+            return Chunk(flat, views, maxima)
+        max_abs = torch.zeros(len(self.params), dtype=torch.float64, device=self.device)
+        max_abs[present] = maxima
+        return Chunk(flat, views, max_abs)
+
+    def local_max(self, chunks: list[Chunk]) -> torch.Tensor:
         """Per tensor, the largest magnitude over this rank's chunks (+inf where a value is not finite)."""
-        max_abs = torch.zeros(len(self.params), dtype=torch.float32, device=self.device)
-        for grads in chunk_grads:
-            present = [i for i, g in enumerate(grads) if g is not None]
-            if present:
-                # One fused kernel for all the tensors (clip_grad_norm_'s), not one reduction per tensor.
-                norms = torch.stack(torch._foreach_norm([grads[i] for i in present], math.inf)).float()
-                max_abs[present] = torch.maximum(max_abs[present], norms)
-        # A non-finite value becomes +inf, which the MAX all-reduce keeps on every rank.
-        return torch.nan_to_num(max_abs, nan=math.inf)
+        if not chunks:
+            return torch.zeros(len(self.params), dtype=torch.float64, device=self.device)
+        max_abs = chunks[0].max_abs
+        for chunk in chunks[1:]:
+            max_abs = torch.maximum(max_abs, chunk.max_abs)  # NaN propagates...
+        return torch.nan_to_num(max_abs, nan=math.inf)  # ...and becomes +inf, which the MAX all-reduce keeps
 
     def offsets(self, max_abs: torch.Tensor) -> list[float]:
-        """Per tensor, from the maxima over all ranks: the constant C whose addition and subtraction round
-        a float64 value onto the tensor's grid (0: an all-zero or non-finite tensor, left as it is)."""
+        """Per tensor, from the maxima over all ranks: the constant C = 1.5 * 2^(e + spare), max < 2^e, whose
+        addition and subtraction round a float64 value onto the tensor's grid (0: an all-zero or non-finite
+        tensor, left as it is). One host read (the foreach kernels below take their constants as numbers)."""
         return [math.ldexp(1.5, math.frexp(m)[1] + self.spare) if 0 < m < math.inf else 0.0 for m in max_abs.tolist()]
 
-    def partial(self, chunk_grads: list[list[torch.Tensor | None]], offsets: list[float]) -> torch.Tensor:
-        """This rank's chunks, each rounded onto the grids, summed (exact: see the module docstring)."""
+    def partial(self, chunks: list[Chunk], offsets: list[float]) -> torch.Tensor:
+        """This rank's chunks, each rounded onto the grids in place, summed into the first chunk's vector
+        (exact: see the module docstring)."""
         total = None
-        for grads in chunk_grads:
-            flat = self.flat(grads)
-            views = list(flat.split(self.numels))
-            torch._foreach_add_(views, offsets)  # x + C rounds x to the grid (round half to even)...
-            torch._foreach_sub_(views, offsets)  # ...and - C is exact
-            total = flat if total is None else total.add_(flat)
+        for chunk in chunks:
+            torch._foreach_add_(chunk.views, offsets)  # x + C rounds x to the grid (round half to even)...
+            torch._foreach_sub_(chunk.views, offsets)  # ...and - C is exact
+            total = chunk.flat if total is None else total.add_(chunk.flat)
         if total is None:
-            return torch.zeros(sum(self.numels), dtype=torch.float64, device=self.device)
+            return torch.zeros(self.size, dtype=torch.float64, device=self.device)
         return total
 
     def finish(self, total: torch.Tensor) -> list[torch.Tensor]:
-        """The sum as the parameters' gradients (float32, or the parameters' own dtype)."""
+        """The sum as the parameters' gradients: views of one float32 buffer kept from step to step (the loop
+        sets the gradients to None between steps, so nothing else holds them), or a copy in the parameter's
+        own dtype where that is another float type."""
+        if self._grads is None:
+            self._grads = self._buffer(torch.float32)
+        flat, views = self._grads
+        flat.copy_(total)
         return [
-            t.view(p.shape).to(p.dtype if p.dtype.is_floating_point else torch.float32)
-            for t, p in zip(torch.split(total.float(), self.numels), self.params)
+            g.to(p.dtype) if p.dtype.is_floating_point and p.dtype != g.dtype else g for g, p in zip(views, self.params)
         ]
 
-    def __call__(self, chunk_grads: list[list[torch.Tensor | None]]) -> list[torch.Tensor]:
-        """The sum over this rank's chunks and all ranks, bitwise the same however the chunks are split over
-        ranks and in whatever order the ranks add up. Collective: two all-reduces."""
-        offsets = self.offsets(dist.all_reduce_max(self.local_max(chunk_grads)))
-        return self.finish(dist.all_reduce_sum(self.partial(chunk_grads, offsets)))
+    def __call__(self, chunks: list[Chunk]) -> list[torch.Tensor]:
+        """The sum of this rank's chunks (each from `chunk`) and all ranks', bitwise the same however the
+        chunks are split over ranks and in whatever order the ranks add up. Collective: two all-reduces."""
+        offsets = self.offsets(dist.all_reduce_max(self.local_max(chunks)))
+        return self.finish(dist.all_reduce_sum(self.partial(chunks, offsets)))
 
 
 def chunk_seed(seed: int, global_step: int, chunk: int) -> int:
@@ -334,11 +377,11 @@ class ExactStrategy(NativeStrategy):
         return self._compiled(model), optimizer
 
     def gradients(self, model: nn.Module, batch: Any, objective: Any, global_step: int) -> Gradients:
-        """Each of this rank's chunks alone: its generators seeded from (seed, step, chunk), its loss the
-        plain sum over the chunk / the global batch size (on any world size); then the exact sum. Collective."""
-        reduce = self.reduce
+        """Each of this rank's chunks alone: its generators seeded from (seed, step, chunk), its loss its
+        share of the global batch's mean (the same on any world size); then the exact sum. Collective."""
+        reduce, parts = self.reduce, self.chunking.chunks
         params = reduce.params
-        chunk_grads, records, step_loss = [], [], torch.zeros((), device=reduce.device)
+        chunks, records, step_loss = [], [], None
         statistics = self.statistics
         with statistics.capturing() if statistics is not None else contextlib.nullcontext():
             for index, inputs, targets in self.chunking.local_chunks(batch):
@@ -346,15 +389,23 @@ class ExactStrategy(NativeStrategy):
                 if statistics is not None:
                     statistics.chunk(index)
                 with self.precision.autocast():
-                    loss, record = objective.forward_loss(model, inputs, targets, 1, batch.global_size, average=False)
+                    # As if each of the K chunks were a rank of its own: a full chunk's loss is its mean (the
+                    # loss's own fused kernel), any other the sum over the global batch size x K; / K then
+                    # makes the chunks add up to the global mean. Which applies depends on the chunk's size
+                    # only, the same on every world size.
+                    loss, record = objective.forward_loss(model, inputs, targets, parts, batch.global_size)
+                    if parts > 1:
+                        loss = loss / parts
                 loss.backward()
-                chunk_grads.append([p.grad for p in params])
+                chunks.append(reduce.chunk([p.grad for p in params], len(chunks)))
                 for p in params:
                     p.grad = None
                 records.append(record)
-                step_loss = step_loss + loss.detach()
+                step_loss = loss.detach() if step_loss is None else step_loss + loss.detach()
         if statistics is not None:
             statistics.finish()  # collective, like the sum below: every rank calls both every step
-        for p, grad in zip(params, reduce(chunk_grads)):
+        for p, grad in zip(params, reduce(chunks)):
             p.grad = grad
+        if step_loss is None:  # no chunk on this rank (an uneven last batch)
+            step_loss = torch.zeros((), device=reduce.device)
         return Gradients(step_loss, records, ranks_average=False)
