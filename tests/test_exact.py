@@ -18,6 +18,7 @@ from helpers.runs import (
     XOR,
     assert_bitwise,
     clean_env,
+    newest_payload,
     newest_weights,
     records,
     run_cli,
@@ -124,7 +125,6 @@ def test_chunk_seeds_differ_by_step_and_chunk():
     [
         (["strategy=fsdp"], "trainer.exact"),
         (["engine=accelerate"], "trainer.exact"),
-        (["trainer.precision=fp16"], "trainer.exact"),
     ],
 )
 def test_what_exact_mode_refuses_is_named(overrides, key):
@@ -268,20 +268,28 @@ def test_a_run_killed_on_2_processes_resumes_on_3_bitwise(mnist_one, data_root, 
 
 
 @pytest.mark.slow
-def test_xor_with_accumulation_and_bf16_is_bitwise_on_1_2_and_4_processes(tmp_path):
-    more = ["trainer.accumulate_steps=2", "trainer.precision=bf16"]  # both at once: one set of runs
+@pytest.mark.parametrize("precision,sizes", [("bf16", (1, 2, 4)), ("fp16", (1, 2))])
+def test_xor_with_accumulation_and_mixed_precision_is_bitwise_on_1_2_and_4_processes(tmp_path, precision, sizes):
+    """bf16 with accumulation (both at once: one set of runs); fp16 with its gradient scaler (CPU autocast):
+    the scale multiplies every chunk's loss alike, the unscale and the overflow check read the exact sum,
+    so every rank and every world size takes the same steps with the same scale."""
+    more = ["trainer.accumulate_steps=2", f"trainer.precision={precision}"]
     args = ["train", XOR, "trainer.exact=true", "trainer.epochs=5", "log.plots=false", *more]
     runs = {}
-    for nproc in (1, 2, 4):
+    for nproc in sizes:
         run = tmp_path / str(nproc)
         result = (
             run_cli(*args, f"run.dir={run}", fresh=True) if nproc == 1 else run_torchrun(nproc, *args, f"run.dir={run}")
         )
         assert result.returncode == 0, result.stderr[-3000:]
         runs[nproc] = run
-    for nproc in (2, 4):
+    for nproc in sizes[1:]:
         assert_bitwise(newest_weights(runs[1]), newest_weights(runs[nproc]))
         assert _figures(runs[nproc]) == _figures(runs[1])
+    scaler = newest_payload(runs[sizes[-1]])["scaler"]
+    assert (scaler is not None) == (precision == "fp16")
+    if scaler is not None:
+        assert scaler == newest_payload(runs[1])["scaler"] and scaler["scale"] > 1
 
 
 @pytest.mark.slow

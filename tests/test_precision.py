@@ -4,7 +4,17 @@ import subprocess
 
 import pytest
 import torch
-from helpers.runs import PYTHON, REPO, XOR, clean_env, last_record, newest_weights, run_cli, run_torchrun
+from helpers.runs import (
+    PYTHON,
+    REPO,
+    XOR,
+    clean_env,
+    last_record,
+    newest_payload,
+    newest_weights,
+    run_cli,
+    run_torchrun,
+)
 
 from distrain.config.parse import load_config
 from distrain.loop.trainer import train
@@ -69,9 +79,17 @@ def test_bf16_autocast_on_cpu_trains_and_really_runs_in_bf16(tmp_path):
     assert all(b[k].dtype == torch.float32 for k in b)  # ...while weights stay float32
 
 
-def test_fp16_on_cpu_is_a_clear_config_error(tmp_path):
-    result = run_cli("train", XOR, f"run.dir={tmp_path}", "trainer.precision=fp16")
-    assert result.returncode == 2 and "'trainer.precision': fp16 needs a CUDA device" in result.stderr
+def test_fp16_on_cpu_trains_with_its_gradient_scaler_in_the_checkpoint(tmp_path):
+    train(load_config(XOR, [f"run.dir={tmp_path}", "trainer.precision=fp16", *QUIET]), environ={})
+    assert last_record(tmp_path, "test")["accuracy"] == 1.0
+    scaler = newest_payload(tmp_path)["scaler"]
+    assert scaler is not None and scaler["scale"] == 2.0 * 65536  # 2,000 steps without an overflow: doubled once
+
+
+def test_fp16_on_cpu_with_accelerate_is_a_clear_config_error(tmp_path):
+    result = run_cli("train", XOR, f"run.dir={tmp_path}", "trainer.precision=fp16", "engine=accelerate")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "'trainer.precision': fp16 needs a CUDA device with engine accelerate" in result.stderr
 
 
 def test_help_does_not_import_torch():

@@ -60,7 +60,7 @@ def test_the_config_chooses_the_strategy(overrides, kind):
 def test_exact_mode_refuses_what_it_cannot_make_exact_by_name():
     threads = torch.get_num_threads()
     with pytest.raises(ConfigError) as err:
-        load_config(XOR, ["strategy=exact", "trainer.precision=fp16"])
+        load_config(XOR, ["strategy=exact", "engine=accelerate"])
     assert err.value.key == "trainer.exact"
     for spelling, key in (("strategy=exact", "strategy"), ("trainer.exact=true", "trainer.exact")):
         strategy = build_strategy(load_config(XOR, [spelling]), ONE)  # the key named as the config spelt it

@@ -217,7 +217,8 @@ class TrainerConfig:
     requeue_signal: str = "SIGUSR2"
     """Signal that, like SIGTERM and SIGINT, means "save and stop" (not SIGUSR1: NCCL uses it)."""
     precision: Literal["32", "bf16", "fp16"] = "32"
-    """32: float32; bf16: bfloat16 autocast (CPU and GPU); fp16: float16 autocast with a gradient scaler (GPU)."""
+    """32: float32; bf16: bfloat16 autocast (CPU and GPU); fp16: float16 autocast with a gradient scaler (GPU;
+    on the CPU too with engine native, slowly: torch's CPU autocast)."""
     compile: bool = False
     """torch.compile the model (the DDP wrapper, so all-reduces still overlap backward); the first steps pay
     the compilation."""

@@ -83,7 +83,7 @@ class AccelerateStrategy(MicroBatched):
                 "pip install accelerate (a dependency of distrain: reinstall it), or use engine=native",
             ) from None
         export_env_for_accelerate(ctx)
-        check_precision(cfg.trainer.precision, ctx.device)
+        check_precision(cfg.trainer.precision, ctx.device, engine="accelerate")
         ddp = cfg.ddp
         # trainer.precision=32 leaves the choice to Accelerate's launcher flag or config file, if any.
         mixed = None if cfg.trainer.precision == "32" else _PRECISION[cfg.trainer.precision]

@@ -341,7 +341,7 @@ class ExactStrategy(NativeStrategy):
     figure_units = float(2**24)
 
     def __init__(self, cfg: Any, ctx: DistContext, lanes: int | None = None):
-        super().__init__(cfg, ctx)  # fp16 is refused in exact mode (options.py): no loss scale to agree on
+        super().__init__(cfg, ctx)  # fp16: the scaler (NativeStrategy's) scales every chunk's loss alike
         self.seed = cfg.seed
         self.key = "strategy" if cfg.strategy == "exact" else "trainer.exact"  # as the config spelt it
         chunks = count_chunks(cfg.data.global_batch_size, cfg.trainer.exact_chunk, ctx.world_size, lanes)
@@ -396,7 +396,9 @@ class ExactStrategy(NativeStrategy):
                     loss, record = objective.forward_loss(model, inputs, targets, parts, batch.global_size)
                     if parts > 1:
                         loss = loss / parts
-                loss.backward()
+                # fp16: the same scale on every rank (its updates read the exact sum's overflow, the same
+                # everywhere); the unscale in the step multiplies by a power of two, exact.
+                (loss if self.scaler is None else self.scaler.scale(loss)).backward()
                 chunks.append(reduce.chunk([p.grad for p in params], len(chunks)))
                 for p in params:
                     p.grad = None

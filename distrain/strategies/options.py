@@ -206,12 +206,5 @@ def _check_exact(cfg: Any) -> None:
         ),
         f"use strategy=ddp, or {way_out}",
     )
-    check(
-        cfg.trainer.precision != "fp16",
-        "trainer.exact",
-        "is not available with trainer.precision=fp16 (the gradient scaler's loss scale is applied before "
-        "the exact sum)",
-        f"use trainer.precision=bf16 or 32, or {way_out}",
-    )
     # (That exact_chunk divides the global batch is checked with the world size, by strategies/exact.py's
     # count_chunks: a sharded stream's chunks are its lanes, and its exact_chunk is not used.)

@@ -1,4 +1,4 @@
-"""Mixed precision: bf16 autocast on CPU and GPU, fp16 autocast with a gradient scaler on GPU.
+"""Mixed precision: bf16 autocast on CPU and GPU, fp16 autocast with a gradient scaler on GPU and CPU.
 
     amp = build_precision("bf16", device)
     with amp.autocast():
@@ -37,16 +37,18 @@ class Precision:
         return torch.autocast(device_type=self.device.type, dtype=_DTYPES[self.name])
 
 
-def check_precision(name: str, device: torch.device) -> None:
-    """Refuse a precision the device cannot train in (both engines ask this first)."""
-    if name == "fp16" and device.type != "cuda":
+def check_precision(name: str, device: torch.device, engine: str = "native") -> None:
+    """Refuse a precision the device cannot train in (both engines ask this first). fp16 on the CPU: torch's
+    CPU autocast and GradScaler("cpu") do it (slowly: it is there to run fp16's code paths, exact mode's
+    included, where there is no GPU); Accelerate refuses fp16 without a GPU."""
+    if name == "fp16" and device.type != "cuda" and (engine != "native" or device.type != "cpu"):
         raise ConfigError(
             "trainer.precision",
-            "fp16 needs a CUDA device (its gradient scaler is CUDA-only here)",
-            "use trainer.precision=bf16 on CPU",
+            f"fp16 needs a CUDA device with engine {engine} (this run is on {device.type})",
+            "use trainer.precision=bf16" + (", or engine=native" if engine != "native" else ""),
         )
 
 
 def build_precision(name: str, device: torch.device) -> Precision:
     check_precision(name, device)
-    return Precision(name, device, torch.amp.GradScaler("cuda") if name == "fp16" else None)
+    return Precision(name, device, torch.amp.GradScaler(device.type) if name == "fp16" else None)
