@@ -240,8 +240,8 @@ def mnist_one(tmp_path_factory, data_root):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("nproc", [2, 3, 4])
-def test_mnist_net_with_dropout_is_bitwise_the_same_on_2_3_and_4_processes(mnist_one, data_root, tmp_path, nproc):
+@pytest.mark.parametrize("nproc", [3, 4])  # 2: the killed run below trains its first 40 steps on 2
+def test_mnist_net_with_dropout_is_bitwise_the_same_on_3_and_4_processes(mnist_one, data_root, tmp_path, nproc):
     result = _mnist(nproc, tmp_path, data_root)
     assert result.returncode == 0, result.stderr[-3000:]
     assert_bitwise(newest_weights(mnist_one), newest_weights(tmp_path))
