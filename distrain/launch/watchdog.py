@@ -98,6 +98,13 @@ _LIBRARIES = tuple(
 )
 
 
+def _remove(path: Path) -> None:
+    try:
+        path.unlink()
+    except OSError:
+        pass
+
+
 def _launcher_is_parent(source: str) -> bool:
     """Whether this process's parent is the launcher that started it (watched for orphans)."""
     if source == "torchrun":
@@ -194,11 +201,16 @@ class Watchdog:
     def _worker_dump(self, worker_id: int) -> None:
         """In a DataLoader worker: dump its stack into the stacks folder when the watchdog asks (a signal)."""
         import faulthandler
+        from multiprocessing import util
 
         try:
             faulthandler.disable()  # a worker's own crash is not its rank's abort (the rank's dump file)
-            dump = open(self.stacks / f"rank-{self.env.rank}-worker-{os.getpid()}.txt", "w")
+            path = self.stacks / f"rank-{self.env.rank}-worker-{os.getpid()}.txt"
+            dump = open(path, "w")
             faulthandler.register(_DUMP_SIGNAL, dump, all_threads=True)
+            # Removed when the worker exits (multiprocessing runs its finalizers; atexit does not run in its
+            # children): workers started afresh each epoch leave no file behind.
+            util.Finalize(None, _remove, args=(path,), exitpriority=0)
         except (OSError, ValueError, RuntimeError):
             pass
 
