@@ -40,7 +40,7 @@ def _sum_as_ranks(reduce: ExactSum, groups: list[list[torch.Tensor]]) -> torch.T
     """ExactSum's phases with the two all-reduces done by hand: the chunks split into `groups` (ranks: each
     its own ExactSum, like `reduce`), the maxima and the partial sums combined in the order of `groups`."""
     ranks = [ExactSum(reduce.params, reduce.chunks) for _ in groups]
-    chunks = [[rank.chunk([g], slot) for slot, g in enumerate(group)] for rank, group in zip(ranks, groups)]
+    chunks = [[rank.chunk([g]) for g in group] for rank, group in zip(ranks, groups)]
     max_abs = torch.stack([rank.local_max(group) for rank, group in zip(ranks, chunks)]).amax(dim=0)
     offsets = reduce.offsets(max_abs)
     total = torch.zeros(sum(reduce.numels), dtype=torch.float64)
@@ -74,17 +74,20 @@ def test_the_fixed_point_sum_is_the_same_in_50_orders_and_groupings():
     assert (_sum_as_ranks(reduce, [grads]).double() - exact).abs().max() <= exact.abs().max() * 2**-23
 
 
-def test_exact_sum_in_one_process_keeps_nan_and_zero_gradients():
+def test_exact_sum_in_one_process_keeps_nan_inf_and_zero_gradients():
     params = [nn.Parameter(torch.zeros(3)), nn.Parameter(torch.zeros(2)), nn.Parameter(torch.zeros(2))]
+    params.append(nn.Parameter(torch.zeros(2)))
     chunk_grads = [
-        [torch.tensor([1.0, 2.0, 3.0]), None, torch.tensor([float("nan"), 0.0])],
-        [torch.tensor([0.5, 0.25, -3.0]), None, torch.tensor([1.0, 1.0])],
+        [torch.tensor([1.0, 2.0, 3.0]), None, torch.tensor([float("nan"), 0.0]), torch.tensor([1.0, float("inf")])],
+        [torch.tensor([0.5, 0.25, -3.0]), None, torch.tensor([1.0, 1.0]), torch.tensor([2.0, 1.0])],
     ]
     reduce = ExactSum(params, chunks=2)
-    summed = reduce([reduce.chunk(grads, slot) for slot, grads in enumerate(chunk_grads)])
+    summed = reduce([reduce.chunk(grads) for grads in chunk_grads])
     assert torch.equal(summed[0], torch.tensor([1.5, 2.25, 0.0]))
     assert torch.equal(summed[1], torch.zeros(2))
     assert summed[2].isnan().any()  # the non-finite guard sees it
+    # an Inf alone (an fp16 overflow): kept, for the guard and the gradient scaler's skip
+    assert summed[3][1] == float("inf") and summed[3][0] == 3.0
 
 
 # ------------------------------------------------------------------------------------ the chunks

@@ -57,22 +57,23 @@ from distrain.strategies.native import NativeStrategy
 
 
 class Chunk(NamedTuple):
-    """One chunk's gradients as ExactSum holds them: one float64 vector, its per-tensor views, and per
-    tensor the largest magnitude."""
+    """One chunk's gradients as its backward left them (None: no gradient, zeros), and per tensor their
+    largest magnitude."""
 
-    flat: torch.Tensor
-    views: list[torch.Tensor]
+    grads: list[torch.Tensor | None]
     max_abs: torch.Tensor
 
 
 class ExactSum:
     """The order-free sum of chunk gradients for one model's parameters (their layout computed once).
 
-    Per chunk, right after its backward (`chunk`): its gradients copied into a float64 vector and their
-    per-tensor maxima. Per step: one host read of one float per tensor (the grid constants), two fused
-    passes per chunk rounding the vector onto the grids, one conversion back to float32. The vectors and
-    the float32 gradients are buffers kept from step to step: a fresh buffer of a large model's size costs
-    more in page faults than the passes themselves (ResNet-18 here: ~25 ms against ~5 ms a pass)."""
+    Per chunk, right after its backward (`chunk`): the per-tensor maxima of its gradients. Per step: one
+    host read of one float per tensor (the grid constants); per chunk, a widening copy into a float64
+    vector and two fused passes rounding it onto the grids (summed into the first chunk's vector); one
+    conversion back to float32. The float64 vectors (one, and a second from two chunks a rank on) and the
+    float32 gradients are buffers kept from step to step, 8 or 16 + 4 bytes a parameter: a fresh buffer of
+    a large model's size costs more in page faults than the passes themselves (ResNet-18 here: ~25 ms
+    against ~5 ms a pass). `release` frees them."""
 
     SMALL = 1 << 20  # parameters up to which a temporary |g| (one fused kernel) beats a min/max per tensor
 
@@ -82,38 +83,37 @@ class ExactSum:
         self.numels = [p.numel() for p in params]
         self.size = sum(self.numels)
         self.device = params[0].device if params else torch.device("cpu")
-        self._vectors: list[tuple[torch.Tensor, list[torch.Tensor]]] = []  # per chunk slot: (float64, views)
-        self._grads: tuple[torch.Tensor, list[torch.Tensor]] | None = None  # the sum's float32 buffer, views
+        self._vectors: list[tuple[torch.Tensor, list[torch.Tensor]]] = []  # the sum's, a scratch: float64
+        self._grads: tuple[torch.Tensor, list[torch.Tensor]] | None = None  # the result's float32 buffer
 
     def _buffer(self, dtype: torch.dtype) -> tuple[torch.Tensor, list[torch.Tensor]]:
         flat = torch.empty(self.size, dtype=dtype, device=self.device)
         return flat, [t.view(p.shape) for t, p in zip(flat.split(self.numels), self.params)]
 
-    def chunk(self, grads: list[torch.Tensor | None], slot: int) -> Chunk:
-        """The `slot`-th chunk of this rank's step (a missing gradient counts as zeros): its gradients as one
-        float64 vector (slot's buffer, and its per-tensor views) and per tensor the largest |g| (NaN where a
-        value is NaN)."""
-        while len(self._vectors) <= slot:
+    def _vector(self, i: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        while len(self._vectors) <= i:
             self._vectors.append(self._buffer(torch.float64))
-        flat, views = self._vectors[slot]
-        present = [i for i, g in enumerate(grads) if g is not None and g.numel()]
-        whole = len(present) == len(grads)
-        if not whole:
-            flat.zero_()
-        if not present:
-            return Chunk(flat, views, torch.zeros(len(self.params), dtype=torch.float64, device=self.device))
-        given = grads if whole else [grads[i] for i in present]
-        torch._foreach_copy_(views if whole else [views[i] for i in present], given)  # widened to float64
+        return self._vectors[i]
+
+    def release(self) -> None:
+        self._vectors, self._grads = [], None
+
+    def chunk(self, grads: list[torch.Tensor | None]) -> Chunk:
+        """One chunk's gradients (held as they are) and per tensor the largest |g| (NaN where a value is NaN)."""
+        max_abs = torch.zeros(len(self.params), dtype=torch.float64, device=self.device)
+        sized = [i for i, g in enumerate(grads) if g is not None and g.numel()]
+        if not sized:
+            return Chunk(grads, max_abs)
+        given = [grads[i] for i in sized]
         if self.size <= self.SMALL:
             maxima = torch.stack(torch._foreach_max(torch._foreach_abs(given))).double()
         else:
             low, high = zip(*(torch.aminmax(g) for g in given))
             maxima = torch.maximum(torch.stack(high), torch.stack(low).neg()).double()  # NaN propagates
-        if whole:
-            return Chunk(flat, views, maxima)
-        max_abs = torch.zeros(len(self.params), dtype=torch.float64, device=self.device)
-        max_abs[present] = maxima
-        return Chunk(flat, views, max_abs)
+        if len(sized) == len(grads):
+            return Chunk(grads, maxima)
+        max_abs[sized] = maxima
+        return Chunk(grads, max_abs)
 
     def local_max(self, chunks: list[Chunk]) -> torch.Tensor:
         """Per tensor, the largest magnitude over this rank's chunks (+inf where a value is not finite)."""
@@ -122,30 +122,44 @@ class ExactSum:
         max_abs = chunks[0].max_abs
         for chunk in chunks[1:]:
             max_abs = torch.maximum(max_abs, chunk.max_abs)  # NaN propagates...
-        return torch.nan_to_num(max_abs, nan=math.inf)  # ...and becomes +inf, which the MAX all-reduce keeps
+        # ...and becomes +inf, which the MAX all-reduce keeps (and +inf stays +inf: not float64's largest value)
+        return torch.nan_to_num(max_abs, nan=math.inf, posinf=math.inf)
 
     def offsets(self, max_abs: torch.Tensor) -> list[float]:
         """Per tensor, from the maxima over all ranks: the constant C = 1.5 * 2^(e + spare), max < 2^e, whose
         addition and subtraction round a float64 value onto the tensor's grid (0: an all-zero or non-finite
-        tensor, left as it is). One host read (the foreach kernels below take their constants as numbers)."""
+        tensor, left as it is, so a NaN or Inf reaches the non-finite checks). One host read (the foreach
+        kernels below take their constants as numbers)."""
         return [math.ldexp(1.5, math.frexp(m)[1] + self.spare) if 0 < m < math.inf else 0.0 for m in max_abs.tolist()]
 
+    def _widen(self, grads: list[torch.Tensor | None], flat: torch.Tensor, views: list[torch.Tensor]) -> None:
+        present = [i for i, g in enumerate(grads) if g is not None]
+        if len(present) == len(grads):
+            torch._foreach_copy_(views, grads)  # float32 to float64, fused
+            return
+        flat.zero_()
+        if present:
+            torch._foreach_copy_([views[i] for i in present], [grads[i] for i in present])
+
     def partial(self, chunks: list[Chunk], offsets: list[float]) -> torch.Tensor:
-        """This rank's chunks, each rounded onto the grids in place, summed into the first chunk's vector
-        (exact: see the module docstring)."""
-        total = None
-        for chunk in chunks:
-            torch._foreach_add_(chunk.views, offsets)  # x + C rounds x to the grid (round half to even)...
-            torch._foreach_sub_(chunk.views, offsets)  # ...and - C is exact
-            total = chunk.flat if total is None else total.add_(chunk.flat)
-        if total is None:
-            return torch.zeros(self.size, dtype=torch.float64, device=self.device)
+        """This rank's chunks, each widened to float64, rounded onto the grids, and summed (exact: see the
+        module docstring). The result is the sum's buffer."""
+        total, _ = self._vector(0)
+        if not chunks:
+            return total.zero_()
+        for i, chunk in enumerate(chunks):
+            flat, views = self._vector(min(i, 1))  # the first chunk in the sum's buffer, the others in a scratch
+            self._widen(chunk.grads, flat, views)
+            torch._foreach_add_(views, offsets)  # x + C rounds x to the grid (round half to even)...
+            torch._foreach_sub_(views, offsets)  # ...and - C is exact
+            if i:
+                total.add_(flat)
         return total
 
     def finish(self, total: torch.Tensor) -> list[torch.Tensor]:
-        """The sum as the parameters' gradients: views of one float32 buffer kept from step to step (the loop
-        sets the gradients to None between steps, so nothing else holds them), or a copy in the parameter's
-        own dtype where that is another float type."""
+        """The sum as the parameters' gradients: views of one float32 buffer kept from step to step, or a
+        copy in the parameter's own dtype where that is another float type. The loop sets the gradients to
+        None between steps; a callback that keeps a gradient past its step sees it overwritten by the next."""
         if self._grads is None:
             self._grads = self._buffer(torch.float32)
         flat, views = self._grads
@@ -376,6 +390,10 @@ class ExactStrategy(NativeStrategy):
         self.reduce = ExactSum([p for p in model.parameters() if p.requires_grad], self.chunking.chunks)
         return self._compiled(model), optimizer
 
+    def release(self) -> None:
+        if self.reduce is not None:
+            self.reduce.release()  # the sum's buffers: a model's size in float64, once or twice
+
     def gradients(self, model: nn.Module, batch: Any, objective: Any, global_step: int) -> Gradients:
         """Each of this rank's chunks alone: its generators seeded from (seed, step, chunk), its loss its
         share of the global batch's mean (the same on any world size); then the exact sum. Collective."""
@@ -399,11 +417,15 @@ class ExactStrategy(NativeStrategy):
                 # fp16: the same scale on every rank (its updates read the exact sum's overflow, the same
                 # everywhere); the unscale in the step multiplies by a power of two, exact.
                 (loss if self.scaler is None else self.scaler.scale(loss)).backward()
-                chunks.append(reduce.chunk([p.grad for p in params], len(chunks)))
+                chunks.append(reduce.chunk([p.grad for p in params]))
                 for p in params:
                     p.grad = None
                 records.append(record)
                 step_loss = loss.detach() if step_loss is None else step_loss + loss.detach()
+        if self.scaler is not None and not chunks:
+            # fp16, a rank without a chunk this step (an uneven last batch): the scaler makes its scale on
+            # its first scale() call, and the step's unscale needs it.
+            self.scaler.scale(torch.zeros((), device=reduce.device))
         if statistics is not None:
             statistics.finish()  # collective, like the sum below: every rank calls both every step
         for p, grad in zip(params, reduce(chunks)):
