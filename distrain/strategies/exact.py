@@ -262,9 +262,10 @@ class ExactChunks:
         self.chunks, self.rank, self.world_size = chunks, rank, world_size
         self.per_rank = chunks // world_size  # checked to divide (count_chunks)
 
-    def local_chunks(self, batch: Any) -> list[tuple[int, Any, Any]]:
+    def local_chunks(self, batch: Any, keep_empty: bool = False) -> list[tuple[int, Any, Any]]:
         """(global chunk index, inputs, targets) of this rank's chunks; empty chunks (uneven last batch)
-        left out. Each is a contiguous copy: the same memory layout as in a 1-process run."""
+        left out, or with `keep_empty` kept as zero-row tensors (a sharded model's forwards are collectives:
+        every rank runs as many). Each is a contiguous copy: the same memory layout as in a 1-process run."""
         if batch.lanes is not None:  # a stream's share: each lane's rows, contiguous, in lane order
             out, start = [], 0
             for lane, rows in batch.lanes:
@@ -276,7 +277,7 @@ class ExactChunks:
                 start += rows
             return out
         if self.per_rank == 1:  # the chunk is this rank's whole share: no copy
-            return [(self.rank, batch.inputs, batch.targets)] if num_samples(batch.targets) else []
+            return [(self.rank, batch.inputs, batch.targets)] if keep_empty or num_samples(batch.targets) else []
         out = []
         for local in range(self.per_rank):
 
@@ -284,7 +285,7 @@ class ExactChunks:
                 return t[start :: self.per_rank].contiguous()
 
             targets = tree_map(rows, batch.targets)
-            if num_samples(targets):
+            if keep_empty or num_samples(targets):
                 out.append((self.rank + local * self.world_size, tree_map(rows, batch.inputs), targets))
         return out
 
