@@ -3,17 +3,31 @@ sharded by FSDP2, bitwise as exact ddp.
 
 In one process: where each rank's rows of a whole gradient lie (against FSDP2's own sharding, as ranks of
 2, 3 and 4 on a fake process group), the step over a model sharded on a mesh of one against exact ddp's
-(BatchNorm, dropout, clipping, an uneven last batch with empty chunks), and the config's rules.
+(BatchNorm, dropout, clipping, an uneven last batch with empty chunks), and the config's rules. Then the
+real run: a dropout MLP sharded over 2 processes under torchrun against exact ddp in one process, and its
+sharded checkpoint resumed on 2 processes and in one.
 """
 
 from __future__ import annotations
 
 import copy
+import os
+import shutil
 
 import pytest
 import torch
 import torch.distributed as tdist
-from helpers.runs import XOR, assert_bitwise
+from helpers.runs import (
+    REPO,
+    XOR,
+    assert_bitwise,
+    clean_env,
+    newest_weights,
+    records,
+    run_cli,
+    run_torchrun,
+    weights_at,
+)
 from torch import nn
 
 from distrain.config.parse import load_config
@@ -45,7 +59,7 @@ def threads():
 @pytest.mark.parametrize("world", [2, 3, 4])
 def test_each_ranks_rows_of_the_whole_gradient_are_fsdp2s_shard(world):
     """FSDP2 shards each parameter on a fake process group as rank r of `world` (one process, no data
-    moves): shard_of cuts the same rows (dim 0 of 5, 1 and 8 rows: uneven, empty, even), as views."""
+    moves): shard_of cuts the same rows (dim 0 of 5, 1 and 8 rows: uneven, empty, even)."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
     from torch.testing._internal.distributed.fake_pg import FakeStore
@@ -62,8 +76,7 @@ def test_each_ranks_rows_of_the_whole_gradient_are_fsdp2s_shard(world):
                 assert grad.placements == param.placements and grad.shape == param.shape
                 assert torch.equal(grad.to_local(), param.to_local()), (name, rank)
                 start, rows = shard_rows(whole[name].shape[0], world, rank)
-                if rows:  # a view of the whole gradient: clipping the whole clips the shard
-                    assert grad.to_local().data_ptr() == whole[name][start].data_ptr()
+                assert torch.equal(grad.to_local(), whole[name][start : start + rows])
         finally:
             tdist.destroy_process_group()
 
@@ -144,3 +157,62 @@ def test_fsdp_in_exact_mode_is_its_own_strategy_and_refuses_what_the_world_size_
     with pytest.raises(ConfigError, match="replays one running-statistics update") as err:
         checkpointed.setup(nn.Sequential(nn.Linear(2, 4), nn.BatchNorm1d(4)))
     assert err.value.key == "fsdp.activation_checkpointing"
+
+
+# ------------------------------------------------------------------------------------ the real run
+
+ARGS = (
+    "model.name=helpers.dropout_probe:DropoutNet",  # Linear, tanh, dropout 0.5, Linear: seeded masks
+    "model.args={}",
+    "fsdp.units=[Linear]",  # two units and the root: gathered and freed in every chunk
+    "data.args.num_train=2443",  # the last batch of each epoch: 11 samples in 16 chunks, 6 and 5 a rank
+    "optim.name=sgd",
+    "optim.lr=0.1",
+    "optim.args={momentum: 0.9}",
+    "optim.clip_grad_norm=0.5",
+    "trainer.exact=true",
+    "trainer.epochs=2",
+    "checkpoint.every_epochs=1",
+    "checkpoint.keep_last=0",
+    "log.plots=false",
+)
+HALF = "step-00000020"  # 20 steps an epoch: the checkpoint of epoch 1
+
+
+def _figures(run_dir):
+    """Every metric figure of metrics.jsonl (not the timings), in order."""
+    timing = {"time_s", "train_time_s", "samples_per_s", "timestamp", "step_time_s"}
+    return [{k: v for k, v in r.items() if k not in timing} for r in records(run_dir)]
+
+
+@pytest.mark.slow
+def test_fsdp_on_2_processes_in_exact_mode_is_bitwise_exact_ddp_on_1_and_its_checkpoint_resumes(tmp_path):
+    """fsdp x2 (torchrun) against exact ddp in one process: the final weights, the epoch-1 checkpoint (a
+    sharded folder against a .pt) and every metrics.jsonl figure bitwise; then the sharded epoch-1
+    checkpoint resumed on 2 processes and in one ends bitwise as exact ddp too."""
+    env = clean_env(PYTHONPATH=os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]))
+    env["PROBE_DIR"] = str(tmp_path)  # where DropoutNet leaves its first masks
+    ddp = tmp_path / "ddp1"
+    one = run_cli("train", XOR, f"run.dir={ddp}", *ARGS, env=env)
+    assert one.returncode == 0, one.stderr[-3000:]
+    fsdp = tmp_path / "fsdp2"
+    two = run_torchrun(2, "train", XOR, f"run.dir={fsdp}", *ARGS, "strategy=fsdp", env=env)
+    assert two.returncode == 0, two.stderr[-3000:]
+    folder = fsdp / "checkpoints" / HALF  # sharded: each rank wrote its own shards
+    assert sorted(p.name for p in folder.iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp", "state.pt"]
+    assert_bitwise(newest_weights(ddp), newest_weights(fsdp))
+    assert_bitwise(weights_at(ddp / "checkpoints" / f"{HALF}.pt"), weights_at(folder))
+    assert len(records(ddp)) == 4 and _figures(fsdp) == _figures(ddp)  # train and test, 2 epochs
+    # The sharded epoch-1 checkpoint resumed on 2 processes (into the shards) and in one (a plain module):
+    # each ends epoch 2 as exact ddp did.
+    for nproc in (2, 1):
+        resumed = tmp_path / f"resumed{nproc}"
+        (resumed / "checkpoints").mkdir(parents=True)
+        for item in (fsdp / "checkpoints").glob(f"{HALF}*"):  # the folder and its manifest
+            (shutil.copytree if item.is_dir() else shutil.copy2)(item, resumed / "checkpoints" / item.name)
+        args = ("train", XOR, f"run.dir={resumed}", *ARGS, "strategy=fsdp")
+        again = run_torchrun(nproc, *args, env=env) if nproc > 1 else run_cli(*args, env=env)
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert f"resumed from {resumed / 'checkpoints' / HALF}" in again.stdout, again.stdout[-2000:]
+        assert_bitwise(newest_weights(ddp), newest_weights(resumed))
+        assert _figures(resumed) == _figures(ddp)[2:]  # epoch 2's

@@ -12,15 +12,16 @@ order the world size sets. Here that reduce-scatter is off, and exact mode's sum
   (unsharded) gradient is on the gathered parameters: it is taken off them before the next chunk;
 - ExactSum adds the chunks' whole gradients (grid, float64, two all-reduces): the same bits on every rank;
 - each sharded parameter's .grad becomes this rank's rows of that sum (a DTensor laid out as the
-  parameter), and the optimizer steps the shards. Clipping reads the whole sum, which every rank holds:
-  the same norm, bitwise, as exact ddp's (the shards' own norm would be a float all-reduce).
+  parameter), and the optimizer steps the shards. Clipping runs on the whole sum, which every rank holds:
+  the same norm, bitwise, as exact ddp's (the shards' own norm would be a float all-reduce), and the
+  shards are cut again from the clipped sum.
 
 The price, in memory: during a step each rank holds the whole gathered model, one whole float32 gradient
 per local chunk, and two float64 vectors of the whole gradient's size (ExactSum's). Between steps only
-the shards stay (parameters, gradients' views aside, and the optimizer state): sharding still divides the
-optimizer state and the checkpoints, not the step's peak. In communication: exact ddp's float64
-all-reduce of the whole gradient, and each unit gathered once per chunk's forward (twice when resharded
-after forward), against one reduce-scatter per unit for strategy fsdp.
+the shards stay (parameters, gradients, optimizer state): sharding still divides the optimizer state and
+the checkpoints, not the step's peak. In communication: exact ddp's float64 all-reduce of the whole
+gradient, and each unit gathered once per chunk's forward (twice when resharded after forward), against
+one reduce-scatter per unit and step for strategy fsdp.
 
 In one process without a process group there is nothing to shard over: the model stays a plain module
 and the step is exact mode's own (checkpoints are still the sharded kind, as strategy fsdp writes them).
@@ -55,8 +56,8 @@ def shard_rows(rows: int, world_size: int, rank: int) -> tuple[int, int]:
 
 def shard_of(whole: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
     """This rank's rows of `whole` (a parameter's whole gradient) as the sharded parameter's .grad: a
-    DTensor laid out as `param`, whose local tensor is a view of `whole` (clipping `whole` in place
-    clips it too). Raises if FSDP2's layout is not the one shard_rows knows."""
+    DTensor laid out as `param`, holding a copy of the rows (so the whole sum can be freed after the
+    step). Raises if FSDP2's layout is not the one shard_rows knows."""
     from torch.distributed.tensor import DTensor, Shard
 
     mesh, local = param.device_mesh, param.to_local()
@@ -66,7 +67,9 @@ def shard_of(whole: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
     view = whole.narrow(0, start, rows)
     if view.shape != local.shape:
         raise RuntimeError(f"exact fsdp: FSDP2 gave this rank {tuple(local.shape)}, not rows {start}:{start + rows}")
-    return DTensor.from_local(view, mesh, param.placements, run_check=False, shape=param.shape, stride=param.stride())
+    return DTensor.from_local(
+        view.clone(), mesh, param.placements, run_check=False, shape=param.shape, stride=param.stride()
+    )
 
 
 class ExactFSDPStrategy(ExactStrategy):
@@ -85,7 +88,7 @@ class ExactFSDPStrategy(ExactStrategy):
         self.fsdp_cfg = cfg.fsdp
         self.sharded = False
         self.names: list[str] = []  # the trainable parameters' names, the order of self.reduce.params
-        self.whole: list[torch.Tensor] = []  # the step's exact sum, whole; the shards' .grad are views of it
+        self.whole: list[torch.Tensor] = []  # the step's exact sum, whole, from gradients() to step()
 
     def setup(self, model: nn.Module) -> nn.Module:
         model = super().setup(model)  # several models and SyncBatchNorm refused; BatchNorm's replay built
@@ -170,9 +173,11 @@ class ExactFSDPStrategy(ExactStrategy):
             return super().step(optimizer, model, clip)
         if clip is not None and (clip.clip_grad_value is not None or clip.clip_grad_norm is not None):
             # Not on the shards: their total norm is a float all-reduce of per-rank norms, in an order the
-            # world size sets. Every rank holds the whole sum: torch's clipping on it gives exact ddp's
-            # norm and factor, bitwise, and scales the shards with it (views of the whole).
+            # world size sets. Every rank holds the whole sum: torch's own clipping of it gives exact
+            # ddp's norm and factor, bitwise; then each rank's rows of the clipped sum are its shards'.
             whole = [SimpleNamespace(grad=grad) for grad in self.whole]
             clip_gradients(SimpleNamespace(parameters=lambda: whole), clip)  # type: ignore[arg-type]
+            for param, grad in zip(self.reduce.params, self.whole):
+                param.grad = shard_of(grad, param)
         optimizer.step()
         self.whole = []
