@@ -189,3 +189,14 @@ def test_a_dtype_mismatch_names_both_dtypes():
     with pytest.raises(ConfigError) as info:
         probe_outputs(torch.nn.Linear(3, 1), torch.zeros(2, 5))  # same dtype, wrong size: the model's input size
     assert info.value.key == "model" and "input size" in str(info.value)
+
+
+def test_an_empty_share_has_no_per_sample_losses_and_still_backpropagates():
+    """The last global batch may leave a rank (or exact mode's fsdp chunk) no samples: its forward and
+    backward still run (a sharded model's are collectives), with a zero loss and zero gradients."""
+    objective, outputs, targets = binary_batch(0)
+    outputs.requires_grad_(True)
+    assert objective.losses(outputs, targets.double()).shape == (0,)
+    loss = objective.step_loss(outputs, targets.double(), world_size=2, global_size=45, average=False)
+    loss.backward()
+    assert loss.item() == 0.0 and outputs.grad.shape == (0, 1)

@@ -235,7 +235,8 @@ class TrainerConfig:
     number of chunks (data.global_batch_size / exact_chunk): each chunk's forward and backward runs alone,
     with randomness seeded by (seed, global step, chunk), and the chunks' gradients are summed
     on a grid (float64 sums that are exact), which no order or grouping changes. exact_threads intra-op threads.
-    strategy ddp, engine native; precision 32 or bf16; BatchNorm running statistics replayed in chunk order,
+    strategy ddp, or fsdp (sharded, the same bits as ddp; fsdp.param_dtype float32, no cpu_offload), engine
+    native; precision 32 or bf16; BatchNorm running statistics replayed in chunk order,
     augmentation in the data set seeded per sample (data.seed_samples). See the docs page
     "What is exact"."""
     steps_per_epoch: int | None = None
@@ -400,7 +401,8 @@ class Config:
     strategy: Literal["ddp", "fsdp", "exact", "diloco"] = "ddp"
     """ddp: every rank holds the whole model (DistributedDataParallel); fsdp: parameters, gradients and
     optimizer state sharded over the ranks (FSDP2), with sharded checkpoints (see the fsdp section); exact:
-    bitwise the same training on every world size (trainer.exact: true says the same; see trainer.exact);
+    bitwise the same training on every world size (trainer.exact: true says the same, and with fsdp shards
+    the model too; see trainer.exact);
     diloco: replicas that train apart and average every diloco.sync_every steps (for slow links)."""
     seed: int = 0
     """Seeds Python, NumPy and torch; also the data generation, the splits and the shuffling."""

@@ -82,7 +82,9 @@ class Objective:
         count = _count(targets, outputs)
         if value.dim() == 0:
             return value.reshape(()).expand(count)
-        return value.reshape(count, -1).mean(dim=1) if value.dim() > 1 else value
+        if value.dim() > 1:  # an empty share (or exact mode's empty chunk): no per-sample shape to infer
+            return value.reshape(count, -1).mean(dim=1) if count else value.reshape(0)
+        return value
 
     def forward_loss(
         self, model: nn.Module, inputs: Any, targets: Any, world_size: int, global_size: int, average: bool = True

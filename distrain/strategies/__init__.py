@@ -2,7 +2,7 @@
 everything that changes with that answer: wrapping or sharding, how a step's micro-batches (or chunks)
 become gradients and how they are exchanged, precision, the checkpoint format and its config rules.
 
-    strategy = build_strategy(cfg, ctx, lanes)   # ddp, fsdp, exact, or DDP run by HF Accelerate
+    strategy = build_strategy(cfg, ctx, lanes)   # ddp, fsdp (exact or not), exact, or DDP run by HF Accelerate
     model = strategy.setup(model)                # before the optimizer: fsdp shards the parameters in place
     train_model, optimizer = strategy.prepare(model, optimizer)
     grads = strategy.gradients(train_model, batch, objective, global_step)   # forward, backward, exchange
@@ -16,6 +16,7 @@ become gradients and how they are exchanged, precision, the checkpoint format an
 - ddp.py         DDPStrategy: torch's DistributedDataParallel, torch.autocast and GradScaler
 - fsdp.py        FSDPStrategy: FSDP2's fully_shard, sharded checkpoints
 - exact.py       ExactStrategy: strategy exact (trainer.exact), chunked steps and a fixed-point gradient sum
+- exact_fsdp.py  ExactFSDPStrategy: strategy fsdp with trainer.exact, exact.py's sum over a sharded model
 - diloco.py      DiLoCoStrategy: replicas that train apart and average every H steps (DiLoCo, local SGD)
 - comm.py        DDP's communication hooks (ddp.comm_hook: fp16, bf16, powersgd) and the comm figures
 - accelerate.py  AccelerateStrategy: DDP through HF Accelerate's Accelerator (engine=accelerate)
@@ -45,6 +46,10 @@ def build_strategy(cfg: Config, ctx: DistContext, lanes: int | None = None) -> S
         from distrain.strategies.accelerate import AccelerateStrategy  # imported only when asked for
 
         return AccelerateStrategy(cfg, ctx)
+    if cfg.strategy == "fsdp" and is_exact(cfg):  # trainer.exact: exact mode's sum over a sharded model
+        from distrain.strategies.exact_fsdp import ExactFSDPStrategy
+
+        return ExactFSDPStrategy(cfg, ctx)
     if cfg.strategy == "fsdp":
         from distrain.strategies.fsdp import FSDPStrategy
 

@@ -319,9 +319,10 @@ class ExactChunks:
         self.chunks, self.rank, self.world_size = chunks, rank, world_size
         self.per_rank = chunks // world_size  # checked to divide (count_chunks)
 
-    def local_chunks(self, batch: Any) -> list[tuple[int, Any, Any]]:
+    def local_chunks(self, batch: Any, keep_empty: bool = False) -> list[tuple[int, Any, Any]]:
         """(global chunk index, inputs, targets) of this rank's chunks; empty chunks (uneven last batch)
-        left out. Each is a contiguous copy: the same memory layout as in a 1-process run."""
+        left out, or with `keep_empty` kept as zero-row tensors (a sharded model's forwards are collectives:
+        every rank runs as many). Each is a contiguous copy: the same memory layout as in a 1-process run."""
         if batch.lanes is not None:  # a stream's share: each lane's rows, contiguous, in lane order
             out, start = [], 0
             for lane, rows in batch.lanes:
@@ -333,7 +334,7 @@ class ExactChunks:
                 start += rows
             return out
         if self.per_rank == 1:  # the chunk is this rank's whole share: no copy
-            return [(self.rank, batch.inputs, batch.targets)] if num_samples(batch.targets) else []
+            return [(self.rank, batch.inputs, batch.targets)] if keep_empty or num_samples(batch.targets) else []
         out = []
         for local in range(self.per_rank):
 
@@ -341,7 +342,7 @@ class ExactChunks:
                 return t[start :: self.per_rank].contiguous()
 
             targets = tree_map(rows, batch.targets)
-            if num_samples(targets):
+            if keep_empty or num_samples(targets):
                 out.append((self.rank + local * self.world_size, tree_map(rows, batch.inputs), targets))
         return out
 
@@ -394,10 +395,21 @@ class ExactStrategy(NativeStrategy):
         if self.reduce is not None:
             self.reduce.release()  # the sum's buffers: a model's size in float64, once or twice
 
+    def chunk_loss(
+        self, objective: Any, model: nn.Module, inputs: Any, targets: Any, global_size: int
+    ) -> tuple[torch.Tensor, Any]:
+        """(one chunk's loss, what the meter records). As if each of the K chunks were a rank of its own: a
+        full chunk's loss is its mean (the loss's own fused kernel), any other its sum over the global batch
+        size x K; / K then makes the chunks add up to the global mean. Which applies depends on the chunk's
+        size only, the same on every world size."""
+        parts = self.chunking.chunks
+        loss, record = objective.forward_loss(model, inputs, targets, parts, global_size)
+        return (loss / parts if parts > 1 else loss), record
+
     def gradients(self, model: nn.Module, batch: Any, objective: Any, global_step: int) -> Gradients:
         """Each of this rank's chunks alone: its generators seeded from (seed, step, chunk), its loss its
         share of the global batch's mean (the same on any world size); then the exact sum. Collective."""
-        reduce, parts = self.reduce, self.chunking.chunks
+        reduce = self.reduce
         params = reduce.params
         chunks, records, step_loss = [], [], None
         statistics = self.statistics
@@ -407,13 +419,7 @@ class ExactStrategy(NativeStrategy):
                 if statistics is not None:
                     statistics.chunk(index)
                 with self.precision.autocast():
-                    # As if each of the K chunks were a rank of its own: a full chunk's loss is its mean (the
-                    # loss's own fused kernel), any other the sum over the global batch size x K; / K then
-                    # makes the chunks add up to the global mean. Which applies depends on the chunk's size
-                    # only, the same on every world size.
-                    loss, record = objective.forward_loss(model, inputs, targets, parts, batch.global_size)
-                    if parts > 1:
-                        loss = loss / parts
+                    loss, record = self.chunk_loss(objective, model, inputs, targets, batch.global_size)
                 # fp16: the same scale on every rank (its updates read the exact sum's overflow, the same
                 # everywhere); the unscale in the step multiplies by a power of two, exact.
                 (loss if self.scaler is None else self.scaler.scale(loss)).backward()

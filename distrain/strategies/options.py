@@ -196,15 +196,25 @@ def _check_exact(cfg: Any) -> None:
         f"set engine=native, or {way_out}",
     )
     check(
-        cfg.strategy in ("ddp", "exact"),
+        cfg.strategy in ("ddp", "exact", "fsdp"),
         "trainer.exact",
-        f"is not available with strategy={cfg.strategy}"
-        + (
-            " yet (its reduce-scatter sums in float, in an order that depends on the world size)"
-            if cfg.strategy == "fsdp"
-            else " (its replicas train apart: exact mode is one exact sum every step)"
-        ),
-        f"use strategy=ddp, or {way_out}",
+        f"is not available with strategy={cfg.strategy} (its replicas train apart: exact mode is one exact "
+        "sum every step)",
+        f"use strategy=ddp or fsdp, or {way_out}",
     )
+    if cfg.strategy == "fsdp":  # strategies/exact_fsdp.py: exact mode's sum in place of the reduce-scatter
+        check(
+            cfg.fsdp.param_dtype == "float32",
+            "fsdp.param_dtype",
+            f"is {cfg.fsdp.param_dtype} in exact mode: a process without a group trains the whole model in "
+            "float32, so the world size would change the arithmetic",
+            f"set fsdp.param_dtype=float32 (trainer.precision=bf16 is exact on any world size), or {way_out}",
+        )
+        check(
+            not cfg.fsdp.cpu_offload,
+            "fsdp.cpu_offload",
+            "is not available in exact mode: the exact sum holds the whole gradients on the device anyway",
+            f"set fsdp.cpu_offload=false, or {way_out}",
+        )
     # (That exact_chunk divides the global batch is checked with the world size, by strategies/exact.py's
     # count_chunks: a sharded stream's chunks are its lanes, and its exact_chunk is not used.)
