@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,12 +34,6 @@ OFF = ["trainer.hang_timeout=0", "trainer.straggler_ratio=0"]
 WORKLOADS = {"xor": ["trainer.epochs=8"], "cnn": ["trainer.epochs=8"]}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run(workload: str, code: Path, overrides: list[str], nproc: int) -> list[float]:
     """One torchrun training; its loop's samples per second in each epoch (train samples over its time)."""
     with tempfile.TemporaryDirectory(prefix="distrain-watchdog-") as folder:
@@ -48,10 +41,8 @@ def run(workload: str, code: Path, overrides: list[str], nproc: int) -> list[flo
         env.update(OMP_NUM_THREADS="1", WANDB_MODE="disabled", PYTHONPATH=str(code))
         cmd = [
             TORCHRUN,
-            "--nnodes=1",
+            "--standalone",  # torchrun picks a free port (as bench/sharding.py)
             f"--nproc_per_node={nproc}",
-            "--rdzv_backend=c10d",
-            f"--rdzv_endpoint=127.0.0.1:{free_port()}",
             "-m",
             "distrain",
             "train",
