@@ -17,7 +17,7 @@ order the world size sets. Here that reduce-scatter is off, and exact mode's sum
   shards are cut again from the clipped sum.
 
 The price, in memory: during a step each rank holds the whole gathered model, one whole float32 gradient
-per local chunk, and two float64 vectors of the whole gradient's size (ExactSum's). Between steps only
+per local chunk, and one or two float64 vectors of the whole gradient's size (ExactSum's). Between steps only
 the shards stay (parameters, gradients, optimizer state): sharding still divides the optimizer state and
 the checkpoints, not the step's peak. In communication: exact ddp's float64 all-reduce of the whole
 gradient, and each unit gathered once per chunk's forward (twice when resharded after forward), against
