@@ -7,6 +7,7 @@ dropout on 1, 2, 3 and 4 processes and a resume from 2 onto 3; XOR with accumula
 
 from __future__ import annotations
 
+import math
 import os
 import random
 
@@ -31,31 +32,37 @@ from distrain.config.parse import load_config
 from distrain.data import Batch
 from distrain.data.sampling import GlobalBatchSampler
 from distrain.errors import ConfigError
-from distrain.strategies.exact import ExactChunks, ExactSum, chunk_seed, count_chunks, running_statistics
+from distrain.strategies.exact import ExactChunks, chunk_seed, count_chunks, running_statistics
+from distrain.strategies.exact_sum import ExactSum, SmallExactSum
 
 # ------------------------------------------------------------------------------------ the exact sum
 
 
+LAYOUTS = [ExactSum, SmallExactSum]  # tensor by tensor (torch), one vector a chunk (numpy): the same bits
+
+
 def _sum_as_ranks(reduce: ExactSum, groups: list[list[torch.Tensor]]) -> torch.Tensor:
     """ExactSum's phases with the two all-reduces done by hand: the chunks split into `groups` (ranks: each
-    its own ExactSum, like `reduce`), the maxima and the partial sums combined in the order of `groups`."""
-    ranks = [ExactSum(reduce.params, reduce.chunks) for _ in groups]
-    chunks = [[rank.chunk([g]) for g in group] for rank, group in zip(ranks, groups)]
+    its own sum of `reduce`'s layout), the maxima and the partial sums combined in the order of `groups`."""
+    ranks = [type(reduce)(reduce.params, reduce.chunks) for _ in groups]
+    chunks = [[rank.chunk([g.clone()]) for g in group] for rank, group in zip(ranks, groups)]  # rounded in place
     max_abs = torch.stack([rank.local_max(group) for rank, group in zip(ranks, chunks)]).amax(dim=0)
-    offsets = reduce.offsets(max_abs)
+    grids = reduce.grids(max_abs.tolist())
     total = torch.zeros(sum(reduce.numels), dtype=torch.float64)
     for rank, group in zip(ranks, chunks):
-        total += rank.partial(group, offsets)
-    return reduce.finish(total)[0].clone()  # finish's buffer is reused by the next call
+        rank.round(group, grids)
+        total += rank.partial(group)
+    return reduce.finish(total, grids)[0].clone()  # finish's buffer is reused by the next call
 
 
-def test_the_fixed_point_sum_is_the_same_in_50_orders_and_groupings():
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_the_fixed_point_sum_is_the_same_in_50_orders_and_groupings(layout):
     gen = torch.Generator().manual_seed(0)
     # 12 chunk gradients of one tensor, over 7 orders of magnitude (as real gradients are)
     grads = [
         torch.randn(1000, generator=gen) * 10 ** torch.randint(-4, 3, (1,), generator=gen).item() for _ in range(12)
     ]
-    reduce = ExactSum([nn.Parameter(torch.zeros(1000))], chunks=12)
+    reduce = layout([nn.Parameter(torch.zeros(1000))], chunks=12)
     rng = random.Random(1)
     results, float_sums = set(), set()
     for _ in range(50):
@@ -74,20 +81,55 @@ def test_the_fixed_point_sum_is_the_same_in_50_orders_and_groupings():
     assert (_sum_as_ranks(reduce, [grads]).double() - exact).abs().max() <= exact.abs().max() * 2**-23
 
 
-def test_exact_sum_in_one_process_keeps_nan_inf_and_zero_gradients():
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_exact_sum_in_one_process_keeps_nan_inf_and_zero_gradients(layout):
     params = [nn.Parameter(torch.zeros(3)), nn.Parameter(torch.zeros(2)), nn.Parameter(torch.zeros(2))]
     params.append(nn.Parameter(torch.zeros(2)))
     chunk_grads = [
         [torch.tensor([1.0, 2.0, 3.0]), None, torch.tensor([float("nan"), 0.0]), torch.tensor([1.0, float("inf")])],
         [torch.tensor([0.5, 0.25, -3.0]), None, torch.tensor([1.0, 1.0]), torch.tensor([2.0, 1.0])],
     ]
-    reduce = ExactSum(params, chunks=2)
+    reduce = layout(params, chunks=2)
     summed = reduce([reduce.chunk(grads) for grads in chunk_grads])
     assert torch.equal(summed[0], torch.tensor([1.5, 2.25, 0.0]))
     assert torch.equal(summed[1], torch.zeros(2))
     assert summed[2].isnan().any()  # the non-finite guard sees it
     # an Inf alone (an fp16 overflow): kept, for the guard and the gradient scaler's skip
     assert summed[3][1] == float("inf") and summed[3][0] == 3.0
+
+
+@pytest.mark.parametrize("chunks", [1, 2, 5])
+@pytest.mark.parametrize("scale", [1e-44, 1e-38, 1e-20, 1.0, 1e30, 3e37])
+def test_both_layouts_give_the_rounded_sum_computed_in_float64_bit_for_bit(scale, chunks):
+    """Gradients from float32's subnormals (grid steps down to 2^-200, beyond float32's powers of two) to
+    near its largest values, over 6 orders of magnitude within each tensor, one tensor missing in one
+    chunk, one of size zero: both layouts (and the one-chunk route, which skips float64) give, bit for bit
+    (the sign of zero too), round(g / 2^x) summed and times 2^x computed here in float64."""
+    gen = torch.Generator().manual_seed(chunks)
+    shapes = [(7, 3), (3,), (0,), (1,), (50, 2)]
+    params = [nn.Parameter(torch.zeros(shape)) for shape in shapes]
+    chunk_grads: list[list[torch.Tensor | None]] = [
+        [torch.randn(s, generator=gen) * scale * 10 ** torch.randint(-6, 1, s, generator=gen).float() for s in shapes]
+        for _ in range(chunks)
+    ]
+    if chunks > 1:
+        chunk_grads[1][3] = None
+    results = []
+    for layout in LAYOUTS:
+        reduce = layout(params, chunks)
+        held = [reduce.chunk([None if g is None else g.clone() for g in grads]) for grads in chunk_grads]
+        results.append([t.clone() for t in reduce(held)])
+    spare = math.ceil(math.log2(chunks)) + 1
+    for i in range(len(shapes)):
+        given = [grads[i].double() for grads in chunk_grads if grads[i] is not None]
+        top = max(g.abs().max().item() if g.numel() else 0.0 for g in given)
+        x = math.frexp(top)[1] - 52 + spare if top > 0 else 0
+        counts = sum((torch.round(g * 2.0**-x) for g in given), torch.zeros(shapes[i], dtype=torch.float64))
+        expected = (counts * 2.0**x).float()
+        if chunks == 1:  # the one-chunk route keeps round()'s sign of zero; from float64, +0
+            expected = torch.where(expected == 0, torch.round(given[0] * 2.0**-x).float(), expected)
+        for result in results:
+            assert result[i].view(torch.int32).tolist() == expected.view(torch.int32).tolist()
 
 
 # ------------------------------------------------------------------------------------ the chunks

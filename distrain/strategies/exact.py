@@ -3,20 +3,9 @@ gradient sum no world size changes.
 
 Float addition is not associative: DDP's all-reduce adds per-rank partial sums in an order set by the
 world size (and by the ring), so 1 and N processes end with weights a few ulps apart that training
-magnifies. Here every chunk's gradient is first rounded onto a grid every rank agrees on, fine enough to
-lose nothing float32 can see and coarse enough that every sum of up to `chunks` such values is exact in
-float64; then additions in any order and grouping give the same bits:
-
-    E_i   = exponent of max |g| of tensor i over all chunks (max < 2^E_i; one MAX all-reduce, one float
-            per tensor)
-    grid  = 2^(E_i - 52 + ceil(log2(chunks)) + 1)      (~2^-47 of the largest value for 12 chunks)
-    q     = g rounded to the grid: (g + C) - C in float64, C = 1.5 * 2^(52 + log2(grid))
-    Q     = sum of q over this rank's chunks, then an all-reduce SUM in float64: exact, as every partial
-            sum is a multiple of the grid below 2^53 grid steps
-    g     = float32(Q)                                 the same conversion on every rank
-
-The grid depends only on the global maximum and the number of chunks, never on which rank holds which
-chunk, so every world size gets the same bits.
+magnifies. Here the chunks' gradients are summed by strategies/exact_sum.py: each rounded onto a grid
+every rank agrees on (from the global maximum of each tensor and the chunk count only), fine enough to
+lose nothing float32 can see and coarse enough that the sum is exact in float64 in any order and grouping.
 
 The model is not wrapped (DDP would all-reduce in float32 inside backward): rank 0's weights are
 broadcast once, and from then on every rank takes the same optimizer step on the same gradients.
@@ -32,8 +21,8 @@ chunk, and what randomness it sees, must not depend on the world size:
 - each chunk runs forward and backward alone, with the same shapes wherever it runs, and its loss is its
   share of the global batch's mean (a full chunk's mean / K; a short chunk's sum / the global batch size,
   as the uneven last batch has): the chunks' gradients add up to the gradient of the global mean;
-- the gradients are summed by `strategies.exact.ExactSum` (rounded onto a shared grid, then float64 sums
-  that are exact in any order).
+- the gradients are summed by `strategies.exact_sum` (rounded onto a shared grid, then float64 sums that
+  are exact in any order).
 The uneven last batch is cut the same way (some chunks one sample shorter, or empty). Accumulation
 changes nothing here: a chunk already is the unit of memory (trainer.accumulate_steps is ignored).
 """
@@ -41,8 +30,7 @@ changes nothing here: a chunk already is the unit of memory (trainer.accumulate_
 from __future__ import annotations
 
 import contextlib
-import math
-from typing import Any, Iterator, NamedTuple
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -53,126 +41,8 @@ from distrain.launch import dist
 from distrain.launch.dist import DistContext
 from distrain.seeding import mix_seed
 from distrain.strategies.base import Gradients, refuse_several
+from distrain.strategies.exact_sum import ExactSum, exact_sum
 from distrain.strategies.native import NativeStrategy
-
-
-class Chunk(NamedTuple):
-    """One chunk's gradients as its backward left them (None: no gradient, zeros), and per tensor their
-    largest magnitude."""
-
-    grads: list[torch.Tensor | None]
-    max_abs: torch.Tensor
-
-
-class ExactSum:
-    """The order-free sum of chunk gradients for one model's parameters (their layout computed once).
-
-    Per chunk, right after its backward (`chunk`): the per-tensor maxima of its gradients. Per step: one
-    host read of one float per tensor (the grid constants); per chunk, a widening copy into a float64
-    vector and two fused passes rounding it onto the grids (summed into the first chunk's vector); one
-    conversion back to float32. The float64 vectors (one, and a second from two chunks a rank on) and the
-    float32 gradients are buffers kept from step to step, 8 or 16 + 4 bytes a parameter: a fresh buffer of
-    a large model's size costs more in page faults than the passes themselves (ResNet-18 here: ~25 ms
-    against ~5 ms a pass). `release` frees them."""
-
-    SMALL = 1 << 20  # parameters up to which a temporary |g| (one fused kernel) beats a min/max per tensor
-
-    def __init__(self, params: list[nn.Parameter], chunks: int):
-        self.params, self.chunks = params, chunks
-        self.spare = math.ceil(math.log2(max(chunks, 1))) + 1  # bits of room for a sum of `chunks` terms
-        self.numels = [p.numel() for p in params]
-        self.size = sum(self.numels)
-        self.device = params[0].device if params else torch.device("cpu")
-        self._vectors: list[tuple[torch.Tensor, list[torch.Tensor]]] = []  # the sum's, a scratch: float64
-        self._grads: tuple[torch.Tensor, list[torch.Tensor]] | None = None  # the result's float32 buffer
-
-    def _buffer(self, dtype: torch.dtype) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        flat = torch.empty(self.size, dtype=dtype, device=self.device)
-        return flat, [t.view(p.shape) for t, p in zip(flat.split(self.numels), self.params)]
-
-    def _vector(self, i: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        while len(self._vectors) <= i:
-            self._vectors.append(self._buffer(torch.float64))
-        return self._vectors[i]
-
-    def release(self) -> None:
-        self._vectors, self._grads = [], None
-
-    def chunk(self, grads: list[torch.Tensor | None]) -> Chunk:
-        """One chunk's gradients (held as they are) and per tensor the largest |g| (NaN where a value is NaN)."""
-        max_abs = torch.zeros(len(self.params), dtype=torch.float64, device=self.device)
-        sized = [i for i, g in enumerate(grads) if g is not None and g.numel()]
-        if not sized:
-            return Chunk(grads, max_abs)
-        given = [grads[i] for i in sized]
-        if self.size <= self.SMALL:
-            maxima = torch.stack(torch._foreach_max(torch._foreach_abs(given))).double()
-        else:
-            low, high = zip(*(torch.aminmax(g) for g in given))
-            maxima = torch.maximum(torch.stack(high), torch.stack(low).neg()).double()  # NaN propagates
-        if len(sized) == len(grads):
-            return Chunk(grads, maxima)
-        max_abs[sized] = maxima
-        return Chunk(grads, max_abs)
-
-    def local_max(self, chunks: list[Chunk]) -> torch.Tensor:
-        """Per tensor, the largest magnitude over this rank's chunks (+inf where a value is not finite)."""
-        if not chunks:
-            return torch.zeros(len(self.params), dtype=torch.float64, device=self.device)
-        max_abs = chunks[0].max_abs
-        for chunk in chunks[1:]:
-            max_abs = torch.maximum(max_abs, chunk.max_abs)  # NaN propagates...
-        # ...and becomes +inf, which the MAX all-reduce keeps (and +inf stays +inf: not float64's largest value)
-        return torch.nan_to_num(max_abs, nan=math.inf, posinf=math.inf)
-
-    def offsets(self, max_abs: torch.Tensor) -> list[float]:
-        """Per tensor, from the maxima over all ranks: the constant C = 1.5 * 2^(e + spare), max < 2^e, whose
-        addition and subtraction round a float64 value onto the tensor's grid (0: an all-zero or non-finite
-        tensor, left as it is, so a NaN or Inf reaches the non-finite checks). One host read (the foreach
-        kernels below take their constants as numbers)."""
-        return [math.ldexp(1.5, math.frexp(m)[1] + self.spare) if 0 < m < math.inf else 0.0 for m in max_abs.tolist()]
-
-    def _widen(self, grads: list[torch.Tensor | None], flat: torch.Tensor, views: list[torch.Tensor]) -> None:
-        present = [i for i, g in enumerate(grads) if g is not None]
-        if len(present) == len(grads):
-            torch._foreach_copy_(views, grads)  # float32 to float64, fused
-            return
-        flat.zero_()
-        if present:
-            torch._foreach_copy_([views[i] for i in present], [grads[i] for i in present])
-
-    def partial(self, chunks: list[Chunk], offsets: list[float]) -> torch.Tensor:
-        """This rank's chunks, each widened to float64, rounded onto the grids, and summed (exact: see the
-        module docstring). The result is the sum's buffer."""
-        total, _ = self._vector(0)
-        if not chunks:
-            return total.zero_()
-        for i, chunk in enumerate(chunks):
-            flat, views = self._vector(min(i, 1))  # the first chunk in the sum's buffer, the others in a scratch
-            self._widen(chunk.grads, flat, views)
-            torch._foreach_add_(views, offsets)  # x + C rounds x to the grid (round half to even)...
-            torch._foreach_sub_(views, offsets)  # ...and - C is exact
-            if i:
-                total.add_(flat)
-        return total
-
-    def finish(self, total: torch.Tensor) -> list[torch.Tensor]:
-        """The sum as the parameters' gradients: views of one float32 buffer kept from step to step, or a
-        copy in the parameter's own dtype where that is another float type. The loop sets the gradients to
-        None between steps; a callback that keeps a gradient past its step sees it overwritten by the next."""
-        if self._grads is None:
-            self._grads = self._buffer(torch.float32)
-        flat, views = self._grads
-        flat.copy_(total)
-        return [
-            g.to(p.dtype) if p.dtype.is_floating_point and p.dtype != g.dtype else g for g, p in zip(views, self.params)
-        ]
-
-    def __call__(self, chunks: list[Chunk]) -> list[torch.Tensor]:
-        """The sum of this rank's chunks (each from `chunk`) and all ranks', bitwise the same however the
-        chunks are split over ranks and in whatever order the ranks add up. Collective: two all-reduces."""
-        offsets = self.offsets(dist.all_reduce_max(self.local_max(chunks)))
-        return self.finish(dist.all_reduce_sum(self.partial(chunks, offsets)))
 
 
 def chunk_seed(seed: int, global_step: int, chunk: int) -> int:
@@ -388,7 +258,7 @@ class ExactStrategy(NativeStrategy):
         # constructor does for us otherwise: every rank starts from rank 0's weights and buffers.
         for tensor in [*model.parameters(), *model.buffers()]:
             dist.broadcast_tensor(tensor.data)
-        self.reduce = ExactSum([p for p in model.parameters() if p.requires_grad], self.chunking.chunks)
+        self.reduce = exact_sum([p for p in model.parameters() if p.requires_grad], self.chunking.chunks)
         return self._compiled(model), optimizer
 
     def release(self) -> None:

@@ -10,16 +10,16 @@ order the world size sets. Here that reduce-scatter is off, and exact mode's sum
 - each of this rank's chunks runs alone (strategies/exact.py: fixed chunks, seeded generators), with
   FSDP's gradient sync off and the units left gathered after backward, so that the chunk's whole
   (unsharded) gradient is on the gathered parameters: it is taken off them before the next chunk;
-- ExactSum adds the chunks' whole gradients (grid, float64, two all-reduces): the same bits on every rank;
+- exact_sum adds the chunks' whole gradients (grid, float64, two all-reduces): the same bits on every rank;
 - each sharded parameter's .grad becomes this rank's rows of that sum (a DTensor laid out as the
   parameter), and the optimizer steps the shards. Clipping runs on the whole sum, which every rank holds:
   the same norm, bitwise, as exact ddp's (the shards' own norm would be a float all-reduce), and the
   shards are cut again from the clipped sum.
 
 The price, in memory: during a step each rank holds the whole gathered model, one whole float32 gradient
-per local chunk, and one or two float64 vectors of the whole gradient's size (ExactSum's). Between steps only
-the shards stay (parameters, gradients, optimizer state): sharding still divides the optimizer state and
-the checkpoints, not the step's peak. In communication: exact ddp's float64 all-reduce of the whole
+per local chunk, and a float64 vector and a float32 result of the whole gradient's size (exact_sum's).
+Between steps only the shards stay (parameters, gradients, optimizer state): sharding still divides the
+optimizer state and the checkpoints, not the step's peak. In communication: exact ddp's float64 all-reduce of the whole
 gradient, and each unit gathered once per chunk's forward (twice when resharded after forward), against
 one reduce-scatter per unit and step for strategy fsdp.
 
@@ -41,7 +41,8 @@ from distrain.errors import ConfigError
 from distrain.launch import dist
 from distrain.launch.dist import DistContext
 from distrain.strategies.base import Gradients
-from distrain.strategies.exact import ExactStrategy, ExactSum, chunk_seed, seed_generators
+from distrain.strategies.exact import ExactStrategy, chunk_seed, seed_generators
+from distrain.strategies.exact_sum import exact_sum
 from distrain.strategies.fsdp import is_sharded, shard_model
 from distrain.strategies.native import clip_gradients
 
@@ -117,7 +118,7 @@ class ExactFSDPStrategy(ExactStrategy):
         model.set_reshard_after_backward(False)
         trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
         self.names = [name for name, _ in trainable]
-        self.reduce = ExactSum([p for _, p in trainable], self.chunking.chunks)  # shapes: the whole ones
+        self.reduce = exact_sum([p for _, p in trainable], self.chunking.chunks)  # shapes: the whole ones
         return model, optimizer
 
     def gradients(self, model: nn.Module, batch: Any, objective: Any, global_step: int) -> Gradients:
