@@ -216,3 +216,17 @@ def test_fsdp_on_2_processes_in_exact_mode_is_bitwise_exact_ddp_on_1_and_its_che
         assert f"resumed from {resumed / 'checkpoints' / HALF}" in again.stdout, again.stdout[-2000:]
         assert_bitwise(newest_weights(ddp), newest_weights(resumed))
         assert _figures(resumed) == _figures(ddp)[2:]  # epoch 2's
+
+
+@pytest.mark.slow
+def test_the_shipped_example_trains_bitwise_alike_in_one_process_and_sharded_on_2(tmp_path):
+    """examples/exact_fsdp.yaml as shipped (wine, an MLP, AdamW with clipping): in one process (a plain
+    module) and sharded on 2 processes (torchrun), the same final weights and every metrics.jsonl figure."""
+    example = str(REPO / "examples" / "exact_fsdp.yaml")
+    one = run_cli("train", example, f"run.dir={tmp_path / 'one'}", env=clean_env())
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = run_torchrun(2, "train", example, f"run.dir={tmp_path / 'two'}", env=clean_env())
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert (tmp_path / "two" / "checkpoints" / "step-00000090").is_dir()  # sharded: a folder
+    assert_bitwise(newest_weights(tmp_path / "one"), newest_weights(tmp_path / "two"))
+    assert len(records(tmp_path / "one")) == 20 and _figures(tmp_path / "two") == _figures(tmp_path / "one")

@@ -41,7 +41,7 @@ from distrain.launch import dist
 from distrain.launch.dist import DistContext
 from distrain.seeding import mix_seed
 from distrain.strategies.base import Gradients, refuse_several
-from distrain.strategies.exact_sum import ExactSum, exact_sum
+from distrain.strategies.exact_sum import Chunk, ExactSum, exact_sum
 from distrain.strategies.native import NativeStrategy
 
 
@@ -277,35 +277,52 @@ class ExactStrategy(NativeStrategy):
         return (loss / parts if parts > 1 else loss), record
 
     def gradients(self, model: nn.Module, batch: Any, objective: Any, global_step: int) -> Gradients:
-        """Each of this rank's chunks alone: its generators seeded from (seed, step, chunk), its loss its
-        share of the global batch's mean (the same on any world size); then the exact sum. Collective."""
-        reduce = self.reduce
-        params = reduce.params
+        """Each of this rank's chunks alone (run_chunks), then the exact sum as the gradients. Collective."""
+        chunks, records, step_loss = self.run_chunks(model, batch, objective, global_step)
+        if self.scaler is not None and not chunks:
+            # fp16, a rank without a chunk this step (an uneven last batch): the scaler makes its scale on
+            # its first scale() call, and the step's unscale needs it.
+            self.scaler.scale(torch.zeros((), device=self.reduce.device))
+        if self.statistics is not None:
+            self.statistics.finish()  # collective, like the sum below: every rank calls both every step
+        for p, grad in zip(self.reduce.params, self.reduce(chunks)):
+            p.grad = grad
+        return Gradients(step_loss, records, ranks_average=False)
+
+    def run_chunks(
+        self, model: nn.Module, batch: Any, objective: Any, global_step: int, keep_empty: bool = False
+    ) -> tuple[list[Chunk], list[Any], torch.Tensor]:
+        """(held chunk gradients, meter records, the rank's loss) of this rank's chunks of the step, each
+        run alone: its generators seeded from (seed, step, chunk), its loss its share of the global
+        batch's mean (the same on any world size), its gradients taken off the model (`take_gradients`)
+        before the next. With `keep_empty`, empty chunks run too (a sharded model's forwards are
+        collectives), their gradients discarded."""
+        reduce, statistics = self.reduce, self.statistics
         chunks, records, step_loss = [], [], None
-        statistics = self.statistics
         with statistics.capturing() if statistics is not None else contextlib.nullcontext():
-            for index, inputs, targets in self.chunking.local_chunks(batch):
+            for index, inputs, targets in self.chunking.local_chunks(batch, keep_empty=keep_empty):
+                present = not keep_empty or num_samples(targets) > 0
                 seed_generators(chunk_seed(self.seed, global_step, index), reduce.device)
                 if statistics is not None:
-                    statistics.chunk(index)
+                    statistics.chunk(index if present else None)  # an empty chunk records nothing
                 with self.precision.autocast():
                     loss, record = self.chunk_loss(objective, model, inputs, targets, batch.global_size)
                 # fp16: the same scale on every rank (its updates read the exact sum's overflow, the same
                 # everywhere); the unscale in the step multiplies by a power of two, exact.
                 (loss if self.scaler is None else self.scaler.scale(loss)).backward()
-                chunks.append(reduce.chunk([p.grad for p in params]))
-                for p in params:
-                    p.grad = None
-                records.append(record)
-                step_loss = loss.detach() if step_loss is None else step_loss + loss.detach()
-        if self.scaler is not None and not chunks:
-            # fp16, a rank without a chunk this step (an uneven last batch): the scaler makes its scale on
-            # its first scale() call, and the step's unscale needs it.
-            self.scaler.scale(torch.zeros((), device=reduce.device))
-        if statistics is not None:
-            statistics.finish()  # collective, like the sum below: every rank calls both every step
-        for p, grad in zip(params, reduce(chunks)):
-            p.grad = grad
+                grads = self.take_gradients(model)
+                if present:
+                    chunks.append(reduce.chunk(grads))
+                    records.append(record)
+                    step_loss = loss.detach() if step_loss is None else step_loss + loss.detach()
         if step_loss is None:  # no chunk on this rank (an uneven last batch)
             step_loss = torch.zeros((), device=reduce.device)
-        return Gradients(step_loss, records, ranks_average=False)
+        return chunks, records, step_loss
+
+    def take_gradients(self, model: nn.Module) -> list[torch.Tensor | None]:
+        """One chunk's gradients, taken off the parameters (left without one, for the next chunk)."""
+        params = self.reduce.params
+        grads = [p.grad for p in params]
+        for p in params:
+            p.grad = None
+        return grads

@@ -29,19 +29,17 @@ and the step is exact mode's own (checkpoints are still the sharded kind, as str
 
 from __future__ import annotations
 
-import contextlib
 from types import SimpleNamespace
 from typing import Any
 
 import torch
 from torch import nn
 
-from distrain.data.structures import num_samples
 from distrain.errors import ConfigError
 from distrain.launch import dist
 from distrain.launch.dist import DistContext
 from distrain.strategies.base import Gradients
-from distrain.strategies.exact import ExactStrategy, chunk_seed, seed_generators
+from distrain.strategies.exact import ExactStrategy
 from distrain.strategies.exact_sum import exact_sum
 from distrain.strategies.fsdp import is_sharded, shard_model
 from distrain.strategies.native import clip_gradients
@@ -126,39 +124,26 @@ class ExactFSDPStrategy(ExactStrategy):
         then the exact sum, whole on every rank, and each parameter's shard of it as its .grad. Collective."""
         if not self.sharded:
             return super().gradients(model, batch, objective, global_step)
-        reduce, statistics = self.reduce, self.statistics
-        chunk_grads, records, step_loss = [], [], torch.zeros((), device=reduce.device)
-        with statistics.capturing() if statistics is not None else contextlib.nullcontext():
-            # Empty chunks (an uneven last batch) run too: each forward and backward gathers the units
-            # with every rank, so every rank runs as many. Their zero-row outputs are discarded.
-            for index, inputs, targets in self.chunking.local_chunks(batch, keep_empty=True):
-                present = num_samples(targets) > 0
-                seed_generators(chunk_seed(self.seed, global_step, index), reduce.device)
-                if statistics is not None:
-                    statistics.chunk(index if present else None)  # an empty chunk records nothing
-                with self.precision.autocast():
-                    loss, record = self.chunk_loss(objective, model, inputs, targets, batch.global_size)
-                loss.backward()
-                grads = self._take_whole_gradients(model)
-                if present:
-                    chunk_grads.append(reduce.chunk(grads))
-                    records.append(record)
-                    step_loss = step_loss + loss.detach()
+        # Empty chunks (an uneven last batch) run too: each forward and backward gathers the units with
+        # every rank, so every rank runs as many. Their zero-row outputs are discarded.
+        chunks, records, step_loss = self.run_chunks(model, batch, objective, global_step, keep_empty=True)
         for module in model.modules():  # the shards registered again, the gathered parameters freed
             if is_sharded(module):
                 module.reshard()  # type: ignore[operator]
-        if statistics is not None:
-            statistics.finish()  # collective, like the sum below: every rank calls both every step
-        self.whole = reduce(chunk_grads)
-        for param, grad in zip(reduce.params, self.whole):
+        if self.statistics is not None:
+            self.statistics.finish()  # collective, like the sum below: every rank calls both every step
+        self.whole = self.reduce(chunks)
+        for param, grad in zip(self.reduce.params, self.whole):
             param.grad = shard_of(grad, param)
         return Gradients(step_loss, records, ranks_average=False)
 
-    def _take_whole_gradients(self, model: nn.Module) -> list[torch.Tensor]:
+    def take_gradients(self, model: nn.Module) -> list[torch.Tensor | None]:
         """This chunk's whole gradients, taken off the gathered parameters (which are left without one, for
         the next chunk); zeros for a parameter that got none (its unit did not run backward)."""
-        registered = dict(model.named_parameters())
-        grads = []
+        if not self.sharded:
+            return super().take_gradients(model)
+        registered = dict(model.named_parameters())  # the gathered parameters, registered while gathered
+        grads: list[torch.Tensor | None] = []
         for name, sharded in zip(self.names, self.reduce.params):
             param = registered[name]
             grad = None if param is sharded else param.grad  # still sharded: its unit ran no backward
