@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import warnings
 
 import pytest
 import torch
@@ -33,7 +34,7 @@ from distrain.data import Batch
 from distrain.data.sampling import GlobalBatchSampler
 from distrain.errors import ConfigError
 from distrain.strategies.exact import ExactChunks, chunk_seed, count_chunks, running_statistics
-from distrain.strategies.exact_sum import ExactSum, SmallExactSum
+from distrain.strategies.exact_sum import ExactSum, SmallExactSum, exact_sum
 
 # ------------------------------------------------------------------------------------ the exact sum
 
@@ -130,6 +131,55 @@ def test_both_layouts_give_the_rounded_sum_computed_in_float64_bit_for_bit(scale
             expected = torch.where(expected == 0, torch.round(given[0] * 2.0**-x).float(), expected)
         for result in results:
             assert result[i].view(torch.int32).tolist() == expected.view(torch.int32).tolist()
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("chunk_grads", [[[None], [1.0]], [[None]], [[None], [None]]], ids=str)
+def test_chunks_without_any_gradient_add_nothing(layout, chunk_grads):
+    """A chunk whose backward reached no parameter (or a step where none did) adds zeros."""
+    param = nn.Parameter(torch.zeros(3))
+    reduce = layout([param], chunks=len(chunk_grads))
+    held = [reduce.chunk([None if g is None else torch.full((3,), g)]) for (g,) in chunk_grads]
+    expected = torch.full((3,), sum(g for (g,) in chunk_grads if g is not None), dtype=torch.float32)
+    assert torch.equal(reduce(held)[0], expected)
+
+
+@pytest.mark.parametrize("chunks", [1, 2])
+def test_a_float64_parameter_gets_a_float64_gradient_on_its_own_grid(chunks):
+    """Values float32 cannot hold (1e-300, 1e300, 2^-1060) stay float64, on both routes (one chunk: in
+    place; two: the float64 counts), bit for bit what the grid arithmetic gives."""
+    grads = torch.tensor([1.0 / 3.0, 1e-300, 1e300, -(2.0**-1060)], dtype=torch.float64)
+    param = nn.Parameter(torch.zeros(4, dtype=torch.float64))
+    reduce = exact_sum([param], chunks)
+    assert type(reduce) is ExactSum  # float64: the per-tensor layout
+    held = [reduce.chunk([grads.clone()])] + [reduce.chunk([torch.zeros(4, dtype=torch.float64)])] * (chunks - 1)
+    result = reduce(held)[0]
+    x = math.frexp(1e300)[1] - 52 + math.ceil(math.log2(chunks)) + 1
+    expected = [math.ldexp(round(math.ldexp(g, -x)), x) for g in grads.tolist()]  # round(): ties to even
+    assert result.dtype == torch.float64 and result.tolist() == [v + 0.0 for v in expected]
+    # Next to its tensor's largest value, a value keeps float64's precision, less the grid's spare bits
+    third = nn.Parameter(torch.zeros(1, dtype=torch.float64))
+    reduce = exact_sum([third], chunks)
+    one = torch.tensor([1.0 / 3.0], dtype=torch.float64)
+    summed = reduce([reduce.chunk([one.clone()]) for _ in range(chunks)])[0].item()
+    assert abs(summed - chunks / 3.0) <= 2.0**-50 and summed != float(torch.tensor(chunks / 3.0).float())
+
+
+def test_the_small_layout_carries_inf_and_overflow_without_a_warning():
+    """An Inf gradient and a sum beyond float32's range: Inf, as ExactSum's torch kernels give, and no
+    numpy RuntimeWarning (a run with warnings as errors would stop in one layout only)."""
+    params = [nn.Parameter(torch.zeros(2)), nn.Parameter(torch.zeros(1))]
+    big = torch.finfo(torch.float32).max
+    chunk_grads = [
+        [torch.tensor([float("inf"), 1.0]), torch.tensor([big])],
+        [torch.tensor([-1.0, 1.0]), torch.tensor([big])],
+    ]
+    for layout in LAYOUTS:
+        reduce = layout(params, chunks=2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            summed = reduce([reduce.chunk([g.clone() for g in grads]) for grads in chunk_grads])
+        assert summed[0][0] == float("inf") and summed[0][1] == 2.0 and summed[1][0] == float("inf"), layout
 
 
 # ------------------------------------------------------------------------------------ the chunks

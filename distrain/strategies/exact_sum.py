@@ -7,28 +7,33 @@ ranks and in whatever order the ranks add up.
 
 Float addition is not associative: DDP's all-reduce adds per-rank partial sums in an order set by the
 world size (and by the ring). Here every chunk's gradient is first rounded onto a grid every rank agrees
-on, fine enough to lose nothing float32 can see and coarse enough that every sum of up to K such values
-is exact in float64; then additions in any order and grouping give the same bits:
+on, fine enough to lose nothing float32 can see next to the tensor's largest value (a value below about
+2^-28 of it, 2^-24 for 12 chunks, keeps fewer than float32's 24 bits) and coarse enough that every sum of
+up to K such values is exact in float64; then additions in any order and grouping give the same bits:
 
     e_i   = exponent of max |g| of tensor i over all chunks (max < 2^e_i; one MAX all-reduce, one float
             per tensor)
     x_i   = e_i - 52 + ceil(log2(K)) + 1                grid step 2^x_i (~2^-47 of the largest value for 12
                                                         chunks, 2^-51 for one)
     n     = round(g * 2^-x_i)                           a whole count of grid steps below 2^52: the
-                                                        multiply is exact, round() (ties to even) the
-                                                        one rounding, in the gradient's own float32
+                                                        multiply is exact (but for values far below
+                                                        one step, which round to 0 either way), round()
+                                                        (ties to even) the one rounding, in the
+                                                        gradient's own float32
     N     = sum of n over this rank's chunks, then an all-reduce SUM, in float64: exact, as every partial
             sum is a whole number below 2^53
     g     = float32(N * 2^x_i)                          one rounding, the same on every rank
 
 The grid depends only on the global maximum and K, never on which rank holds which chunk, so every world
 size gets the same bits. A tensor whose maximum is 0, NaN or Inf gets x = 0 (whole numbers: zeros stay
-zeros, a NaN or Inf stays for the non-finite checks, and that step is not kept). A sum of one term (K =
-1: one process, the chunk the whole batch) needs no float64: its counts are scaled back in place, the
-same bits as the float64 route gives.
+zeros, a NaN or Inf stays for the non-finite checks: skip_step and fp16's scaler skip that step; the
+default, stop, takes it and stops at the next check, before any save). A sum of one term (K = 1: one
+process, the chunk the whole batch) needs no float64: its counts are scaled back in place, the same bits
+as the float64 route gives (but the sign of a zero). A float64 parameter's gradient stays float64 (its
+counts scaled back in float64); a float16 or bfloat16 one is summed as float32 and converted back.
 
 Two layouts, the same bits (`exact_sum` picks): ExactSum works tensor by tensor with torch's fused
-foreach kernels, with no copy of the gradients, on any device. SmallExactSum, for a small float32 model
+foreach kernels, with no copy of float32 gradients, on any device. SmallExactSum, for a small float32 model
 on the CPU, copies each chunk's gradients into one vector and makes every pass one numpy call over it:
 for a model of a few thousand parameters the cost is the number of calls, not their work (the XOR
 model's step is ~270 us, and each torch call in it ~5 us).
@@ -57,9 +62,13 @@ class Chunk(NamedTuple):
 
 def times_power_of_two(tensors: list[torch.Tensor], exponents: list[int]) -> None:
     """tensors[i] *= 2^exponents[i], in place, in the tensors' own dtype. A float32 kernel takes its factor
-    as a float32, whose powers of two end at 2^+-126: a larger exponent is applied in two steps, the first
-    +-126 (a count times 2^-126 is still a normal number, so only the last step can round)."""
-    first = [max(-126, min(126, k)) for k in exponents]
+    as a float32, whose normal powers of two end at 2^+-126 (a float64 one at 2^+-1022): a larger exponent
+    is applied in two steps, the first to that end (a count times 2^-126 is still a normal number, so only
+    the last step can round)."""
+    if not tensors:
+        return
+    ends = [1022 if t.dtype == torch.float64 else 126 for t in tensors]
+    first = [max(-end, min(end, k)) for k, end in zip(exponents, ends)]
     torch._foreach_mul_(tensors, [math.ldexp(1.0, k) for k in first])
     rest = [(t, k - f) for t, k, f in zip(tensors, exponents, first) if k != f]
     if rest:
@@ -144,24 +153,34 @@ class ExactSum:
         total.zero_()
         for chunk in chunks:
             present = [i for i, g in enumerate(chunk.grads) if g is not None]
-            torch._foreach_add_([views[i] for i in present], [chunk.grads[i] for i in present])  # type: ignore[misc]
+            if present:
+                torch._foreach_add_([views[i] for i in present], [chunk.grads[i] for i in present])  # type: ignore[misc]
         return total
 
     def finish(self, total: torch.Tensor, grids: list[int]) -> list[torch.Tensor]:
         """The sum of counts scaled back into the parameters' gradients: views of one float32 buffer kept
-        from step to step (exact products in float64, one rounding each to float32), or a copy in the
-        parameter's own dtype where that is another float type. The loop sets the gradients to None
-        between steps; a callback that keeps a gradient past its step sees it overwritten by the next."""
+        from step to step (exact products in float64, one rounding each to float32); for a float64
+        parameter, of the counts' own buffer, scaled in place; for a half-precision one, a copy. The loop
+        sets the gradients to None between steps; a callback that keeps a gradient past its step sees it
+        overwritten by the next."""
         if self._grads is None:
             self._grads = self._buffer(torch.float32)
-        _, views = self._grads
-        for out, counts, x in zip(views, total.split(self.numels), grids):
-            torch.mul(counts.view(out.shape), math.ldexp(1.0, x), out=out)  # a float64 factor: x >= -200
+        views, counts = list(self._grads[1]), total.split(self.numels)
+        wide = [i for i, p in enumerate(self.params) if p.dtype == torch.float64]
+        for i, (out, n, x) in enumerate(zip(views, counts, grids)):
+            if self.params[i].dtype != torch.float64:
+                torch.mul(n.view(out.shape), math.ldexp(1.0, x), out=out)  # a float64 factor: x >= -200
+        if wide:
+            times_power_of_two([counts[i] for i in wide], [grids[i] for i in wide])
+            for i in wide:
+                views[i] = counts[i].view(self.params[i].shape)
         return self._as_params(views)
 
     def alone(self, chunk: Chunk, grids: list[int]) -> list[torch.Tensor]:
-        """A sum of one term: its counts scaled back in place, in float32. Each product is exact, or below
-        float32's smallest normal rounded once, as finish's conversion rounds it: the same bits."""
+        """A sum of one term: its counts scaled back in place, in their own dtype. Each product is exact,
+        or below the smallest normal rounded once, as finish's conversion rounds it: the same bits. The
+        result is the chunk's own tensors (SmallExactSum's: its pool's first vector, which the next
+        step's first chunk overwrites, as finish's buffer is)."""
         present = [i for i, g in enumerate(chunk.grads) if g is not None]
         times_power_of_two([chunk.grads[i] for i in present], [grids[i] for i in present])  # type: ignore[misc]
         return self._as_params(chunk.grads)
@@ -208,6 +227,8 @@ class SmallExactSum(ExactSum):
         self._vectors, self._taken, self._exponents = [], 0, ([], np.empty(0), np.empty(0))
 
     def chunk(self, grads: list[torch.Tensor | None]) -> Chunk:
+        # _taken goes back to 0 in __call__: a step given up between its chunks and its sum (an exception)
+        # leaves the pool one vector longer, no more.
         if len(self._vectors) == self._taken:
             flat, views = self._buffer(torch.float32)
             self._vectors.append((flat.numpy(), views))
@@ -218,7 +239,8 @@ class SmallExactSum(ExactSum):
         else:
             vector.fill(0.0)
             present = [i for i, g in enumerate(grads) if g is not None]
-            torch._foreach_copy_([views[i] for i in present], [grads[i] for i in present])  # type: ignore[misc]
+            if present:
+                torch._foreach_copy_([views[i] for i in present], [grads[i] for i in present])  # type: ignore[misc]
         maxima = np.maximum.reduceat(np.abs(vector), self.starts) if self.sized else None  # NaN propagates
         if len(self.sized) < len(self.params):  # parameters of size zero: no segment of their own
             max_abs = np.zeros(len(self.params), dtype=np.float32)
@@ -277,7 +299,10 @@ class SmallExactSum(ExactSum):
 
     def __call__(self, chunks: list[Chunk]) -> list[torch.Tensor]:
         self._taken = 0  # the pool's vectors are free for the next step's chunks once these are summed
-        return super().__call__(chunks)
+        # An Inf or NaN gradient (or a sum beyond float32's range) is carried on silently, as torch's
+        # kernels carry it in ExactSum, for the non-finite checks to name.
+        with np.errstate(over="ignore", invalid="ignore"):
+            return super().__call__(chunks)
 
 
 def exact_sum(params: list[nn.Parameter], chunks: int) -> ExactSum:
