@@ -197,7 +197,11 @@ class ExactSum:
 
     def __call__(self, chunks: list[Chunk]) -> list[torch.Tensor]:
         """The sum of this rank's chunks (each from `chunk`) and all ranks'. Collective: two all-reduces."""
-        grids = self.grids(self.global_max(chunks))
+        return self.sum(chunks, self.global_max(chunks))
+
+    def sum(self, chunks: list[Chunk], max_abs: list[float]) -> list[torch.Tensor]:
+        """The sum, from the maxima over all ranks. Collective: one all-reduce (none for one chunk)."""
+        grids = self.grids(max_abs)
         self.round(chunks, grids)
         if self.chunks == 1 and len(chunks) == 1:
             return self.alone(chunks[0], grids)  # one chunk in all: its counts are the sum
@@ -218,6 +222,7 @@ class SmallExactSum(ExactSum):
         self.sized = [i for i, n in enumerate(self.numels) if n]
         self.starts = np.cumsum([0] + [self.numels[i] for i in self.sized])[:-1]  # reduceat's segments
         self.lengths = np.array(self.numels)
+        self.finite_below = math.ldexp(1.0, 128 - self.spare)  # maxima below it: no sum reaches 2^128
         self._vectors: list[tuple[np.ndarray, list[torch.Tensor]]] = []
         self._taken = 0  # of the pool's vectors, by this step's chunks
         self._exponents: tuple[list[int], np.ndarray, np.ndarray] = ([], np.empty(0), np.empty(0))  # grids, -x, x
@@ -299,10 +304,13 @@ class SmallExactSum(ExactSum):
 
     def __call__(self, chunks: list[Chunk]) -> list[torch.Tensor]:
         self._taken = 0  # the pool's vectors are free for the next step's chunks once these are summed
-        # An Inf or NaN gradient (or a sum beyond float32's range) is carried on silently, as torch's
-        # kernels carry it in ExactSum, for the non-finite checks to name.
+        max_abs = self.global_max(chunks)
+        if all(m < self.finite_below for m in max_abs):  # (False for a NaN)
+            return self.sum(chunks, max_abs)
+        # An Inf or NaN gradient, or a sum that may pass float32's largest value: carried on silently, as
+        # torch's kernels carry it in ExactSum, for the non-finite checks to name (numpy would warn).
         with np.errstate(over="ignore", invalid="ignore"):
-            return super().__call__(chunks)
+            return self.sum(chunks, max_abs)
 
 
 def exact_sum(params: list[nn.Parameter], chunks: int) -> ExactSum:
