@@ -26,6 +26,7 @@ from helpers.runs import (
     run_cli,
     run_group,
     run_torchrun,
+    spawn,
 )
 from torch import nn
 
@@ -33,6 +34,8 @@ from distrain.config.parse import load_config
 from distrain.data import Batch
 from distrain.data.sampling import GlobalBatchSampler
 from distrain.errors import ConfigError
+from distrain.launch import dist
+from distrain.launch.env import DistEnv
 from distrain.strategies.exact import ExactChunks, chunk_seed, count_chunks, running_statistics
 from distrain.strategies.exact_sum import ExactSum, SmallExactSum, exact_sum
 
@@ -180,6 +183,26 @@ def test_the_small_layout_carries_inf_and_overflow_without_a_warning():
             warnings.simplefilter("error")
             summed = reduce([reduce.chunk([g.clone() for g in grads]) for grads in chunk_grads])
         assert summed[0][0] == float("inf") and summed[0][1] == 2.0 and summed[1][0] == float("inf"), layout
+
+
+def _one_chunk_on_rank_0(rank, world, port, out):
+    """K = 1 on 2 ranks (a stream of one lane): rank 0 holds the chunk, rank 1 none; both sum, in both layouts."""
+    env = DistEnv("slurm", rank, rank, world, world, 0, "127.0.0.1", port)
+    with dist.distributed(env, backend="auto", timeout_s=30):  # a rank left out of a collective: fails in 30 s
+        for layout in LAYOUTS:
+            reduce = layout([nn.Parameter(torch.zeros(3))], chunks=1)
+            held = [reduce.chunk([torch.tensor([1.0, -2.0, 2.0**-60])])] if rank == 0 else []
+            torch.save(reduce(held)[0].clone(), out / f"{layout.__name__}-{rank}.pt")
+
+
+def test_one_chunk_in_all_on_one_of_two_ranks_sums_on_both(tmp_path):
+    """The one-chunk route skips the float64 all-reduce only in one process: with one chunk on one of two
+    ranks, both ranks take the collective and end with the chunk's gradient (2^-60 below the grid: 0)."""
+    spawn(_one_chunk_on_rank_0, 2, tmp_path)
+    for layout in LAYOUTS:
+        for rank in range(2):
+            got = torch.load(tmp_path / f"{layout.__name__}-{rank}.pt")
+            assert got.tolist() == [1.0, -2.0, 0.0], (layout, rank)
 
 
 # ------------------------------------------------------------------------------------ the chunks

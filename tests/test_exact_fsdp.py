@@ -227,6 +227,7 @@ def test_the_shipped_example_trains_bitwise_alike_in_one_process_and_sharded_on_
     assert one.returncode == 0, one.stderr[-3000:]
     two = run_torchrun(2, "train", example, f"run.dir={tmp_path / 'two'}", env=clean_env())
     assert two.returncode == 0, two.stderr[-3000:]
-    assert (tmp_path / "two" / "checkpoints" / "step-00000090").is_dir()  # sharded: a folder
+    shards = {p.name for p in (tmp_path / "two" / "checkpoints" / "step-00000090").iterdir()}
+    assert {"__0_0.distcp", "__1_0.distcp"} <= shards  # sharded: each rank wrote its own
     assert_bitwise(newest_weights(tmp_path / "one"), newest_weights(tmp_path / "two"))
     assert len(records(tmp_path / "one")) == 20 and _figures(tmp_path / "two") == _figures(tmp_path / "one")

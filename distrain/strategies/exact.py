@@ -263,7 +263,7 @@ class ExactStrategy(NativeStrategy):
 
     def release(self) -> None:
         if self.reduce is not None:
-            self.reduce.release()  # the sum's buffers: a model's size in float64, once or twice
+            self.reduce.release()  # the sum's buffers: float64 counts and a float32 result, the model's size
 
     def chunk_loss(
         self, objective: Any, model: nn.Module, inputs: Any, targets: Any, global_size: int

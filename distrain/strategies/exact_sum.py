@@ -203,8 +203,10 @@ class ExactSum:
         """The sum, from the maxima over all ranks. Collective: one all-reduce (none for one chunk)."""
         grids = self.grids(max_abs)
         self.round(chunks, grids)
-        if self.chunks == 1 and len(chunks) == 1:
-            return self.alone(chunks[0], grids)  # one chunk in all: its counts are the sum
+        # One chunk in all and one process: its counts are the sum. (A stream of one lane on several ranks
+        # has one chunk too, on one rank: every rank then takes the all-reduce below, as collectives need.)
+        if self.chunks == 1 and len(chunks) == 1 and not dist.is_distributed():
+            return self.alone(chunks[0], grids)
         return self.finish(dist.all_reduce_sum(self.partial(chunks)), grids)
 
 
