@@ -236,7 +236,8 @@ class TrainerConfig:
     with randomness seeded by (seed, global step, chunk), and the chunks' gradients are summed
     on a grid (float64 sums that are exact), which no order or grouping changes. exact_threads intra-op threads.
     strategy ddp, or fsdp (sharded, the same bits as ddp; fsdp.param_dtype float32, no cpu_offload), engine
-    native; precision 32 or bf16; BatchNorm running statistics replayed in chunk order,
+    native; precision 32, bf16 or fp16 (one loss scale for every chunk); BatchNorm running statistics
+    replayed in chunk order,
     augmentation in the data set seeded per sample (data.seed_samples). See the docs page
     "What is exact"."""
     steps_per_epoch: int | None = None
