@@ -80,7 +80,7 @@ class ExactSum:
     after each local chunk's backward (the gradients held as they are, to be rounded in place; a
     half-precision one as a float32 copy); `local_max` and `grids` (one host read of one float per
     tensor); `round` (the counts, in place); `partial` (the rank's float64 sum of counts); `finish`
-    (scaled back into float32). The float64 counts and the float32 result are buffers kept from step to
+    (scaled back into float32, or in place for a float64 parameter). The float64 counts and the float32 result are buffers kept from step to
     step, 8 + 4 bytes a parameter: a fresh buffer of a large model's size costs more in page faults than
     the passes themselves. `release` frees them."""
 
@@ -127,8 +127,9 @@ class ExactSum:
         return torch.nan_to_num(max_abs, nan=math.inf, posinf=math.inf)
 
     def global_max(self, chunks: list[Chunk]) -> list[float]:
-        """Per tensor, the largest magnitude over all ranks' chunks (+inf where a value is not finite; in
-        one process NaN, which `grids` takes alike). Collective: one MAX all-reduce, one host read."""
+        """Per tensor, the largest magnitude over all ranks' chunks (+inf where a value is not finite;
+        SmallExactSum in one process leaves a NaN as it is, which `grids` takes alike). Collective: one MAX
+        all-reduce, one host read."""
         return dist.all_reduce_max(self.local_max(chunks)).tolist()
 
     def grids(self, max_abs: list[float]) -> list[int]:
