@@ -80,9 +80,9 @@ class ExactSum:
     after each local chunk's backward (the gradients held as they are, to be rounded in place; a
     half-precision one as a float32 copy); `local_max` and `grids` (one host read of one float per
     tensor); `round` (the counts, in place); `partial` (the rank's float64 sum of counts); `finish`
-    (scaled back into float32, or in place for a float64 parameter). The float64 counts and the float32 result are buffers kept from step to
-    step, 8 + 4 bytes a parameter: a fresh buffer of a large model's size costs more in page faults than
-    the passes themselves. `release` frees them."""
+    (scaled back into float32, or in place for a float64 parameter). The float64 counts and the float32
+    result are buffers kept from step to step, 8 + 4 bytes a parameter: a fresh buffer of a large model's
+    size costs more in page faults than the passes themselves. `release` frees them."""
 
     def __init__(self, params: list[nn.Parameter], chunks: int):
         self.params, self.chunks = params, chunks
