@@ -15,7 +15,8 @@ become gradients and how they are exchanged, precision, the checkpoint format an
 - native.py      the native engine's micro-batch loop and optimizer step, shared by ddp, fsdp and exact
 - ddp.py         DDPStrategy: torch's DistributedDataParallel, torch.autocast and GradScaler
 - fsdp.py        FSDPStrategy: FSDP2's fully_shard, sharded checkpoints
-- exact.py       ExactStrategy: strategy exact (trainer.exact), chunked steps and a fixed-point gradient sum
+- exact.py       ExactStrategy: strategy exact (trainer.exact), chunked steps, BatchNorm's replay
+- exact_sum.py   ExactSum, SmallExactSum: exact mode's order-free gradient sum (two layouts, the same bits)
 - exact_fsdp.py  ExactFSDPStrategy: strategy fsdp with trainer.exact, exact.py's sum over a sharded model
 - diloco.py      DiLoCoStrategy: replicas that train apart and average every H steps (DiLoCo, local SGD)
 - comm.py        DDP's communication hooks (ddp.comm_hook: fp16, bf16, powersgd) and the comm figures

@@ -56,7 +56,7 @@ class Chunk(NamedTuple):
     value is NaN), and for SmallExactSum the float32 vector that holds the gradients (`grads` are its views)."""
 
     grads: list[torch.Tensor | None]
-    max_abs: torch.Tensor
+    max_abs: torch.Tensor | np.ndarray  # SmallExactSum's: a numpy vector
     vector: np.ndarray | None = None
 
 
@@ -90,7 +90,8 @@ class ExactSum:
         self.numels = [p.numel() for p in params]
         self.size = sum(self.numels)
         self.device = params[0].device if params else torch.device("cpu")
-        self.max_dtype = torch.float64 if any(p.dtype == torch.float64 for p in params) else torch.float32
+        self.wide = [i for i, p in enumerate(params) if p.dtype == torch.float64]  # summed back in float64
+        self.max_dtype = torch.float64 if self.wide else torch.float32
         self._counts: tuple[torch.Tensor, list[torch.Tensor]] | None = None  # the counts' sum: float64
         self._grads: tuple[torch.Tensor, list[torch.Tensor]] | None = None  # the result: float32
 
@@ -167,13 +168,12 @@ class ExactSum:
         if self._grads is None:
             self._grads = self._buffer(torch.float32)
         views, counts = list(self._grads[1]), total.split(self.numels)
-        wide = [i for i, p in enumerate(self.params) if p.dtype == torch.float64]
         for i, (out, n, x) in enumerate(zip(views, counts, grids)):
             if self.params[i].dtype != torch.float64:
                 torch.mul(n.view(out.shape), math.ldexp(1.0, x), out=out)  # a float64 factor: x >= -200
-        if wide:
-            times_power_of_two([counts[i] for i in wide], [grids[i] for i in wide])
-            for i in wide:
+        if self.wide:
+            times_power_of_two([counts[i] for i in self.wide], [grids[i] for i in self.wide])
+            for i in self.wide:
                 views[i] = counts[i].view(self.params[i].shape)
         return self._as_params(views)
 
